@@ -1,0 +1,1 @@
+"""Security event enrichment pipeline."""

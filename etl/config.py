@@ -1,0 +1,213 @@
+"""Settings, parsed once from the environment at the edge of each process.
+
+``Settings.from_env()`` is the only reader of ``os.environ``. A bad value raises ``ConfigError`` with one line
+naming the variable, the value and what was expected; the CLI turns that into exit code 2.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from etl.errors import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_MAX_BATCH_SIZE = 100
+DEFAULT_BATCH_LINGER_MS = 50
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+DEFAULT_PROCESSING_TIMEOUT_S = 30
+DEFAULT_RETRY_MAX = 8
+DEFAULT_RETRY_MIN_BACKOFF_MS = 500
+DEFAULT_RETRY_MAX_BACKOFF_MS = 60_000
+DEFAULT_DLQ_RETENTION_DAYS = 14
+
+# Names that end up in SQL, Cypher or NATS subjects are validated, never quoted blindly.
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_NATS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SUBJECT = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_SECRET_FIELDS = frozenset({"pg_password", "neo4j_password"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+def _non_negative_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{name} must be a non-negative integer, got {raw!r}")
+    return value
+
+
+def _boolean(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _identifier(name: str, raw: str) -> str:
+    if not _IDENT.match(raw):
+        raise ConfigError(f"{name} must be an identifier ([A-Za-z_][A-Za-z0-9_]*, at most 63 chars), got {raw!r}")
+    return raw
+
+
+def _nats_name(name: str, raw: str) -> str:
+    if not _NATS_NAME.match(raw):
+        raise ConfigError(f"{name} must be a NATS name ([A-Za-z0-9_-], at most 64 chars), got {raw!r}")
+    return raw
+
+
+def _subject(name: str, raw: str) -> str:
+    if not _SUBJECT.match(raw):
+        raise ConfigError(f"{name} must be a literal NATS subject such as 'events.raw', got {raw!r}")
+    return raw
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ConfigError(f"{name} must be a URL with scheme {' or '.join(schemes)} and a host, got {raw!r}")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ConfigError(f"{name} has an invalid port, got {raw!r}") from None
+        return raw
+
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password or token in it replaced by ``***``."""
+    parts = urlsplit(url)
+    if not parts.username and not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    cred = f"{user}:***" if parts.password else "***"
+    return urlunsplit((parts.scheme, f"{cred}@{host}{port}", parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the service. Field metadata names its environment variable."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_stream: str = "EVENTS"
+    nats_subject_raw: str = "events.raw"
+    nats_consumer: str = "etl-bridge"
+    nats_subject_enriched: str = "events.enriched"
+    nats_enriched_stream: str = "EVENTS_ENRICHED"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    pg_host: str = "localhost"
+    pg_port: int = 5432
+    pg_db: str = "aegisflux"
+    pg_user: str = "postgres"
+    pg_password: str = "postgres"
+    pg_table: str = "events"
+    neo4j_uri: str = "bolt://localhost:7687"
+    neo4j_user: str = "neo4j"
+    neo4j_password: str = "password"
+    graph_name: str = "events"
+    af_env: str = "dev"
+    fake_rdns: bool = False
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    batch_linger_ms: int = DEFAULT_BATCH_LINGER_MS
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    processing_timeout_s: int = DEFAULT_PROCESSING_TIMEOUT_S
+    retry_max: int = DEFAULT_RETRY_MAX
+    retry_min_backoff_ms: int = DEFAULT_RETRY_MIN_BACKOFF_MS
+    retry_max_backoff_ms: int = DEFAULT_RETRY_MAX_BACKOFF_MS
+    dlq_retention_days: int = DEFAULT_DLQ_RETENTION_DAYS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Parse ``environ`` (usually ``os.environ``). Raises ``ConfigError`` on the first bad value."""
+        values: dict[str, Any] = {}
+        for field_name, (var, parse) in _ENV.items():
+            raw = environ.get(var)
+            if raw is not None:
+                values[field_name] = parse(var, raw)
+        settings = cls(**values)
+        settings._check()
+        return settings
+
+    def _check(self) -> None:
+        if self.retry_min_backoff_ms > self.retry_max_backoff_ms:
+            raise ConfigError(
+                f"RETRY_MIN_BACKOFF_MS ({self.retry_min_backoff_ms}) must not exceed "
+                f"RETRY_MAX_BACKOFF_MS ({self.retry_max_backoff_ms})"
+            )
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings keyed by environment variable, with secrets hidden."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            var = _ENV[f.name][0]
+            value = getattr(self, f.name)
+            if f.name in _SECRET_FIELDS:
+                value = "***" if value else ""
+            elif isinstance(value, str) and "://" in value:
+                value = redact_url(value)
+            out[var] = value
+        return out
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
+        return f"Settings({inner})"
+
+
+_ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "nats_url": ("NATS_URL", _url(("nats", "tls", "ws", "wss"))),
+    "nats_stream": ("NATS_STREAM", _nats_name),
+    "nats_subject_raw": ("NATS_SUBJECT_RAW", _subject),
+    "nats_consumer": ("NATS_CONSUMER", _nats_name),
+    "nats_subject_enriched": ("NATS_SUBJECT_ENRICHED", _subject),
+    "nats_enriched_stream": ("NATS_ENRICHED_STREAM", lambda n, r: r and _nats_name(n, r)),
+    "redis_url": ("REDIS_URL", _url(("redis", "rediss", "unix"))),
+    "pg_host": ("PG_HOST", _text),
+    "pg_port": ("PG_PORT", _positive_int),
+    "pg_db": ("PG_DB", _text),
+    "pg_user": ("PG_USER", _text),
+    "pg_password": ("PG_PASSWORD", _text),
+    "pg_table": ("PG_TABLE", _identifier),
+    "neo4j_uri": ("NEO4J_URI", _url(("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc", "falkor"))),
+    "neo4j_user": ("NEO4J_USER", _text),
+    "neo4j_password": ("NEO4J_PASSWORD", _text),
+    "graph_name": ("GRAPH_NAME", _identifier),
+    "af_env": ("AF_ENV", _text),
+    "fake_rdns": ("AF_FAKE_RDNS", _boolean),
+    "max_batch_size": ("MAX_BATCH_SIZE", _positive_int),
+    "batch_linger_ms": ("BATCH_LINGER_MS", _positive_int),
+    "max_event_bytes": ("MAX_EVENT_BYTES", _positive_int),
+    "processing_timeout_s": ("PROCESSING_TIMEOUT", _positive_int),
+    "retry_max": ("RETRY_MAX", _non_negative_int),
+    "retry_min_backoff_ms": ("RETRY_MIN_BACKOFF_MS", _positive_int),
+    "retry_max_backoff_ms": ("RETRY_MAX_BACKOFF_MS", _positive_int),
+    "dlq_retention_days": ("DLQ_RETENTION_DAYS", _positive_int),
+}
+
+ENV_VARS: tuple[str, ...] = tuple(var for var, _ in _ENV.values())

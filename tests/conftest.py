@@ -1,0 +1,103 @@
+"""Real servers for the whole test session, started from pip-installed packages on free ports.
+
+Every server is started once per session; tests isolate themselves by names (a table, a graph, a stream, a
+Redis database) from ``make_settings``, so they never see each other's data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from etl import devservers
+from etl.config import Settings
+
+_redis_db = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def server_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def nats_server(server_root: Path) -> Iterator[devservers.Server]:
+    server = devservers.nats_server(server_root / "nats").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(server_root: Path) -> Iterator[devservers.Server]:
+    server = devservers.redis_server(server_root / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def falkordb_server(server_root: Path) -> Iterator[devservers.Server]:
+    server = devservers.redis_server(server_root / "falkordb", falkordb=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(server_root: Path) -> Iterator[devservers.Server]:
+    server = devservers.postgres_server(server_root / "postgres", durable=False).start()
+    devservers.ensure_database(server.port, "aegisflux")
+    yield server
+    server.stop()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_settings(
+    nats_server: devservers.Server,
+    redis_server: devservers.Server,
+    falkordb_server: devservers.Server,
+    postgres_server: devservers.Server,
+) -> Callable[..., Settings]:
+    """Settings pointing at the session's servers, with names unique to this test.
+
+    Keyword arguments are environment variables that override the defaults, e.g. ``MAX_BATCH_SIZE="10"``.
+    """
+    suffix = uuid.uuid4().hex[:8]
+    base = {
+        "NATS_URL": f"nats://127.0.0.1:{nats_server.port}",
+        "NATS_STREAM": f"EVENTS_{suffix}",
+        "NATS_SUBJECT_RAW": f"events.raw.{suffix}",
+        "NATS_CONSUMER": f"etl_bridge_{suffix}",
+        "NATS_SUBJECT_ENRICHED": f"events.enriched.{suffix}",
+        "NATS_ENRICHED_STREAM": f"EVENTS_ENRICHED_{suffix}",
+        "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/{next(_redis_db) % 16}",
+        "PG_HOST": "127.0.0.1",
+        "PG_PORT": str(postgres_server.port),
+        "PG_DB": "aegisflux",
+        "PG_TABLE": f"events_{suffix}",
+        "NEO4J_URI": f"falkor://127.0.0.1:{falkordb_server.port}",
+        "GRAPH_NAME": f"events_{suffix}",
+        "AF_ENV": "test",
+        "AF_FAKE_RDNS": "true",
+    }
+
+    def make(**overrides: Any) -> Settings:
+        env = {**base, **{k: str(v) for k, v in overrides.items()}}
+        return Settings.from_env(env)
+
+    make.env = base  # type: ignore[attr-defined]
+    return make
+
+
+@pytest.fixture
+def neo4j_uri() -> str | None:
+    """Where a real Neo4j is, if anywhere: the graph contract suite also runs against it when set."""
+    return os.environ.get("TEST_NEO4J_URI")
