@@ -13,7 +13,8 @@ class Sink(Protocol):
 
     Contract, for every implementation:
     - ``open`` connects and applies any schema idempotently; ``close`` releases connections and may be called twice.
-    - ``write`` stores a whole batch or raises. It is idempotent: writing the same batch again changes nothing.
+    - ``write`` stores a whole batch or raises, and returns how many events it newly stored (a replay may
+      return 0). It is idempotent: writing the same batch again changes nothing.
       It raises ``TransientError`` (usually ``SinkUnavailable``) when a retry may succeed and ``SinkDataError``
       when the data itself was rejected.
     - ``check`` raises ``SinkUnavailable`` when the server cannot be reached.
@@ -24,7 +25,7 @@ class Sink(Protocol):
 
     def open(self) -> None: ...
 
-    def write(self, events: Sequence[Event]) -> None: ...
+    def write(self, events: Sequence[Event]) -> int: ...
 
     def close(self) -> None: ...
 
