@@ -1,0 +1,79 @@
+"""The Dramatiq actors: thin wrappers that decode a batch, call pure code and hand the result to a sink.
+
+``dramatiq etl.actors --queues <pool>`` runs one pool. Dramatiq's CLI imports this module and expects the
+broker to be set by the import, so the wiring happens here, once, from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import dramatiq
+
+from etl import rawbatch
+from etl.app import App, load_app
+from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE
+from etl.enrich import enrich_batch as enrich_events
+from etl.errors import SinkDataError
+from etl.validate import validate_batch
+
+log = logging.getLogger(__name__)
+Event = dict[str, Any]
+
+app: App = load_app()
+
+
+@dramatiq.actor(queue_name=QUEUE_ENRICH, actor_name="enrich_batch")
+def enrich_batch(raw: list[str], binary: list[int] | None = None) -> None:
+    """Validate and enrich one batch from the bridge, dead-letter bad events, fan out to the sink queues."""
+    good, bad = validate_batch(rawbatch.unpack(raw, binary or ()), max_bytes=app.settings.max_event_bytes)
+    if bad:
+        app.dead_letters().add(bad)
+        log.warning("dead-lettered %d bad event(s) of %d", len(bad), len(raw),
+                    extra={"stage": QUEUE_ENRICH, "events": len(bad)})
+    if not good:
+        return
+    enriched = enrich_events(good, env=app.settings.af_env, resolver=app.resolver,
+                             now=datetime.now(timezone.utc))
+    for actor in (publish_batch, store_batch, merge_batch):
+        actor.send(enriched)
+
+
+def _deliver(actor: dramatiq.Actor[Any, Any], sink_name: str, events: list[Event]) -> None:
+    """Write ``events`` to a sink; on a data error, split the batch so only the poison events fail."""
+    try:
+        app.sinks.get(sink_name).write(events)
+    except SinkDataError:
+        if len(events) < 2:
+            raise
+        half = len(events) // 2
+        log.warning("%s rejected a batch of %d; retrying its halves to isolate the bad event(s)",
+                    sink_name, len(events), extra={"sink": sink_name, "events": len(events)})
+        actor.send(events[:half])
+        actor.send(events[half:])
+
+
+@dramatiq.actor(queue_name=QUEUE_PUBLISH, actor_name="publish_batch")
+def publish_batch(events: list[Event]) -> None:
+    """Publish enriched events to the enriched subject."""
+    _deliver(publish_batch, "publish", events)
+
+
+@dramatiq.actor(queue_name=QUEUE_TIMESCALE, actor_name="store_batch")
+def store_batch(events: list[Event]) -> None:
+    """Insert enriched events into TimescaleDB."""
+    _deliver(store_batch, "timescale", events)
+
+
+@dramatiq.actor(queue_name=QUEUE_GRAPH, actor_name="merge_batch")
+def merge_batch(events: list[Event]) -> None:
+    """Merge enriched events into the graph."""
+    _deliver(merge_batch, "graph", events)
+
+
+def enqueue_raw(batch: list[bytes]) -> None:
+    """The bridge's hand-off: one Dramatiq message for a whole batch of raw NATS payloads."""
+    texts, binary = rawbatch.pack(batch)
+    enrich_batch.send(texts, binary)

@@ -1,0 +1,71 @@
+"""Wiring of one worker process: settings, broker, sinks, dead-letter store and resolver, built once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from etl.broker import build_broker
+from etl.config import Settings
+from etl.dlq import DeadLetterStore
+from etl.errors import ConfigError
+from etl.middleware.dead_letters import DeadLetterOnFailure, FailureClock
+from etl.rdns import Resolver, resolver_for
+from etl.sinks.registry import CloseSinksOnShutdown, Sinks, sink_factories
+
+SECONDS_PER_DAY = 86_400
+
+
+@dataclass
+class App:
+    settings: Settings
+    broker: RedisBroker
+    sinks: Sinks
+    resolver: Resolver
+    _dlq: DeadLetterStore | None = field(default=None, repr=False)
+
+    def dead_letters(self) -> DeadLetterStore:
+        if self._dlq is None:
+            self._dlq = DeadLetterStore(self.broker.client,
+                                        retention_s=self.settings.dlq_retention_days * SECONDS_PER_DAY)
+        return self._dlq
+
+
+def failed_events(message: dramatiq.Message) -> list[tuple[Any, str]]:
+    """The events a failed message carried, for the dead-letter queue."""
+    if message.actor_name == "enrich_batch":
+        # A raw batch as packed by ``rawbatch.pack``: base64 entries are already text.
+        texts = message.args[0]
+        binary = set(message.args[1] if len(message.args) > 1 and message.args[1] else ())
+        return [(text, "base64" if i in binary else "text") for i, text in enumerate(texts)]
+    return [(event, "json") for event in message.args[0]]
+
+
+def build_app(settings: Settings) -> App:
+    app: App
+    sinks = Sinks(sink_factories(settings))
+    broker = build_broker(
+        settings,
+        before_retries=[FailureClock()],
+        after_retries=[DeadLetterOnFailure(lambda: app.dead_letters(), failed_events), CloseSinksOnShutdown(sinks)],
+    )
+    app = App(settings, broker, sinks, resolver_for(settings))
+    return app
+
+
+def load_app() -> App:
+    """Build the app from the environment and make its broker Dramatiq's. Exits 2 on a bad setting."""
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as e:
+        sys.stderr.write(f"configuration error: {e}\n")
+        raise SystemExit(2) from None
+    app = build_app(settings)
+    dramatiq.set_broker(app.broker)
+    return app
+

@@ -1,0 +1,71 @@
+"""The ONE place that builds the Dramatiq broker: Redis, its middleware and the orjson encoder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+import orjson
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.encoder import Encoder, MessageData
+from dramatiq.errors import DecodeError
+from dramatiq.middleware import AgeLimit, Callbacks, Middleware, Pipelines, Retries, ShutdownNotifications, TimeLimit
+
+from etl.config import Settings
+from etl.errors import PermanentError
+
+REDIS_SOCKET_TIMEOUT_S = 10.0
+REDIS_CONNECT_TIMEOUT_S = 5.0
+
+QUEUE_ENRICH = "enrich"
+QUEUE_PUBLISH = "publish"
+QUEUE_TIMESCALE = "timescale"
+QUEUE_GRAPH = "graph"
+QUEUES = (QUEUE_ENRICH, QUEUE_PUBLISH, QUEUE_TIMESCALE, QUEUE_GRAPH)
+
+
+class OrjsonEncoder(Encoder):
+    """Message bodies as JSON through orjson: several times faster than the stdlib on our batches."""
+
+    def encode(self, data: MessageData) -> bytes:
+        return orjson.dumps(data)
+
+    def decode(self, data: bytes) -> MessageData:
+        try:
+            return orjson.loads(data)  # type: ignore[no-any-return]
+        except orjson.JSONDecodeError as e:
+            raise DecodeError(f"failed to decode message: {e}", data, e) from None
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """The one way to open Redis: with timeouts, so a dead server surfaces as an error, not a hang."""
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+                                socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S, health_check_interval=30)
+
+
+def retry_when(max_retries: int) -> Any:
+    """Retry anything but a permanent error, up to ``max_retries`` times."""
+
+    def should_retry(retries_so_far: int, exception: BaseException) -> bool:
+        return not isinstance(exception, PermanentError) and retries_so_far < max_retries
+
+    return should_retry
+
+
+def build_broker(settings: Settings, *, before_retries: list[Middleware] = (),  # type: ignore[assignment]
+                 after_retries: list[Middleware] = ()) -> RedisBroker:  # type: ignore[assignment]
+    """A Redis broker with our retry policy, time limit and encoder. Extra middleware goes around Retries."""
+    dramatiq.set_encoder(OrjsonEncoder())
+    middleware: list[Middleware] = [
+        AgeLimit(),
+        TimeLimit(time_limit=settings.processing_timeout_s * 1000),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        *before_retries,
+        Retries(max_retries=settings.retry_max, min_backoff=settings.retry_min_backoff_ms,
+                max_backoff=settings.retry_max_backoff_ms, retry_when=retry_when(settings.retry_max)),
+        *after_retries,
+    ]
+    return RedisBroker(client=redis_client(settings), middleware=middleware)

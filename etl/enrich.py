@@ -1,0 +1,50 @@
+"""Pure enrichment: validated events in, enriched events out. No I/O and no clock: the caller passes ``now``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from etl.rdns import Resolver
+
+Event = dict[str, Any]
+
+# Bump whenever what enrichment adds, or how, changes: stored events say which logic produced them.
+ENRICHMENT_VERSION = "1"
+
+
+def host_of(event: Event) -> str | None:
+    """The event's host for reverse DNS: ``metadata.host_ip``, else ``hostname``, else ``host_id``."""
+    metadata = event["metadata"]
+    for key in ("host_ip", "hostname", "host_id"):
+        value = metadata.get(key)
+        if value not in (None, ""):
+            return str(value)
+    return None
+
+
+def format_time(now: datetime) -> str:
+    """ISO-8601 UTC with milliseconds, e.g. ``2024-01-01T12:00:00.123Z``. ``now`` must be timezone-aware."""
+    utc = now.astimezone(timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def enrich(event: Event, *, env: str, rdns: str | None, enriched_at: str) -> Event:
+    """A new event: every field of ``event`` plus ``env``, ``rdns`` and the enrichment metadata."""
+    out = dict(event)
+    out["env"] = env
+    out["rdns"] = rdns
+    out["metadata"] = {**event["metadata"], "enriched_at": enriched_at, "enrichment_version": ENRICHMENT_VERSION}
+    return out
+
+
+def enrich_batch(events: Sequence[Event], *, env: str, resolver: Resolver, now: datetime) -> list[Event]:
+    """Enrich a batch, resolving each distinct host once."""
+    hosts = [host_of(e) for e in events]
+    names = resolver.resolve({h for h in hosts if h is not None})
+    enriched_at = format_time(now)
+    return [
+        enrich(e, env=env, rdns=names.get(h) if h is not None else None, enriched_at=enriched_at)
+        for e, h in zip(events, hosts)
+    ]

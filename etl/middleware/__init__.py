@@ -1,0 +1,1 @@
+"""Cross-cutting behaviour of the worker pools, as Dramatiq middleware."""

@@ -1,0 +1,67 @@
+"""Dead-lettering of messages that failed for good: permanently, or after their last retry.
+
+``FailureClock`` must sit before Dramatiq's ``Retries`` so the first failure time it stamps travels with the
+retried message; ``DeadLetterOnFailure`` must sit after ``Retries`` so it sees whether the message failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+from etl.dlq import DeadLetter, DeadLetterStore
+
+log = logging.getLogger(__name__)
+
+# (event, encoding) pairs a failed message carried; encoding is "json", "text" or "base64".
+Unpacker = Callable[[dramatiq.Message], Sequence[tuple[Any, str]]]
+
+
+class FailureClock(Middleware):
+    """Stamps ``first_failure`` (Unix seconds) on a message the first time it fails."""
+
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
+                              result: Any = None, exception: BaseException | None = None) -> None:
+        if exception is not None:
+            message.options.setdefault("first_failure", time.time())
+
+
+class DeadLetterOnFailure(Middleware):
+    """Writes every event of a failed message to the dead-letter store, with the stage and the reason."""
+
+    def __init__(self, store: Callable[[], DeadLetterStore], unpack: Unpacker,
+                 on_dead_letter: Callable[[str, str, int], None] | None = None) -> None:
+        self._store = store
+        self._unpack = unpack
+        self._on_dead_letter = on_dead_letter
+
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
+                              result: Any = None, exception: BaseException | None = None) -> None:
+        if exception is None or not message.failed:
+            return
+        self._dead_letter(message, f"{type(exception).__name__}: {exception}")
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        if message.failed:
+            self._dead_letter(message, "skipped: message exceeded its age limit")
+
+    def _dead_letter(self, message: dramatiq.Message, reason: str) -> None:
+        now = time.time()
+        attempts = int(message.options.get("retries", 0)) or 1
+        first = float(message.options.get("first_failure", now))
+        letters = [
+            DeadLetter(message.queue_name, reason, event, attempts=attempts, first_failure=first,
+                       last_failure=now, event_encoding=encoding)
+            for event, encoding in self._unpack(message)
+        ]
+        self._store().add(letters)
+        log.error("dead-lettered %d event(s) from %s after %d attempt(s): %s",
+                  len(letters), message.queue_name, attempts, reason,
+                  extra={"stage": message.queue_name, "events": len(letters), "error": reason})
+        if self._on_dead_letter is not None:
+            self._on_dead_letter(message.queue_name, reason.split(":", 1)[0], len(letters))

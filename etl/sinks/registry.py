@@ -1,0 +1,81 @@
+"""The sinks of one worker process, opened lazily on first use and closed at worker shutdown.
+
+A pool process only ever opens the sink its queue needs: ``dramatiq etl.actors --queues timescale`` never
+connects to the graph database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+from etl.config import Settings
+from etl.sinks.base import Sink
+
+log = logging.getLogger(__name__)
+
+
+def sink_factories(settings: Settings) -> dict[str, Callable[[], Sink]]:
+    """How to build each sink. Imports are deferred so a pool loads only its own driver."""
+
+    def publish() -> Sink:
+        from etl.sinks.nats_publish import NatsPublisher
+
+        return NatsPublisher(settings)
+
+    def timescale() -> Sink:
+        from etl.sinks.timescale import TimescaleSink
+
+        return TimescaleSink(settings)
+
+    def graph() -> Sink:
+        from etl.sinks.graph import GraphSink
+
+        return GraphSink(settings)
+
+    return {"publish": publish, "timescale": timescale, "graph": graph}
+
+
+class Sinks:
+    """Thread-safe, lazily opened sinks by name."""
+
+    def __init__(self, factories: dict[str, Callable[[], Sink]]) -> None:
+        self._factories = factories
+        self._open: dict[str, Sink] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Sink:
+        """The opened sink ``name``. Raises whatever ``open`` raises (a ``SinkUnavailable`` is retried)."""
+        sink = self._open.get(name)
+        if sink is not None:
+            return sink
+        with self._lock:
+            if name not in self._open:
+                sink = self._factories[name]()
+                sink.open()
+                self._open[name] = sink
+                log.info("opened sink %s", name, extra={"sink": name})
+            return self._open[name]
+
+    def close_all(self) -> None:
+        with self._lock:
+            for name, sink in self._open.items():
+                try:
+                    sink.close()
+                except Exception:  # noqa: BLE001 - closing must go on for the others
+                    log.exception("closing sink %s failed", name)
+            self._open.clear()
+
+
+class CloseSinksOnShutdown(Middleware):
+    """Closes the worker's sink connections cleanly when Dramatiq shuts the worker down."""
+
+    def __init__(self, sinks: Sinks) -> None:
+        self.sinks = sinks
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.sinks.close_all()
