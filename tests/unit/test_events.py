@@ -1,0 +1,120 @@
+"""The event contract: what is accepted, how it is normalised, and the precise reason for what is not."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+
+from etl.errors import BadEvent
+from etl.events import parse_event, payload_bytes
+
+MAX = 1024 * 1024
+ARGS = {"dst_ip": "203.0.113.10", "dst_port": 443}
+
+
+def event(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "id": "event-1704110400-1", "type": "connect", "source": "/usr/bin/psql", "timestamp": 1704110400000,
+        "metadata": {"host_id": "host-001", "host_ip": "10.1.2.3", "pid": "1234", "uid": "1001"},
+        "payload": base64.b64encode(orjson.dumps(ARGS)).decode(),
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not ...}
+
+
+def parse(obj: object, max_bytes: int = MAX) -> dict[str, object]:
+    return parse_event(orjson.dumps(obj), max_bytes=max_bytes)
+
+
+def reason(raw: bytes, max_bytes: int = MAX) -> str:
+    with pytest.raises(BadEvent) as info:
+        parse_event(raw, max_bytes=max_bytes)
+    return info.value.reason
+
+
+def test_the_issue_example_is_valid_and_exposes_args() -> None:
+    parsed = parse(event())
+    assert parsed["args"] == ARGS
+    assert parsed["timestamp"] == 1704110400000
+    assert parsed["metadata"]["host_ip"] == "10.1.2.3"
+
+
+def test_unknown_fields_and_numeric_metadata_are_kept() -> None:
+    parsed = parse(event(extra={"a": 1}, metadata={"pid": 1234, "custom": "x", "ratio": 0.5}))
+    assert parsed["extra"] == {"a": 1}
+    assert parsed["metadata"] == {"pid": 1234, "custom": "x", "ratio": 0.5}
+
+
+@pytest.mark.parametrize(("text", "ms"), [
+    ("2024-01-01T12:00:00Z", 1704110400000),
+    ("2024-01-01T12:00:00.123+00:00", 1704110400123),
+    ("2024-01-01T13:00:00.5+01:00", 1704110400500),
+])
+def test_iso_timestamps_with_a_zone_become_ms(text: str, ms: int) -> None:
+    assert parse(event(timestamp=text))["timestamp"] == ms
+
+
+def test_payload_as_object_and_nested_base64() -> None:
+    assert parse(event(payload=ARGS))["args"] == ARGS
+    twice = base64.b64encode(base64.b64encode(orjson.dumps(ARGS))).decode()
+    assert parse(event(payload=twice))["args"] == ARGS
+
+
+def test_opaque_payload_has_no_args_and_keeps_its_bytes() -> None:
+    parsed = parse(event(payload=base64.b64encode(b"\x00\x01binary").decode()))
+    assert "args" not in parsed
+    assert payload_bytes(parsed) == b"\x00\x01binary"
+    assert payload_bytes(parse(event(payload=...))) is None
+    assert orjson.loads(payload_bytes(parse(event(payload=ARGS))) or b"") == ARGS
+
+
+def test_missing_metadata_and_payload_are_fine() -> None:
+    parsed = parse(event(metadata=..., payload=...))
+    assert parsed["metadata"] == {}
+    assert "args" not in parsed
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b"not json", "not valid JSON"),
+    (b'{"id": "x", "type"', "not valid JSON"),
+    (b"\xff\xfe{}", "not valid JSON"),
+    (b"[1, 2]", "event must be a JSON object, got array"),
+    (b"42", "event must be a JSON object, got integer"),
+    (b"[" * 5000 + b"]" * 5000, "not valid JSON"),
+])
+def test_non_objects_are_rejected(raw: bytes, expected: str) -> None:
+    assert expected in reason(raw)
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"id": ...}, "missing required field 'id'"),
+    ({"id": ""}, "field 'id' must be a non-empty string, got empty"),
+    ({"id": 7}, "field 'id' must be a non-empty string, got integer"),
+    ({"id": "a\nb"}, "field 'id' contains a control character"),
+    ({"id": "x" * 600}, "over the limit of 512"),
+    ({"type": ...}, "missing required field 'type'"),
+    ({"source": None}, "field 'source' must be a string, got null"),
+    ({"timestamp": ...}, "missing required field 'timestamp'"),
+    ({"timestamp": 1.5}, "must be integer Unix milliseconds or an ISO-8601 string, got number"),
+    ({"timestamp": True}, "got boolean"),
+    ({"timestamp": "yesterday"}, "is not an ISO-8601 time"),
+    ({"timestamp": "2024-01-01T12:00:00"}, "has no time zone"),
+    ({"timestamp": -5}, "out of range"),
+    ({"timestamp": 10**17}, "out of range"),
+    ({"metadata": "host"}, "field 'metadata' must be an object, got string"),
+    ({"metadata": {"pid": [1]}}, "metadata.pid must be a string or a number, got array"),
+    ({"metadata": {"ok": True}}, "metadata.ok must be a string or a number, got boolean"),
+    ({"payload": 12}, "field 'payload' must be a base64 string or a JSON object, got integer"),
+    ({"payload": "!!not base64!!"}, "field 'payload' is not valid base64"),
+])
+def test_contract_violations_have_precise_reasons(overrides: dict[str, object], expected: str) -> None:
+    assert expected in reason(orjson.dumps(event(**overrides)))
+
+
+def test_size_limit_is_checked_before_parsing() -> None:
+    raw = orjson.dumps(event())
+    assert parse_event(raw, max_bytes=len(raw))["id"]
+    assert f"event is {len(raw)} bytes, over the limit MAX_EVENT_BYTES={len(raw) - 1}" == reason(raw, len(raw) - 1)
+    assert "over the limit" in reason(b"x" * 100, 10)

@@ -1,0 +1,26 @@
+"""A raw batch splits into valid events and dead letters that keep the original bytes and the reason."""
+
+from __future__ import annotations
+
+from etl import rawbatch
+from etl.validate import validate_batch
+
+
+def test_raw_batches_round_trip_including_invalid_utf8() -> None:
+    batch = [b'{"a": 1}', b"\xff\xfe\x00 binary", "caf\u00e9".encode()]
+    texts, binary = rawbatch.pack(batch)
+    assert binary == [1]
+    unpacked = rawbatch.unpack(texts, binary)
+    assert [u.encode() if isinstance(u, str) else u for u in unpacked] == batch
+
+
+def test_bad_events_become_dead_letters_with_original_bytes() -> None:
+    good_raw = b'{"id":"1","type":"t","source":"s","timestamp":5}'
+    raws = rawbatch.unpack(*rawbatch.pack([good_raw, b"\xff\xfe", b"[]"]))
+    good, bad = validate_batch(raws, max_bytes=1000)
+    assert [g["id"] for g in good] == ["1"]
+    assert [b.stage for b in bad] == ["enrich", "enrich"]
+    assert bad[0].raw_bytes() == b"\xff\xfe" and bad[0].event_encoding == "base64"
+    assert "not valid JSON" in bad[0].reason
+    assert bad[1].raw_bytes() == b"[]" and "got array" in bad[1].reason
+    assert bad[0].id != bad[1].id
