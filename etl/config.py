@@ -162,6 +162,14 @@ class Settings:
                 f"RETRY_MAX_BACKOFF_MS ({self.retry_max_backoff_ms})"
             )
 
+    def to_env(self) -> dict[str, str]:
+        """The settings as environment variables, secrets included: for starting child processes."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[_ENV[f.name][0]] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
+
     def redacted(self) -> dict[str, Any]:
         """The settings keyed by environment variable, with secrets hidden."""
         out: dict[str, Any] = {}

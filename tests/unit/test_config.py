@@ -38,3 +38,8 @@ def test_secrets_are_redacted() -> None:
     assert "hunter2" not in text and "pw2" not in text and "tok" not in text
     assert s.redacted()["NATS_URL"] == "nats://u:***@h:4222"
     assert set(s.redacted()) == set(ENV_VARS)
+
+
+def test_to_env_round_trips() -> None:
+    s = Settings.from_env({"PG_PASSWORD": "pw", "AF_FAKE_RDNS": "yes", "MAX_BATCH_SIZE": "7"})
+    assert Settings.from_env(s.to_env()) == s

@@ -1,0 +1,1 @@
+"""Process entry points: the bridge and the worker pools."""

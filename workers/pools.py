@@ -1,0 +1,56 @@
+"""The worker pools: one Dramatiq queue each, scaled on its own.
+
+Each pool is ``dramatiq etl.actors --queues <queue>`` with its own processes and threads. The defaults suit one
+small machine; ``WORKER_PROCESSES`` and ``WORKER_THREADS`` override them for the pool being started.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE
+from etl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    queue: str
+    processes: int
+    threads: int
+
+
+POOLS: dict[str, Pool] = {
+    "enrich": Pool("enrich", QUEUE_ENRICH, processes=1, threads=2),
+    "publish": Pool("publish", QUEUE_PUBLISH, processes=1, threads=4),
+    "timescale": Pool("timescale", QUEUE_TIMESCALE, processes=1, threads=4),
+    # One writer thread per process: concurrent MERGEs of the same hub nodes (a busy Host) deadlock in Neo4j.
+    "graph": Pool("graph", QUEUE_GRAPH, processes=1, threads=1),
+}
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The command line and extra environment that run pool ``pool_name``.
+
+    Prefetch is bounded to the thread count, so a worker holds at most one waiting batch per thread: Redis, not
+    the worker's memory, is where the backlog waits.
+    """
+    if pool_name not in POOLS:
+        raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {pool_name!r}")
+    pool = POOLS[pool_name]
+    processes = _count(env, "WORKER_PROCESSES", pool.processes)
+    threads = _count(env, "WORKER_THREADS", pool.threads)
+    argv = [sys.executable, "-m", "dramatiq", "etl.actors", "--queues", pool.queue,
+            "--processes", str(processes), "--threads", str(threads)]
+    return argv, {"dramatiq_queue_prefetch": str(threads)}

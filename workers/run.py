@@ -1,0 +1,26 @@
+"""``python -m workers.run POOL``: run one worker pool (a Dramatiq worker on that pool's queue)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from etl.errors import ConfigError
+from workers.pools import POOLS, dramatiq_command
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        sys.stderr.write(f"usage: python -m workers.run {{{'|'.join(POOLS)}}}\n")
+        return 2
+    try:
+        command, extra_env = dramatiq_command(argv[0], os.environ)
+    except ConfigError as e:
+        sys.stderr.write(f"configuration error: {e}\n")
+        return 2
+    os.execve(command[0], command, {**os.environ, **extra_env})
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
