@@ -1,0 +1,258 @@
+"""The graph sink: enriched events as a graph of who did what, where.
+
+Model::
+
+    (Host)-[:GENERATED]->(Event)<-[:GENERATED]-(Container)
+    (User)-[:EXECUTED]->(Event)<-[:EXECUTED]-(Process)
+
+Keys. Every label has exactly one key property, so one uniqueness constraint per label works on both backends,
+and every MERGE matches on that key alone (other properties are SET afterwards):
+
+- ``Event.id``: the event id.
+- ``Host.host_id``: ``metadata.host_id``.
+- ``Container.container_id``: ``metadata.container_id``.
+- ``User.key``: ``"uid:<host_id>:<uid>"`` when the event has both a host_id and a uid (uids are only unique
+  per host); otherwise ``"name:<user>"`` when it has a user name; otherwise no User node.
+- ``Process.key``: ``"<host_id>:<pid>:<source>"`` (a pid is only unique per host, and reused over time, so the
+  executable is part of it); no Process node without host_id and pid. A missing source is the empty string.
+
+The parts of a computed key are joined with ``:`` after escaping ``%`` and ``:`` (as ``%25`` and ``%3A``), so
+two different tuples never share a key. Identifiers (host_id, uid, pid, container_id) are stored as strings.
+
+Only context the event carries becomes a node: no Host without host_id, no Container without container_id...
+A missing or empty value counts as absent. Readable properties of Host, User and Process keep their last
+non-null value, so an event lacking e.g. a hostname does not erase one learnt earlier.
+
+Backends (chosen by the NEO4J_URI scheme): ``falkor://`` is FalkorDB (``etl.sinks.graph_falkor``); ``bolt``
+and ``neo4j`` schemes are Neo4j (``etl.sinks.graph_neo4j``). Both run :data:`WRITE_CYPHER` verbatim, one
+statement per batch; only the schema DDL differs.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from etl.config import Settings
+from etl.errors import SinkDataError, SinkUnavailable
+from etl.sinks.base import Event
+
+Row = dict[str, Any]
+
+FALKOR_SCHEME = "falkor"
+
+# (label, key property): one uniqueness constraint each.
+NODE_KEYS: tuple[tuple[str, str], ...] = (
+    ("Event", "id"),
+    ("Host", "host_id"),
+    ("User", "key"),
+    ("Process", "key"),
+    ("Container", "container_id"),
+)
+
+# MERGE on the key only, SET the rest; every relationship is MERGEd so a replay creates nothing. The
+# OPTIONAL MATCH before the MERGE tells which events are new (rows are unique by id, see build_rows).
+WRITE_CYPHER = """
+UNWIND $rows AS r
+OPTIONAL MATCH (seen:Event {id: r.id})
+WITH r, seen IS NULL AS fresh
+MERGE (e:Event {id: r.id})
+SET e.type = r.type, e.source = r.source, e.timestamp = r.timestamp, e.env = r.env,
+    e.rdns = r.rdns, e.host_id = r.host_id, e.enriched_at = r.enriched_at
+FOREACH (i IN CASE WHEN r.host_id IS NULL THEN [] ELSE [1] END |
+    MERGE (h:Host {host_id: r.host_id})
+    SET h.host_ip = coalesce(r.host_ip, h.host_ip), h.hostname = coalesce(r.hostname, h.hostname)
+    MERGE (h)-[:GENERATED]->(e))
+FOREACH (i IN CASE WHEN r.user_key IS NULL THEN [] ELSE [1] END |
+    MERGE (u:User {key: r.user_key})
+    SET u.host_id = r.user_host_id, u.uid = r.uid, u.name = coalesce(r.user, u.name)
+    MERGE (u)-[:EXECUTED]->(e))
+FOREACH (i IN CASE WHEN r.process_key IS NULL THEN [] ELSE [1] END |
+    MERGE (p:Process {key: r.process_key})
+    SET p.host_id = r.host_id, p.pid = r.pid, p.source = r.source,
+        p.binary_sha256 = coalesce(r.binary_sha256, p.binary_sha256)
+    MERGE (p)-[:EXECUTED]->(e))
+FOREACH (i IN CASE WHEN r.container_id IS NULL THEN [] ELSE [1] END |
+    MERGE (c:Container {container_id: r.container_id})
+    MERGE (c)-[:GENERATED]->(e))
+RETURN sum(CASE WHEN fresh THEN 1 ELSE 0 END) AS created
+"""
+
+_EVENT_FIELDS = ("type", "source", "timestamp", "env", "rdns")
+_METADATA_FIELDS = ("host_id", "uid", "pid", "container_id", "host_ip", "hostname", "user", "binary_sha256",
+                    "enriched_at")
+
+
+def _escape(part: str) -> str:
+    return part.replace("%", "%25").replace(":", "%3A")
+
+
+def compose_key(*parts: str) -> str:
+    """Join ``parts`` into one key string that no other tuple of parts produces."""
+    return ":".join(_escape(p) for p in parts)
+
+
+def _scalar(event_id: str, field: str, value: Any) -> Any:
+    """A property value both backends store: str, int, finite float, bool or None. Raises SinkDataError."""
+    if value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    kind = type(value).__name__
+    raise SinkDataError(f"event {event_id!r}: {field} must be a string or a number, got {kind}")
+
+
+def _text(event_id: str, field: str, value: Any) -> str | None:
+    """A metadata value as a string; None or "" means absent. Raises SinkDataError on a non-scalar."""
+    value = _scalar(event_id, field, value)
+    if value is None:
+        return None
+    return str(value) or None
+
+
+def build_row(event: Event) -> Row:
+    """One Cypher row for one enriched event: flat, scalar values only, computed keys included.
+
+    Raises ``SinkDataError`` when the event has no string id or carries a value no graph can store.
+    """
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        raise SinkDataError(f"event without a string id: {event_id!r}")
+    meta = event.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise SinkDataError(f"event {event_id!r}: metadata must be an object")
+    row: Row = {"id": event_id}
+    row.update({f: _scalar(event_id, f, event.get(f)) for f in _EVENT_FIELDS})
+    row.update({f: _text(event_id, f, meta.get(f)) for f in _METADATA_FIELDS})
+    host_id, uid, pid, user = row["host_id"], row["uid"], row["pid"], row["user"]
+    row["user_host_id"] = host_id if host_id and uid else None
+    if host_id and uid:
+        row["user_key"] = compose_key("uid", host_id, uid)
+    else:
+        row["user_key"] = compose_key("name", user) if user else None
+        row["uid"] = None  # a uid without its host identifies nobody
+    row["process_key"] = compose_key(host_id, pid, row["source"] or "") if host_id and pid else None
+    return row
+
+
+def build_rows(events: Sequence[Event]) -> list[Row]:
+    """Rows for a batch, one per event id (the last occurrence wins), in first-seen order.
+
+    Raises ``SinkDataError`` as :func:`build_row` does.
+    """
+    rows: dict[str, Row] = {}
+    for event in events:
+        row = build_row(event)
+        rows[row["id"]] = row
+    return list(rows.values())
+
+
+COUNT_EVENTS_CYPHER = "MATCH (e:Event) RETURN count(e) AS events"
+
+
+class GraphBackend(Protocol):
+    """One graph server behind the sink. Connected by its module's ``connect(settings)``; thread-safe."""
+
+    def ensure_schema(self) -> None:
+        """Create the key constraints of :data:`NODE_KEYS` if missing. Idempotent."""
+
+    def write_rows(self, rows: list[Row]) -> int:
+        """Run :data:`WRITE_CYPHER` on ``rows`` in one transaction; return the number of new Event nodes."""
+
+    def count_events(self) -> int:
+        """How many Event nodes the graph holds (:data:`COUNT_EVENTS_CYPHER`)."""
+
+    def check(self) -> None:
+        """Raise ``SinkUnavailable`` if the server does not answer."""
+
+    def close(self) -> None:
+        """Release connections. Safe to call twice."""
+
+
+def connect_backend(settings: Settings) -> GraphBackend:
+    """Open a connection to the graph server NEO4J_URI names. Raises ``SinkUnavailable``."""
+    scheme = urlsplit(settings.neo4j_uri).scheme
+    # Imported here: each backend imports this module for the Cypher, and only one driver is needed.
+    if scheme == FALKOR_SCHEME:
+        from etl.sinks import graph_falkor
+
+        return graph_falkor.connect(settings)
+    from etl.sinks import graph_neo4j
+
+    return graph_neo4j.connect(settings)
+
+
+class GraphSink:
+    """The ``Sink`` for the graph: Event, Host, User, Process and Container nodes per batch.
+
+    ``write`` returns the number of Event nodes it newly created (0 on a replay). On FalkorDB, which runs
+    writes one at a time, the count is exact; on Neo4j two transactions writing the same new event at once
+    may both count it. ``write`` or ``check`` before ``open`` opens the sink (so a server that was down at
+    start is picked up later); after ``close`` they raise ``SinkUnavailable`` until ``open`` is called again.
+    """
+
+    name = "graph"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._backend: GraphBackend | None = None
+        self._closed = False
+
+    def open(self) -> None:
+        """Connect and create the key constraints, idempotently.
+
+        Raises ``SinkUnavailable``, or ``SinkDataError`` when a constraint cannot hold because the graph
+        already has duplicate keys (FalkorDB reports that on the ``open`` after the one that asked for it).
+        """
+        with self._lock:
+            self._closed = False
+            self._open_locked()
+
+    def _open_locked(self) -> GraphBackend:
+        backend = self._backend or connect_backend(self._settings)
+        try:
+            backend.ensure_schema()
+        except BaseException:
+            if backend is not self._backend:
+                backend.close()
+            raise
+        self._backend = backend
+        return backend
+
+    def _backend_or_open(self) -> GraphBackend:
+        with self._lock:
+            if self._closed:
+                raise SinkUnavailable("graph sink is closed")
+            return self._backend or self._open_locked()
+
+    def write(self, events: Sequence[Event]) -> int:
+        """Store a batch with one statement in one transaction; return how many Event nodes are new.
+
+        Raises ``SinkUnavailable``/``TransientError`` when a retry may succeed, ``SinkDataError`` when not.
+        """
+        rows = build_rows(events)
+        if not rows:
+            return 0
+        return self._backend_or_open().write_rows(rows)
+
+    def count_events(self) -> int:
+        """How many Event nodes the graph holds: what reached this sink. Raises ``SinkUnavailable``."""
+        return self._backend_or_open().count_events()
+
+    def check(self) -> None:
+        """Raise ``SinkUnavailable`` when the graph server cannot be reached."""
+        self._backend_or_open().check()
+
+    def close(self) -> None:
+        """Release the connection. Safe to call twice.
+
+        Call it once writers have stopped: a write still running on the released connection fails.
+        """
+        with self._lock:
+            backend, self._backend, self._closed = self._backend, None, True
+        if backend is not None:
+            backend.close()

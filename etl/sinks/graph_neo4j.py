@@ -1,0 +1,140 @@
+"""Neo4j backend of the graph sink, over Bolt with the official ``neo4j`` driver.
+
+Connects to NEO4J_URI (``bolt://``, ``neo4j://`` and their ``+s``/``+ssc`` forms) as NEO4J_USER with
+NEO4J_PASSWORD, and writes to the server's default database (GRAPH_NAME is FalkorDB's and is not used here).
+
+Writes run as managed transactions (``session.execute_write``), which the driver retries on transient
+failures (deadlocks, leader switches, dropped connections) for up to PROCESSING_TIMEOUT seconds; each
+transaction also carries PROCESSING_TIMEOUT as its server-side timeout.
+
+Errors: ServiceUnavailable, SessionExpired, a full connection pool, a transaction timeout, refused credentials
+or a missing database become ``SinkUnavailable``; Neo4j's TransientError (incl. DeadlockDetected) and server
+faults ``TransientError``; any other ClientError (CypherTypeError, ConstraintError...) and a constraint that
+cannot be created over duplicates already stored ``SinkDataError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from neo4j import Driver, GraphDatabase, ManagedTransaction, unit_of_work
+from neo4j import exceptions as neo
+
+from etl.config import Settings
+from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
+from etl.sinks.graph import COUNT_EVENTS_CYPHER, NODE_KEYS, WRITE_CYPHER, Row
+
+CONNECT_TIMEOUT_S = 5.0
+
+# Server codes that are ClientErrors in Neo4j's taxonomy but say nothing about our data.
+_UNAVAILABLE_CODES = (
+    "Neo.ClientError.Transaction.TransactionTimedOut",  # prefix of ...TimedOutClientConfiguration too
+    "Neo.ClientError.Database.DatabaseNotFound",
+)
+# A DatabaseError that is about our data: a constraint cannot be built over duplicate keys already stored.
+_DATA_CODES = ("Neo.DatabaseError.Schema.ConstraintCreationFailed",)
+
+
+def constraint_statements() -> list[str]:
+    """The idempotent DDL: one named uniqueness constraint per key of ``NODE_KEYS``."""
+    return [
+        f"CREATE CONSTRAINT {label.lower()}_{prop}_unique IF NOT EXISTS "
+        f"FOR (n:{label}) REQUIRE n.{prop} IS UNIQUE"
+        for label, prop in NODE_KEYS
+    ]
+
+
+def translate(err: Exception, doing: str) -> EtlError:
+    """Map a neo4j driver error to the pipeline's hierarchy; ``doing`` names the action."""
+    text = f"Neo4j {doing}: {err}"
+    code = getattr(err, "code", None) or ""
+    if isinstance(err, (neo.ServiceUnavailable, neo.SessionExpired, neo.ConnectionAcquisitionTimeoutError)):
+        return SinkUnavailable(text)
+    if isinstance(err, (neo.AuthError, neo.Forbidden)) or code.startswith(_UNAVAILABLE_CODES):
+        return SinkUnavailable(text)  # an operator's problem: retry until fixed, never dead-letter the data
+    if isinstance(err, neo.TransientError):
+        return TransientError(text)
+    if isinstance(err, neo.ClientError) or code.startswith(_DATA_CODES):
+        return SinkDataError(text)
+    return TransientError(text)  # DatabaseError and other driver faults: worth another try
+
+
+@contextmanager
+def _translated(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except (neo.Neo4jError, neo.DriverError) as e:
+        raise translate(e, doing) from e
+
+
+def connect(settings: Settings) -> Neo4jBackend:
+    """Create the driver and check the server answers. Raises ``SinkUnavailable``."""
+    timeout_s = float(settings.processing_timeout_s)
+    with _translated("connect"):
+        driver = GraphDatabase.driver(
+            settings.neo4j_uri,
+            auth=(settings.neo4j_user, settings.neo4j_password),
+            connection_timeout=min(CONNECT_TIMEOUT_S, timeout_s),
+            connection_acquisition_timeout=timeout_s,
+            max_transaction_retry_time=timeout_s,
+        )
+    try:
+        with _translated("connect"):
+            driver.verify_connectivity()
+    except BaseException:
+        driver.close()
+        raise
+    return Neo4jBackend(driver, transaction_timeout_s=timeout_s)
+
+
+def _run_statement(tx: ManagedTransaction, statement: str) -> None:
+    tx.run(statement).consume()
+
+
+def _write_batch(tx: ManagedTransaction, rows: list[Row]) -> int:
+    record = tx.run(WRITE_CYPHER, rows=rows).single(strict=True)
+    return int(record["created"])
+
+
+def _count_events(tx: ManagedTransaction) -> int:
+    return int(tx.run(COUNT_EVENTS_CYPHER).single(strict=True)["events"])
+
+
+class Neo4jBackend:
+    """One Neo4j database. Thread-safe: the driver is shared, each call opens its own session."""
+
+    def __init__(self, driver: Driver, *, transaction_timeout_s: float) -> None:
+        self._driver = driver
+        self._write: Any = unit_of_work(timeout=transaction_timeout_s)(_write_batch)
+
+    def ensure_schema(self) -> None:
+        """Create the uniqueness constraints IF NOT EXISTS, one per transaction (schema and data never mix).
+
+        Raises ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
+        """
+        with _translated("create schema"), self._driver.session() as session:
+            for statement in constraint_statements():
+                session.execute_write(_run_statement, statement)
+
+    def write_rows(self, rows: list[Row]) -> int:
+        """Run the shared write statement on ``rows`` in one managed transaction; return the new Event count.
+
+        Raises ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
+        """
+        with _translated("write"), self._driver.session() as session:
+            return int(session.execute_write(self._write, rows))
+
+    def count_events(self) -> int:
+        with _translated("count"), self._driver.session() as session:
+            return int(session.execute_read(_count_events))
+
+    def check(self) -> None:
+        """Raise ``SinkUnavailable`` unless the server answers."""
+        with _translated("check"):
+            self._driver.verify_connectivity()
+
+    def close(self) -> None:
+        """Close the driver and its pool. Safe to call twice."""
+        self._driver.close()

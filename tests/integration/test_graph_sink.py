@@ -1,0 +1,292 @@
+"""The graph sink's contract, run against every backend: FalkorDB always, Neo4j when TEST_NEO4J_URI is set.
+
+Each test reads the graph back through the backend's own client (a "probe"), not through the sink.
+A Neo4j given by TEST_NEO4J_URI (user/password in TEST_NEO4J_USER/TEST_NEO4J_PASSWORD) must be disposable:
+its default database is wiped, constraints included, before each test.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import pytest
+from falkordb import FalkorDB
+
+from etl import devservers
+from etl.config import Settings
+from etl.errors import SinkDataError, SinkUnavailable
+from etl.sinks.graph import NODE_KEYS, GraphSink
+
+BACKENDS = ["falkordb"] + (["neo4j"] if os.environ.get("TEST_NEO4J_URI") else [])
+CONSTRAINT_WAIT_S = 10.0
+LABELS = [label for label, _ in NODE_KEYS]
+# Works on both backends: each node's key, whatever its label.
+EDGES = ("MATCH (a)-[r]->(e:Event) RETURN labels(a)[0], coalesce(a.key, a.host_id, a.container_id), "
+         "type(r), e.id")
+
+
+class Probe(Protocol):
+    def run(self, cypher: str) -> None: ...
+    def rows(self, cypher: str) -> list[list[Any]]: ...
+    def unique_keys(self) -> set[tuple[str, str]]: ...
+    def close(self) -> None: ...
+
+
+class FalkorProbe:
+    def __init__(self, settings: Settings) -> None:
+        url = urlsplit(settings.neo4j_uri)
+        self._db = FalkorDB(host=url.hostname, port=url.port)
+        self._graph = self._db.select_graph(settings.graph_name)
+
+    def run(self, cypher: str) -> None:
+        self._graph.query(cypher)
+
+    def rows(self, cypher: str) -> list[list[Any]]:
+        return [list(r) for r in self._graph.ro_query(cypher).result_set]
+
+    def unique_keys(self) -> set[tuple[str, str]]:
+        return {(c["label"], c["properties"][0]) for c in self._graph.list_constraints()
+                if c["type"] == "UNIQUE" and c["status"] == "OPERATIONAL"}
+
+    def close(self) -> None:
+        if self._graph.name in self._db.list_graphs():
+            self._graph.delete()
+        self._db.connection.close()
+
+
+class Neo4jProbe:
+    def __init__(self, settings: Settings) -> None:
+        from neo4j import GraphDatabase
+
+        self._driver = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user,
+                                                                      settings.neo4j_password))
+        self.run("MATCH (n) DETACH DELETE n")
+        for (name,) in self.rows("SHOW CONSTRAINTS YIELD name"):
+            self.run(f"DROP CONSTRAINT `{name}` IF EXISTS")
+
+    def run(self, cypher: str) -> None:
+        self._driver.execute_query(cypher)
+
+    def rows(self, cypher: str) -> list[list[Any]]:
+        return [list(r.values()) for r in self._driver.execute_query(cypher).records]
+
+    def unique_keys(self) -> set[tuple[str, str]]:
+        shown = self.rows("SHOW CONSTRAINTS YIELD labelsOrTypes, properties, type")
+        return {(labels[0], props[0]) for labels, props, kind in shown if "UNIQUENESS" in kind}
+
+    def close(self) -> None:
+        self._driver.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings],
+             neo4j_uri: str | None) -> Settings:
+    if request.param == "falkordb":
+        return make_settings()
+    return make_settings(NEO4J_URI=neo4j_uri, NEO4J_USER=os.environ.get("TEST_NEO4J_USER", "neo4j"),
+                         NEO4J_PASSWORD=os.environ.get("TEST_NEO4J_PASSWORD", "password"))
+
+
+@pytest.fixture
+def probe(settings: Settings) -> Iterator[Probe]:
+    p: Probe = FalkorProbe(settings) if settings.neo4j_uri.startswith("falkor") else Neo4jProbe(settings)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def sink(settings: Settings, probe: Probe) -> Iterator[GraphSink]:
+    s = GraphSink(settings)
+    s.open()
+    yield s
+    s.close()
+
+
+def wait_for_constraints(probe: Probe) -> set[tuple[str, str]]:
+    """The operational key constraints, once all exist or CONSTRAINT_WAIT_S has passed."""
+    deadline = time.monotonic() + CONSTRAINT_WAIT_S
+    while (found := probe.unique_keys()) != set(NODE_KEYS) and time.monotonic() < deadline:
+        pass  # FalkorDB builds constraints asynchronously; each probe is a round trip
+    return found
+
+
+def event(event_id: str, **metadata: Any) -> dict[str, Any]:
+    return {"id": event_id, "type": "connect", "source": "/usr/bin/psql", "timestamp": 1704110400000,
+            "env": "test", "rdns": None, "metadata": metadata, "payload": {"bytes": 12}}
+
+
+def alice(event_id: str, pid: str = "1234", **more: Any) -> dict[str, Any]:
+    return event(event_id, host_id="host-001", host_ip="10.1.2.3", pid=pid, uid="1001", user="alice",
+                 enriched_at="2024-01-01T12:00:00Z", enrichment_version="1", **more)
+
+
+def counts(probe: Probe) -> dict[str, int]:
+    found = {label: probe.rows(f"MATCH (n:{label}) RETURN count(n)")[0][0] for label in LABELS}
+    found["relationships"] = probe.rows("MATCH ()-[r]->() RETURN count(r)")[0][0]
+    return found
+
+
+def edges(probe: Probe) -> set[tuple[str, str, str, str]]:
+    return {tuple(row) for row in probe.rows(EDGES)}  # type: ignore[misc]
+
+
+def test_batch_creates_the_nodes_and_relationships(sink: GraphSink, probe: Probe) -> None:
+    created = sink.write([alice("e1", container_id="c0ffee", binary_sha256="abc123"), alice("e2", pid="999")])
+
+    assert created == 2
+    assert counts(probe) == {"Event": 2, "Host": 1, "User": 1, "Process": 2, "Container": 1,
+                             "relationships": 7}
+    assert edges(probe) == {
+        ("Host", "host-001", "GENERATED", "e1"), ("Host", "host-001", "GENERATED", "e2"),
+        ("User", "uid:host-001:1001", "EXECUTED", "e1"), ("User", "uid:host-001:1001", "EXECUTED", "e2"),
+        ("Process", "host-001:1234:/usr/bin/psql", "EXECUTED", "e1"),
+        ("Process", "host-001:999:/usr/bin/psql", "EXECUTED", "e2"),
+        ("Container", "c0ffee", "GENERATED", "e1"),
+    }
+    assert probe.rows("MATCH (e:Event {id: 'e1'}) RETURN e.type, e.source, e.timestamp, e.env, e.rdns, "
+                      "e.host_id, e.enriched_at") == [
+        ["connect", "/usr/bin/psql", 1704110400000, "test", None, "host-001", "2024-01-01T12:00:00Z"]]
+    assert probe.rows("MATCH (p:Process {key: 'host-001:1234:/usr/bin/psql'}) "
+                      "RETURN p.host_id, p.pid, p.source, p.binary_sha256") == [
+        ["host-001", "1234", "/usr/bin/psql", "abc123"]]
+
+
+def test_replaying_a_batch_changes_nothing(sink: GraphSink, probe: Probe) -> None:
+    batch = [alice("e1", container_id="c0ffee"), alice("e2", pid="999"), event("e3")]
+    assert sink.write(batch) == 3
+    before = (counts(probe), edges(probe))
+
+    assert sink.write(batch) == 0
+    assert (counts(probe), edges(probe)) == before
+    assert sink.count_events() == 3
+
+
+def test_events_from_one_host_and_user_share_their_nodes(sink: GraphSink, probe: Probe) -> None:
+    sink.write([alice("e1")])
+    sink.write([alice("e2", pid="555"), event("e3", host_id="host-001", user="alice")])
+
+    assert counts(probe)["Host"] == 1
+    # alice by uid on host-001, and alice known by name only: two identities, each shared by its events.
+    assert sorted(probe.rows("MATCH (u:User)-[:EXECUTED]->(e) RETURN u.key, count(e)")) == [
+        ["name:alice", 1], ["uid:host-001:1001", 2]]
+
+
+def test_same_pid_on_two_hosts_is_two_processes(sink: GraphSink, probe: Probe) -> None:
+    sink.write([event("e1", host_id="host-001", pid="1234"), event("e2", host_id="host-002", pid="1234")])
+
+    assert sorted(probe.rows("MATCH (p:Process) RETURN p.host_id, p.pid")) == [
+        ["host-001", "1234"], ["host-002", "1234"]]
+    assert counts(probe)["Host"] == 2
+
+
+def test_event_without_metadata_is_a_lone_event_node(sink: GraphSink, probe: Probe) -> None:
+    bare = {"id": "bare", "type": "exec", "source": "/bin/sh", "timestamp": 1}
+
+    assert sink.write([bare]) == 1
+    assert counts(probe) == {"Event": 1, "Host": 0, "User": 0, "Process": 0, "Container": 0,
+                             "relationships": 0}
+
+
+def test_open_twice_keeps_one_constraint_per_key(sink: GraphSink, probe: Probe) -> None:
+    sink.open()
+    sink.open()
+
+    assert wait_for_constraints(probe) == set(NODE_KEYS)
+    assert sink.write([alice("e1")]) == 1
+
+
+def test_concurrent_opens_of_a_new_graph_all_succeed(settings: Settings, probe: Probe) -> None:
+    sinks = [GraphSink(settings) for _ in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(GraphSink.open, sinks))
+    for s in sinks:
+        s.close()
+
+    assert wait_for_constraints(probe) == set(NODE_KEYS)
+
+
+def test_open_over_duplicate_keys_is_a_data_error(settings: Settings, probe: Probe) -> None:
+    probe.run("CREATE (:Host {host_id: 'dup'}), (:Host {host_id: 'dup'})")
+    sink = GraphSink(settings)
+    deadline = time.monotonic() + CONSTRAINT_WAIT_S
+
+    with pytest.raises(SinkDataError, match="Host"):
+        while time.monotonic() < deadline:
+            sink.open()  # FalkorDB finds the duplicates while it builds the constraint, after open returned
+    sink.close()
+
+
+def test_unicode_and_quotes_round_trip(sink: GraphSink, probe: Probe) -> None:
+    tricky = "it's \"quoted\" \\ back\\slash\nnew line — 日本語 🚀 `tick`"
+    sink.write([{**event("ünï-'\"", host_id=tricky, user=tricky, hostname=tricky), "source": tricky}])
+
+    assert probe.rows("MATCH (h:Host)-[:GENERATED]->(e:Event) "
+                      "RETURN h.host_id, h.hostname, e.id, e.source") == [[tricky, tricky, "ünï-'\"", tricky]]
+    assert probe.rows("MATCH (u:User) RETURN u.name") == [[tricky]]
+
+
+def test_write_to_a_closed_port_is_unavailable(settings: Settings) -> None:
+    scheme = urlsplit(settings.neo4j_uri).scheme
+    down = GraphSink(Settings(**{**vars(settings), "neo4j_uri": f"{scheme}://127.0.0.1:{devservers.free_port()}"}))
+
+    with pytest.raises(SinkUnavailable):
+        down.open()
+    with pytest.raises(SinkUnavailable):
+        down.write([alice("e1")])
+    with pytest.raises(SinkUnavailable):
+        down.check()
+    down.close()
+    down.close()
+
+
+def test_closed_sink_refuses_writes_until_reopened(sink: GraphSink, probe: Probe) -> None:
+    sink.check()
+    sink.close()
+    with pytest.raises(SinkUnavailable):
+        sink.write([alice("e1")])
+    sink.open()
+    assert sink.write([alice("e1")]) == 1
+
+
+def test_concurrent_overlapping_batches_store_each_node_once(sink: GraphSink, probe: Probe) -> None:
+    hosts, users = ["host-a", "host-b"], ["u1", "u2", "u3"]
+    events = [event(f"e{i}", host_id=hosts[i % 2], uid=users[i % 3], pid=str(100 + i % 5),
+                    container_id=f"c{i % 4}") for i in range(60)]
+    # Four threads, each writing every event in batches of 10 from its own starting offset.
+    batches = [[events[(start + k) % 60] for k in range(b, b + 10)]
+               for start in (0, 5, 17, 33) for b in range(0, 60, 10)]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        created = sum(pool.map(sink.write, batches))
+
+    assert 60 <= created <= len(batches) * 10
+    found = counts(probe)
+    expected_processes = len({(e["metadata"]["host_id"], e["metadata"]["pid"]) for e in events})
+    assert found == {"Event": 60, "Host": 2, "User": 6, "Process": expected_processes, "Container": 4,
+                     "relationships": 60 * 4}
+
+
+def test_falkordb_restart_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    # Backend-specific: only a FalkorDB can be stopped and started again from here.
+    server = devservers.redis_server(tmp_path, falkordb=True).start()
+    sink = GraphSink(Settings(neo4j_uri=f"falkor://127.0.0.1:{server.port}", graph_name="restart"))
+    try:
+        sink.open()
+        assert sink.write([alice("e1")]) == 1
+        server.stop()
+        with pytest.raises(SinkUnavailable):
+            sink.write([alice("e2")])
+        with pytest.raises(SinkUnavailable):
+            sink.check()
+        server.start()
+        sink.check()
+        assert sink.write([alice("e3")]) == 1
+    finally:
+        sink.close()
+        server.stop()

@@ -1,0 +1,193 @@
+"""Pure part of the graph sink: events -> Cypher rows, keys, the shared statement, and error mapping.
+
+The error mapping of both backends is tested here too, since no Neo4j server runs in this suite.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import redis
+from neo4j import exceptions as neo
+
+from etl.config import Settings
+from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
+from etl.sinks import graph_falkor, graph_neo4j
+from etl.sinks.graph import NODE_KEYS, WRITE_CYPHER, GraphSink, build_row, build_rows, compose_key
+
+
+def event(event_id: str = "event-1", **metadata: Any) -> dict[str, Any]:
+    return {
+        "id": event_id,
+        "type": "connect",
+        "source": "/usr/bin/psql",
+        "timestamp": 1704110400000,
+        "env": "dev",
+        "rdns": "host-3.local",
+        "metadata": metadata,
+        "payload": {"ignored": True},
+        "args": ["ignored"],
+    }
+
+
+FULL = {
+    "host_id": "host-001", "host_ip": "10.1.2.3", "hostname": "web-1", "pid": "1234", "uid": "1001",
+    "user": "alice", "container_id": "c0ffee", "binary_sha256": "abc123",
+    "enriched_at": "2024-01-01T12:00:00Z", "enrichment_version": "1",
+}
+
+
+def test_full_event_row() -> None:
+    row = build_row(event(**FULL))
+    assert row == {
+        "id": "event-1", "type": "connect", "source": "/usr/bin/psql", "timestamp": 1704110400000,
+        "env": "dev", "rdns": "host-3.local", "enriched_at": "2024-01-01T12:00:00Z",
+        "host_id": "host-001", "host_ip": "10.1.2.3", "hostname": "web-1", "uid": "1001", "pid": "1234",
+        "user": "alice", "container_id": "c0ffee", "binary_sha256": "abc123",
+        "user_key": "uid:host-001:1001", "user_host_id": "host-001",
+        "process_key": "host-001:1234:/usr/bin/psql",
+    }
+
+
+def test_event_without_metadata_has_no_context() -> None:
+    row = build_row({"id": "e", "type": "t", "source": "s", "timestamp": 1, "env": "dev", "rdns": None})
+    context = {k: v for k, v in row.items() if k not in {"id", "type", "source", "timestamp", "env"}}
+    assert set(context.values()) == {None}
+
+
+def test_every_row_has_the_same_keys() -> None:
+    assert build_row(event(**FULL)).keys() == build_row({"id": "bare"}).keys()
+
+
+def test_user_without_uid_is_keyed_by_name() -> None:
+    row = build_row(event(host_id="host-001", user="alice"))
+    assert (row["user_key"], row["uid"], row["user_host_id"]) == ("name:alice", None, None)
+
+
+def test_uid_without_host_falls_back_to_name_or_nothing() -> None:
+    assert build_row(event(uid="1001", user="bob"))["user_key"] == "name:bob"
+    row = build_row(event(uid="1001"))
+    assert (row["user_key"], row["uid"]) == (None, None)
+
+
+def test_process_needs_host_and_pid() -> None:
+    assert build_row(event(pid="1234"))["process_key"] is None
+    assert build_row(event(host_id="h"))["process_key"] is None
+    without_source = {**event(host_id="h", pid=7), "source": None}
+    assert build_row(without_source)["process_key"] == "h:7:"
+
+
+def test_numbers_and_strings_give_the_same_keys() -> None:
+    a = build_row(event(host_id="h", pid=1234, uid=1001))
+    b = build_row(event(host_id="h", pid="1234", uid="1001"))
+    assert (a["process_key"], a["user_key"], a["pid"]) == (b["process_key"], b["user_key"], "1234")
+
+
+def test_empty_strings_are_absent() -> None:
+    row = build_row(event(host_id="", user="", container_id=""))
+    assert (row["host_id"], row["user_key"], row["container_id"]) == (None, None, None)
+
+
+def test_key_parts_are_escaped_so_keys_never_collide() -> None:
+    assert compose_key("a:b", "c") != compose_key("a", "b:c")
+    assert compose_key("a%3Ab") != compose_key("a:b")
+    assert build_row({**event(host_id="h", pid="1"), "source": "C:\\x"})["process_key"] == "h:1:C%3A\\x"
+
+
+def test_batch_keeps_one_row_per_id_last_wins_in_first_seen_order() -> None:
+    rows = build_rows([event("a", user="x"), event("b"), event("a", user="y")])
+    assert [(r["id"], r["user"]) for r in rows] == [("a", "y"), ("b", None)]
+
+
+@pytest.mark.parametrize("bad", [{}, {"id": ""}, {"id": 7}])
+def test_event_without_string_id_is_rejected(bad: dict[str, Any]) -> None:
+    with pytest.raises(SinkDataError, match="id"):
+        build_row(bad)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("type", {"a": 1}), ("timestamp", float("nan")), ("rdns", ["x"])],
+)
+def test_values_no_graph_can_store_are_rejected(field: str, value: Any) -> None:
+    with pytest.raises(SinkDataError, match=field):
+        build_row({**event(), field: value})
+
+
+def test_metadata_values_must_be_scalars() -> None:
+    with pytest.raises(SinkDataError, match="host_id"):
+        build_row(event(host_id={"nested": 1}))
+    with pytest.raises(SinkDataError, match="metadata"):
+        build_row({**event(), "metadata": ["x"]})
+
+
+def test_statement_is_one_unwind_that_merges_nodes_on_their_key_only() -> None:
+    assert WRITE_CYPHER.strip().startswith("UNWIND $rows AS r")
+    assert ";" not in WRITE_CYPHER
+    merged = re.findall(r"MERGE \(\w+:(\w+) \{(\w+): r\.\w+\}\)", WRITE_CYPHER)
+    assert sorted(merged) == sorted(NODE_KEYS)
+    assert len(re.findall(r"MERGE \(\w+\)-\[:(GENERATED|EXECUTED)\]->\(e\)", WRITE_CYPHER)) == 4
+
+
+def test_sink_does_not_connect_when_built() -> None:
+    sink = GraphSink(Settings(neo4j_uri="falkor://127.0.0.1:1"))
+    assert sink.name == "graph"
+    sink.close()
+    sink.close()
+
+
+def neo4j_error(code: str) -> Exception:
+    # The driver builds server errors this way (private, but the only way to get the class for a code).
+    return neo.Neo4jError._hydrate_neo4j(code=code, message="from the server")
+
+
+@pytest.mark.parametrize(
+    ("err", "expected"),
+    [
+        (neo.ServiceUnavailable("down"), SinkUnavailable),
+        (neo.SessionExpired("gone"), SinkUnavailable),
+        (neo4j_error("Neo.ClientError.Security.Unauthorized"), SinkUnavailable),
+        (neo4j_error("Neo.ClientError.Transaction.TransactionTimedOutClientConfiguration"), SinkUnavailable),
+        (neo4j_error("Neo.TransientError.Transaction.DeadlockDetected"), TransientError),
+        (neo4j_error("Neo.DatabaseError.General.UnknownError"), TransientError),
+        (neo4j_error("Neo.ClientError.Statement.TypeError"), SinkDataError),
+        (neo4j_error("Neo.ClientError.Schema.ConstraintValidationFailed"), SinkDataError),
+        (neo4j_error("Neo.DatabaseError.Schema.ConstraintCreationFailed"), SinkDataError),
+    ],
+)
+def test_neo4j_errors_are_translated(err: Exception, expected: type[EtlError]) -> None:
+    translated = graph_neo4j.translate(err, "write")
+    assert type(translated) is expected
+    assert str(translated).startswith("Neo4j write: ")
+
+
+@pytest.mark.parametrize(
+    ("err", "expected"),
+    [
+        (redis.ConnectionError("refused"), SinkUnavailable),
+        (redis.TimeoutError("slow"), SinkUnavailable),
+        (redis.exceptions.AuthenticationError("WRONGPASS"), SinkUnavailable),
+        (redis.exceptions.ReadOnlyError("READONLY replica"), SinkUnavailable),
+        (redis.ResponseError("Query timed out"), SinkUnavailable),
+        (redis.ResponseError("The query TIMEOUT parameter value cannot exceed the TIMEOUT_MAX ..."),
+         SinkUnavailable),
+        (redis.ResponseError("Max pending queries exceeded"), TransientError),
+        (redis.exceptions.OutOfMemoryError("OOM"), TransientError),
+        (redis.ResponseError("Property values can only be of primitive types"), SinkDataError),
+        (redis.ResponseError("unique constraint violation on node of type Event"), SinkDataError),
+    ],
+)
+def test_falkordb_errors_are_translated(err: Exception, expected: type[EtlError]) -> None:
+    translated = graph_falkor.translate(err, "write")
+    assert type(translated) is expected
+    assert str(translated).startswith("FalkorDB write: ")
+
+
+def test_neo4j_constraints_are_idempotent_ddl_one_per_key() -> None:
+    statements = graph_neo4j.constraint_statements()
+    assert len(statements) == len(NODE_KEYS)
+    assert all(" IF NOT EXISTS FOR (n:" in s and s.endswith(" IS UNIQUE") for s in statements)
+    user = "CREATE CONSTRAINT user_key_unique IF NOT EXISTS FOR (n:User) REQUIRE n.key IS UNIQUE"
+    assert user in statements
