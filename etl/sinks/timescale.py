@@ -1,0 +1,316 @@
+"""The TimescaleDB sink: batches of enriched events into one table, a hypertable when TimescaleDB is there.
+
+A batch is one transaction: COPY into a per-session TEMP staging table, then one ``INSERT ... SELECT ...
+ON CONFLICT DO NOTHING`` into the table, so a replayed event (same ``id`` and time) is skipped and a replayed
+batch changes nothing. Driver errors are translated here, by SQLSTATE class where there is one:
+
+- a connection refused, dropped or timed out, a statement timeout -> ``SinkUnavailable``;
+- a deadlock or serialization failure -> ``TransientError``;
+- a value the server rejects (a NUL character, a timestamp out of range, a constraint) -> ``SinkDataError``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.pool
+from psycopg2 import errorcodes, sql
+
+from etl.config import Settings
+from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
+from etl.sinks.base import Event
+from etl.sinks.copy_format import STAGING_COLUMNS, format_batch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POOL_SIZE = 8  # connections per process; Dramatiq's default worker thread count
+DEFAULT_CONNECT_TIMEOUT_S = 5
+# A statement is cancelled by the server before the actor's own time limit, so the failure is ours to report.
+STATEMENT_TIMEOUT_SHARE = 0.8
+KEEPALIVE_IDLE_S = 30
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_COUNT = 3
+# One key for every migration in the database: CREATE EXTENSION and CREATE TABLE are not safe to race.
+MIGRATION_LOCK_KEY = 0x6574_6C5F_6D69_6772  # "etl_migr"
+APPLICATION_NAME = "etl-timescale-sink"
+STAGING_TABLE = "etl_staging_events"
+
+_UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58"})  # connection, resources, operator, system
+_RETRY_CLASSES = frozenset({"40"})  # transaction rollback: serialization failure, deadlock
+_DATA_CLASSES = frozenset({"22", "23", "54"})  # data exception, integrity, program limit (a value too big)
+_UNAVAILABLE_TYPES = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.pool.PoolError)
+_HEALTHY_AFTER = _RETRY_CLASSES | _DATA_CLASSES  # the statement failed, the session is fine
+_SESSION_FAILURE_CLASSES = frozenset({"08", "40", "57"})  # the session, not the statement, failed
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    id          TEXT        NOT NULL,
+    "time"      TIMESTAMPTZ NOT NULL,
+    "timestamp" BIGINT      NOT NULL,
+    type        TEXT        NOT NULL,
+    source      TEXT        NOT NULL,
+    host_id     TEXT,
+    env         TEXT,
+    rdns        TEXT,
+    metadata    JSONB       NOT NULL DEFAULT '{{}}',
+    payload     BYTEA,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (id, "time")
+)"""
+_CREATE_INDEX = 'CREATE INDEX IF NOT EXISTS {index} ON {table} (host_id, "time" DESC)'
+_CREATE_STAGING = f"""
+CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
+    id TEXT, type TEXT, source TEXT, "timestamp" BIGINT, env TEXT, rdns TEXT, host_id TEXT,
+    metadata JSONB, payload BYTEA
+) ON COMMIT DELETE ROWS"""
+# Sorted, so concurrent overlapping batches take their key locks in one order and cannot deadlock.
+_INSERT = """
+INSERT INTO {table} (id, "time", "timestamp", type, source, host_id, env, rdns, metadata, payload)
+SELECT id, to_timestamp("timestamp"::float8 / 1000), "timestamp", type, source, host_id, env, rdns,
+       metadata, payload
+FROM {staging} ORDER BY id, "timestamp"
+ON CONFLICT DO NOTHING"""
+# The pre-2.13 signature: still documented, and the one every TimescaleDB 2.x accepts.
+_CREATE_HYPERTABLE = (
+    "SELECT create_hypertable(%s::regclass, 'time', if_not_exists => TRUE, migrate_data => TRUE)")
+
+
+class _Connection(psycopg2.extensions.connection):
+    """A connection that remembers whether its session has the staging table yet."""
+
+    staging_ready = False
+
+
+def statement_timeout_ms(settings: Settings) -> int:
+    """The server-side statement timeout, in milliseconds, derived from ``PROCESSING_TIMEOUT``."""
+    return max(1, int(settings.processing_timeout_s * 1000 * STATEMENT_TIMEOUT_SHARE))
+
+
+def translate_error(exc: psycopg2.Error, table: str) -> EtlError:
+    """The pipeline error for a driver error met while using ``table``; the message names the cause."""
+    code = exc.pgcode or ""
+    where = f"timescale table {table}"
+    if code[:2] in _RETRY_CLASSES:
+        return TransientError(f"{where}: transaction rolled back, retry: {_describe(exc)}")
+    if code[:2] in _DATA_CLASSES or isinstance(exc, (psycopg2.DataError, psycopg2.IntegrityError)):
+        return SinkDataError(f"{where}: the server rejected the batch: {_describe(exc)}")
+    if code[:2] in _UNAVAILABLE_CLASSES or isinstance(exc, _UNAVAILABLE_TYPES):
+        return SinkUnavailable(f"{where}: server unavailable: {_describe(exc)}")
+    return TransientError(f"{where}: unexpected database error: {_describe(exc)}")
+
+
+def _describe(exc: psycopg2.Error) -> str:
+    diag = exc.diag
+    lines = str(exc).strip().splitlines()
+    text = diag.message_primary or (lines[0] if lines else type(exc).__name__)
+    if exc.pgcode:
+        try:
+            text += f" (SQLSTATE {exc.pgcode} {errorcodes.lookup(exc.pgcode).lower()})"
+        except KeyError:
+            text += f" (SQLSTATE {exc.pgcode})"
+    if diag.context:
+        text += f"; at {diag.context.strip().splitlines()[0]}"
+    return text
+
+
+def _index_name(table: str) -> str:
+    suffix = "_host_id_time_idx"
+    return table[: 63 - len(suffix)] + suffix  # PostgreSQL truncates names to 63 bytes
+
+
+class TimescaleSink:
+    """Stores batches of enriched events in ``settings.pg_table``. Safe to share between threads.
+
+    Nothing connects before the first call that needs the server (``open``, ``migrate``, ``write``,
+    ``check``). Each call borrows one pooled connection; ``close`` ends them all and is final.
+    """
+
+    name = "timescale"
+
+    def __init__(self, settings: Settings, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
+        self._settings = settings
+        self._table = settings.pg_table
+        self._pool_size = pool_size
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._lock = threading.Lock()
+        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._closed = False
+        self._wait_s = settings.processing_timeout_s * STATEMENT_TIMEOUT_SHARE
+        self._sql_insert = sql.SQL(_INSERT).format(table=sql.Identifier(self._table),
+                                                   staging=sql.Identifier(STAGING_TABLE))
+        self._sql_copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(STAGING_TABLE), sql.SQL(", ").join(map(sql.Identifier, STAGING_COLUMNS)))
+
+    def open(self) -> None:
+        """Connect and apply the schema. Raises ``SinkUnavailable`` when the server cannot be reached."""
+        self.migrate()
+
+    def migrate(self) -> None:
+        """Create the table, its index and (with TimescaleDB) the hypertable, if missing. Idempotent.
+
+        Concurrent callers in other processes wait on an advisory lock. Raises ``SinkUnavailable``,
+        ``TransientError`` or ``SinkDataError`` as ``write`` does.
+        """
+        with self._borrow() as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            hypertable = self._enable_timescaledb(cur)
+            table = sql.Identifier(self._table)
+            cur.execute(sql.SQL(_CREATE_TABLE).format(table=table))
+            index = sql.Identifier(_index_name(self._table))
+            cur.execute(sql.SQL(_CREATE_INDEX).format(table=table, index=index))
+            if hypertable:
+                cur.execute(_CREATE_HYPERTABLE, (table.as_string(conn),))
+            conn.commit()
+
+    def _enable_timescaledb(self, cur: psycopg2.extensions.cursor) -> bool:
+        """True when the timescaledb extension is (now) installed; otherwise logs the fallback once."""
+        cur.execute("SELECT installed_version FROM pg_available_extensions WHERE name = 'timescaledb'")
+        row = cur.fetchone()
+        if row is not None and row[0] is not None:
+            return True
+        reason = "is not available on this server"
+        if row is not None:
+            cur.execute("SAVEPOINT etl_timescaledb")
+            try:
+                cur.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+                cur.execute("RELEASE SAVEPOINT etl_timescaledb")
+                return True
+            except psycopg2.DatabaseError as e:
+                # e.g. not in shared_preload_libraries, its library missing, or no privilege to create it
+                if (e.pgcode or "")[:2] in _SESSION_FAILURE_CLASSES:
+                    raise
+                cur.execute("ROLLBACK TO SAVEPOINT etl_timescaledb")
+                reason = f"could not be created ({_describe(e)})"
+        log.warning("TimescaleDB extension %s; %s is a plain PostgreSQL table", reason, self._table)
+        return False
+
+    def write(self, events: Sequence[Event]) -> int:
+        """Store ``events`` in one transaction; returns how many rows were new (a replay returns 0).
+
+        An empty batch returns 0 without touching the server. Raises ``SinkUnavailable`` (server unreachable,
+        connection lost, statement timeout), ``TransientError`` (deadlock, serialization failure) or
+        ``SinkDataError`` (the batch holds a value the table cannot take; nothing of it is stored).
+        """
+        if not events:
+            return 0
+        data = format_batch(events)
+        with self._borrow() as conn:
+            with conn.cursor() as cur:
+                if not conn.staging_ready:
+                    cur.execute(_CREATE_STAGING)
+                cur.copy_expert(self._sql_copy, io.BytesIO(data))
+                cur.execute(self._sql_insert)
+                inserted = cur.rowcount
+            conn.commit()
+            conn.staging_ready = True  # only now: a rolled-back CREATE TEMP TABLE leaves no table
+        return inserted
+
+    def check(self) -> None:
+        """Run ``SELECT 1`` on a pooled connection. Raises ``SinkUnavailable`` when that fails."""
+        try:
+            with self._borrow() as conn, conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                conn.rollback()
+        except SinkUnavailable:
+            raise
+        except EtlError as e:
+            raise SinkUnavailable(str(e)) from e
+
+    def close(self) -> None:
+        """Close every connection. Safe to call twice; the sink cannot be used afterwards."""
+        with self._lock:
+            pool, self._pool, self._closed = self._pool, None, True
+        if pool is not None and not pool.closed:
+            pool.closeall()
+
+    @contextmanager
+    def _borrow(self) -> Iterator[_Connection]:
+        """A live pooled connection for one transaction; driver errors inside are translated.
+
+        A connection whose session may be broken is closed, never handed out again.
+        """
+        if not self._slots.acquire(timeout=self._wait_s):
+            raise SinkUnavailable(f"timescale table {self._table}: all {self._pool_size} connections busy "
+                                  f"for {self._wait_s:.0f}s")
+        try:
+            pool = self._get_pool()
+            conn = self._checkout(pool)
+            healthy = False
+            try:
+                yield conn
+                healthy = True
+            except psycopg2.Error as e:
+                healthy = _recover(conn, e)
+                raise translate_error(e, self._table) from e
+            finally:
+                _give_back(pool, conn, healthy)
+        finally:
+            self._slots.release()
+
+    def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
+        with self._lock:
+            if self._closed:
+                raise SinkUnavailable(f"timescale table {self._table}: the sink is closed")
+            if self._pool is None:
+                try:
+                    # minconn == maxconn: the pool keeps every connection it makes instead of closing extras
+                    self._pool = psycopg2.pool.ThreadedConnectionPool(
+                        self._pool_size, self._pool_size, **self._connect_kwargs())
+                except psycopg2.Error as e:
+                    raise translate_error(e, self._table) from e
+            return self._pool
+
+    def _checkout(self, pool: psycopg2.pool.ThreadedConnectionPool) -> _Connection:
+        """A pooled connection that answers ``SELECT 1``; dead ones (a server restart) are discarded."""
+        for _ in range(self._pool_size + 1):
+            try:
+                conn = pool.getconn()
+            except psycopg2.Error as e:
+                raise translate_error(e, self._table) from e
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                return conn
+            except psycopg2.Error:
+                _give_back(pool, conn, healthy=False)
+        raise SinkUnavailable(f"timescale table {self._table}: no live connection after "
+                              f"{self._pool_size + 1} attempts")
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        s = self._settings
+        return {
+            "host": s.pg_host, "port": s.pg_port, "dbname": s.pg_db,
+            "user": s.pg_user, "password": s.pg_password,
+            "connect_timeout": min(DEFAULT_CONNECT_TIMEOUT_S, s.processing_timeout_s),
+            "application_name": APPLICATION_NAME,
+            "options": f"-c statement_timeout={statement_timeout_ms(s)}",
+            # keepalives notice a peer that vanished without closing the socket
+            "keepalives": 1, "keepalives_idle": KEEPALIVE_IDLE_S,
+            "keepalives_interval": KEEPALIVE_INTERVAL_S, "keepalives_count": KEEPALIVE_COUNT,
+            "connection_factory": _Connection,
+        }
+
+
+def _recover(conn: _Connection, exc: psycopg2.Error) -> bool:
+    """Roll back after a failed statement; True when the session is known good and may be reused."""
+    if conn.closed or (exc.pgcode or "")[:2] not in _HEALTHY_AFTER:
+        return False
+    try:
+        conn.rollback()
+    except psycopg2.Error:
+        return False
+    return True
+
+
+def _give_back(pool: psycopg2.pool.ThreadedConnectionPool, conn: _Connection, healthy: bool) -> None:
+    try:
+        pool.putconn(conn, close=not healthy)
+    except psycopg2.pool.PoolError:  # the sink was closed meanwhile
+        conn.close()

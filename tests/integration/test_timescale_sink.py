@@ -1,0 +1,239 @@
+"""The TimescaleDB sink against a real PostgreSQL (no TimescaleDB here, so the plain-table path)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from etl import devservers
+from etl.config import Settings
+from etl.errors import SinkDataError, SinkUnavailable, TransientError
+from etl.sinks.timescale import APPLICATION_NAME, TimescaleSink, translate_error
+
+BASE_MS = 1704110400000  # 2024-01-01T12:00:00Z
+PAYLOAD = b"\x00\x01binary\\\t\n\xff"
+
+
+def make_event(i: int, **overrides: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "id": f"event-{i}",
+        "type": "connect",
+        "source": "/usr/bin/psql",
+        "timestamp": BASE_MS + i,
+        "metadata": {"host_id": f"host-{i % 3:03d}", "host_ip": "10.1.2.3", "pid": "1234", "uid": 1001,
+                     "user": "alice", "enriched_at": "2024-01-01T12:00:00.123Z", "enrichment_version": "1"},
+        "payload": base64.b64encode(PAYLOAD).decode(),
+        "args": None,
+        "env": "dev",
+        "rdns": "host-3.local",
+        "unknown_extra": {"kept": "but not stored"},
+    }
+    return {**event, **overrides}
+
+
+def query(settings: Settings, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, user=settings.pg_user,
+                            dbname=settings.pg_db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL(statement).format(table=sql.Identifier(settings.pg_table)), params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def count(settings: Settings) -> int:
+    return int(query(settings, "SELECT count(*) FROM {table}")[0][0])
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def sink(settings: Settings) -> Iterator[TimescaleSink]:
+    sink = TimescaleSink(settings, pool_size=4)
+    sink.open()
+    yield sink
+    sink.close()
+
+
+def test_batch_lands_with_every_column(sink: TimescaleSink, settings: Settings) -> None:
+    events = [make_event(0, rdns=None), make_event(1, payload={"cmd": "ls"}), make_event(2, payload=None)]
+    assert sink.write(events) == 3
+
+    rows = query(settings, """SELECT id, "time", "timestamp", type, source, host_id, env, rdns,
+                                     metadata->>'enriched_at', metadata->>'uid', payload, created_at
+                              FROM {table} ORDER BY id""")
+    first = rows[0]
+    assert first[:8] == ("event-0", datetime(2024, 1, 1, 12, tzinfo=timezone.utc), BASE_MS, "connect",
+                         "/usr/bin/psql", "host-000", "dev", None)
+    assert first[8:10] == ("2024-01-01T12:00:00.123Z", "1001")
+    assert bytes(first[10]) == PAYLOAD
+    assert first[11] is not None
+    assert rows[1][1] == datetime(2024, 1, 1, 12, 0, 0, 1000, tzinfo=timezone.utc)  # +1 ms
+    assert rows[1][7] == "host-3.local"
+    assert bytes(rows[1][10]) == b'{"cmd":"ls"}'
+    assert rows[2][10] is None
+
+
+def test_replay_inserts_nothing(sink: TimescaleSink, settings: Settings) -> None:
+    batch = [make_event(i) for i in range(10)]
+    assert sink.write(batch) == 10
+    assert sink.write(batch) == 0
+    assert sink.write(batch[3:7] + [make_event(10)]) == 1
+    assert count(settings) == 11
+
+
+def test_duplicates_inside_a_batch_are_stored_once(sink: TimescaleSink, settings: Settings) -> None:
+    assert sink.write([make_event(1), make_event(2), make_event(1)]) == 2
+    assert count(settings) == 2
+
+
+def test_empty_batch_touches_nothing(settings: Settings) -> None:
+    sink = TimescaleSink(Settings(pg_port=devservers.free_port()))
+    assert sink.write([]) == 0
+
+
+def test_migrate_is_idempotent_and_logs_the_plain_table(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = TimescaleSink(settings, pool_size=2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="etl.sinks.timescale"):
+            sink.open()
+            assert len(caplog.records) == 1
+            sink.migrate()
+        assert len(caplog.records) == 2
+        assert all("plain PostgreSQL table" in r.getMessage() and r.levelno == logging.WARNING
+                   for r in caplog.records)
+        assert sink.write([make_event(1)]) == 1
+    finally:
+        sink.close()
+    primary_key = query(settings, """SELECT pg_get_constraintdef(oid) FROM pg_constraint
+                                     WHERE conrelid = %s::regclass AND contype = 'p'""", (settings.pg_table,))
+    assert primary_key == [('PRIMARY KEY (id, "time")',)]
+
+
+def test_concurrent_open_from_many_sessions(settings: Settings) -> None:
+    sinks = [TimescaleSink(settings, pool_size=1) for _ in range(6)]
+    try:
+        with ThreadPoolExecutor(len(sinks)) as pool:
+            for future in [pool.submit(s.open) for s in sinks]:
+                future.result()
+    finally:
+        for s in sinks:
+            s.close()
+    assert count(settings) == 0
+
+
+def test_nul_in_text_is_a_data_error_and_nothing_is_stored(sink: TimescaleSink, settings: Settings) -> None:
+    with pytest.raises(SinkDataError, match="0x00"):
+        sink.write([make_event(1), make_event(2, source="/usr/bin/p\x00sql")])
+    with pytest.raises(SinkDataError, match="Unicode escape"):
+        sink.write([make_event(3, metadata={"user": "nul\x00"})])
+    assert count(settings) == 0
+    assert sink.write([make_event(1)]) == 1  # the pooled connections still work
+
+
+def test_timestamp_out_of_range_is_a_data_error(sink: TimescaleSink) -> None:
+    with pytest.raises(SinkDataError, match="out of range"):
+        sink.write([make_event(1, timestamp=10**17)])
+    with pytest.raises(SinkDataError, match="out of range"):
+        sink.write([make_event(1, timestamp=2**63)])  # beyond BIGINT
+
+
+def test_check_and_unreachable_server(sink: TimescaleSink, make_settings: Callable[..., Settings]) -> None:
+    sink.check()
+    down = TimescaleSink(make_settings(PG_PORT=str(devservers.free_port())))
+    try:
+        with pytest.raises(SinkUnavailable, match="refused"):
+            down.check()
+        with pytest.raises(SinkUnavailable):
+            down.write([make_event(1)])
+        with pytest.raises(SinkUnavailable):
+            down.open()
+    finally:
+        down.close()
+
+
+def test_dropped_connections_are_discarded(sink: TimescaleSink, settings: Settings) -> None:
+    assert sink.write([make_event(1)]) == 1
+    killed = query(settings, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   "WHERE application_name = %s AND datname = %s", (APPLICATION_NAME, settings.pg_db))
+    assert killed
+    assert sink.write([make_event(2)]) == 1
+    sink.check()
+
+
+def test_statement_timeout_is_unavailable(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(PROCESSING_TIMEOUT="1")
+    sink = TimescaleSink(settings, pool_size=1)
+    blocker = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, user=settings.pg_user,
+                               dbname=settings.pg_db)
+    try:
+        sink.open()
+        lock = sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(settings.pg_table))
+        with blocker.cursor() as cur:
+            cur.execute(lock)
+        with pytest.raises(SinkUnavailable, match="57014"):
+            sink.write([make_event(1)])
+        blocker.rollback()
+        assert sink.write([make_event(1)]) == 1
+    finally:
+        blocker.close()
+        sink.close()
+
+
+def test_close_twice_then_write_is_unavailable(settings: Settings) -> None:
+    sink = TimescaleSink(settings, pool_size=1)
+    sink.open()
+    sink.close()
+    sink.close()
+    with pytest.raises(SinkUnavailable, match="closed"):
+        sink.write([make_event(1)])
+
+
+def test_concurrent_overlapping_batches_store_each_id_once(sink: TimescaleSink, settings: Settings) -> None:
+    # Four threads write overlapping windows of 200 ids, some batches in reverse order, each batch twice.
+    batches = [[make_event(i) for i in range(start, start + 100)] for start in range(0, 101, 20)]
+    batches += [list(reversed(b)) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        inserted = sum(pool.map(sink.write, batches * 2))
+    assert inserted == 200
+    assert query(settings, "SELECT count(*), count(DISTINCT id) FROM {table}") == [(200, 200)]
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "expected"),
+    [
+        ("40P01", TransientError),  # deadlock_detected
+        ("40001", TransientError),  # serialization_failure
+        ("57014", SinkUnavailable),  # query_canceled
+        ("57P01", SinkUnavailable),  # admin_shutdown
+        ("22021", SinkDataError),  # character_not_in_repertoire
+        ("22008", SinkDataError),  # datetime_field_overflow
+        ("23502", SinkDataError),  # not_null_violation
+        ("42P01", TransientError),  # undefined_table: unexpected, retried
+    ],
+)
+def test_error_translation(settings: Settings, sqlstate: str, expected: type[Exception]) -> None:
+    conn = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, user=settings.pg_user,
+                            dbname=settings.pg_db)
+    try:
+        with conn.cursor() as cur, pytest.raises(psycopg2.Error) as caught:
+            cur.execute(f"DO $$ BEGIN RAISE EXCEPTION 'boom' USING ERRCODE = '{sqlstate}'; END $$")
+    finally:
+        conn.close()
+    error = translate_error(caught.value, "t")
+    assert type(error) is expected
+    assert sqlstate in str(error) and "boom" in str(error)
