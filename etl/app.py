@@ -51,8 +51,9 @@ def build_app(settings: Settings) -> App:
     sinks = Sinks(sink_factories(settings))
     broker = build_broker(
         settings,
-        before_retries=[FailureClock()],
-        after_retries=[DeadLetterOnFailure(lambda: app.dead_letters(), failed_events), CloseSinksOnShutdown(sinks)],
+        before_retry_decision=[FailureClock()],
+        after_retry_decision=[DeadLetterOnFailure(lambda: app.dead_letters(), failed_events),
+                              CloseSinksOnShutdown(sinks)],
     )
     app = App(settings, broker, sinks, resolver_for(settings))
     return app

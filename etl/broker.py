@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
@@ -53,9 +54,14 @@ def retry_when(max_retries: int) -> Any:
     return should_retry
 
 
-def build_broker(settings: Settings, *, before_retries: list[Middleware] = (),  # type: ignore[assignment]
-                 after_retries: list[Middleware] = ()) -> RedisBroker:  # type: ignore[assignment]
-    """A Redis broker with our retry policy, time limit and encoder. Extra middleware goes around Retries."""
+def build_broker(settings: Settings, *, before_retry_decision: Sequence[Middleware] = (),
+                 after_retry_decision: Sequence[Middleware] = ()) -> RedisBroker:
+    """A Redis broker with our retry policy, time limit and encoder.
+
+    Dramatiq runs ``after_*`` hooks in reverse list order. Middleware in ``after_retry_decision`` therefore sits
+    *before* Retries in the list, so its hooks see whether Retries failed the message; middleware in
+    ``before_retry_decision`` sits after it, so what its hooks stamp on a message travels with the retry.
+    """
     dramatiq.set_encoder(OrjsonEncoder())
     middleware: list[Middleware] = [
         AgeLimit(),
@@ -63,9 +69,9 @@ def build_broker(settings: Settings, *, before_retries: list[Middleware] = (),  
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
-        *before_retries,
+        *after_retry_decision,
         Retries(max_retries=settings.retry_max, min_backoff=settings.retry_min_backoff_ms,
                 max_backoff=settings.retry_max_backoff_ms, retry_when=retry_when(settings.retry_max)),
-        *after_retries,
+        *before_retry_decision,
     ]
     return RedisBroker(client=redis_client(settings), middleware=middleware)

@@ -1,7 +1,8 @@
 """Dead-lettering of messages that failed for good: permanently, or after their last retry.
 
-``FailureClock`` must sit before Dramatiq's ``Retries`` so the first failure time it stamps travels with the
-retried message; ``DeadLetterOnFailure`` must sit after ``Retries`` so it sees whether the message failed.
+``FailureClock``'s hook must run before Dramatiq's ``Retries`` re-enqueues a message, so the first failure time
+it stamps travels with the retry; ``DeadLetterOnFailure``'s must run after, so it sees whether ``Retries``
+failed the message. ``etl.broker.build_broker`` places them so.
 """
 
 from __future__ import annotations
