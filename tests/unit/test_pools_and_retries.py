@@ -1,0 +1,37 @@
+"""Pool command lines and the retry policy: pure decisions, no servers."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from etl.broker import QUEUES, retry_when
+from etl.errors import ConfigError, SinkDataError, SinkUnavailable
+from workers.pools import POOLS, dramatiq_command
+
+
+def test_each_pool_runs_dramatiq_on_its_own_queue_with_bounded_prefetch() -> None:
+    assert sorted(p.queue for p in POOLS.values()) == sorted(QUEUES)
+    argv, env = dramatiq_command("timescale", {"WORKER_THREADS": "6"})
+    assert argv[:6] == [sys.executable, "-m", "dramatiq", "etl.actors", "--queues", "timescale"]
+    assert argv[argv.index("--threads") + 1] == "6" and env == {"dramatiq_queue_prefetch": "6"}
+    graph_argv, _ = dramatiq_command("graph", {})
+    assert graph_argv[graph_argv.index("--threads") + 1] == "1"
+
+
+@pytest.mark.parametrize(("pool", "env", "message"), [
+    ("nope", {}, "pool must be one of"),
+    ("graph", {"WORKER_PROCESSES": "0"}, "WORKER_PROCESSES must be a positive integer, got '0'"),
+    ("graph", {"WORKER_THREADS": "x"}, "WORKER_THREADS must be a positive integer, got 'x'"),
+])
+def test_bad_pool_settings_are_clear(pool: str, env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        dramatiq_command(pool, env)
+
+
+def test_transient_errors_retry_until_the_budget_and_permanent_ones_never() -> None:
+    should_retry = retry_when(3)
+    assert should_retry(0, SinkUnavailable("down")) and should_retry(2, TimeoutError())
+    assert not should_retry(3, SinkUnavailable("down"))
+    assert not should_retry(0, SinkDataError("NUL byte"))
