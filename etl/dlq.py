@@ -88,7 +88,7 @@ class DeadLetterStore:
         for letter in letters:
             pipe.hsetnx(self.entries_key, letter.id, orjson.dumps(asdict(letter)))
         created = pipe.execute()
-        merged = [self._merged(letter) for letter, new in zip(letters, created) if not new]
+        merged = [self._merged(letter) for letter, new in zip(letters, created, strict=True) if not new]
         pipe = self.client.pipeline(transaction=True)
         for letter in merged:
             if letter is not None:

@@ -46,5 +46,5 @@ def enrich_batch(events: Sequence[Event], *, env: str, resolver: Resolver, now: 
     enriched_at = format_time(now)
     return [
         enrich(e, env=env, rdns=names.get(h) if h is not None else None, enriched_at=enriched_at)
-        for e, h in zip(events, hosts)
+        for e, h in zip(events, hosts, strict=True)
     ]
