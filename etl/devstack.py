@@ -95,11 +95,12 @@ def migrate(settings: Settings) -> None:
 
 async def publish(settings: Settings, events: Iterable[bytes], rate: float) -> int:
     """Publish raw events to the raw subject through JetStream; ``rate`` is events/s (0: as fast as acked)."""
-    from etl.nats_conn import connect, ensure_stream
+    from etl.bridge import ensure_raw_stream
+    from etl.nats_conn import connect
 
     nc = await connect(settings, name="etl-generator")
     js = nc.jetstream()
-    await ensure_stream(js, settings.nats_stream, [settings.nats_subject_raw])
+    await ensure_raw_stream(js, settings)
     sent = 0
     start = time.monotonic()
     pending = []

@@ -1,0 +1,299 @@
+"""NATS -> batches -> enqueue: the thin bridge from the raw JetStream subject to the Dramatiq pools.
+
+Every replica pulls from one durable JetStream consumer, so the server load-balances messages between them and
+no message goes to two replicas at once. A batch closes at ``max_batch_size`` messages or ``batch_linger_ms``
+after its first message, whichever comes first. It is handed to the injected ``enqueue`` in a worker thread,
+and acknowledged only after ``enqueue`` returned: a crash at any point leaves the batch un-acked, and NATS
+redelivers it after ``ack_wait``. Delivery is at-least-once; every sink write is idempotent.
+
+Backpressure: one batch is in hand per replica; while ``enqueue`` blocks, nothing more is fetched. The server
+caps un-acked messages over all replicas at ``max_ack_pending``. Durations are seconds inside this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+from etl import nats_conn
+from etl.config import Settings
+from etl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[list[bytes]], None]
+
+# Far above one enqueue (a single Redis round trip): un-acked messages come back only after a crash or hang.
+DEFAULT_ACK_WAIT_S = 60.0
+# The server delivers at most this many batches' worth of un-acked messages over all replicas together. Each
+# replica holds one batch at a time, so up to ten replicas work in parallel; the bound keeps a stalled
+# replica from hoarding the stream (whatever it holds waits ack_wait before another replica gets it).
+MAX_ACK_PENDING_BATCHES = 10
+UNLIMITED_DELIVERIES = -1
+# Raw events are a work queue: the stream keeps each one until the bridge acked it, and never ages one out.
+RAW_STREAM_RETENTION = js_api.RetentionPolicy.WORK_QUEUE
+# How long one idle fetch waits for a first message; bounds how soon stop() is noticed when idle.
+DEFAULT_IDLE_FETCH_S = 0.5
+# Shorter fetches than this are not worth a request (nats-py also needs expires > 0.1 ms).
+MIN_FETCH_S = 0.002
+DEFAULT_NAK_DELAY_S = 1.0
+DEFAULT_BACKOFF_MIN_S = 0.1
+DEFAULT_BACKOFF_MAX_S = 5.0
+# After a failed fetch or bind (server gone, consumer deleted), wait this long before trying again.
+RETRY_FETCH_S = 1.0
+# One PING/PONG after a batch's acks: the server has then read every ack of the batch.
+ACK_FLUSH_TIMEOUT_S = 5
+
+
+def consumer_config(settings: Settings, ack_wait_s: float = DEFAULT_ACK_WAIT_S) -> js_api.ConsumerConfig:
+    """The durable pull consumer every bridge replica shares."""
+    return js_api.ConsumerConfig(
+        name=settings.nats_consumer,
+        durable_name=settings.nats_consumer,
+        filter_subject=settings.nats_subject_raw,
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait_s,
+        max_deliver=UNLIMITED_DELIVERIES,
+        max_ack_pending=MAX_ACK_PENDING_BATCHES * settings.max_batch_size,
+    )
+
+
+async def ensure_raw_stream(js: JetStreamContext, settings: Settings) -> js_api.StreamInfo:
+    """The raw-events stream, created as the bridge needs it if missing; producers should create it this way.
+
+    Raises like ``nats_conn.ensure_stream``.
+    """
+    return await nats_conn.ensure_stream(js, settings.nats_stream, [settings.nats_subject_raw],
+                                         storage=js_api.StorageType.FILE, retention=RAW_STREAM_RETENTION)
+
+
+def _check_consumer(info: js_api.ConsumerInfo, settings: Settings) -> None:
+    config = info.config
+    if config.deliver_subject or config.ack_policy != js_api.AckPolicy.EXPLICIT:
+        raise ConfigError(
+            f"NATS consumer {settings.nats_consumer} exists but is not a pull consumer with explicit acks"
+        )
+    if config.filter_subject not in (None, "", settings.nats_subject_raw):
+        log.warning("NATS consumer %s filters %r, not NATS_SUBJECT_RAW=%r; using it as it is",
+                    settings.nats_consumer, config.filter_subject, settings.nats_subject_raw)
+
+
+class Bridge:
+    """One bridge replica: ``await run()`` until ``stop()``. Counters and ``ready`` feed metrics, probes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        enqueue: Enqueue,
+        *,
+        ack_wait_s: float = DEFAULT_ACK_WAIT_S,
+        nak_delay_s: float = DEFAULT_NAK_DELAY_S,
+        idle_fetch_s: float = DEFAULT_IDLE_FETCH_S,
+        name: str = "etl-bridge",
+    ) -> None:
+        self._settings = settings
+        self._enqueue = enqueue
+        self._ack_wait_s = ack_wait_s
+        self._nak_delay_s = nak_delay_s
+        self._idle_fetch_s = idle_fetch_s
+        self._linger_s = settings.batch_linger_ms / 1000
+        self._name = name
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._nc: Client | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._failure_streak = 0
+        self._consumer_lost = False
+        self.batches = 0
+        self.messages_enqueued = 0
+        self.enqueue_failures = 0
+
+    @property
+    def ready(self) -> bool:
+        """Connected to NATS with the consumer bound, and not stopping."""
+        return (self._nc is not None and self._nc.is_connected and self._sub is not None
+                and not self._consumer_lost and not self._stopping.is_set())
+
+    def stop(self) -> None:
+        """Ask ``run`` to finish the batch in hand and return. Safe from any thread and in signal handlers."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._stopping.set()
+            return
+        try:
+            in_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            in_loop = False
+        if in_loop:
+            self._stopping.set()
+        else:
+            loop.call_soon_threadsafe(self._stopping.set)
+
+    async def run(self) -> None:
+        """Bridge batches until ``stop()``, then drain the connection and return.
+
+        Raises ``NatsUnavailable`` if NATS cannot be reached at start, ``ConfigError`` if the stream or the
+        consumer cannot be used as configured. Later outages are logged and waited out, never raised.
+        """
+        self._loop = asyncio.get_running_loop()
+        nc = self._nc = await nats_conn.connect(self._settings, self._name)
+        try:
+            js = nc.jetstream()
+            self._sub = await self._bind(js)
+            while not self._stopping.is_set():
+                batch = await self._collect()
+                if batch:
+                    await self._hand_over(batch)
+                if self._consumer_lost and not self._stopping.is_set():
+                    await self._rebind(js)
+        finally:
+            await self._shutdown(nc)
+
+    async def _bind(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
+        s = self._settings
+        await ensure_raw_stream(js, s)
+        what = f"cannot bind NATS consumer {s.nats_consumer}"
+        with nats_conn.unavailable_as(nats_conn.NatsUnavailable, what):
+            try:
+                _check_consumer(await js.consumer_info(s.nats_stream, s.nats_consumer), s)
+            except nats.js.errors.NotFoundError:
+                await js.add_consumer(s.nats_stream, config=consumer_config(s, self._ack_wait_s))
+                log.info("created NATS consumer %s on %s", s.nats_consumer, s.nats_stream)
+            sub = await js.pull_subscribe_bind(consumer=s.nats_consumer, stream=s.nats_stream)
+        log.info("bridge bound to %s/%s", s.nats_stream, s.nats_consumer)
+        return sub
+
+    async def _rebind(self, js: JetStreamContext) -> None:
+        """Bind again after the consumer was lost (deleted, or its stream re-created); retry until stopped."""
+        try:
+            sub = await self._bind(js)
+        except (nats_conn.NatsUnavailable, ConfigError) as e:
+            log.warning("bridge cannot re-bind its consumer yet: %s", e)
+            await self._pause(RETRY_FETCH_S)
+            return
+        await self._drop_subscription()
+        self._sub, self._consumer_lost = sub, False
+
+    async def _collect(self) -> list[Msg]:
+        """Up to ``max_batch_size`` messages, closed ``batch_linger_ms`` after the first; ``[]`` when idle."""
+        sub = self._sub
+        if sub is None:
+            return []
+        limit = self._settings.max_batch_size
+        batch: list[Msg] = []
+        deadline: float | None = None
+        while len(batch) < limit and not self._consumer_lost:
+            if deadline is None:
+                if self._stopping.is_set():
+                    break
+                # Wait for one message only: a larger fetch would wait its whole timeout for the rest.
+                want, timeout = 1, self._idle_fetch_s
+            else:
+                want, timeout = limit - len(batch), deadline - time.monotonic()
+                if timeout < MIN_FETCH_S:
+                    break
+            batch += await self._fetch(sub, want, timeout)
+            if deadline is None and batch:
+                deadline = time.monotonic() + self._linger_s
+        return batch
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription, want: int, timeout_s: float) -> list[Msg]:
+        try:
+            return await sub.fetch(want, timeout=timeout_s)
+        except asyncio.TimeoutError:
+            return []  # Nothing arrived in time: normal when idle.
+        except nats.js.errors.APIError as e:
+            # A deleted consumer answers 503 (no responders): re-binding re-creates it, and is harmless
+            # when JetStream itself was briefly unavailable.
+            log.warning("bridge fetch refused, will re-bind its consumer: %s", nats_conn.describe(e))
+            self._consumer_lost = True
+        except nats_conn.UNAVAILABLE_ERRORS as e:
+            log.warning("bridge fetch failed: %s", nats_conn.describe(e))
+        await self._pause(RETRY_FETCH_S)
+        return []
+
+    async def _hand_over(self, batch: list[Msg]) -> None:
+        """Enqueue the batch, then ack it; nak it for redelivery if enqueue raised."""
+        try:
+            await asyncio.to_thread(self._enqueue, [m.data for m in batch])
+        except Exception as e:  # noqa: BLE001 - enqueue is injected; any failure means "not taken"
+            self.enqueue_failures += 1
+            self._failure_streak += 1
+            log.warning("enqueue of %d message(s) failed, nak'ed for redelivery: %r", len(batch), e,
+                        extra={"events": len(batch)})
+            await self._settle(batch, ack=False)
+            await self._pause(self._backoff_s())
+            return
+        self._failure_streak = 0
+        self.batches += 1
+        self.messages_enqueued += len(batch)
+        await self._settle(batch, ack=True)
+
+    async def _settle(self, batch: list[Msg], *, ack: bool) -> None:
+        """Ack (or nak) every message without waiting for each, then one flush for the whole batch.
+
+        An ack is fire-and-forget in NATS; the flush's PONG proves the server has read them all. If that
+        fails, the acks stay buffered for the reconnection, and at worst the batch is redelivered.
+        """
+        assert self._nc is not None
+        try:
+            for m in batch:
+                await (m.ack() if ack else m.nak(delay=self._nak_delay_s))
+            await self._nc.flush(timeout=ACK_FLUSH_TIMEOUT_S)
+        except nats_conn.UNAVAILABLE_ERRORS as e:
+            log.warning("%s of %d message(s) not confirmed, they may be redelivered: %s",
+                        "ack" if ack else "nak", len(batch), nats_conn.describe(e))
+
+    def _backoff_s(self) -> float:
+        streak = max(self._failure_streak, 1)
+        return float(min(DEFAULT_BACKOFF_MAX_S, DEFAULT_BACKOFF_MIN_S * 2 ** (streak - 1)))
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if ``stop()`` is called meanwhile."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _drop_subscription(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is None or self._nc is None or self._nc.is_closed:
+            return
+        try:
+            # Messages still buffered in the subscription are un-acked: NATS redelivers them after ack_wait.
+            await sub.unsubscribe()
+        except (*nats_conn.UNAVAILABLE_ERRORS, nats.errors.BadSubscriptionError) as e:
+            log.warning("bridge unsubscribe failed: %s", nats_conn.describe(e))
+
+    async def _shutdown(self, nc: Client) -> None:
+        await self._drop_subscription()
+        await nats_conn.close(nc)
+        log.info("bridge stopped after %d batch(es), %d message(s)", self.batches, self.messages_enqueued)
+
+
+def run_bridge(settings: Settings, enqueue: Enqueue) -> None:
+    """Run one bridge replica until SIGTERM or SIGINT. Blocking; raises like ``Bridge.run``."""
+    asyncio.run(_serve(Bridge(settings, enqueue)))
+
+
+async def _serve(bridge: Bridge) -> None:
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, bridge.stop)
+    try:
+        await bridge.run()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)

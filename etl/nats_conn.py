@@ -1,0 +1,188 @@
+"""The ONE place that opens a NATS connection, and the stream set-up every NATS user of ours shares.
+
+Connection failures are translated here, where they enter our code: a server that cannot be reached surfaces
+as ``NatsUnavailable`` (a ``TransientError``); a stream the server refuses to set up as ``ConfigError``.
+All durations are seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig, StreamInfo
+
+from etl.config import Settings, redact_url
+from etl.errors import ConfigError, TransientError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONNECT_TIMEOUT_S = 2
+DEFAULT_RECONNECT_WAIT_S = 1
+# The first connect retries this many times after its first attempt, so a process started without NATS fails
+# within CONNECT_BUDGET_S; once connected, the client reconnects forever.
+INITIAL_CONNECT_RETRIES = 2
+RECONNECT_FOREVER = -1
+CONNECT_BUDGET_S = float((INITIAL_CONNECT_RETRIES + 1) * DEFAULT_CONNECT_TIMEOUT_S
+                         + INITIAL_CONNECT_RETRIES * DEFAULT_RECONNECT_WAIT_S)
+# A dead peer is noticed after about PING_INTERVAL x MAX_OUTSTANDING_PINGS seconds (the default is 4 minutes).
+DEFAULT_PING_INTERVAL_S = 10
+DEFAULT_MAX_OUTSTANDING_PINGS = 3
+DEFAULT_DRAIN_TIMEOUT_S = 5
+
+# Driver errors meaning "the server is not there right now": worth a retry, never the data's fault.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.NoServersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.ServerError,
+    asyncio.TimeoutError,
+    OSError,
+)
+
+
+class NatsUnavailable(TransientError):
+    """The NATS server cannot be reached, or did not answer in time."""
+
+
+def describe(error: BaseException) -> str:
+    """A one-line description of a driver error: many nats-py errors have an empty ``str``."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+@contextmanager
+def unavailable_as(error_type: type[TransientError], what: str) -> Iterator[None]:
+    """Re-raise any of ``UNAVAILABLE_ERRORS`` inside the block as ``error_type("<what>: <cause>")``."""
+    try:
+        yield
+    except UNAVAILABLE_ERRORS as e:
+        raise error_type(f"{what}: {describe(e)}") from e
+
+
+async def connect(settings: Settings, name: str) -> Client:
+    """Connect to ``settings.nats_url``, labelled ``name`` in the server's monitoring.
+
+    Gives up within ``CONNECT_BUDGET_S`` seconds and raises ``NatsUnavailable``; once
+    connected, the client reconnects forever and buffers publishes while it does. Callbacks log every
+    disconnection, reconnection and asynchronous error.
+    """
+    nc = Client()
+    url = redact_url(settings.nats_url)
+
+    async def on_error(e: Exception) -> None:
+        log.warning("NATS %s: %s", name, describe(e), extra={"nats_client": name})
+
+    async def on_disconnected() -> None:
+        if not nc.is_closed:  # a close also reports a disconnection first
+            log.warning("NATS %s disconnected from %s; reconnecting", name, url, extra={"nats_client": name})
+
+    async def on_reconnected() -> None:
+        log.info("NATS %s reconnected to %s", name, url, extra={"nats_client": name})
+
+    async def on_closed() -> None:
+        log.info("NATS %s connection closed", name, extra={"nats_client": name})
+
+    with unavailable_as(NatsUnavailable, f"cannot connect to NATS at {url}"):
+        await nc.connect(
+            servers=[settings.nats_url], name=name,
+            connect_timeout=DEFAULT_CONNECT_TIMEOUT_S, reconnect_time_wait=DEFAULT_RECONNECT_WAIT_S,
+            max_reconnect_attempts=INITIAL_CONNECT_RETRIES, ping_interval=DEFAULT_PING_INTERVAL_S,
+            max_outstanding_pings=DEFAULT_MAX_OUTSTANDING_PINGS, drain_timeout=DEFAULT_DRAIN_TIMEOUT_S,
+            error_cb=on_error, disconnected_cb=on_disconnected, reconnected_cb=on_reconnected,
+            closed_cb=on_closed,
+        )
+    # nats-py reads this option on every reconnection: bounded for the first connect, unbounded from now on.
+    nc.options["max_reconnect_attempts"] = RECONNECT_FOREVER
+    log.info("NATS %s connected to %s", name, url, extra={"nats_client": name})
+    return nc
+
+
+async def close(nc: Client) -> None:
+    """Drain ``nc`` (flush what is buffered, e.g. acks) and close it; close at once when not connected.
+
+    Bounded by ``DEFAULT_DRAIN_TIMEOUT_S`` plus one flush. Raises no driver error: this runs on the way out.
+    """
+    if nc.is_closed:
+        return
+    if nc.is_connected and not nc.is_draining:
+        try:
+            await nc.drain()
+            return
+        except UNAVAILABLE_ERRORS as e:
+            log.warning("NATS drain failed, closing: %s", describe(e))
+    await nc.close()
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether subject ``pattern`` (which may hold ``*`` and ``>`` wildcards) captures literal ``subject``."""
+    want = subject.split(".")
+    tokens = pattern.split(".")
+    for i, token in enumerate(tokens):
+        if token == ">":
+            return len(want) > i
+        if i >= len(want) or token not in ("*", want[i]):
+            return False
+    return len(tokens) == len(want)
+
+
+async def ensure_stream(
+    js: JetStreamContext, name: str, subjects: Iterable[str], **limits: Any
+) -> StreamInfo:
+    """Create stream ``name`` capturing ``subjects`` if missing, else bind to it as it is.
+
+    ``limits`` are ``StreamConfig`` fields (``storage``, ``duplicate_window`` in seconds, ...) used only when
+    creating. An existing stream's config is never overwritten; subjects it lacks are added to it.
+    Raises ``NatsUnavailable`` when JetStream does not answer, ``ConfigError`` when the server refuses the
+    stream (e.g. its subjects overlap another stream's).
+    """
+    wanted = list(subjects)
+    with unavailable_as(NatsUnavailable, f"cannot set up NATS stream {name}"):
+        try:
+            try:
+                info = await js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                info = await _create_stream(js, StreamConfig(name=name, subjects=wanted, **limits))
+            return await _add_missing_subjects(js, info, wanted)
+        except nats.js.errors.APIError as e:
+            if isinstance(e, UNAVAILABLE_ERRORS):
+                raise
+            raise ConfigError(f"NATS refused stream {name} for subjects {wanted}: {e.description}") from e
+
+
+async def _create_stream(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
+    try:
+        info = await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        # Another replica may have created it a moment ago; if so, use theirs.
+        assert config.name is not None
+        try:
+            return await js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            pass
+        raise
+    log.info("created NATS stream %s for %s", config.name, config.subjects)
+    return info
+
+
+async def _add_missing_subjects(js: JetStreamContext, info: StreamInfo, wanted: list[str]) -> StreamInfo:
+    have = list(info.config.subjects or [])
+    missing = [s for s in wanted if not any(subject_matches(p, s) for p in have)]
+    if not missing:
+        return info
+    log.warning("NATS stream %s lacks subjects %s; adding them", info.config.name, missing)
+    return await js.update_stream(info.config.evolve(subjects=have + missing))

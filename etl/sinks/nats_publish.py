@@ -1,0 +1,243 @@
+"""The ``publish`` sink: enriched events to ``NATS_SUBJECT_ENRICHED``, from synchronous Dramatiq threads.
+
+nats-py is asyncio-only, so the sink owns one event loop in a daemon thread and every call submits a coroutine
+to it (``run_coroutine_threadsafe``) and waits at most ``processing_timeout_s`` seconds for the result. All
+worker threads share the one connection.
+
+With ``NATS_ENRICHED_STREAM`` set, events are JetStream publishes whose acks are awaited together for the
+whole batch, and ``Nats-Msg-Id`` (the event id) lets the stream drop replays inside its duplicate window:
+``write`` returns the number of events the stream newly stored. Without it, events are core publishes then one
+flush per batch: at-most-once past the server, and every event counts as new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import PubAck, StorageType
+
+from etl import nats_conn
+from etl.config import Settings
+from etl.errors import SinkDataError, SinkUnavailable
+from etl.sinks.base import Event
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Replays of a batch within this window are recognised by the stream (Nats-Msg-Id) and not stored twice.
+DEFAULT_DUPLICATE_WINDOW_S = 120.0
+# Enriched events are for downstream readers, not an archive; the stream would otherwise grow forever.
+ENRICHED_STREAM_MAX_AGE_S = 7 * 24 * 3600.0
+# Added to the coroutine's own timeout before a caller stops waiting for the loop thread to answer at all.
+LOOP_GRACE_S = 1.0
+LOOP_JOIN_TIMEOUT_S = 5.0
+# JetStream's error code for a message larger than the stream's max_msg_size.
+JS_ERR_MESSAGE_TOO_LARGE = 10054
+_HEADER_LINE = b"NATS/1.0\r\n"
+
+Message = tuple[bytes, dict[str, str]]
+
+
+def encode(event: Event) -> Message:
+    """An enriched event -> (JSON payload, headers). Raises ``SinkDataError`` if it cannot be serialised."""
+    try:
+        payload = orjson.dumps(event)
+        metadata = event.get("metadata") or {}
+        host_id = metadata.get("host_id")
+        headers = {
+            "Nats-Msg-Id": str(event["id"]),
+            "x-host-id": "" if host_id is None else str(host_id),
+            "x-event-type": str(event.get("type", "")),
+            "x-timestamp": str(event["timestamp"]),
+        }
+    except (TypeError, KeyError, AttributeError) as e:  # orjson.JSONEncodeError is a TypeError
+        raise SinkDataError(f"event {event.get('id')!r} cannot be published: {e!r}") from e
+    return payload, headers
+
+
+def wire_size(message: Message) -> int:
+    """Bytes the server counts against its max_payload: the payload plus the encoded headers."""
+    payload, headers = message
+    header_bytes = len(_HEADER_LINE) + 2 + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items())
+    return len(payload) + header_bytes
+
+
+class NatsPublisher:
+    """Sink ``publish``. Thread-safe: any number of worker threads may call ``write`` at once."""
+
+    name = "publish"
+
+    def __init__(self, settings: Settings, *, duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S) -> None:
+        self._settings = settings
+        self._subject = settings.nats_subject_enriched
+        self._stream = settings.nats_enriched_stream or None
+        self._duplicate_window_s = duplicate_window_s
+        self._timeout_s = float(settings.processing_timeout_s)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._publishing: asyncio.Lock | None = None
+
+    def open(self) -> None:
+        """Connect, and create the enriched stream if configured and missing. Raises ``SinkUnavailable``."""
+        with self._lock:
+            if self._nc is not None:
+                return
+            self._start_loop()
+            try:
+                self._call(self._open(), self._timeout_s + nats_conn.CONNECT_BUDGET_S)
+            except BaseException:
+                self._stop_loop()
+                raise
+
+    async def _open(self) -> None:
+        try:
+            nc = await nats_conn.connect(self._settings, "etl-publisher")
+            try:
+                if self._stream is not None:
+                    self._js = nc.jetstream(timeout=self._timeout_s)
+                    await nats_conn.ensure_stream(
+                        self._js, self._stream, [self._subject], storage=StorageType.FILE,
+                        duplicate_window=self._duplicate_window_s, max_age=ENRICHED_STREAM_MAX_AGE_S)
+            except BaseException:
+                await nats_conn.close(nc)
+                raise
+        except nats_conn.NatsUnavailable as e:
+            raise SinkUnavailable(str(e)) from e
+        self._publishing = asyncio.Lock()
+        self._nc = nc
+
+    def write(self, events: Sequence[Event]) -> int:
+        """Publish ``events``; returns how many were newly stored (JetStream) or sent (core NATS).
+
+        Returns only once the stream acked every event (JetStream) or the server read them all (core).
+        Raises ``SinkUnavailable`` when NATS is unreachable, not answering within ``processing_timeout_s``
+        seconds, or has no stream for the subject; ``SinkDataError`` when an event cannot be serialised or is
+        larger than the server accepts. On a raise, some events may have been published: replaying is safe.
+        """
+        if not events:
+            return 0
+        messages = [encode(e) for e in events]
+        if self._stream is not None:
+            # The stream checks it is the one capturing the subject, so no other stream stores our events.
+            for _, headers in messages:
+                headers["Nats-Expected-Stream"] = self._stream
+        return self._call(self._publish(messages))
+
+    async def _publish(self, messages: list[Message]) -> int:
+        nc = self._connected()
+        limit = nc.max_payload
+        for message in messages:
+            if wire_size(message) > limit:
+                raise SinkDataError(f"event {message[1]['Nats-Msg-Id']!r} is {wire_size(message)} bytes "
+                                    f"with headers, over the server's max_payload of {limit}")
+        with nats_conn.unavailable_as(SinkUnavailable, f"cannot publish to {self._subject}"):
+            try:
+                if self._js is None:
+                    return await self._publish_core(nc, messages)
+                return await self._publish_js(self._js, messages)
+            except nats.errors.MaxPayloadError as e:
+                raise SinkDataError(f"an event is over the server's max_payload of {limit} bytes") from e
+
+    async def _publish_core(self, nc: Client, messages: list[Message]) -> int:
+        for payload, headers in messages:
+            await nc.publish(self._subject, payload, headers=headers)
+        await nc.flush(timeout=int(self._timeout_s))
+        return len(messages)
+
+    async def _publish_js(self, js: JetStreamContext, messages: list[Message]) -> int:
+        assert self._publishing is not None
+        # nats-py sets up its reply subscription on the first publish_async: one batch at a time starts them.
+        async with self._publishing:
+            pending = [await js.publish_async(self._subject, payload, headers=headers)
+                       for payload, headers in messages]
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        return _count_stored(results)
+
+    def _connected(self) -> Client:
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            raise SinkUnavailable("the NATS publisher is not open")
+        if not nc.is_connected:
+            # Fail fast rather than buffer while reconnecting: the actor's retry will find the server back.
+            raise SinkUnavailable("NATS is disconnected; reconnecting")
+        return nc
+
+    def check(self) -> None:
+        """Raises ``SinkUnavailable`` unless the server answers a ping within ``processing_timeout_s``."""
+        self._call(self._check())
+
+    async def _check(self) -> None:
+        nc = self._connected()
+        with nats_conn.unavailable_as(SinkUnavailable, "NATS did not answer"):
+            await nc.flush(timeout=int(self._timeout_s))
+
+    def close(self) -> None:
+        """Drain the connection and stop the loop thread. Safe to call twice."""
+        with self._lock:
+            if self._loop is None:
+                return
+            nc, self._nc = self._nc, None
+            if nc is not None:
+                try:
+                    self._call(nats_conn.close(nc))
+                except SinkUnavailable as e:
+                    log.warning("closing the NATS publisher timed out: %s", e)
+            self._stop_loop()
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        """Run ``coro`` on the sink's loop for at most ``timeout_s`` (default: ``processing_timeout_s``)."""
+        timeout_s = self._timeout_s if timeout_s is None else timeout_s
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise SinkUnavailable("the NATS publisher is not open")
+        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, timeout_s), loop)
+        try:
+            return future.result(timeout_s + LOOP_GRACE_S)
+        except (asyncio.TimeoutError, concurrent.futures.TimeoutError) as e:
+            future.cancel()
+            raise SinkUnavailable(f"NATS did not answer within {timeout_s:g}s") from e
+
+    def _start_loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="nats-publisher", daemon=True)
+        self._thread.start()
+        self._loop = loop
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(LOOP_JOIN_TIMEOUT_S)
+        if not thread.is_alive():
+            loop.close()
+
+
+def _count_stored(results: list[PubAck | BaseException]) -> int:
+    """How many acks are new (not duplicates); raises for the first failure, translated."""
+    for result in results:
+        refused = isinstance(result, nats.js.errors.APIError)
+        if refused and not isinstance(result, nats_conn.UNAVAILABLE_ERRORS):
+            if result.err_code == JS_ERR_MESSAGE_TOO_LARGE:
+                raise SinkDataError(f"the stream refused an event: {result.description}") from result
+            raise SinkUnavailable(f"the stream refused a publish: {nats_conn.describe(result)}") from result
+        if isinstance(result, asyncio.CancelledError):
+            raise SinkUnavailable("a publish was cancelled: the connection is closing") from result
+        if isinstance(result, BaseException):
+            raise result
+    return sum(1 for ack in results if isinstance(ack, PubAck) and not ack.duplicate)
