@@ -17,7 +17,7 @@ BINARIES = ("/usr/bin/bash", "/usr/bin/curl", "/usr/bin/psql", "/usr/sbin/sshd",
             "/usr/local/bin/node", "/usr/bin/nginx")
 USERS = (("root", "0"), ("alice", "1001"), ("bob", "1002"), ("deploy", "1500"), ("www-data", "33"))
 FILES = ("/etc/passwd", "/etc/shadow", "/var/log/auth.log", "/home/alice/.ssh/id_rsa", "/tmp/x.sh")
-# Each keeps a sequence number, so that every malformed event is distinct (and so is its dead letter).
+# Each carries base_ms + its sequence number, so every malformed event is distinct (and so is its dead letter).
 MALFORMED = (
     "this is not json #{seq}",
     '{{"id": "truncated-{seq}", "type": "conn',
@@ -78,6 +78,6 @@ def generate(count: int, *, hosts: int = 10, seed: int = 1, base_ms: int = 1_704
     for seq in range(count):
         if malformed_every and seq % malformed_every == malformed_every - 1:
             template = MALFORMED[(seq // malformed_every) % len(MALFORMED)]
-            yield template.format(seq=seq).encode("utf-8", "surrogateescape")
+            yield template.format(seq=base_ms + seq).encode("utf-8", "surrogateescape")
         else:
             yield orjson.dumps(sample_event(seq, rng.choice(host_list), rng, base_ms))
