@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from etl import devservers
 from etl.config import Settings
@@ -71,6 +72,10 @@ def make_settings(
     Keyword arguments are environment variables that override the defaults, e.g. ``MAX_BATCH_SIZE="10"``.
     """
     suffix = uuid.uuid4().hex[:8]
+    db = next(_redis_db) % 16
+    # Queues and dead letters live in the Redis database: a test starts from an empty one.
+    with redis.Redis(port=redis_server.port, db=db) as client:
+        client.flushdb()
     base = {
         "NATS_URL": f"nats://127.0.0.1:{nats_server.port}",
         "NATS_STREAM": f"EVENTS_{suffix}",
@@ -78,7 +83,7 @@ def make_settings(
         "NATS_CONSUMER": f"etl_bridge_{suffix}",
         "NATS_SUBJECT_ENRICHED": f"events.enriched.{suffix}",
         "NATS_ENRICHED_STREAM": f"EVENTS_ENRICHED_{suffix}",
-        "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/{next(_redis_db) % 16}",
+        "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/{db}",
         "PG_HOST": "127.0.0.1",
         "PG_PORT": str(postgres_server.port),
         "PG_DB": "aegisflux",

@@ -1,0 +1,52 @@
+"""The ``etl`` command against real servers, and its one-line configuration errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+
+from click.testing import CliRunner
+
+from etl.broker import redis_client
+from etl.cli import main
+from etl.config import Settings
+from etl.dlq import DeadLetter, DeadLetterStore
+
+
+def test_bad_setting_exits_2_with_one_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "etl.cli", "config"], capture_output=True, text=True,
+                          env={"MAX_BATCH_SIZE": "abc", "PATH": "/usr/bin"})
+    assert done.returncode == 2
+    assert done.stderr == "configuration error: MAX_BATCH_SIZE must be a positive integer, got 'abc'\n"
+
+
+def test_config_redacts_secrets() -> None:
+    result = CliRunner().invoke(main, ["config"], env={"PG_PASSWORD": "hunter2"})
+    assert result.exit_code == 0
+    assert json.loads(result.output)["PG_PASSWORD"] == "***" and "hunter2" not in result.output
+
+
+def test_migrate_then_report(make_settings: Callable[..., Settings]) -> None:
+    env = make_settings().to_env()
+    runner = CliRunner()
+    assert runner.invoke(main, ["migrate"], env=env).exit_code == 0
+    assert runner.invoke(main, ["migrate"], env=env).exit_code == 0, "migrate is idempotent"
+    result = runner.invoke(main, ["report"], env=env)
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.output)
+    assert (counts["stored"], counts["merged"]) == (0, 0)
+
+
+def test_dlq_list_and_show(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    letter = DeadLetter.for_raw("enrich", "BadEvent: not valid JSON", b"oops")
+    store = DeadLetterStore(redis_client(settings), retention_s=60)
+    store.add([letter])
+    runner = CliRunner()
+    listed = runner.invoke(main, ["dlq", "list"], env=settings.to_env())
+    assert listed.exit_code == 0 and letter.id in listed.output and "not valid JSON" in listed.output
+    shown = runner.invoke(main, ["dlq", "show", letter.id], env=settings.to_env())
+    assert json.loads(shown.output)["event"] == "oops"
+    assert runner.invoke(main, ["dlq", "show", "nope"], env=settings.to_env()).exit_code == 1
