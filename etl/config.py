@@ -24,6 +24,10 @@ DEFAULT_RETRY_MAX = 8
 DEFAULT_RETRY_MIN_BACKOFF_MS = 500
 DEFAULT_RETRY_MAX_BACKOFF_MS = 60_000
 DEFAULT_DLQ_RETENTION_DAYS = 14
+DEFAULT_MAX_QUEUE_DEPTH = 200
+DEFAULT_QUEUE_LOW_WATER_PERCENT = 50
+DEFAULT_BREAKER_FAILURES = 5
+DEFAULT_BREAKER_COOLDOWN_MS = 5_000
 
 # Names that end up in SQL, Cypher or NATS subjects are validated, never quoted blindly.
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -51,6 +55,13 @@ def _non_negative_int(name: str, raw: str) -> int:
         value = -1
     if value < 0:
         raise ConfigError(f"{name} must be a non-negative integer, got {raw!r}")
+    return value
+
+
+def _percent(name: str, raw: str) -> int:
+    value = _non_negative_int(name, raw)
+    if value > 100:
+        raise ConfigError(f"{name} must be a percentage from 0 to 100, got {raw!r}")
     return value
 
 
@@ -142,6 +153,10 @@ class Settings:
     retry_min_backoff_ms: int = DEFAULT_RETRY_MIN_BACKOFF_MS
     retry_max_backoff_ms: int = DEFAULT_RETRY_MAX_BACKOFF_MS
     dlq_retention_days: int = DEFAULT_DLQ_RETENTION_DAYS
+    max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH
+    queue_low_water_percent: int = DEFAULT_QUEUE_LOW_WATER_PERCENT
+    breaker_failures: int = DEFAULT_BREAKER_FAILURES
+    breaker_cooldown_ms: int = DEFAULT_BREAKER_COOLDOWN_MS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -216,6 +231,10 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "retry_min_backoff_ms": ("RETRY_MIN_BACKOFF_MS", _positive_int),
     "retry_max_backoff_ms": ("RETRY_MAX_BACKOFF_MS", _positive_int),
     "dlq_retention_days": ("DLQ_RETENTION_DAYS", _positive_int),
+    "max_queue_depth": ("MAX_QUEUE_DEPTH", _positive_int),
+    "queue_low_water_percent": ("QUEUE_LOW_WATER_PERCENT", _percent),
+    "breaker_failures": ("BREAKER_FAILURES", _positive_int),
+    "breaker_cooldown_ms": ("BREAKER_COOLDOWN_MS", _positive_int),
 }
 
 ENV_VARS: tuple[str, ...] = tuple(var for var, _ in _ENV.values())
