@@ -17,6 +17,7 @@ from etl.app import App, load_app
 from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE
 from etl.enrich import enrich_batch as enrich_events
 from etl.errors import SinkDataError
+from etl.metrics import BATCH_SIZE, EVENTS, WRITE_SECONDS
 from etl.validate import validate_batch
 
 log = logging.getLogger(__name__)
@@ -29,22 +30,25 @@ app: App = load_app()
 def enrich_batch(raw: list[str], binary: list[int] | None = None) -> None:
     """Validate and enrich one batch from the bridge, dead-letter bad events, fan out to the sink queues."""
     good, bad = validate_batch(rawbatch.unpack(raw, binary or ()), max_bytes=app.settings.max_event_bytes)
-    if bad:
-        app.dead_letters().add(bad)
-        log.warning("dead-lettered %d bad event(s) of %d", len(bad), len(raw),
-                    extra={"stage": QUEUE_ENRICH, "events": len(bad)})
+    BATCH_SIZE.labels(stage=QUEUE_ENRICH).observe(len(raw))
+    app.dead_letters().add(bad)
     if not good:
         return
     enriched = enrich_events(good, env=app.settings.af_env, resolver=app.resolver,
                              now=datetime.now(timezone.utc))
     for actor in (publish_batch, store_batch, merge_batch):
         actor.send(enriched)
+    EVENTS.labels(stage=QUEUE_ENRICH).inc(len(enriched))
 
 
 def _deliver(actor: dramatiq.Actor[Any, Any], sink_name: str, events: list[Event]) -> None:
     """Write ``events`` to a sink; on a data error, split the batch so only the poison events fail."""
     try:
-        app.sinks.get(sink_name).write(events)
+        sink = app.sinks.get(sink_name)
+        with WRITE_SECONDS.labels(sink=sink_name).time():
+            sink.write(events)
+        BATCH_SIZE.labels(stage=sink_name).observe(len(events))
+        EVENTS.labels(stage=sink_name).inc(len(events))
     except SinkDataError:
         if len(events) < 2:
             raise

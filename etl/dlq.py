@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,10 @@ from typing import Any
 
 import orjson
 import redis
+
+from etl.metrics import DEAD_LETTERS
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "etl:dlq"
 
@@ -81,9 +86,21 @@ class DeadLetterStore:
         self.index_key = f"{prefix}:by_time"
 
     def add(self, letters: Sequence[DeadLetter]) -> None:
-        """Store ``letters``; an entry that exists already gets its count, attempts and last failure updated."""
+        """Store ``letters``; an entry that exists already gets its count, attempts and last failure updated.
+
+        Every dead letter is also logged and counted (``etl_dead_letters_total``): none is silent.
+        """
         if not letters:
             return
+        self._store(letters)
+        for letter in letters:
+            reason_type = letter.reason.split(":", 1)[0]
+            DEAD_LETTERS.labels(stage=letter.stage, reason=reason_type).inc()
+            log.warning("dead-lettered %s at %s after %d attempt(s): %s", letter.id, letter.stage, letter.attempts,
+                        letter.reason, extra={"stage": letter.stage, "dead_letter_id": letter.id,
+                                              "error": letter.reason, "attempts": letter.attempts})
+
+    def _store(self, letters: Sequence[DeadLetter]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for letter in letters:
             pipe.hsetnx(self.entries_key, letter.id, orjson.dumps(asdict(letter)))

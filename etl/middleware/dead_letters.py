@@ -35,11 +35,9 @@ class FailureClock(Middleware):
 class DeadLetterOnFailure(Middleware):
     """Writes every event of a failed message to the dead-letter store, with the stage and the reason."""
 
-    def __init__(self, store: Callable[[], DeadLetterStore], unpack: Unpacker,
-                 on_dead_letter: Callable[[str, str, int], None] | None = None) -> None:
+    def __init__(self, store: Callable[[], DeadLetterStore], unpack: Unpacker) -> None:
         self._store = store
         self._unpack = unpack
-        self._on_dead_letter = on_dead_letter
 
     def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
@@ -60,9 +58,7 @@ class DeadLetterOnFailure(Middleware):
                        last_failure=now, event_encoding=encoding)
             for event, encoding in self._unpack(message)
         ]
-        self._store().add(letters)
-        log.error("dead-lettered %d event(s) from %s after %d attempt(s): %s",
-                  len(letters), message.queue_name, attempts, reason,
+        log.error("message %s failed for good at %s after %d attempt(s): %s", message.message_id,
+                  message.queue_name, attempts, reason,
                   extra={"stage": message.queue_name, "events": len(letters), "error": reason})
-        if self._on_dead_letter is not None:
-            self._on_dead_letter(message.queue_name, reason.split(":", 1)[0], len(letters))
+        self._store().add(letters)
