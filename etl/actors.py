@@ -16,7 +16,7 @@ from etl import rawbatch
 from etl.app import App, load_app
 from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE
 from etl.enrich import enrich_batch as enrich_events
-from etl.errors import SinkDataError
+from etl.isolation import write_or_split
 from etl.metrics import BATCH_SIZE, EVENTS, WRITE_SECONDS
 from etl.validate import validate_batch
 
@@ -42,21 +42,13 @@ def enrich_batch(raw: list[str], binary: list[int] | None = None) -> None:
 
 
 def _deliver(actor: dramatiq.Actor[Any, Any], sink_name: str, events: list[Event]) -> None:
-    """Write ``events`` to a sink; on a data error, split the batch so only the poison events fail."""
-    try:
-        sink = app.sinks.get(sink_name)
-        with WRITE_SECONDS.labels(sink=sink_name).time():
-            sink.write(events)
+    """Write ``events`` to a sink, isolating poison events (see ``etl.isolation``)."""
+    sink = app.sinks.get(sink_name)
+    with WRITE_SECONDS.labels(sink=sink_name).time():
+        written = write_or_split(sink, events, actor.send)
+    if written:
         BATCH_SIZE.labels(stage=sink_name).observe(len(events))
         EVENTS.labels(stage=sink_name).inc(len(events))
-    except SinkDataError:
-        if len(events) < 2:
-            raise
-        half = len(events) // 2
-        log.warning("%s rejected a batch of %d; retrying its halves to isolate the bad event(s)",
-                    sink_name, len(events), extra={"sink": sink_name, "events": len(events)})
-        actor.send(events[:half])
-        actor.send(events[half:])
 
 
 @dramatiq.actor(queue_name=QUEUE_PUBLISH, actor_name="publish_batch")

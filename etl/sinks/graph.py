@@ -42,6 +42,12 @@ from etl.sinks.base import Event
 
 Row = dict[str, Any]
 
+# Graph properties are for linking and filtering, not blobs: a longer value is rejected as data. FalkorDB also
+# cannot carry NUL in query text, and both servers store integers in 64 bits; checking here makes both backends
+# reject the same events.
+MAX_PROPERTY_CHARS = 16_384
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 FALKOR_SCHEME = "falkor"
 
 # (label, key property): one uniqueness constraint each.
@@ -96,8 +102,19 @@ def compose_key(*parts: str) -> str:
 
 
 def _scalar(event_id: str, field: str, value: Any) -> Any:
-    """A property value both backends store: str, int, finite float, bool or None. Raises SinkDataError."""
-    if value is None or isinstance(value, (str, int)):
+    """A property value both backends store alike: a string (no NUL, at most ``MAX_PROPERTY_CHARS``), a 64-bit
+    integer, a finite float, a bool or None. Raises ``SinkDataError`` otherwise, before anything is sent."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_PROPERTY_CHARS:
+            raise SinkDataError(f"event {event_id!r}: {field} is {len(value)} characters, over {MAX_PROPERTY_CHARS}")
+        if "\x00" in value:
+            raise SinkDataError(f"event {event_id!r}: {field} contains a NUL character")
+        return value
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise SinkDataError(f"event {event_id!r}: {field} {value} is out of the 64-bit integer range")
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value
