@@ -21,8 +21,9 @@ Event = dict[str, Any]
 def write_or_split(sink: Sink, events: Sequence[Event], resend: Callable[[list[Event]], None]) -> bool:
     """Write ``events``; on ``SinkDataError`` resend both halves instead.
 
-    Returns True when the sink took the batch, False when it was split. Raises ``SinkDataError`` for a single rejected event (it is the poison),
-    and whatever else ``write`` raises (a ``TransientError`` is retried as a whole batch).
+    Returns True when the sink took the batch, False when it was split. Raises ``SinkDataError`` for a single
+    rejected event (it is the poison), and whatever else ``write`` raises (a ``TransientError`` is retried as a
+    whole batch).
     """
     try:
         sink.write(events)
