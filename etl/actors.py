@@ -14,7 +14,7 @@ import dramatiq
 
 from etl import rawbatch
 from etl.app import App, load_app
-from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE
+from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE, AofSync
 from etl.enrich import enrich_batch as enrich_events
 from etl.isolation import write_or_split
 from etl.metrics import BATCH_SIZE, EVENTS, WRITE_SECONDS
@@ -69,7 +69,12 @@ def merge_batch(events: list[Event]) -> None:
     _deliver(merge_batch, "graph", events)
 
 
+_aof = AofSync(app.broker.client)
+
+
 def enqueue_raw(batch: list[bytes]) -> None:
-    """The bridge's hand-off: one Dramatiq message for a whole batch of raw NATS payloads."""
+    """The bridge's hand-off: one Dramatiq message for a whole batch of raw NATS payloads, on disk in Redis
+    before this returns (so the bridge may ack NATS). Raises on any Redis failure; the bridge then naks."""
     texts, binary = rawbatch.pack(batch)
     enrich_batch.send(texts, binary)
+    _aof.wait()

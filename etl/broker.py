@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,10 +15,13 @@ from dramatiq.errors import DecodeError
 from dramatiq.middleware import AgeLimit, Callbacks, Middleware, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
 from etl.config import Settings
-from etl.errors import PermanentError
+from etl.errors import PermanentError, TransientError
+
+log = logging.getLogger(__name__)
 
 REDIS_SOCKET_TIMEOUT_S = 10.0
 REDIS_CONNECT_TIMEOUT_S = 5.0
+AOF_SYNC_TIMEOUT_MS = 5_000
 
 QUEUE_ENRICH = "enrich"
 QUEUE_PUBLISH = "publish"
@@ -43,6 +47,35 @@ def redis_client(settings: Settings) -> redis.Redis:
     """The one way to open Redis: with timeouts, so a dead server surfaces as an error, not a hang."""
     return redis.Redis.from_url(settings.redis_url, socket_timeout=REDIS_SOCKET_TIMEOUT_S,
                                 socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S, health_check_interval=30)
+
+
+class AofSync:
+    """Waits until Redis has written its append-only file to disk (``WAITAOF``).
+
+    The bridge acks NATS only after this, so a Redis crash right after the ack cannot lose the batch: either
+    Redis has it on disk, or NATS still has it. Where AOF is off, a warning is logged once and nothing is awaited
+    (durability then rests on Redis alone; see the README).
+    """
+
+    def __init__(self, client: redis.Redis, *, timeout_ms: int = AOF_SYNC_TIMEOUT_MS) -> None:
+        self._client = client
+        self._timeout_ms = timeout_ms
+        self._enabled = True
+
+    def wait(self) -> None:
+        """Raises ``TransientError`` if the write is not on disk within the timeout."""
+        if not self._enabled:
+            return
+        try:
+            local, _replicas = self._client.execute_command("WAITAOF", 1, 0, self._timeout_ms)
+        except redis.ResponseError as e:
+            if "appendonly" not in str(e).lower():
+                raise TransientError(f"Redis WAITAOF failed: {e}") from e
+            self._enabled = False
+            log.warning("Redis has appendonly off: queued batches are lost if Redis restarts (%s)", e)
+            return
+        if int(local) < 1:
+            raise TransientError(f"Redis did not fsync its AOF within {self._timeout_ms} ms")
 
 
 def retry_when(max_retries: int) -> Any:
