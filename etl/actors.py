@@ -78,3 +78,11 @@ def enqueue_raw(batch: list[bytes]) -> None:
     texts, binary = rawbatch.pack(batch)
     enrich_batch.send(texts, binary)
     _aof.wait()
+
+
+def send_to_stage(stage: str, payloads: list[Any]) -> None:
+    """Enqueue a batch for ``stage`` again (dead-letter replay): raw bytes for enrich, events for a sink."""
+    if stage == QUEUE_ENRICH:
+        enqueue_raw(payloads)
+        return
+    {QUEUE_PUBLISH: publish_batch, QUEUE_TIMESCALE: store_batch, QUEUE_GRAPH: merge_batch}[stage].send(payloads)

@@ -106,5 +106,46 @@ def dlq_show(entry_id: str) -> None:
     click.echo(json.dumps(asdict(letter), indent=2, default=str))
 
 
+@dlq.command(name="replay")
+@click.option("--stage", type=click.Choice(["enrich", "publish", "timescale", "graph"]),
+              help="Replay every entry of this stage.")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every entry.")
+@click.argument("entry_ids", nargs=-1)
+def dlq_replay(stage: str | None, replay_all: bool, entry_ids: tuple[str, ...]) -> None:
+    """Re-enqueue dead letters (by ID, by --stage, or --all) to the stage they failed in."""
+    from etl.replay import replay
+
+    if not (stage or replay_all or entry_ids):
+        raise click.UsageError("name entries by ID, or use --stage S or --all")
+    store = _store()
+    letters = [e for e in (store.get(i) for i in entry_ids) if e is not None] if entry_ids else list(store.iter_all())
+    if entry_ids and len(letters) != len(entry_ids):
+        raise click.ClickException("some IDs are not in the dead-letter queue; nothing replayed")
+    letters = [e for e in letters if stage is None or e.stage == stage]
+    from etl import actors
+
+    count = replay(store, letters, actors.app.settings.max_batch_size, actors.send_to_stage)
+    click.echo(f"replayed {count} dead letter(s)")
+
+
+@dlq.command(name="purge")
+@click.option("--older-than", "older_than", metavar="AGE",
+              help="Only entries whose last failure is older than AGE (e.g. 30m, 12h, 7d). Default: the retention.")
+def dlq_purge(older_than: str | None) -> None:
+    """Delete dead letters older than AGE (default DLQ_RETENTION_DAYS)."""
+    age_s = None if older_than is None else _parse_age(older_than)
+    click.echo(f"purged {_store().purge(older_than_s=age_s)} dead letter(s)")
+
+
+_AGE_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _parse_age(text: str) -> float:
+    unit = _AGE_UNITS_S.get(text[-1:].lower())
+    if unit is None or not text[:-1].isdigit():
+        raise click.BadParameter(f"AGE must be a number with s, m, h or d, got {text!r}", param_hint="--older-than")
+    return int(text[:-1]) * unit
+
+
 if __name__ == "__main__":
     main()

@@ -30,6 +30,7 @@ from etl.metrics import DEAD_LETTERS
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "etl:dlq"
+PURGE_INTERVAL_S = 3600.0
 
 
 @dataclass
@@ -84,6 +85,7 @@ class DeadLetterStore:
         self.retention_s = retention_s
         self.entries_key = f"{prefix}:entries"
         self.index_key = f"{prefix}:by_time"
+        self._last_purge = float("-inf")
 
     def add(self, letters: Sequence[DeadLetter]) -> None:
         """Store ``letters``; an entry that exists already gets its count, attempts and last failure updated.
@@ -93,12 +95,20 @@ class DeadLetterStore:
         if not letters:
             return
         self._store(letters)
+        self._purge_now_and_then()
         for letter in letters:
             reason_type = letter.reason.split(":", 1)[0]
             DEAD_LETTERS.labels(stage=letter.stage, reason=reason_type).inc()
             log.warning("dead-lettered %s at %s after %d attempt(s): %s", letter.id, letter.stage, letter.attempts,
                         letter.reason, extra={"stage": letter.stage, "dead_letter_id": letter.id,
                                               "error": letter.reason, "attempts": letter.attempts})
+
+    def _purge_now_and_then(self) -> None:
+        # Retention is enforced by whoever writes dead letters, at most once per PURGE_INTERVAL_S per process.
+        now = time.monotonic()
+        if now - self._last_purge >= PURGE_INTERVAL_S:
+            self._last_purge = now
+            self.purge()
 
     def _store(self, letters: Sequence[DeadLetter]) -> None:
         pipe = self.client.pipeline(transaction=False)

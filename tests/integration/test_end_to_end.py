@@ -7,6 +7,8 @@ import asyncio
 import base64
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -199,3 +201,30 @@ def test_a_poison_event_is_isolated_and_only_it_is_dead_lettered(settings: Setti
         assert letter.event["id"] == "poison-nul" and letter.event["env"] == "test"
         assert letter.reason.startswith("SinkDataError: ") and letter.attempts == 1
         assert letter.first_failure <= letter.last_failure
+
+
+def test_dead_letters_replay_to_their_stage_once_the_cause_is_fixed(settings: Settings, pipeline: Pipeline) -> None:
+    """A raw event rejected at enrich and an enriched event that a sink gave up on (say, after an outage that
+    outlasted the retries) go back to where they failed, and land."""
+    from datetime import datetime, timezone
+
+    from etl.broker import redis_client
+    from etl.dlq import DeadLetter
+    from etl.enrich import enrich_batch
+    from etl.rdns import FakeResolver
+
+    raw_a, raw_b = generate(2, hosts=2, seed=21)
+    enriched_b = enrich_batch([orjson.loads(raw_b)], env="test", resolver=FakeResolver(),
+                              now=datetime.now(timezone.utc))[0]
+    store = DeadLetterStore(redis_client(settings), retention_s=3600)
+    store.add([DeadLetter.for_raw("enrich", "BadEvent: event is too big (since raised)", raw_a),
+               DeadLetter("timescale", "SinkUnavailable: connection refused", enriched_b, attempts=9)])
+
+    done = subprocess.run([sys.executable, "-m", "etl.cli", "dlq", "replay", "--all"], capture_output=True,
+                          text=True, env={**os.environ, **settings.to_env()})
+    assert done.returncode == 0, done.stderr
+    assert "replayed 2 dead letter(s)" in done.stdout
+    wait_for(lambda: report.collect(settings).stored == 2 and store.count() == 0, timeout_s=60,
+             describe=lambda: f"{report.collect(settings)}")
+    counts = report.collect(settings)
+    assert counts.merged == 1 and counts.published == 1, "the sink-stage entry went to its sink only"
