@@ -65,6 +65,16 @@ def _percent(name: str, raw: str) -> int:
     return value
 
 
+def _choice(*allowed: str, upper: bool = False) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return parse
+
+
 def _boolean(name: str, raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in _TRUE:
@@ -158,6 +168,8 @@ class Settings:
     queue_low_water_percent: int = DEFAULT_QUEUE_LOW_WATER_PERCENT
     breaker_failures: int = DEFAULT_BREAKER_FAILURES
     breaker_cooldown_ms: int = DEFAULT_BREAKER_COOLDOWN_MS
+    log_level: str = "INFO"
+    log_format: str = "auto"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -237,6 +249,8 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "queue_low_water_percent": ("QUEUE_LOW_WATER_PERCENT", _percent),
     "breaker_failures": ("BREAKER_FAILURES", _positive_int),
     "breaker_cooldown_ms": ("BREAKER_COOLDOWN_MS", _positive_int),
+    "log_level": ("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True)),
+    "log_format": ("LOG_FORMAT", _choice("auto", "json", "text")),
 }
 
 ENV_VARS: tuple[str, ...] = tuple(var for var, _ in _ENV.values())

@@ -1,0 +1,47 @@
+"""Logging for every process: one JSON object per line on stdout, or readable text in a terminal.
+
+JSON lines carry ``time``, ``level``, ``logger`` and ``message``, plus whatever context the call passed in
+``extra`` (pool, stage, sink, batch size, event id, error). The formatter is python-json-logger's.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+from pythonjsonlogger.json import JsonFormatter
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+JSON_FIELDS = "%(levelname)s %(name)s %(message)s"
+# Records of these loggers are chatty at INFO and say nothing an operator needs.
+QUIET_LOGGERS = ("neo4j", "nats.aio.client")
+
+
+def resolve_format(log_format: str, stream: TextIO) -> str:
+    """``auto`` means text in a terminal and JSON elsewhere."""
+    if log_format != "auto":
+        return log_format
+    return "text" if stream.isatty() else "json"
+
+
+def setup_logging(level: str, log_format: str, *, process: str, stream: TextIO | None = None) -> None:
+    """Replace the root handlers with one that writes ``level`` and above to ``stream`` (stdout).
+
+    ``process`` (``bridge``, ``worker-timescale``, ...) is added to every JSON record.
+    """
+    out = stream or sys.stdout
+    handler = logging.StreamHandler(out)
+    if resolve_format(log_format, out) == "json":
+        handler.setFormatter(JsonFormatter(
+            JSON_FIELDS, rename_fields={"levelname": "level", "name": "logger"},
+            static_fields={"process": process}, timestamp="time"))
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
