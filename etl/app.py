@@ -14,6 +14,7 @@ from etl.broker import build_broker
 from etl.config import Settings
 from etl.dlq import DeadLetterStore
 from etl.errors import ConfigError
+from etl.middleware.circuit_breaker import CircuitBreakers
 from etl.middleware.dead_letters import DeadLetterOnFailure, FailureClock
 from etl.rdns import Resolver, resolver_for
 from etl.sinks.registry import CloseSinksOnShutdown, Sinks, sink_factories
@@ -51,7 +52,10 @@ def build_app(settings: Settings) -> App:
     sinks = Sinks(sink_factories(settings))
     broker = build_broker(
         settings,
-        before_retry_decision=[FailureClock()],
+        # Breakers go last (after Retries): their before hook runs after every other, and each of those undoes itself
+        # in after_skip_message when the breaker skips. Retries has no after_skip_message: a delay spends no retry.
+        before_retry_decision=[FailureClock(), CircuitBreakers(failures=settings.breaker_failures,
+                                                               cooldown_s=settings.breaker_cooldown_ms / 1000)],
         after_retry_decision=[DeadLetterOnFailure(lambda: app.dead_letters(), failed_events),
                               CloseSinksOnShutdown(sinks)],
     )
