@@ -7,7 +7,10 @@ and acknowledged only after ``enqueue`` returned: a crash at any point leaves th
 redelivers it after ``ack_wait``. Delivery is at-least-once; every sink write is idempotent.
 
 Backpressure: one batch is in hand per replica; while ``enqueue`` blocks, nothing more is fetched. The server
-caps un-acked messages over all replicas at ``max_ack_pending``. Durations are seconds inside this module.
+caps un-acked messages over all replicas at ``max_ack_pending``. Dramatiq itself never refuses a message, so
+before each batch the bridge reads the injected ``backlog`` (the deepest Dramatiq queue, in messages) and, at
+``MAX_QUEUE_DEPTH``, stops fetching until it is down to the low-water mark (``etl.backlog.Backpressure``).
+Meanwhile events wait in JetStream, durably, not in memory. Durations are seconds inside this module.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 
 from etl import nats_conn
+from etl.backlog import DEFAULT_BACKLOG_POLL_S, Backlog, BacklogGate, Backpressure
 from etl.config import Settings
 from etl.errors import ConfigError
 
@@ -101,9 +105,13 @@ class Bridge:
         nak_delay_s: float = DEFAULT_NAK_DELAY_S,
         idle_fetch_s: float = DEFAULT_IDLE_FETCH_S,
         name: str = "etl-bridge",
+        backlog: Backlog | None = None,
+        backlog_poll_s: float = DEFAULT_BACKLOG_POLL_S,
     ) -> None:
         self._settings = settings
         self._enqueue = enqueue
+        self._gate = None if backlog is None else BacklogGate(backlog, Backpressure.from_settings(settings),
+                                                              poll_s=backlog_poll_s)
         self._ack_wait_s = ack_wait_s
         self._nak_delay_s = nak_delay_s
         self._idle_fetch_s = idle_fetch_s
@@ -124,6 +132,11 @@ class Bridge:
         """Connected to NATS with the consumer bound, and not stopping."""
         return (self._nc is not None and self._nc.is_connected and self._sub is not None
                 and not self._consumer_lost and not self._stopping.is_set())
+
+    @property
+    def paused(self) -> bool:
+        """Intake stopped because the Dramatiq queues are full (or their depth cannot be read)."""
+        return self._gate is not None and self._gate.paused
 
     def stop(self) -> None:
         """Ask ``run`` to finish the batch in hand and return. Safe from any thread and in signal handlers."""
@@ -152,6 +165,8 @@ class Bridge:
             js = nc.jetstream()
             self._sub = await self._bind(js)
             while not self._stopping.is_set():
+                if self._gate is not None:
+                    await self._gate.wait_for_room(self._stopping)
                 batch = await self._collect()
                 if batch:
                     await self._hand_over(batch)
@@ -180,7 +195,7 @@ class Bridge:
             sub = await self._bind(js)
         except (nats_conn.NatsUnavailable, ConfigError) as e:
             log.warning("bridge cannot re-bind its consumer yet: %s", e)
-            await self._pause(RETRY_FETCH_S)
+            await self._sleep(RETRY_FETCH_S)
             return
         await self._drop_subscription()
         self._sub, self._consumer_lost = sub, False
@@ -220,7 +235,7 @@ class Bridge:
             self._consumer_lost = True
         except nats_conn.UNAVAILABLE_ERRORS as e:
             log.warning("bridge fetch failed: %s", nats_conn.describe(e))
-        await self._pause(RETRY_FETCH_S)
+        await self._sleep(RETRY_FETCH_S)
         return []
 
     async def _hand_over(self, batch: list[Msg]) -> None:
@@ -233,7 +248,7 @@ class Bridge:
             log.warning("enqueue of %d message(s) failed, nak'ed for redelivery: %r", len(batch), e,
                         extra={"events": len(batch)})
             await self._settle(batch, ack=False)
-            await self._pause(self._backoff_s())
+            await self._sleep(self._backoff_s())
             return
         self._failure_streak = 0
         self.batches += 1
@@ -259,7 +274,7 @@ class Bridge:
         streak = max(self._failure_streak, 1)
         return float(min(DEFAULT_BACKOFF_MAX_S, DEFAULT_BACKOFF_MIN_S * 2 ** (streak - 1)))
 
-    async def _pause(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if ``stop()`` is called meanwhile."""
         try:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
@@ -282,9 +297,9 @@ class Bridge:
         log.info("bridge stopped after %d batch(es), %d message(s)", self.batches, self.messages_enqueued)
 
 
-def run_bridge(settings: Settings, enqueue: Enqueue) -> None:
+def run_bridge(settings: Settings, enqueue: Enqueue, backlog: Backlog | None = None) -> None:
     """Run one bridge replica until SIGTERM or SIGINT. Blocking; raises like ``Bridge.run``."""
-    asyncio.run(_serve(Bridge(settings, enqueue)))
+    asyncio.run(_serve(Bridge(settings, enqueue, backlog=backlog)))
 
 
 async def _serve(bridge: Bridge) -> None:

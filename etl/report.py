@@ -9,7 +9,8 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
-from etl.broker import QUEUES, redis_client
+from etl.backlog import queue_depths
+from etl.broker import redis_client
 from etl.config import Settings
 from etl.dlq import DeadLetterStore
 
@@ -76,16 +77,11 @@ def published_count(settings: Settings) -> int:
     return asyncio.run(count())
 
 
-def queue_depths(settings: Settings) -> dict[str, int]:
+def queued_counts(settings: Settings) -> dict[str, int]:
     """Messages not yet acked in each Dramatiq queue: waiting, in flight and delayed retries."""
     client = redis_client(settings)
     try:
-        pipe = client.pipeline(transaction=False)
-        for queue in QUEUES:
-            pipe.hlen(f"dramatiq:{queue}.msgs")
-            pipe.hlen(f"dramatiq:{queue}.DQ.msgs")
-        values = pipe.execute()
-        return {queue: int(values[2 * i]) + int(values[2 * i + 1]) for i, queue in enumerate(QUEUES)}
+        return queue_depths(client)
     finally:
         client.close()
 
@@ -101,4 +97,4 @@ def dead_letter_counts(settings: Settings) -> dict[str, int]:
 def collect(settings: Settings) -> Counts:
     return Counts(stored=stored_count(settings), merged=merged_count(settings),
                   published=published_count(settings), dead_lettered=dead_letter_counts(settings),
-                  queued=queue_depths(settings))
+                  queued=queued_counts(settings))

@@ -62,13 +62,15 @@ class Pipeline:
     def alive(self) -> dict[str, bool]:
         return {name: proc.poll() is None for name, proc in self.procs.items()}
 
-    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> dict[str, int | None]:
+    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S, *, ordered: bool = True) -> dict[str, int | None]:
         """Stop in order: bridges first (they ack what they enqueued), then the workers (they finish their
-        in-flight messages). Returns each process's exit code; anything still running at the deadline is killed.
+        in-flight messages). ``ordered=False`` sends SIGTERM to every process at once instead, as an orchestrator
+        stopping a whole deployment does. Returns each process's exit code; anything still running at the
+        deadline is killed.
         """
         bridges = [n for n in self.procs if n.startswith("bridge")]
         workers = [n for n in self.procs if n not in bridges]
-        for group in (bridges, workers):
+        for group in (bridges, workers) if ordered else ([*bridges, *workers],):
             self._terminate(group, timeout_s)
         return {name: proc.returncode for name, proc in self.procs.items()}
 
