@@ -43,8 +43,8 @@ def _count(env: Mapping[str, str], name: str, default: int) -> int:
 def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
     """The command line and extra environment that run pool ``pool_name``.
 
-    Prefetch is bounded to the thread count, so a worker holds at most one waiting batch per thread: Redis, not
-    the worker's memory, is where the backlog waits.
+    Prefetch, of ready and of delayed (retrying) messages alike, is bounded to the thread count, so a worker holds
+    at most one waiting batch per thread: Redis, not the worker's memory, is where the backlog waits.
     """
     if pool_name not in POOLS:
         raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {pool_name!r}")
@@ -53,4 +53,4 @@ def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str],
     threads = _count(env, "WORKER_THREADS", pool.threads)
     argv = [sys.executable, "-m", "dramatiq", "etl.actors", "--queues", pool.queue,
             "--processes", str(processes), "--threads", str(threads)]
-    return argv, {"dramatiq_queue_prefetch": str(threads)}
+    return argv, {"dramatiq_queue_prefetch": str(threads), "dramatiq_delay_queue_prefetch": str(threads)}
