@@ -4,7 +4,12 @@
 broker to be set by the import, so the wiring happens here, once, from the environment.
 """
 
+# ruff: noqa: E402 - the metrics directory must be set before the imports below load prometheus_client.
 from __future__ import annotations
+
+from etl import workerenv
+
+workerenv.prepare()
 
 import logging
 from datetime import datetime, timezone

@@ -14,10 +14,13 @@ from etl.broker import build_broker
 from etl.config import Settings
 from etl.dlq import DeadLetterStore
 from etl.errors import ConfigError
+from etl.logs import setup_logging
 from etl.middleware.circuit_breaker import CircuitBreakers
 from etl.middleware.dead_letters import DeadLetterOnFailure, FailureClock
+from etl.middleware.prometheus import PoolMetrics
 from etl.rdns import Resolver, resolver_for
 from etl.sinks.registry import CloseSinksOnShutdown, Sinks, sink_factories
+from etl.workerenv import is_worker_process, process_name
 
 SECONDS_PER_DAY = 86_400
 
@@ -52,6 +55,7 @@ def build_app(settings: Settings) -> App:
     sinks = Sinks(sink_factories(settings))
     broker = build_broker(
         settings,
+        metrics=[PoolMetrics()] if is_worker_process() else [],
         # Breakers go last (after Retries): their before hook runs after every other, and each of those undoes itself
         # in after_skip_message when the breaker skips. Retries has no after_skip_message: a delay spends no retry.
         before_retry_decision=[FailureClock(), CircuitBreakers(failures=settings.breaker_failures,
@@ -70,6 +74,9 @@ def load_app() -> App:
     except ConfigError as e:
         sys.stderr.write(f"configuration error: {e}\n")
         raise SystemExit(2) from None
+    if is_worker_process():
+        # Dramatiq configured its own log format before importing us; ours replaces it.
+        setup_logging(settings.log_level, settings.log_format, process=process_name())
     app = build_app(settings)
     dramatiq.set_broker(app.broker)
     return app

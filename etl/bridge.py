@@ -32,6 +32,7 @@ from etl import nats_conn
 from etl.backlog import DEFAULT_BACKLOG_POLL_S, Backlog, BacklogGate, Backpressure
 from etl.config import Settings
 from etl.errors import ConfigError
+from etl.metrics import BATCH_SIZE, EVENTS, RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,17 @@ class Bridge:
     @property
     def ready(self) -> bool:
         """Connected to NATS with the consumer bound, and not stopping."""
-        return (self._nc is not None and self._nc.is_connected and self._sub is not None
-                and not self._consumer_lost and not self._stopping.is_set())
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why the bridge cannot take events now, or ``None`` when it can (for ``/readyz``)."""
+        if self._stopping.is_set():
+            return "stopping"
+        if self._nc is None or not self._nc.is_connected:
+            return "NATS is not connected"
+        if self._sub is None or self._consumer_lost:
+            return f"JetStream consumer {self._settings.nats_consumer} is not bound"
+        return None
 
     @property
     def paused(self) -> bool:
@@ -244,6 +254,7 @@ class Bridge:
             await asyncio.to_thread(self._enqueue, [m.data for m in batch])
         except Exception as e:  # noqa: BLE001 - enqueue is injected; any failure means "not taken"
             self.enqueue_failures += 1
+            RETRIES.labels(stage="bridge").inc()
             self._failure_streak += 1
             log.warning("enqueue of %d message(s) failed, nak'ed for redelivery: %r", len(batch), e,
                         extra={"events": len(batch)})
@@ -253,6 +264,8 @@ class Bridge:
         self._failure_streak = 0
         self.batches += 1
         self.messages_enqueued += len(batch)
+        EVENTS.labels(stage="received").inc(len(batch))
+        BATCH_SIZE.labels(stage="bridge").observe(len(batch))
         await self._settle(batch, ack=True)
 
     async def _settle(self, batch: list[Msg], *, ack: bool) -> None:
@@ -299,7 +312,12 @@ class Bridge:
 
 def run_bridge(settings: Settings, enqueue: Enqueue, backlog: Backlog | None = None) -> None:
     """Run one bridge replica until SIGTERM or SIGINT. Blocking; raises like ``Bridge.run``."""
-    asyncio.run(_serve(Bridge(settings, enqueue, backlog=backlog)))
+    run_until_signalled(Bridge(settings, enqueue, backlog=backlog))
+
+
+def run_until_signalled(bridge: Bridge) -> None:
+    """Run ``bridge`` until SIGTERM or SIGINT asks it to stop. Blocking."""
+    asyncio.run(_serve(bridge))
 
 
 async def _serve(bridge: Bridge) -> None:

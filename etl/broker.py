@@ -89,7 +89,7 @@ def retry_when(max_retries: int) -> Any:
 
 
 def build_broker(settings: Settings, *, before_retry_decision: Sequence[Middleware] = (),
-                 after_retry_decision: Sequence[Middleware] = ()) -> RedisBroker:
+                 after_retry_decision: Sequence[Middleware] = (), metrics: Sequence[Middleware] = ()) -> RedisBroker:
     """A Redis broker with our retry policy, time limit and encoder.
 
     Dramatiq runs ``after_*`` hooks in reverse list order. Middleware in ``after_retry_decision`` therefore sits
@@ -98,6 +98,7 @@ def build_broker(settings: Settings, *, before_retry_decision: Sequence[Middlewa
     """
     dramatiq.set_encoder(OrjsonEncoder())
     middleware: list[Middleware] = [
+        *metrics,
         AgeLimit(),
         TimeLimit(time_limit=settings.processing_timeout_s * 1000),
         ShutdownNotifications(),

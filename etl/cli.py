@@ -44,6 +44,27 @@ def migrate() -> None:
     click.echo("schema applied")
 
 
+@main.command()
+@click.option("--pool", required=True, type=click.Choice(["bridge", "enrich", "publish", "timescale", "graph"]),
+              help="Which local process to check.")
+def health(pool: str) -> None:
+    """Exit 0 when the local bridge or worker pool is healthy, 1 with the reason when not (for healthchecks)."""
+    from etl.broker import redis_client
+    from etl.health import probe_process
+
+    settings = load_settings()
+    client = redis_client(settings)
+    try:
+        reason = probe_process(pool, health_port=settings.health_port, metrics_port=settings.metrics_port,
+                               redis_ping=client.ping)
+    finally:
+        client.close()
+    if reason is not None:
+        click.echo(f"{pool}: unhealthy: {reason}", err=True)
+        raise SystemExit(1)
+    click.echo(f"{pool}: healthy")
+
+
 @main.command(name="report")
 def report_cmd() -> None:
     """Print what reached each sink, as JSON."""
@@ -70,6 +91,44 @@ def dev(data_dir: Path, clean: bool, count: int, rate: float, hosts: int, no_gen
     options = DevOptions(data_dir=data_dir.resolve(), clean=clean, count=count, rate=rate, hosts=hosts,
                          generate=not no_generate, once=once)
     raise SystemExit(run_dev(options, lambda line: click.echo(line)))
+
+
+@main.command(name="status")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Seconds between readings; rates are measured over it.")
+@click.option("--once", is_flag=True, help="Print one reading, with rates over --interval, and exit.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON instead of the table (with --once one object, else one line per reading).")
+@click.option("--metrics-url", "metrics_urls", multiple=True, metavar="URL",
+              help="A process's /metrics page, for breaker states and 'bridge paused' (repeatable). "
+                   "Default: STATUS_METRICS_URLS, comma-separated.")
+def status_cmd(interval: float, once: bool, as_json: bool, metrics_urls: tuple[str, ...]) -> None:
+    """Totals and rates of each stage, JetStream lag, queues, dead letters, breakers; refreshed until Ctrl-C.
+
+    With --once, exit code 1 when a server could not be read (its fields are null). Metrics that do not answer
+    only make their fields unknown.
+    """
+    import logging
+
+    from etl import status
+
+    settings = load_settings()
+    # The view names every source it cannot read; drivers' log lines would only tear the screen.
+    logging.disable(logging.CRITICAL)
+    try:
+        urls = tuple(map(status.check_url, metrics_urls)) or status.split_urls(
+            os.environ.get("STATUS_METRICS_URLS", ""))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if once:
+        snapshot, rates = status.measure(settings, urls, interval)
+        click.echo(status.to_json(snapshot, rates, indent=2) if as_json else status.render(snapshot, rates, settings))
+        raise SystemExit(1 if snapshot.errors else 0)
+    terminal = click.get_text_stream("stdout").isatty()
+    try:
+        status.watch(settings, urls, interval, click.echo, as_json=as_json, clear=terminal)
+    except KeyboardInterrupt:
+        click.echo("")  # leave the prompt below the last frame; Ctrl-C is the normal way out: exit 0
 
 
 @main.group()

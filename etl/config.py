@@ -58,6 +58,13 @@ def _non_negative_int(name: str, raw: str) -> int:
     return value
 
 
+def _port(name: str, raw: str) -> int:
+    value = _non_negative_int(name, raw)
+    if value > 65535:
+        raise ConfigError(f"{name} must be a TCP port from 0 to 65535, got {raw!r}")
+    return value
+
+
 def _percent(name: str, raw: str) -> int:
     value = _non_negative_int(name, raw)
     if value > 100:
@@ -168,6 +175,9 @@ class Settings:
     queue_low_water_percent: int = DEFAULT_QUEUE_LOW_WATER_PERCENT
     breaker_failures: int = DEFAULT_BREAKER_FAILURES
     breaker_cooldown_ms: int = DEFAULT_BREAKER_COOLDOWN_MS
+    health_host: str = "0.0.0.0"
+    health_port: int = 8080
+    metrics_port: int = 9191
     log_level: str = "INFO"
     log_format: str = "auto"
 
@@ -249,6 +259,9 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "queue_low_water_percent": ("QUEUE_LOW_WATER_PERCENT", _percent),
     "breaker_failures": ("BREAKER_FAILURES", _positive_int),
     "breaker_cooldown_ms": ("BREAKER_COOLDOWN_MS", _positive_int),
+    "health_host": ("HEALTH_HOST", _text),
+    "health_port": ("HEALTH_PORT", _port),
+    "metrics_port": ("METRICS_PORT", _port),
     "log_level": ("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True)),
     "log_format": ("LOG_FORMAT", _choice("auto", "json", "text")),
 }

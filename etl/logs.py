@@ -18,6 +18,17 @@ JSON_FIELDS = "%(levelname)s %(name)s %(message)s"
 QUIET_LOGGERS = ("neo4j", "nats.aio.client")
 
 
+class _DelayedBySkipFilter(logging.Filter):
+    """Dramatiq warns "Message ... was skipped." for every message our circuit breaker delays: during an outage
+    that is one line per batch per cool-down. The breaker logs its own transitions; keep these at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Message %s was skipped." and record.levelno == logging.WARNING:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 def resolve_format(log_format: str, stream: TextIO) -> str:
     """``auto`` means text in a terminal and JSON elsewhere."""
     if log_format != "auto":
@@ -38,6 +49,7 @@ def setup_logging(level: str, log_format: str, *, process: str, stream: TextIO |
             static_fields={"process": process}, timestamp="time"))
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(_DelayedBySkipFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

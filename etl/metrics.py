@@ -15,7 +15,11 @@ BATCH_SIZE = Histogram("etl_batch_size", "Events per batch, by stage", ["stage"]
                        buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))
 WRITE_SECONDS = Histogram("etl_sink_write_seconds", "Time to write one batch to a sink", ["sink"],
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+# Worker pools export through Dramatiq's multiprocess collector: a gauge reports the highest value of the live
+# processes (the worst breaker), counters and histograms add up.
 BREAKER_STATE = Gauge("etl_circuit_breaker_state", "Circuit breaker per sink: 0 closed, 1 half-open, 2 open",
-                      ["sink"])
-BRIDGE_PAUSED = Gauge("etl_bridge_paused", "1 while the bridge stopped fetching because the queues are full")
-QUEUE_DEPTH = Gauge("etl_queue_depth", "Messages not yet acked in each Dramatiq queue", ["queue"])
+                      ["sink"], multiprocess_mode="livemax")
+BRIDGE_PAUSED = Gauge("etl_bridge_paused", "1 while the bridge stopped fetching because the queues are full",
+                      multiprocess_mode="livemax")
+QUEUE_DEPTH = Gauge("etl_queue_depth", "Messages not yet acked in each Dramatiq queue", ["queue"],
+                    multiprocess_mode="livemax")

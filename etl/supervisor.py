@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from etl.devservers import free_port
 from workers.pools import POOLS, dramatiq_command
 
 DEFAULT_STOP_TIMEOUT_S = 30.0
@@ -29,6 +30,7 @@ class Pipeline:
     pools: Sequence[str] = tuple(POOLS)
     bridges: int = 1
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
 
     def start(self) -> Pipeline:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -41,9 +43,13 @@ class Pipeline:
     def start_one(self, name: str) -> None:
         """(Re)start one process by name: ``bridge-N`` or ``worker-<pool>``."""
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        # Each process gets its own port for health and metrics, kept across restarts.
+        port = self.ports.setdefault(name, free_port())
         if name.startswith("bridge"):
             argv = [sys.executable, "-m", "workers.bridge"]
+            env["HEALTH_PORT"] = str(port)
         else:
+            env["METRICS_PORT"] = str(port)
             argv, extra = dramatiq_command(name.removeprefix("worker-"), env)
             env.update(extra)
         with open(self.log_dir / f"{name}.log", "ab") as log:

@@ -1,10 +1,12 @@
-"""``python -m workers.bridge``: the NATS -> Dramatiq bridge process."""
+"""``python -m workers.bridge``: the NATS -> Dramatiq bridge process, with its health and metrics endpoints."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 
 import redis
 
@@ -13,6 +15,9 @@ from etl.broker import redis_client
 from etl.config import Settings
 from etl.errors import ConfigError
 from etl.metrics import QUEUE_DEPTH
+
+log = logging.getLogger("workers.bridge")
+REDIS_PING_CACHE_S = 1.0
 
 
 def backlog_probe(client: redis.Redis) -> Backlog:
@@ -30,20 +35,46 @@ def backlog_probe(client: redis.Redis) -> Backlog:
     return probe
 
 
+def redis_reachable(client: redis.Redis) -> Callable[[], str | None]:
+    """A readiness check of Redis, cached for a second so that frequent probes cost one PING."""
+    last: dict[str, object] = {"at": float("-inf"), "reason": None}
+
+    def check() -> str | None:
+        now = time.monotonic()
+        if now - float(last["at"]) >= REDIS_PING_CACHE_S:  # type: ignore[arg-type]
+            try:
+                client.ping()
+                last["reason"] = None
+            except redis.RedisError as e:
+                last["reason"] = f"Redis is unreachable: {e}"
+            last["at"] = now
+        return last["reason"]  # type: ignore[return-value]
+
+    return check
+
+
 def main() -> int:
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as e:
         sys.stderr.write(f"configuration error: {e}\n")
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from etl.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format, process="bridge")
     from etl.actors import enqueue_raw  # sets up the broker the batches go to
-    from etl.bridge import run_bridge
+    from etl.bridge import Bridge, run_until_signalled
+    from etl.health import HealthServer
 
     client = redis_client(settings)
+    bridge = Bridge(settings, enqueue_raw, backlog=backlog_probe(client))
+    redis_check = redis_reachable(client)
+    health = HealthServer(settings.health_host, settings.health_port,
+                          lambda: bridge.not_ready_reason() or redis_check()).start()
     try:
-        run_bridge(settings, enqueue_raw, backlog=backlog_probe(client))
+        run_until_signalled(bridge)
     finally:
+        health.stop()
         client.close()
     return 0
 

@@ -7,6 +7,7 @@ small machine; ``WORKER_PROCESSES`` and ``WORKER_THREADS`` override them for the
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -53,4 +54,14 @@ def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str],
     threads = _count(env, "WORKER_THREADS", pool.threads)
     argv = [sys.executable, "-m", "dramatiq", "etl.actors", "--queues", pool.queue,
             "--processes", str(processes), "--threads", str(threads)]
-    return argv, {"dramatiq_queue_prefetch": str(threads), "dramatiq_delay_queue_prefetch": str(threads)}
+    return argv, {"dramatiq_queue_prefetch": str(threads), "dramatiq_delay_queue_prefetch": str(threads),
+                  **_metrics_env(pool.name, env)}
+
+
+def _metrics_env(pool_name: str, env: Mapping[str, str]) -> dict[str, str]:
+    """Where the pool serves its metrics: ``HEALTH_HOST:METRICS_PORT``, from a fresh multiprocess directory (a
+    reused one would carry the counters of processes from an earlier run)."""
+    directory = tempfile.mkdtemp(prefix=f"etl-metrics-{pool_name}-")
+    return {"dramatiq_prom_host": env.get("HEALTH_HOST", "0.0.0.0"),
+            "dramatiq_prom_port": env.get("METRICS_PORT", "9191"),
+            "dramatiq_prom_db": directory, "PROMETHEUS_MULTIPROC_DIR": directory}

@@ -173,7 +173,8 @@ def settings(make_settings: Callable[..., Settings], private_postgres: devserver
     return make_settings(PG_PORT=private_postgres.port, MAX_BATCH_SIZE=BATCH, BATCH_LINGER_MS=20,
                          BREAKER_FAILURES=BREAKER_FAILURES, BREAKER_COOLDOWN_MS=PIPELINE_COOLDOWN_MS,
                          RETRY_MAX=RETRY_MAX, RETRY_MIN_BACKOFF_MS=RETRY_MIN_BACKOFF_MS,
-                         RETRY_MAX_BACKOFF_MS=RETRY_MAX_BACKOFF_MS)
+                         RETRY_MAX_BACKOFF_MS=RETRY_MAX_BACKOFF_MS,
+                         LOG_LEVEL="DEBUG")  # each delayed message is logged at DEBUG ("was skipped")
 
 
 @pytest.fixture

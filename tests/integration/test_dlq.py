@@ -11,10 +11,10 @@ from etl import devservers
 from etl.dlq import DeadLetter, DeadLetterStore
 
 
-def store_on(port: int, db: int = 3) -> DeadLetterStore:
+def store_on(port: int, db: int = 3, retention_s: float = 10**10) -> DeadLetterStore:
     client = redis.Redis(port=port, db=db)
     client.flushdb()
-    return DeadLetterStore(client, retention_s=3600)
+    return DeadLetterStore(client, retention_s=retention_s)
 
 
 def test_entries_keep_stage_reason_event_attempts_and_times(redis_server: devservers.Server) -> None:
@@ -45,14 +45,14 @@ def test_the_same_failure_twice_is_one_entry(redis_server: devservers.Server) ->
     assert (merged.occurrences, merged.attempts, merged.first_failure, merged.last_failure) == (2, 2, 10.0, 20.0)
 
 
-def test_purge_by_age(redis_server: devservers.Server) -> None:
-    store = store_on(redis_server.port)
+def test_retention_is_enforced_by_writers_and_purge_by_age(redis_server: devservers.Server) -> None:
+    store = store_on(redis_server.port, retention_s=3600)
     now = time.time()
     store.add([DeadLetter.for_raw("enrich", "old", b"1", first_failure=now - 7200),
-               DeadLetter.for_raw("enrich", "new", b"2", first_failure=now)])
-    assert store.purge() == 1
-    assert [e.reason for e in store.list()] == ["new"]
-    assert store.purge(older_than_s=0) == 1 and store.count() == 0
+               DeadLetter.for_raw("enrich", "new", b"2", first_failure=now - 600)])
+    assert [e.reason for e in store.list()] == ["new"], "the writer purged what is past the retention"
+    assert store.purge() == 0
+    assert store.purge(older_than_s=300) == 1 and store.count() == 0
 
 
 def test_dead_letters_survive_a_redis_restart(tmp_path: Path) -> None:

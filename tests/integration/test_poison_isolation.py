@@ -25,7 +25,7 @@ from etl.sinks.base import Sink
 from etl.sinks.graph import GraphSink
 from etl.sinks.nats_publish import NatsPublisher
 from etl.sinks.timescale import TimescaleSink
-from tests.integration.test_end_to_end import read_enriched
+from tests.integration.accounting import read_enriched
 
 Event = dict[str, Any]
 

@@ -1,0 +1,33 @@
+"""Dramatiq's own Prometheus middleware, for the worker pools.
+
+In a worker process it counts messages, errors, retries and durations per queue and actor, and Dramatiq's main
+process serves every metric of its workers (ours included, see ``etl.workerenv``) on ``METRICS_PORT``. The bridge
+and the CLI enqueue through the same broker but never boot a worker: there the middleware stays inert.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware.prometheus import Prometheus
+
+
+class PoolMetrics(Prometheus):
+    """``Prometheus`` that ignores enqueue and nack hooks until a worker process has booted it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._booted = False
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        super().after_process_boot(broker)
+        self._booted = True
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: Any, delay: Any) -> None:
+        if self._booted:
+            super().after_enqueue(broker, message, delay)
+
+    def after_nack(self, broker: dramatiq.Broker, message: Any) -> None:
+        if self._booted:
+            super().after_nack(broker, message)

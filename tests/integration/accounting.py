@@ -1,0 +1,175 @@
+"""Publishing events and accounting for every one of them in every sink: shared by the end-to-end and the
+fault-injection tests.
+
+The checks read each sink by event id, not only by count: PostgreSQL rows, graph Event nodes, messages on the
+enriched stream, and the raw bytes of every dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import psycopg2
+from falkordb import FalkorDB
+
+from etl.bridge import ensure_raw_stream
+from etl.broker import redis_client
+from etl.config import Settings
+from etl.dlq import DeadLetter, DeadLetterStore
+from etl.nats_conn import connect
+from etl.rdns import fake_name
+
+ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+PUBLISH_CHUNK = 500
+ENRICHED_FETCH = 500
+ENRICHED_IDLE_S = 1.0
+ENRICH_REASONS = ("not valid JSON", "over the limit MAX_EVENT_BYTES", "must be a JSON object",
+                  "field 'type' must be a string", "missing required field 'source'")
+
+EnrichedMessage = tuple[dict[str, Any], dict[str, str]]
+
+
+def id_diff(found: Iterable[str], expected: Iterable[str]) -> str:
+    """What differs between two multisets of ids: missing, unexpected and repeated ones (a few of each)."""
+    found_counts = Counter(found)
+    wanted = Counter(expected)
+    missing = sorted(wanted - found_counts)
+    extra = sorted(set(found_counts) - set(wanted))
+    repeated = sorted(i for i, n in found_counts.items() if n > 1)
+    return (f"{len(missing)} missing {missing[:5]}, {len(extra)} unexpected {extra[:5]}, "
+            f"{len(repeated)} repeated {repeated[:5]}")
+
+
+async def publish_all(settings: Settings, events: list[bytes]) -> None:
+    """Publish ``events`` to the raw subject through JetStream, waiting for the stream's ack of each."""
+    nc = await connect(settings, name="test-publisher")
+    try:
+        js = nc.jetstream()
+        await ensure_raw_stream(js, settings)
+        for start in range(0, len(events), PUBLISH_CHUNK):
+            chunk = events[start:start + PUBLISH_CHUNK]
+            await asyncio.gather(*(js.publish(settings.nats_subject_raw, e) for e in chunk))
+    finally:
+        await nc.close()
+
+
+async def read_enriched(settings: Settings) -> list[EnrichedMessage]:
+    """Every message of the enriched stream, with its headers, read through a new ephemeral consumer."""
+    nc = await connect(settings, name="test-reader")
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(settings.nats_subject_enriched, stream=settings.nats_enriched_stream)
+        out = []
+        while True:
+            try:
+                msgs = await sub.fetch(ENRICHED_FETCH, timeout=ENRICHED_IDLE_S)
+            except asyncio.TimeoutError:
+                return out
+            for msg in msgs:
+                out.append((orjson.loads(msg.data), dict(msg.headers or {})))
+                await msg.ack()
+    finally:
+        await nc.close()
+
+
+def by_id(valid: Iterable[bytes]) -> dict[str, dict[str, Any]]:
+    """The valid raw events, parsed, keyed by id."""
+    return {e["id"]: e for e in map(orjson.loads, valid)}
+
+
+def check_postgres(settings: Settings, by_id: dict[str, dict[str, Any]]) -> None:
+    """Every valid event is exactly one row, enriched, and nothing else is in the table."""
+    conn = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, dbname=settings.pg_db, user="postgres")
+    with conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id, env, rdns, metadata, host_id, payload FROM {settings.pg_table}")
+        rows = cur.fetchall()
+    conn.close()
+    ids = [r[0] for r in rows]
+    assert sorted(ids) == sorted(by_id), f"every valid event exactly once: {id_diff(ids, by_id)}"
+    for event_id, env, rdns, metadata, host_id, payload in rows:
+        source = by_id[event_id]
+        assert env == "test"
+        assert rdns == fake_name(source["metadata"]["host_ip"])
+        assert ISO_MS.match(metadata["enriched_at"]) and metadata["enrichment_version"]
+        assert host_id == source["metadata"]["host_id"]
+        assert bytes(payload) == base64.b64decode(source["payload"])
+
+
+def check_graph(settings: Settings, by_id: dict[str, dict[str, Any]]) -> None:
+    """Every valid event is exactly one Event node, with exactly one edge from each context node it names."""
+    port = int(settings.neo4j_uri.rsplit(":", 1)[1])
+    graph = FalkorDB(host="127.0.0.1", port=port).select_graph(settings.graph_name)
+
+    def scalar(query: str) -> int:
+        return int(graph.ro_query(query).result_set[0][0])
+
+    ids = [row[0] for row in graph.ro_query("MATCH (e:Event) RETURN e.id").result_set]
+    assert sorted(ids) == sorted(by_id), f"every valid event merged exactly once: {id_diff(ids, by_id)}"
+    assert scalar("MATCH (e:Event) RETURN count(e)") == len(by_id)
+    assert scalar("MATCH (e:Event) RETURN count(DISTINCT e.id)") == len(by_id)
+    assert scalar("MATCH (:Host)-[r:GENERATED]->(:Event) RETURN count(r)") == len(by_id)
+    assert scalar("MATCH (:User)-[r:EXECUTED]->(:Event) RETURN count(r)") == len(by_id)
+    assert scalar("MATCH (:Process)-[r:EXECUTED]->(:Event) RETURN count(r)") == len(by_id)
+    with_container = sum(1 for e in by_id.values() if "container_id" in e["metadata"])
+    assert scalar("MATCH (:Container)-[r:GENERATED]->(:Event) RETURN count(r)") == with_container
+    hosts = {e["metadata"]["host_id"] for e in by_id.values()}
+    assert scalar("MATCH (h:Host) RETURN count(h)") == len(hosts)
+    sample = next(iter(by_id.values()))
+    found = graph.ro_query("MATCH (h:Host)-[:GENERATED]->(e:Event {id: $id}) RETURN h.host_id",
+                           {"id": sample["id"]}).result_set
+    assert found == [[sample["metadata"]["host_id"]]]
+
+
+def check_enriched_stream(settings: Settings, by_id: dict[str, dict[str, Any]], *,
+                          duplicates_allowed: bool = False) -> list[EnrichedMessage]:
+    """Every valid event is on the enriched stream, enriched and with its headers, and nothing else is.
+
+    With ``duplicates_allowed`` an event may appear more than once (at-least-once); otherwise exactly once.
+    Returns the messages read.
+    """
+    messages = asyncio.run(read_enriched(settings))
+    ids = [m["id"] for m, _ in messages]
+    if duplicates_allowed:
+        assert set(ids) == set(by_id), (
+            f"each valid event at least once on events.enriched, and nothing else: {id_diff(set(ids), by_id)}")
+    else:
+        assert sorted(ids) == sorted(by_id), f"each valid event once on events.enriched: {id_diff(ids, by_id)}"
+    for event, headers in messages:
+        source = by_id[event["id"]]
+        assert event["env"] == "test" and event["rdns"] == fake_name(source["metadata"]["host_ip"])
+        assert ISO_MS.match(event["metadata"]["enriched_at"])
+        assert event["args"] and event["payload"] == source["payload"]
+        assert headers["Nats-Msg-Id"] == event["id"]
+        assert headers["x-host-id"] == source["metadata"]["host_id"]
+        assert headers["x-event-type"] == source["type"]
+        assert headers["x-timestamp"] == str(source["timestamp"])
+    return messages
+
+
+def dead_letters(settings: Settings) -> list[DeadLetter]:
+    client = redis_client(settings)
+    try:
+        return list(DeadLetterStore(client, retention_s=3600).iter_all())
+    finally:
+        client.close()
+
+
+def check_dead_letters(settings: Settings, bad: list[bytes], *,
+                       reasons: Iterable[str] = ENRICH_REASONS) -> list[DeadLetter]:
+    """Exactly the ``bad`` events are dead-lettered, each once, by enrichment, with a BadEvent reason, and
+    every one of ``reasons`` occurs among them. Returns the dead letters."""
+    letters = dead_letters(settings)
+    assert sorted(letter.raw_bytes() for letter in letters) == sorted(bad)
+    assert all(letter.stage == "enrich" and letter.reason.startswith("BadEvent: ") for letter in letters), [
+        (letter.stage, letter.reason) for letter in letters if letter.stage != "enrich"
+        or not letter.reason.startswith("BadEvent: ")][:5]
+    joined = " | ".join(letter.reason for letter in letters)
+    for expected in reasons:
+        assert expected in joined
+    return letters

@@ -1,0 +1,132 @@
+"""Health, readiness and metrics of the real processes, over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from etl import devservers, report
+from etl.config import Settings
+from etl.devstack import migrate
+from etl.generator import generate
+from etl.supervisor import Pipeline
+from tests.integration.accounting import publish_all
+from tests.waiting import wait_for
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return 0, str(e)
+
+
+def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, text = get(port, "/metrics")
+    assert status == 200, text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(port: int, name: str, **labels: str) -> float | None:
+    """The sample's value, or None when the process does not export it."""
+    return samples(port).get((name, tuple(sorted(labels.items()))))
+
+
+@pytest.fixture
+def private(tmp_path: Path) -> Iterator[dict[str, devservers.Server]]:
+    servers = {"nats": devservers.nats_server(tmp_path / "nats").start(),
+               "redis": devservers.redis_server(tmp_path / "redis").start()}
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+def test_bridge_readiness_follows_nats_and_redis(make_settings: Callable[..., Settings], tmp_path: Path,
+                                                 private: dict[str, devservers.Server]) -> None:
+    settings = make_settings(NATS_URL=f"nats://127.0.0.1:{private['nats'].port}",
+                             REDIS_URL=f"redis://127.0.0.1:{private['redis'].port}/0")
+    bridge = Pipeline(settings.to_env(), tmp_path / "logs", pools=()).start()
+    port = bridge.ports["bridge-0"]
+    try:
+        wait_for(lambda: get(port, "/readyz")[0] == 200, timeout_s=20, describe=lambda: bridge.log_tail("bridge-0"))
+        assert get(port, "/healthz") == (200, "ok\n")
+
+        private["redis"].stop()
+        status, body = wait_for(lambda: (r := get(port, "/readyz"))[0] == 503 and r, timeout_s=20)
+        assert "Redis is unreachable" in body
+        private["redis"].start()
+        wait_for(lambda: get(port, "/readyz")[0] == 200, timeout_s=20)
+
+        private["nats"].stop()
+        status, body = wait_for(lambda: (r := get(port, "/readyz"))[0] == 503 and r, timeout_s=20)
+        assert "NATS is not connected" in body
+        assert get(port, "/healthz")[0] == 200, "alive while not ready"
+        private["nats"].start()
+        wait_for(lambda: get(port, "/readyz")[0] == 200, timeout_s=30, describe=lambda: bridge.log_tail("bridge-0"))
+    finally:
+        assert bridge.stop() == {"bridge-0": 0}
+
+
+def test_metrics_move_when_events_flow(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    settings = make_settings(MAX_BATCH_SIZE=50)
+    migrate(settings)
+    pipeline = Pipeline(settings.to_env(), tmp_path / "logs").start()
+    try:
+        wait_for(lambda: get(pipeline.ports["bridge-0"], "/readyz")[0] == 200, timeout_s=20)
+        events = list(generate(300, hosts=5, seed=5, malformed_every=50))
+        asyncio.run(publish_all(settings, events))
+        wait_for(lambda: report.collect(settings).stored == 294, timeout_s=60)
+
+        bridge = pipeline.ports["bridge-0"]
+        assert value(bridge, "etl_events_total", stage="received") == 300
+        assert value(bridge, "etl_bridge_paused") == 0
+        assert value(bridge, "etl_queue_depth", queue="enrich") is not None
+        enrich = pipeline.ports["worker-enrich"]
+        wait_for(lambda: value(enrich, "etl_events_total", stage="enrich") == 294, timeout_s=20)
+        assert value(enrich, "etl_dead_letters_total", stage="enrich", reason="BadEvent") == 6
+        assert (value(enrich, "dramatiq_messages_total", queue_name="enrich", actor_name="enrich_batch") or 0) > 0
+        for pool, stage in (("timescale", "timescale"), ("graph", "graph"), ("publish", "publish")):
+            port = pipeline.ports[f"worker-{pool}"]
+            wait_for(lambda p=port, s=stage: value(p, "etl_events_total", stage=s) == 294, timeout_s=20)
+            assert (value(port, "etl_sink_write_seconds_count", sink=stage) or 0) > 0
+            assert value(port, "etl_circuit_breaker_state", sink=stage) == 0
+    finally:
+        pipeline.stop()
+
+
+def test_health_command_for_each_process(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    settings = make_settings()
+    migrate(settings)
+    pipeline = Pipeline(settings.to_env(), tmp_path / "logs").start()
+
+    def health(pool: str) -> subprocess.CompletedProcess[str]:
+        name = "bridge-0" if pool == "bridge" else f"worker-{pool}"
+        port = str(pipeline.ports[name])
+        env = {**os.environ, **settings.to_env(), "HEALTH_PORT": port, "METRICS_PORT": port}
+        return subprocess.run([sys.executable, "-m", "etl.cli", "health", "--pool", pool], capture_output=True,
+                              text=True, env=env)
+
+    try:
+        for pool in ("bridge", "enrich", "publish", "timescale", "graph"):
+            done = wait_for(lambda p=pool: (r := health(p)).returncode == 0 and r, timeout_s=30,
+                            describe=lambda p=pool: health(p).stderr)
+            assert done.stdout == f"{pool}: healthy\n"
+        pipeline.kill("worker-graph")
+        failed = health("graph")
+        assert failed.returncode == 1 and failed.stderr.startswith("graph: unhealthy: ")
+    finally:
+        pipeline.stop()
