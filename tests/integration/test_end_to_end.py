@@ -129,7 +129,10 @@ def test_dead_letters_replay_to_their_stage_once_the_cause_is_fixed(settings: Se
                           text=True, env={**os.environ, **settings.to_env()})
     assert done.returncode == 0, done.stderr
     assert "replayed 2 dead letter(s)" in done.stdout
-    wait_for(lambda: report.collect(settings).stored == 2 and store.count() == 0, timeout_s=60,
-             describe=lambda: f"{report.collect(settings)}")
+    def replayed() -> bool:
+        counts = report.collect(settings)
+        return counts.stored == 2 and store.count() == 0 and not any(counts.queued.values())
+
+    wait_for(replayed, timeout_s=60, describe=lambda: f"{report.collect(settings)}")
     counts = report.collect(settings)
     assert counts.merged == 1 and counts.published == 1, "the sink-stage entry went to its sink only"
