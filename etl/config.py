@@ -6,6 +6,7 @@ naming the variable, the value and what was expected; the CLI turns that into ex
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -127,6 +128,13 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
+def _file(name: str, raw: str) -> str:
+    """A path to a readable file, or empty for none."""
+    if raw and not os.access(raw, os.R_OK):
+        raise ConfigError(f"{name} must name a readable file, got {raw!r}")
+    return raw
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` with any password or token in it replaced by ``***``."""
     parts = urlsplit(url)
@@ -149,6 +157,10 @@ class Settings:
     nats_consumer: str = "etl-bridge"
     nats_subject_enriched: str = "events.enriched"
     nats_enriched_stream: str = "EVENTS_ENRICHED"
+    nats_creds: str = ""
+    nats_tls_ca: str = ""
+    nats_tls_cert: str = ""
+    nats_tls_key: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_wait_aof: bool = True
     pg_host: str = "localhost"
@@ -157,9 +169,14 @@ class Settings:
     pg_user: str = "postgres"
     pg_password: str = "postgres"
     pg_table: str = "events"
+    pg_sslmode: str = "prefer"
+    pg_sslrootcert: str = ""
+    pg_sslcert: str = ""
+    pg_sslkey: str = ""
     neo4j_uri: str = "bolt://localhost:7687"
     neo4j_user: str = "neo4j"
     neo4j_password: str = "password"
+    neo4j_tls_ca: str = ""
     graph_name: str = "events"
     af_env: str = "dev"
     fake_rdns: bool = False
@@ -194,6 +211,8 @@ class Settings:
         return settings
 
     def _check(self) -> None:
+        if bool(self.nats_tls_cert) != bool(self.nats_tls_key):
+            raise ConfigError("NATS_TLS_CERT and NATS_TLS_KEY go together: set both or neither")
         if self.retry_min_backoff_ms > self.retry_max_backoff_ms:
             raise ConfigError(
                 f"RETRY_MIN_BACKOFF_MS ({self.retry_min_backoff_ms}) must not exceed "
@@ -233,6 +252,10 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "nats_consumer": ("NATS_CONSUMER", _nats_name),
     "nats_subject_enriched": ("NATS_SUBJECT_ENRICHED", _subject),
     "nats_enriched_stream": ("NATS_ENRICHED_STREAM", lambda n, r: r and _nats_name(n, r)),
+    "nats_creds": ("NATS_CREDS", _file),
+    "nats_tls_ca": ("NATS_TLS_CA", _file),
+    "nats_tls_cert": ("NATS_TLS_CERT", _file),
+    "nats_tls_key": ("NATS_TLS_KEY", _file),
     "redis_url": ("REDIS_URL", _url(("redis", "rediss", "unix"))),
     "redis_wait_aof": ("REDIS_WAIT_AOF", _boolean),
     "pg_host": ("PG_HOST", _text),
@@ -241,6 +264,11 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "pg_user": ("PG_USER", _text),
     "pg_password": ("PG_PASSWORD", _text),
     "pg_table": ("PG_TABLE", _identifier),
+    "pg_sslmode": ("PG_SSLMODE", _choice("disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
+    "pg_sslrootcert": ("PG_SSLROOTCERT", _file),
+    "pg_sslcert": ("PG_SSLCERT", _file),
+    "pg_sslkey": ("PG_SSLKEY", _file),
+    "neo4j_tls_ca": ("NEO4J_TLS_CA", _file),
     "neo4j_uri": ("NEO4J_URI", _url(("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc", "falkor"))),
     "neo4j_user": ("NEO4J_USER", _text),
     "neo4j_password": ("NEO4J_PASSWORD", _text),

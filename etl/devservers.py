@@ -17,7 +17,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,8 +149,10 @@ def _bin(package: str, *parts: str) -> str:
     return str(path)
 
 
-def nats_server(data_dir: Path, port: int | None = None, monitor_port: int | None = None) -> Server:
-    """NATS with JetStream, storing streams under ``data_dir``. Not started yet."""
+def nats_server(data_dir: Path, port: int | None = None, monitor_port: int | None = None,
+                extra_args: Sequence[str] = ()) -> Server:
+    """NATS with JetStream, storing streams under ``data_dir``. Not started yet. ``extra_args`` go to the
+    server's command line (e.g. ``--tls ...`` or ``--auth TOKEN``)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     exe = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
     if exe is None:
@@ -158,7 +160,7 @@ def nats_server(data_dir: Path, port: int | None = None, monitor_port: int | Non
     port = port or free_port()
     monitor_port = monitor_port or free_port()
     argv = [exe, "-js", "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor_port),
-            "-sd", str(data_dir / "jetstream"), "-n", f"etl-dev-{port}"]
+            "-sd", str(data_dir / "jetstream"), "-n", f"etl-dev-{port}", *extra_args]
     server = Server("nats", argv, port, data_dir)
     server.monitor_port = monitor_port  # type: ignore[attr-defined]
     return server
@@ -211,10 +213,12 @@ def _grant_traversal(path: Path, user: str) -> None:
         os.chown(p, entry.pw_uid, entry.pw_gid)
 
 
-def postgres_server(data_dir: Path, port: int | None = None, *, durable: bool = True) -> Server:
+def postgres_server(data_dir: Path, port: int | None = None, *, durable: bool = True,
+                    settings: Sequence[str] = ()) -> Server:
     """PostgreSQL with its cluster in ``data_dir/pgdata`` (created on first use). Not started yet.
 
-    ``durable=False`` turns fsync off, for throwaway test clusters.
+    ``durable=False`` turns fsync off, for throwaway test clusters; ``settings`` are extra ``name=value`` server
+    settings (e.g. ``ssl=on``).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
@@ -231,6 +235,8 @@ def postgres_server(data_dir: Path, port: int | None = None, *, durable: bool = 
             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"]
     if not durable:
         argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+    for setting in settings:
+        argv += ["-c", setting]
     # SIGTERM is PostgreSQL's "smart" shutdown, which waits for every client to disconnect: with a worker's
     # connection pool open it never ends. SIGINT is the "fast" shutdown: clients are disconnected, data is flushed.
     server = Server("postgres", argv, port, data_dir, user=user, stop_signal=signal.SIGINT)

@@ -115,7 +115,8 @@ def _metadata(value: object) -> dict[str, Any]:
         raise BadEvent(f"field 'metadata' must be an object, got {_type_name(value)}")
     for key, item in value.items():
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-            raise BadEvent(f"metadata.{key} must be a string or a number, got {_type_name(item)}")
+            # repr, cut short: the key is the sender's text and ends up in logs and terminals
+            raise BadEvent(f"metadata[{key[:64]!r}] must be a string or a number, got {_type_name(item)}")
     return value
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -74,6 +75,30 @@ def unavailable_as(error_type: type[TransientError], what: str) -> Iterator[None
         raise error_type(f"{what}: {describe(e)}") from e
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """A TLS context when NATS_TLS_* is set or the URL says ``tls://``; None for plain connections.
+
+    The CA verifies the server (the system's CAs when NATS_TLS_CA is empty); cert and key authenticate us.
+    """
+    if not (settings.nats_tls_ca or settings.nats_tls_cert or settings.nats_url.startswith("tls://")):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.nats_tls_ca or None)
+    if settings.nats_tls_cert:
+        context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+    return context
+
+
+def auth_options(settings: Settings) -> dict[str, Any]:
+    """TLS and a credentials file as nats-py takes them. A user and password or a token go in NATS_URL."""
+    options: dict[str, Any] = {}
+    context = tls_context(settings)
+    if context is not None:
+        options["tls"] = context
+    if settings.nats_creds:
+        options["user_credentials"] = settings.nats_creds
+    return options
+
+
 async def connect(settings: Settings, name: str) -> Client:
     """Connect to ``settings.nats_url``, labelled ``name`` in the server's monitoring.
 
@@ -97,15 +122,21 @@ async def connect(settings: Settings, name: str) -> Client:
     async def on_closed() -> None:
         log.info("NATS %s connection closed", name, extra={"nats_client": name})
 
-    with unavailable_as(NatsUnavailable, f"cannot connect to NATS at {url}"):
-        await nc.connect(
-            servers=[settings.nats_url], name=name,
-            connect_timeout=DEFAULT_CONNECT_TIMEOUT_S, reconnect_time_wait=DEFAULT_RECONNECT_WAIT_S,
-            max_reconnect_attempts=INITIAL_CONNECT_RETRIES, ping_interval=DEFAULT_PING_INTERVAL_S,
-            max_outstanding_pings=DEFAULT_MAX_OUTSTANDING_PINGS, drain_timeout=DEFAULT_DRAIN_TIMEOUT_S,
-            error_cb=on_error, disconnected_cb=on_disconnected, reconnected_cb=on_reconnected,
-            closed_cb=on_closed,
-        )
+    attempt = nc.connect(
+        servers=[settings.nats_url], name=name,
+        connect_timeout=DEFAULT_CONNECT_TIMEOUT_S, reconnect_time_wait=DEFAULT_RECONNECT_WAIT_S,
+        max_reconnect_attempts=INITIAL_CONNECT_RETRIES, ping_interval=DEFAULT_PING_INTERVAL_S,
+        max_outstanding_pings=DEFAULT_MAX_OUTSTANDING_PINGS, drain_timeout=DEFAULT_DRAIN_TIMEOUT_S,
+        error_cb=on_error, disconnected_cb=on_disconnected, reconnected_cb=on_reconnected,
+        closed_cb=on_closed, **auth_options(settings),
+    )
+    try:
+        with unavailable_as(NatsUnavailable, f"cannot connect to NATS at {url}"):
+            # nats-py keeps retrying some failures (a TLS handshake refused) past its own limits: bound it here.
+            await asyncio.wait_for(attempt, CONNECT_BUDGET_S + DEFAULT_CONNECT_TIMEOUT_S)
+    except NatsUnavailable:
+        await nc.close()
+        raise
     # nats-py reads this option on every reconnection: bounded for the first connect, unbounded from now on.
     nc.options["max_reconnect_attempts"] = RECONNECT_FOREVER
     log.info("NATS %s connected to %s", name, url, extra={"nats_client": name})

@@ -30,8 +30,9 @@ class Counts:
 
 
 def stored_count(settings: Settings) -> int:
-    conn = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, dbname=settings.pg_db,
-                            user=settings.pg_user, password=settings.pg_password, connect_timeout=5)
+    from etl.sinks.timescale import connection_params
+
+    conn = psycopg2.connect(**connection_params(settings), connect_timeout=5)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT to_regclass(%s)", (settings.pg_table,))

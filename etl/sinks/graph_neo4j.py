@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
-from neo4j import Driver, GraphDatabase, ManagedTransaction, unit_of_work
+from neo4j import Driver, GraphDatabase, ManagedTransaction, TrustCustomCAs, unit_of_work
 from neo4j import exceptions as neo
 
 from etl.config import Settings
@@ -69,6 +70,14 @@ def _translated(doing: str) -> Iterator[None]:
         raise translate(e, doing) from e
 
 
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """With NEO4J_TLS_CA and a plain ``bolt://``/``neo4j://`` URI: encrypt, trusting that CA. A ``+s``/``+ssc``
+    URI carries its own TLS choice, which the driver does not let options override."""
+    if not settings.neo4j_tls_ca or "+s" in urlsplit(settings.neo4j_uri).scheme:
+        return {}
+    return {"encrypted": True, "trusted_certificates": TrustCustomCAs(settings.neo4j_tls_ca)}
+
+
 def connect(settings: Settings) -> Neo4jBackend:
     """Create the driver and check the server answers. Raises ``SinkUnavailable``."""
     timeout_s = float(settings.processing_timeout_s)
@@ -79,6 +88,7 @@ def connect(settings: Settings) -> Neo4jBackend:
             connection_timeout=min(CONNECT_TIMEOUT_S, timeout_s),
             connection_acquisition_timeout=timeout_s,
             max_transaction_retry_time=timeout_s,
+            **tls_options(settings),
         )
     try:
         with _translated("connect"):

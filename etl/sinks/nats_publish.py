@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import re
 import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from etl.errors import SinkDataError, SinkUnavailable
 from etl.sinks.base import Event
 
 log = logging.getLogger(__name__)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 T = TypeVar("T")
 
 # Replays of a batch within this window are recognised by the stream (Nats-Msg-Id) and not stored twice.
@@ -48,6 +50,12 @@ _HEADER_LINE = b"NATS/1.0\r\n"
 Message = tuple[bytes, dict[str, str]]
 
 
+def header_value(value: object) -> str:
+    """``value`` as a header value: control characters (CR and LF would end the header) become spaces, so an
+    event's own fields can never add headers of their own."""
+    return _CONTROL.sub(" ", str(value))
+
+
 def encode(event: Event) -> Message:
     """An enriched event -> (JSON payload, headers). Raises ``SinkDataError`` if it cannot be serialised."""
     try:
@@ -55,10 +63,10 @@ def encode(event: Event) -> Message:
         metadata = event.get("metadata") or {}
         host_id = metadata.get("host_id")
         headers = {
-            "Nats-Msg-Id": str(event["id"]),
-            "x-host-id": "" if host_id is None else str(host_id),
-            "x-event-type": str(event.get("type", "")),
-            "x-timestamp": str(event["timestamp"]),
+            "Nats-Msg-Id": header_value(event["id"]),
+            "x-host-id": "" if host_id is None else header_value(host_id),
+            "x-event-type": header_value(event.get("type", "")),
+            "x-timestamp": header_value(event["timestamp"]),
         }
     except (TypeError, KeyError, AttributeError) as e:  # orjson.JSONEncodeError is a TypeError
         raise SinkDataError(f"event {event.get('id')!r} cannot be published: {e!r}") from e

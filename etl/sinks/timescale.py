@@ -286,8 +286,7 @@ class TimescaleSink:
     def _connect_kwargs(self) -> dict[str, Any]:
         s = self._settings
         return {
-            "host": s.pg_host, "port": s.pg_port, "dbname": s.pg_db,
-            "user": s.pg_user, "password": s.pg_password,
+            **connection_params(s),
             "connect_timeout": min(DEFAULT_CONNECT_TIMEOUT_S, s.processing_timeout_s),
             "application_name": APPLICATION_NAME,
             "options": f"-c statement_timeout={statement_timeout_ms(s)}",
@@ -307,6 +306,18 @@ def _recover(conn: _Connection, exc: psycopg2.Error) -> bool:
     except psycopg2.Error:
         return False
     return True
+
+
+def connection_params(settings: Settings) -> dict[str, Any]:
+    """Where and how to connect: host, database, credentials and the TLS options (libpq's names)."""
+    params: dict[str, Any] = {"host": settings.pg_host, "port": settings.pg_port, "dbname": settings.pg_db,
+                              "user": settings.pg_user, "password": settings.pg_password,
+                              "sslmode": settings.pg_sslmode}
+    for key in ("sslrootcert", "sslcert", "sslkey"):
+        value = getattr(settings, f"pg_{key}")
+        if value:
+            params[key] = value
+    return params
 
 
 def _give_back(pool: psycopg2.pool.ThreadedConnectionPool, conn: _Connection, healthy: bool) -> None:

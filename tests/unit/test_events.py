@@ -104,8 +104,8 @@ def test_non_objects_are_rejected(raw: bytes, expected: str) -> None:
     ({"timestamp": -5}, "out of range"),
     ({"timestamp": 10**17}, "out of range"),
     ({"metadata": "host"}, "field 'metadata' must be an object, got string"),
-    ({"metadata": {"pid": [1]}}, "metadata.pid must be a string or a number, got array"),
-    ({"metadata": {"ok": True}}, "metadata.ok must be a string or a number, got boolean"),
+    ({"metadata": {"pid": [1]}}, "metadata['pid'] must be a string or a number, got array"),
+    ({"metadata": {"ok": True}}, "metadata['ok'] must be a string or a number, got boolean"),
     ({"payload": 12}, "field 'payload' must be a base64 string or a JSON object, got integer"),
     ({"payload": "!!not base64!!"}, "field 'payload' is not valid base64"),
 ])
@@ -118,3 +118,8 @@ def test_size_limit_is_checked_before_parsing() -> None:
     assert parse_event(raw, max_bytes=len(raw))["id"]
     assert f"event is {len(raw)} bytes, over the limit MAX_EVENT_BYTES={len(raw) - 1}" == reason(raw, len(raw) - 1)
     assert "over the limit" in reason(b"x" * 100, 10)
+
+
+def test_a_hostile_metadata_key_is_escaped_in_the_reason() -> None:
+    text = reason(orjson.dumps(event(metadata={"\x1b[2J\nforged log line": [1]})))
+    assert "\n" not in text and "\x1b" not in text

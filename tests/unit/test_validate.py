@@ -24,3 +24,11 @@ def test_bad_events_become_dead_letters_with_original_bytes() -> None:
     assert "not valid JSON" in bad[0].reason
     assert bad[1].raw_bytes() == b"[]" and "got array" in bad[1].reason
     assert bad[0].id != bad[1].id
+
+
+def test_header_values_cannot_carry_line_breaks() -> None:
+    from etl.sinks.nats_publish import encode
+
+    _, headers = encode({"id": "e1", "type": "connect\r\nX-Evil: 1", "timestamp": 5,
+                         "metadata": {"host_id": "h\n1"}})
+    assert headers["x-event-type"] == "connect  X-Evil: 1" and headers["x-host-id"] == "h 1"
