@@ -18,11 +18,28 @@ JSON_FIELDS = "%(levelname)s %(name)s %(message)s"
 QUIET_LOGGERS = ("neo4j", "nats.aio.client")
 
 
-class _DelayedBySkipFilter(logging.Filter):
-    """Dramatiq warns "Message ... was skipped." for every message our circuit breaker delays: during an outage
-    that is one line per batch per cool-down. The breaker logs its own transitions; keep these at DEBUG."""
+def _describe_message(arg: object) -> object:
+    """A Dramatiq message as ``actor(id, N items)``: its batch of events never goes into a log line."""
+    if hasattr(arg, "actor_name") and hasattr(arg, "message_id") and hasattr(arg, "args"):
+        batch = arg.args[0] if arg.args else ()
+        size = len(batch) if isinstance(batch, (list, tuple)) else 1
+        return f"{arg.actor_name}({arg.message_id}, {size} item(s))"
+    return arg
+
+
+class _DramatiqLogFilter(logging.Filter):
+    """Dramatiq's log lines, made fit for ours.
+
+    - A message is printed with its arguments, i.e. a whole batch of events; we print its actor, id and size.
+    - "Message ... was skipped." comes for every message our circuit breaker delays: one line per batch per
+      cool-down during an outage. The breaker logs its own transitions; these go to DEBUG.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("dramatiq"):
+            return True
+        if isinstance(record.args, tuple):
+            record.args = tuple(_describe_message(a) for a in record.args)
         if record.msg == "Message %s was skipped." and record.levelno == logging.WARNING:
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger().isEnabledFor(logging.DEBUG)
@@ -49,7 +66,7 @@ def setup_logging(level: str, log_format: str, *, process: str, stream: TextIO |
             static_fields={"process": process}, timestamp="time"))
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
-    handler.addFilter(_DelayedBySkipFilter())
+    handler.addFilter(_DramatiqLogFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

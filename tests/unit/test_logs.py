@@ -49,3 +49,19 @@ def test_text_in_a_terminal_json_elsewhere() -> None:
     assert resolve_format("auto", Tty()) == "text"
     assert resolve_format("auto", io.StringIO()) == "json"
     assert resolve_format("text", io.StringIO()) == "text"
+
+
+def test_dramatiq_lines_never_carry_a_batch() -> None:
+    import dramatiq
+
+    out = io.StringIO()
+    setup_logging("INFO", "json", process="worker-timescale", stream=out)
+    message = dramatiq.Message(queue_name="timescale", actor_name="store_batch",
+                               args=([{"id": "e1", "payload": "SECRET"}] * 3,), kwargs={}, options={})
+    logging.getLogger("dramatiq.worker.WorkerThread").error("Failed to process message %s with unhandled exception.",
+                                                            message)
+    logging.getLogger("dramatiq.worker.WorkerThread").warning("Message %s was skipped.", message)
+    [line] = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert "SECRET" not in line["message"]
+    assert line["message"] == (f"Failed to process message store_batch({message.message_id}, 3 item(s)) "
+                               "with unhandled exception.")
