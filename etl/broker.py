@@ -12,16 +12,25 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.encoder import Encoder, MessageData
 from dramatiq.errors import DecodeError
-from dramatiq.middleware import AgeLimit, Callbacks, Middleware, Pipelines, Retries, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import AgeLimit, Callbacks, Middleware, Pipelines, ShutdownNotifications, TimeLimit
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from etl.config import Settings
 from etl.errors import PermanentError, TransientError
+from etl.redis_durability import DurableRedisBroker, PatientRetries
 
 log = logging.getLogger(__name__)
 
 REDIS_SOCKET_TIMEOUT_S = 10.0
 REDIS_CONNECT_TIMEOUT_S = 5.0
 AOF_SYNC_TIMEOUT_MS = 5_000
+# A worker that has not talked to Redis for this long is dead, and the messages it had fetched go back to their
+# queue. Live workers poll (and so heartbeat) about every second; Dramatiq's default is a minute.
+HEARTBEAT_TIMEOUT_MS = 15_000
+# Per million broker commands, how many also run that clean-up. Dramatiq's default (1,000) can leave a dead
+# worker's messages waiting for many minutes on a quiet queue; 5% of polls is still cheap.
+MAINTENANCE_CHANCE = 50_000
 
 QUEUE_ENRICH = "enrich"
 QUEUE_PUBLISH = "publish"
@@ -44,9 +53,12 @@ class OrjsonEncoder(Encoder):
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    """The one way to open Redis: with timeouts, so a dead server surfaces as an error, not a hang."""
+    """The one way to open Redis: with timeouts, so a dead server surfaces as an error, not a hang, and without
+    redis-py's silent retries: Dramatiq's fetch script is not safe to run twice (a first run whose reply was lost
+    strands its messages), so a failed command must surface and be handled where it is known to be safe."""
     return redis.Redis.from_url(settings.redis_url, socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-                                socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S, health_check_interval=30)
+                                socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S, health_check_interval=30,
+                                retry=Retry(NoBackoff(), 0))
 
 
 class AofSync:
@@ -105,8 +117,9 @@ def build_broker(settings: Settings, *, before_retry_decision: Sequence[Middlewa
         Callbacks(),
         Pipelines(),
         *after_retry_decision,
-        Retries(max_retries=settings.retry_max, min_backoff=settings.retry_min_backoff_ms,
-                max_backoff=settings.retry_max_backoff_ms, retry_when=retry_when(settings.retry_max)),
+        PatientRetries(max_retries=settings.retry_max, min_backoff=settings.retry_min_backoff_ms,
+                       max_backoff=settings.retry_max_backoff_ms, retry_when=retry_when(settings.retry_max)),
         *before_retry_decision,
     ]
-    return RedisBroker(client=redis_client(settings), middleware=middleware)
+    return DurableRedisBroker(client=redis_client(settings), middleware=middleware,
+                              heartbeat_timeout=HEARTBEAT_TIMEOUT_MS, maintenance_chance=MAINTENANCE_CHANCE)

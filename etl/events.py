@@ -7,6 +7,7 @@ This module is the only place that knows what a valid event is. A valid event is
 - ``type`` and ``source``: strings;
 - ``timestamp``: integer Unix milliseconds, or an ISO-8601 string with a zone (normalised to milliseconds);
 - ``metadata`` (optional): an object whose values are strings or numbers;
+- no deeper nesting than ``MAX_NESTING_DEPTH`` levels;
 - ``payload`` (optional): base64 of bytes, or a JSON object. When the bytes (or the bytes of a base64 string
   inside them) are a JSON object, that object is exposed as ``args``.
 
@@ -29,6 +30,8 @@ Event = dict[str, Any]
 
 KNOWN_METADATA_KEYS = ("host_id", "host_ip", "hostname", "pid", "uid", "user", "container_id", "binary_sha256")
 MAX_ID_CHARS = 512
+# The enriched event adds a level or two around the input; orjson cannot write more than 255.
+MAX_NESTING_DEPTH = 128
 # PostgreSQL's timestamptz ends in year 294276, Python's datetime in 9999: keep to what every sink can store.
 MIN_TIMESTAMP_MS = 0
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
@@ -55,6 +58,7 @@ def parse_event(raw: bytes, *, max_bytes: int) -> Event:
         raise BadEvent(f"not valid JSON: {e}") from None
     if not isinstance(event, dict):
         raise BadEvent(f"event must be a JSON object, got {_type_name(event)}")
+    _check_depth(raw, event)
     _check_id(event)
     for name in ("type", "source"):
         if name not in event:
@@ -67,6 +71,21 @@ def parse_event(raw: bytes, *, max_bytes: int) -> Event:
     if args is not None:
         event["args"] = args
     return event
+
+
+def _check_depth(raw: bytes, event: Any, limit: int = MAX_NESTING_DEPTH) -> None:
+    """Nesting deeper than ``MAX_NESTING_DEPTH`` could not be serialised again downstream (orjson writes at most
+    255 levels): reject it here rather than fail the whole batch later. Only events with that many brackets at
+    all are walked, so ordinary events cost two byte counts."""
+    if raw.count(b"{") + raw.count(b"[") <= limit:
+        return
+    stack: list[tuple[Any, int]] = [(event, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            raise BadEvent(f"event is nested deeper than {MAX_NESTING_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def _check_id(event: Event) -> None:
@@ -149,7 +168,10 @@ def _json_object(data: bytes, *, nested: bool) -> dict[str, Any] | None:
         except (binascii.Error, ValueError):
             return None
         return _json_object(inner, nested=False)
-    return decoded if isinstance(decoded, dict) else None
+    if not isinstance(decoded, dict):
+        return None
+    _check_depth(data, decoded, MAX_NESTING_DEPTH - 1)  # args sit one level inside the event
+    return decoded
 
 
 def payload_bytes(event: Event) -> bytes | None:

@@ -16,6 +16,7 @@ import dramatiq
 from dramatiq.middleware import Middleware
 
 from etl.dlq import DeadLetter, DeadLetterStore
+from etl.redis_durability import patiently
 
 log = logging.getLogger(__name__)
 
@@ -61,4 +62,5 @@ class DeadLetterOnFailure(Middleware):
         log.error("message %s failed for good at %s after %d attempt(s): %s", message.message_id,
                   message.queue_name, attempts, reason,
                   extra={"stage": message.queue_name, "events": len(letters), "error": reason})
-        self._store().add(letters)
+        # Losing Redis here must not lose the dead letters: the message is acked once this hook returns.
+        patiently(lambda: self._store().add(letters), "store dead letters")

@@ -123,3 +123,13 @@ def test_size_limit_is_checked_before_parsing() -> None:
 def test_a_hostile_metadata_key_is_escaped_in_the_reason() -> None:
     text = reason(orjson.dumps(event(metadata={"\x1b[2J\nforged log line": [1]})))
     assert "\n" not in text and "\x1b" not in text
+
+
+def test_nesting_deeper_than_the_encoder_takes_is_rejected() -> None:
+    nested: object = {"leaf": 1}
+    for _ in range(126):
+        nested = {"n": nested}
+    assert parse(event(x=nested))["x"], "128 levels, the event's own included, are fine"
+    assert "nested deeper than 128 levels" in reason(orjson.dumps(event(x={"n": nested})))
+    deep_payload = base64.b64encode(b'{"a":' * 200 + b"1" + b"}" * 200).decode()
+    assert "nested deeper" in reason(orjson.dumps(event(payload=deep_payload)))

@@ -1,0 +1,99 @@
+"""Keeping batches safe across Redis restarts and outages, where Dramatiq's Redis broker alone would not.
+
+- ``DurableRedisBroker`` re-queues the messages its own consumer had fetched when that consumer restarts after a
+  connection error: a fetch whose reply the outage cut leaves them in this live worker's ack set, where
+  Dramatiq's maintenance (which only rescues *dead* workers' messages) would never look.
+- ``PatientRetries`` waits for Redis to come back before re-enqueueing a failed message, instead of letting the
+  failure escape and the message be acked, i.e. lost.
+- ``patiently`` is that wait, for any Redis write that is safe to repeat (an enqueue, a dead letter).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.errors import BrokerConnectionError
+from dramatiq.middleware import Retries
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+REDIS_PATIENCE_S = 600.0
+PATIENCE_FIRST_WAIT_S = 0.1
+PATIENCE_MAX_WAIT_S = 5.0
+REDIS_DOWN_ERRORS: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError,
+                                                      BrokerConnectionError)
+
+# KEYS: this worker's ack set for the queue, the queue's list. Moves every id back to the queue.
+_REQUEUE_OWN_ACKS = """
+local ids = redis.call("smembers", KEYS[1])
+for i = 1, #ids do redis.call("rpush", KEYS[2], ids[i]) end
+redis.call("del", KEYS[1])
+return #ids
+"""
+
+
+def patiently(call: Callable[[], T], what: str, *, patience_s: float = REDIS_PATIENCE_S) -> T:
+    """``call()``, repeated with backoff while Redis is unreachable, for up to ``patience_s`` seconds.
+
+    Only for writes that are safe to repeat. Raises the last connection error when patience runs out.
+    """
+    deadline = time.monotonic() + patience_s
+    wait_s = PATIENCE_FIRST_WAIT_S
+    while True:
+        try:
+            return call()
+        except REDIS_DOWN_ERRORS as e:
+            if time.monotonic() + wait_s > deadline:
+                raise
+            if wait_s == PATIENCE_FIRST_WAIT_S:
+                log.warning("Redis unreachable while trying to %s; waiting for it: %s", what, e,
+                            extra={"error": str(e)})
+            time.sleep(wait_s)
+            wait_s = min(wait_s * 2, PATIENCE_MAX_WAIT_S)
+
+
+class DurableRedisBroker(RedisBroker):
+    """A ``RedisBroker`` whose consumers first take back what this worker fetched and has not acked."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._requeue_own_acks = self.client.register_script(_REQUEUE_OWN_ACKS)
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
+        # Dramatiq calls this again after a connection error; messages still being processed by this worker's
+        # threads may then run twice, which the idempotent sinks absorb.
+        acks = f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}"
+        moved = self._requeue_own_acks(keys=[acks, f"{self.namespace}:{queue_name}"])
+        if moved:
+            log.warning("re-queued %d message(s) of %s this worker had fetched before losing Redis", moved,
+                        queue_name, extra={"queue": queue_name, "events": moved})
+        return super().consume(queue_name, prefetch, timeout)
+
+
+class _PatientEnqueue:
+    """The two broker calls ``Retries`` makes, with its enqueue waiting for Redis."""
+
+    def __init__(self, broker: dramatiq.Broker) -> None:
+        self._broker = broker
+
+    def get_actor(self, actor_name: str) -> dramatiq.Actor[Any, Any]:
+        return self._broker.get_actor(actor_name)
+
+    def enqueue(self, message: dramatiq.Message, *, delay: int | None = None) -> dramatiq.Message:
+        return patiently(lambda: self._broker.enqueue(message, delay=delay), "re-enqueue a failed message")
+
+
+class PatientRetries(Retries):
+    """Dramatiq's ``Retries``, except that re-enqueueing a failed message waits for Redis instead of failing."""
+
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
+                              result: Any = None, exception: BaseException | None = None) -> None:
+        super().after_process_message(_PatientEnqueue(broker), message,  # type: ignore[arg-type]
+                                      result=result, exception=exception)
