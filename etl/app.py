@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,9 +10,8 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from etl.broker import build_broker
-from etl.config import Settings
+from etl.config import Settings, load_settings
 from etl.dlq import DeadLetterStore
-from etl.errors import ConfigError
 from etl.logs import setup_logging
 from etl.middleware.circuit_breaker import CircuitBreakers
 from etl.middleware.dead_letters import DeadLetterOnFailure, FailureClock
@@ -69,11 +67,7 @@ def build_app(settings: Settings) -> App:
 
 def load_app() -> App:
     """Build the app from the environment and make its broker Dramatiq's. Exits 2 on a bad setting."""
-    try:
-        settings = Settings.from_env(os.environ)
-    except ConfigError as e:
-        sys.stderr.write(f"configuration error: {e}\n")
-        raise SystemExit(2) from None
+    settings = load_settings(os.environ)
     if is_worker_process():
         # Dramatiq configured its own log format before importing us; ours replaces it.
         setup_logging(settings.log_level, settings.log_format, process=process_name())

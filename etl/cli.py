@@ -8,20 +8,12 @@ from pathlib import Path
 
 import click
 
+from etl import config as settings_module
 from etl.config import Settings
-from etl.errors import ConfigError
 
 
 def load_settings() -> Settings:
-    try:
-        return Settings.from_env(os.environ)
-    except ConfigError as e:
-        raise click.exceptions.Exit(_fail(str(e))) from None
-
-
-def _fail(message: str) -> int:
-    click.echo(f"configuration error: {message}", err=True)
-    return 2
+    return settings_module.load_settings(os.environ)
 
 
 @click.group()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from etl.errors import ConfigError
@@ -293,5 +294,19 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "log_level": ("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True)),
     "log_format": ("LOG_FORMAT", _choice("auto", "json", "text")),
 }
+
+def exit_on_config_error(message: str) -> NoReturn:
+    """The one way a process reports a bad setting: one line on stderr, exit code 2, no traceback."""
+    sys.stderr.write(f"configuration error: {message}\n")
+    raise SystemExit(2)
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """``Settings.from_env`` for a process's entry point: a bad value ends the process with exit code 2."""
+    try:
+        return Settings.from_env(environ)
+    except ConfigError as e:
+        exit_on_config_error(str(e))
+
 
 ENV_VARS: tuple[str, ...] = tuple(var for var, _ in _ENV.values())

@@ -106,3 +106,24 @@ def make_settings(
 def neo4j_uri() -> str | None:
     """Where a real Neo4j is, if anywhere: the graph contract suite also runs against it when set."""
     return os.environ.get("TEST_NEO4J_URI")
+
+
+@pytest.fixture
+def start_pipeline(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start the real bridge and worker pools for some settings (schema applied first); at the end of the test,
+    stop them and check that every process exited 0."""
+    from etl.devstack import migrate
+    from etl.supervisor import Pipeline
+
+    started: list[Pipeline] = []
+
+    def start(settings: Settings, **options: Any) -> Pipeline:
+        migrate(settings)
+        pipeline = Pipeline(settings.to_env(), tmp_path / f"logs{len(started) or ''}", **options).start()
+        started.append(pipeline)
+        return pipeline
+
+    yield start
+    for pipeline in started:
+        codes = pipeline.stop()
+        assert all(code == 0 for code in codes.values()), {n: pipeline.log_tail(n) for n in codes}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 
@@ -12,8 +11,7 @@ import redis
 
 from etl.backlog import Backlog, deepest, queue_depths
 from etl.broker import redis_client
-from etl.config import Settings
-from etl.errors import ConfigError
+from etl.config import load_settings
 from etl.metrics import QUEUE_DEPTH
 
 log = logging.getLogger("workers.bridge")
@@ -54,11 +52,7 @@ def redis_reachable(client: redis.Redis) -> Callable[[], str | None]:
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env(os.environ)
-    except ConfigError as e:
-        sys.stderr.write(f"configuration error: {e}\n")
-        return 2
+    settings = load_settings(os.environ)
     from etl.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format, process="bridge")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from etl.config import exit_on_config_error
 from etl.errors import ConfigError
 from workers.pools import POOLS, dramatiq_command
 
@@ -16,8 +17,7 @@ def main(argv: list[str]) -> int:
     try:
         command, extra_env = dramatiq_command(argv[0], os.environ)
     except ConfigError as e:
-        sys.stderr.write(f"configuration error: {e}\n")
-        return 2
+        exit_on_config_error(str(e))
     os.execve(command[0], command, {**os.environ, **extra_env})
     return 0  # not reached
 

@@ -28,7 +28,6 @@ from etl.breaker import DEFAULT_MAX_COOLDOWN_GROWTH, State
 from etl.bridge import ensure_raw_stream
 from etl.broker import QUEUE_TIMESCALE, redis_client
 from etl.config import Settings
-from etl.devstack import migrate
 from etl.errors import SinkUnavailable
 from etl.generator import generate
 from etl.nats_conn import connect
@@ -178,12 +177,8 @@ def settings(make_settings: Callable[..., Settings], private_postgres: devserver
 
 
 @pytest.fixture
-def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
-    migrate(settings)
-    running = Pipeline(settings.to_env(), tmp_path / "logs").start()
-    yield running
-    codes = running.stop()
-    assert all(code == 0 for code in codes.values()), {n: running.log_tail(n) for n in codes}
+def pipeline(settings: Settings, start_pipeline: Callable[..., Pipeline]) -> Pipeline:
+    return start_pipeline(settings)
 
 
 async def publish(settings: Settings, events: list[bytes]) -> None:

@@ -7,15 +7,13 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import orjson
 import pytest
 
 from etl import report
 from etl.config import Settings
-from etl.devstack import migrate
 from etl.dlq import DeadLetterStore
 from etl.generator import generate
 from etl.supervisor import Pipeline
@@ -52,12 +50,8 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
-def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
-    migrate(settings)
-    running = Pipeline(settings.to_env(), tmp_path / "logs").start()
-    yield running
-    codes = running.stop()
-    assert all(code == 0 for code in codes.values()), {n: running.log_tail(n) for n in codes}
+def pipeline(settings: Settings, start_pipeline: Callable[..., Pipeline]) -> Pipeline:
+    return start_pipeline(settings)
 
 
 def settled(settings: Settings, valid: int, dead: int) -> Callable[[], report.Counts | None]:
