@@ -12,16 +12,19 @@ import base64
 import re
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import psycopg2
 from falkordb import FalkorDB
 
+from etl import report
 from etl.bridge import ensure_raw_stream
 from etl.broker import redis_client
 from etl.config import Settings
 from etl.dlq import DeadLetter, DeadLetterStore
+from etl.generator import generate
 from etl.nats_conn import connect
 from etl.rdns import fake_name
 
@@ -173,3 +176,38 @@ def check_dead_letters(settings: Settings, bad: list[bytes], *,
     for expected in reasons:
         assert expected in joined
     return letters
+
+
+@dataclass(frozen=True)
+class Events:
+    """What a scenario publishes: valid events and bad ones, interleaved in ``all``."""
+
+    valid: list[bytes]
+    bad: list[bytes]
+    all: list[bytes]
+
+
+def sample_events(count: int, *, seed: int, malformed_every: int = 50) -> Events:
+    """``count`` generated events, every ``malformed_every``-th of them malformed (each distinct)."""
+    events = list(generate(count, hosts=25, seed=seed, malformed_every=malformed_every))
+    valid = [raw for raw in events if raw.startswith(b'{"id":"event-')]
+    bad = [raw for raw in events if not raw.startswith(b'{"id":"event-')]
+    return Events(valid, bad, events)
+
+
+def check_accounting(settings: Settings, events: Events, *, reasons: tuple[str, ...] = ()) -> None:
+    """The invariant: every valid event stored once and merged once, on the enriched stream at least once;
+    every bad event dead-lettered by enrichment with a reason, and nothing else dead-lettered."""
+    counts = report.collect(settings)
+    assert len(set(events.all)) == counts.stored + sum(counts.dead_lettered.values()), counts
+    expected = by_id(events.valid)
+    assert len(expected) == len(events.valid), "the scenario's valid events have distinct ids"
+    check_postgres(settings, expected)
+    check_graph(settings, expected)
+    check_enriched_stream(settings, expected, duplicates_allowed=True)
+    check_dead_letters(settings, events.bad, reasons=reasons)
+
+
+# Reasons among the generator's malformed events (see ``etl.generator.MALFORMED``).
+GENERATED_REASONS = ("not valid JSON", "must be a JSON object", "missing required field 'source'",
+                     "field 'id' must be a non-empty string", "field 'timestamp' is not an ISO-8601 time")
