@@ -156,6 +156,7 @@ class Settings:
     nats_stream: str = "EVENTS"
     nats_subject_raw: str = "events.raw"
     nats_consumer: str = "etl-bridge"
+    nats_ack_wait_s: int = 60
     nats_subject_enriched: str = "events.enriched"
     nats_enriched_stream: str = "EVENTS_ENRICHED"
     nats_creds: str = ""
@@ -251,6 +252,7 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "nats_stream": ("NATS_STREAM", _nats_name),
     "nats_subject_raw": ("NATS_SUBJECT_RAW", _subject),
     "nats_consumer": ("NATS_CONSUMER", _nats_name),
+    "nats_ack_wait_s": ("NATS_ACK_WAIT", _positive_int),
     "nats_subject_enriched": ("NATS_SUBJECT_ENRICHED", _subject),
     "nats_enriched_stream": ("NATS_ENRICHED_STREAM", lambda n, r: r and _nats_name(n, r)),
     "nats_creds": ("NATS_CREDS", _file),

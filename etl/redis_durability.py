@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.errors import BrokerConnectionError
+from dramatiq.errors import BrokerConnectionError, ConnectionClosed
 from dramatiq.middleware import Retries
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,19 @@ PATIENCE_MAX_WAIT_S = 5.0
 REDIS_DOWN_ERRORS: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError,
                                                       BrokerConnectionError)
 
-# KEYS: this worker's ack set for the queue, the queue's list. Moves every id back to the queue.
+# KEYS: this worker's ack set for the queue, the queue's list, the queue's message hash. Moves every id whose
+# message still exists back to the queue (an id acked meanwhile has no message left).
 _REQUEUE_OWN_ACKS = """
 local ids = redis.call("smembers", KEYS[1])
-for i = 1, #ids do redis.call("rpush", KEYS[2], ids[i]) end
+local moved = 0
+for i = 1, #ids do
+  if redis.call("hexists", KEYS[3], ids[i]) == 1 then
+    redis.call("rpush", KEYS[2], ids[i])
+    moved = moved + 1
+  end
+end
 redis.call("del", KEYS[1])
-return #ids
+return moved
 """
 
 
@@ -70,7 +77,11 @@ class DurableRedisBroker(RedisBroker):
         # Dramatiq calls this again after a connection error; messages still being processed by this worker's
         # threads may then run twice, which the idempotent sinks absorb.
         acks = f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}"
-        moved = self._requeue_own_acks(keys=[acks, f"{self.namespace}:{queue_name}"])
+        queue = f"{self.namespace}:{queue_name}"
+        try:
+            moved = self._requeue_own_acks(keys=[acks, queue, f"{queue}.msgs"])
+        except REDIS_DOWN_ERRORS as e:
+            raise ConnectionClosed(e) from None  # Dramatiq's consumer thread waits and tries again
         if moved:
             log.warning("re-queued %d message(s) of %s this worker had fetched before losing Redis", moved,
                         queue_name, extra={"queue": queue_name, "events": moved})

@@ -61,7 +61,7 @@ def main() -> int:
     from etl.health import HealthServer
 
     client = redis_client(settings)
-    bridge = Bridge(settings, enqueue_raw, backlog=backlog_probe(client))
+    bridge = Bridge(settings, enqueue_raw, backlog=backlog_probe(client), ack_wait_s=settings.nats_ack_wait_s)
     redis_check = redis_reachable(client)
     health = HealthServer(settings.health_host, settings.health_port,
                           lambda: bridge.not_ready_reason() or redis_check()).start()
