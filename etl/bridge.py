@@ -32,7 +32,7 @@ from etl import nats_conn
 from etl.backlog import DEFAULT_BACKLOG_POLL_S, Backlog, BacklogGate, Backpressure
 from etl.config import Settings
 from etl.errors import ConfigError
-from etl.metrics import BATCH_SIZE, EVENTS, RETRIES
+from etl.metrics import BATCH_SIZE, CONSUMER_ACK_PENDING, CONSUMER_LAG, EVENTS, RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ DEFAULT_BACKOFF_MAX_S = 5.0
 RETRY_FETCH_S = 1.0
 # One PING/PONG after a batch's acks: the server has then read every ack of the batch.
 ACK_FLUSH_TIMEOUT_S = 5
+LAG_REPORT_INTERVAL_S = 5.0
 
 
 def consumer_config(settings: Settings, ack_wait_s: float = DEFAULT_ACK_WAIT_S) -> js_api.ConsumerConfig:
@@ -171,9 +172,11 @@ class Bridge:
         """
         self._loop = asyncio.get_running_loop()
         nc = self._nc = await nats_conn.connect(self._settings, self._name)
+        lag_reporter: asyncio.Task[None] | None = None
         try:
             js = nc.jetstream()
             self._sub = await self._bind(js)
+            lag_reporter = asyncio.create_task(self._report_lag(js))
             while not self._stopping.is_set():
                 if self._gate is not None:
                     await self._gate.wait_for_room(self._stopping)
@@ -183,7 +186,21 @@ class Bridge:
                 if self._consumer_lost and not self._stopping.is_set():
                     await self._rebind(js)
         finally:
+            if lag_reporter is not None:
+                lag_reporter.cancel()
             await self._shutdown(nc)
+
+    async def _report_lag(self, js: JetStreamContext) -> None:
+        """Export the consumer's lag every ``LAG_REPORT_INTERVAL_S``: what waits in JetStream, and what is out."""
+        s = self._settings
+        while not self._stopping.is_set():
+            try:
+                info = await js.consumer_info(s.nats_stream, s.nats_consumer)
+                CONSUMER_LAG.set(info.num_pending or 0)
+                CONSUMER_ACK_PENDING.set(info.num_ack_pending or 0)
+            except (*nats_conn.UNAVAILABLE_ERRORS, nats.js.errors.APIError) as e:
+                log.debug("consumer lag not read: %s", nats_conn.describe(e))
+            await self._sleep(LAG_REPORT_INTERVAL_S)
 
     async def _bind(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
         s = self._settings

@@ -23,3 +23,7 @@ BRIDGE_PAUSED = Gauge("etl_bridge_paused", "1 while the bridge stopped fetching 
                       multiprocess_mode="livemax")
 QUEUE_DEPTH = Gauge("etl_queue_depth", "Messages not yet acked in each Dramatiq queue", ["queue"],
                     multiprocess_mode="livemax")
+CONSUMER_LAG = Gauge("etl_consumer_lag", "Raw events in JetStream not yet delivered to any bridge",
+                     multiprocess_mode="livemax")
+CONSUMER_ACK_PENDING = Gauge("etl_consumer_ack_pending", "Raw events delivered to bridges and not yet acked",
+                             multiprocess_mode="livemax")

@@ -90,6 +90,8 @@ def test_metrics_move_when_events_flow(make_settings: Callable[..., Settings], t
         bridge = pipeline.ports["bridge-0"]
         assert value(bridge, "etl_events_total", stage="received") == 300
         assert value(bridge, "etl_bridge_paused") == 0
+        wait_for(lambda: value(bridge, "etl_consumer_lag") == 0 and value(bridge, "etl_consumer_ack_pending") == 0,
+                 timeout_s=15)
         assert value(bridge, "etl_queue_depth", queue="enrich") is not None
         enrich = pipeline.ports["worker-enrich"]
         wait_for(lambda: value(enrich, "etl_events_total", stage="enrich") == 294, timeout_s=20)
