@@ -68,28 +68,25 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
-@pytest.fixture
-def timescale(settings: Settings) -> Iterator[TimescaleSink]:
-    sink = TimescaleSink(settings)
+def opened(sink: Sink) -> Iterator[Any]:
     sink.open()
     yield sink
     sink.close()
+
+
+@pytest.fixture
+def timescale(settings: Settings) -> Iterator[TimescaleSink]:
+    yield from opened(TimescaleSink(settings))
 
 
 @pytest.fixture
 def graph(settings: Settings) -> Iterator[GraphSink]:
-    sink = GraphSink(settings)
-    sink.open()
-    yield sink
-    sink.close()
+    yield from opened(GraphSink(settings))
 
 
 @pytest.fixture
 def publisher(settings: Settings) -> Iterator[NatsPublisher]:
-    sink = NatsPublisher(settings)
-    sink.open()
-    yield sink
-    sink.close()
+    yield from opened(NatsPublisher(settings))
 
 
 def test_timescale_isolates_nul_out_of_range_and_oversized(settings: Settings, timescale: TimescaleSink) -> None:
