@@ -1,0 +1,490 @@
+"""The Dockerfile, docker-compose.yml and deploy/ stay in step with the code, without Docker.
+
+Nothing here builds or runs an image. What is checked is what drifts when the code changes under the deployment
+files: the commands they run, the queues they name, the environment they set, the ports they expect and the
+metrics the dashboard queries.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+import dramatiq.middleware.prometheus as dramatiq_prometheus
+import prometheus_client
+import pytest
+import yaml
+from dramatiq.cli import make_argument_parser
+from prometheus_client.metrics import MetricWrapperBase
+
+from etl import cli, metrics
+from etl.broker import QUEUES
+from etl.config import ENV_VARS, Settings
+from workers.pools import POOLS, dramatiq_command
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+README = ROOT / "README.md"
+PROMETHEUS_FILE = ROOT / "deploy/prometheus/prometheus.yml"
+GRAFANA_DIR = ROOT / "deploy/grafana"
+
+# The servers of the stack: compose service -> the port its clients connect to (each image's default).
+SERVER_PORTS = {"nats": 4222, "redis": 6379, "timescaledb": 5432, "neo4j": 7687}
+URL_SETTINGS = ("NATS_URL", "REDIS_URL", "NEO4J_URI")
+SCHEME_PORTS = {"nats": 4222, "redis": 6379, "bolt": 7687, "neo4j": 7687}
+# Variables our processes read besides the settings: the pool launcher's, and Dramatiq's own (by prefix).
+LAUNCHER_VARS = frozenset({"WORKER_PROCESSES", "WORKER_THREADS"})
+DRAMATIQ_VAR_PREFIX = "dramatiq_"
+# What each process talks to, so must start after (role -> compose services).
+NEEDS = {"bridge": {"nats", "redis"}, "enrich": {"redis"}, "publish": {"redis", "nats"},
+         "timescale": {"redis", "timescaledb", "migrate"}, "graph": {"redis", "neo4j", "migrate"},
+         "etl migrate": {"timescaledb", "neo4j"}}
+ONE_SHOT = "migrate"
+# Series Prometheus records itself for every target.
+PROMETHEUS_OWN = {"up": set()}
+OPERATOR_QUESTIONS = ("etl_events_total", "etl_dead_letters_total", "etl_batch_size_bucket",
+                      "etl_sink_write_seconds_bucket", "etl_queue_depth", "etl_bridge_paused",
+                      "etl_circuit_breaker_state", "dramatiq_message_retries_total", "dramatiq_message_errors_total",
+                      "etl_consumer_lag")
+_INTERPOLATION = re.compile(r"(?<!\$)\$(?:\{(?P<braced>[A-Za-z_]\w*)(?P<op>:?[-?])?(?P<arg>[^}]*)\}"
+                            r"|(?P<bare>[A-Za-z_]\w*))")
+
+
+# --- reading the files --------------------------------------------------------------------------------------------
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def our_services() -> dict[str, dict[str, Any]]:
+    """The services that run our image: built from the Dockerfile, or naming the image a built one tags."""
+    services = compose()["services"]
+    ours = {s["image"] for s in services.values() if s.get("build") and s.get("image")}
+    found = {name: s for name, s in services.items() if s.get("build") or s.get("image") in ours}
+    assert found, "docker-compose.yml builds our image for some service"
+    return found
+
+
+def resolve(value: Any) -> str:
+    """A compose value as the container sees it when no variable is set: defaults applied, ``$$`` unescaped."""
+    def substitute(m: re.Match[str]) -> str:
+        return m["arg"] if m["op"] in (":-", "-") else ""
+
+    return _INTERPOLATION.sub(substitute, str(value)).replace("$$", "$")
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    return {key: resolve(value) for key, value in (service.get("environment") or {}).items()}
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    lines = [line for line in DOCKERFILE.read_text().splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [(i.upper(), rest.strip()) for i, _, rest in (ln.strip().partition(" ") for ln in joined.splitlines())
+            if i]
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile()
+    last_from = max(i for i, (op, _) in enumerate(instructions) if op == "FROM")
+    return instructions[last_from:]
+
+
+def pyproject() -> str:
+    return (ROOT / "pyproject.toml").read_text()
+
+
+def exec_form(arguments: str) -> list[str]:
+    argv = json.loads(arguments)
+    assert isinstance(argv, list) and all(isinstance(a, str) for a in argv), f"not exec form: {arguments}"
+    return argv
+
+
+def healthcheck_argv(service: dict[str, Any]) -> list[str]:
+    test = service.get("healthcheck", {}).get("test")
+    assert isinstance(test, list) and test[0] == "CMD", f"healthcheck is not ['CMD', ...]: {test!r}"
+    return list(test[1:])
+
+
+# --- what a command runs ------------------------------------------------------------------------------------------
+
+def role(argv: list[str]) -> str:
+    """What ``argv`` runs in our image, checked against the code: 'bridge', a pool, 'etl <command>' or queues.
+
+    Raises ``AssertionError`` naming what does not exist.
+    """
+    if argv[:2] == ["python", "-m"] and len(argv) > 2:
+        module, args = argv[2], argv[3:]
+        assert importlib.util.find_spec(module) is not None, f"no module {module}"
+        if module == "workers.bridge" and not args:
+            return "bridge"
+        if module == "workers.run":
+            assert len(args) == 1 and args[0] in POOLS, f"workers.run needs one of {sorted(POOLS)}: {args}"
+            return args[0]
+        if module == "dramatiq":
+            return dramatiq_role(args)
+    if argv[:1] == ["dramatiq"]:
+        return dramatiq_role(argv[1:])
+    if argv[:1] == ["etl"]:
+        return etl_role(argv[1:])
+    raise AssertionError(f"not a command of our image: {argv}")
+
+
+def etl_role(args: list[str]) -> str:
+    command: click.Command = cli.main
+    path = ["etl"]
+    while isinstance(command, click.Group) and args and args[0] in command.commands:
+        command, path, args = command.commands[args[0]], [*path, args[0]], args[1:]
+    assert not isinstance(command, click.Group), f"no such command: {' '.join(path + args[:1])}"
+    try:
+        command.make_context(" ".join(path), list(args))  # parses and validates, runs nothing
+    except click.ClickException as e:
+        raise AssertionError(f"{' '.join(path)}: {e.format_message()}") from None
+    return " ".join(path)
+
+
+def dramatiq_role(args: list[str]) -> str:
+    try:
+        parsed = make_argument_parser().parse_args(args)
+    except SystemExit:
+        raise AssertionError(f"dramatiq rejects its arguments: {args}") from None
+    for module in [parsed.broker, *parsed.modules]:
+        assert importlib.util.find_spec(module.partition(":")[0]) is not None, f"no module {module}"
+    assert parsed.queues, "a worker without --queues would consume every queue"
+    unknown = set(parsed.queues) - set(QUEUES)
+    assert not unknown, f"not queues of etl.broker.QUEUES: {unknown}"
+    return "queues " + " ".join(parsed.queues)
+
+
+def service_roles() -> Iterator[tuple[str, dict[str, Any], str]]:
+    for name, service in our_services().items():
+        yield name, service, role(service["command"])
+
+
+# --- commands and queues ------------------------------------------------------------------------------------------
+
+def test_every_command_of_the_compose_file_exists_and_its_healthcheck_checks_that_process() -> None:
+    for name, service, what in service_roles():
+        if name == ONE_SHOT:
+            assert what == "etl migrate" and service["healthcheck"] == {"disable": True}, name
+            continue
+        argv = healthcheck_argv(service)
+        assert role(argv) == "etl health", f"{name}: {argv}"
+        assert argv[argv.index("--pool") + 1] == what, f"{name} runs {what} but its healthcheck checks {argv}"
+
+
+def test_the_image_runs_the_bridge_and_checks_the_bridge() -> None:
+    stage = dict(final_stage())
+    assert role(exec_form(stage["CMD"])) == "bridge"
+    check = stage["HEALTHCHECK"]
+    argv = exec_form(check[check.index("CMD ") + 4:])
+    assert role(argv) == "etl health" and argv[-2:] == ["--pool", "bridge"]
+
+
+def test_the_image_has_the_etl_and_dramatiq_commands() -> None:
+    script = re.search(r'^etl\s*=\s*"([\w.]+):(\w+)"', pyproject(), flags=re.M)
+    assert script, "pyproject.toml installs the etl command"
+    assert getattr(importlib.import_module(script[1]), script[2]) is cli.main
+    assert re.search(r"^dramatiq(\[[^]]*\])?==", (ROOT / "requirements.txt").read_text(), flags=re.M)
+
+
+def test_every_pool_has_a_service_whose_launcher_runs_dramatiq_on_the_pool_queue() -> None:
+    pools = {what: (name, service) for name, service, what in service_roles() if what in POOLS}
+    assert pools.keys() == POOLS.keys()
+    for pool, (name, service) in pools.items():
+        assert name == f"worker-{pool}"
+        argv, _ = dramatiq_command(pool, environment(service))
+        assert role(["python", *argv[1:]]) == f"queues {POOLS[pool].queue}", name
+
+
+# --- environment and variables ------------------------------------------------------------------------------------
+
+def test_our_services_set_only_variables_our_processes_read_and_valid_values() -> None:
+    for name, service, what in service_roles():
+        raw = service.get("environment") or {}
+        unknown = {k for k in raw if k not in ENV_VARS and k not in LAUNCHER_VARS
+                   and not k.startswith(DRAMATIQ_VAR_PREFIX)}
+        assert not unknown, f"{name} sets variables no settings read: {unknown}"
+        assert all(isinstance(v, str) for v in raw.values()), f"{name}: quote values, YAML would retype them"
+        Settings.from_env(environment(service))  # raises ConfigError on a bad value
+        if what in POOLS:
+            dramatiq_command(what, environment(service))
+
+
+def strings(node: Any) -> Iterator[str]:
+    """Every string of a parsed YAML document, keys included (comments are not interpolated, so not read)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def compose_variables() -> dict[str, set[str | None]]:
+    """Each variable the compose file interpolates -> its defaults (None where it has none)."""
+    found: dict[str, set[str | None]] = {}
+    for m in (m for text in strings(compose()) for m in _INTERPOLATION.finditer(text)):
+        name = m["braced"] or m["bare"]
+        found.setdefault(name, set()).add(m["arg"] if m["op"] in (":-", "-") else None)
+    return found
+
+
+def test_every_compose_variable_has_one_default_and_is_documented_in_the_readme() -> None:
+    readme = README.read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("|")]
+    for name, defaults in compose_variables().items():
+        assert len(defaults) == 1, f"${{{name}}} has different defaults: {defaults}"
+        (default,) = defaults
+        assert f"`{name}`" in readme, f"${{{name}}} is not documented in README.md"
+        if default is not None:
+            assert any(f"`{name}`" in row and f"`{default}`" in row for row in rows), \
+                f"README.md has no table row for {name} with its default `{default}`"
+
+
+def test_pool_scaling_variables_default_to_the_pools_of_the_code() -> None:
+    raw = compose()["services"]
+    for pool, spec in POOLS.items():
+        service, prefix = raw[f"worker-{pool}"], pool.upper()
+        env = service["environment"]
+        assert service["deploy"]["replicas"] == f"${{{prefix}_REPLICAS:-1}}"
+        assert env["WORKER_PROCESSES"] == f"${{{prefix}_PROCESSES:-{spec.processes}}}"
+        if pool == "graph":  # one thread per process, or concurrent MERGEs deadlock in Neo4j
+            assert spec.threads == 1 and env["WORKER_THREADS"] == "1"
+        else:
+            assert env["WORKER_THREADS"] == f"${{{prefix}_THREADS:-{spec.threads}}}"
+
+
+def test_credentials_match_between_the_servers_and_our_services() -> None:
+    services = compose()["services"]
+    postgres, neo4j = services["timescaledb"]["environment"], services["neo4j"]["environment"]
+    for name, service in our_services().items():
+        env = service["environment"]
+        assert (env["PG_DB"], env["PG_USER"], env["PG_PASSWORD"]) == (
+            postgres["POSTGRES_DB"], postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"]), name
+        assert neo4j["NEO4J_AUTH"] == f"{env['NEO4J_USER']}/{env['NEO4J_PASSWORD']}", name
+
+
+# --- ports ----------------------------------------------------------------------------------------------------------
+
+def served_port(service: dict[str, Any], what: str) -> int:
+    """The port a long-running service serves its metrics on, as its settings say."""
+    settings = Settings.from_env(environment(service))
+    return settings.health_port if what == "bridge" else settings.metrics_port
+
+
+def test_the_image_exposes_the_health_and_metrics_ports() -> None:
+    exposed = {int(p.split("/")[0]) for op, args in final_stage() if op == "EXPOSE" for p in args.split()}
+    defaults = Settings()
+    assert exposed == {defaults.health_port, defaults.metrics_port}
+
+
+def test_prometheus_scrapes_every_replica_of_every_service_on_the_port_it_serves() -> None:
+    jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_FILE.read_text())["scrape_configs"]}
+    long_running = {name: (s, what) for name, s, what in service_roles() if name != ONE_SHOT}
+    assert jobs.keys() == long_running.keys()
+    for name, (service, what) in long_running.items():
+        (sd,) = jobs[name]["dns_sd_configs"]
+        assert (sd["names"], sd.get("type", "SRV")) == ([name], "A"), f"{name}: one A lookup of the service name"
+        assert sd["port"] == served_port(service, what), name
+
+
+def test_our_services_publish_no_host_port_so_they_can_scale() -> None:
+    for name, service in our_services().items():
+        assert "ports" not in service and "container_name" not in service, name
+
+
+def url_port(url: str) -> tuple[str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.hostname, parts.port or SCHEME_PORTS.get(parts.scheme)
+
+
+def test_our_services_reach_each_server_on_its_port() -> None:
+    services = compose()["services"]
+    for name, service in our_services().items():
+        settings = Settings.from_env(environment(service))
+        endpoints = [url_port(getattr(settings, var.lower())) for var in URL_SETTINGS]
+        for host, port in [*endpoints, (settings.pg_host, settings.pg_port)]:
+            assert host in SERVER_PORTS and host in services, f"{name}: {host} is not a server of the stack"
+            assert port == SERVER_PORTS[host], f"{name}: {host}:{port}, the server listens on {SERVER_PORTS[host]}"
+
+
+def test_server_healthchecks_and_commands_use_the_same_ports() -> None:
+    services = compose()["services"]
+    for server in ("redis", "timescaledb", "neo4j"):
+        check = " ".join(services[server]["healthcheck"]["test"])
+        assert re.search(rf"[\s:]{SERVER_PORTS[server]}\b", check), f"{server} healthcheck: {check}"
+    assert "--port" not in services["redis"]["command"]
+    nats = services["nats"]["command"]
+    assert "-p" not in nats and "--port" not in nats
+    monitor = nats[nats.index("-m") + 1]
+    assert f"127.0.0.1:{monitor}/" in " ".join(services["nats"]["healthcheck"]["test"])
+
+
+# --- servers and start order --------------------------------------------------------------------------------------
+
+def test_redis_persists_every_queued_batch_with_aof() -> None:
+    redis = compose()["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    fsync = command[command.index("--appendfsync") + 1]
+    assert fsync in ("always", "everysec")
+    if fsync == "everysec":  # WAITAOF would hold each batch up to a second: the README says to turn it off
+        assert all(environment(s)["REDIS_WAIT_AOF"] == "false" for s in our_services().values())
+    major, minor = (int(x) for x in re.match(r"redis:(\d+)\.(\d+)", redis["image"]).groups())
+    assert (major, minor) >= (7, 2), "WAITAOF needs Redis 7.2"
+    assert any(v.endswith(":/data") for v in redis["volumes"])
+
+
+def test_stateful_servers_keep_their_data_in_volumes() -> None:
+    services = compose()["services"]
+    nats = services["nats"]["command"]
+    assert "-js" in nats or "--jetstream" in nats
+    data_dirs = {"nats": nats[nats.index("-sd") + 1], "timescaledb": "/var/lib/postgresql/data", "neo4j": "/data"}
+    for server, directory in data_dirs.items():
+        assert any(v.split(":")[1] == directory for v in services[server]["volumes"]), server
+
+
+def test_each_process_starts_after_what_it_needs_is_healthy_or_done() -> None:
+    services = compose()["services"]
+    for name, service, what in service_roles():
+        depends = service.get("depends_on", {})
+        assert isinstance(depends, dict) and NEEDS[what] <= depends.keys(), f"{name} waits for {NEEDS[what]}"
+        for dependency, spec in depends.items():
+            if dependency == ONE_SHOT:
+                assert spec["condition"] == "service_completed_successfully", name
+            else:
+                assert spec["condition"] == "service_healthy", f"{name} -> {dependency}"
+                assert "test" in services[dependency]["healthcheck"], f"{dependency} has no healthcheck"
+
+
+def duration_s(text: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_processes_get_longer_than_a_batch_may_take_to_stop() -> None:
+    for name, service, _ in service_roles():
+        timeout_s = Settings.from_env(environment(service)).processing_timeout_s
+        assert duration_s(service["stop_grace_period"]) > timeout_s, name
+
+
+# --- the image ----------------------------------------------------------------------------------------------------
+
+def test_the_image_is_multi_stage_on_one_slim_base_and_runs_as_non_root() -> None:
+    froms = [args.split() for op, args in dockerfile() if op == "FROM"]
+    assert len(froms) >= 2 and all(len(f) == 3 and f[1].upper() == "AS" for f in froms), froms
+    assert len({f[0] for f in froms}) == 1, "the venv is copied across stages: they need the same Python"
+    assert froms[0][0].startswith("python:") and "slim" in froms[0][0]
+    users = [args for op, args in final_stage() if op == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), users
+    assert any(op == "HEALTHCHECK" for op, _ in final_stage())
+
+
+def test_the_image_installs_the_pinned_requirements_and_the_whole_package() -> None:
+    runs = [args for op, args in dockerfile() if op == "RUN"]
+    copies = [args.split()[0] for op, args in dockerfile() if op == "COPY" and "--from" not in args]
+    assert "requirements.txt" in copies and any("-r requirements.txt" in r for r in runs)
+    assert any(re.search(r"pip install --no-deps \.$", r) for r in runs), "the package, without unpinned deps"
+    requirements = [ln for ln in (ROOT / "requirements.txt").read_text().splitlines()
+                    if ln.strip() and not ln.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.]+", ln.strip()) for ln in requirements), requirements
+    include = re.search(r"^include\s*=\s*\[([^]]*)\]", pyproject(), flags=re.M)
+    assert include, "pyproject.toml names its packages"
+    for pattern in re.findall(r'"([^"]+)"', include[1]):
+        assert pattern.rstrip("*") in copies, f"the image lacks package {pattern}"
+
+
+# --- the dashboard ------------------------------------------------------------------------------------------------
+
+def exposed(kind: str, name: str) -> set[str]:
+    """The series names a ``prometheus_client`` metric of this kind and name exposes."""
+    registry = prometheus_client.CollectorRegistry()
+    getattr(prometheus_client, kind)(name, "doc", registry=registry)
+    return {sample.name for family in registry.collect() for sample in family.samples}
+
+
+def known_metrics() -> dict[str, set[str]]:
+    """Every series name our processes expose -> its label names: ours, Dramatiq's, Prometheus's own."""
+    known = dict(PROMETHEUS_OWN)
+    for obj in vars(metrics).values():
+        if isinstance(obj, MetricWrapperBase):
+            for series in exposed(type(obj).__name__, obj._name):
+                known[series] = set(obj._labelnames)
+    source = ast.parse(Path(dramatiq_prometheus.__file__).read_text())
+    for call in ast.walk(source):
+        if isinstance(call, ast.Call) and getattr(call.func, "attr", "") in ("Counter", "Gauge", "Histogram"):
+            name, labels = ast.literal_eval(call.args[0]), ast.literal_eval(call.args[2])
+            for series in exposed(call.func.attr, name):
+                known[series] = set(labels)
+    return known
+
+
+_PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+                    "offset", "inf", "nan"}
+
+
+def promql_metrics_and_grouping(expr: str) -> tuple[set[str], set[str]]:
+    """The metric names an expression selects, and the label names it groups by."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}|\[[^]]*\]", "", expr)
+    grouping = {label.strip() for labels in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
+                for label in labels.split(",") if label.strip()}
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    names = {m.group() for m in re.finditer(r"(?<![\w.])[A-Za-z_:][\w:]*", expr)
+             if not expr[m.end():].lstrip().startswith("(") and m.group().lower() not in _PROMQL_KEYWORDS}
+    return names, grouping
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads((GRAFANA_DIR / "dashboards/etl.json").read_text())
+
+
+def test_every_metric_and_label_the_dashboard_queries_exists() -> None:
+    known = known_metrics()
+    exprs = [t["expr"] for panel in dashboard()["panels"] for t in panel["targets"]]
+    assert exprs
+    for expr in exprs:
+        names, grouping = promql_metrics_and_grouping(expr)
+        assert names and names <= known.keys(), f"unknown metric {names - known.keys()} in {expr}"
+        labels = set().union(*(known[n] for n in names)) | {"job", "instance"}
+        labels |= {"le"} if any(n.endswith("_bucket") for n in names) else set()
+        assert grouping <= labels, f"no label {grouping - labels} on {names} in {expr}"
+    for metric in OPERATOR_QUESTIONS:
+        assert any(metric in promql_metrics_and_grouping(e)[0] for e in exprs), f"no panel shows {metric}"
+
+
+def test_grafana_provisions_the_dashboard_on_the_prometheus_of_the_stack() -> None:
+    (source,) = yaml.safe_load((GRAFANA_DIR / "provisioning/datasources/prometheus.yml").read_text())["datasources"]
+    assert url_port(source["url"]) == ("prometheus", 9090)
+    uids = {panel["datasource"]["uid"] for panel in dashboard()["panels"]}
+    uids |= {t["datasource"]["uid"] for panel in dashboard()["panels"] for t in panel["targets"]}
+    assert uids == {source["uid"]}
+    services = compose()["services"]
+    mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"])
+    (provider,) = yaml.safe_load((GRAFANA_DIR / "provisioning/dashboards/etl.yml").read_text())["providers"]
+    assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    prometheus_mounts = dict(v.split(":")[:2] for v in services["prometheus"]["volumes"])
+    assert prometheus_mounts["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+
+
+@pytest.mark.parametrize("text, expected", [("${A:-x}", "x"), ("${A-}", ""), ("${A}", ""), ("$$A", "$A"),
+                                            ("a/${B:-p w}", "a/p w"), ("$${A#x/}", "${A#x/}")])
+def test_resolve_applies_compose_defaults(text: str, expected: str) -> None:
+    assert resolve(text) == expected
