@@ -66,23 +66,45 @@ def report_cmd() -> None:
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".etl-dev"), show_default=True,
-              help="Where the local servers keep their data.")
-@click.option("--clean", is_flag=True, help="Start over: delete the data directory first.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".etl-dev"),
+              show_default=True, help="Where the local servers keep their data; a restart resumes from it.")
+@click.option("--clean", is_flag=True, help="Start over: empty the data directory first.")
 @click.option("--count", type=click.IntRange(min=0), default=2000, show_default=True,
-              help="Sample events to generate.")
+              help="Sample events to generate (one in 200 malformed, at least one).")
 @click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Events per second (0: as fast as possible).")
+              help="Events per second (0: as fast as JetStream takes them).")
 @click.option("--hosts", type=click.IntRange(min=1), default=10, show_default=True, help="Distinct sample hosts.")
 @click.option("--no-generate", is_flag=True, help="Generate nothing; wait for events from outside.")
-@click.option("--once", is_flag=True, help="Exit when the generated events are all accounted for.")
-def dev(data_dir: Path, clean: bool, count: int, rate: float, hosts: int, no_generate: bool, once: bool) -> None:
-    """Run the whole pipeline locally, with its own NATS, Redis, PostgreSQL and FalkorDB."""
+@click.option("--once", is_flag=True, help="Stop when the generated events are all accounted for.")
+@click.option("--nats-port", type=click.IntRange(0, 65535), default=0, help="NATS client port (0: a free one).")
+@click.option("--redis-port", type=click.IntRange(0, 65535), default=0,
+              help="Redis port, for the queues and dead letters (0: a free one).")
+@click.option("--falkordb-port", type=click.IntRange(0, 65535), default=0, help="FalkorDB port (0: a free one).")
+@click.option("--postgres-port", type=click.IntRange(0, 65535), default=0, help="PostgreSQL port (0: a free one).")
+@click.option("--bridge-health-port", type=click.IntRange(0, 65535), default=0,
+              help="The bridge's /healthz, /readyz and /metrics port (0: a free one).")
+@click.option("--metrics-port-base", type=click.IntRange(0, 65532), default=0,
+              help="The worker pools' /metrics ports: this one and the next three, for enrich, publish, timescale "
+                   "and graph (0: free ones).")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On stop, seconds to wait for the queues to drain (what is left is processed on the next start).")
+def dev(data_dir: Path, clean: bool, count: int, rate: float, hosts: int, no_generate: bool, once: bool,
+        nats_port: int, redis_port: int, falkordb_port: int, postgres_port: int, bridge_health_port: int,
+        metrics_port_base: int, drain_timeout: float) -> None:
+    """Run the whole pipeline locally: its own NATS, Redis, PostgreSQL and FalkorDB, the bridge, one worker per
+    pool and a sample-event generator, with progress until Ctrl-C and a summary on exit."""
+    import shutil
+
+    from etl.devports import PortFlags
     from etl.devstack import DevOptions, run_dev
 
+    ports = PortFlags(nats=nats_port, redis=redis_port, falkordb=falkordb_port, postgres=postgres_port,
+                      bridge_health=bridge_health_port, metrics_base=metrics_port_base)
     options = DevOptions(data_dir=data_dir.resolve(), clean=clean, count=count, rate=rate, hosts=hosts,
-                         generate=not no_generate, once=once)
-    raise SystemExit(run_dev(options, lambda line: click.echo(line)))
+                         generate=not no_generate, once=once, ports=ports, drain_timeout_s=drain_timeout)
+    size = shutil.get_terminal_size()
+    raise SystemExit(run_dev(options, click.echo, terminal=click.get_text_stream("stdout").isatty(),
+                             width=size.columns, height=size.lines))
 
 
 @main.command(name="status")

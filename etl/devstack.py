@@ -1,26 +1,44 @@
 """The local default: the whole pipeline on one machine, from pip packages, with a sample-event generator.
 
-Servers (NATS with JetStream, Redis with AOF, PostgreSQL, FalkorDB) keep their data under one directory, so a
-restart resumes where it left off. The bridge and one worker per pool run as child processes, exactly as in
-production. Stopping (Ctrl-C) goes in order: generator, bridge, workers, then the servers.
+Servers (NATS with JetStream, Redis with AOF, PostgreSQL, FalkorDB with AOF) keep their data under one directory,
+so a restart resumes where it left off. The bridge and one worker per pool run as child processes, exactly as in
+production. Stopping (Ctrl-C, SIGTERM, SIGHUP, or ``once`` when the generated events are all accounted for) goes
+in order: generator, bridge, queues drained (bounded), workers, servers; then the summary. Later signals only
+hurry the shutdown along. Whatever is left in Redis or JetStream is not lost: it is processed on the next start.
 """
 
 from __future__ import annotations
 
-import asyncio
-import shutil
+import logging
+import os
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from etl import devservers, report
+from redis.exceptions import RedisError
+
+from etl import devservers, report, status
 from etl.config import Settings
-from etl.generator import generate
+from etl.devports import BRIDGE, Endpoints, PortFlags, describe
+from etl.devprogress import Progress, Sent, idle, summary, unaccounted
+from etl.devpublish import Generator
+from etl.devservices import HURRIED_STOP_TIMEOUT_S, Servers
+from etl.devsession import StopSignals, locked_data_dir, reap_children, surviving_hangup
+from etl.errors import EtlError
 from etl.supervisor import Pipeline
+from workers.pools import POOLS
 
 PROGRESS_INTERVAL_S = 1.0
-MALFORMED_EVERY = 200
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+DRAIN_REPORT_EVERY_S = 2.0
+ONCE_STALL_TIMEOUT_S = 120.0  # --once gives up when nothing moved for this long
+PROCESS_START_TIMEOUT_S = 60.0
+BRIDGE_STOP_TIMEOUT_S = 15.0
+WORKER_STOP_TIMEOUT_S = 30.0
+POLL_S = 0.1
+
+Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -32,55 +50,8 @@ class DevOptions:
     hosts: int = 10
     generate: bool = True
     once: bool = False
-
-
-@dataclass
-class Servers:
-    nats: devservers.Server
-    redis: devservers.Server
-    falkordb: devservers.Server
-    postgres: devservers.Server
-
-    def all(self) -> list[devservers.Server]:
-        return [self.nats, self.redis, self.falkordb, self.postgres]
-
-
-def start_servers(data_dir: Path) -> Servers:
-    servers = Servers(
-        nats=devservers.nats_server(data_dir / "nats"),
-        redis=devservers.redis_server(data_dir / "redis"),
-        falkordb=devservers.redis_server(data_dir / "falkordb", falkordb=True),
-        postgres=devservers.postgres_server(data_dir / "postgres"),
-    )
-    for server in servers.all():
-        server.start()
-    devservers.ensure_database(servers.postgres.port, "aegisflux")
-    return servers
-
-
-def settings_env(servers: Servers) -> dict[str, str]:
-    """The environment that points the pipeline at the local servers."""
-    return {
-        "NATS_URL": f"nats://127.0.0.1:{servers.nats.port}",
-        "REDIS_URL": f"redis://127.0.0.1:{servers.redis.port}/0",
-        "PG_HOST": "127.0.0.1",
-        "PG_PORT": str(servers.postgres.port),
-        "PG_DB": "aegisflux",
-        "PG_USER": "postgres",
-        "NEO4J_URI": f"falkor://127.0.0.1:{servers.falkordb.port}",
-        "AF_FAKE_RDNS": "true",
-    }
-
-
-def describe(servers: Servers, env: dict[str, str]) -> str:
-    lines = ["services:"]
-    lines += [f"  {s.name:<9} 127.0.0.1:{s.port}   data: {s.data_dir}" for s in servers.all()]
-    lines += [
-        f"  psql:     psql -h 127.0.0.1 -p {servers.postgres.port} -U postgres aegisflux",
-        f"  graph:    redis-cli -p {servers.falkordb.port} GRAPH.QUERY events 'MATCH (e:Event) RETURN count(e)'",
-        "  env:      " + " ".join(f"{k}={v}" for k, v in env.items()),
-    ]
-    return "\n".join(lines)
+    ports: PortFlags = field(default_factory=PortFlags)
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
 
 
 def migrate(settings: Settings) -> None:
@@ -93,117 +64,208 @@ def migrate(settings: Settings) -> None:
         sink.close()
 
 
-async def publish(settings: Settings, events: Iterable[bytes], rate: float) -> int:
-    """Publish raw events to the raw subject through JetStream; ``rate`` is events/s (0: as fast as acked)."""
-    from etl.bridge import ensure_raw_stream
-    from etl.nats_conn import connect
+class Stack:
+    """One running local stack: servers, bridge, worker pools and generator, started and stopped in order."""
 
-    nc = await connect(settings, name="etl-generator")
-    js = nc.jetstream()
-    await ensure_raw_stream(js, settings)
-    sent = 0
-    start = time.monotonic()
-    pending = []
-    try:
-        for data in events:
-            pending.append(js.publish(settings.nats_subject_raw, data))
-            sent += 1
-            if len(pending) >= 500:
-                await asyncio.gather(*pending)
-                pending.clear()
-            if rate > 0 and sent / rate > time.monotonic() - start:
-                await asyncio.gather(*pending)
-                pending.clear()
-                await asyncio.sleep(sent / rate - (time.monotonic() - start))
-        await asyncio.gather(*pending)
-    finally:
-        await nc.close()
-    return sent
+    def __init__(self, options: DevOptions, say: Say, progress: Progress) -> None:
+        self.options, self.say, self.progress = options, say, progress
+        self.servers: Servers | None = None
+        self.settings: Settings | None = None
+        self.workers: Pipeline | None = None
+        self.bridge: Pipeline | None = None
+        self.generator: Generator | None = None
+        self.baseline: status.Snapshot | None = None
+        self.metrics_urls: list[str] = []
+        self._said_hurry = False
 
-
-def progress_line(counts: report.Counts, elapsed_s: float) -> str:
-    dead = sum(counts.dead_lettered.values())
-    queued = sum(counts.queued.values())
-    return (f"[{elapsed_s:6.1f}s] stored={counts.stored} merged={counts.merged} published={counts.published} "
-            f"dead-lettered={dead} queued={queued}")
-
-
-def summary(counts: report.Counts) -> str:
-    dead = ", ".join(f"{stage}={n}" for stage, n in sorted(counts.dead_lettered.items())) or "none"
-    return (f"TimescaleDB rows: {counts.stored}\nGraph Event nodes: {counts.merged}\n"
-            f"events.enriched messages: {counts.published}\ndead letters: {dead}")
-
-
-def wait_until_settled(settings: Settings, expected_valid: int, say: Callable[[str], None],
-                       should_stop: Callable[[], bool]) -> report.Counts:
-    """Print progress until every sink holds ``expected_valid`` events and the queues are empty, or until
-    ``should_stop`` says so."""
-    start = time.monotonic()
-    while True:
-        counts = report.collect(settings)
-        say(progress_line(counts, time.monotonic() - start))
-        done = min(counts.stored, counts.merged, counts.published) >= expected_valid
-        if (done and not any(counts.queued.values())) or should_stop():
-            return counts
-        time.sleep(PROGRESS_INTERVAL_S)
-
-
-def prepare_data_dir(options: DevOptions) -> None:
-    if options.clean and options.data_dir.exists():
-        shutil.rmtree(options.data_dir)
-    options.data_dir.mkdir(parents=True, exist_ok=True)
-
-
-def sample(options: DevOptions) -> list[bytes]:
-    seed = int(time.time())  # a new run adds new events rather than replaying the same ids
-    return list(generate(options.count, hosts=options.hosts, seed=seed, base_ms=int(time.time() * 1000),
-                         malformed_every=MALFORMED_EVERY))
-
-
-def stop_all(pipeline: Pipeline | None, servers: Servers | None) -> None:
-    if pipeline is not None:
-        pipeline.stop()
-    if servers is not None:
-        for server in reversed(servers.all()):
-            server.stop()
-
-
-def run_dev(options: DevOptions, say: Callable[[str], None]) -> int:
-    """Run the local default until Ctrl-C (or, with ``once``, until the generated events are all accounted for)."""
-    prepare_data_dir(options)
-    servers: Servers | None = None
-    pipeline: Pipeline | None = None
-    settings: Settings | None = None
-    try:
-        servers = start_servers(options.data_dir)
-        env = settings_env(servers)
-        settings = Settings.from_env(env)
-        say(describe(servers, env))
+    def start(self) -> None:
+        """Start everything; raises ``devservers.ServerError`` or an ``EtlError`` (``PortError`` among them)."""
+        options, pools = self.options, tuple(POOLS)
+        options.ports.check(pools)
+        env = self._start_servers()
+        self.settings = settings = Settings.from_env({**os.environ, **env})
+        ports = options.ports.process_ports(pools)
+        self.say(describe(self._endpoints(env, ports)))
         migrate(settings)
-        pipeline = Pipeline(env, options.data_dir / "logs").start()
-        say(f"bridge and pools started; logs in {options.data_dir / 'logs'}")
-        expected = report.collect(settings).stored
-        if options.generate:
-            sent = asyncio.run(publish(settings, sample(options), options.rate))
-            expected += sent - sent // MALFORMED_EVERY
-            say(f"published {sent} sample events ({sent // MALFORMED_EVERY} malformed) to {settings.nats_subject_raw}")
+        self.baseline = status.collect(settings)  # before any process runs: this run's events count from here
+        self._start_pipeline({**env, "HEALTH_HOST": "127.0.0.1"}, ports)
+        if options.generate and options.count:
+            self.generator = Generator(settings, count=options.count, hosts=options.hosts, rate=options.rate)
+            self.generator.start()
         else:
-            say(f"waiting for events on {settings.nats_subject_raw}; Ctrl-C to stop")
-        wait_until_settled(settings, expected, say, should_stop=lambda: False) if options.once else _forever(
-            settings, say)
-    except KeyboardInterrupt:
-        say("stopping: bridge first, then the workers, then the servers")
+            self.say(f"not generating: waiting for events published to {settings.nats_subject_raw} on "
+                     f"{env['NATS_URL']}")
+
+    def _start_servers(self) -> dict[str, str]:
+        """Start the four servers; returns the environment that points the pipeline at them."""
+        self.servers = Servers.create(self.options.data_dir, self.options.ports)
+        self.servers.start(self.say)
+        return self.servers.env()
+
+    def _endpoints(self, env: dict[str, str], ports: dict[str, int]) -> Endpoints:
+        assert self.servers is not None and self.settings is not None
+        servers, settings = self.servers, self.settings
+        ends = Endpoints(data_dir=self.options.data_dir, env=env, nats_port=servers.nats.port,
+                         nats_monitor_port=servers.nats.monitor_port,  # type: ignore[attr-defined]
+                         redis_port=servers.redis.port, falkordb_port=servers.falkordb.port,
+                         postgres_port=servers.postgres.port, process_ports=ports, graph_name=settings.graph_name,
+                         raw_subject=settings.nats_subject_raw, pg_table=settings.pg_table)
+        self.metrics_urls = ends.metrics_urls
+        return ends
+
+    def _start_pipeline(self, env: dict[str, str], ports: dict[str, int]) -> None:
+        """Start the worker pools, then the bridge, and wait until each serves its metrics. Raises ``EtlError``
+        with the log's tail when a process exits, or does not answer within ``PROCESS_START_TIMEOUT_S``."""
+        logs = self.options.data_dir / "logs"
+        self.workers = Pipeline(env, logs, pools=tuple(POOLS), bridges=0,
+                                ports={n: p for n, p in ports.items() if n != BRIDGE})
+        self.bridge = Pipeline(env, logs, pools=(), bridges=1, ports={BRIDGE: ports[BRIDGE]})
+        self.workers.start()
+        self.bridge.start()
+        deadline = time.monotonic() + PROCESS_START_TIMEOUT_S
+        while True:
+            for pipeline in (self.workers, self.bridge):
+                for name, alive in pipeline.alive().items():
+                    if not alive:
+                        raise EtlError(f"{name} exited at start; the end of {logs / name}.log:\n"
+                                       f"{pipeline.log_tail(name)}")
+            _, silent = status.fetch_metrics(self.metrics_urls)
+            if not silent:
+                self.say(f"the bridge and {len(POOLS)} worker pools are up")
+                return
+            if time.monotonic() > deadline:
+                raise EtlError(f"not answering after {PROCESS_START_TIMEOUT_S:g}s: {', '.join(silent)}; "
+                               f"logs in {logs}")
+            time.sleep(POLL_S)
+
+    def sent(self) -> Sent:
+        return self.generator.progress() if self.generator else Sent(enabled=False)
+
+    def watch(self, *, once: bool) -> int:
+        """Show progress until interrupted; with ``once``, return when the generated events are all accounted for
+        and nothing waits (0), or when nothing moved for ``ONCE_STALL_TIMEOUT_S`` (1)."""
+        assert self.settings is not None and self.baseline is not None
+        previous, start = None, time.monotonic()
+        moved_at, last_key = start, None
+        logging.disable(logging.CRITICAL)  # unreadable sources show in the progress; log lines would tear it
+        while True:
+            snap = status.collect(self.settings, self.metrics_urls)
+            sent = self.sent()
+            missing = unaccounted(self.baseline, snap, sent)
+            rates = status.rates(previous, snap) if previous else dict.fromkeys(status.STAGES)
+            now = time.monotonic()
+            self.progress.show(snap, rates, self.settings, elapsed_s=now - start, interval_s=PROGRESS_INTERVAL_S,
+                               sent=sent, missing=missing)
+            if once and (sent.finished or not sent.enabled) and missing == 0 and idle(snap):
+                return 1 if sent.error else 0
+            key = (tuple(snap.totals.values()), tuple((snap.queues or {}).values()), snap.lag, sent)
+            moved_at, last_key = (now, key) if key != last_key else (moved_at, last_key)
+            if once and now - moved_at > ONCE_STALL_TIMEOUT_S:
+                self.progress.release()
+                self.say(f"nothing moved for {ONCE_STALL_TIMEOUT_S:g}s; {missing} generated events unaccounted for")
+                return 1
+            previous = snap
+            time.sleep(PROGRESS_INTERVAL_S)
+
+    def shutdown(self, signals: StopSignals) -> status.Snapshot | None:
+        """Stop in order, each step bounded. Returns the last reading of the servers (``None`` when they were not
+        all up), taken after the workers stopped."""
+        if self.generator is not None:
+            self.generator.stop()
+            self.say(f"stopped the generator: {self.generator.progress().sent} events published")
+        if self.bridge is not None:
+            self._stop_processes(self.bridge, "the bridge (it acks what it enqueued)", BRIDGE_STOP_TIMEOUT_S, signals)
+        if self.workers is not None and self._servers_up():
+            self._drain(signals)
+        if self.workers is not None:
+            self._stop_processes(self.workers, "the workers", WORKER_STOP_TIMEOUT_S, signals)
+        final = status.collect(self.settings) if self.settings is not None and self._servers_up() else None
+        if self.servers is not None:
+            self.servers.stop(self.say, hurried=self._hurried(signals))
+            self.say("stopped the servers")
+        return final
+
+    def _hurried(self, signals: StopSignals) -> bool:
+        """Whether a later stop signal asked to hurry; says so the first time."""
+        if signals.hurry and not self._said_hurry:
+            self.say(f"stopping faster: no more waiting for the queues; processes get {HURRIED_STOP_TIMEOUT_S:g}s, "
+                     "then are killed")
+            self._said_hurry = True
+        return signals.hurry
+
+    def _stop_processes(self, pipeline: Pipeline, what: str, timeout_s: float, signals: StopSignals) -> None:
+        self.say(f"stopping {what}")
+        codes = pipeline.stop(HURRIED_STOP_TIMEOUT_S if self._hurried(signals) else timeout_s)
+        failed = {name: code for name, code in codes.items() if code not in (0, None)}
+        if failed:
+            self.say("  exit codes: " + ", ".join(f"{n} {c}" for n, c in failed.items()) +
+                     f" (logs in {self.options.data_dir / 'logs'})")
+
+    def _drain(self, signals: StopSignals) -> None:
+        """Wait until the queues are empty, up to the drain timeout or a second Ctrl-C. Whatever is left stays in
+        Redis (AOF on) for the next start."""
+        assert self.settings is not None
+        deadline, reported = time.monotonic() + self.options.drain_timeout_s, float("-inf")
+        while True:
+            try:
+                queues = report.queued_counts(self.settings)
+            except RedisError as e:
+                self.say(f"cannot read the queues ({type(e).__name__}: {e}); not waiting for them")
+                return
+            waiting = ", ".join(f"{queue} {n}" for queue, n in queues.items() if n)
+            if not waiting:
+                self.say("the queues are drained")
+                return
+            now = time.monotonic()
+            if self._hurried(signals) or now >= deadline:
+                self.say(f"not waiting any longer; left in Redis: {waiting} batches. Not lost: Redis keeps them "
+                         "(AOF on) and the workers process them on the next start")
+                return
+            if now - reported >= DRAIN_REPORT_EVERY_S:
+                self.say(f"draining the queues: {waiting} batches left ({deadline - now:.0f}s more at most; "
+                         "Ctrl-C again to stop now)")
+                reported = now
+            time.sleep(POLL_S)
+
+    def _servers_up(self) -> bool:
+        return self.servers is not None and self.servers.running()
+
+
+def run_dev(options: DevOptions, say: Say, *, terminal: bool = False, width: int = 120, height: int = 50) -> int:
+    """Run the local default until stopped (or, with ``once``, until the generated events are all accounted for).
+    ``terminal``: redraw the progress in place on a screen of ``width`` x ``height`` characters.
+
+    Returns the exit code: 0, or 1 when something failed to start or ``once`` could not finish."""
+    say = surviving_hangup(say)
+    signals = StopSignals()
+    signals.install()
+    progress = Progress(say, terminal=terminal, width=width, height=height)
+    code, final = 0, None
+    try:
+        with locked_data_dir(options.data_dir, clean=options.clean):
+            stack = Stack(options, say, progress)
+            try:
+                stack.start()
+                code = stack.watch(once=options.once)
+            except KeyboardInterrupt:
+                progress.release()
+                say("\nstopping: generator, bridge, queues, workers, then the servers")
+            except (devservers.ServerError, EtlError) as e:
+                say(f"error: {e}")
+                code = 1
+            finally:
+                signals.stopping()
+                logging.disable(logging.NOTSET)
+                final = stack.shutdown(signals)
+    except EtlError as e:  # the data directory is held by another run
+        say(f"error: {e}")
+        code = 1
     finally:
-        if pipeline is not None:
-            pipeline.stop()
-        if settings is not None and servers is not None and all(s.running for s in servers.all()):
-            say(summary(report.collect(settings)))
-        stop_all(None, servers)
-    return 0
-
-
-def _forever(settings: Settings, say: Callable[[str], None]) -> None:
-    start = time.monotonic()
-    while True:
-        say(progress_line(report.collect(settings), time.monotonic() - start))
-        time.sleep(PROGRESS_INTERVAL_S)
+        signals.stopping()
+        leftover = reap_children()
+        if leftover:
+            say(f"stopped {leftover} leftover process(es)")
+        signals.restore()
+    if final is not None:
+        say(summary(final))
+    return code

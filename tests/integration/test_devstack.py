@@ -1,0 +1,249 @@
+"""The local default, driven as a user drives it: ``etl dev`` in a terminal, Ctrl-C, start again.
+
+Each run starts its own servers under a data directory of the test's. The runs use ``--rate 0`` so they are quick;
+every wait is on the program's output, with a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pty
+import re
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from etl.devpublish import MALFORMED_EVERY
+from etl.devservers import free_port
+
+ETL = str(Path(sys.executable).parent / "etl")
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+ACCOUNTED = r"all (\d+) generated events accounted for"
+START_TIMEOUT_S = 60.0
+SETTLE_TIMEOUT_S = 60.0
+EXIT_TIMEOUT_S = 60.0
+CTRL_C = b"\x03"
+
+
+def _controlling_terminal() -> None:
+    # Runs in the child after setsid(): make the pty its controlling terminal, so Ctrl-C becomes SIGINT.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Terminal:
+    """``etl dev ARGS`` in a pseudo-terminal of 50x200; its output is read by a thread and waited on."""
+
+    def __init__(self, *args: str) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}  # the pty's size rules
+        self.proc = subprocess.Popen([ETL, "dev", *args], stdin=slave, stdout=slave, stderr=slave, env=env,
+                                     start_new_session=True, preexec_fn=_controlling_terminal, close_fds=True)
+        os.close(slave)
+        self._master, self._chunks, self._lock = master, [], threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self._master, 65536)
+            except OSError:  # EIO: the last process holding the terminal is gone
+                return
+            if not data:
+                return
+            with self._lock:
+                self._chunks.append(data.decode(errors="replace"))
+
+    @property
+    def text(self) -> str:
+        """Everything printed so far, without the escape sequences of the redrawn progress."""
+        with self._lock:
+            return ANSI.sub("", "".join(self._chunks)).replace("\r", "")
+
+    def wait_for(self, pattern: str, timeout_s: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            match = re.search(pattern, self.text)
+            if match:
+                return match
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} within {timeout_s}s (exit {self.proc.poll()}):\n"
+                                     f"{self.text[-4000:]}")
+            time.sleep(0.05)
+
+    def ctrl_c(self) -> None:
+        os.write(self._master, CTRL_C)
+
+    def wait_exit(self, timeout_s: float = EXIT_TIMEOUT_S) -> int:
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"etl dev still running after {timeout_s}s:\n{self.text[-4000:]}") from None
+        self._reader.join(5)
+        return code
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def close(self) -> None:
+        """After a failed test: kill ``etl dev`` and everything it started (its children run in their own sessions)."""
+        if self.proc.poll() is None:
+            children = self.descendants()
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            for child in children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+        os.close(self._master)
+
+
+@pytest.fixture
+def terminals() -> Iterator[list[Terminal]]:
+    opened: list[Terminal] = []
+    yield opened
+    for terminal in opened:
+        terminal.close()
+
+
+def summary_counts(text: str) -> dict[str, int]:
+    """The totals of the summary printed on exit."""
+    block = text[text.rindex("summary ("):]
+    names = {"TimescaleDB rows": "stored", "graph Event nodes": "merged", "events.enriched messages": "published",
+             "dead letters": "dead"}
+    counts = {key: int(re.search(rf"{name}\s+(\d+)", block).group(1)) for name, key in names.items()}
+    counts["dead_enrich"] = int(re.search(r"dead letters\s+\d+ \(.*enrich (\d+)", block).group(1))
+    return counts
+
+
+def leftovers(pids: list[psutil.Process], data_dir: Path) -> list[str]:
+    """Processes that were started for the stack, or that name its data directory, and still run."""
+    left = [f"{p.pid} {p.info['cmdline']}" for p in psutil.process_iter(["cmdline"])
+            if str(data_dir) in " ".join(p.info["cmdline"] or ())]
+    for proc in pids:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{proc.pid} {proc.cmdline()}")
+        except psutil.NoSuchProcess:
+            pass
+    return left
+
+
+def run_until_accounted(terminals: list[Terminal], data_dir: Path, count: int) -> tuple[Terminal, list[psutil.Process]]:
+    term = Terminal("--data-dir", str(data_dir), "--count", str(count), "--rate", "0")
+    terminals.append(term)
+    term.wait_for(ACCOUNTED.replace(r"(\d+)", str(count)), START_TIMEOUT_S + SETTLE_TIMEOUT_S)
+    return term, term.descendants()
+
+
+def stop_with_ctrl_c(term: Terminal) -> dict[str, int]:
+    term.ctrl_c()
+    assert term.wait_exit() == 0, term.text[-4000:]
+    text = term.text
+    for step in ("stopped the generator", "stopping the bridge", "the queues are drained", "stopping the workers",
+                 "stopped the servers"):
+        assert step in text, text[-3000:]
+    assert text.index("stopping the bridge") < text.index("stopping the workers") < text.index("stopped the servers")
+    return summary_counts(text)
+
+
+def export_env(text: str) -> dict[str, str]:
+    """The ``export NAME=value`` lines of the connection block (none of our values needs unquoting)."""
+    return dict(re.findall(r"^\s+export (\w+)=(\S+)$", text, re.MULTILINE))
+
+
+def test_ctrl_c_stops_everything_and_a_restart_carries_the_counts_on(tmp_path: Path,
+                                                                    terminals: list[Terminal]) -> None:
+    data_dir = tmp_path / "dev"
+    first, pids = run_until_accounted(terminals, data_dir, 500)
+    assert len(pids) >= 8, "four servers, the bridge and four pools"
+    assert "http://127.0.0.1:" in first.text and "/readyz" in first.text and "psql" in first.text
+
+    # The export lines point `etl status` at this stack, metrics pages included.
+    env = {**os.environ, **export_env(first.text)}
+    seen = subprocess.run([ETL, "status", "--once", "--json", "--interval", "0.1"], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert seen.returncode == 0, seen.stderr
+    assert '"stored": 498' in seen.stdout and '"metrics_unreachable": []' in seen.stdout, seen.stdout
+
+    # One stack per data directory.
+    second_stack = subprocess.run([ETL, "dev", "--data-dir", str(data_dir), "--once"], capture_output=True,
+                                  text=True, timeout=30)
+    assert second_stack.returncode == 1 and "another etl dev is running" in second_stack.stdout
+
+    before = stop_with_ctrl_c(first)
+    assert before == {"stored": 498, "merged": 498, "published": 498, "dead": 2, "dead_enrich": 2}
+    assert leftovers(pids, data_dir) == []
+    # The graph's AOF was rewritten as a snapshot on the way out, so the next start need not replay every write.
+    tails = list((data_dir / "falkordb" / "appendonlydir").glob("*.incr.aof"))
+    assert tails and all(tail.stat().st_size < 4096 for tail in tails)
+
+    again, pids = run_until_accounted(terminals, data_dir, 300)
+    after = stop_with_ctrl_c(again)
+    assert after == {"stored": 498 + 299, "merged": 498 + 299, "published": 498 + 299, "dead": 3, "dead_enrich": 3}
+    assert leftovers(pids, data_dir) == []
+
+
+def test_a_second_ctrl_c_hurries_the_shutdown_and_the_next_start_finishes_the_work(
+        tmp_path: Path, terminals: list[Terminal]) -> None:
+    data_dir = tmp_path / "dev"
+    term = Terminal("--data-dir", str(data_dir), "--count", "5000", "--rate", "0", "--drain-timeout", "0")
+    terminals.append(term)
+    term.wait_for(r"received +[1-9]\d* ", START_TIMEOUT_S)  # events are flowing
+    pids = term.descendants()
+    term.ctrl_c()
+    sent = int(term.wait_for(r"stopped the generator: (\d+) events published", EXIT_TIMEOUT_S).group(1))
+    term.ctrl_c()
+    term.ctrl_c()
+    assert term.wait_exit() == 0, term.text[-4000:]
+    assert "stopping faster" in term.text and "summary (" in term.text
+    assert leftovers(pids, data_dir) == []
+
+    # Nothing was lost: what waited in Redis and JetStream is processed by the next start.
+    done = subprocess.run([ETL, "dev", "--data-dir", str(data_dir), "--once", "--count", "0"], capture_output=True,
+                          text=True, timeout=START_TIMEOUT_S + SETTLE_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    malformed = sent // MALFORMED_EVERY
+    valid = sent - malformed
+    assert summary_counts(done.stdout) == {"stored": valid, "merged": valid, "published": valid, "dead": malformed,
+                                           "dead_enrich": malformed}
+    assert leftovers([], data_dir) == []
+
+
+def test_once_exits_when_the_events_are_accounted_for_on_the_ports_given(tmp_path: Path) -> None:
+    data_dir = tmp_path / "dev"
+    nats, bridge = free_port(), free_port()
+    done = subprocess.run([ETL, "dev", "--data-dir", str(data_dir), "--once", "--count", "200",
+                           "--nats-port", str(nats), "--bridge-health-port", str(bridge)],
+                          capture_output=True, text=True, timeout=START_TIMEOUT_S + SETTLE_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"nats://127.0.0.1:{nats}" in done.stdout
+    assert f"http://127.0.0.1:{bridge}/healthz" in done.stdout
+    assert "all 200 generated events accounted for" in done.stdout
+    assert summary_counts(done.stdout) == {"stored": 199, "merged": 199, "published": 199, "dead": 1,
+                                           "dead_enrich": 1}
+    assert leftovers([], data_dir) == []
+
+
+def test_a_port_in_use_is_named_by_its_flag(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([ETL, "dev", "--data-dir", str(tmp_path / "dev"), "--once", "--redis-port", str(port)],
+                              capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert f"port {port} (--redis-port) is in use" in done.stdout
