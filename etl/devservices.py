@@ -39,8 +39,9 @@ class Servers:
     def create(cls, data_dir: Path, ports: PortFlags) -> Servers:
         """The four servers, not started yet, on the ports asked for (free ones for 0)."""
         return cls(nats=devservers.nats_server(data_dir / "nats", ports.nats or None),
-                   redis=devservers.redis_server(data_dir / "redis", ports.redis or None),
-                   falkordb=devservers.redis_server(data_dir / "falkordb", ports.falkordb or None, falkordb=True),
+                   redis=devservers.redis_server(data_dir / "redis", ports.redis or None, wait_loaded=False),
+                   falkordb=devservers.redis_server(data_dir / "falkordb", ports.falkordb or None, falkordb=True,
+                                                    wait_loaded=False),
                    postgres=devservers.postgres_server(data_dir / "postgres", ports.postgres or None))
 
     def all(self) -> list[devservers.Server]:

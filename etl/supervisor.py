@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from etl.devservers import free_port
+from etl.devservers import free_port, signal_when_parent_dies
 from workers.pools import POOLS, dramatiq_command
 
 DEFAULT_STOP_TIMEOUT_S = 30.0
@@ -54,7 +54,9 @@ class Pipeline:
             env.update(extra)
         with open(self.log_dir / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                                # Orphaned, they stop as on a SIGTERM: gracefully, losing nothing.
+                                                preexec_fn=signal_when_parent_dies(signal.SIGTERM))
 
     def kill(self, name: str) -> None:
         """SIGKILL a process and all of its children (a Dramatiq worker forks its processes)."""

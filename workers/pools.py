@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE
 from etl.errors import ConfigError
@@ -59,9 +60,21 @@ def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str],
 
 
 def _metrics_env(pool_name: str, env: Mapping[str, str]) -> dict[str, str]:
-    """Where the pool serves its metrics: ``HEALTH_HOST:METRICS_PORT``, from a fresh multiprocess directory (a
-    reused one would carry the counters of processes from an earlier run)."""
-    directory = tempfile.mkdtemp(prefix=f"etl-metrics-{pool_name}-")
-    return {"dramatiq_prom_host": env.get("HEALTH_HOST", "0.0.0.0"),
-            "dramatiq_prom_port": env.get("METRICS_PORT", "9191"),
-            "dramatiq_prom_db": directory, "PROMETHEUS_MULTIPROC_DIR": directory}
+    """Where the pool serves its metrics: ``HEALTH_HOST:METRICS_PORT``, from the multiprocess directory of this
+    pool and port, emptied first (files left by an earlier run would carry its processes' counters). One directory
+    per pool and port, not one per start, so restarts do not pile directories up in the temp dir."""
+    host = env.get("HEALTH_HOST", "0.0.0.0")
+    port = env.get("METRICS_PORT", "9191")
+    directory = metrics_dir(pool_name, port)
+    return {"dramatiq_prom_host": host, "dramatiq_prom_port": port,
+            "dramatiq_prom_db": str(directory), "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+
+
+def metrics_dir(pool_name: str, port: str) -> Path:
+    """The pool's multiprocess metrics directory, created empty. Two pools never share a port on one host, so
+    emptying it cannot touch a live pool's files."""
+    directory = Path(tempfile.gettempdir()) / f"etl-metrics-{pool_name}-{port}"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return directory

@@ -247,3 +247,29 @@ def test_a_port_in_use_is_named_by_its_flag(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert f"port {port} (--redis-port) is in use" in done.stdout
+
+
+def test_after_a_kill_9_nothing_is_left_running_and_the_next_start_loses_nothing(
+        tmp_path: Path, terminals: list[Terminal]) -> None:
+    data_dir = tmp_path / "dev"
+    term = Terminal("--data-dir", str(data_dir), "--count", "3000", "--rate", "0")
+    terminals.append(term)
+    term.wait_for(r"generated 3000/3000 \(\d+ malformed\), done", START_TIMEOUT_S + SETTLE_TIMEOUT_S)
+    pids = term.descendants()
+    assert len(pids) >= 8, "four servers, the bridge and four pools"
+    os.kill(term.proc.pid, signal.SIGKILL)  # no chance to stop anything itself
+    term.proc.wait()
+
+    # The kernel tells each child its parent died: servers are killed, the bridge and pools stop as on SIGTERM.
+    deadline = time.monotonic() + EXIT_TIMEOUT_S
+    while leftovers(pids, data_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert leftovers(pids, data_dir) == []
+
+    done = subprocess.run([ETL, "dev", "--data-dir", str(data_dir), "--once", "--count", "0"], capture_output=True,
+                          text=True, timeout=START_TIMEOUT_S + SETTLE_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    malformed = 3000 // MALFORMED_EVERY
+    assert summary_counts(done.stdout) == {"stored": 3000 - malformed, "merged": 3000 - malformed,
+                                           "published": 3000 - malformed, "dead": malformed,
+                                           "dead_enrich": malformed}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+from pathlib import Path
 
 import nats
 import psycopg2
@@ -42,3 +44,25 @@ def test_postgres_has_database(postgres_server: devservers.Server) -> None:
         cur.execute("SELECT 1")
         assert cur.fetchone() == (1,)
     conn.close()
+
+
+def test_a_restarted_redis_is_ready_only_once_its_aof_is_loaded(tmp_path: Path) -> None:
+    server = devservers.redis_server(tmp_path / "redis").start()
+    try:
+        client = redis.Redis(port=server.port)
+        # An AOF big enough that loading it takes a while: Redis accepts connections long before it is done.
+        # (one command per key: loading replays commands, so their number is what takes time).
+        for start in range(0, 400_000, 20_000):
+            with client.pipeline(transaction=False) as pipe:
+                for i in range(start, start + 20_000):
+                    pipe.set(f"key:{i}", "x" * 16)
+                pipe.execute()
+        client.close()
+        server.stop()
+        server.start()
+        # Asked over a bare socket: redis-py would hide a LOADING answer by waiting in its connection handshake.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5.0) as bare:
+            bare.sendall(b"DBSIZE\r\n")
+            assert bare.recv(64) == b":400000\r\n"
+    finally:
+        server.stop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,21 @@ def test_each_pool_runs_dramatiq_on_its_own_queue_with_bounded_prefetch() -> Non
     assert env["dramatiq_prom_port"] == "9300" and env["dramatiq_prom_db"] == env["PROMETHEUS_MULTIPROC_DIR"]
     graph_argv, _ = dramatiq_command("graph", {})
     assert graph_argv[graph_argv.index("--threads") + 1] == "1"
+
+
+def test_a_pool_reuses_its_metrics_directory_and_starts_it_empty(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _, first = dramatiq_command("graph", {"METRICS_PORT": "9301"})
+    directory = Path(first["PROMETHEUS_MULTIPROC_DIR"])
+    (directory / "counter_123.db").write_bytes(b"stale")
+    (directory / "keep.txt").write_text("not ours")
+    _, again = dramatiq_command("graph", {"METRICS_PORT": "9301"})
+    _, other = dramatiq_command("enrich", {"METRICS_PORT": "9302"})
+    assert again["PROMETHEUS_MULTIPROC_DIR"] == str(directory)
+    assert sorted(p.name for p in directory.iterdir()) == ["keep.txt"]
+    assert other["PROMETHEUS_MULTIPROC_DIR"] != str(directory)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["etl-metrics-enrich-9302", "etl-metrics-graph-9301"]
 
 
 @pytest.mark.parametrize(("pool", "env", "message"), [
