@@ -6,7 +6,9 @@ the original event, the number of attempts and the first and last failure times.
 
 Layout in Redis (it survives restarts when Redis persists, see the README):
 - ``{prefix}:entries``: hash, entry id -> entry JSON;
-- ``{prefix}:by_time``: sorted set, entry id scored by last failure time (Unix seconds), for listing and expiry.
+- ``{prefix}:by_time``: sorted set, entry id scored by last failure time (Unix seconds), for listing and expiry;
+- ``{prefix}:stage:{stage}``: the same, for one stage, so counting and listing a stage reads no entry; the set
+  ``{prefix}:stages`` names the stages that have one.
 
 Entry ids are derived from the stage and the event, so the same failure delivered twice (at-least-once) is one
 entry whose ``occurrences`` grows, never two.
@@ -85,6 +87,8 @@ class DeadLetterStore:
         self.retention_s = retention_s
         self.entries_key = f"{prefix}:entries"
         self.index_key = f"{prefix}:by_time"
+        self.stages_key = f"{prefix}:stages"
+        self._prefix = prefix
         self._last_purge = float("-inf")
 
     def add(self, letters: Sequence[DeadLetter]) -> None:
@@ -110,18 +114,26 @@ class DeadLetterStore:
             self._last_purge = now
             self.purge()
 
+    def stage_key(self, stage: str) -> str:
+        return f"{self._prefix}:stage:{stage}"
+
     def _store(self, letters: Sequence[DeadLetter]) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        # An entry and its index entries are written in one transaction, so the counts never disagree.
+        pipe = self.client.pipeline(transaction=True)
         for letter in letters:
             pipe.hsetnx(self.entries_key, letter.id, orjson.dumps(asdict(letter)))
-        created = pipe.execute()
+            # gt: an entry's score only moves forward, also when failures are reported out of order.
+            pipe.zadd(self.index_key, {letter.id: letter.last_failure}, gt=True)
+            pipe.zadd(self.stage_key(letter.stage), {letter.id: letter.last_failure}, gt=True)
+            pipe.sadd(self.stages_key, letter.stage)
+        created = pipe.execute()[::4]
         merged = [self._merged(letter) for letter, new in zip(letters, created, strict=True) if not new]
+        if not merged:
+            return
         pipe = self.client.pipeline(transaction=True)
         for letter in merged:
             if letter is not None:
                 pipe.hset(self.entries_key, letter.id, orjson.dumps(asdict(letter)))
-        for letter in letters:
-            pipe.zadd(self.index_key, {letter.id: letter.last_failure})
         pipe.execute()
 
     def _merged(self, letter: DeadLetter) -> DeadLetter | None:
@@ -141,18 +153,17 @@ class DeadLetterStore:
     def list(self, *, stage: str | None = None, limit: int = 100) -> list[DeadLetter]:
         """The newest entries first, at most ``limit``, optionally of one stage."""
         out: list[DeadLetter] = []
-        for letter in self.iter_all():
-            if stage is None or letter.stage == stage:
-                out.append(letter)
-                if len(out) >= limit:
-                    break
+        for letter in self.iter_all(index_key=self.index_key if stage is None else self.stage_key(stage)):
+            out.append(letter)
+            if len(out) >= limit:
+                break
         return out
 
-    def iter_all(self, batch: int = 500) -> Iterable[DeadLetter]:
-        """Every entry, newest first."""
+    def iter_all(self, batch: int = 500, *, index_key: str | None = None) -> Iterable[DeadLetter]:
+        """Every entry (of the index ``index_key``, by default all), newest first."""
         start = 0
         while True:
-            ids = self.client.zrevrange(self.index_key, start, start + batch - 1)
+            ids = self.client.zrevrange(index_key or self.index_key, start, start + batch - 1)
             if not ids:
                 return
             for raw in self.client.hmget(self.entries_key, ids):
@@ -163,18 +174,42 @@ class DeadLetterStore:
     def count(self) -> int:
         return int(self.client.hlen(self.entries_key))
 
+    def stages(self) -> list[str]:
+        return sorted(s.decode() for s in self.client.smembers(self.stages_key))
+
     def counts_by_stage(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
+        """Entries per stage, from the stage indexes: a few commands, whatever the number of entries."""
+        counts, total = self._stage_counts()
+        if sum(counts.values()) != total:  # entries written before the stage indexes existed: index them once
+            self._index_stages()
+            counts, _ = self._stage_counts()
+        return {stage: n for stage, n in counts.items() if n}
+
+    def _stage_counts(self) -> tuple[dict[str, int], int]:
+        stages = self.stages()
+        pipe = self.client.pipeline(transaction=True)
+        for stage in stages:
+            pipe.zcard(self.stage_key(stage))
+        pipe.hlen(self.entries_key)
+        *counts, total = pipe.execute()
+        return dict(zip(stages, counts, strict=True)), int(total)
+
+    def _index_stages(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
         for letter in self.iter_all():
-            counts[letter.stage] = counts.get(letter.stage, 0) + 1
-        return counts
+            pipe.zadd(self.stage_key(letter.stage), {letter.id: letter.last_failure})
+            pipe.sadd(self.stages_key, letter.stage)
+        pipe.execute()
 
     def remove(self, ids: Sequence[str]) -> int:
         if not ids:
             return 0
+        stages = self.stages()
         pipe = self.client.pipeline(transaction=True)
         pipe.hdel(self.entries_key, *ids)
         pipe.zrem(self.index_key, *ids)
+        for stage in stages:
+            pipe.zrem(self.stage_key(stage), *ids)
         return int(pipe.execute()[0])
 
     def purge(self, *, older_than_s: float | None = None) -> int:

@@ -47,13 +47,14 @@ def stored_count(settings: Settings) -> int:
 
 
 def merged_count(settings: Settings) -> int:
-    from etl.sinks.graph import GraphSink
+    """Event nodes in the graph, read without the sink's schema set-up: looking must not write."""
+    from etl.sinks.graph import connect_backend
 
-    sink = GraphSink(settings)
+    backend = connect_backend(settings)
     try:
-        return sink.count_events()
+        return backend.count_events()
     finally:
-        sink.close()
+        backend.close()
 
 
 def published_count(settings: Settings) -> int:

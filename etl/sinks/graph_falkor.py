@@ -177,7 +177,10 @@ class FalkorBackend:
             return int(result.result_set[0][0])
 
     def count_events(self) -> int:
+        """Event nodes in the graph; 0 when no write has created the graph yet (FalkorDB refuses to query one)."""
         with _translated("count"):
+            if not self._db.connection.exists(self._graph.name):
+                return 0
             return int(self._graph.ro_query(COUNT_EVENTS_CYPHER).result_set[0][0])
 
     def check(self) -> None:

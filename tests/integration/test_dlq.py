@@ -66,3 +66,21 @@ def test_dead_letters_survive_a_redis_restart(tmp_path: Path) -> None:
         assert store.count() == 50
     finally:
         server.stop()
+
+
+def test_stage_counts_come_from_the_stage_indexes_and_follow_removals(redis_server: devservers.Server) -> None:
+    store = store_on(redis_server.port)
+    store.add([DeadLetter.for_raw("enrich", "BadEvent: x", b"%d" % i, first_failure=1000.0 + i) for i in range(30)])
+    store.add([DeadLetter("graph", "SinkDataError: y", {"id": f"g{i}"}, first_failure=2000.0, last_failure=2000.0)
+               for i in range(5)])
+    assert store.counts_by_stage() == {"enrich": 30, "graph": 5}
+    assert len(store.list(stage="graph", limit=100)) == 5
+    assert [e.event for e in store.list(stage="enrich", limit=2)] == ["29", "28"]  # newest first, raw JSON text
+    assert store.purge(older_than_s=time.time() - 1014.5) == 15  # the 15 oldest enrich entries
+    store.remove([store.list(stage="graph", limit=1)[0].id])
+    assert store.counts_by_stage() == {"enrich": 15, "graph": 4}
+
+    # Entries written before the stage indexes existed are indexed the first time they are counted.
+    store.client.delete(store.stages_key, store.stage_key("enrich"), store.stage_key("graph"))
+    assert store.counts_by_stage() == {"enrich": 15, "graph": 4}
+    assert store.client.zcard(store.stage_key("enrich")) == 15

@@ -16,6 +16,7 @@ import sys
 import termios
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,11 @@ def test_refreshing_view_in_a_terminal_exits_0_on_ctrl_c(settings: Settings, pip
             proc.kill()
         proc.wait()
         os.close(master)
+
+
+def test_looking_at_a_graph_writes_nothing_to_it(settings: Settings, falkordb_server: Any) -> None:
+    from falkordb import FalkorDB
+
+    assert report.merged_count(settings) == 0  # nothing there yet
+    db = FalkorDB(host="127.0.0.1", port=falkordb_server.port)
+    assert settings.graph_name not in db.list_graphs()  # no graph, no constraint or index was created by looking
