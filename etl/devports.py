@@ -69,6 +69,8 @@ class PortFlags:
 
 def _bindable(port: int) -> bool:
     with socket.socket() as s:
+        # As the servers bind: a port left with connections in TIME_WAIT by the last run is free to them.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:
