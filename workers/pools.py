@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE
+from etl.config import Settings
 from etl.errors import ConfigError
+
+
+# A stopping worker's threads get one batch's time limit (PROCESSING_TIMEOUT) plus this.
+SHUTDOWN_MARGIN_MS = 5_000
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,17 @@ def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str],
     processes = _count(env, "WORKER_PROCESSES", pool.processes)
     threads = _count(env, "WORKER_THREADS", pool.threads)
     argv = [sys.executable, "-m", "dramatiq", "etl.actors", "--queues", pool.queue,
-            "--processes", str(processes), "--threads", str(threads)]
+            "--processes", str(processes), "--threads", str(threads),
+            "--worker-shutdown-timeout", str(shutdown_timeout_ms(env))]
     return argv, {"dramatiq_queue_prefetch": str(threads), "dramatiq_delay_queue_prefetch": str(threads),
                   **_metrics_env(pool.name, env)}
+
+
+def shutdown_timeout_ms(env: Mapping[str, str]) -> int:
+    """How long a stopping worker waits for its threads: one batch's time limit and a margin. Past it the process
+    exits anyway, which is safe (its unacked batches go back to their queue) and keeps a worker whose Redis is gone
+    for good from hanging in its shutdown for Dramatiq's default of ten minutes."""
+    return Settings.from_env(env).processing_timeout_s * 1000 + SHUTDOWN_MARGIN_MS
 
 
 def _metrics_env(pool_name: str, env: Mapping[str, str]) -> dict[str, str]:

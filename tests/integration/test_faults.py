@@ -15,6 +15,7 @@ import asyncio
 import base64
 import os
 import random
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -342,3 +343,39 @@ def test_sigterm_and_restart_under_steady_load(volume: int, settings: Settings, 
         pipeline.start()  # the publisher went on meanwhile: those events waited in JetStream
     load.join(publish_s(volume))
     settle_and_check(settings, pipeline, events, volume)
+
+
+# --- 7. stopping while Redis is gone for good -----------------------------------------------------------------
+
+
+def test_workers_stop_in_bounded_time_when_redis_is_gone_and_nothing_is_lost(stack: Stack, tmp_path: Path) -> None:
+    settings = stack.settings(PROCESSING_TIMEOUT=2)
+    migrate(settings)
+    create_raw_consumer(settings)
+    pipeline = Pipeline(settings.to_env(), tmp_path / "logs").start()
+    events = sample_events(QUICK_EVENTS // 3, seed=8)
+    load = SteadyPublisher(settings, events.all, QUICK_RATE_PER_S).start()
+    wait_stored(settings, pipeline, at_least=200)
+    stack.falkordb.stop()  # graph batches now fail and wait to be retried, which needs Redis
+    wait_for(lambda: _graph_work_waiting(settings), timeout_s=30, describe=lambda: diagnose(settings, pipeline))
+    stack.redis.kill()
+    started = time.monotonic()
+    codes = pipeline.stop(timeout_s=60)
+    took_s = time.monotonic() - started
+    # Each worker gives its threads PROCESSING_TIMEOUT + 5 s, then exits: none had to be killed.
+    assert all(code != -signal.SIGKILL for code in codes.values()), (codes, diagnose(settings, pipeline))
+    assert took_s < 2 * (2 + 5) + 10, took_s
+    load.join(publish_s(QUICK_EVENTS))
+
+    stack.redis.start()
+    stack.falkordb.start()
+    pipeline.start()
+    try:
+        settle_and_check(settings, pipeline, events, QUICK_EVENTS)
+    finally:
+        pipeline.stop()
+
+
+def _graph_work_waiting(settings: Settings) -> bool:
+    """Some graph batch is failing: the graph queue holds delayed or in-flight work."""
+    return report.queued_counts(settings).get("graph", 0) > 0
