@@ -10,8 +10,9 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from etl.broker import build_broker
-from etl.config import Settings, load_settings
+from etl.config import Settings, exit_on_config_error, load_settings
 from etl.dlq import DeadLetterStore
+from etl.errors import ConfigError
 from etl.logs import setup_logging
 from etl.middleware.circuit_breaker import CircuitBreakers
 from etl.middleware.dead_letters import DeadLetterOnFailure, FailureClock
@@ -71,7 +72,10 @@ def load_app() -> App:
     if is_worker_process():
         # Dramatiq configured its own log format before importing us; ours replaces it.
         setup_logging(settings.log_level, settings.log_format, process=process_name())
-    app = build_app(settings)
+    try:
+        app = build_app(settings)
+    except ConfigError as e:  # e.g. RDNS_MODE=ptr with no nameserver to ask
+        exit_on_config_error(str(e))
     dramatiq.set_broker(app.broker)
     return app
 

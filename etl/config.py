@@ -6,6 +6,7 @@ naming the variable, the value and what was expected; the CLI turns that into ex
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -30,6 +31,14 @@ DEFAULT_MAX_QUEUE_DEPTH = 200
 DEFAULT_QUEUE_LOW_WATER_PERCENT = 50
 DEFAULT_BREAKER_FAILURES = 5
 DEFAULT_BREAKER_COOLDOWN_MS = 5_000
+RDNS_MODES = ("off", "fake", "ptr")
+DEFAULT_RDNS_TIMEOUT_MS = 500
+DEFAULT_RDNS_BATCH_BUDGET_MS = 1_000
+DEFAULT_RDNS_CACHE_SIZE = 100_000
+DEFAULT_RDNS_MIN_TTL_S = 60
+DEFAULT_RDNS_MAX_TTL_S = 86_400
+DEFAULT_RDNS_NEGATIVE_TTL_S = 30
+DNS_PORT = 53
 
 # Names that end up in SQL, Cypher or NATS subjects are validated, never quoted blindly.
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -136,6 +145,41 @@ def _file(name: str, raw: str) -> str:
     return raw
 
 
+def _split_host_port(item: str, default_port: int = DNS_PORT) -> tuple[str, str]:
+    """``host``, ``host:port`` or ``[ipv6]:port`` -> (host, port text); ``default_port`` when absent."""
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else rest or str(default_port)
+    if item.count(":") == 1:  # more than one colon is a bare IPv6 address
+        host, port = item.split(":")
+        return host, port
+    return item, str(default_port)
+
+
+def parse_nameservers(name: str, raw: str) -> list[tuple[str, int]]:
+    """``RDNS_NAMESERVERS`` as (address, port) pairs: comma-separated ``ip``, ``ip:port`` or ``[ipv6]:port``,
+    port 53 when none is given. Empty means the system's resolvers. Raises ``ConfigError`` on a bad entry."""
+    out = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        host, port = _split_host_port(item)
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        if address is None or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError(f"{name} must be comma-separated IP addresses, each with an optional :port "
+                              f"([addr]:port for IPv6), got {raw!r}")
+        out.append((str(address), int(port)))
+    return out
+
+
+def _nameservers(name: str, raw: str) -> str:
+    parse_nameservers(name, raw)
+    return raw.strip()
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` with any password or token in it replaced by ``***``."""
     parts = urlsplit(url)
@@ -182,6 +226,15 @@ class Settings:
     graph_name: str = "events"
     af_env: str = "dev"
     fake_rdns: bool = False
+    # From AF_FAKE_RDNS when RDNS_MODE is not set (see ``from_env``).
+    rdns_mode: str = "off"
+    rdns_nameservers: str = ""
+    rdns_timeout_ms: int = DEFAULT_RDNS_TIMEOUT_MS
+    rdns_batch_budget_ms: int = DEFAULT_RDNS_BATCH_BUDGET_MS
+    rdns_cache_size: int = DEFAULT_RDNS_CACHE_SIZE
+    rdns_min_ttl_s: int = DEFAULT_RDNS_MIN_TTL_S
+    rdns_max_ttl_s: int = DEFAULT_RDNS_MAX_TTL_S
+    rdns_negative_ttl_s: int = DEFAULT_RDNS_NEGATIVE_TTL_S
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     batch_linger_ms: int = DEFAULT_BATCH_LINGER_MS
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
@@ -208,6 +261,8 @@ class Settings:
             raw = environ.get(var)
             if raw is not None:
                 values[field_name] = parse(var, raw)
+        # AF_FAKE_RDNS=true predates RDNS_MODE and still means fake; an explicit RDNS_MODE wins.
+        values.setdefault("rdns_mode", "fake" if values.get("fake_rdns") else "off")
         settings = cls(**values)
         settings._check()
         return settings
@@ -220,6 +275,12 @@ class Settings:
                 f"RETRY_MIN_BACKOFF_MS ({self.retry_min_backoff_ms}) must not exceed "
                 f"RETRY_MAX_BACKOFF_MS ({self.retry_max_backoff_ms})"
             )
+        if self.rdns_min_ttl_s > self.rdns_max_ttl_s:
+            raise ConfigError(f"RDNS_MIN_TTL_S ({self.rdns_min_ttl_s}) must not exceed "
+                              f"RDNS_MAX_TTL_S ({self.rdns_max_ttl_s})")
+        if self.rdns_mode == "ptr" and self.rdns_batch_budget_ms >= self.processing_timeout_s * 1000:
+            raise ConfigError(f"RDNS_BATCH_BUDGET_MS ({self.rdns_batch_budget_ms}) must be less than "
+                              f"PROCESSING_TIMEOUT ({self.processing_timeout_s} s)")
 
     def to_env(self) -> dict[str, str]:
         """The settings as environment variables, secrets included: for starting child processes."""
@@ -278,6 +339,14 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "graph_name": ("GRAPH_NAME", _identifier),
     "af_env": ("AF_ENV", _text),
     "fake_rdns": ("AF_FAKE_RDNS", _boolean),
+    "rdns_mode": ("RDNS_MODE", _choice(*RDNS_MODES)),
+    "rdns_nameservers": ("RDNS_NAMESERVERS", _nameservers),
+    "rdns_timeout_ms": ("RDNS_TIMEOUT_MS", _positive_int),
+    "rdns_batch_budget_ms": ("RDNS_BATCH_BUDGET_MS", _positive_int),
+    "rdns_cache_size": ("RDNS_CACHE_SIZE", _positive_int),
+    "rdns_min_ttl_s": ("RDNS_MIN_TTL_S", _non_negative_int),
+    "rdns_max_ttl_s": ("RDNS_MAX_TTL_S", _positive_int),
+    "rdns_negative_ttl_s": ("RDNS_NEGATIVE_TTL_S", _positive_int),
     "max_batch_size": ("MAX_BATCH_SIZE", _positive_int),
     "batch_linger_ms": ("BATCH_LINGER_MS", _positive_int),
     "max_event_bytes": ("MAX_EVENT_BYTES", _positive_int),

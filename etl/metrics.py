@@ -27,3 +27,14 @@ CONSUMER_LAG = Gauge("etl_consumer_lag", "Raw events in JetStream not yet delive
                      multiprocess_mode="livemax")
 CONSUMER_ACK_PENDING = Gauge("etl_consumer_ack_pending", "Raw events delivered to bridges and not yet acked",
                              multiprocess_mode="livemax")
+# Reverse DNS in ptr mode (etl.ptr). Hit ratio: rate of result="hit" over the rate of both results.
+RDNS_LOOKUPS = Counter("etl_rdns_lookups_total", "PTR queries made (cache misses), by result: ok, nxdomain, "
+                       "nodata, servfail, timeout, error", ["result"])
+RDNS_CACHE_REQUESTS = Counter("etl_rdns_cache_requests_total",
+                              "Distinct addresses of a batch looked up in the reverse-DNS cache, by result: hit "
+                              "or miss", ["result"])
+RDNS_LOOKUP_SECONDS = Histogram("etl_rdns_lookup_seconds", "Time one PTR lookup took, failures included",
+                                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+RDNS_BUDGET_EXHAUSTED = Counter("etl_rdns_budget_exhausted_total",
+                                "Addresses left null because their batch's DNS time budget ran out")
+RDNS_CACHE_ENTRIES = Gauge("etl_rdns_cache_entries", "Entries in the reverse-DNS cache", multiprocess_mode="livesum")

@@ -1,7 +1,8 @@
-"""Reverse-DNS strategies. Each resolves a batch of host strings to names (or ``None``) at once.
+"""Reverse-DNS strategies, chosen by ``RDNS_MODE``. Each resolves a batch of host strings to names (or ``None``).
 
 ``off`` gives ``None`` for everything; ``fake`` derives a stable name from the host without any I/O, for
-development and tests. Real PTR lookups come in a later change behind the same ``Resolver`` interface.
+development and tests; ``ptr`` asks DNS for PTR records, concurrently, through a cache and within a time budget
+per batch (``etl.ptr``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from etl.config import Settings
+from etl.ptr import PtrResolver
 
 
 class Resolver(Protocol):
@@ -52,5 +54,7 @@ class FakeResolver:
 
 
 def resolver_for(settings: Settings) -> Resolver:
-    """The resolver the settings ask for."""
-    return FakeResolver() if settings.fake_rdns else OffResolver()
+    """The resolver ``settings.rdns_mode`` asks for. Raises ``ConfigError`` when ``ptr`` finds no nameserver."""
+    if settings.rdns_mode == "ptr":
+        return PtrResolver.from_settings(settings)
+    return FakeResolver() if settings.rdns_mode == "fake" else OffResolver()

@@ -26,7 +26,8 @@ from etl.errors import SinkDataError
 from etl.events import payload_bytes
 
 # The staging table's columns, in the order ``event_row`` encodes them.
-STAGING_COLUMNS = ("id", "type", "source", "timestamp", "env", "rdns", "host_id", "metadata", "payload")
+STAGING_COLUMNS = ("id", "type", "source", "timestamp", "env", "rdns", "dst_rdns", "host_id", "metadata",
+                   "payload")
 NULL = b"\\N"
 COLUMN_SEPARATOR = b"\t"
 ROW_TERMINATOR = b"\n"
@@ -80,7 +81,8 @@ def event_row(event: dict[str, Any]) -> bytes:
     ``KeyError`` when a required field is missing."""
     metadata = event.get("metadata") or {}
     return encode_row((event["id"], event["type"], event["source"], event["timestamp"], event.get("env"),
-                       event.get("rdns"), metadata.get("host_id"), metadata, payload_bytes(event)))
+                       event.get("rdns"), event.get("dst_rdns"), metadata.get("host_id"), metadata,
+                       payload_bytes(event)))
 
 
 def format_batch(events: Sequence[dict[str, Any]]) -> bytes:

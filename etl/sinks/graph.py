@@ -67,7 +67,7 @@ OPTIONAL MATCH (seen:Event {id: r.id})
 WITH r, seen IS NULL AS fresh
 MERGE (e:Event {id: r.id})
 SET e.type = r.type, e.source = r.source, e.timestamp = r.timestamp, e.env = r.env,
-    e.rdns = r.rdns, e.host_id = r.host_id, e.enriched_at = r.enriched_at
+    e.rdns = r.rdns, e.dst_rdns = r.dst_rdns, e.host_id = r.host_id, e.enriched_at = r.enriched_at
 FOREACH (i IN CASE WHEN r.host_id IS NULL THEN [] ELSE [1] END |
     MERGE (h:Host {host_id: r.host_id})
     SET h.host_ip = coalesce(r.host_ip, h.host_ip), h.hostname = coalesce(r.hostname, h.hostname)
@@ -87,7 +87,7 @@ FOREACH (i IN CASE WHEN r.container_id IS NULL THEN [] ELSE [1] END |
 RETURN sum(CASE WHEN fresh THEN 1 ELSE 0 END) AS created
 """
 
-_EVENT_FIELDS = ("type", "source", "timestamp", "env", "rdns")
+_EVENT_FIELDS = ("type", "source", "timestamp", "env", "rdns", "dst_rdns")
 _METADATA_FIELDS = ("host_id", "uid", "pid", "container_id", "host_ip", "hostname", "user", "binary_sha256",
                     "enriched_at")
 

@@ -59,21 +59,27 @@ CREATE TABLE IF NOT EXISTS {table} (
     host_id     TEXT,
     env         TEXT,
     rdns        TEXT,
+    dst_rdns    TEXT,
     metadata    JSONB       NOT NULL DEFAULT '{{}}',
     payload     BYTEA,
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (id, "time")
 )"""
+# Tables made before dst_rdns existed get it. Only when missing: ALTER TABLE locks the table out even when it
+# changes nothing, and every worker migrates at start.
+_HAS_COLUMN = ("SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s "
+               "AND attnum > 0 AND NOT attisdropped")
+_ADD_DST_RDNS = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS dst_rdns TEXT"
 _CREATE_INDEX = 'CREATE INDEX IF NOT EXISTS {index} ON {table} (host_id, "time" DESC)'
 _CREATE_STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
-    id TEXT, type TEXT, source TEXT, "timestamp" BIGINT, env TEXT, rdns TEXT, host_id TEXT,
+    id TEXT, type TEXT, source TEXT, "timestamp" BIGINT, env TEXT, rdns TEXT, dst_rdns TEXT, host_id TEXT,
     metadata JSONB, payload BYTEA
 ) ON COMMIT DELETE ROWS"""
 # Sorted, so concurrent overlapping batches take their key locks in one order and cannot deadlock.
 _INSERT = """
-INSERT INTO {table} (id, "time", "timestamp", type, source, host_id, env, rdns, metadata, payload)
-SELECT id, to_timestamp("timestamp"::float8 / 1000), "timestamp", type, source, host_id, env, rdns,
+INSERT INTO {table} (id, "time", "timestamp", type, source, host_id, env, rdns, dst_rdns, metadata, payload)
+SELECT id, to_timestamp("timestamp"::float8 / 1000), "timestamp", type, source, host_id, env, rdns, dst_rdns,
        metadata, payload
 FROM {staging} ORDER BY id, "timestamp"
 ON CONFLICT DO NOTHING"""
@@ -153,7 +159,8 @@ class TimescaleSink:
         self.migrate()
 
     def migrate(self) -> None:
-        """Create the table, its index and (with TimescaleDB) the hypertable, if missing. Idempotent.
+        """Create the table, its index and (with TimescaleDB) the hypertable, if missing, and add the columns a
+        table made by an older version lacks (``dst_rdns``). Idempotent.
 
         Concurrent callers in other processes wait on an advisory lock. Raises ``SinkUnavailable``,
         ``TransientError`` or ``SinkDataError`` as ``write`` does.
@@ -163,6 +170,9 @@ class TimescaleSink:
             hypertable = self._enable_timescaledb(cur)
             table = sql.Identifier(self._table)
             cur.execute(sql.SQL(_CREATE_TABLE).format(table=table))
+            cur.execute(_HAS_COLUMN, (table.as_string(conn), "dst_rdns"))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL(_ADD_DST_RDNS).format(table=table))
             index = sql.Identifier(_index_name(self._table))
             cur.execute(sql.SQL(_CREATE_INDEX).format(table=table, index=index))
             if hypertable:

@@ -24,6 +24,7 @@ from etl.bridge import ensure_raw_stream
 from etl.broker import redis_client
 from etl.config import Settings
 from etl.dlq import DeadLetter, DeadLetterStore
+from etl.enrich import destination_of
 from etl.generator import generate
 from etl.nats_conn import connect
 from etl.rdns import fake_name
@@ -86,19 +87,26 @@ def by_id(valid: Iterable[bytes]) -> dict[str, dict[str, Any]]:
     return {e["id"]: e for e in map(orjson.loads, valid)}
 
 
+def fake_peer_name(source: dict[str, Any]) -> str | None:
+    """The fake ``dst_rdns`` of a raw generated event: of ``dst_ip`` in its base64 JSON payload, if any."""
+    peer = destination_of({"args": orjson.loads(base64.b64decode(source["payload"]))})
+    return fake_name(peer) if peer else None
+
+
 def check_postgres(settings: Settings, by_id: dict[str, dict[str, Any]]) -> None:
     """Every valid event is exactly one row, enriched, and nothing else is in the table."""
     conn = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, dbname=settings.pg_db, user="postgres")
     with conn, conn.cursor() as cur:
-        cur.execute(f"SELECT id, env, rdns, metadata, host_id, payload FROM {settings.pg_table}")
+        cur.execute(f"SELECT id, env, rdns, dst_rdns, metadata, host_id, payload FROM {settings.pg_table}")
         rows = cur.fetchall()
     conn.close()
     ids = [r[0] for r in rows]
     assert sorted(ids) == sorted(by_id), f"every valid event exactly once: {id_diff(ids, by_id)}"
-    for event_id, env, rdns, metadata, host_id, payload in rows:
+    for event_id, env, rdns, dst_rdns, metadata, host_id, payload in rows:
         source = by_id[event_id]
         assert env == "test"
         assert rdns == fake_name(source["metadata"]["host_ip"])
+        assert dst_rdns == fake_peer_name(source)
         assert ISO_MS.match(metadata["enriched_at"]) and metadata["enrichment_version"]
         assert host_id == source["metadata"]["host_id"]
         assert bytes(payload) == base64.b64decode(source["payload"])
@@ -146,6 +154,7 @@ def check_enriched_stream(settings: Settings, by_id: dict[str, dict[str, Any]], 
     for event, headers in messages:
         source = by_id[event["id"]]
         assert event["env"] == "test" and event["rdns"] == fake_name(source["metadata"]["host_ip"])
+        assert event["dst_rdns"] == fake_peer_name(source)
         assert ISO_MS.match(event["metadata"]["enriched_at"])
         assert event["args"] and event["payload"] == source["payload"]
         assert headers["Nats-Msg-Id"] == event["id"]

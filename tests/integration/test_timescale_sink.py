@@ -68,8 +68,10 @@ def sink(settings: Settings) -> Iterator[TimescaleSink]:
 
 
 def test_batch_lands_with_every_column(sink: TimescaleSink, settings: Settings) -> None:
-    events = [make_event(0, rdns=None), make_event(1, payload={"cmd": "ls"}), make_event(2, payload=None)]
+    events = [make_event(0, rdns=None), make_event(1, payload={"cmd": "ls"}, dst_rdns="db.example.net"),
+              make_event(2, payload=None)]
     assert sink.write(events) == 3
+    assert query(settings, "SELECT dst_rdns FROM {table} ORDER BY id") == [(None,), ("db.example.net",), (None,)]
 
     rows = query(settings, """SELECT id, "time", "timestamp", type, source, host_id, env, rdns,
                                      metadata->>'enriched_at', metadata->>'uid', payload, created_at
@@ -119,6 +121,36 @@ def test_migrate_is_idempotent_and_logs_the_plain_table(
         assert sink.write([make_event(1)]) == 1
     finally:
         sink.close()
+    primary_key = query(settings, """SELECT pg_get_constraintdef(oid) FROM pg_constraint
+                                     WHERE conrelid = %s::regclass AND contype = 'p'""", (settings.pg_table,))
+    assert primary_key == [('PRIMARY KEY (id, "time")',)]
+
+
+# The table as versions before dst_rdns made it.
+_OLD_TABLE = """CREATE TABLE {table} (
+    id TEXT NOT NULL, "time" TIMESTAMPTZ NOT NULL, "timestamp" BIGINT NOT NULL, type TEXT NOT NULL,
+    source TEXT NOT NULL, host_id TEXT, env TEXT, rdns TEXT, metadata JSONB NOT NULL DEFAULT '{{}}', payload BYTEA,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (id, "time"))"""
+
+
+def test_migrate_adds_dst_rdns_to_a_table_made_before_it(settings: Settings) -> None:
+    conn = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, user=settings.pg_user,
+                            dbname=settings.pg_db)
+    with conn, conn.cursor() as cur:
+        cur.execute(sql.SQL(_OLD_TABLE).format(table=sql.Identifier(settings.pg_table)))
+        cur.execute(sql.SQL("""INSERT INTO {} (id, "time", "timestamp", type, source)
+                               VALUES ('old', now(), 1, 't', 's')""").format(sql.Identifier(settings.pg_table)))
+    conn.close()
+    sink = TimescaleSink(settings, pool_size=2)
+    try:
+        sink.open()
+        sink.migrate()
+        assert sink.write([make_event(1, dst_rdns="db.example.net"), make_event(2)]) == 2
+    finally:
+        sink.close()
+    rows = query(settings, "SELECT id, rdns, dst_rdns FROM {table} ORDER BY id")
+    assert rows == [("event-1", "host-3.local", "db.example.net"), ("event-2", "host-3.local", None),
+                    ("old", None, None)]
     primary_key = query(settings, """SELECT pg_get_constraintdef(oid) FROM pg_constraint
                                      WHERE conrelid = %s::regclass AND contype = 'p'""", (settings.pg_table,))
     assert primary_key == [('PRIMARY KEY (id, "time")',)]

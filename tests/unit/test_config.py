@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from etl.config import ENV_VARS, Settings
+from etl.config import ENV_VARS, Settings, parse_nameservers
 from etl.errors import ConfigError
 
 
@@ -43,3 +43,52 @@ def test_secrets_are_redacted() -> None:
 def test_to_env_round_trips() -> None:
     s = Settings.from_env({"PG_PASSWORD": "pw", "AF_FAKE_RDNS": "yes", "MAX_BATCH_SIZE": "7"})
     assert Settings.from_env(s.to_env()) == s
+
+
+@pytest.mark.parametrize(("env", "mode"), [
+    ({}, "off"),
+    ({"AF_FAKE_RDNS": "true"}, "fake"),
+    ({"AF_FAKE_RDNS": "false"}, "off"),
+    ({"RDNS_MODE": "PTR"}, "ptr"),
+    ({"RDNS_MODE": "off", "AF_FAKE_RDNS": "true"}, "off"),
+    ({"RDNS_MODE": "ptr", "AF_FAKE_RDNS": "true"}, "ptr"),
+])
+def test_rdns_mode_with_af_fake_rdns_for_compatibility(env: dict[str, str], mode: str) -> None:
+    s = Settings.from_env(env)
+    assert s.rdns_mode == mode
+    assert Settings.from_env(s.to_env()) == s
+
+
+def test_rdns_defaults() -> None:
+    s = Settings.from_env({})
+    assert (s.rdns_nameservers, s.rdns_timeout_ms, s.rdns_batch_budget_ms, s.rdns_cache_size) == ("", 500, 1000,
+                                                                                                   100_000)
+    assert (s.rdns_min_ttl_s, s.rdns_max_ttl_s, s.rdns_negative_ttl_s) == (60, 86_400, 30)
+
+
+@pytest.mark.parametrize(("raw", "parsed"), [
+    ("", []),
+    ("10.0.0.53", [("10.0.0.53", 53)]),
+    ("127.0.0.1:5353, ::1", [("127.0.0.1", 5353), ("::1", 53)]),
+    ("[2001:DB8::53]:5300,[::1]", [("2001:db8::53", 5300), ("::1", 53)]),
+])
+def test_nameservers(raw: str, parsed: list[tuple[str, int]]) -> None:
+    assert parse_nameservers("RDNS_NAMESERVERS", raw) == parsed
+    assert Settings.from_env({"RDNS_NAMESERVERS": raw}).rdns_nameservers == raw.strip()
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"RDNS_MODE": "dns"}, "RDNS_MODE must be one of off, fake, ptr, got 'dns'"),
+    ({"RDNS_NAMESERVERS": "dns.google"}, "RDNS_NAMESERVERS must be comma-separated IP addresses"),
+    ({"RDNS_NAMESERVERS": "10.0.0.1:99999"}, "RDNS_NAMESERVERS must be comma-separated IP addresses"),
+    ({"RDNS_NAMESERVERS": "[::1]x"}, "RDNS_NAMESERVERS must be comma-separated IP addresses"),
+    ({"RDNS_TIMEOUT_MS": "0"}, "RDNS_TIMEOUT_MS must be a positive integer"),
+    ({"RDNS_CACHE_SIZE": "-1"}, "RDNS_CACHE_SIZE must be a positive integer"),
+    ({"RDNS_MIN_TTL_S": "600", "RDNS_MAX_TTL_S": "60"}, "RDNS_MIN_TTL_S (600) must not exceed RDNS_MAX_TTL_S"),
+    ({"RDNS_MODE": "ptr", "RDNS_BATCH_BUDGET_MS": "30000"},
+     "RDNS_BATCH_BUDGET_MS (30000) must be less than PROCESSING_TIMEOUT"),
+])
+def test_bad_rdns_values(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert message in str(info.value)

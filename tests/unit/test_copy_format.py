@@ -112,9 +112,16 @@ def test_event_row_columns() -> None:
     assert row["timestamp"] == b"1704110400000"
     assert row["host_id"] == b"host-001"
     assert row["rdns"] == NULL
+    assert row["dst_rdns"] == NULL, "an event enriched before dst_rdns existed (a dead letter replayed) still fits"
     assert row["env"] == b"dev"
     assert row["payload"] == b"\\\\x0001ff"
     assert orjson.loads(row["metadata"])["enriched_at"] == "2024-01-01T12:00:00.123Z"
+
+
+def test_event_row_carries_both_reverse_dns_names() -> None:
+    row = dict(zip(STAGING_COLUMNS, columns(event_row(event(rdns="web-1.example.com",
+                                                             dst_rdns="db.example.net"))), strict=True))
+    assert (row["rdns"], row["dst_rdns"]) == (b"web-1.example.com", b"db.example.net")
 
 
 def test_event_row_payload_object_and_absent_metadata() -> None:

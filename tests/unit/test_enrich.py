@@ -1,13 +1,16 @@
-"""Pure enrichment and the fake reverse DNS."""
+"""Pure enrichment, the choice of addresses to resolve, and the fake reverse DNS."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from etl.enrich import ENRICHMENT_VERSION, enrich_batch, format_time, host_of
-from etl.rdns import FakeResolver, OffResolver, fake_name
+from etl.config import Settings
+from etl.enrich import ENRICHMENT_VERSION, destination_of, enrich_batch, format_time, host_of
+from etl.ptr import PtrResolver, ptr_address
+from etl.rdns import FakeResolver, OffResolver, fake_name, resolver_for
 
 NOW = datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
 
@@ -55,3 +58,75 @@ def test_enrich_keeps_every_field_and_adds_the_enrichment() -> None:
 def test_rdns_off_gives_null() -> None:
     out = enrich_batch([{"id": "a", "metadata": {"host_ip": "10.0.0.9"}}], env="dev", resolver=OffResolver(), now=NOW)
     assert out[0]["rdns"] is None
+
+
+class Recording:
+    """A resolver that remembers what it was asked, and names every host ``<host>.ptr``."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def resolve(self, hosts: Iterable[str]) -> dict[str, str | None]:
+        asked = list(hosts)
+        self.calls.append(asked)
+        return {h: f"{h}.ptr" for h in asked}
+
+
+def connect(event_id: str, host_ip: str, args: dict[str, object] | None) -> dict[str, object]:
+    event: dict[str, object] = {"id": event_id, "type": "connect", "metadata": {"host_ip": host_ip}}
+    if args is not None:
+        event["args"] = args
+    return event
+
+
+@pytest.mark.parametrize(("args", "peer"), [
+    ({"dst_ip": "203.0.113.10", "dst_port": 443}, "203.0.113.10"),
+    ({"remote_ip": " 2001:db8::5 "}, "2001:db8::5"),
+    ({"dst_ip": "203.0.113.10", "remote_ip": "198.51.100.1"}, "203.0.113.10"),
+    ({"dst_ip": "", "remote_ip": "198.51.100.1"}, "198.51.100.1"),
+    ({"dst_ip": 3405803786}, None),
+    ({"path": "/etc/passwd"}, None),
+    (None, None),
+])
+def test_destination_comes_from_the_decoded_payload(args: dict[str, object] | None, peer: str | None) -> None:
+    assert destination_of(connect("a", "10.0.0.1", args)) == peer
+
+
+def test_one_resolve_call_per_batch_for_every_distinct_host_and_peer() -> None:
+    events = [connect("a", "10.0.0.1", {"dst_ip": "203.0.113.10"}),
+              connect("b", "10.0.0.1", {"dst_ip": "10.0.0.2"}),
+              connect("c", "10.0.0.2", {"remote_ip": "203.0.113.10"}),
+              connect("d", "10.0.0.3", {"path": "/tmp/x"})]
+    resolver = Recording()
+    out = enrich_batch(events, env="prod", resolver=resolver, now=NOW)
+    assert len(resolver.calls) == 1
+    assert sorted(resolver.calls[0]) == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "203.0.113.10"]
+    assert [(e["rdns"], e["dst_rdns"]) for e in out] == [
+        ("10.0.0.1.ptr", "203.0.113.10.ptr"), ("10.0.0.1.ptr", "10.0.0.2.ptr"),
+        ("10.0.0.2.ptr", "203.0.113.10.ptr"), ("10.0.0.3.ptr", None)]
+
+
+def test_fake_mode_names_the_destination_too_and_off_nulls_it() -> None:
+    events = [connect("a", "10.0.0.9", {"dst_ip": "203.0.113.10"})]
+    assert enrich_batch(events, env="dev", resolver=FakeResolver(), now=NOW)[0]["dst_rdns"] == "host-10.local"
+    assert enrich_batch(events, env="dev", resolver=OffResolver(), now=NOW)[0]["dst_rdns"] is None
+
+
+def test_enrichment_version_changed_with_dst_rdns() -> None:
+    assert ENRICHMENT_VERSION == "2"
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("off", OffResolver), ("fake", FakeResolver), ("ptr", PtrResolver)])
+def test_resolver_follows_rdns_mode(mode: str, kind: type) -> None:
+    resolver = resolver_for(Settings.from_env({"RDNS_MODE": mode, "RDNS_NAMESERVERS": "127.0.0.1:5353"}))
+    assert isinstance(resolver, kind)
+    if isinstance(resolver, PtrResolver):
+        resolver.close()
+
+
+@pytest.mark.parametrize(("host", "address"), [
+    ("10.1.2.3", "10.1.2.3"), (" 10.1.2.3 ", "10.1.2.3"), ("2001:DB8:0::1", "2001:db8::1"),
+    ("web01.example.com", None), ("host-001", None), ("", None), ("10.1.2.300", None),
+])
+def test_only_ip_addresses_are_ptr_resolved(host: str, address: str | None) -> None:
+    assert ptr_address(host) == address

@@ -26,6 +26,7 @@ def event(event_id: str = "event-1", **metadata: Any) -> dict[str, Any]:
         "timestamp": 1704110400000,
         "env": "dev",
         "rdns": "host-3.local",
+        "dst_rdns": "db.example.net",
         "metadata": metadata,
         "payload": {"ignored": True},
         "args": ["ignored"],
@@ -43,7 +44,7 @@ def test_full_event_row() -> None:
     row = build_row(event(**FULL))
     assert row == {
         "id": "event-1", "type": "connect", "source": "/usr/bin/psql", "timestamp": 1704110400000,
-        "env": "dev", "rdns": "host-3.local", "enriched_at": "2024-01-01T12:00:00Z",
+        "env": "dev", "rdns": "host-3.local", "dst_rdns": "db.example.net", "enriched_at": "2024-01-01T12:00:00Z",
         "host_id": "host-001", "host_ip": "10.1.2.3", "hostname": "web-1", "uid": "1001", "pid": "1234",
         "user": "alice", "container_id": "c0ffee", "binary_sha256": "abc123",
         "user_key": "uid:host-001:1001", "user_host_id": "host-001",
