@@ -74,7 +74,7 @@ def merge_batch(events: list[Event]) -> None:
     _deliver(merge_batch, "graph", events)
 
 
-_aof = AofSync(app.broker.client, enabled=app.settings.redis_wait_aof)
+_aof = AofSync(app.broker.client, enabled=app.settings.redis_wait_aof, replicas=app.settings.redis_wait_replicas)
 
 
 def enqueue_raw(batch: list[bytes]) -> None:

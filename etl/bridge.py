@@ -62,7 +62,8 @@ LAG_REPORT_INTERVAL_S = 5.0
 
 
 def consumer_config(settings: Settings, ack_wait_s: float = DEFAULT_ACK_WAIT_S) -> js_api.ConsumerConfig:
-    """The durable pull consumer every bridge replica shares."""
+    """The durable pull consumer every bridge replica shares. It sets no ``num_replicas``: the server gives it
+    as many as its stream (``NATS_STREAM_REPLICAS``), so it fails over with the stream."""
     return js_api.ConsumerConfig(
         name=settings.nats_consumer,
         durable_name=settings.nats_consumer,
@@ -81,7 +82,8 @@ async def ensure_raw_stream(js: JetStreamContext, settings: Settings) -> js_api.
     Raises like ``nats_conn.ensure_stream``.
     """
     return await nats_conn.ensure_stream(js, settings.nats_stream, [settings.nats_subject_raw],
-                                         storage=js_api.StorageType.FILE, retention=RAW_STREAM_RETENTION)
+                                         storage=js_api.StorageType.FILE, retention=RAW_STREAM_RETENTION,
+                                         num_replicas=settings.nats_stream_replicas)
 
 
 def _check_consumer(info: js_api.ConsumerInfo, settings: Settings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import dramatiq
 import orjson
@@ -15,8 +16,9 @@ from dramatiq.errors import DecodeError
 from dramatiq.middleware import AgeLimit, Callbacks, Middleware, Pipelines, ShutdownNotifications, TimeLimit
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
-from etl.config import Settings
+from etl.config import Settings, parse_sentinels
 from etl.errors import PermanentError, TransientError
 from etl.redis_durability import DurableRedisBroker, PatientRetries
 
@@ -55,40 +57,66 @@ class OrjsonEncoder(Encoder):
 def redis_client(settings: Settings) -> redis.Redis:
     """The one way to open Redis: with timeouts, so a dead server surfaces as an error, not a hang, and without
     redis-py's silent retries: Dramatiq's fetch script is not safe to run twice (a first run whose reply was lost
-    strands its messages), so a failed command must surface and be handled where it is known to be safe."""
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-                                socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S, health_check_interval=30,
-                                retry=Retry(NoBackoff(), 0))
+    strands its messages), so a failed command must surface and be handled where it is known to be safe.
+
+    With ``REDIS_SENTINELS``, the client asks the Sentinels for the current master of ``REDIS_SENTINEL_MASTER``
+    on each new connection, so after a failover the next connection goes to the promoted replica. ``REDIS_URL``
+    then gives only the database, the credentials and TLS (``rediss``); its host is not used."""
+    options: dict[str, Any] = {"socket_timeout": REDIS_SOCKET_TIMEOUT_S,
+                               "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S, "health_check_interval": 30,
+                               "retry": Retry(NoBackoff(), 0)}
+    if not settings.redis_sentinels:
+        return redis.Redis.from_url(settings.redis_url, **options)
+    url = urlsplit(settings.redis_url)
+    sentinel = Sentinel(parse_sentinels("REDIS_SENTINELS", settings.redis_sentinels),
+                        socket_timeout=REDIS_CONNECT_TIMEOUT_S, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
+    return sentinel.master_for(settings.redis_sentinel_master, db=int(url.path.strip("/") or 0),
+                               username=unquote(url.username) if url.username else None,
+                               password=unquote(url.password) if url.password else None,
+                               ssl=url.scheme == "rediss", **options)
 
 
 class AofSync:
-    """Waits until Redis has written its append-only file to disk (``WAITAOF``).
+    """Waits until Redis has written its append-only file to disk (``WAITAOF``), and with ``replicas`` until that
+    many replicas have too.
 
     The bridge acks NATS only after this, so a Redis crash right after the ack cannot lose the batch: either
-    Redis has it on disk, or NATS still has it. Where AOF is off, a warning is logged once and nothing is awaited
-    (durability then rests on Redis alone; see the README). With ``appendfsync always`` the wait is immediate;
-    with ``everysec`` it can take up to a second per batch, which is why ``REDIS_WAIT_AOF`` can turn it off.
+    Redis has it on disk, or NATS still has it; with ``replicas`` (``REDIS_WAIT_REPLICAS``) the same holds when a
+    replica is promoted in the master's place. Where AOF is off, a warning is logged once and the local disk is
+    not awaited (durability then rests on Redis alone; see the README). With ``appendfsync always`` the wait is
+    immediate; with ``everysec`` it can take up to a second per batch, which is why ``REDIS_WAIT_AOF`` can turn it
+    off.
     """
 
-    def __init__(self, client: redis.Redis, *, enabled: bool = True, timeout_ms: int = AOF_SYNC_TIMEOUT_MS) -> None:
+    def __init__(self, client: redis.Redis, *, enabled: bool = True, replicas: int = 0,
+                 timeout_ms: int = AOF_SYNC_TIMEOUT_MS) -> None:
         self._client = client
         self._timeout_ms = timeout_ms
         self._enabled = enabled
+        self._replicas = replicas
 
     def wait(self) -> None:
-        """Raises ``TransientError`` if the write is not on disk within the timeout."""
-        if not self._enabled:
+        """Raises ``TransientError`` if the write is not on disk (on ``replicas`` replicas' disks too) within the
+        timeout."""
+        if not self._enabled and not self._replicas:
             return
+        local_wanted = 1 if self._enabled else 0
         try:
-            local, _replicas = self._client.execute_command("WAITAOF", 1, 0, self._timeout_ms)
+            local, replicas = self._client.execute_command("WAITAOF", local_wanted, self._replicas,
+                                                           self._timeout_ms)
         except redis.ResponseError as e:
             if "appendonly" not in str(e).lower():
                 raise TransientError(f"Redis WAITAOF failed: {e}") from e
             self._enabled = False
             log.warning("Redis has appendonly off: queued batches are lost if Redis restarts (%s)", e)
+            self.wait()
             return
-        if int(local) < 1:
+        if int(local) < local_wanted:
             raise TransientError(f"Redis did not fsync its AOF within {self._timeout_ms} ms")
+        if int(replicas) < self._replicas:
+            raise TransientError(f"only {int(replicas)} of the {self._replicas} Redis replica(s) asked for "
+                                 f"(REDIS_WAIT_REPLICAS) fsynced the write within {self._timeout_ms} ms: are they "
+                                 "connected, with appendonly yes?")
 
 
 def retry_when(max_retries: int) -> Any:

@@ -31,6 +31,10 @@ DEFAULT_MAX_QUEUE_DEPTH = 200
 DEFAULT_QUEUE_LOW_WATER_PERCENT = 50
 DEFAULT_BREAKER_FAILURES = 5
 DEFAULT_BREAKER_COOLDOWN_MS = 5_000
+DEFAULT_NATS_STREAM_REPLICAS = 1
+MAX_NATS_STREAM_REPLICAS = 5  # JetStream's limit
+# URL schemes nats-py lets one connection mix: TCP (plain or TLS) or WebSocket, not both.
+NATS_SCHEME_FAMILIES = (("nats", "tls"), ("ws", "wss"))
 RDNS_MODES = ("off", "fake", "ptr")
 DEFAULT_RDNS_TIMEOUT_MS = 500
 DEFAULT_RDNS_BATCH_BUDGET_MS = 1_000
@@ -39,11 +43,15 @@ DEFAULT_RDNS_MIN_TTL_S = 60
 DEFAULT_RDNS_MAX_TTL_S = 86_400
 DEFAULT_RDNS_NEGATIVE_TTL_S = 30
 DNS_PORT = 53
+DEFAULT_SENTINEL_PORT = 26379
+DEFAULT_REDIS_SENTINEL_MASTER = "etl"
 
 # Names that end up in SQL, Cypher or NATS subjects are validated, never quoted blindly.
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _NATS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUBJECT = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+# A comma starts the next URL of a list only before a scheme: a comma inside a password stays in its URL.
+_NEXT_URL = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 _SECRET_FIELDS = frozenset({"pg_password", "neo4j_password"})
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -134,6 +142,32 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str, str], str]:
     return parse
 
 
+def split_urls(raw: str) -> list[str]:
+    """A comma-separated list of URLs -> the URLs, stripped."""
+    return [url.strip() for url in _NEXT_URL.split(raw.strip().strip(","))]
+
+
+def _url_list(families: tuple[tuple[str, ...], ...]) -> Callable[[str, str], str]:
+    """Comma-separated URLs, each checked as ``_url`` does, all of one scheme family; kept comma-joined."""
+    one = _url(tuple(scheme for family in families for scheme in family))
+
+    def parse(name: str, raw: str) -> str:
+        urls = [one(name, url) for url in split_urls(raw)]
+        if not any(all(urlsplit(url).scheme in family for url in urls) for family in families):
+            allowed = " or ".join("/".join(family) for family in families)
+            raise ConfigError(f"{name} mixes URL schemes: use {allowed} for all, got {redact_url(raw)!r}")
+        return ",".join(urls)
+
+    return parse
+
+
+def _replicas(name: str, raw: str) -> int:
+    value = _positive_int(name, raw)
+    if value > MAX_NATS_STREAM_REPLICAS:
+        raise ConfigError(f"{name} must be from 1 to {MAX_NATS_STREAM_REPLICAS}, got {raw!r}")
+    return value
+
+
 def _text(name: str, raw: str) -> str:
     return raw
 
@@ -180,8 +214,35 @@ def _nameservers(name: str, raw: str) -> str:
     return raw.strip()
 
 
+def parse_sentinels(name: str, raw: str) -> list[tuple[str, int]]:
+    """``REDIS_SENTINELS`` as (host, port) pairs: comma-separated ``host``, ``host:port`` or ``[ipv6]:port``,
+    port 26379 when none is given. Empty means no Sentinel. Raises ``ConfigError`` on a bad entry."""
+    out = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        host, port = _split_host_port(item, DEFAULT_SENTINEL_PORT)
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError(f"{name} must be comma-separated host[:port] entries ([addr]:port for IPv6), "
+                              f"got {raw!r}")
+        out.append((host, int(port)))
+    return out
+
+
+def _sentinels(name: str, raw: str) -> str:
+    parse_sentinels(name, raw)
+    return raw.strip()
+
+
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password or token in it replaced by ``***``."""
+    """Return ``url`` with any password or token in it replaced by ``***``; each URL of a comma-separated list."""
+    urls = split_urls(url)
+    if len(urls) > 1:
+        return ",".join(map(_redact_one, urls))
+    return _redact_one(url)
+
+
+def _redact_one(url: str) -> str:
     parts = urlsplit(url)
     if not parts.username and not parts.password:
         return url
@@ -203,12 +264,16 @@ class Settings:
     nats_ack_wait_s: int = 60
     nats_subject_enriched: str = "events.enriched"
     nats_enriched_stream: str = "EVENTS_ENRICHED"
+    nats_stream_replicas: int = DEFAULT_NATS_STREAM_REPLICAS
     nats_creds: str = ""
     nats_tls_ca: str = ""
     nats_tls_cert: str = ""
     nats_tls_key: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_wait_aof: bool = True
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = DEFAULT_REDIS_SENTINEL_MASTER
+    redis_wait_replicas: int = 0
     pg_host: str = "localhost"
     pg_port: int = 5432
     pg_db: str = "aegisflux"
@@ -252,6 +317,11 @@ class Settings:
     metrics_port: int = 9191
     log_level: str = "INFO"
     log_format: str = "auto"
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The URLs of ``NATS_URL``: seeds of one cluster, any of which will do to connect."""
+        return split_urls(self.nats_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -309,19 +379,23 @@ class Settings:
 
 
 _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
-    "nats_url": ("NATS_URL", _url(("nats", "tls", "ws", "wss"))),
+    "nats_url": ("NATS_URL", _url_list(NATS_SCHEME_FAMILIES)),
     "nats_stream": ("NATS_STREAM", _nats_name),
     "nats_subject_raw": ("NATS_SUBJECT_RAW", _subject),
     "nats_consumer": ("NATS_CONSUMER", _nats_name),
     "nats_ack_wait_s": ("NATS_ACK_WAIT", _positive_int),
     "nats_subject_enriched": ("NATS_SUBJECT_ENRICHED", _subject),
     "nats_enriched_stream": ("NATS_ENRICHED_STREAM", lambda n, r: r and _nats_name(n, r)),
+    "nats_stream_replicas": ("NATS_STREAM_REPLICAS", _replicas),
     "nats_creds": ("NATS_CREDS", _file),
     "nats_tls_ca": ("NATS_TLS_CA", _file),
     "nats_tls_cert": ("NATS_TLS_CERT", _file),
     "nats_tls_key": ("NATS_TLS_KEY", _file),
     "redis_url": ("REDIS_URL", _url(("redis", "rediss", "unix"))),
     "redis_wait_aof": ("REDIS_WAIT_AOF", _boolean),
+    "redis_sentinels": ("REDIS_SENTINELS", _sentinels),
+    "redis_sentinel_master": ("REDIS_SENTINEL_MASTER", _identifier),
+    "redis_wait_replicas": ("REDIS_WAIT_REPLICAS", _non_negative_int),
     "pg_host": ("PG_HOST", _text),
     "pg_port": ("PG_PORT", _positive_int),
     "pg_db": ("PG_DB", _text),

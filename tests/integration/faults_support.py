@@ -8,6 +8,7 @@ are the faults themselves (an outage held for so many seconds) and the publisher
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 
 from etl import devservers, report
@@ -22,7 +24,7 @@ from etl.bridge import consumer_config, ensure_raw_stream
 from etl.broker import QUEUES, redis_client
 from etl.config import Settings
 from etl.dlq import DeadLetterStore
-from etl.nats_conn import connect
+from etl.nats_conn import UNAVAILABLE_ERRORS, connect
 from etl.supervisor import Pipeline
 from tests.waiting import wait_for
 
@@ -44,6 +46,9 @@ PROBLEM_WORDS = ("WARNING", "ERROR", "CRITICAL", "Traceback")
 # Dramatiq's Retries draws each delay from [base, 2 * base], and, when that exceeds the maximum, from
 # [max / 2, max]: the shortest delay of retry k is therefore min(min_backoff * 2**k, max_backoff / 2).
 CAPPED_JITTER_FLOOR = 0.5
+# A retrying publisher (an agent) waits this long for an ack before sending again, and this long between tries.
+AGENT_ACK_TIMEOUT_S = 2.0
+AGENT_RETRY_S = 0.2
 
 
 @dataclass
@@ -115,13 +120,21 @@ def retry_budget_s(settings: Settings) -> float:
 @dataclass
 class SteadyPublisher:
     """Publishes ``events`` to the raw subject at ``rate_per_s`` from a thread of its own, as agents would,
-    waiting for JetStream's ack of each. ``join`` re-raises what made it stop early."""
+    waiting for JetStream's ack of each. ``join`` re-raises what made it stop early.
+
+    With ``retry_for_s``, each event carries a ``Nats-Msg-Id`` (so the stream drops a resend it already stored)
+    and a publish that fails on a NATS error is sent again until acked, for up to that many seconds, as an agent
+    riding out a failover would. ``retries`` counts the resends, ``longest_wait_s`` is the longest one tick's
+    events waited for their acks."""
 
     settings: Settings
     events: list[bytes]
     rate_per_s: float
     tick_s: float = 0.05
+    retry_for_s: float = 0.0
     sent: int = 0
+    retries: int = 0
+    longest_wait_s: float = 0.0
     _error: BaseException | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -129,6 +142,10 @@ class SteadyPublisher:
         self._thread = threading.Thread(target=self._run, name="steady-publisher", daemon=True)
         self._thread.start()
         return self
+
+    @property
+    def done(self) -> bool:
+        return self._thread is not None and not self._thread.is_alive()
 
     def join(self, timeout_s: float) -> None:
         assert self._thread is not None
@@ -153,13 +170,31 @@ class SteadyPublisher:
             start = time.monotonic()
             for i in range(0, len(self.events), per_tick):
                 chunk = self.events[i:i + per_tick]
-                await asyncio.gather(*(js.publish(self.settings.nats_subject_raw, e) for e in chunk))
+                began = time.monotonic()
+                await asyncio.gather(*(self._send(js, e) for e in chunk))
+                self.longest_wait_s = max(self.longest_wait_s, time.monotonic() - began)
                 self.sent += len(chunk)
                 ahead_s = start + self.sent / self.rate_per_s - time.monotonic()
                 if ahead_s > 0:
                     await asyncio.sleep(ahead_s)  # pacing the load, not waiting for an outcome
         finally:
             await nc.close()
+
+    async def _send(self, js: JetStreamContext, event: bytes) -> None:
+        if not self.retry_for_s:
+            await js.publish(self.settings.nats_subject_raw, event)
+            return
+        headers = {"Nats-Msg-Id": hashlib.sha256(event).hexdigest()}
+        deadline = time.monotonic() + self.retry_for_s
+        while True:
+            try:
+                await js.publish(self.settings.nats_subject_raw, event, timeout=AGENT_ACK_TIMEOUT_S, headers=headers)
+                return
+            except UNAVAILABLE_ERRORS:
+                if time.monotonic() > deadline:
+                    raise
+                self.retries += 1
+                await asyncio.sleep(AGENT_RETRY_S)  # the agent's back-off, not a wait for an outcome
 
 
 # --- probes --------------------------------------------------------------------------------------------------

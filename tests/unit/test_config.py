@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from etl.config import ENV_VARS, Settings, parse_nameservers
+from etl.config import ENV_VARS, Settings, parse_nameservers, parse_sentinels
 from etl.errors import ConfigError
 
 
@@ -89,6 +89,42 @@ def test_nameservers(raw: str, parsed: list[tuple[str, int]]) -> None:
      "RDNS_BATCH_BUDGET_MS (30000) must be less than PROCESSING_TIMEOUT"),
 ])
 def test_bad_rdns_values(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert message in str(info.value)
+
+
+def test_sentinels_default_to_port_26379_and_bad_ones_are_named() -> None:
+    assert parse_sentinels("REDIS_SENTINELS", "s1, s2:26380,[::1]:5000,") == [
+        ("s1", 26379), ("s2", 26380), ("::1", 5000)]
+    assert Settings.from_env({}).redis_sentinels == "" and Settings.from_env({}).redis_wait_replicas == 0
+    for bad in ("s1:0", "s1:port", ":26379"):
+        with pytest.raises(ConfigError, match="REDIS_SENTINELS must be comma-separated host"):
+            Settings.from_env({"REDIS_SENTINELS": bad})
+
+
+def test_nats_url_lists_every_seed_of_a_cluster_and_redacts_each() -> None:
+    s = Settings.from_env({"NATS_URL": "nats://u:s3cret@n1:4222, nats://u:s3cret@n2:4222,tls://t0ken@n3:4222",
+                           "NATS_STREAM_REPLICAS": "3"})
+    assert s.nats_servers == ["nats://u:s3cret@n1:4222", "nats://u:s3cret@n2:4222", "tls://t0ken@n3:4222"]
+    assert s.redacted()["NATS_URL"] == "nats://u:***@n1:4222,nats://u:***@n2:4222,tls://***@n3:4222"
+    assert "s3cret" not in repr(s) and "t0ken" not in repr(s)
+    assert s.nats_stream_replicas == 3 and Settings.from_env(s.to_env()) == s
+    # A comma inside a password does not start a new URL: only one followed by a scheme does.
+    assert Settings.from_env({"NATS_URL": "nats://u:a,b@n1"}).nats_servers == ["nats://u:a,b@n1"]
+    assert Settings.from_env({}).nats_servers == ["nats://127.0.0.1:4222"]
+    assert Settings.from_env({}).nats_stream_replicas == 1
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"NATS_URL": "nats://n1:4222,http://n2"}, "NATS_URL must be a URL with scheme"),
+    ({"NATS_URL": "nats://n1:4222,nats://n2:x"}, "NATS_URL has an invalid port"),
+    ({"NATS_URL": "nats://u:pw@n1:4222,ws://n2"}, "NATS_URL mixes URL schemes: use nats/tls or ws/wss for all, "
+                                                  "got 'nats://u:***@n1:4222,ws://n2'"),
+    ({"NATS_STREAM_REPLICAS": "0"}, "NATS_STREAM_REPLICAS must be a positive integer"),
+    ({"NATS_STREAM_REPLICAS": "6"}, "NATS_STREAM_REPLICAS must be from 1 to 5, got '6'"),
+])
+def test_bad_nats_cluster_values(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
     assert message in str(info.value)
