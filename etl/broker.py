@@ -18,7 +18,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from etl.config import Settings, parse_sentinels
+from etl.config import Settings
+from etl.envvalues import parse_sentinels
 from etl.errors import PermanentError, TransientError
 from etl.redis_durability import DurableRedisBroker, PatientRetries
 

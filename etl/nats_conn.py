@@ -21,7 +21,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig, StreamInfo
 
-from etl.config import Settings, redact_url
+from etl.config import Settings
+from etl.envvalues import redact_url
 from etl.errors import ConfigError, TransientError
 
 log = logging.getLogger(__name__)

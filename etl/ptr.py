@@ -27,8 +27,9 @@ import dns.exception
 import dns.nameserver
 import dns.resolver
 
-from etl.config import Settings, parse_nameservers
+from etl.config import Settings
 from etl.dnscache import DnsCache, TtlPolicy
+from etl.envvalues import parse_nameservers
 from etl.errors import ConfigError
 from etl.loopthread import LoopThread
 from etl.metrics import (

@@ -26,8 +26,9 @@ from etl import report
 from etl.backlog import Backpressure, deepest, queue_depths
 from etl.breaker import State
 from etl.broker import QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE, redis_client
-from etl.config import Settings, redact_url
+from etl.config import Settings
 from etl.dlq import DeadLetterStore
+from etl.envvalues import redact_url
 
 T = TypeVar("T")
 

@@ -16,7 +16,6 @@ from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE
 from etl.config import Settings
 from etl.errors import ConfigError
 
-
 # A stopping worker's threads get one batch's time limit (PROCESSING_TIMEOUT) plus this.
 SHUTDOWN_MARGIN_MS = 5_000
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from etl.config import ENV_VARS, Settings, parse_nameservers, parse_sentinels
+from etl.config import ENV_VARS, Settings
+from etl.envvalues import parse_nameservers, parse_sentinels
 from etl.errors import ConfigError
 
 

@@ -1,0 +1,221 @@
+"""Parsers of environment values, one per kind: each takes the variable's name and its raw text, returns the value
+and raises ``ConfigError`` with one line naming the variable. Also the helpers that read list values (NATS URLs,
+nameservers, Sentinels) and redact URLs. ``etl.config`` maps each setting to one of these.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+from etl.errors import ConfigError
+
+MAX_NATS_STREAM_REPLICAS = 5  # JetStream's limit
+DNS_PORT = 53
+DEFAULT_SENTINEL_PORT = 26379
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_NATS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SUBJECT = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+# A comma starts the next URL of a list only before a scheme: a comma inside a password stays in its URL.
+_NEXT_URL = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+def non_negative_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{name} must be a non-negative integer, got {raw!r}")
+    return value
+
+
+def port_number(name: str, raw: str) -> int:
+    value = non_negative_int(name, raw)
+    if value > 65535:
+        raise ConfigError(f"{name} must be a TCP port from 0 to 65535, got {raw!r}")
+    return value
+
+
+def percent(name: str, raw: str) -> int:
+    value = non_negative_int(name, raw)
+    if value > 100:
+        raise ConfigError(f"{name} must be a percentage from 0 to 100, got {raw!r}")
+    return value
+
+
+def choice(*allowed: str, upper: bool = False) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def boolean(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def identifier(name: str, raw: str) -> str:
+    if not _IDENT.match(raw):
+        raise ConfigError(f"{name} must be an identifier ([A-Za-z_][A-Za-z0-9_]*, at most 63 chars), got {raw!r}")
+    return raw
+
+
+def nats_name(name: str, raw: str) -> str:
+    if not _NATS_NAME.match(raw):
+        raise ConfigError(f"{name} must be a NATS name ([A-Za-z0-9_-], at most 64 chars), got {raw!r}")
+    return raw
+
+
+def subject(name: str, raw: str) -> str:
+    if not _SUBJECT.match(raw):
+        raise ConfigError(f"{name} must be a literal NATS subject such as 'events.raw', got {raw!r}")
+    return raw
+
+
+def url(schemes: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ConfigError(f"{name} must be a URL with scheme {' or '.join(schemes)} and a host, got {raw!r}")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ConfigError(f"{name} has an invalid port, got {raw!r}") from None
+        return raw
+
+    return parse
+
+
+def split_urls(raw: str) -> list[str]:
+    """A comma-separated list of URLs -> the URLs, stripped."""
+    return [url.strip() for url in _NEXT_URL.split(raw.strip().strip(","))]
+
+
+def url_list(families: tuple[tuple[str, ...], ...]) -> Callable[[str, str], str]:
+    """Comma-separated URLs, each checked as ``url`` does, all of one scheme family; kept comma-joined."""
+    one = url(tuple(scheme for family in families for scheme in family))
+
+    def parse(name: str, raw: str) -> str:
+        urls = [one(name, each) for each in split_urls(raw)]
+        if not any(all(urlsplit(url).scheme in family for url in urls) for family in families):
+            allowed = " or ".join("/".join(family) for family in families)
+            raise ConfigError(f"{name} mixes URL schemes: use {allowed} for all, got {redact_url(raw)!r}")
+        return ",".join(urls)
+
+    return parse
+
+
+def stream_replicas(name: str, raw: str) -> int:
+    value = positive_int(name, raw)
+    if value > MAX_NATS_STREAM_REPLICAS:
+        raise ConfigError(f"{name} must be from 1 to {MAX_NATS_STREAM_REPLICAS}, got {raw!r}")
+    return value
+
+
+def text(name: str, raw: str) -> str:
+    return raw
+
+
+def readable_file(name: str, raw: str) -> str:
+    """A path to a readable file, or empty for none."""
+    if raw and not os.access(raw, os.R_OK):
+        raise ConfigError(f"{name} must name a readable file, got {raw!r}")
+    return raw
+
+
+def _split_host_port(item: str, default_port: int = DNS_PORT) -> tuple[str, str]:
+    """``host``, ``host:port`` or ``[ipv6]:port`` -> (host, port text); ``default_port`` when absent."""
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else rest or str(default_port)
+    if item.count(":") == 1:  # more than one colon is a bare IPv6 address
+        host, port = item.split(":")
+        return host, port
+    return item, str(default_port)
+
+
+def parse_nameservers(name: str, raw: str) -> list[tuple[str, int]]:
+    """``RDNS_NAMESERVERS`` as (address, port) pairs: comma-separated ``ip``, ``ip:port`` or ``[ipv6]:port``,
+    port 53 when none is given. Empty means the system's resolvers. Raises ``ConfigError`` on a bad entry."""
+    out = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        host, port = _split_host_port(item)
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        if address is None or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError(f"{name} must be comma-separated IP addresses, each with an optional :port "
+                              f"([addr]:port for IPv6), got {raw!r}")
+        out.append((str(address), int(port)))
+    return out
+
+
+def nameservers(name: str, raw: str) -> str:
+    parse_nameservers(name, raw)
+    return raw.strip()
+
+
+def parse_sentinels(name: str, raw: str) -> list[tuple[str, int]]:
+    """``REDIS_SENTINELS`` as (host, port) pairs: comma-separated ``host``, ``host:port`` or ``[ipv6]:port``,
+    port 26379 when none is given. Empty means no Sentinel. Raises ``ConfigError`` on a bad entry."""
+    out = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        host, port = _split_host_port(item, DEFAULT_SENTINEL_PORT)
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError(f"{name} must be comma-separated host[:port] entries ([addr]:port for IPv6), "
+                              f"got {raw!r}")
+        out.append((host, int(port)))
+    return out
+
+
+def sentinels(name: str, raw: str) -> str:
+    parse_sentinels(name, raw)
+    return raw.strip()
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password or token in it replaced by ``***``; each URL of a comma-separated list."""
+    urls = split_urls(url)
+    if len(urls) > 1:
+        return ",".join(map(_redact_one, urls))
+    return _redact_one(url)
+
+
+def _redact_one(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.username and not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    cred = f"{user}:***" if parts.password else "***"
+    return urlunsplit((parts.scheme, f"{cred}@{host}{port}", parts.path, parts.query, parts.fragment))
