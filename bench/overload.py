@@ -1,7 +1,7 @@
 """Overload benchmark: ten times what the sinks can absorb, and memory must stay flat.
 
-    .venv/bin/python bench/overload.py            # about 90 s
-    .venv/bin/python bench/overload.py --quick    # about 30 s
+    .venv/bin/python -m bench.overload            # about 90 s
+    .venv/bin/python -m bench.overload --quick    # about 30 s
 
 Starts its own NATS, Redis, PostgreSQL and FalkorDB in a temporary directory and the real pipeline
 (``etl.supervisor.Pipeline``: the bridge process and one Dramatiq worker per pool). The slow sink is the graph
@@ -38,11 +38,13 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from bench import _servers
 from etl import devstack, report
 from etl.backlog import queue_depths
 from etl.bridge import ensure_raw_stream
 from etl.broker import QUEUES, redis_client
 from etl.config import Settings
+from etl.devservices import Servers
 from etl.generator import generate
 from etl.nats_conn import connect
 from etl.supervisor import Pipeline
@@ -94,7 +96,7 @@ class Sample:
 class Run:
     settings: Settings
     pipeline: Pipeline
-    servers: devstack.Servers
+    servers: Servers
     js: JetStreamContext
     events: Iterator[bytes]
     started: float = field(default_factory=time.monotonic)
@@ -333,7 +335,7 @@ async def bench(run: Run, options: Options) -> None:
     print("\n".join(verdict(run, rate, options.factor, drained)), flush=True)
 
 
-async def run_bench(settings: Settings, pipeline: Pipeline, servers: devstack.Servers, options: Options) -> None:
+async def run_bench(settings: Settings, pipeline: Pipeline, servers: Servers, options: Options) -> None:
     nc: Client = await connect(settings, "etl-bench")
     try:
         js = nc.jetstream()
@@ -362,11 +364,11 @@ def parse(argv: list[str]) -> Options:
 def main(argv: list[str]) -> int:
     options = parse(argv)
     root = Path(tempfile.mkdtemp(prefix="etl-overload-"))
-    servers: devstack.Servers | None = None
+    stack: _servers.Stack | None = None
     pipeline: Pipeline | None = None
     try:
-        servers = devstack.start_servers(root / "data")
-        env = devstack.settings_env(servers)
+        stack = _servers.start(root / "data", lambda _: None)
+        env = {**stack.env, "LOG_LEVEL": "INFO"}  # the bridge's "resumed" lines are INFO
         if options.max_queue_depth is not None:
             env["MAX_QUEUE_DEPTH"] = str(options.max_queue_depth)
         settings = Settings.from_env(env)
@@ -374,9 +376,11 @@ def main(argv: list[str]) -> int:
         pipeline = Pipeline(env, root / "logs").start()
         print(f"servers and pipeline in {root}; MAX_QUEUE_DEPTH={settings.max_queue_depth} messages, "
               f"MAX_BATCH_SIZE={settings.max_batch_size} events", flush=True)
-        asyncio.run(run_bench(settings, pipeline, servers, options))
+        asyncio.run(run_bench(settings, pipeline, stack.servers, options))
     finally:
-        devstack.stop_all(pipeline, servers)
+        if pipeline is not None:
+            pipeline.stop()
+        _servers.stop(stack)
         if options.keep:
             print(f"kept {root}")
         else:

@@ -14,7 +14,9 @@ from typing import Any, NoReturn
 from etl import envvalues as v
 from etl.errors import ConfigError
 
-DEFAULT_MAX_BATCH_SIZE = 100
+# Measured with bench/run: against 100, batches of 500 cut the CPU spent per event by about a third in every
+# process (Redis round trips and fsyncs, Dramatiq messages, transactions and graph queries are per batch).
+DEFAULT_MAX_BATCH_SIZE = 500
 DEFAULT_BATCH_LINGER_MS = 50
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 DEFAULT_PROCESSING_TIMEOUT_S = 30
@@ -22,7 +24,8 @@ DEFAULT_RETRY_MAX = 8
 DEFAULT_RETRY_MIN_BACKOFF_MS = 500
 DEFAULT_RETRY_MAX_BACKOFF_MS = 60_000
 DEFAULT_DLQ_RETENTION_DAYS = 14
-DEFAULT_MAX_QUEUE_DEPTH = 200
+# In batches: 40 of DEFAULT_MAX_BATCH_SIZE is the same 20,000 events per queue as 200 batches of 100 were.
+DEFAULT_MAX_QUEUE_DEPTH = 40
 DEFAULT_QUEUE_LOW_WATER_PERCENT = 50
 DEFAULT_BREAKER_FAILURES = 5
 DEFAULT_BREAKER_COOLDOWN_MS = 5_000

@@ -35,7 +35,7 @@ def test_an_unknown_depth_pauses_until_the_backlog_is_down_to_low_water() -> Non
 
 
 @pytest.mark.parametrize(("env", "marks"), [
-    ({}, (200, 100)),
+    ({}, (40, 20)),
     ({"MAX_QUEUE_DEPTH": "20", "QUEUE_LOW_WATER_PERCENT": "50"}, (20, 10)),
     ({"MAX_QUEUE_DEPTH": "7", "QUEUE_LOW_WATER_PERCENT": "50"}, (7, 3)),
     ({"MAX_QUEUE_DEPTH": "20", "QUEUE_LOW_WATER_PERCENT": "0"}, (20, 0)),  # resume only when empty

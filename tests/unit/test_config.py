@@ -11,7 +11,7 @@ from etl.errors import ConfigError
 
 def test_defaults() -> None:
     s = Settings.from_env({})
-    assert (s.max_batch_size, s.pg_db, s.af_env, s.fake_rdns, s.processing_timeout_s) == (100, "aegisflux", "dev",
+    assert (s.max_batch_size, s.pg_db, s.af_env, s.fake_rdns, s.processing_timeout_s) == (500, "aegisflux", "dev",
                                                                                           False, 30)
     assert s.max_event_bytes == 1024 * 1024
 

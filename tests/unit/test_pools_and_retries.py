@@ -18,7 +18,7 @@ def test_each_pool_runs_dramatiq_on_its_own_queue_with_bounded_prefetch() -> Non
     argv, env = dramatiq_command("timescale", {"WORKER_THREADS": "6", "METRICS_PORT": "9300"})
     assert argv[:6] == [sys.executable, "-m", "dramatiq", "etl.actors", "--queues", "timescale"]
     assert argv[argv.index("--threads") + 1] == "6"
-    assert (env["dramatiq_queue_prefetch"], env["dramatiq_delay_queue_prefetch"]) == ("6", "6")
+    assert (env["dramatiq_queue_prefetch"], env["dramatiq_delay_queue_prefetch"]) == ("12", "12")  # 2 per thread
     assert env["dramatiq_prom_port"] == "9300" and env["dramatiq_prom_db"] == env["PROMETHEUS_MULTIPROC_DIR"]
     graph_argv, _ = dramatiq_command("graph", {})
     assert graph_argv[graph_argv.index("--threads") + 1] == "1"

@@ -1,0 +1,114 @@
+"""The local default's real servers for a benchmark, and a clean slate between two measurements.
+
+One ``Stack`` is started per benchmark run: NATS with JetStream, Redis and FalkorDB with AOF (``appendfsync
+always``), PostgreSQL with fsync on, exactly as ``etl dev`` runs them (``etl.devservices.Servers``), with data in a
+temporary directory. ``reset`` empties every server, so each measurement starts from the same empty state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import psycopg2
+import redis
+from falkordb import FalkorDB
+from nats.js.errors import NotFoundError
+
+from etl.config import Settings
+from etl.devports import PortFlags
+from etl.devservices import Servers
+from etl.nats_conn import connect
+
+BENCH_ENV = {"AF_ENV": "bench", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json", "HEALTH_HOST": "127.0.0.1"}
+
+
+@dataclass
+class Stack:
+    root: Path
+    servers: Servers
+    env: dict[str, str]
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    def server_processes(self) -> dict[str, psutil.Process]:
+        """Each server's main process, labelled (their children, e.g. PostgreSQL backends, are counted with it)."""
+        out = {}
+        for server in self.servers.all():
+            assert server.proc is not None
+            out[f"{server.name}-server"] = psutil.Process(server.proc.pid)
+        return out
+
+
+def start(root: Path, say: object = print) -> Stack:
+    """Start the four servers under ``root``; raises ``etl.devservers.ServerError``."""
+    servers = Servers.create(root / "data", PortFlags())
+    servers.start(say)  # type: ignore[arg-type]
+    env = {**servers.env(), **BENCH_ENV}
+    return Stack(root, servers, env)
+
+
+def stop(stack: Stack | None) -> None:
+    if stack is not None:
+        stack.servers.stop(lambda _: None, hurried=True)
+
+
+def reset(stack: Stack) -> None:
+    """Empty every server: Redis, the table, the graph (schema re-applied) and both JetStream streams."""
+    s = stack.settings
+    with redis.Redis(host="127.0.0.1", port=stack.servers.redis.port) as client:
+        client.flushall()
+    conn = psycopg2.connect(host="127.0.0.1", port=s.pg_port, dbname=s.pg_db, user="postgres")
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (s.pg_table,))
+        if cur.fetchone()[0] is not None:  # type: ignore[index]
+            cur.execute(f'TRUNCATE "{s.pg_table}"')
+    conn.close()
+    graph = FalkorDB(host="127.0.0.1", port=stack.servers.falkordb.port).select_graph(s.graph_name)
+    try:
+        graph.delete()
+    except redis.ResponseError:
+        pass  # no graph yet
+    asyncio.run(_delete_streams(s))
+    _migrate(s)
+
+
+async def _delete_streams(settings: Settings) -> None:
+    nc = await connect(settings, "etl-bench-reset")
+    try:
+        js = nc.jetstream()
+        for stream in (settings.nats_stream, settings.nats_enriched_stream):
+            try:
+                await js.delete_stream(stream)
+            except NotFoundError:
+                pass
+    finally:
+        await nc.close()
+
+
+def _migrate(settings: Settings) -> None:
+    from etl.sinks.graph import GraphSink
+    from etl.sinks.timescale import TimescaleSink
+
+    for sink in (TimescaleSink(settings), GraphSink(settings)):
+        sink.open()
+        sink.close()
+
+
+def machine() -> dict[str, object]:
+    """What the figures were measured on."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}

@@ -1,0 +1,154 @@
+"""The raw ceilings: what each server takes from the thinnest possible client, on the same rows.
+
+- NATS: a nats-py pull consumer that fetches batches and acks each message (the bridge's job, minus the bridge);
+  and JetStream ``publish_async`` of pre-encoded enriched events (the publish sink's job, minus the sink).
+- PostgreSQL: ``COPY`` of pre-formatted rows straight into the events table, one transaction per batch.
+- FalkorDB: the graph sink's ``UNWIND`` merge with its query text (parameters included) built beforehand, sent
+  as a bare ``GRAPH.QUERY``.
+
+Only the server round trips are timed; whatever can be prepared is prepared before the clock starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg2
+import redis
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
+
+from bench import load
+from etl.config import Settings
+from etl.events import payload_bytes
+from etl.nats_conn import connect
+from etl.sinks.copy_format import encode_row
+from etl.sinks.graph import WRITE_CYPHER, build_rows
+from etl.sinks.nats_publish import encode
+
+CEILING_STREAM = "BENCH_CEILING"
+CEILING_SUBJECT = "bench.ceiling"
+CEILING_CONSUMER = "bench-ceiling"
+
+Event = dict[str, Any]
+
+
+def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+async def nats_fetch_ack(settings: Settings, payloads: Sequence[bytes], batch: int) -> float:
+    """Events/s one nats-py client fetches from a stream and acks (each message, one flush per batch)."""
+    nc = await connect(settings, "etl-bench-ceiling")
+    js = nc.jetstream()
+    try:
+        await _fresh_stream(js)
+        await load.publish(js, CEILING_SUBJECT, payloads)
+        await js.add_consumer(CEILING_STREAM, js_api.ConsumerConfig(
+            durable_name=CEILING_CONSUMER, ack_policy=js_api.AckPolicy.EXPLICIT, max_ack_pending=10 * batch))
+        sub = await js.pull_subscribe_bind(consumer=CEILING_CONSUMER, stream=CEILING_STREAM)
+        got = 0
+        start = time.monotonic()
+        while got < len(payloads):
+            msgs = await sub.fetch(batch, timeout=5)
+            for m in msgs:
+                await m.ack()
+            await nc.flush()
+            got += len(msgs)
+        return got / (time.monotonic() - start)
+    finally:
+        await _drop_stream(js)
+        await nc.close()
+
+
+async def nats_publish(settings: Settings, events: Sequence[Event], batch: int) -> float:
+    """Events/s one nats-py client publishes to a stream, awaiting the stream's acks once per batch."""
+    messages = [encode(e) for e in events]
+    nc = await connect(settings, "etl-bench-ceiling")
+    js = nc.jetstream()
+    try:
+        await _fresh_stream(js)
+        start = time.monotonic()
+        for chunk in batches(messages, batch):
+            await asyncio.gather(*[await js.publish_async(CEILING_SUBJECT, p, headers=h) for p, h in chunk])
+        return len(messages) / (time.monotonic() - start)
+    finally:
+        await _drop_stream(js)
+        await nc.close()
+
+
+async def _fresh_stream(js: Any) -> None:
+    await _drop_stream(js)
+    await js.add_stream(name=CEILING_STREAM, subjects=[CEILING_SUBJECT], storage=js_api.StorageType.FILE)
+
+
+async def _drop_stream(js: Any) -> None:
+    try:
+        await js.delete_stream(CEILING_STREAM)
+    except NotFoundError:
+        pass
+
+
+_COPY_COLUMNS = '(id, "time", "timestamp", type, source, host_id, env, rdns, metadata, payload)'
+
+
+def _copy_row(e: Event) -> bytes:
+    t = datetime.fromtimestamp(e["timestamp"] / 1000, tz=timezone.utc).isoformat()
+    return encode_row((e["id"], t, e["timestamp"], e["type"], e["source"], e["metadata"].get("host_id"),
+                       e.get("env"), e.get("rdns"), e["metadata"], payload_bytes(e)))
+
+
+def bare_copy(settings: Settings, events: Sequence[Event], batch: int) -> float:
+    """Events/s of ``COPY`` straight into the events table, pre-formatted, one transaction per batch, on one
+    connection. The table is emptied afterwards."""
+    data = [b"".join(_copy_row(e) for e in chunk) for chunk in batches(events, batch)]
+    conn = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, dbname=settings.pg_db, user="postgres")
+    table = f'"{settings.pg_table}"'
+    try:
+        with conn.cursor() as cur:
+            start = time.monotonic()
+            for block in data:
+                cur.copy_expert(f"COPY {table} {_COPY_COLUMNS} FROM STDIN", io.BytesIO(block))
+                conn.commit()
+            rate = len(events) / (time.monotonic() - start)
+            cur.execute(f"TRUNCATE {table}")
+            conn.commit()
+        return rate
+    finally:
+        conn.close()
+
+
+def bare_merge(settings: Settings, events: Sequence[Event], batch: int) -> float:
+    """Events/s of the graph sink's merge statement sent as a bare ``GRAPH.QUERY`` with its text built
+    beforehand, into the empty graph with the sink's indexes and constraints (the caller resets it)."""
+    from falkordb import FalkorDB
+
+    port = int(settings.neo4j_uri.rsplit(":", 1)[1])
+    name = settings.graph_name
+    graph = FalkorDB(host="127.0.0.1", port=port).select_graph(name)
+    queries = [graph._build_params_header({"rows": build_rows(chunk)}) + WRITE_CYPHER  # noqa: SLF001
+               for chunk in batches(events, batch)]
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        start = time.monotonic()
+        for query in queries:
+            client.execute_command("GRAPH.QUERY", name, query, "--compact")
+        return len(events) / (time.monotonic() - start)
+    finally:
+        client.close()
+
+
+def enriched(payloads: Sequence[bytes]) -> list[Event]:
+    """The raw events as the enrich pool makes them (pure code, no server)."""
+    from etl.enrich import enrich_batch
+    from etl.rdns import FakeResolver
+    from etl.validate import validate_batch
+
+    good, _ = validate_batch(payloads, max_bytes=2**20)
+    return enrich_batch(good, env="bench", resolver=FakeResolver(), now=datetime.now(timezone.utc))
+

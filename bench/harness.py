@@ -1,0 +1,245 @@
+"""``bench/run``: throughput, latency, cost and scaling of the pipeline, beside baselines from the same run.
+
+    bench/run                    # 100,000 events (about ten minutes here)
+    bench/run --quick            # 5,000 events, about a minute
+    bench/run --events 50000 --json out.json
+
+Starts the local default's real servers (NATS, Redis, PostgreSQL, FalkorDB) in a temporary directory, then
+measures, each from empty servers: the raw ceilings (``bench.ceilings``), each stage alone (``bench.stages``),
+the per-event baseline and the pipeline end to end (``bench.e2e``) with its latency at fixed rates, its scaling
+and a ten times longer run for memory. Prints a table and writes everything to JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import _servers, ceilings, e2e, load, stages
+from bench.report import Row, cost_table, table, target, write_json
+from etl.config import DEFAULT_MAX_BATCH_SIZE as BATCH
+
+DEFAULT_EVENTS = 100_000
+QUICK_EVENTS = 5_000
+DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"
+BATCH_SIZES = (1, 10, 100, 500)  # the default (etl.config) is the main run
+MEMORY_FACTOR = 10
+FLAT_RATIO = 1.25
+
+
+@dataclass(frozen=True)
+class Options:
+    events: int
+    quick: bool
+    json_path: Path
+    memory_factor: int
+    keep: bool
+
+    @property
+    def latency_s(self) -> float:
+        return 3.0 if self.quick else 20.0
+
+    def scaled(self, batch: int) -> int:
+        """Events for a run at ``batch`` events per batch: fewer for the small sizes, which are much slower."""
+        share = {1: 100, 10: 20}.get(batch, 2)
+        return max(300 if self.quick else 1000, self.events // share)
+
+
+def parse(argv: list[str]) -> Options:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_EVENTS:,} events, shorter latency runs")
+    parser.add_argument("--events", type=int, help=f"events per end-to-end run (default {DEFAULT_EVENTS:,})")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write (default {DEFAULT_JSON})")
+    parser.add_argument("--memory-factor", type=int, default=MEMORY_FACTOR,
+                        help="the memory run is this many times longer than the main one (0: skip it)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    args = parser.parse_args(argv)
+    events = args.events or (QUICK_EVENTS if args.quick else DEFAULT_EVENTS)
+    return Options(max(BATCH, events // BATCH * BATCH), args.quick, args.json, args.memory_factor, args.keep)
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def measure_ceilings(stack: _servers.Stack, payloads: list[bytes], events: list[dict[str, Any]],
+                     batch: int) -> dict[str, float]:
+    settings = stack.settings
+    out = {}
+    _servers.reset(stack)
+    out["nats_fetch_ack"] = asyncio.run(ceilings.nats_fetch_ack(settings, payloads, batch))
+    out["nats_publish"] = asyncio.run(ceilings.nats_publish(settings, events, batch))
+    out["copy"] = ceilings.bare_copy(settings, events, batch)
+    out["merge"] = ceilings.bare_merge(settings, events, batch)
+    for name, rate in out.items():
+        say(f"ceiling {name}: {rate:,.0f} events/s")
+    return out
+
+
+def measure_stages(stack: _servers.Stack, payloads: list[bytes], events: list[dict[str, Any]], batch: int,
+                   logs: Path) -> dict[str, stages.StageResult]:
+    from etl import actors  # the broker, from the stack's environment (set in main)
+
+    chunks = ceilings.batches(payloads, batch)
+    event_chunks = [list(c) for c in ceilings.batches(events, batch)]
+    fills: dict[str, Callable[[], None]] = {
+        "enrich": lambda: [actors.enqueue_raw(list(c)) for c in chunks] and None,
+        "publish": lambda: [actors.publish_batch.send(c) for c in event_chunks] and None,
+        "timescale": lambda: [actors.store_batch.send(c) for c in event_chunks] and None,
+        "graph": lambda: [actors.merge_batch.send(c) for c in event_chunks] and None,
+    }
+    out = {"bridge": stages.bridge(stack, payloads, batch, logs / "stage-bridge")}
+    for name, fill in fills.items():
+        out[name] = stages.pool(stack, name, fill, len(events), batch, logs / f"stage-{name}")
+    for name, result in out.items():
+        say(f"stage {name}: {result.rate:,.0f} events/s")
+    return out
+
+
+def run_e2e(stack: _servers.Stack, opts: Options, payloads: list[bytes], logs: Path) -> dict[str, e2e.RunResult]:
+    runs: dict[str, e2e.RunResult] = {}
+
+    def one(label: str, events: list[bytes], shape: e2e.Shape, **kw: Any) -> None:
+        runs[label] = result = e2e.run(stack, events, shape, label, logs, **kw)
+        say(f"{label}: {result.events:,} events in {result.seconds:.1f}s = {result.rate:,.0f} events/s"
+            f"{'' if result.complete else ' (INCOMPLETE)'}")
+
+    one("e2e", payloads, e2e.Shape(BATCH), latency_s=opts.latency_s)
+    one("per-event baseline", payloads[:opts.scaled(1)], e2e.Shape(batch=1, per_event=True))
+    one("2 processes per pool", payloads[:opts.scaled(BATCH)], e2e.Shape(BATCH, processes=2))
+    for batch in BATCH_SIZES:
+        if batch != BATCH:
+            one(f"batch {batch}", payloads[:opts.scaled(batch)], e2e.Shape(batch=batch))
+    if opts.memory_factor:
+        longer = load.events(opts.events * opts.memory_factor, seed=3)
+        one(f"{opts.memory_factor}x longer", longer, e2e.Shape(BATCH))
+    return runs
+
+
+def rows(ceil: dict[str, float], st: dict[str, stages.StageResult], runs: dict[str, e2e.RunResult],
+         opts: Options) -> list[Row]:
+    main, pe = runs["e2e"], runs["per-event baseline"]
+    out = [
+        target(Row("end to end, all three sinks", main.rate, "ev/s"), at_least=10_000, label=">=10k"),
+        target(Row("end to end vs per-event shape", main.rate, "ev/s", "per-event baseline", pe.rate), 10,
+               label=">=10x"),
+        Row("per-event baseline, end to end", pe.rate, "ev/s"),
+        target(Row("stage: bridge (process, real enqueue)", st["bridge"].rate, "ev/s", "nats-py fetch+ack",
+                   ceil["nats_fetch_ack"]), 0.8, label=">=0.8"),
+        Row("stage: enrich pool", st["enrich"].rate, "ev/s"),
+        target(Row("stage: publish pool", st["publish"].rate, "ev/s", "JetStream publish_async",
+                   ceil["nats_publish"]), 0.7, label=">=0.7"),
+        target(Row("stage: timescale pool", st["timescale"].rate, "ev/s", "bare COPY", ceil["copy"]), 0.7,
+               label=">=0.7"),
+        target(Row("stage: graph pool", st["graph"].rate, "ev/s", "bare UNWIND merge", ceil["merge"]), 0.7,
+               label=">=0.7"),
+    ]
+    for name, rate in ceil.items():
+        out.append(Row(f"raw ceiling: {name}", rate, "ev/s"))
+    out += latency_rows(main)
+    for label, run in runs.items():
+        if label not in ("e2e", "per-event baseline") and "longer" not in label:
+            out.append(Row(f"scaling: {label}", run.rate, "ev/s", f"e2e (batch {BATCH}, 1 process)", main.rate))
+    out += memory_rows(runs, opts)
+    return out
+
+
+def latency_rows(main: e2e.RunResult) -> list[Row]:
+    out = []
+    for fraction, lat in main.latencies.items():
+        for p in ("p50", "p95", "p99"):
+            row = Row(f"latency {p} at {fraction} of max ({lat['rate']:,} ev/s)", lat[f"{p}_ms"], "ms")
+            if fraction == "50%" and p == "p99":
+                row = target(row, below=1000, label="<1s")
+            out.append(row)
+    return out
+
+
+def memory_rows(runs: dict[str, e2e.RunResult], opts: Options) -> list[Row]:
+    """Flat memory: over the longer run, each pipeline process's peak RSS, and Redis ``used_memory``, in its second
+    half against its first half (a leak grows with the events processed; the first half is already warm)."""
+    longer = next((r for label, r in runs.items() if "longer" in label), None)
+    if longer is None:
+        return []
+    series = {f"RSS {k}": v for k, v in longer.costs.rss_series_mib.items() if k.startswith(("bridge", "worker"))}
+    series["Redis used_memory"] = longer.costs.redis_series_mib
+    out = []
+    for label, values in series.items():
+        half = len(values) // 2
+        first, second = max(values[:half], default=0.0), max(values[half:], default=0.0)
+        out.append(target(Row(f"{label}, {opts.memory_factor}x run, 2nd half peak", second, "MiB",
+                              "1st half peak", first), None, below=first * FLAT_RATIO + 1e-9,
+                          label=f"<={FLAT_RATIO}x"))
+    main_rss = sum(v for k, v in runs["e2e"].costs.peak_rss_mib.items() if k.startswith(("bridge", "worker")))
+    long_rss = sum(v for k, v in longer.costs.peak_rss_mib.items() if k.startswith(("bridge", "worker")))
+    out.append(Row(f"peak RSS, pipeline processes, {opts.memory_factor}x run", long_rss, "MiB", "main run", main_rss))
+    return out
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def main(argv: list[str]) -> int:
+    opts = parse(argv)
+    root = Path(tempfile.mkdtemp(prefix="etl-bench-"))
+    started = time.monotonic()
+    info = {"command": " ".join(["bench/run", *argv]), "machine": _servers.machine(),
+            "python": platform.python_version(), "revision": git_revision(), "events": opts.events, "batch": BATCH}
+    stack = None
+    try:
+        stack = _servers.start(root / "servers", say)
+        os.environ.update(stack.env)
+        payloads = load.events(opts.events, seed=1)
+        enriched = ceilings.enriched(payloads)
+        ceil = measure_ceilings(stack, payloads, enriched, BATCH)
+        st = measure_stages(stack, payloads, enriched, BATCH, root / "logs")
+        runs = run_e2e(stack, opts, payloads, root / "logs")
+    finally:
+        _servers.stop(stack)
+        if opts.keep:
+            say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    info["seconds"] = round(time.monotonic() - started, 1)
+    report(opts, info, ceil, st, runs)
+    return 0
+
+
+def report(opts: Options, info: dict[str, Any], ceil: dict[str, float], st: dict[str, stages.StageResult],
+           runs: dict[str, e2e.RunResult]) -> None:
+    table_rows = rows(ceil, st, runs, opts)
+    main_costs = runs["e2e"].costs
+    print(f"\n{info['command']}: {info['machine']}, load average at start {info['machine']['load_average']}, "
+          f"at end {info['load_average_end']}; {info['seconds']:.0f}s\n")
+    print(table(table_rows))
+    print(f"\ncost of the end-to-end run ({runs['e2e'].events:,} events):\n")
+    print(cost_table(main_costs.per_1000(runs["e2e"].events), main_costs.peak_rss_mib, main_costs.redis_peak_used_mib))
+    data = {**info, "table": [r.as_dict() for r in table_rows], "ceilings": ceil,
+            "stages": {k: {"rate": v.rate, "events": v.events, "seconds": v.seconds, "cpu_s": v.costs.cpu_s,
+                           "cpu_s_per_1000": v.costs.per_1000(v.events)} for k, v in st.items()},
+            "runs": {k: {**{f: getattr(v, f) for f in ("events", "seconds", "publish_seconds", "complete")},
+                         "rate": v.rate, "latencies": v.latencies, "costs": asdict(v.costs),
+                         "cpu_s_per_1000": v.costs.per_1000(v.events)} for k, v in runs.items()}}
+    write_json(opts.json_path, data)
+    print(f"\nwritten to {opts.json_path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,134 @@
+"""Load for the benchmarks: realistic events published at full speed or at a fixed rate, and the counts in
+every sink that tell when they have all arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+
+import orjson
+import psycopg2
+from falkordb import FalkorDB
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from etl.bridge import ensure_raw_stream
+from etl.config import Settings
+from etl.generator import generate, make_hosts, sample_event
+from etl.nats_conn import connect
+
+HOSTS = 50
+PUBLISH_WINDOW = 2000  # JetStream publishes in flight before waiting for their acks
+TICK_S = 0.01
+POLL_S = 0.1
+
+
+def events(count: int, *, seed: int) -> list[bytes]:
+    """``count`` realistic raw events (``etl.generator``), generated before any clock starts. Ids carry the
+    second of ``base_ms``, which ``seed`` moves by a thousand seconds: two seeds never share an id."""
+    base_ms = int(time.time() * 1000) + seed * 1_000_000
+    return list(generate(count, hosts=HOSTS, seed=seed, base_ms=base_ms))
+
+
+async def open_js(settings: Settings) -> tuple[Client, JetStreamContext]:
+    nc = await connect(settings, "etl-bench")
+    js = nc.jetstream()
+    await ensure_raw_stream(js, settings)
+    return nc, js
+
+
+async def publish(js: JetStreamContext, subject: str, payloads: Sequence[bytes]) -> None:
+    """Publish as fast as JetStream acknowledges, with up to ``PUBLISH_WINDOW`` acks outstanding."""
+    for start in range(0, len(payloads), PUBLISH_WINDOW):
+        futures = [await js.publish_async(subject, p) for p in payloads[start:start + PUBLISH_WINDOW]]
+        await asyncio.gather(*futures)
+
+
+async def publish_at(js: JetStreamContext, subject: str, rate: float, duration_s: float, *, seed: int,
+                     prefix: str) -> int:
+    """Publish ``rate`` events/s for ``duration_s``; each event's ``timestamp`` is its publish time (ms), so the
+    sinks' own clocks give its latency. Returns how many were published."""
+    rng = random.Random(seed)
+    hosts = make_hosts(HOSTS, rng)
+    start = time.monotonic()
+    sent = 0
+    pending: list[asyncio.Future[object]] = []
+    while (elapsed := time.monotonic() - start) < duration_s:
+        due = int(rate * elapsed) - sent
+        for _ in range(max(0, due)):
+            event = sample_event(sent, hosts[sent % HOSTS], rng, 0)
+            event["id"] = f"{prefix}-{sent}"
+            event["timestamp"] = int(time.time() * 1000)
+            pending.append(await js.publish_async(subject, orjson.dumps(event)))
+            sent += 1
+        if len(pending) > PUBLISH_WINDOW:
+            await asyncio.gather(*pending)
+            pending.clear()
+        await asyncio.sleep(TICK_S)
+    await asyncio.gather(*pending)
+    return sent
+
+
+class SinkCounts:
+    """Reads how many events each sink holds: rows in PostgreSQL, Event nodes in the graph, messages on the
+    enriched stream."""
+
+    def __init__(self, settings: Settings, js: JetStreamContext) -> None:
+        self._settings = settings
+        self._js = js
+        self._pg = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, dbname=settings.pg_db,
+                                    user="postgres")
+        self._pg.autocommit = True
+        port = int(settings.neo4j_uri.rsplit(":", 1)[1])
+        self._graph = FalkorDB(host="127.0.0.1", port=port).select_graph(settings.graph_name)
+
+    def close(self) -> None:
+        self._pg.close()
+
+    def stored(self) -> int:
+        with self._pg.cursor() as cur:
+            cur.execute(f'SELECT count(*) FROM "{self._settings.pg_table}"')
+            return int(cur.fetchone()[0])  # type: ignore[index]
+
+    def merged(self) -> int:
+        return int(self._graph.ro_query("MATCH (e:Event) RETURN count(e)").result_set[0][0])
+
+    async def published(self) -> int:
+        try:
+            return int((await self._js.stream_info(self._settings.nats_enriched_stream)).state.messages)
+        except NotFoundError:
+            return 0
+
+    async def all(self) -> tuple[int, int, int]:
+        return self.stored(), self.merged(), await self.published()
+
+    async def wait(self, total: int, timeout_s: float) -> float | None:
+        """Monotonic time at which every sink held ``total`` events, or None at the deadline.
+
+        The cheapest count is read first and the next only once it is complete: ``count(*)`` over a million
+        rows, ten times a second, would cost PostgreSQL more than the pipeline's own writes."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if await self.published() >= total and self.merged() >= total and self.stored() >= total:
+                return time.monotonic()
+            await asyncio.sleep(POLL_S)
+        return None
+
+    def latencies_ms(self, prefix: str) -> list[float]:
+        """Publish to row for each event whose id starts with ``prefix``: ``created_at`` (the inserting
+        transaction's start, set by the server) minus the ``timestamp`` set at publish."""
+        with self._pg.cursor() as cur:
+            cur.execute(f'SELECT extract(epoch FROM created_at) * 1000 - "timestamp" '
+                        f'FROM "{self._settings.pg_table}" WHERE id LIKE %s', (prefix + "-%",))
+            return [float(r[0]) for r in cur.fetchall()]
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
