@@ -1,10 +1,11 @@
 """NATS -> batches -> enqueue: the thin bridge from the raw JetStream subject to the Dramatiq pools.
 
 Every replica pulls from one durable JetStream consumer, so the server load-balances messages between them and
-no message goes to two replicas at once. A batch closes at ``max_batch_size`` messages or ``batch_linger_ms``
-after its first message, whichever comes first. It is handed to the injected ``enqueue`` in a worker thread,
-and acknowledged only after ``enqueue`` returned: a crash at any point leaves the batch un-acked, and NATS
-redelivers it after ``ack_wait``. Delivery is at-least-once; every sink write is idempotent.
+no message goes to two replicas at once. A batch closes at ``max_batch_size`` messages, at about
+``max_batch_bytes``, or ``batch_linger_ms`` after its first message, whichever comes first. It is handed to the
+injected ``enqueue`` in a worker thread, and acknowledged only after ``enqueue`` returned: a crash at any point
+leaves the batch un-acked, and NATS redelivers it after ``ack_wait``. Delivery is at-least-once; every sink write
+is idempotent.
 
 Backpressure: one batch is in hand per replica; while ``enqueue`` blocks, nothing more is fetched. The server
 caps un-acked messages over all replicas at ``max_ack_pending``. Dramatiq itself never refuses a message, so
@@ -230,27 +231,37 @@ class Bridge:
         self._sub, self._consumer_lost = sub, False
 
     async def _collect(self) -> list[Msg]:
-        """Up to ``max_batch_size`` messages, closed ``batch_linger_ms`` after the first; ``[]`` when idle."""
+        """Up to ``max_batch_size`` messages, closed ``batch_linger_ms`` after the first, or once one more message of
+        the batch's average size would take it past ``max_batch_bytes`` (so it passes that by at most the size of
+        its last message); ``[]`` when idle."""
         sub = self._sub
         if sub is None:
             return []
-        limit = self._settings.max_batch_size
         batch: list[Msg] = []
+        size = 0
         deadline: float | None = None
-        while len(batch) < limit and not self._consumer_lost:
+        while not self._consumer_lost:
             if deadline is None:
                 if self._stopping.is_set():
                     break
                 # Wait for one message only: a larger fetch would wait its whole timeout for the rest.
                 want, timeout = 1, self._idle_fetch_s
             else:
-                want, timeout = limit - len(batch), deadline - time.monotonic()
-                if timeout < MIN_FETCH_S:
+                want, timeout = self._room(len(batch), size), deadline - time.monotonic()
+                if want < 1 or timeout < MIN_FETCH_S:
                     break
-            batch += await self._fetch(sub, want, timeout)
+            fetched = await self._fetch(sub, want, timeout)
+            batch += fetched
+            size += sum(len(m.data) for m in fetched)
             if deadline is None and batch:
                 deadline = time.monotonic() + self._linger_s
         return batch
+
+    def _room(self, count: int, size: int) -> int:
+        """How many more messages the batch takes: by count, and by bytes at the average size so far."""
+        by_count = self._settings.max_batch_size - count
+        by_bytes = (self._settings.max_batch_bytes - size) // max(1, size // count)
+        return min(by_count, by_bytes)
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription, want: int, timeout_s: float) -> list[Msg]:
         try:

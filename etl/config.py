@@ -18,6 +18,8 @@ from etl.errors import ConfigError
 # process (Redis round trips and fsyncs, Dramatiq messages, transactions and graph queries are per batch).
 DEFAULT_MAX_BATCH_SIZE = 500
 DEFAULT_BATCH_LINGER_MS = 50
+# One Dramatiq message carries a whole batch: this keeps it small for Redis whatever the events' sizes.
+DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 DEFAULT_PROCESSING_TIMEOUT_S = 30
 DEFAULT_RETRY_MAX = 8
@@ -94,6 +96,7 @@ class Settings:
     rdns_negative_ttl_s: int = DEFAULT_RDNS_NEGATIVE_TTL_S
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     batch_linger_ms: int = DEFAULT_BATCH_LINGER_MS
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     processing_timeout_s: int = DEFAULT_PROCESSING_TIMEOUT_S
     retry_max: int = DEFAULT_RETRY_MAX
@@ -215,6 +218,7 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "rdns_negative_ttl_s": ("RDNS_NEGATIVE_TTL_S", v.positive_int),
     "max_batch_size": ("MAX_BATCH_SIZE", v.positive_int),
     "batch_linger_ms": ("BATCH_LINGER_MS", v.positive_int),
+    "max_batch_bytes": ("MAX_BATCH_BYTES", v.positive_int),
     "max_event_bytes": ("MAX_EVENT_BYTES", v.positive_int),
     "processing_timeout_s": ("PROCESSING_TIMEOUT", v.positive_int),
     "retry_max": ("RETRY_MAX", v.non_negative_int),

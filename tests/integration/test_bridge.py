@@ -322,3 +322,24 @@ def test_rebinds_when_its_consumer_is_deleted(make_settings: Callable[..., Setti
         assert recorder.ids == ids(3, "a") + ids(3, "b")
 
     asyncio.run(main())
+
+
+def test_big_events_close_a_batch_by_bytes(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(MAX_BATCH_SIZE=100, BATCH_LINGER_MS=1000, MAX_BATCH_BYTES=350_000)
+    published = [b"%03d" % i + b"x" * 99_997 for i in range(20)]  # 100,000 bytes each
+    huge = b"h" * 500_000  # bigger than the limit on its own
+
+    async def main() -> None:
+        recorder = Recorder(asyncio.get_running_loop())
+        async with nats_client(settings) as (_, js):
+            await ensure_raw_stream(js, settings)
+            await publish(js, settings.nats_subject_raw, [*published, huge])
+            async with running(Bridge(settings, recorder)):
+                await recorder.wait_for(lambda: len(recorder.ids) >= 21)
+        assert recorder.ids == [*published, huge]
+        # Three of 100,000 bytes fit; a fourth would pass the limit. The batch that takes the huge message
+        # passes it by that one message only.
+        assert [len(b) for b in recorder.batches] == [3] * 7
+        assert all(sum(map(len, b)) - max(map(len, b)) < 350_000 for b in recorder.batches)
+
+    asyncio.run(main())
