@@ -158,22 +158,34 @@ def _split_host_port(item: str, default_port: int = DNS_PORT) -> tuple[str, str]
     return item, str(default_port)
 
 
+def _endpoints(raw: str, default_port: int) -> list[tuple[str, int | None]]:
+    """The comma-separated ``host[:port]`` entries of ``raw`` (empty ones skipped), each with its port as a number
+    (``default_port`` when absent), or ``None`` for a port that is not one."""
+    out: list[tuple[str, int | None]] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if item:
+            host, port = _split_host_port(item, default_port)
+            out.append((host, int(port) if port.isdigit() and 0 < int(port) <= 65535 else None))
+    return out
+
+
+def _ip(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
 def parse_nameservers(name: str, raw: str) -> list[tuple[str, int]]:
     """``RDNS_NAMESERVERS`` as (address, port) pairs: comma-separated ``ip``, ``ip:port`` or ``[ipv6]:port``,
     port 53 when none is given. Empty means the system's resolvers. Raises ``ConfigError`` on a bad entry."""
     out = []
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        host, port = _split_host_port(item)
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            address = None
-        if address is None or not port.isdigit() or not 0 < int(port) <= 65535:
+    for host, port in _endpoints(raw, DNS_PORT):
+        address = _ip(host)
+        if address is None or port is None:
             raise ConfigError(f"{name} must be comma-separated IP addresses, each with an optional :port "
                               f"([addr]:port for IPv6), got {raw!r}")
-        out.append((str(address), int(port)))
+        out.append((address, port))
     return out
 
 
@@ -186,14 +198,11 @@ def parse_sentinels(name: str, raw: str) -> list[tuple[str, int]]:
     """``REDIS_SENTINELS`` as (host, port) pairs: comma-separated ``host``, ``host:port`` or ``[ipv6]:port``,
     port 26379 when none is given. Empty means no Sentinel. Raises ``ConfigError`` on a bad entry."""
     out = []
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        host, port = _split_host_port(item, DEFAULT_SENTINEL_PORT)
-        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+    for host, port in _endpoints(raw, DEFAULT_SENTINEL_PORT):
+        if not host or port is None:
             raise ConfigError(f"{name} must be comma-separated host[:port] entries ([addr]:port for IPv6), "
                               f"got {raw!r}")
-        out.append((host, int(port)))
+        out.append((host, port))
     return out
 
 

@@ -81,19 +81,14 @@ def published_count(settings: Settings) -> int:
 
 def queued_counts(settings: Settings) -> dict[str, int]:
     """Messages not yet acked in each Dramatiq queue: waiting, in flight and delayed retries."""
-    client = redis_client(settings)
-    try:
+    with redis_client(settings) as client:
         return queue_depths(client)
-    finally:
-        client.close()
 
 
 def dead_letter_counts(settings: Settings) -> dict[str, int]:
-    client = redis_client(settings)
-    try:
+    """Dead letters by stage."""
+    with redis_client(settings) as client:
         return DeadLetterStore(client, retention_s=settings.dlq_retention_days * SECONDS_PER_DAY).counts_by_stage()
-    finally:
-        client.close()
 
 
 def collect(settings: Settings) -> Counts:

@@ -23,7 +23,6 @@ from etl import devservers, report
 from etl.bridge import consumer_config, ensure_raw_stream
 from etl.broker import QUEUES, redis_client
 from etl.config import Settings
-from etl.dlq import DeadLetterStore
 from etl.nats_conn import UNAVAILABLE_ERRORS, connect
 from etl.supervisor import Pipeline
 from tests.waiting import wait_for
@@ -299,9 +298,7 @@ def _with_redis(settings: Settings, use: Callable[[redis.Redis], object]) -> obj
 
 def sink_dead_letters(settings: Settings) -> dict[str, int]:
     """Dead letters by stage, except enrichment's (bad input): these mean a batch was given up on."""
-    counts = _with_redis(settings, lambda c: DeadLetterStore(c, retention_s=3600).counts_by_stage())
-    assert isinstance(counts, dict)
-    return {stage: n for stage, n in counts.items() if stage != "enrich"}
+    return {stage: n for stage, n in report.dead_letter_counts(settings).items() if stage != "enrich"}
 
 
 def wait_settled(settings: Settings, pipeline: Pipeline, *, timeout_s: float) -> report.Counts:
