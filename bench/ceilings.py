@@ -2,7 +2,8 @@
 
 - NATS: a nats-py pull consumer that fetches batches and acks each message (the bridge's job, minus the bridge);
   and JetStream ``publish_async`` of pre-encoded enriched events (the publish sink's job, minus the sink).
-- PostgreSQL: ``COPY`` of pre-formatted rows straight into the events table, one transaction per batch.
+- PostgreSQL: ``COPY`` of pre-formatted rows (the sink's binary format) straight into the events table, one
+  transaction per batch.
 - FalkorDB: the graph sink's ``UNWIND`` merge with its query text (parameters included) built beforehand, sent
   as a bare ``GRAPH.QUERY``.
 
@@ -25,9 +26,8 @@ from nats.js.errors import NotFoundError
 
 from bench import load
 from etl.config import Settings
-from etl.events import payload_bytes
 from etl.nats_conn import connect
-from etl.sinks.copy_format import encode_row
+from etl.sinks.copy_format import COLUMNS, format_batch
 from etl.sinks.graph import WRITE_CYPHER, build_rows
 from etl.sinks.nats_publish import encode
 
@@ -94,26 +94,19 @@ async def _drop_stream(js: Any) -> None:
         pass
 
 
-_COPY_COLUMNS = '(id, "time", "timestamp", type, source, host_id, env, rdns, metadata, payload)'
-
-
-def _copy_row(e: Event) -> bytes:
-    t = datetime.fromtimestamp(e["timestamp"] / 1000, tz=timezone.utc).isoformat()
-    return encode_row((e["id"], t, e["timestamp"], e["type"], e["source"], e["metadata"].get("host_id"),
-                       e.get("env"), e.get("rdns"), e["metadata"], payload_bytes(e)))
-
-
 def bare_copy(settings: Settings, events: Sequence[Event], batch: int) -> float:
-    """Events/s of ``COPY`` straight into the events table, pre-formatted, one transaction per batch, on one
-    connection. The table is emptied afterwards."""
-    data = [b"".join(_copy_row(e) for e in chunk) for chunk in batches(events, batch)]
+    """Events/s of ``COPY`` straight into the events table, the data formatted beforehand in the sink's own binary
+    format (the cheapest for the server to read), one transaction per batch, on one connection. The table is
+    emptied afterwards."""
+    data = [format_batch(chunk) for chunk in batches(events, batch)]
+    columns = ", ".join(f'"{c}"' for c in COLUMNS)
     conn = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, dbname=settings.pg_db, user="postgres")
     table = f'"{settings.pg_table}"'
     try:
         with conn.cursor() as cur:
             start = time.monotonic()
             for block in data:
-                cur.copy_expert(f"COPY {table} {_COPY_COLUMNS} FROM STDIN", io.BytesIO(block))
+                cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT binary)", io.BytesIO(block))
                 conn.commit()
             rate = len(events) / (time.monotonic() - start)
             cur.execute(f"TRUNCATE {table}")

@@ -1,23 +1,25 @@
-"""Events as rows for PostgreSQL ``COPY ... FROM STDIN`` in text format: pure functions, no I/O.
+"""Events as PostgreSQL binary ``COPY ... FROM STDIN WITH (FORMAT binary)`` data: pure functions, no I/O.
 
-Text format is one line per row, columns separated by a tab, ``\\N`` for NULL, and a backslash escape for
-the characters that would otherwise end a column or a row (backslash, tab, newline, carriage return).
-Values become:
+Binary format is a fixed header, then per row a 16-bit column count and each column as a 32-bit length (-1 for
+NULL) followed by the value in the type's binary wire form, then a 16-bit -1 trailer. Nothing is escaped, and
+the server does no text parsing for the integer, timestamp and bytea columns, which is why it is used: it is
+about twice as fast to build here as text format and cheaper for the server to read. Columns, in ``COLUMNS``
+order:
 
-- ``None`` -> ``\\N``;
-- ``str`` -> its UTF-8 bytes, escaped;
-- ``bool`` -> ``t`` / ``f``; ``int`` and ``float`` -> their decimal text;
-- ``bytes`` -> bytea hex input (``\\x`` then two hex digits a byte), escaped like any text;
-- ``dict`` / ``list`` -> JSON from orjson (for json / jsonb columns), escaped.
+- ``text``: the value's UTF-8 bytes; a number (metadata values may be numbers) as its decimal text;
+- ``timestamptz``: microseconds since 2000-01-01 UTC, as a signed 64-bit integer;
+- ``bigint`` (the Unix milliseconds): a signed 64-bit integer;
+- ``jsonb``: a version byte (1), then the JSON text from orjson;
+- ``bytea``: the bytes themselves.
 
-A NUL character cannot be carried by text format; it is passed through and the server rejects the row, so the
-caller learns which value was at fault.
+The server still checks text: a NUL character, or ``\\u0000`` in JSON, makes it reject the row, so the caller
+learns which value was at fault. A time outside PostgreSQL's range is refused here, before it could wrap.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+import struct
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -25,73 +27,96 @@ import orjson
 from etl.errors import SinkDataError
 from etl.events import payload_bytes
 
-# The staging table's columns, in the order ``event_row`` encodes them.
-STAGING_COLUMNS = ("id", "type", "source", "timestamp", "env", "rdns", "dst_rdns", "host_id", "metadata",
-                   "payload")
-NULL = b"\\N"
-COLUMN_SEPARATOR = b"\t"
-ROW_TERMINATOR = b"\n"
-_BYTEA_HEX_PREFIX = b"\\\\x"  # bytea's "\x" prefix, with its backslash escaped for COPY
-_NEEDS_ESCAPE = re.compile(rb"[\\\t\n\r]")
-# The backslash goes first, so the backslashes the other escapes add are not doubled again.
-_ESCAPES = ((b"\\", b"\\\\"), (b"\t", b"\\t"), (b"\n", b"\\n"), (b"\r", b"\\r"))
+# The events table's columns, in the order ``event_row`` encodes them.
+COLUMNS = ("id", "time", "timestamp", "type", "source", "host_id", "env", "rdns", "dst_rdns", "metadata",
+           "payload")
+HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # signature, flags, no header extension
+TRAILER = struct.pack("!h", -1)
+NULL = struct.pack("!i", -1)
+JSONB_VERSION = b"\x01"
+_length = struct.Struct("!i").pack
+_int8 = struct.Struct("!iq").pack  # the length (8), then the value
+_row_start = struct.Struct("!hi").pack  # the column count, then the first column's length
+_two_int8 = struct.Struct("!iqiq").pack
+# timestamptz: microseconds from 2000-01-01 UTC; PostgreSQL accepts 4714-11-24 BC up to (not including) 294277.
+_PG_EPOCH_MS = 946_684_800_000
+_PG_MIN_US = -211_813_488_000_000_000
+_PG_END_US = 9_223_371_331_200_000_000
 
 
-def escape(data: bytes) -> bytes:
-    """``data`` with backslash, tab, newline and carriage return escaped for a text-format column."""
-    if _NEEDS_ESCAPE.search(data) is None:  # the common case, in one C-level scan
-        return data
-    for raw, escaped in _ESCAPES:
-        if raw in data:
-            data = data.replace(raw, escaped)
-    return data
-
-
-def encode_value(value: Any) -> bytes:
-    """One column of a text-format COPY row (see the module docstring for the mapping).
+def text(value: Any) -> bytes:
+    """A ``text`` column: ``None`` -> NULL, a string -> UTF-8, an int or float -> its decimal text.
 
     Raises ``UnicodeEncodeError`` (a ``ValueError``) for a string that is not valid Unicode (a lone
-    surrogate), ``orjson.JSONEncodeError`` (a ``TypeError``) for a dict or list orjson cannot encode, and
-    ``TypeError`` for any other type.
+    surrogate) and ``TypeError`` for any other type.
     """
     if value is None:
         return NULL
-    if isinstance(value, str):
-        return escape(value.encode("utf-8"))
-    if isinstance(value, bool):
-        return b"t" if value else b"f"
-    if isinstance(value, int):
-        return b"%d" % value
-    if isinstance(value, float):
-        return repr(float(value)).encode("ascii")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return _BYTEA_HEX_PREFIX + bytes(value).hex().encode("ascii")
-    if isinstance(value, (dict, list)):
-        return escape(orjson.dumps(value))
-    raise TypeError(f"cannot encode a {type(value).__name__} for COPY")
+    if type(value) is not str:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"cannot store a {type(value).__name__} in a text column")
+        value = str(value)
+    data = value.encode("utf-8")
+    return _length(len(data)) + data
 
 
-def encode_row(values: Iterable[Any]) -> bytes:
-    """One text-format COPY row, terminated by a newline. Raises as ``encode_value`` does."""
-    return COLUMN_SEPARATOR.join([encode_value(v) for v in values]) + ROW_TERMINATOR
+def timestamptz_ms(ms: int) -> bytes:
+    """A ``timestamptz`` column from Unix milliseconds. Raises ``ValueError`` outside PostgreSQL's range and
+    ``TypeError`` for a non-integer."""
+    return _int8(8, _pg_micros(ms))
+
+
+def _pg_micros(ms: int) -> int:
+    if type(ms) is not int:
+        raise TypeError(f"cannot store a {type(ms).__name__} as Unix milliseconds")
+    micros = (ms - _PG_EPOCH_MS) * 1000
+    if not _PG_MIN_US <= micros < _PG_END_US:
+        raise ValueError(f"timestamp {ms} (Unix ms) is out of range for PostgreSQL")
+    return micros
+
+
+def jsonb(value: Any) -> bytes:
+    """A ``jsonb`` column. Raises ``orjson.JSONEncodeError`` (a ``TypeError``) for what orjson cannot encode."""
+    data = orjson.dumps(value)
+    return _length(len(data) + 1) + JSONB_VERSION + data
+
+
+def bytea(value: bytes | None) -> bytes:
+    """A ``bytea`` column: the bytes as they are; ``None`` -> NULL."""
+    if value is None:
+        return NULL
+    return _length(len(value)) + value
 
 
 def event_row(event: dict[str, Any]) -> bytes:
-    """One enriched event as a staging row (``STAGING_COLUMNS``). Raises as ``encode_value`` does, and
-    ``KeyError`` when a required field is missing."""
+    """One enriched event as a row of ``COLUMNS``. Raises as the column encoders do, and ``KeyError`` when a
+    required field is missing.
+
+    The required columns are inlined (this runs for every event; it is the sink's main cost in Python); the
+    optional ones go through ``text``.
+    """
     metadata = event.get("metadata") or {}
-    return encode_row((event["id"], event["type"], event["source"], event["timestamp"], event.get("env"),
-                       event.get("rdns"), event.get("dst_rdns"), metadata.get("host_id"), metadata,
-                       payload_bytes(event)))
+    ms = event["timestamp"]
+    micros = _pg_micros(ms)  # ms is then within 64 bits too
+    event_id, kind, source = event["id"].encode(), event["type"].encode(), event["source"].encode()
+    meta = orjson.dumps(metadata)
+    return b"".join((
+        _row_start(len(COLUMNS), len(event_id)), event_id, _two_int8(8, micros, 8, ms),
+        _length(len(kind)), kind, _length(len(source)), source,
+        text(metadata.get("host_id")), text(event.get("env")), text(event.get("rdns")), text(event.get("dst_rdns")),
+        _length(len(meta) + 1), JSONB_VERSION, meta, bytea(payload_bytes(event)),
+    ))
 
 
 def format_batch(events: Sequence[dict[str, Any]]) -> bytes:
-    """The staging rows of ``events``, in order. Raises ``SinkDataError`` naming the first bad event."""
-    rows = []
+    """The COPY data for ``events``, header and trailer included, rows in order. Raises ``SinkDataError`` naming
+    the first event that cannot be encoded."""
+    rows = [HEADER]
     for event in events:
         try:
             rows.append(event_row(event))
         except (KeyError, AttributeError, ValueError, TypeError) as e:
             event_id = event.get("id") if isinstance(event, dict) else None
             raise SinkDataError(f"event {event_id!r} cannot be stored: {type(e).__name__}: {e}") from e
+    rows.append(TRAILER)
     return b"".join(rows)

@@ -1,8 +1,14 @@
 """The TimescaleDB sink: batches of enriched events into one table, a hypertable when TimescaleDB is there.
 
-A batch is one transaction: COPY into a per-session TEMP staging table, then one ``INSERT ... SELECT ...
-ON CONFLICT DO NOTHING`` into the table, so a replayed event (same ``id`` and time) is skipped and a replayed
-batch changes nothing. Driver errors are translated here, by SQLSTATE class where there is one:
+A batch is one transaction, written in binary COPY format (``etl.sinks.copy_format``):
+
+- first straight into the table: the fast path, taken by every batch whose events are all new;
+- when a key is already there (a replayed event, same ``id`` and time, or the same event twice in the batch), or
+  an overlapping batch holds a lock in the other order: rolled back, then COPY into a per-session TEMP staging
+  table and one sorted ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, so a replayed event is skipped and a
+  replayed batch changes nothing.
+
+Driver errors are translated here, by SQLSTATE class where there is one:
 
 - a connection refused, dropped or timed out, a statement timeout -> ``SinkUnavailable``;
 - a deadlock or serialization failure -> ``TransientError``;
@@ -19,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.pool
 from psycopg2 import errorcodes, sql
@@ -26,7 +33,7 @@ from psycopg2 import errorcodes, sql
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
 from etl.sinks.base import Event
-from etl.sinks.copy_format import STAGING_COLUMNS, format_batch
+from etl.sinks.copy_format import COLUMNS, format_batch
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +78,18 @@ _HAS_COLUMN = ("SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass AND att
                "AND attnum > 0 AND NOT attisdropped")
 _ADD_DST_RDNS = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS dst_rdns TEXT"
 _CREATE_INDEX = 'CREATE INDEX IF NOT EXISTS {index} ON {table} (host_id, "time" DESC)'
+# The table's columns, in the order and types of the COPY data.
 _CREATE_STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
-    id TEXT, type TEXT, source TEXT, "timestamp" BIGINT, env TEXT, rdns TEXT, dst_rdns TEXT, host_id TEXT,
-    metadata JSONB, payload BYTEA
+    id TEXT, "time" TIMESTAMPTZ, "timestamp" BIGINT, type TEXT, source TEXT, host_id TEXT, env TEXT, rdns TEXT,
+    dst_rdns TEXT, metadata JSONB, payload BYTEA
 ) ON COMMIT DELETE ROWS"""
 # Sorted, so concurrent overlapping batches take their key locks in one order and cannot deadlock.
 _INSERT = """
-INSERT INTO {table} (id, "time", "timestamp", type, source, host_id, env, rdns, dst_rdns, metadata, payload)
-SELECT id, to_timestamp("timestamp"::float8 / 1000), "timestamp", type, source, host_id, env, rdns, dst_rdns,
-       metadata, payload
-FROM {staging} ORDER BY id, "timestamp"
-ON CONFLICT DO NOTHING"""
+INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ORDER BY id, "time" ON CONFLICT DO NOTHING"""
+_COPY = "COPY {table} ({columns}) FROM STDIN WITH (FORMAT binary)"
+# The fast path's COPY met a row already there, or a lock cycle with an overlapping batch's COPY.
+_TAKE_STAGING_PATH = (psycopg2.errors.UniqueViolation, psycopg2.errors.DeadlockDetected)
 # The pre-2.13 signature: still documented, and the one every TimescaleDB 2.x accepts.
 _CREATE_HYPERTABLE = (
     "SELECT create_hypertable(%s::regclass, 'time', if_not_exists => TRUE, migrate_data => TRUE)")
@@ -149,10 +156,11 @@ class TimescaleSink:
         self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
         self._closed = False
         self._wait_s = settings.processing_timeout_s * STATEMENT_TIMEOUT_SHARE
-        self._sql_insert = sql.SQL(_INSERT).format(table=sql.Identifier(self._table),
-                                                   staging=sql.Identifier(STAGING_TABLE))
-        self._sql_copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
-            sql.Identifier(STAGING_TABLE), sql.SQL(", ").join(map(sql.Identifier, STAGING_COLUMNS)))
+        columns = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+        table, staging = sql.Identifier(self._table), sql.Identifier(STAGING_TABLE)
+        self._sql_insert = sql.SQL(_INSERT).format(table=table, staging=staging, columns=columns)
+        self._sql_copy = sql.SQL(_COPY).format(table=table, columns=columns)
+        self._sql_copy_staging = sql.SQL(_COPY).format(table=staging, columns=columns)
 
     def open(self) -> None:
         """Connect and apply the schema. Raises ``SinkUnavailable`` when the server cannot be reached."""
@@ -212,14 +220,26 @@ class TimescaleSink:
             return 0
         data = format_batch(events)
         with self._borrow() as conn:
-            with conn.cursor() as cur:
-                if not conn.staging_ready:
-                    cur.execute(_CREATE_STAGING)
-                cur.copy_expert(self._sql_copy, io.BytesIO(data))
-                cur.execute(self._sql_insert)
-                inserted = cur.rowcount
-            conn.commit()
-            conn.staging_ready = True  # only now: a rolled-back CREATE TEMP TABLE leaves no table
+            try:
+                with conn.cursor() as cur:
+                    cur.copy_expert(self._sql_copy, io.BytesIO(data))
+                    inserted = cur.rowcount
+                conn.commit()
+                return inserted
+            except _TAKE_STAGING_PATH:
+                conn.rollback()
+            return self._write_through_staging(conn, data)
+
+    def _write_through_staging(self, conn: _Connection, data: bytes) -> int:
+        """The slow path: only the rows whose key is not in the table yet, taken in key order."""
+        with conn.cursor() as cur:
+            if not conn.staging_ready:
+                cur.execute(_CREATE_STAGING)
+            cur.copy_expert(self._sql_copy_staging, io.BytesIO(data))
+            cur.execute(self._sql_insert)
+            inserted = cur.rowcount
+        conn.commit()
+        conn.staging_ready = True  # only now: a rolled-back CREATE TEMP TABLE leaves no table
         return inserted
 
     def check(self) -> None:

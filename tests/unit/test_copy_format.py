@@ -1,8 +1,11 @@
-"""COPY text format: escaping, NULL, bytea and JSON columns, and whole event rows."""
+"""Binary COPY format: each column type, NULL, the header and trailer, and whole event rows, read back by a
+small independent parser of the format."""
 
 from __future__ import annotations
 
 import base64
+import struct
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -10,19 +13,53 @@ import pytest
 
 from etl.errors import SinkDataError
 from etl.sinks.copy_format import (
+    COLUMNS,
     NULL,
-    STAGING_COLUMNS,
-    encode_row,
-    encode_value,
-    escape,
+    bytea,
     event_row,
     format_batch,
+    jsonb,
+    text,
+    timestamptz_ms,
 )
 
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
-def columns(row: bytes) -> list[bytes]:
-    assert row.endswith(b"\n")
-    return row[:-1].split(b"\t")
+
+def field(encoded: bytes) -> bytes | None:
+    """The value of one encoded column: its length prefix checked and removed (None for NULL)."""
+    (length,) = struct.unpack("!i", encoded[:4])
+    if length == -1:
+        assert len(encoded) == 4
+        return None
+    assert len(encoded) == 4 + length
+    return encoded[4:]
+
+
+def parse(data: bytes) -> list[list[bytes | None]]:
+    """Rows of a whole COPY stream, as PostgreSQL reads it."""
+    assert data[:11] == b"PGCOPY\n\xff\r\n\x00"
+    flags, extension = struct.unpack("!ii", data[11:19])
+    assert (flags, extension) == (0, 0)
+    pos, rows = 19, []
+    while True:
+        (count,) = struct.unpack("!h", data[pos:pos + 2])
+        pos += 2
+        if count == -1:
+            assert pos == len(data), "nothing after the trailer"
+            return rows
+        row: list[bytes | None] = []
+        for _ in range(count):
+            (length,) = struct.unpack("!i", data[pos:pos + 4])
+            pos += 4
+            row.append(None if length == -1 else data[pos:pos + length])
+            pos += max(length, 0)
+        rows.append(row)
+
+
+def as_time(value: bytes | None) -> datetime:
+    assert value is not None
+    return PG_EPOCH + timedelta(microseconds=struct.unpack("!q", value)[0])
 
 
 def event(**overrides: Any) -> dict[str, Any]:
@@ -30,7 +67,7 @@ def event(**overrides: Any) -> dict[str, Any]:
         "id": "event-1",
         "type": "connect",
         "source": "/usr/bin/psql",
-        "timestamp": 1704110400000,
+        "timestamp": 1704110400123,
         "metadata": {"host_id": "host-001", "pid": "1234", "enriched_at": "2024-01-01T12:00:00.123Z"},
         "payload": base64.b64encode(b"\x00\x01\xff").decode(),
         "env": "dev",
@@ -39,104 +76,100 @@ def event(**overrides: Any) -> dict[str, Any]:
     return {**base, **overrides}
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("plain", b"plain"),
-        ("a\tb", b"a\\tb"),
-        ("a\nb", b"a\\nb"),
-        ("a\rb", b"a\\rb"),
-        ("back\\slash", b"back\\\\slash"),
-        ("\\t is not a tab", b"\\\\t is not a tab"),
-        ("\\.", b"\\\\."),  # not the end-of-data marker
-        ("", b""),
-    ],
-)
-def test_text_is_escaped(text: str, expected: bytes) -> None:
-    assert encode_value(text) == expected
-
-
-def test_escape_doubles_backslashes_before_adding_its_own() -> None:
-    assert escape(b"\\\t\\\n") == b"\\\\\\t\\\\\\n"
-
-
-def test_unicode_is_utf8() -> None:
-    assert encode_value("héllo ☃ 𝄞") == "héllo ☃ 𝄞".encode()
+@pytest.mark.parametrize("value", ["plain", "tab\tnewline\nback\\slash", "\\N", "", "héllo ☃ 𝄞"])
+def test_text_is_its_utf8_bytes_unescaped(value: str) -> None:
+    assert field(text(value)) == value.encode()
 
 
 def test_none_is_null_and_empty_string_is_not() -> None:
-    assert encode_value(None) == NULL == b"\\N"
-    assert encode_value("") != NULL
-    assert encode_value("\\N") == b"\\\\N"  # a literal backslash-N is text, not NULL
+    assert text(None) == NULL == b"\xff\xff\xff\xff"
+    assert field(text("")) == b""
 
 
-def test_bytes_are_bytea_hex_with_the_backslash_escaped() -> None:
-    assert encode_value(b"\x00\x01\xab\\\t") == b"\\\\x0001ab5c09"
-    assert encode_value(b"") == b"\\\\x"
-    assert encode_value(bytearray(b"\xff")) == b"\\\\xff"
+def test_numbers_in_a_text_column_are_decimal_text() -> None:
+    assert field(text(1001)) == b"1001"
+    assert field(text(1.5)) == b"1.5"
 
 
-def test_numbers_and_booleans() -> None:
-    assert encode_value(1704110400000) == b"1704110400000"
-    assert encode_value(-1) == b"-1"
-    assert encode_value(True) == b"t"
-    assert encode_value(False) == b"f"
-    assert encode_value(1.5) == b"1.5"
-
-
-def test_dict_is_json_with_escapes() -> None:
-    value = {"user": "alice", "path": "C:\\tmp", "note": "line\nbreak\ttab", "uid": 1001}
-    encoded = encode_value(value)
-    assert b"\t" not in encoded and b"\n" not in encoded
-    # COPY undoes the escaping (backslash pairs), leaving orjson's JSON exactly
-    assert encoded.replace(b"\\\\", b"\\") == orjson.dumps(value)
-    assert orjson.loads(encoded.replace(b"\\\\", b"\\")) == value
-
-
-def test_unencodable_values_raise() -> None:
+def test_text_refuses_other_types_and_bad_unicode() -> None:
     with pytest.raises(TypeError):
-        encode_value(object())
+        text(True)
+    with pytest.raises(TypeError):
+        text({"a": 1})
     with pytest.raises(ValueError):
-        encode_value("lone \ud800 surrogate")
+        text("lone \ud800 surrogate")
+
+
+@pytest.mark.parametrize("ms", [0, 946_684_800_000, 1704110400123, 253_402_300_799_999, -1])
+def test_timestamptz_is_microseconds_from_2000(ms: int) -> None:
+    expected = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)
+    assert as_time(field(timestamptz_ms(ms))) == expected
+
+
+def test_timestamptz_out_of_postgres_range_is_refused_before_it_wraps() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        timestamptz_ms(10**17)  # year 3 million
+    with pytest.raises(ValueError, match="out of range"):
+        timestamptz_ms(2**63)
     with pytest.raises(TypeError):
-        encode_value({"too big": 2**70})
+        timestamptz_ms(1.5)  # type: ignore[arg-type]
 
 
-def test_row_joins_with_tabs_and_ends_with_newline() -> None:
-    assert encode_row(["a\tb", None, 3, b"\x01"]) == b"a\\tb\t\\N\t3\t\\\\x01\n"
+def test_jsonb_is_version_one_then_json() -> None:
+    value = {"user": "alice", "path": "C:\\tmp", "note": "line\nbreak\ttab", "uid": 1001}
+    encoded = field(jsonb(value))
+    assert encoded is not None and encoded[:1] == b"\x01"
+    assert orjson.loads(encoded[1:]) == value
+    with pytest.raises(TypeError):
+        jsonb({"too big": 2**70})
 
 
-def test_event_row_columns() -> None:
-    row = dict(zip(STAGING_COLUMNS, columns(event_row(event())), strict=True))
-    assert row["id"] == b"event-1"
-    assert row["timestamp"] == b"1704110400000"
-    assert row["host_id"] == b"host-001"
-    assert row["rdns"] == NULL
-    assert row["dst_rdns"] == NULL, "an event enriched before dst_rdns existed (a dead letter replayed) still fits"
-    assert row["env"] == b"dev"
-    assert row["payload"] == b"\\\\x0001ff"
-    assert orjson.loads(row["metadata"])["enriched_at"] == "2024-01-01T12:00:00.123Z"
+def test_bytea_is_the_bytes_themselves() -> None:
+    assert field(bytea(b"\x00\xff\\\t")) == b"\x00\xff\\\t"
+    assert field(bytea(b"")) == b""
+    assert bytea(None) == NULL
+
+
+def test_event_row_has_every_column_in_order() -> None:
+    [row] = parse(format_batch([event()]))
+    values = dict(zip(COLUMNS, row, strict=True))
+    assert values["id"] == b"event-1"
+    assert as_time(values["time"]) == datetime(2024, 1, 1, 12, 0, 0, 123000, tzinfo=timezone.utc)
+    assert struct.unpack("!q", values["timestamp"] or b"") == (1704110400123,)
+    assert (values["type"], values["source"]) == (b"connect", b"/usr/bin/psql")
+    assert values["host_id"] == b"host-001"
+    assert values["env"] == b"dev"
+    assert values["rdns"] is None
+    assert values["dst_rdns"] is None, "an event enriched before dst_rdns existed (a dead letter replayed) still fits"
+    assert orjson.loads((values["metadata"] or b"")[1:])["enriched_at"] == "2024-01-01T12:00:00.123Z"
+    assert values["payload"] == b"\x00\x01\xff"
 
 
 def test_event_row_carries_both_reverse_dns_names() -> None:
-    row = dict(zip(STAGING_COLUMNS, columns(event_row(event(rdns="web-1.example.com",
-                                                             dst_rdns="db.example.net"))), strict=True))
-    assert (row["rdns"], row["dst_rdns"]) == (b"web-1.example.com", b"db.example.net")
+    [row] = parse(format_batch([event(rdns="web-1.example.com", dst_rdns="db.example.net")]))
+    values = dict(zip(COLUMNS, row, strict=True))
+    assert (values["rdns"], values["dst_rdns"]) == (b"web-1.example.com", b"db.example.net")
 
 
 def test_event_row_payload_object_and_absent_metadata() -> None:
-    encoded = event_row(event(payload={"cmd": "ls"}, metadata=None))
-    row = dict(zip(STAGING_COLUMNS, columns(encoded), strict=True))
-    assert bytes.fromhex(row["payload"][3:].decode()) == orjson.dumps({"cmd": "ls"})
-    assert row["metadata"] == b"{}"
-    assert row["host_id"] == NULL
-    assert columns(event_row(event(payload=None)))[-1] == NULL
+    [row] = parse(format_batch([event(payload={"cmd": "ls"}, metadata=None)]))
+    values = dict(zip(COLUMNS, row, strict=True))
+    assert values["payload"] == orjson.dumps({"cmd": "ls"})
+    assert values["metadata"] == b"\x01{}"
+    assert values["host_id"] is None
+    assert parse(format_batch([event(payload=None)]))[0][-1] is None
 
 
-def test_format_batch_is_one_row_per_event() -> None:
-    data = format_batch([event(id="a"), event(id="b\nc")])
-    assert data.count(b"\n") == 2
-    assert [line.split(b"\t")[0] for line in data.splitlines()] == [b"a", b"b\\nc"]
+def test_a_numeric_host_id_is_stored_as_text() -> None:
+    [row] = parse(format_batch([event(metadata={"host_id": 42})]))
+    assert dict(zip(COLUMNS, row, strict=True))["host_id"] == b"42"
+
+
+def test_format_batch_is_one_row_per_event_in_order() -> None:
+    rows = parse(format_batch([event(id="a"), event(id="b\nc"), event(id="d")]))
+    assert [r[0] for r in rows] == [b"a", b"b\nc", b"d"]
+    assert parse(format_batch([])) == []
+    assert event_row(event()) in format_batch([event()])
 
 
 def test_format_batch_names_the_bad_event() -> None:
@@ -146,3 +179,5 @@ def test_format_batch_names_the_bad_event() -> None:
         format_batch([event(), bad])
     with pytest.raises(SinkDataError, match="event-8"):
         format_batch([event(id="event-8", source="\udcff")])
+    with pytest.raises(SinkDataError, match="event-9.*out of range"):
+        format_batch([event(id="event-9", timestamp=10**17)])
