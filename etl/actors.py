@@ -17,7 +17,7 @@ from typing import Any
 
 import dramatiq
 
-from etl import rawbatch
+from etl import gctune, rawbatch
 from etl.app import App, load_app
 from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE, AofSync
 from etl.enrich import enrich_batch as enrich_events
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 Event = dict[str, Any]
 
 app: App = load_app()
+gctune.tune()
 
 
 @dramatiq.actor(queue_name=QUEUE_ENRICH, actor_name="enrich_batch")
