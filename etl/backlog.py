@@ -118,18 +118,23 @@ class BacklogGate:
     def paused(self) -> bool:
         return self._pressure.paused
 
-    async def wait_for_room(self, stopping: asyncio.Event) -> None:
-        """Return once intake may go on, or as soon as ``stopping`` is set. Never raises for a failing probe."""
-        while not stopping.is_set() and await self._read():
+    async def wait_for_room(self, stopping: asyncio.Event, in_flight: Callable[[], int] = lambda: 0) -> None:
+        """Return once intake may go on, or as soon as ``stopping`` is set. Never raises for a failing probe.
+
+        ``in_flight()`` batches, asked at each read, are on their way to the queues and count as if there already
+        (one that lands between the two reads counts twice, which pauses a batch early, never late).
+        """
+        while not stopping.is_set() and await self._read(in_flight):
             try:
                 await asyncio.wait_for(stopping.wait(), timeout=self._poll_s)
             except asyncio.TimeoutError:
                 pass
 
-    async def _read(self) -> bool:
+    async def _read(self, in_flight: Callable[[], int]) -> bool:
         was_paused = self._pressure.paused
         try:
-            depth = await asyncio.to_thread(self._probe)
+            landing = in_flight()
+            depth = await asyncio.to_thread(self._probe) + landing
         except Exception as e:  # noqa: BLE001 - the probe is injected; Redis down means enqueue would fail too
             if not self._probe_failing:
                 log.warning("bridge cannot read the queue depth, paused until it can: %r", e)

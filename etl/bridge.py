@@ -7,7 +7,8 @@ injected ``enqueue`` in a worker thread, and acknowledged only after ``enqueue``
 leaves the batch un-acked, and NATS redelivers it after ``ack_wait``. Delivery is at-least-once; every sink write
 is idempotent.
 
-Backpressure: one batch is in hand per replica; while ``enqueue`` blocks, nothing more is fetched. The server
+Backpressure: a replica holds at most two batches: one being enqueued and acked, and the next being collected
+meanwhile; while ``enqueue`` blocks, no third is fetched. The server
 caps un-acked messages over all replicas at ``max_ack_pending``. Dramatiq itself never refuses a message, so
 before each batch the bridge reads the injected ``backlog`` (the deepest Dramatiq queue, in messages) and, at
 ``MAX_QUEUE_DEPTH``, stops fetching until it is down to the low-water mark (``etl.backlog.Backpressure``).
@@ -42,8 +43,9 @@ Enqueue = Callable[[list[bytes]], None]
 # Far above one enqueue (a single Redis round trip): un-acked messages come back only after a crash or hang.
 DEFAULT_ACK_WAIT_S = 60.0
 # The server delivers at most this many batches' worth of un-acked messages over all replicas together. Each
-# replica holds one batch at a time, so up to ten replicas work in parallel; the bound keeps a stalled
-# replica from hoarding the stream (whatever it holds waits ack_wait before another replica gets it).
+# replica holds up to two batches at a time, so up to five replicas work at full speed in parallel; the bound
+# keeps a stalled replica from hoarding the stream (whatever it holds waits ack_wait before another replica
+# gets it).
 MAX_ACK_PENDING_BATCHES = 10
 UNLIMITED_DELIVERIES = -1
 # Raw events are a work queue: the stream keeps each one until the bridge acked it, and never ages one out.
@@ -180,18 +182,35 @@ class Bridge:
             js = nc.jetstream()
             self._sub = await self._bind(js)
             lag_reporter = asyncio.create_task(self._report_lag(js))
-            while not self._stopping.is_set():
-                if self._gate is not None:
-                    await self._gate.wait_for_room(self._stopping)
-                batch = await self._collect()
-                if batch:
-                    await self._hand_over(batch)
-                if self._consumer_lost and not self._stopping.is_set():
-                    await self._rebind(js)
+            await self._bridge_batches(js)
         finally:
             if lag_reporter is not None:
                 lag_reporter.cancel()
             await self._shutdown(nc)
+
+    async def _bridge_batches(self, js: JetStreamContext) -> None:
+        """The main loop: the next batch is collected while the last one is enqueued and acked. On ``stop()`` the
+        batches in hand are finished; on cancellation, one being enqueued is abandoned un-acked (redelivered)."""
+        handing: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping.is_set():
+                if self._gate is not None:
+                    await self._gate.wait_for_room(
+                        self._stopping, in_flight=lambda h=handing: int(h is not None and not h.done()))
+                batch = await self._collect()
+                if handing is not None:
+                    await handing
+                    handing = None
+                if batch:
+                    handing = asyncio.create_task(self._hand_over(batch))
+                if self._consumer_lost and not self._stopping.is_set():
+                    await self._rebind(js)
+            if handing is not None:
+                await handing
+        except BaseException:
+            if handing is not None:
+                handing.cancel()
+            raise
 
     async def _report_lag(self, js: JetStreamContext) -> None:
         """Export the consumer's lag every ``LAG_REPORT_INTERVAL_S``: what waits in JetStream, and what is out."""
