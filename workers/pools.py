@@ -11,10 +11,12 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE
 from etl.config import Settings
 from etl.errors import ConfigError
+from etl.sinks.graph import FALKOR_SCHEME
 
 # Dramatiq's Redis consumer treats "every prefetched message still in progress" like an empty queue and backs off
 # exponentially, up to the worker timeout. With one message per thread, a thread that finished its batch then
@@ -40,8 +42,13 @@ POOLS: dict[str, Pool] = {
     "publish": Pool("publish", QUEUE_PUBLISH, processes=1, threads=4),
     "timescale": Pool("timescale", QUEUE_TIMESCALE, processes=1, threads=4),
     # One writer thread per process: concurrent MERGEs of the same hub nodes (a busy Host) deadlock in Neo4j.
+    # FalkorDB gets FALKOR_GRAPH_THREADS (see graph_threads).
     "graph": Pool("graph", QUEUE_GRAPH, processes=1, threads=1),
 }
+# FalkorDB runs one write query at a time per graph, so writers cannot deadlock there; a second thread builds the
+# next batch's query while the server runs one. Alone, the graph pool merged 12,400 events/s with one thread and
+# 15,500 with two (bench/stages.py, 50,000 events).
+FALKOR_GRAPH_THREADS = 2
 
 
 def _count(env: Mapping[str, str], name: str, default: int) -> int:
@@ -64,13 +71,21 @@ def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str],
         raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {pool_name!r}")
     pool = POOLS[pool_name]
     processes = _count(env, "WORKER_PROCESSES", pool.processes)
-    threads = _count(env, "WORKER_THREADS", pool.threads)
+    threads = _count(env, "WORKER_THREADS", default_threads(pool, env))
     argv = [sys.executable, "-m", "dramatiq", "etl.actors", "--queues", pool.queue,
             "--processes", str(processes), "--threads", str(threads),
             "--worker-shutdown-timeout", str(shutdown_timeout_ms(env))]
     prefetch = str(threads * PREFETCH_PER_THREAD)
     return argv, {"dramatiq_queue_prefetch": prefetch, "dramatiq_delay_queue_prefetch": prefetch,
                   "dramatiq_worker_timeout": str(WORKER_TIMEOUT_MS), **_metrics_env(pool.name, env)}
+
+
+def default_threads(pool: Pool, env: Mapping[str, str]) -> int:
+    """The pool's threads per process unless ``WORKER_THREADS`` says otherwise: the graph pool's depend on the
+    server ``NEO4J_URI`` names (one for Neo4j, ``FALKOR_GRAPH_THREADS`` for FalkorDB)."""
+    if pool.name == "graph" and urlsplit(Settings.from_env(env).neo4j_uri).scheme == FALKOR_SCHEME:
+        return FALKOR_GRAPH_THREADS
+    return pool.threads
 
 
 def shutdown_timeout_ms(env: Mapping[str, str]) -> int:

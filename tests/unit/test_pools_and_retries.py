@@ -21,7 +21,18 @@ def test_each_pool_runs_dramatiq_on_its_own_queue_with_bounded_prefetch() -> Non
     assert (env["dramatiq_queue_prefetch"], env["dramatiq_delay_queue_prefetch"]) == ("12", "12")  # 2 per thread
     assert env["dramatiq_prom_port"] == "9300" and env["dramatiq_prom_db"] == env["PROMETHEUS_MULTIPROC_DIR"]
     graph_argv, _ = dramatiq_command("graph", {})
-    assert graph_argv[graph_argv.index("--threads") + 1] == "1"
+    assert graph_argv[graph_argv.index("--threads") + 1] == "1"  # Neo4j, the default: one writer
+
+
+def test_the_graph_pool_writes_with_two_threads_on_falkordb_unless_told() -> None:
+    falkor = {"NEO4J_URI": "falkor://127.0.0.1:6380"}
+    argv, env = dramatiq_command("graph", falkor)
+    assert argv[argv.index("--threads") + 1] == "2"
+    assert env["dramatiq_queue_prefetch"] == "4"
+    argv, _ = dramatiq_command("graph", {**falkor, "WORKER_THREADS": "1"})
+    assert argv[argv.index("--threads") + 1] == "1"
+    argv, _ = dramatiq_command("graph", {"NEO4J_URI": "neo4j://graph.internal:7687"})
+    assert argv[argv.index("--threads") + 1] == "1"
 
 
 def test_a_pool_reuses_its_metrics_directory_and_starts_it_empty(tmp_path: Path,
