@@ -88,7 +88,7 @@ async def _measure(stack: _servers.Stack, pipeline: Pipeline, payloads: Sequence
         total = WARMUP_EVENTS + len(payloads)
         with Sampler(lambda: processes_of(stack, pipeline), stack.servers.redis.port) as sampler:
             start = time.monotonic()
-            await load.publish(js, settings.nats_subject_raw, payloads)
+            await load.blast(nc, js, settings.nats_stream, settings.nats_subject_raw, payloads)
             published = time.monotonic() - start
             done = await counts.wait(total, max(MIN_TIMEOUT_S, len(payloads) / 200))
         end = done if done is not None else time.monotonic()

@@ -23,6 +23,7 @@ from etl.nats_conn import connect
 HOSTS = 50
 PUBLISH_WINDOW = 2000  # JetStream publishes in flight before waiting for their acks
 TICK_S = 0.01
+STORE_TIMEOUT_S = 30.0
 POLL_S = 0.1
 
 
@@ -45,6 +46,27 @@ async def publish(js: JetStreamContext, subject: str, payloads: Sequence[bytes])
     for start in range(0, len(payloads), PUBLISH_WINDOW):
         futures = [await js.publish_async(subject, p) for p in payloads[start:start + PUBLISH_WINDOW]]
         await asyncio.gather(*futures)
+
+
+async def blast(nc: Client, js: JetStreamContext, stream: str, subject: str, payloads: Sequence[bytes]) -> None:
+    """Publish at full speed with core NATS into the subject ``stream`` captures, one flush per
+    ``PUBLISH_WINDOW``, then wait until the stream's sequence numbers show it stored every one.
+
+    The load generator shares this machine's two cores with the pipeline: a JetStream ack per event cost it
+    19 µs of CPU per event here, and core publishes 2 µs. Raises ``RuntimeError`` if the stream has not stored them
+    all after ``STORE_TIMEOUT_S``.
+    """
+    before = (await js.stream_info(stream)).state.last_seq
+    for start in range(0, len(payloads), PUBLISH_WINDOW):
+        for payload in payloads[start:start + PUBLISH_WINDOW]:
+            await nc.publish(subject, payload)
+        await nc.flush()
+    # A flush means the server has read them all; the stream stores them a moment later.
+    deadline = time.monotonic() + STORE_TIMEOUT_S
+    while (stored := (await js.stream_info(stream)).state.last_seq - before) < len(payloads):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"stream {stream} stored {stored} of {len(payloads)} events published")
+        await asyncio.sleep(TICK_S)
 
 
 async def publish_at(js: JetStreamContext, subject: str, rate: float, duration_s: float, *, seed: int,

@@ -28,10 +28,12 @@ SAMPLE_RATE_HZ = 200
 TOP = 14
 
 
-def spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+def spy(pid: int, out: Path, *, gil: bool = False) -> subprocess.Popen[bytes]:
+    """py-spy on ``pid`` and its children; with ``gil``, only threads holding the GIL (Python's own CPU)."""
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
     return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--subprocesses", "--format", "raw",
-                             "--rate", str(SAMPLE_RATE_HZ), "--nonblocking", "--output", str(out)],
+                             "--rate", str(SAMPLE_RATE_HZ), "--nonblocking", *(["--gil"] if gil else []),
+                             "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -60,16 +62,17 @@ def summarize(path: Path, top: int = TOP) -> list[str]:
     return lines
 
 
-async def drive(stack: _servers.Stack, pipeline: object, payloads: list[bytes], out: Path) -> tuple[float, dict]:
+async def drive(stack: _servers.Stack, pipeline: object, payloads: list[bytes], out: Path,
+                gil: bool = False) -> tuple[float, dict]:
     settings = stack.settings
     nc, js = await load.open_js(settings)
     counts = load.SinkCounts(settings, js)
     await load.publish(js, settings.nats_subject_raw, load.events(e2e.WARMUP_EVENTS, seed=7))
     await counts.wait(e2e.WARMUP_EVENTS, e2e.WARMUP_TIMEOUT_S)
-    spies = {name: spy(p.pid, out / f"{name}.txt") for name, p in pipeline.procs.items()}  # type: ignore[attr-defined]
+    spies = {name: spy(p.pid, out / f"{name}.txt", gil=gil) for name, p in pipeline.procs.items()}  # type: ignore[attr-defined]
     with Sampler(lambda: e2e.processes_of(stack, pipeline), stack.servers.redis.port) as sampler:  # type: ignore[arg-type]
         start = time.monotonic()
-        await load.publish(js, settings.nats_subject_raw, payloads)
+        await load.blast(nc, js, settings.nats_stream, settings.nats_subject_raw, payloads)
         await counts.wait(e2e.WARMUP_EVENTS + len(payloads), 600)
         seconds = time.monotonic() - start
     for proc in spies.values():
@@ -88,6 +91,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch", type=int, default=DEFAULT_MAX_BATCH_SIZE)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the pipeline processes")
+    parser.add_argument("--gil", action="store_true", help="sample only threads holding the GIL (Python's CPU)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "etl-profile")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +103,7 @@ def main(argv: list[str]) -> int:
         _servers.reset(stack)
         pipeline = e2e.Shape(batch=args.batch, processes=args.processes).pipeline(stack, root / "logs").start()
         try:
-            seconds, cpu = asyncio.run(drive(stack, pipeline, payloads, args.out))
+            seconds, cpu = asyncio.run(drive(stack, pipeline, payloads, args.out, args.gil))
         finally:
             pipeline.stop()
     finally:
