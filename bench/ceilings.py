@@ -4,8 +4,8 @@
   and JetStream ``publish_async`` of pre-encoded enriched events (the publish sink's job, minus the sink).
 - PostgreSQL: ``COPY`` of pre-formatted rows (the sink's binary format) straight into the events table, one
   transaction per batch.
-- FalkorDB: the graph sink's ``UNWIND`` merge with its query text (parameters included) built beforehand, sent
-  as a bare ``GRAPH.QUERY``.
+- FalkorDB: the graph sink's ``UNWIND`` merge with its query text (parameters included, as the sink writes them)
+  built beforehand, sent as a bare ``GRAPH.QUERY``.
 
 Only the server round trips are timed; whatever can be prepared is prepared before the clock starts.
 """
@@ -28,7 +28,8 @@ from bench import load
 from etl.config import Settings
 from etl.nats_conn import connect
 from etl.sinks.copy_format import COLUMNS, format_batch
-from etl.sinks.graph import WRITE_CYPHER, build_rows
+from etl.sinks.graph import WRITE_CYPHER, as_lists, build_rows
+from etl.sinks.graph_falkor import query_text
 from etl.sinks.nats_publish import encode
 
 CEILING_STREAM = "BENCH_CEILING"
@@ -124,8 +125,7 @@ def bare_merge(settings: Settings, events: Sequence[Event], batch: int) -> float
     port = int(settings.neo4j_uri.rsplit(":", 1)[1])
     name = settings.graph_name
     graph = FalkorDB(host="127.0.0.1", port=port).select_graph(name)
-    queries = [graph._build_params_header({"rows": build_rows(chunk)}) + WRITE_CYPHER  # noqa: SLF001
-               for chunk in batches(events, batch)]
+    queries = [_merge_text(graph, as_lists(build_rows(chunk))) for chunk in batches(events, batch)]
     client = redis.Redis(host="127.0.0.1", port=port)
     try:
         start = time.monotonic()
@@ -134,6 +134,11 @@ def bare_merge(settings: Settings, events: Sequence[Event], batch: int) -> float
         return len(events) / (time.monotonic() - start)
     finally:
         client.close()
+
+
+def _merge_text(graph: Any, rows: list[list[Any]]) -> str:
+    """The query text the sink sends for ``rows``."""
+    return query_text(rows) or graph._build_params_header({"rows": rows}) + WRITE_CYPHER  # noqa: SLF001
 
 
 def enriched(payloads: Sequence[bytes]) -> list[Event]:

@@ -25,7 +25,7 @@ from neo4j import exceptions as neo
 
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
-from etl.sinks.graph import COUNT_EVENTS_CYPHER, NODE_KEYS, WRITE_CYPHER, Row
+from etl.sinks.graph import COUNT_EVENTS_CYPHER, NODE_KEYS, WRITE_CYPHER
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -103,7 +103,7 @@ def _run_statement(tx: ManagedTransaction, statement: str) -> None:
     tx.run(statement).consume()
 
 
-def _write_batch(tx: ManagedTransaction, rows: list[Row]) -> int:
+def _write_batch(tx: ManagedTransaction, rows: list[list[Any]]) -> int:
     record = tx.run(WRITE_CYPHER, rows=rows).single(strict=True)
     return int(record["created"])
 
@@ -128,7 +128,7 @@ class Neo4jBackend:
             for statement in constraint_statements():
                 session.execute_write(_run_statement, statement)
 
-    def write_rows(self, rows: list[Row]) -> int:
+    def write_rows(self, rows: list[list[Any]]) -> int:
         """Run the shared write statement on ``rows`` in one managed transaction; return the new Event count.
 
         Raises ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.

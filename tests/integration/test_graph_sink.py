@@ -231,6 +231,18 @@ def test_unicode_and_quotes_round_trip(sink: GraphSink, probe: Probe) -> None:
     assert probe.rows("MATCH (u:User) RETURN u.name") == [[tricky]]
 
 
+def test_text_without_escapes_round_trips(sink: GraphSink, probe: Probe) -> None:
+    # No backslash, quote or control character: on FalkorDB this goes in the JSON-written parameter header.
+    plain = "it's {a,b}: [x] — 日本語 🚀 `tick` $rows r.id"
+    sink.write([{**event("e-{1}", host_id=plain, user=plain, hostname=plain, pid=12.5), "source": plain},
+                {**event("e-2", host_id="h2"), "timestamp": 1500.25, "env": ""}])
+
+    assert probe.rows("MATCH (h:Host)-[:GENERATED]->(e:Event) RETURN h.host_id, h.hostname, e.id, e.source "
+                      "ORDER BY e.id") == [["h2", None, "e-2", "/usr/bin/psql"], [plain, plain, "e-{1}", plain]]
+    assert probe.rows("MATCH (p:Process) RETURN p.pid") == [["12.5"]]
+    assert probe.rows("MATCH (e:Event {id: 'e-2'}) RETURN e.timestamp, e.env") == [[1500.25, ""]]
+
+
 def test_write_to_a_closed_port_is_unavailable(settings: Settings) -> None:
     scheme = urlsplit(settings.neo4j_uri).scheme
     down = GraphSink(Settings(**{**vars(settings), "neo4j_uri": f"{scheme}://127.0.0.1:{devservers.free_port()}"}))

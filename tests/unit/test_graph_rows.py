@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
 import pytest
 import redis
 from neo4j import exceptions as neo
@@ -15,7 +16,18 @@ from neo4j import exceptions as neo
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
 from etl.sinks import graph_falkor, graph_neo4j
-from etl.sinks.graph import NODE_KEYS, WRITE_CYPHER, GraphSink, build_row, build_rows, compose_key
+from etl.sinks.graph import (
+    NAMED_WRITE_CYPHER,
+    NODE_KEYS,
+    ROW_FIELDS,
+    WRITE_CYPHER,
+    GraphSink,
+    as_lists,
+    build_row,
+    build_rows,
+    compose_key,
+    positional,
+)
 
 
 def event(event_id: str = "event-1", **metadata: Any) -> dict[str, Any]:
@@ -125,11 +137,35 @@ def test_metadata_values_must_be_scalars() -> None:
 
 
 def test_statement_is_one_unwind_that_merges_nodes_on_their_key_only() -> None:
-    assert WRITE_CYPHER.strip().startswith("UNWIND $rows AS r")
-    assert ";" not in WRITE_CYPHER
-    merged = re.findall(r"MERGE \(\w+:(\w+) \{(\w+): r\.\w+\}\)", WRITE_CYPHER)
+    assert NAMED_WRITE_CYPHER.strip().startswith("UNWIND $rows AS r")
+    assert ";" not in NAMED_WRITE_CYPHER
+    merged = re.findall(r"MERGE \(\w+:(\w+) \{(\w+): r\.\w+\}\)", NAMED_WRITE_CYPHER)
     assert sorted(merged) == sorted(NODE_KEYS)
-    assert len(re.findall(r"MERGE \(\w+\)-\[:(GENERATED|EXECUTED)\]->\(e\)", WRITE_CYPHER)) == 4
+    assert len(re.findall(r"MERGE \(\w+\)-\[:(GENERATED|EXECUTED)\]->\(e\)", NAMED_WRITE_CYPHER)) == 4
+
+
+def test_the_statement_that_runs_reads_rows_by_position() -> None:
+    assert WRITE_CYPHER == positional(NAMED_WRITE_CYPHER)
+    assert not re.search(r"\br\.", WRITE_CYPHER)
+    assert "MERGE (e:Event {id: r[0]})" in WRITE_CYPHER
+    pid = ROW_FIELDS.index("pid")
+    assert positional("SET p.pid = r.pid, p.rdns = r.rdns, x.r = 1") == (
+        f"SET p.pid = r[{pid}], p.rdns = r[{ROW_FIELDS.index('rdns')}], x.r = 1")
+    with pytest.raises(KeyError, match="r.nope"):
+        positional("RETURN r.nope")
+
+
+def test_rows_go_as_lists_in_field_order() -> None:
+    full, bare = build_row(event(**FULL)), build_row({"id": "bare"})
+    assert tuple(full) == tuple(bare) == ROW_FIELDS
+    assert as_lists([full, bare]) == [[full[f] for f in ROW_FIELDS], [bare[f] for f in ROW_FIELDS]]
+
+
+def test_falkordb_header_is_json_unless_a_value_needs_an_escape() -> None:
+    plain = as_lists([build_row(event(host_id="h", user="日本語 `x` {a,b}: 'q'"))])
+    assert graph_falkor.query_text(plain) == f"CYPHER rows={orjson.dumps(plain).decode()} {WRITE_CYPHER}"
+    for tricky in ('say "hi"', "back\\slash", "new\nline", "tab\t", "bell\x07"):
+        assert graph_falkor.query_text(as_lists([build_row(event(host_id="h", user=tricky))])) is None, tricky
 
 
 def test_sink_does_not_connect_when_built() -> None:
