@@ -1,7 +1,8 @@
 """The raw ceilings: what each server takes from the thinnest possible client, on the same rows.
 
 - NATS: a nats-py pull consumer that fetches batches and acks each message (the bridge's job, minus the bridge);
-  and JetStream ``publish_async`` of pre-encoded enriched events (the publish sink's job, minus the sink).
+  and JetStream publishes of pre-encoded enriched events, each batch's acks counted on one reply subject (the
+  publish sink's job, minus the sink).
 - PostgreSQL: ``COPY`` of pre-formatted rows (the sink's binary format) straight into the events table, one
   transaction per batch.
 - FalkorDB: the graph sink's ``UNWIND`` merge with its query text (parameters included, as the sink writes them)
@@ -12,7 +13,6 @@ Only the server round trips are timed; whatever can be prepared is prepared befo
 
 from __future__ import annotations
 
-import asyncio
 import io
 import time
 from collections.abc import Sequence
@@ -30,6 +30,7 @@ from etl.nats_conn import connect
 from etl.sinks.copy_format import COLUMNS, format_batch
 from etl.sinks.graph import WRITE_CYPHER, as_lists, build_rows
 from etl.sinks.graph_falkor import query_text
+from etl.sinks.js_acks import AckInbox
 from etl.sinks.nats_publish import encode
 
 CEILING_STREAM = "BENCH_CEILING"
@@ -68,15 +69,22 @@ async def nats_fetch_ack(settings: Settings, payloads: Sequence[bytes], batch: i
 
 
 async def nats_publish(settings: Settings, events: Sequence[Event], batch: int) -> float:
-    """Events/s one nats-py client publishes to a stream, awaiting the stream's acks once per batch."""
+    """Events/s one nats-py client publishes to a stream, pre-encoded, each batch on one reply subject and
+    awaited once for all its acks (the way the publish sink does it, minus the sink)."""
     messages = [encode(e) for e in events]
     nc = await connect(settings, "etl-bench-ceiling")
     js = nc.jetstream()
+    inbox = AckInbox()
     try:
         await _fresh_stream(js)
+        await inbox.start(nc)
         start = time.monotonic()
         for chunk in batches(messages, batch):
-            await asyncio.gather(*[await js.publish_async(CEILING_SUBJECT, p, headers=h) for p, h in chunk])
+            reply, _, done = inbox.expect(len(chunk))
+            for payload, headers in chunk:
+                await nc.publish(CEILING_SUBJECT, payload, reply=reply, headers=headers)
+            await done
+            inbox.close_batch(reply)
         return len(messages) / (time.monotonic() - start)
     finally:
         await _drop_stream(js)

@@ -138,7 +138,7 @@ def rows(ceil: dict[str, float], st: dict[str, stages.StageResult], runs: dict[s
         target(Row("stage: bridge (process, real enqueue)", st["bridge"].rate, "ev/s", "nats-py fetch+ack",
                    ceil["nats_fetch_ack"]), 0.8, label=">=0.8"),
         Row("stage: enrich pool", st["enrich"].rate, "ev/s"),
-        target(Row("stage: publish pool", st["publish"].rate, "ev/s", "JetStream publish_async",
+        target(Row("stage: publish pool", st["publish"].rate, "ev/s", "JetStream publish, batch acks",
                    ceil["nats_publish"]), 0.7, label=">=0.7"),
         target(Row("stage: timescale pool", st["timescale"].rate, "ev/s", "bare COPY", ceil["copy"]), 0.7,
                label=">=0.7"),

@@ -24,13 +24,13 @@ import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client
-from nats.js import JetStreamContext
-from nats.js.api import PubAck, StorageType
+from nats.js.api import StorageType
 
 from etl import nats_conn
 from etl.config import Settings
 from etl.errors import SinkDataError, SinkUnavailable
 from etl.sinks.base import Event
+from etl.sinks.js_acks import AckInbox
 
 log = logging.getLogger(__name__)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -46,6 +46,10 @@ LOOP_JOIN_TIMEOUT_S = 5.0
 # JetStream's error code for a message larger than the stream's max_msg_size.
 JS_ERR_MESSAGE_TOO_LARGE = 10054
 _HEADER_LINE = b"NATS/1.0\r\n"
+_HEADER_NAMES = ("Nats-Msg-Id", "x-host-id", "x-event-type", "x-timestamp")
+# Every header value but the stream's name is also in the payload, so headers add at most the payload's size
+# and this much more (names, separators, the stream's name): an exact size is needed only for big payloads.
+_HEADER_ROOM = 1024
 
 Message = tuple[bytes, dict[str, str]]
 
@@ -62,15 +66,13 @@ def encode(event: Event) -> Message:
         payload = orjson.dumps(event)
         metadata = event.get("metadata") or {}
         host_id = metadata.get("host_id")
-        headers = {
-            "Nats-Msg-Id": header_value(event["id"]),
-            "x-host-id": "" if host_id is None else header_value(host_id),
-            "x-event-type": header_value(event.get("type", "")),
-            "x-timestamp": header_value(event["timestamp"]),
-        }
+        values = (str(event["id"]), "" if host_id is None else str(host_id), str(event.get("type", "")),
+                  str(event["timestamp"]))
+        if _CONTROL.search("".join(values)):  # rare: only then value by value
+            values = tuple(header_value(v) for v in values)
     except (TypeError, KeyError, AttributeError) as e:  # orjson.JSONEncodeError is a TypeError
         raise SinkDataError(f"event {event.get('id')!r} cannot be published: {e!r}") from e
-    return payload, headers
+    return payload, dict(zip(_HEADER_NAMES, values, strict=True))
 
 
 def wire_size(message: Message) -> int:
@@ -95,8 +97,7 @@ class NatsPublisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._nc: Client | None = None
-        self._js: JetStreamContext | None = None
-        self._publishing: asyncio.Lock | None = None
+        self._acks: AckInbox | None = None
 
     def open(self) -> None:
         """Connect, and create the enriched stream if configured and missing. Raises ``SinkUnavailable``."""
@@ -115,17 +116,18 @@ class NatsPublisher:
             nc = await nats_conn.connect(self._settings, "etl-publisher")
             try:
                 if self._stream is not None:
-                    self._js = nc.jetstream(timeout=self._timeout_s)
                     await nats_conn.ensure_stream(
-                        self._js, self._stream, [self._subject], storage=StorageType.FILE,
-                        duplicate_window=self._duplicate_window_s, max_age=ENRICHED_STREAM_MAX_AGE_S,
-                        num_replicas=self._settings.nats_stream_replicas)
+                        nc.jetstream(timeout=self._timeout_s), self._stream, [self._subject],
+                        storage=StorageType.FILE, duplicate_window=self._duplicate_window_s,
+                        max_age=ENRICHED_STREAM_MAX_AGE_S, num_replicas=self._settings.nats_stream_replicas)
+                    self._acks = AckInbox()
+                    with nats_conn.unavailable_as(nats_conn.NatsUnavailable, "cannot subscribe to publish acks"):
+                        await self._acks.start(nc)
             except BaseException:
                 await nats_conn.close(nc)
                 raise
         except nats_conn.NatsUnavailable as e:
             raise SinkUnavailable(str(e)) from e
-        self._publishing = asyncio.Lock()
         self._nc = nc
 
     def write(self, events: Sequence[Event]) -> int:
@@ -149,14 +151,14 @@ class NatsPublisher:
         nc = self._connected()
         limit = nc.max_payload
         for message in messages:
-            if wire_size(message) > limit:
+            if 2 * len(message[0]) + _HEADER_ROOM > limit and wire_size(message) > limit:
                 raise SinkDataError(f"event {message[1]['Nats-Msg-Id']!r} is {wire_size(message)} bytes "
                                     f"with headers, over the server's max_payload of {limit}")
         with nats_conn.unavailable_as(SinkUnavailable, f"cannot publish to {self._subject}"):
             try:
-                if self._js is None:
+                if self._acks is None:
                     return await self._publish_core(nc, messages)
-                return await self._publish_js(self._js, messages)
+                return await self._publish_js(nc, self._acks, messages)
             except nats.errors.MaxPayloadError as e:
                 raise SinkDataError(f"an event is over the server's max_payload of {limit} bytes") from e
 
@@ -166,14 +168,18 @@ class NatsPublisher:
         await nc.flush(timeout=int(self._timeout_s))
         return len(messages)
 
-    async def _publish_js(self, js: JetStreamContext, messages: list[Message]) -> int:
-        assert self._publishing is not None
-        # nats-py sets up its reply subscription on the first publish_async: one batch at a time starts them.
-        async with self._publishing:
-            pending = [await js.publish_async(self._subject, payload, headers=headers)
-                       for payload, headers in messages]
-        results = await asyncio.gather(*pending, return_exceptions=True)
-        return _count_stored(results)
+    async def _publish_js(self, nc: Client, inbox: AckInbox, messages: list[Message]) -> int:
+        """Publish the batch with one reply subject and wait for the stream's answer to every message."""
+        reply, acks, done = inbox.expect(len(messages))
+        try:
+            for payload, headers in messages:
+                await nc.publish(self._subject, payload, reply=reply, headers=headers)
+            await done
+        finally:
+            inbox.close_batch(reply)
+        if acks.error is not None:
+            raise _translated(acks.error)
+        return acks.stored
 
     def _connected(self) -> Client:
         nc = self._nc
@@ -237,16 +243,10 @@ class NatsPublisher:
             loop.close()
 
 
-def _count_stored(results: list[PubAck | BaseException]) -> int:
-    """How many acks are new (not duplicates); raises for the first failure, translated."""
-    for result in results:
-        refused = isinstance(result, nats.js.errors.APIError)
-        if refused and not isinstance(result, nats_conn.UNAVAILABLE_ERRORS):
-            if result.err_code == JS_ERR_MESSAGE_TOO_LARGE:
-                raise SinkDataError(f"the stream refused an event: {result.description}") from result
-            raise SinkUnavailable(f"the stream refused a publish: {nats_conn.describe(result)}") from result
-        if isinstance(result, asyncio.CancelledError):
-            raise SinkUnavailable("a publish was cancelled: the connection is closing") from result
-        if isinstance(result, BaseException):
-            raise result
-    return sum(1 for ack in results if isinstance(ack, PubAck) and not ack.duplicate)
+def _translated(error: BaseException) -> BaseException:
+    """The sink's error for a stream's refusal of a publish (or ``error`` itself, for ``unavailable_as``)."""
+    if isinstance(error, nats.js.errors.APIError) and not isinstance(error, nats_conn.UNAVAILABLE_ERRORS):
+        if error.err_code == JS_ERR_MESSAGE_TOO_LARGE:
+            return SinkDataError(f"the stream refused an event: {error.description}")
+        return SinkUnavailable(f"the stream refused a publish: {nats_conn.describe(error)}")
+    return error

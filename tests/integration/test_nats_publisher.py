@@ -150,6 +150,48 @@ def test_event_over_max_payload_is_a_data_error(
     assert publisher.write(events(2)) == 2  # the connection survived
 
 
+def test_a_stream_refusing_one_event_is_a_data_error_and_the_rest_are_stored(
+    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher]
+) -> None:
+    settings = make_settings(PROCESSING_TIMEOUT=5)
+
+    async def limited_stream() -> None:  # an operator's stream, which the sink binds to as it is
+        nc = await nats.connect(settings.nats_url)
+        try:
+            await nc.jetstream().add_stream(name=settings.nats_enriched_stream,
+                                            subjects=[settings.nats_subject_enriched], max_msg_size=600)
+        finally:
+            await nc.close()
+
+    asyncio.run(limited_stream())
+    publisher = open_publisher(settings)
+    big = events(1, "big")[0] | {"blob": "x" * 700}
+    with pytest.raises(SinkDataError, match="the stream refused an event: message size exceeds maximum"):
+        publisher.write(events(2, "a") + [big] + events(2, "b"))
+    assert publisher.write(events(2, "a") + events(3, "b")) == 1  # the four before were stored: replays now
+
+
+def test_no_stream_for_the_subject_is_unavailable(
+    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher]
+) -> None:
+    settings = make_settings(PROCESSING_TIMEOUT=5)
+    publisher = open_publisher(settings)
+    assert publisher.write(events(2)) == 2
+
+    async def drop_stream() -> None:
+        nc = await nats.connect(settings.nats_url)
+        try:
+            await nc.jetstream().delete_stream(settings.nats_enriched_stream)
+        finally:
+            await nc.close()
+
+    asyncio.run(drop_stream())
+    started = time.monotonic()
+    with pytest.raises(SinkUnavailable, match="cannot publish"):
+        publisher.write(events(3, "gone"))
+    assert time.monotonic() - started < 2, "no responders is answered at once, not after the timeout"
+
+
 @pytest.mark.parametrize("stream", ["js", "core"])
 def test_outage_raises_unavailable_in_time_then_recovers(
     make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher],
