@@ -134,7 +134,7 @@ class BacklogGate:
         was_paused = self._pressure.paused
         try:
             landing = in_flight()
-            depth = await asyncio.to_thread(self._probe) + landing
+            queued = await asyncio.to_thread(self._probe)
         except Exception as e:  # noqa: BLE001 - the probe is injected; Redis down means enqueue would fail too
             if not self._probe_failing:
                 log.warning("bridge cannot read the queue depth, paused until it can: %r", e)
@@ -142,10 +142,12 @@ class BacklogGate:
             paused = self._pressure.unknown()
         else:
             self._probe_failing = False
+            depth = queued + landing
             paused = self._pressure.update(depth)
             if paused and not was_paused:
-                log.warning("bridge paused: a Dramatiq queue holds %d message(s), MAX_QUEUE_DEPTH is %d; events "
-                            "wait in JetStream", depth, self._pressure.high_water, extra={"depth": depth})
+                log.warning("bridge paused: a Dramatiq queue holds %d message(s)%s, MAX_QUEUE_DEPTH is %d; events "
+                            "wait in JetStream", queued, f" and {landing} more is on its way" if landing else "",
+                            self._pressure.high_water, extra={"depth": depth})
             elif was_paused and not paused:
                 log.info("bridge resumed: the deepest Dramatiq queue is down to %d message(s)", depth,
                          extra={"depth": depth})

@@ -35,6 +35,7 @@ from etl.backlog import DEFAULT_BACKLOG_POLL_S, Backlog, BacklogGate, Backpressu
 from etl.config import Settings
 from etl.errors import ConfigError
 from etl.metrics import BATCH_SIZE, CONSUMER_ACK_PENDING, CONSUMER_LAG, EVENTS, RETRIES
+from etl.pull import ConsumerGone, PullFetcher
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class Bridge:
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._nc: Client | None = None
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._fetcher: PullFetcher | None = None
         self._failure_streak = 0
         self._consumer_lost = False
         self.batches = 0
@@ -145,7 +146,7 @@ class Bridge:
             return "stopping"
         if self._nc is None or not self._nc.is_connected:
             return "NATS is not connected"
-        if self._sub is None or self._consumer_lost:
+        if self._fetcher is None or self._consumer_lost:
             return f"JetStream consumer {self._settings.nats_consumer} is not bound"
         return None
 
@@ -180,7 +181,7 @@ class Bridge:
         lag_reporter: asyncio.Task[None] | None = None
         try:
             js = nc.jetstream()
-            self._sub = await self._bind(js)
+            self._fetcher = await self._bind(nc, js)
             lag_reporter = asyncio.create_task(self._report_lag(js))
             await self._bridge_batches(js)
         finally:
@@ -224,7 +225,7 @@ class Bridge:
                 log.debug("consumer lag not read: %s", nats_conn.describe(e))
             await self._sleep(LAG_REPORT_INTERVAL_S)
 
-    async def _bind(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
+    async def _bind(self, nc: Client, js: JetStreamContext) -> PullFetcher:
         s = self._settings
         await ensure_raw_stream(js, s)
         what = f"cannot bind NATS consumer {s.nats_consumer}"
@@ -234,27 +235,29 @@ class Bridge:
             except nats.js.errors.NotFoundError:
                 await js.add_consumer(s.nats_stream, config=consumer_config(s, self._ack_wait_s))
                 log.info("created NATS consumer %s on %s", s.nats_consumer, s.nats_stream)
-            sub = await js.pull_subscribe_bind(consumer=s.nats_consumer, stream=s.nats_stream)
+            fetcher = PullFetcher(nc, s.nats_stream, s.nats_consumer)
+            await fetcher.start()
         log.info("bridge bound to %s/%s", s.nats_stream, s.nats_consumer)
-        return sub
+        return fetcher
 
     async def _rebind(self, js: JetStreamContext) -> None:
         """Bind again after the consumer was lost (deleted, or its stream re-created); retry until stopped."""
+        assert self._nc is not None
         try:
-            sub = await self._bind(js)
+            fetcher = await self._bind(self._nc, js)
         except (nats_conn.NatsUnavailable, ConfigError) as e:
             log.warning("bridge cannot re-bind its consumer yet: %s", e)
             await self._sleep(RETRY_FETCH_S)
             return
         await self._drop_subscription()
-        self._sub, self._consumer_lost = sub, False
+        self._fetcher, self._consumer_lost = fetcher, False
 
     async def _collect(self) -> list[Msg]:
         """Up to ``max_batch_size`` messages, closed ``batch_linger_ms`` after the first, or once one more message of
         the batch's average size would take it past ``max_batch_bytes`` (so it passes that by at most the size of
         its last message); ``[]`` when idle."""
-        sub = self._sub
-        if sub is None:
+        fetcher = self._fetcher
+        if fetcher is None:
             return []
         batch: list[Msg] = []
         size = 0
@@ -269,7 +272,7 @@ class Bridge:
                 want, timeout = self._room(len(batch), size), deadline - time.monotonic()
                 if want < 1 or timeout < MIN_FETCH_S:
                     break
-            fetched = await self._fetch(sub, want, timeout)
+            fetched = await self._fetch(fetcher, want, timeout)
             batch += fetched
             size += sum(len(m.data) for m in fetched)
             if deadline is None and batch:
@@ -282,15 +285,12 @@ class Bridge:
         by_bytes = (self._settings.max_batch_bytes - size) // max(1, size // count)
         return min(by_count, by_bytes)
 
-    async def _fetch(self, sub: JetStreamContext.PullSubscription, want: int, timeout_s: float) -> list[Msg]:
+    async def _fetch(self, fetcher: PullFetcher, want: int, timeout_s: float) -> list[Msg]:
         try:
-            return await sub.fetch(want, timeout=timeout_s)
-        except asyncio.TimeoutError:
-            return []  # Nothing arrived in time: normal when idle.
-        except nats.js.errors.APIError as e:
-            # A deleted consumer answers 503 (no responders): re-binding re-creates it, and is harmless
-            # when JetStream itself was briefly unavailable.
-            log.warning("bridge fetch refused, will re-bind its consumer: %s", nats_conn.describe(e))
+            return await fetcher.fetch(want, timeout_s)  # [] when nothing arrived in time: normal when idle
+        except ConsumerGone as e:
+            # Re-binding re-creates a deleted consumer, and is harmless when JetStream was briefly unavailable.
+            log.warning("bridge fetch refused, will re-bind its consumer: %s", e)
             self._consumer_lost = True
         except nats_conn.UNAVAILABLE_ERRORS as e:
             log.warning("bridge fetch failed: %s", nats_conn.describe(e))
@@ -344,12 +344,12 @@ class Bridge:
             pass
 
     async def _drop_subscription(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is None or self._nc is None or self._nc.is_closed:
+        fetcher, self._fetcher = self._fetcher, None
+        if fetcher is None or self._nc is None or self._nc.is_closed:
             return
         try:
-            # Messages still buffered in the subscription are un-acked: NATS redelivers them after ack_wait.
-            await sub.unsubscribe()
+            # Messages delivered and not fetched are nak'ed: another replica gets them at once.
+            await fetcher.close()
         except (*nats_conn.UNAVAILABLE_ERRORS, nats.errors.BadSubscriptionError) as e:
             log.warning("bridge unsubscribe failed: %s", nats_conn.describe(e))
 
