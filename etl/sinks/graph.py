@@ -126,6 +126,8 @@ def compose_key(*parts: str) -> str:
 def _scalar(event_id: str, field: str, value: Any) -> Any:
     """A property value both backends store alike: a string (no NUL, at most ``MAX_PROPERTY_CHARS``), a 64-bit
     integer, a finite float, a bool or None. Raises ``SinkDataError`` otherwise, before anything is sent."""
+    if type(value) is str and len(value) <= MAX_PROPERTY_CHARS and "\x00" not in value:
+        return value  # the common case first: this runs for every field of every event
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -146,6 +148,8 @@ def _scalar(event_id: str, field: str, value: Any) -> Any:
 
 def _text(event_id: str, field: str, value: Any) -> str | None:
     """A metadata value as a string; None or "" means absent. Raises SinkDataError on a non-scalar."""
+    if value is None:
+        return None
     value = _scalar(event_id, field, value)
     if value is None:
         return None
