@@ -81,7 +81,10 @@ class PullFetcher:
     async def _request(self, count: int, timeout_s: float) -> None:
         token = str(next(self._numbers))
         expires_s = max(MIN_EXPIRES_NS / 1e9, timeout_s - EXPIRY_MARGIN_S)
-        self._pending[token] = [count, time.monotonic() + expires_s]
+        now = time.monotonic()
+        # Forget requests long expired without an answer (lost with a connection): none can bring more.
+        self._pending = {t: due for t, due in self._pending.items() if due[1] + CLOSE_SETTLE_S > now}
+        self._pending[token] = [count, now + expires_s]
         self._open = token
         self._ended.clear()
         try:
