@@ -91,8 +91,10 @@ class PullFetcher:
             await self._nc.publish(self._next_subject,
                                    orjson.dumps({"batch": count, "expires": int(expires_s * 1e9)}),
                                    reply=self._prefix + token)
-            await asyncio.wait_for(self._ended.wait(), timeout_s)
-        except asyncio.TimeoutError:
+            # Not wait_for: on Python 3.11 it can swallow a cancellation that comes as the wait ends.
+            async with asyncio.timeout(timeout_s):
+                await self._ended.wait()
+        except TimeoutError:
             pass
         finally:
             self._open = None
