@@ -5,7 +5,7 @@ went there. Here a subscription callback appends each delivered message to a buf
 its request is answered in full or ended, so a message costs a list append.
 
 Each request has its own reply subject (``<inbox>.<n>``), so the server's status messages, which go to it, are
-told apart (a delivered message keeps its own subject; it answers the oldest request still pending):
+told apart (a delivered message keeps its own subject: a fetch is complete once enough messages are ready):
 
 - 404 No Messages, 408 Request Timeout, 409 (e.g. Leadership Change, Exceeded MaxWaiting): that request ended;
   the messages it delivered are the batch;
@@ -56,9 +56,11 @@ class PullFetcher:
         self._numbers = itertools.count()
         self._sub: Subscription | None = None
         self._ready: list[Msg] = []
-        # Requests the server may still answer: token -> [messages still due, when it expires (monotonic)].
-        self._pending: dict[str, list[float]] = {}
+        # Requests the server may still answer (token -> when it expires, monotonic), until a status ends them.
+        # A request answered in full gets no status: it stays here until it has expired.
+        self._pending: dict[str, float] = {}
         self._open: str | None = None  # the token of the request being waited for
+        self._wanted = 0  # the batch it was made for: enough once this many messages are ready
         self._ended = asyncio.Event()
         self._gone: str | None = None
 
@@ -71,25 +73,25 @@ class PullFetcher:
         """Up to ``batch`` messages: those already delivered, else what one pull request brings within
         ``timeout_s``; ``[]`` when none came. Raises ``ConsumerGone``, or what ``Client.publish`` raises."""
         if len(self._ready) < batch:
-            await self._request(batch - len(self._ready), timeout_s)
+            await self._request(batch, timeout_s)
         if self._gone is not None:
             reason, self._gone = self._gone, None
             raise ConsumerGone(reason)
         taken, self._ready = self._ready[:batch], self._ready[batch:]
         return taken
 
-    async def _request(self, count: int, timeout_s: float) -> None:
+    async def _request(self, batch: int, timeout_s: float) -> None:
         token = str(next(self._numbers))
         expires_s = max(MIN_EXPIRES_NS / 1e9, timeout_s - EXPIRY_MARGIN_S)
         now = time.monotonic()
-        # Forget requests long expired without an answer (lost with a connection): none can bring more.
-        self._pending = {t: due for t, due in self._pending.items() if due[1] + CLOSE_SETTLE_S > now}
-        self._pending[token] = [count, now + expires_s]
-        self._open = token
+        self._pending = {t: expiry for t, expiry in self._pending.items() if expiry + CLOSE_SETTLE_S > now}
+        self._pending[token] = now + expires_s
+        self._open, self._wanted = token, batch
         self._ended.clear()
         try:
             await self._nc.publish(self._next_subject,
-                                   orjson.dumps({"batch": count, "expires": int(expires_s * 1e9)}),
+                                   orjson.dumps({"batch": batch - len(self._ready),
+                                                 "expires": int(expires_s * 1e9)}),
                                    reply=self._prefix + token)
             # Not wait_for: on Python 3.11 it can swallow a cancellation that comes as the wait ends.
             async with asyncio.timeout(timeout_s):
@@ -104,37 +106,31 @@ class PullFetcher:
         if status == CONTROL_STATUS:
             return
         if status is None:
-            # A message keeps its own subject, not the request's: the server serves requests in order, so it
-            # answers the oldest one still pending.
+            # A delivered message keeps its own subject, so which request it answers is not known; whichever
+            # it is, the batch being waited for is complete once enough messages are ready.
             self._ready.append(msg)
-            if self._pending:
-                token, due = next(iter(self._pending.items()))
-                due[0] -= 1
-                if due[0] <= 0:  # answered in full: the server sends nothing more for it
-                    self._end(token)
+            if self._open is not None and len(self._ready) >= self._wanted:
+                self._ended.set()
             return
         token = msg.subject[len(self._prefix):]  # a status goes to the request's reply subject
-        if token in self._pending:
-            description = (msg.headers or {}).get(DESCRIPTION_HEADER, "")
-            if status == NO_RESPONDERS_STATUS or CONSUMER_DELETED in description.lower():
-                self._gone = f"pull request answered {status} {description}".strip()
-            self._end(token)
-
-    def _end(self, token: str) -> None:
-        del self._pending[token]
+        if self._pending.pop(token, None) is None:
+            return
+        description = (msg.headers or {}).get(DESCRIPTION_HEADER, "")
+        if status == NO_RESPONDERS_STATUS or CONSUMER_DELETED in description.lower():
+            self._gone = f"pull request answered {status} {description}".strip()
         if token == self._open:
             self._ended.set()
 
     async def close(self, *, settle_s: float = CLOSE_SETTLE_S) -> None:
         """Give back what was delivered and not fetched, then unsubscribe.
 
-        Waits (at most ``settle_s`` past their expiry) for requests the server may still answer, then naks every
-        message not fetched, so another bridge gets them at once rather than after ``ack_wait``.
+        Waits until the requests the server may still answer have expired (plus ``settle_s``) or ended, then
+        naks every message not fetched, so another bridge gets them at once rather than after ``ack_wait``.
         """
         sub, self._sub = self._sub, None
         if sub is None:
             return
-        while self._pending and time.monotonic() < max(d for _, d in self._pending.values()) + settle_s:
+        while self._pending and time.monotonic() < max(self._pending.values()) + settle_s:
             await asyncio.sleep(SETTLE_POLL_S)
         ready, self._ready = self._ready, []
         for msg in ready:

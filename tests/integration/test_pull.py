@@ -10,6 +10,7 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
+import etl.pull
 from etl.bridge import ensure_raw_stream
 from etl.config import Settings
 from etl.pull import ConsumerGone, PullFetcher
@@ -45,6 +46,47 @@ def test_fetches_in_order_and_returns_short_batches_when_the_stream_runs_dry(
             assert [m.data for m in first + rest] == [b"m%d" % i for i in range(25)]
             assert await fetcher.fetch(5, 0.1) == []
         finally:
+            await nc.close()
+
+    asyncio.run(main())
+
+
+def test_a_fetch_returns_as_soon_as_its_batch_is_ready_whatever_late_answers_come(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under load a short request's end (408) can come after the next request was answered: that must not make a
+    later fetch wait out its whole timeout while its message is there. Requests here expire 50 ms after the
+    fetcher stopped waiting for them, so every short one ends late."""
+    monkeypatch.setattr(etl.pull, "EXPIRY_MARGIN_S", -0.05)
+    settings = make_settings()
+
+    async def main() -> None:
+        nc, fetcher = await setup(settings, 0)
+        stop = asyncio.Event()
+
+        async def trickle() -> None:
+            i = 0
+            while not stop.is_set():
+                await nc.publish(settings.nats_subject_raw, b"t%d" % i)
+                i += 1
+                await asyncio.sleep(0.003)
+
+        agent = asyncio.create_task(trickle())
+        try:
+            slow, got = 0, 0
+            for _ in range(100):
+                started = time.monotonic()
+                first = await fetcher.fetch(1, 0.5)
+                slow += time.monotonic() - started > 0.4
+                rest = await fetcher.fetch(19, 0.002)  # rarely full: its 408 comes after this returned
+                got += len(first) + len(rest)
+                for m in first + rest:
+                    await m.ack()
+            assert slow <= 2, f"{slow} of 100 fetches waited out their timeout while events kept coming"
+            assert got >= 100
+        finally:
+            stop.set()
+            await agent
             await nc.close()
 
     asyncio.run(main())
