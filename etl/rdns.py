@@ -7,12 +7,16 @@ per batch (``etl.ptr``).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from typing import Protocol
 
 from etl.config import Settings
 from etl.ptr import PtrResolver
+
+# Fake names are a pure function of the host: the last ones computed are kept (a few MB at most).
+FAKE_CACHE_SIZE = 16_384
 
 
 class Resolver(Protocol):
@@ -21,6 +25,7 @@ class Resolver(Protocol):
         ...
 
 
+@functools.lru_cache(maxsize=FAKE_CACHE_SIZE)
 def fake_name(host: str) -> str | None:
     """The fake reverse-DNS name of ``host``: ``host-{last part}.local``.
 

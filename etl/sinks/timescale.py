@@ -48,6 +48,8 @@ KEEPALIVE_COUNT = 3
 MIGRATION_LOCK_KEY = 0x6574_6C5F_6D69_6772  # "etl_migr"
 APPLICATION_NAME = "etl-timescale-sink"
 STAGING_TABLE = "etl_staging_events"
+# How much of a batch's COPY data psycopg2 hands to libpq at a time (its default is 8 KiB: 30 calls a batch).
+COPY_CHUNK_BYTES = 1 << 20
 
 _UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58"})  # connection, resources, operator, system
 _RETRY_CLASSES = frozenset({"40"})  # transaction rollback: serialization failure, deadlock
@@ -222,7 +224,7 @@ class TimescaleSink:
         with self._borrow() as conn:
             try:
                 with conn.cursor() as cur:
-                    cur.copy_expert(self._sql_copy, io.BytesIO(data))
+                    cur.copy_expert(self._sql_copy, io.BytesIO(data), size=COPY_CHUNK_BYTES)
                     inserted = cur.rowcount
                 conn.commit()
                 return inserted
@@ -235,7 +237,7 @@ class TimescaleSink:
         with conn.cursor() as cur:
             if not conn.staging_ready:
                 cur.execute(_CREATE_STAGING)
-            cur.copy_expert(self._sql_copy_staging, io.BytesIO(data))
+            cur.copy_expert(self._sql_copy_staging, io.BytesIO(data), size=COPY_CHUNK_BYTES)
             cur.execute(self._sql_insert)
             inserted = cur.rowcount
         conn.commit()
