@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig, StreamInfo
 
@@ -39,6 +40,16 @@ CONNECT_BUDGET_S = float((INITIAL_CONNECT_RETRIES + 1) * DEFAULT_CONNECT_TIMEOUT
 DEFAULT_PING_INTERVAL_S = 10
 DEFAULT_MAX_OUTSTANDING_PINGS = 3
 DEFAULT_DRAIN_TIMEOUT_S = 5
+# A server's status reply (to a request with a reply subject) is a message with these headers, as nats-py parses it.
+STATUS_HEADER = "Status"
+DESCRIPTION_HEADER = "Description"
+NO_RESPONDERS_STATUS = "503"  # nothing subscribes to the request's subject (e.g. no stream captures it)
+CONTROL_STATUS = "100"  # a heartbeat or flow control
+
+
+def status_of(msg: Msg) -> str | None:
+    """The status code a server reply carries, or ``None`` for an ordinary message."""
+    return msg.headers.get(STATUS_HEADER) if msg.headers else None
 
 # Driver errors meaning "the server is not there right now": worth a retry, never the data's fault.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (

@@ -28,10 +28,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-STATUS_HEADER = "Status"
-DESCRIPTION_HEADER = "Description"
-CONTROL_STATUS = "100"
-NO_RESPONDERS_STATUS = "503"
+from etl.nats_conn import CONTROL_STATUS, DESCRIPTION_HEADER, NO_RESPONDERS_STATUS, status_of
+
 CONSUMER_DELETED = "consumer deleted"
 # The server's request expires this much before our own wait does, so its 408 normally ends the request.
 EXPIRY_MARGIN_S = 0.001
@@ -102,7 +100,7 @@ class PullFetcher:
             self._open = None
 
     async def _on_msg(self, msg: Msg) -> None:
-        status = msg.headers.get(STATUS_HEADER) if msg.headers else None
+        status = status_of(msg)
         if status == CONTROL_STATUS:
             return
         if status is None:

@@ -21,8 +21,7 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-STATUS_HEADER = "Status"
-NO_RESPONDERS_STATUS = "503"
+from etl.nats_conn import NO_RESPONDERS_STATUS, status_of
 
 
 @dataclass
@@ -108,6 +107,6 @@ class AckInbox:
         if entry is None:
             return
         acks, done = entry
-        acks.add(msg.data, msg.headers.get(STATUS_HEADER) if msg.headers else None)
+        acks.add(msg.data, status_of(msg))
         if acks.complete and not done.done():
             done.set_result(None)
