@@ -99,12 +99,11 @@ def event_row(event: dict[str, Any]) -> bytes:
     ms = event["timestamp"]
     micros = _pg_micros(ms)  # ms is then within 64 bits too
     event_id, kind, source = event["id"].encode(), event["type"].encode(), event["source"].encode()
-    meta = orjson.dumps(metadata)
     return b"".join((
         _row_start(len(COLUMNS), len(event_id)), event_id, _two_int8(8, micros, 8, ms),
         _length(len(kind)), kind, _length(len(source)), source,
         text(metadata.get("host_id")), text(event.get("env")), text(event.get("rdns")), text(event.get("dst_rdns")),
-        _length(len(meta) + 1), JSONB_VERSION, meta, bytea(payload_bytes(event)),
+        jsonb(metadata), bytea(payload_bytes(event)),
     ))
 
 
