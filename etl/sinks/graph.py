@@ -24,8 +24,9 @@ A missing or empty value counts as absent. Readable properties of Host, User and
 non-null value, so an event lacking e.g. a hostname does not erase one learnt earlier.
 
 Backends (chosen by the NEO4J_URI scheme): ``falkor://`` is FalkorDB (``etl.sinks.graph_falkor``); ``bolt``
-and ``neo4j`` schemes are Neo4j (``etl.sinks.graph_neo4j``). Both run :data:`WRITE_CYPHER` verbatim, one
-statement per batch, with the rows as lists; only the schema DDL differs.
+and ``neo4j`` schemes are Neo4j (``etl.sinks.graph_neo4j``). Both run the same statements verbatim, with the rows
+as lists; only the schema DDL differs. A batch is one statement: :data:`CREATE_CYPHER` while Event's unique
+constraint is known to be enforced, and :data:`MERGE_CYPHER` for a batch holding an event already stored.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from etl.config import Settings
-from etl.errors import SinkDataError, SinkUnavailable
+from etl.errors import SinkDataError, SinkUnavailable, TransientError
 from etl.sinks.base import Event
 
 Row = dict[str, Any]
@@ -60,33 +61,51 @@ NODE_KEYS: tuple[tuple[str, str], ...] = (
     ("Container", "container_id"),
 )
 
-# MERGE on the key only, SET the rest; every relationship is MERGEd so a replay creates nothing. The
-# OPTIONAL MATCH before the MERGE tells which events are new (rows are unique by id, see build_rows).
-# Written with field names (r.id); what runs is WRITE_CYPHER, the same with list positions (see positional).
-NAMED_WRITE_CYPHER = """
+# Every node but Event is MERGEd on its key only; what its key determines is set once, ON CREATE, and a readable
+# property is SET only when the event changes it (a SET of an unchanged value still costs FalkorDB a write).
+# {link} is how each one is tied to the event: CREATE for a new event, MERGE for one that may exist.
+_CONTEXT_CYPHER = """
+FOREACH (i IN CASE WHEN r.host_id IS NULL THEN [] ELSE [1] END |
+    MERGE (h:Host {host_id: r.host_id})
+    FOREACH (j IN CASE WHEN h.host_ip = r.host_ip AND h.hostname = r.hostname THEN [] ELSE [1] END |
+        SET h.host_ip = coalesce(r.host_ip, h.host_ip), h.hostname = coalesce(r.hostname, h.hostname))
+    {link} (h)-[:GENERATED]->(e))
+FOREACH (i IN CASE WHEN r.user_key IS NULL THEN [] ELSE [1] END |
+    MERGE (u:User {key: r.user_key})
+    ON CREATE SET u.host_id = r.user_host_id, u.uid = r.uid
+    FOREACH (j IN CASE WHEN u.name = r.user THEN [] ELSE [1] END | SET u.name = coalesce(r.user, u.name))
+    {link} (u)-[:EXECUTED]->(e))
+FOREACH (i IN CASE WHEN r.process_key IS NULL THEN [] ELSE [1] END |
+    MERGE (p:Process {key: r.process_key})
+    ON CREATE SET p.host_id = r.host_id, p.pid = r.pid, p.source = r.source
+    FOREACH (j IN CASE WHEN p.binary_sha256 = r.binary_sha256 THEN [] ELSE [1] END |
+        SET p.binary_sha256 = coalesce(r.binary_sha256, p.binary_sha256))
+    {link} (p)-[:EXECUTED]->(e))
+FOREACH (i IN CASE WHEN r.container_id IS NULL THEN [] ELSE [1] END |
+    MERGE (c:Container {container_id: r.container_id})
+    {link} (c)-[:GENERATED]->(e))
+"""
+
+# For a batch of events none of which is stored yet (the common case): each Event is CREATEd with its
+# properties, and so are its relationships. One already stored fails the whole statement on Event's unique
+# constraint (``KeyConflict``), and nothing of it is written. A third cheaper than merging, on FalkorDB.
+NAMED_CREATE_CYPHER = """
+UNWIND $rows AS r
+CREATE (e:Event {id: r.id, type: r.type, source: r.source, timestamp: r.timestamp, env: r.env, rdns: r.rdns,
+                 dst_rdns: r.dst_rdns, host_id: r.host_id, enriched_at: r.enriched_at})
+""" + _CONTEXT_CYPHER.replace("{link}", "CREATE") + """RETURN count(e) AS created
+"""
+
+# For any batch (a replay, or part of one): everything is MERGEd, so nothing is created twice. The OPTIONAL
+# MATCH before the MERGE tells which events are new (rows are unique by id, see build_rows).
+NAMED_MERGE_CYPHER = """
 UNWIND $rows AS r
 OPTIONAL MATCH (seen:Event {id: r.id})
 WITH r, seen IS NULL AS fresh
 MERGE (e:Event {id: r.id})
 SET e.type = r.type, e.source = r.source, e.timestamp = r.timestamp, e.env = r.env,
     e.rdns = r.rdns, e.dst_rdns = r.dst_rdns, e.host_id = r.host_id, e.enriched_at = r.enriched_at
-FOREACH (i IN CASE WHEN r.host_id IS NULL THEN [] ELSE [1] END |
-    MERGE (h:Host {host_id: r.host_id})
-    SET h.host_ip = coalesce(r.host_ip, h.host_ip), h.hostname = coalesce(r.hostname, h.hostname)
-    MERGE (h)-[:GENERATED]->(e))
-FOREACH (i IN CASE WHEN r.user_key IS NULL THEN [] ELSE [1] END |
-    MERGE (u:User {key: r.user_key})
-    SET u.host_id = r.user_host_id, u.uid = r.uid, u.name = coalesce(r.user, u.name)
-    MERGE (u)-[:EXECUTED]->(e))
-FOREACH (i IN CASE WHEN r.process_key IS NULL THEN [] ELSE [1] END |
-    MERGE (p:Process {key: r.process_key})
-    SET p.host_id = r.host_id, p.pid = r.pid, p.source = r.source,
-        p.binary_sha256 = coalesce(r.binary_sha256, p.binary_sha256)
-    MERGE (p)-[:EXECUTED]->(e))
-FOREACH (i IN CASE WHEN r.container_id IS NULL THEN [] ELSE [1] END |
-    MERGE (c:Container {container_id: r.container_id})
-    MERGE (c)-[:GENERATED]->(e))
-RETURN sum(CASE WHEN fresh THEN 1 ELSE 0 END) AS created
+""" + _CONTEXT_CYPHER.replace("{link}", "MERGE") + """RETURN sum(CASE WHEN fresh THEN 1 ELSE 0 END) AS created
 """
 
 _EVENT_FIELDS = ("type", "source", "timestamp", "env", "rdns", "dst_rdns")
@@ -111,7 +130,9 @@ def positional(named_cypher: str) -> str:
     return _ROW_FIELD.sub(position, named_cypher)
 
 
-WRITE_CYPHER = positional(NAMED_WRITE_CYPHER)
+# What runs: the statements above, reading rows by position.
+CREATE_CYPHER = positional(NAMED_CREATE_CYPHER)
+MERGE_CYPHER = positional(NAMED_MERGE_CYPHER)
 
 
 def _escape(part: str) -> str:
@@ -194,11 +215,17 @@ def build_rows(events: Sequence[Event]) -> list[Row]:
 
 
 def as_lists(rows: Sequence[Row]) -> list[list[Any]]:
-    """The rows as :data:`WRITE_CYPHER` reads them: lists in :data:`ROW_FIELDS` order."""
+    """The rows as the write statements read them: lists in :data:`ROW_FIELDS` order."""
     return [list(row.values()) for row in rows]
 
 
 COUNT_EVENTS_CYPHER = "MATCH (e:Event) RETURN count(e) AS events"
+
+
+class KeyConflict(TransientError):
+    """A write would have stored a second node with a key already stored (an event written before, or
+    meanwhile by another writer); the server wrote nothing of it. The sink then merges the batch instead; a
+    conflict while merging (two writers at once) is worth a retry."""
 
 
 class GraphBackend(Protocol):
@@ -207,9 +234,14 @@ class GraphBackend(Protocol):
     def ensure_schema(self) -> None:
         """Create the key constraints of :data:`NODE_KEYS` if missing. Idempotent."""
 
-    def write_rows(self, rows: list[list[Any]]) -> int:
-        """Run :data:`WRITE_CYPHER` on ``rows`` (see ``as_lists``) in one transaction; return the number of new
-        Event nodes."""
+    def event_key_enforced(self) -> bool:
+        """Whether the server now enforces Event's unique constraint, so :data:`CREATE_CYPHER` cannot store an
+        event twice. May ask the server; raises ``SinkUnavailable``."""
+
+    def write_rows(self, statement: str, rows: list[list[Any]]) -> int:
+        """Run ``statement`` (:data:`CREATE_CYPHER` or :data:`MERGE_CYPHER`) on ``rows`` (see ``as_lists``) in
+        one transaction; return its ``created`` column. Raises ``KeyConflict`` when the statement would break a
+        unique constraint (and then writes nothing), and like ``GraphSink.write``."""
 
     def count_events(self) -> int:
         """How many Event nodes the graph holds (:data:`COUNT_EVENTS_CYPHER`)."""
@@ -238,7 +270,7 @@ class GraphSink:
     """The ``Sink`` for the graph: Event, Host, User, Process and Container nodes per batch.
 
     ``write`` returns the number of Event nodes it newly created (0 on a replay). On FalkorDB, which runs
-    writes one at a time, the count is exact; on Neo4j two transactions writing the same new event at once
+    writes one at a time, the count is exact; on Neo4j two transactions merging the same new event at once
     may both count it. ``write`` or ``check`` before ``open`` opens the sink (so a server that was down at
     start is picked up later); after ``close`` they raise ``SinkUnavailable`` until ``open`` is called again.
     """
@@ -279,14 +311,22 @@ class GraphSink:
             return self._backend or self._open_locked()
 
     def write(self, events: Sequence[Event]) -> int:
-        """Store a batch with one statement in one transaction; return how many Event nodes are new.
+        """Store a batch, each attempt one statement in one transaction; return how many Event nodes are new.
 
+        The batch is first created, as new events; if one is stored already (a replay), it is merged instead.
         Raises ``SinkUnavailable``/``TransientError`` when a retry may succeed, ``SinkDataError`` when not.
         """
         rows = build_rows(events)
         if not rows:
             return 0
-        return self._backend_or_open().write_rows(as_lists(rows))
+        lists = as_lists(rows)
+        backend = self._backend_or_open()
+        if backend.event_key_enforced():
+            try:
+                return backend.write_rows(CREATE_CYPHER, lists)
+            except KeyConflict:
+                pass  # nothing of it was written
+        return backend.write_rows(MERGE_CYPHER, lists)
 
     def count_events(self) -> int:
         """How many Event nodes the graph holds: what reached this sink. Raises ``SinkUnavailable``."""

@@ -15,7 +15,8 @@ writes run to completion. The write is idempotent, so retrying one whose reply w
 
 Errors. Redis ``ConnectionError``/``TimeoutError`` (and a query timeout, a timeout above TIMEOUT_MAX, a
 read-only replica or a refused permission) become ``SinkUnavailable``; a full query queue or an out-of-memory
-reply ``TransientError``; any other error reply to a query ``SinkDataError``.
+reply ``TransientError``; a unique constraint violation ``KeyConflict``; any other error reply to a query
+``SinkDataError``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from redis.retry import Retry
 
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
-from etl.sinks.graph import COUNT_EVENTS_CYPHER, NODE_KEYS, WRITE_CYPHER
+from etl.sinks.graph import COUNT_EVENTS_CYPHER, NODE_KEYS, KeyConflict
 
 DEFAULT_FALKOR_PORT = 6379
 CONNECT_TIMEOUT_S = 5.0
@@ -46,7 +47,10 @@ RECONNECT_RETRIES = 1  # one immediate retry, for a pooled connection the server
 _UNAVAILABLE_REPLIES = ("query timed out", "cannot exceed the timeout_max")
 _TRANSIENT_REPLIES = ("max pending queries exceeded",)
 _EXISTS_REPLIES = ("already indexed", "already exists")
+_CONFLICT_REPLY = "unique constraint violation"
 _CONSTRAINT_FAILED = "FAILED"
+_CONSTRAINT_OPERATIONAL = "OPERATIONAL"
+EVENT_KEY = ("Event", "id")
 
 
 def translate(err: Exception, doing: str) -> EtlError:
@@ -61,6 +65,8 @@ def translate(err: Exception, doing: str) -> EtlError:
         return TransientError(text)
     if any(r in reply for r in _TRANSIENT_REPLIES):
         return TransientError(text)
+    if _CONFLICT_REPLY in reply:
+        return KeyConflict(text)  # FalkorDB undid the whole query
     if isinstance(err, redis.ResponseError):
         return SinkDataError(text)
     return TransientError(text)  # a garbled reply or the like: worth another try
@@ -106,15 +112,15 @@ def _capped_timeout_ms(db: FalkorDB, wanted_ms: int) -> int:
     return min(wanted_ms, int(cap)) if int(cap) > 0 else wanted_ms
 
 
-def query_text(rows: list[list[Any]]) -> str | None:
-    """The write statement with ``rows`` in its ``CYPHER rows=...`` parameter header, the list written by orjson
+def query_text(statement: str, rows: list[list[Any]]) -> str | None:
+    """``statement`` with ``rows`` in its ``CYPHER rows=...`` parameter header, the list written by orjson
     (the client's own writer costs the graph pool about 6 µs per event); ``None`` when a value holds a backslash,
     a quote or a control character, which JSON escapes and FalkorDB's parser may read otherwise: the client then
     writes the header. A list of scalars in JSON without any escape is also a Cypher list literal."""
     literal = orjson.dumps(rows).decode()
     if "\\" in literal:
         return None
-    return f"CYPHER rows={literal} {WRITE_CYPHER}"
+    return f"CYPHER rows={literal} {statement}"
 
 
 class FalkorBackend:
@@ -124,6 +130,7 @@ class FalkorBackend:
         self._db = db
         self._graph = db.select_graph(graph_name)
         self._query_timeout_ms = query_timeout_ms
+        self._event_key_enforced = False
 
     def ensure_schema(self) -> None:
         """Create the missing range indexes, then the missing unique constraints (built asynchronously).
@@ -180,15 +187,27 @@ class FalkorBackend:
             if not _already_exists(e):
                 raise
 
-    def write_rows(self, rows: list[list[Any]]) -> int:
-        """Run the shared write statement on ``rows`` (atomic in FalkorDB); return the new Event count.
+    def event_key_enforced(self) -> bool:
+        """Whether Event's unique constraint is OPERATIONAL: FalkorDB builds it after ``ensure_schema`` returned,
+        and until then would store a second Event with the same id. Asks the server until it is, then no more.
 
-        Raises ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
+        Raises ``SinkUnavailable``.
+        """
+        if not self._event_key_enforced:
+            with _translated("read constraints"):
+                self._event_key_enforced = (bool(self._db.connection.exists(self._graph.name))
+                                            and self._constraint_status().get(EVENT_KEY) == _CONSTRAINT_OPERATIONAL)
+        return self._event_key_enforced
+
+    def write_rows(self, statement: str, rows: list[list[Any]]) -> int:
+        """Run ``statement`` on ``rows`` (atomic in FalkorDB); return its ``created`` column.
+
+        Raises ``KeyConflict``, ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
         """
         with _translated("write"):
-            text = query_text(rows)
+            text = query_text(statement, rows)
             if text is None:
-                result = self._graph.query(WRITE_CYPHER, {"rows": rows}, timeout=self._query_timeout_ms)
+                result = self._graph.query(statement, {"rows": rows}, timeout=self._query_timeout_ms)
             else:
                 result = self._graph.query(text, timeout=self._query_timeout_ms)
             return int(result.result_set[0][0])

@@ -9,8 +9,9 @@ transaction also carries PROCESSING_TIMEOUT as its server-side timeout.
 
 Errors: ServiceUnavailable, SessionExpired, a full connection pool, a transaction timeout, refused credentials
 or a missing database become ``SinkUnavailable``; Neo4j's TransientError (incl. DeadlockDetected) and server
-faults ``TransientError``; any other ClientError (CypherTypeError, ConstraintError...) and a constraint that
-cannot be created over duplicates already stored ``SinkDataError``.
+faults ``TransientError``; a node refused by a uniqueness constraint ``KeyConflict``; any other ClientError
+(CypherTypeError, another ConstraintError...) and a constraint that cannot be created over duplicates already
+stored ``SinkDataError``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from neo4j import exceptions as neo
 
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
-from etl.sinks.graph import COUNT_EVENTS_CYPHER, NODE_KEYS, WRITE_CYPHER
+from etl.sinks.graph import COUNT_EVENTS_CYPHER, NODE_KEYS, KeyConflict
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -36,6 +37,10 @@ _UNAVAILABLE_CODES = (
 )
 # A DatabaseError that is about our data: a constraint cannot be built over duplicate keys already stored.
 _DATA_CODES = ("Neo.DatabaseError.Schema.ConstraintCreationFailed",)
+# A uniqueness constraint refused a node ("Node(7) already exists with label `Event` and property `id` = ..."),
+# as opposed to e.g. an operator's property existence constraint, which is about the data.
+_CONFLICT_CODE = "Neo.ClientError.Schema.ConstraintValidationFailed"
+_CONFLICT_MESSAGE = "already exists"
 
 
 def constraint_statements() -> list[str]:
@@ -57,6 +62,8 @@ def translate(err: Exception, doing: str) -> EtlError:
         return SinkUnavailable(text)  # an operator's problem: retry until fixed, never dead-letter the data
     if isinstance(err, neo.TransientError):
         return TransientError(text)
+    if code == _CONFLICT_CODE and _CONFLICT_MESSAGE in str(getattr(err, "message", "") or ""):
+        return KeyConflict(text)  # the transaction was rolled back
     if isinstance(err, neo.ClientError) or code.startswith(_DATA_CODES):
         return SinkDataError(text)
     return TransientError(text)  # DatabaseError and other driver faults: worth another try
@@ -103,8 +110,8 @@ def _run_statement(tx: ManagedTransaction, statement: str) -> None:
     tx.run(statement).consume()
 
 
-def _write_batch(tx: ManagedTransaction, rows: list[list[Any]]) -> int:
-    record = tx.run(WRITE_CYPHER, rows=rows).single(strict=True)
+def _write_batch(tx: ManagedTransaction, statement: str, rows: list[list[Any]]) -> int:
+    record = tx.run(statement, rows=rows).single(strict=True)
     return int(record["created"])
 
 
@@ -128,13 +135,17 @@ class Neo4jBackend:
             for statement in constraint_statements():
                 session.execute_write(_run_statement, statement)
 
-    def write_rows(self, rows: list[list[Any]]) -> int:
-        """Run the shared write statement on ``rows`` in one managed transaction; return the new Event count.
+    def event_key_enforced(self) -> bool:
+        """True: Neo4j builds a uniqueness constraint before ``CREATE CONSTRAINT`` returns (``ensure_schema``)."""
+        return True
 
-        Raises ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
+    def write_rows(self, statement: str, rows: list[list[Any]]) -> int:
+        """Run ``statement`` on ``rows`` in one managed transaction; return its ``created`` column.
+
+        Raises ``KeyConflict``, ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
         """
         with _translated("write"), self._driver.session() as session:
-            return int(session.execute_write(self._write, rows))
+            return int(session.execute_write(self._write, statement, rows))
 
     def count_events(self) -> int:
         with _translated("count"), self._driver.session() as session:

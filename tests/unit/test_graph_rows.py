@@ -17,11 +17,14 @@ from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
 from etl.sinks import graph_falkor, graph_neo4j
 from etl.sinks.graph import (
-    NAMED_WRITE_CYPHER,
+    CREATE_CYPHER,
+    MERGE_CYPHER,
+    NAMED_CREATE_CYPHER,
+    NAMED_MERGE_CYPHER,
     NODE_KEYS,
     ROW_FIELDS,
-    WRITE_CYPHER,
     GraphSink,
+    KeyConflict,
     as_lists,
     build_row,
     build_rows,
@@ -136,18 +139,38 @@ def test_metadata_values_must_be_scalars() -> None:
         build_row({**event(), "metadata": ["x"]})
 
 
-def test_statement_is_one_unwind_that_merges_nodes_on_their_key_only() -> None:
-    assert NAMED_WRITE_CYPHER.strip().startswith("UNWIND $rows AS r")
-    assert ";" not in NAMED_WRITE_CYPHER
-    merged = re.findall(r"MERGE \(\w+:(\w+) \{(\w+): r\.\w+\}\)", NAMED_WRITE_CYPHER)
+CONTEXT_KEYS = [key for key in NODE_KEYS if key[0] != "Event"]
+LINKS = r"\(\w+\)-\[:(?:GENERATED|EXECUTED)\]->\(e\)"
+
+
+def test_merge_statement_is_one_unwind_that_merges_every_node_on_its_key_only() -> None:
+    assert NAMED_MERGE_CYPHER.strip().startswith("UNWIND $rows AS r")
+    assert ";" not in NAMED_MERGE_CYPHER and "CREATE (" not in NAMED_MERGE_CYPHER
+    merged = re.findall(r"MERGE \(\w+:(\w+) \{(\w+): r\.\w+\}\)", NAMED_MERGE_CYPHER)
     assert sorted(merged) == sorted(NODE_KEYS)
-    assert len(re.findall(r"MERGE \(\w+\)-\[:(GENERATED|EXECUTED)\]->\(e\)", NAMED_WRITE_CYPHER)) == 4
+    assert len(re.findall("MERGE " + LINKS, NAMED_MERGE_CYPHER)) == 4
 
 
-def test_the_statement_that_runs_reads_rows_by_position() -> None:
-    assert WRITE_CYPHER == positional(NAMED_WRITE_CYPHER)
-    assert not re.search(r"\br\.", WRITE_CYPHER)
-    assert "MERGE (e:Event {id: r[0]})" in WRITE_CYPHER
+def test_create_statement_creates_events_and_their_links_and_merges_the_context() -> None:
+    assert NAMED_CREATE_CYPHER.strip().startswith("UNWIND $rows AS r")
+    assert ";" not in NAMED_CREATE_CYPHER
+    assert re.findall(r"CREATE \(e:Event \{id: r\.id,", NAMED_CREATE_CYPHER)
+    merged = re.findall(r"MERGE \(\w+:(\w+) \{(\w+): r\.\w+\}\)", NAMED_CREATE_CYPHER)
+    assert sorted(merged) == sorted(CONTEXT_KEYS)
+    assert len(re.findall("CREATE " + LINKS, NAMED_CREATE_CYPHER)) == 4
+    assert not re.findall("MERGE " + LINKS, NAMED_CREATE_CYPHER)
+    # Both set the same Event properties.
+    set_in_merge = set(re.findall(r"e\.(\w+) = r\.\1", NAMED_MERGE_CYPHER))
+    created_with = set(re.findall(r"(\w+): r\.\1", NAMED_CREATE_CYPHER.split("FOREACH")[0])) - {"id"}
+    assert set_in_merge == created_with
+
+
+def test_the_statements_that_run_read_rows_by_position() -> None:
+    assert CREATE_CYPHER == positional(NAMED_CREATE_CYPHER)
+    assert MERGE_CYPHER == positional(NAMED_MERGE_CYPHER)
+    assert not re.search(r"\br\.", CREATE_CYPHER + MERGE_CYPHER)
+    assert "MERGE (e:Event {id: r[0]})" in MERGE_CYPHER
+    assert "CREATE (e:Event {id: r[0], " in CREATE_CYPHER
     pid = ROW_FIELDS.index("pid")
     assert positional("SET p.pid = r.pid, p.rdns = r.rdns, x.r = 1") == (
         f"SET p.pid = r[{pid}], p.rdns = r[{ROW_FIELDS.index('rdns')}], x.r = 1")
@@ -163,9 +186,11 @@ def test_rows_go_as_lists_in_field_order() -> None:
 
 def test_falkordb_header_is_json_unless_a_value_needs_an_escape() -> None:
     plain = as_lists([build_row(event(host_id="h", user="日本語 `x` {a,b}: 'q'"))])
-    assert graph_falkor.query_text(plain) == f"CYPHER rows={orjson.dumps(plain).decode()} {WRITE_CYPHER}"
+    assert graph_falkor.query_text(CREATE_CYPHER, plain) == (
+        f"CYPHER rows={orjson.dumps(plain).decode()} {CREATE_CYPHER}")
     for tricky in ('say "hi"', "back\\slash", "new\nline", "tab\t", "bell\x07"):
-        assert graph_falkor.query_text(as_lists([build_row(event(host_id="h", user=tricky))])) is None, tricky
+        rows = as_lists([build_row(event(host_id="h", user=tricky))])
+        assert graph_falkor.query_text(CREATE_CYPHER, rows) is None, tricky
 
 
 def test_sink_does_not_connect_when_built() -> None:
@@ -175,9 +200,9 @@ def test_sink_does_not_connect_when_built() -> None:
     sink.close()
 
 
-def neo4j_error(code: str) -> Exception:
+def neo4j_error(code: str, message: str = "from the server") -> Exception:
     # The driver builds server errors this way (private, but the only way to get the class for a code).
-    return neo.Neo4jError._hydrate_neo4j(code=code, message="from the server")
+    return neo.Neo4jError._hydrate_neo4j(code=code, message=message)
 
 
 @pytest.mark.parametrize(
@@ -190,7 +215,10 @@ def neo4j_error(code: str) -> Exception:
         (neo4j_error("Neo.TransientError.Transaction.DeadlockDetected"), TransientError),
         (neo4j_error("Neo.DatabaseError.General.UnknownError"), TransientError),
         (neo4j_error("Neo.ClientError.Statement.TypeError"), SinkDataError),
-        (neo4j_error("Neo.ClientError.Schema.ConstraintValidationFailed"), SinkDataError),
+        (neo4j_error("Neo.ClientError.Schema.ConstraintValidationFailed",
+                     "Node(7) already exists with label `Event` and property `id` = 'e1'"), KeyConflict),
+        (neo4j_error("Neo.ClientError.Schema.ConstraintValidationFailed",
+                     "Node(7) with label `Event` must have the property `env`"), SinkDataError),
         (neo4j_error("Neo.DatabaseError.Schema.ConstraintCreationFailed"), SinkDataError),
     ],
 )
@@ -213,7 +241,7 @@ def test_neo4j_errors_are_translated(err: Exception, expected: type[EtlError]) -
         (redis.ResponseError("Max pending queries exceeded"), TransientError),
         (redis.exceptions.OutOfMemoryError("OOM"), TransientError),
         (redis.ResponseError("Property values can only be of primitive types"), SinkDataError),
-        (redis.ResponseError("unique constraint violation on node of type Event"), SinkDataError),
+        (redis.ResponseError("unique constraint violation on node of type Event"), KeyConflict),
     ],
 )
 def test_falkordb_errors_are_translated(err: Exception, expected: type[EtlError]) -> None:
