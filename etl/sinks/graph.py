@@ -63,7 +63,8 @@ NODE_KEYS: tuple[tuple[str, str], ...] = (
 
 # Every node but Event is MERGEd on its key only; what its key determines is set once, ON CREATE, and a readable
 # property is SET only when the event changes it (a SET of an unchanged value still costs FalkorDB a write).
-# {link} is how each one is tied to the event: CREATE for a new event, MERGE for one that may exist.
+# {link} is how each one is tied to the event: CREATE for a new event, MERGE for one that may exist. A Process
+# the sink knows to be new (``process_new``, see as_lists) is left to CREATE_CYPHER.
 _CONTEXT_CYPHER = """
 FOREACH (i IN CASE WHEN r.host_id IS NULL THEN [] ELSE [1] END |
     MERGE (h:Host {host_id: r.host_id})
@@ -75,7 +76,7 @@ FOREACH (i IN CASE WHEN r.user_key IS NULL THEN [] ELSE [1] END |
     ON CREATE SET u.host_id = r.user_host_id, u.uid = r.uid
     FOREACH (j IN CASE WHEN u.name = r.user THEN [] ELSE [1] END | SET u.name = coalesce(r.user, u.name))
     {link} (u)-[:EXECUTED]->(e))
-FOREACH (i IN CASE WHEN r.process_key IS NULL THEN [] ELSE [1] END |
+FOREACH (i IN CASE WHEN r.process_key IS NULL OR r.process_new THEN [] ELSE [1] END |
     MERGE (p:Process {key: r.process_key})
     ON CREATE SET p.host_id = r.host_id, p.pid = r.pid, p.source = r.source
     FOREACH (j IN CASE WHEN p.binary_sha256 = r.binary_sha256 THEN [] ELSE [1] END |
@@ -87,17 +88,22 @@ FOREACH (i IN CASE WHEN r.container_id IS NULL THEN [] ELSE [1] END |
 """
 
 # For a batch of events none of which is stored yet (the common case): each Event is CREATEd with its
-# properties, and so are its relationships. One already stored fails the whole statement on Event's unique
-# constraint (``KeyConflict``), and nothing of it is written. A third cheaper than merging, on FalkorDB.
+# properties, and so are its relationships, and each Process not stored yet. One already stored fails the whole
+# statement on its unique constraint (``KeyConflict``), and nothing of it is written. Half the cost of merging
+# on FalkorDB, which sets a property on a node it just made several times slower than it makes the node with it.
 NAMED_CREATE_CYPHER = """
 UNWIND $rows AS r
 CREATE (e:Event {id: r.id, type: r.type, source: r.source, timestamp: r.timestamp, env: r.env, rdns: r.rdns,
                  dst_rdns: r.dst_rdns, host_id: r.host_id, enriched_at: r.enriched_at})
-""" + _CONTEXT_CYPHER.replace("{link}", "CREATE") + """RETURN count(e) AS created
+FOREACH (i IN CASE WHEN r.process_new THEN [1] ELSE [] END |
+    CREATE (p:Process {key: r.process_key, host_id: r.host_id, pid: r.pid, source: r.source,
+                       binary_sha256: r.binary_sha256})
+    CREATE (p)-[:EXECUTED]->(e))""" + _CONTEXT_CYPHER.replace("{link}", "CREATE") + """RETURN count(e) AS created
 """
 
 # For any batch (a replay, or part of one): everything is MERGEd, so nothing is created twice. The OPTIONAL
-# MATCH before the MERGE tells which events are new (rows are unique by id, see build_rows).
+# MATCH before the MERGE tells which events are new (rows are unique by id, see build_rows). Rows must not
+# have process_new set (as_lists without stored processes).
 NAMED_MERGE_CYPHER = """
 UNWIND $rows AS r
 OPTIONAL MATCH (seen:Event {id: r.id})
@@ -108,11 +114,15 @@ SET e.type = r.type, e.source = r.source, e.timestamp = r.timestamp, e.env = r.e
 """ + _CONTEXT_CYPHER.replace("{link}", "MERGE") + """RETURN sum(CASE WHEN fresh THEN 1 ELSE 0 END) AS created
 """
 
+# Which of a batch's Process keys the graph holds already (a read).
+STORED_PROCESSES_CYPHER = "UNWIND $keys AS k MATCH (p:Process {key: k}) RETURN p.key AS key"
+
 _EVENT_FIELDS = ("type", "source", "timestamp", "env", "rdns", "dst_rdns")
 _METADATA_FIELDS = ("host_id", "uid", "pid", "container_id", "host_ip", "hostname", "user", "binary_sha256",
                     "enriched_at")
 # A row's fields, in the order build_row makes them.
-ROW_FIELDS = ("id", *_EVENT_FIELDS, *_METADATA_FIELDS, "user_host_id", "user_key", "process_key")
+ROW_FIELDS = ("id", *_EVENT_FIELDS, *_METADATA_FIELDS, "user_host_id", "user_key", "process_key", "process_new")
+_PROCESS_NEW = ROW_FIELDS.index("process_new")
 _ROW_FIELD = re.compile(r"\br\.([a-z_0-9]+)\b")
 
 
@@ -199,6 +209,7 @@ def build_row(event: Event) -> Row:
         row["user_key"] = compose_key("name", user) if user else None
         row["uid"] = None  # a uid without its host identifies nobody
     row["process_key"] = compose_key(host_id, pid, row["source"] or "") if host_id and pid else None
+    row["process_new"] = False  # not known to be new; see as_lists
     return row
 
 
@@ -214,9 +225,30 @@ def build_rows(events: Sequence[Event]) -> list[Row]:
     return list(rows.values())
 
 
-def as_lists(rows: Sequence[Row]) -> list[list[Any]]:
-    """The rows as the write statements read them: lists in :data:`ROW_FIELDS` order."""
-    return [list(row.values()) for row in rows]
+def process_keys(rows: Sequence[Row]) -> list[str]:
+    """The distinct Process keys of ``rows``, in first-seen order."""
+    return list(dict.fromkeys(row["process_key"] for row in rows if row["process_key"] is not None))
+
+
+def as_lists(rows: Sequence[Row], stored_processes: set[str] | None = None) -> list[list[Any]]:
+    """The rows as the write statements read them: lists in :data:`ROW_FIELDS` order.
+
+    Given the Process keys the graph holds (``stored_processes``), each other key gets ``process_new`` on the
+    first row that has it, for :data:`CREATE_CYPHER` to create that Process; the rows after it merge it.
+    """
+    if stored_processes is None:
+        return [list(row.values()) for row in rows]
+    claimed = set(stored_processes)
+    out = []
+    for row in rows:
+        values = list(row.values())
+        key = row["process_key"]
+        if key is not None and key not in claimed:
+            claimed.add(key)
+            values[_PROCESS_NEW] = True
+        out.append(values)
+    return out
+
 
 
 COUNT_EVENTS_CYPHER = "MATCH (e:Event) RETURN count(e) AS events"
@@ -234,9 +266,13 @@ class GraphBackend(Protocol):
     def ensure_schema(self) -> None:
         """Create the key constraints of :data:`NODE_KEYS` if missing. Idempotent."""
 
-    def event_key_enforced(self) -> bool:
-        """Whether the server now enforces Event's unique constraint, so :data:`CREATE_CYPHER` cannot store an
-        event twice. May ask the server; raises ``SinkUnavailable``."""
+    def keys_enforced(self) -> bool:
+        """Whether the server now enforces the unique constraints of Event and Process, so :data:`CREATE_CYPHER`
+        cannot store either twice. May ask the server; raises ``SinkUnavailable``."""
+
+    def stored_keys(self, statement: str, keys: list[str]) -> set[str]:
+        """Run the read ``statement`` (:data:`STORED_PROCESSES_CYPHER`) on ``keys``; return its ``key`` column.
+        Raises like ``GraphSink.write``."""
 
     def write_rows(self, statement: str, rows: list[list[Any]]) -> int:
         """Run ``statement`` (:data:`CREATE_CYPHER` or :data:`MERGE_CYPHER`) on ``rows`` (see ``as_lists``) in
@@ -313,20 +349,21 @@ class GraphSink:
     def write(self, events: Sequence[Event]) -> int:
         """Store a batch, each attempt one statement in one transaction; return how many Event nodes are new.
 
-        The batch is first created, as new events; if one is stored already (a replay), it is merged instead.
+        The batch is first created, as new events, with the Processes the graph does not hold yet (read first);
+        if one of them is stored by then (a replay, another writer), the batch is merged instead.
         Raises ``SinkUnavailable``/``TransientError`` when a retry may succeed, ``SinkDataError`` when not.
         """
         rows = build_rows(events)
         if not rows:
             return 0
-        lists = as_lists(rows)
         backend = self._backend_or_open()
-        if backend.event_key_enforced():
+        if backend.keys_enforced():
+            stored = backend.stored_keys(STORED_PROCESSES_CYPHER, process_keys(rows))
             try:
-                return backend.write_rows(CREATE_CYPHER, lists)
+                return backend.write_rows(CREATE_CYPHER, as_lists(rows, stored))
             except KeyConflict:
-                pass  # nothing of it was written
-        return backend.write_rows(MERGE_CYPHER, lists)
+                pass  # nothing of it was written; another writer may have stored a Process meanwhile
+        return backend.write_rows(MERGE_CYPHER, as_lists(rows))
 
     def count_events(self) -> int:
         """How many Event nodes the graph holds: what reached this sink. Raises ``SinkUnavailable``."""

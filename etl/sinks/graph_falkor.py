@@ -50,7 +50,8 @@ _EXISTS_REPLIES = ("already indexed", "already exists")
 _CONFLICT_REPLY = "unique constraint violation"
 _CONSTRAINT_FAILED = "FAILED"
 _CONSTRAINT_OPERATIONAL = "OPERATIONAL"
-EVENT_KEY = ("Event", "id")
+# CREATE_CYPHER relies on these: without them it could store an Event or a Process twice.
+CREATED_KEYS = (("Event", "id"), ("Process", "key"))
 
 
 def translate(err: Exception, doing: str) -> EtlError:
@@ -112,15 +113,15 @@ def _capped_timeout_ms(db: FalkorDB, wanted_ms: int) -> int:
     return min(wanted_ms, int(cap)) if int(cap) > 0 else wanted_ms
 
 
-def query_text(statement: str, rows: list[list[Any]]) -> str | None:
-    """``statement`` with ``rows`` in its ``CYPHER rows=...`` parameter header, the list written by orjson
+def query_text(statement: str, values: list[Any], name: str = "rows") -> str | None:
+    """``statement`` with ``values`` in its ``CYPHER <name>=...`` parameter header, the list written by orjson
     (the client's own writer costs the graph pool about 6 µs per event); ``None`` when a value holds a backslash,
     a quote or a control character, which JSON escapes and FalkorDB's parser may read otherwise: the client then
     writes the header. A list of scalars in JSON without any escape is also a Cypher list literal."""
-    literal = orjson.dumps(rows).decode()
+    literal = orjson.dumps(values).decode()
     if "\\" in literal:
         return None
-    return f"CYPHER rows={literal} {statement}"
+    return f"CYPHER {name}={literal} {statement}"
 
 
 class FalkorBackend:
@@ -130,7 +131,7 @@ class FalkorBackend:
         self._db = db
         self._graph = db.select_graph(graph_name)
         self._query_timeout_ms = query_timeout_ms
-        self._event_key_enforced = False
+        self._keys_enforced = False
 
     def ensure_schema(self) -> None:
         """Create the missing range indexes, then the missing unique constraints (built asynchronously).
@@ -187,17 +188,30 @@ class FalkorBackend:
             if not _already_exists(e):
                 raise
 
-    def event_key_enforced(self) -> bool:
-        """Whether Event's unique constraint is OPERATIONAL: FalkorDB builds it after ``ensure_schema`` returned,
-        and until then would store a second Event with the same id. Asks the server until it is, then no more.
+    def keys_enforced(self) -> bool:
+        """Whether the unique constraints of Event and Process are OPERATIONAL: FalkorDB builds them after
+        ``ensure_schema`` returned, and until then would store a second node with the same key. Asks the server
+        until they are, then no more.
 
         Raises ``SinkUnavailable``.
         """
-        if not self._event_key_enforced:
+        if not self._keys_enforced:
             with _translated("read constraints"):
-                self._event_key_enforced = (bool(self._db.connection.exists(self._graph.name))
-                                            and self._constraint_status().get(EVENT_KEY) == _CONSTRAINT_OPERATIONAL)
-        return self._event_key_enforced
+                self._keys_enforced = bool(self._db.connection.exists(self._graph.name)) and all(
+                    self._constraint_status().get(key) == _CONSTRAINT_OPERATIONAL for key in CREATED_KEYS)
+        return self._keys_enforced
+
+    def stored_keys(self, statement: str, keys: list[str]) -> set[str]:
+        """Run the read ``statement`` on ``keys``; return its first column. Raises like ``write_rows``."""
+        if not keys:
+            return set()
+        with _translated("read"):
+            text = query_text(statement, keys, "keys")
+            if text is None:
+                result = self._graph.ro_query(statement, {"keys": keys}, timeout=self._query_timeout_ms)
+            else:
+                result = self._graph.ro_query(text, timeout=self._query_timeout_ms)
+            return {row[0] for row in result.result_set}
 
     def write_rows(self, statement: str, rows: list[list[Any]]) -> int:
         """Run ``statement`` on ``rows`` (atomic in FalkorDB); return its ``created`` column.

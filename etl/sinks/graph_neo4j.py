@@ -115,6 +115,10 @@ def _write_batch(tx: ManagedTransaction, statement: str, rows: list[list[Any]]) 
     return int(record["created"])
 
 
+def _read_keys(tx: ManagedTransaction, statement: str, keys: list[str]) -> list[str]:
+    return [record["key"] for record in tx.run(statement, keys=keys)]
+
+
 def _count_events(tx: ManagedTransaction) -> int:
     return int(tx.run(COUNT_EVENTS_CYPHER).single(strict=True)["events"])
 
@@ -125,6 +129,7 @@ class Neo4jBackend:
     def __init__(self, driver: Driver, *, transaction_timeout_s: float) -> None:
         self._driver = driver
         self._write: Any = unit_of_work(timeout=transaction_timeout_s)(_write_batch)
+        self._read: Any = unit_of_work(timeout=transaction_timeout_s)(_read_keys)
 
     def ensure_schema(self) -> None:
         """Create the uniqueness constraints IF NOT EXISTS, one per transaction (schema and data never mix).
@@ -135,9 +140,19 @@ class Neo4jBackend:
             for statement in constraint_statements():
                 session.execute_write(_run_statement, statement)
 
-    def event_key_enforced(self) -> bool:
+    def keys_enforced(self) -> bool:
         """True: Neo4j builds a uniqueness constraint before ``CREATE CONSTRAINT`` returns (``ensure_schema``)."""
         return True
+
+    def stored_keys(self, statement: str, keys: list[str]) -> set[str]:
+        """Run the read ``statement`` on ``keys`` in one managed transaction; return its ``key`` column.
+
+        Raises ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
+        """
+        if not keys:
+            return set()
+        with _translated("read"), self._driver.session() as session:
+            return set(session.execute_read(self._read, statement, keys))
 
     def write_rows(self, statement: str, rows: list[list[Any]]) -> int:
         """Run ``statement`` on ``rows`` in one managed transaction; return its ``created`` column.

@@ -21,7 +21,17 @@ from falkordb import FalkorDB
 from etl import devservers
 from etl.config import Settings
 from etl.errors import SinkDataError, SinkUnavailable
-from etl.sinks.graph import CREATE_CYPHER, NODE_KEYS, GraphSink, KeyConflict, as_lists, build_rows, connect_backend
+from etl.sinks import graph
+from etl.sinks.graph import (
+    CREATE_CYPHER,
+    MERGE_CYPHER,
+    NODE_KEYS,
+    GraphSink,
+    KeyConflict,
+    as_lists,
+    build_rows,
+    connect_backend,
+)
 
 BACKENDS = ["falkordb"] + (["neo4j"] if os.environ.get("TEST_NEO4J_URI") else [])
 CONSTRAINT_WAIT_S = 10.0
@@ -185,13 +195,69 @@ def test_creating_a_stored_event_writes_nothing_of_the_batch(settings: Settings,
     before = (counts(probe), edges(probe))
     backend = connect_backend(settings)
     try:
-        assert backend.event_key_enforced()
+        assert backend.keys_enforced()
         with pytest.raises(KeyConflict, match="Event"):
             backend.write_rows(CREATE_CYPHER, as_lists(build_rows([alice("e1", pid="5", container_id="c9"),
                                                                    alice("e2"), event("e3", host_id="h9")])))
     finally:
         backend.close()
     assert (counts(probe), edges(probe)) == before
+
+
+def test_a_new_process_on_several_events_of_a_batch_is_one_node(sink: GraphSink, probe: Probe) -> None:
+    sink.write([alice("e1", pid="1", binary_sha256="aa"), alice("e2", pid="1", binary_sha256="bb"),
+                alice("e3", pid="1"), alice("e4", pid="2")])
+
+    assert sorted(probe.rows("MATCH (p:Process)-[:EXECUTED]->(e) RETURN p.pid, p.binary_sha256, count(e)")) == [
+        ["1", "bb", 3], ["2", None, 1]]
+    assert counts(probe)["Process"] == 2
+
+
+def test_creating_a_stored_process_writes_nothing_of_the_batch(settings: Settings, sink: GraphSink,
+                                                               probe: Probe) -> None:
+    sink.write([alice("e1", pid="1")])
+    before = (counts(probe), edges(probe))
+    backend = connect_backend(settings)
+    try:
+        # The rows claim process 1 is new: it is not.
+        rows = as_lists(build_rows([alice("e2", pid="2"), alice("e3", pid="1")]), stored_processes=set())
+        with pytest.raises(KeyConflict, match="Process"):
+            backend.write_rows(CREATE_CYPHER, rows)
+    finally:
+        backend.close()
+    assert (counts(probe), edges(probe)) == before
+
+
+def test_a_process_stored_between_the_read_and_the_write_is_merged(
+        settings: Settings, probe: Probe, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Racing:
+        """The real backend, with another writer storing the same process right after the sink read."""
+
+        def __init__(self, backend: Any) -> None:
+            self._backend = backend
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._backend, name)
+
+        def stored_keys(self, statement: str, keys: list[str]) -> set[str]:
+            stored = self._backend.stored_keys(statement, keys)
+            other = real(settings)
+            other.write_rows(MERGE_CYPHER, as_lists(build_rows([alice("e-other", pid="1")])))
+            other.close()
+            return stored
+
+    real = graph.connect_backend
+    monkeypatch.setattr(graph, "connect_backend", lambda s: Racing(real(s)))
+    sink = GraphSink(settings)
+    sink.open()
+    wait_for_constraints(probe)
+    try:
+        assert sink.write([alice("e1", pid="1"), alice("e2", pid="2")]) == 2
+    finally:
+        sink.close()
+    assert sorted(probe.rows("MATCH (p:Process)-[:EXECUTED]->(e) RETURN p.pid, e.id")) == [
+        ["1", "e-other"], ["1", "e1"], ["2", "e2"]]
+    assert counts(probe)["Process"] == 2
 
 
 def test_context_keeps_its_last_known_values_whether_events_are_created_or_merged(sink: GraphSink,
@@ -350,10 +416,10 @@ def test_falkordb_creates_events_only_once_their_key_is_enforced(settings: Setti
         pytest.skip("FalkorDB builds constraints after creating them; Neo4j before")
     backend = connect_backend(settings)
     try:
-        assert not backend.event_key_enforced()  # no schema yet: the sink would merge
+        assert not backend.keys_enforced()  # no schema yet: the sink would merge
         backend.ensure_schema()
         wait_for_constraints(probe)
-        assert backend.event_key_enforced()
+        assert backend.keys_enforced()
     finally:
         backend.close()
 

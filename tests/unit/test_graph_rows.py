@@ -30,6 +30,7 @@ from etl.sinks.graph import (
     build_rows,
     compose_key,
     positional,
+    process_keys,
 )
 
 
@@ -63,14 +64,15 @@ def test_full_event_row() -> None:
         "host_id": "host-001", "host_ip": "10.1.2.3", "hostname": "web-1", "uid": "1001", "pid": "1234",
         "user": "alice", "container_id": "c0ffee", "binary_sha256": "abc123",
         "user_key": "uid:host-001:1001", "user_host_id": "host-001",
-        "process_key": "host-001:1234:/usr/bin/psql",
+        "process_key": "host-001:1234:/usr/bin/psql", "process_new": False,
     }
 
 
 def test_event_without_metadata_has_no_context() -> None:
     row = build_row({"id": "e", "type": "t", "source": "s", "timestamp": 1, "env": "dev", "rdns": None})
-    context = {k: v for k, v in row.items() if k not in {"id", "type", "source", "timestamp", "env"}}
+    context = {k: v for k, v in row.items() if k not in {"id", "type", "source", "timestamp", "env", "process_new"}}
     assert set(context.values()) == {None}
+    assert row["process_new"] is False
 
 
 def test_every_row_has_the_same_keys() -> None:
@@ -157,7 +159,10 @@ def test_create_statement_creates_events_and_their_links_and_merges_the_context(
     assert re.findall(r"CREATE \(e:Event \{id: r\.id,", NAMED_CREATE_CYPHER)
     merged = re.findall(r"MERGE \(\w+:(\w+) \{(\w+): r\.\w+\}\)", NAMED_CREATE_CYPHER)
     assert sorted(merged) == sorted(CONTEXT_KEYS)
-    assert len(re.findall("CREATE " + LINKS, NAMED_CREATE_CYPHER)) == 4
+    # A Process known to be new is created, with every property it has, and so is its link.
+    assert "CREATE (p:Process {key: r.process_key, host_id: r.host_id, pid: r.pid, source: r.source," in (
+        NAMED_CREATE_CYPHER)
+    assert len(re.findall("CREATE " + LINKS, NAMED_CREATE_CYPHER)) == 5
     assert not re.findall("MERGE " + LINKS, NAMED_CREATE_CYPHER)
     # Both set the same Event properties.
     set_in_merge = set(re.findall(r"e\.(\w+) = r\.\1", NAMED_MERGE_CYPHER))
@@ -176,6 +181,18 @@ def test_the_statements_that_run_read_rows_by_position() -> None:
         f"SET p.pid = r[{pid}], p.rdns = r[{ROW_FIELDS.index('rdns')}], x.r = 1")
     with pytest.raises(KeyError, match="r.nope"):
         positional("RETURN r.nope")
+
+
+def test_a_process_not_stored_is_new_on_its_first_row_only() -> None:
+    rows = [build_row(event(f"e{i}", host_id="h", pid=pid)) for i, pid in enumerate(["1", "2", "1", "3", "2"])]
+    rows.append(build_row(event("e-bare")))
+    assert process_keys(rows) == ["h:1:/usr/bin/psql", "h:2:/usr/bin/psql", "h:3:/usr/bin/psql"]
+    new = ROW_FIELDS.index("process_new")
+
+    assert [r[new] for r in as_lists(rows, {"h:2:/usr/bin/psql"})] == [True, False, False, True, False, False]
+    assert [r[new] for r in as_lists(rows, set())] == [True, True, False, True, False, False]
+    assert [r[new] for r in as_lists(rows)] == [False] * 6  # nothing known: every Process is merged
+    assert rows[0]["process_new"] is False  # the rows themselves are left as they were
 
 
 def test_rows_go_as_lists_in_field_order() -> None:
