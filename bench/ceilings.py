@@ -1,8 +1,8 @@
 """The raw ceilings: what each server takes from the thinnest possible client, on the same rows.
 
 - NATS: a nats-py pull consumer that fetches batches and acks each message (the bridge's job, minus the bridge);
-  and JetStream publishes of pre-encoded enriched events, each batch's acks counted on one reply subject (the
-  publish sink's job, minus the sink).
+  and JetStream publishes of pre-encoded enriched events, each batch sent as one run of HPUB frames and its acks
+  counted on one reply subject (the publish sink's job, minus the sink).
 - PostgreSQL: ``COPY`` of pre-formatted rows (the sink's binary format) straight into the events table, one
   transaction per batch.
 - FalkorDB: the graph sink's ``UNWIND`` merge (``MERGE_CYPHER``) with its query text (parameters included, as
@@ -27,7 +27,8 @@ from nats.js.errors import NotFoundError
 
 from bench import load
 from etl.config import Settings
-from etl.nats_conn import connect
+from etl.nats_conn import connect, send_frames
+from etl.sinks import hpub
 from etl.sinks.copy_format import COLUMNS, format_batch
 from etl.sinks.graph import MERGE_CYPHER, as_lists, build_rows
 from etl.sinks.graph_falkor import query_text
@@ -70,8 +71,8 @@ async def nats_fetch_ack(settings: Settings, payloads: Sequence[bytes], batch: i
 
 
 async def nats_publish(settings: Settings, events: Sequence[Event], batch: int) -> float:
-    """Events/s one nats-py client publishes to a stream, pre-encoded, each batch on one reply subject and
-    awaited once for all its acks (the way the publish sink does it, minus the sink)."""
+    """Events/s one nats-py client publishes to a stream, pre-encoded, each batch as one run of frames on one
+    reply subject and awaited once for all its acks (the way the publish sink does it, minus the sink)."""
     messages = [encode(e) for e in events]
     nc = await connect(settings, "etl-bench-ceiling")
     js = nc.jetstream()
@@ -82,8 +83,7 @@ async def nats_publish(settings: Settings, events: Sequence[Event], batch: int) 
         start = time.monotonic()
         for chunk in batches(messages, batch):
             reply, _, done = inbox.expect(len(chunk))
-            for payload, headers in chunk:
-                await nc.publish(CEILING_SUBJECT, payload, reply=reply, headers=headers)
+            await send_frames(nc, hpub.frames(CEILING_SUBJECT, reply, chunk))
             await done
             inbox.close_batch(reply)
         return len(messages) / (time.monotonic() - start)

@@ -51,6 +51,18 @@ def status_of(msg: Msg) -> str | None:
     """The status code a server reply carries, or ``None`` for an ordinary message."""
     return msg.headers.get(STATUS_HEADER) if msg.headers else None
 
+
+async def send_frames(nc: Client, data: bytes) -> None:
+    """Queue protocol frames formatted beforehand (``etl.sinks.hpub``) on ``nc``, as its ``publish`` queues one
+    frame, and wake its flusher. Uses the two private methods of nats-py's ``Client`` that ``publish`` itself
+    calls (nats-py is pinned in requirements.txt; tests/integration/test_nats_publisher.py reads back what this
+    sends). Raises ``nats.errors.ConnectionClosedError`` on a closed connection.
+    """
+    if nc.is_closed:
+        raise nats.errors.ConnectionClosedError
+    await nc._send_command(data)  # noqa: SLF001
+    await nc._flush_pending()  # noqa: SLF001
+
 # Driver errors meaning "the server is not there right now": worth a retry, never the data's fault.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.TimeoutError,

@@ -29,6 +29,7 @@ from nats.js.api import StorageType
 from etl import nats_conn
 from etl.config import Settings
 from etl.errors import SinkDataError, SinkUnavailable
+from etl.sinks import hpub
 from etl.sinks.base import Event
 from etl.sinks.js_acks import AckInbox
 
@@ -45,7 +46,6 @@ LOOP_GRACE_S = 1.0
 LOOP_JOIN_TIMEOUT_S = 5.0
 # JetStream's error code for a message larger than the stream's max_msg_size.
 JS_ERR_MESSAGE_TOO_LARGE = 10054
-_HEADER_LINE = b"NATS/1.0\r\n"
 _HEADER_NAMES = ("Nats-Msg-Id", "x-host-id", "x-event-type", "x-timestamp")
 # Every header value but the stream's name is also in the payload, so headers add at most the payload's size
 # and this much more (names, separators, the stream's name): an exact size is needed only for big payloads.
@@ -78,7 +78,7 @@ def encode(event: Event) -> Message:
 def wire_size(message: Message) -> int:
     """Bytes the server counts against its max_payload: the payload plus the encoded headers."""
     payload, headers = message
-    header_bytes = len(_HEADER_LINE) + 2 + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items())
+    header_bytes = len(hpub.HEADER_LINE) + 2 + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items())
     return len(payload) + header_bytes
 
 
@@ -163,8 +163,7 @@ class NatsPublisher:
                 raise SinkDataError(f"an event is over the server's max_payload of {limit} bytes") from e
 
     async def _publish_core(self, nc: Client, messages: list[Message]) -> int:
-        for payload, headers in messages:
-            await nc.publish(self._subject, payload, headers=headers)
+        await nats_conn.send_frames(nc, hpub.frames(self._subject, "", messages))
         await nc.flush(timeout=int(self._timeout_s))
         return len(messages)
 
@@ -172,8 +171,7 @@ class NatsPublisher:
         """Publish the batch with one reply subject and wait for the stream's answer to every message."""
         reply, acks, done = inbox.expect(len(messages))
         try:
-            for payload, headers in messages:
-                await nc.publish(self._subject, payload, reply=reply, headers=headers)
+            await nats_conn.send_frames(nc, hpub.frames(self._subject, reply, messages))
             await done
         finally:
             inbox.close_batch(reply)
