@@ -151,14 +151,15 @@ def _escape(part: str) -> str:
 
 def compose_key(*parts: str) -> str:
     """Join ``parts`` into one key string that no other tuple of parts produces."""
+    joined = ":".join(parts)
+    if "%" not in joined and joined.count(":") == len(parts) - 1:
+        return joined  # no part holds a ":" or a "%": nothing to escape
     return ":".join(_escape(p) for p in parts)
 
 
 def _scalar(event_id: str, field: str, value: Any) -> Any:
     """A property value both backends store alike: a string (no NUL, at most ``MAX_PROPERTY_CHARS``), a 64-bit
     integer, a finite float, a bool or None. Raises ``SinkDataError`` otherwise, before anything is sent."""
-    if type(value) is str and len(value) <= MAX_PROPERTY_CHARS and "\x00" not in value:
-        return value  # the common case first: this runs for every field of every event
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -199,8 +200,15 @@ def build_row(event: Event) -> Row:
     if not isinstance(meta, dict):
         raise SinkDataError(f"event {event_id!r}: metadata must be an object")
     row: Row = {"id": event_id}
-    row.update({f: _scalar(event_id, f, event.get(f)) for f in _EVENT_FIELDS})
-    row.update({f: _text(event_id, f, meta.get(f)) for f in _METADATA_FIELDS})
+    # The common value, a short string without NUL, is checked inline: this runs for every field of every event.
+    for f in _EVENT_FIELDS:
+        v = event.get(f)
+        plain = type(v) is str and len(v) <= MAX_PROPERTY_CHARS and "\x00" not in v
+        row[f] = v if plain else _scalar(event_id, f, v)
+    for f in _METADATA_FIELDS:
+        v = meta.get(f)
+        plain = type(v) is str and 0 < len(v) <= MAX_PROPERTY_CHARS and "\x00" not in v
+        row[f] = v if plain else _text(event_id, f, v)
     host_id, uid, pid, user = row["host_id"], row["uid"], row["pid"], row["user"]
     row["user_host_id"] = host_id if host_id and uid else None
     if host_id and uid:

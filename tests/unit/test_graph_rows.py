@@ -112,6 +112,10 @@ def test_key_parts_are_escaped_so_keys_never_collide() -> None:
     assert compose_key("a:b", "c") != compose_key("a", "b:c")
     assert compose_key("a%3Ab") != compose_key("a:b")
     assert build_row({**event(host_id="h", pid="1"), "source": "C:\\x"})["process_key"] == "h:1:C%3A\\x"
+    parts = ["", "a", ":", "%", "a:b", "50%", "%3A", "::", "x%y:z"]
+    keys = {compose_key(p, q, r) for p in parts for q in parts for r in parts}
+    assert len(keys) == len(parts) ** 3  # no two tuples share a key
+    assert compose_key("50%", "a:b") == "50%25:a%3Ab" and compose_key("h", "1", "") == "h:1:"
 
 
 def test_batch_keeps_one_row_per_id_last_wins_in_first_seen_order() -> None:
