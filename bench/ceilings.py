@@ -33,7 +33,7 @@ from etl.sinks.copy_format import COLUMNS, format_batch
 from etl.sinks.graph import MERGE_CYPHER, as_lists, build_rows
 from etl.sinks.graph_falkor import query_text
 from etl.sinks.js_acks import AckInbox
-from etl.sinks.nats_publish import encode
+from etl.sinks.nats_publish import EXPECTED_STREAM_HEADER, HEADER_NAMES, encode
 
 CEILING_STREAM = "BENCH_CEILING"
 CEILING_SUBJECT = "bench.ceiling"
@@ -73,7 +73,8 @@ async def nats_fetch_ack(settings: Settings, payloads: Sequence[bytes], batch: i
 async def nats_publish(settings: Settings, events: Sequence[Event], batch: int) -> float:
     """Events/s one nats-py client publishes to a stream, pre-encoded, each batch as one run of frames on one
     reply subject and awaited once for all its acks (the way the publish sink does it, minus the sink)."""
-    messages = [encode(e) for e in events]
+    headers = hpub.Headers((*HEADER_NAMES, EXPECTED_STREAM_HEADER))
+    messages = [encode(e, (CEILING_STREAM,)) for e in events]
     nc = await connect(settings, "etl-bench-ceiling")
     js = nc.jetstream()
     inbox = AckInbox()
@@ -83,7 +84,7 @@ async def nats_publish(settings: Settings, events: Sequence[Event], batch: int) 
         start = time.monotonic()
         for chunk in batches(messages, batch):
             reply, _, done = inbox.expect(len(chunk))
-            await send_frames(nc, hpub.frames(CEILING_SUBJECT, reply, chunk))
+            await send_frames(nc, hpub.frames(CEILING_SUBJECT, reply, headers, chunk))
             await done
             inbox.close_batch(reply)
         return len(messages) / (time.monotonic() - start)

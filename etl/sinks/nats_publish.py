@@ -46,12 +46,16 @@ LOOP_GRACE_S = 1.0
 LOOP_JOIN_TIMEOUT_S = 5.0
 # JetStream's error code for a message larger than the stream's max_msg_size.
 JS_ERR_MESSAGE_TOO_LARGE = 10054
-_HEADER_NAMES = ("Nats-Msg-Id", "x-host-id", "x-event-type", "x-timestamp")
+# Every published event's headers, in the order encode gives their values; a JetStream publish adds the stream's
+# name as Nats-Expected-Stream.
+HEADER_NAMES = ("Nats-Msg-Id", "x-host-id", "x-event-type", "x-timestamp")
+EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
 # Every header value but the stream's name is also in the payload, so headers add at most the payload's size
 # and this much more (names, separators, the stream's name): an exact size is needed only for big payloads.
 _HEADER_ROOM = 1024
 
-Message = tuple[bytes, dict[str, str]]
+# (JSON payload, header values in the order of the sink's header names)
+Message = tuple[bytes, tuple[str, ...]]
 
 
 def header_value(value: object) -> str:
@@ -60,26 +64,26 @@ def header_value(value: object) -> str:
     return _CONTROL.sub(" ", str(value))
 
 
-def encode(event: Event) -> Message:
-    """An enriched event -> (JSON payload, headers). Raises ``SinkDataError`` if it cannot be serialised."""
+def encode(event: Event, extra: tuple[str, ...] = ()) -> Message:
+    """An enriched event -> (JSON payload, values of ``HEADER_NAMES`` followed by ``extra``). Raises
+    ``SinkDataError`` if it cannot be serialised."""
     try:
         payload = orjson.dumps(event)
         metadata = event.get("metadata") or {}
         host_id = metadata.get("host_id")
         values = (str(event["id"]), "" if host_id is None else str(host_id), str(event.get("type", "")),
-                  str(event["timestamp"]))
+                  str(event["timestamp"]), *extra)
         if _CONTROL.search("".join(values)):  # rare: only then value by value
             values = tuple(header_value(v) for v in values)
     except (TypeError, KeyError, AttributeError) as e:  # orjson.JSONEncodeError is a TypeError
         raise SinkDataError(f"event {event.get('id')!r} cannot be published: {e!r}") from e
-    return payload, dict(zip(_HEADER_NAMES, values, strict=True))
+    return payload, values
 
 
-def wire_size(message: Message) -> int:
+def wire_size(message: Message, headers: hpub.Headers) -> int:
     """Bytes the server counts against its max_payload: the payload plus the encoded headers."""
-    payload, headers = message
-    header_bytes = len(hpub.HEADER_LINE) + 2 + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items())
-    return len(payload) + header_bytes
+    payload, values = message
+    return len(payload) + len(headers.block(values))
 
 
 class NatsPublisher:
@@ -91,6 +95,9 @@ class NatsPublisher:
         self._settings = settings
         self._subject = settings.nats_subject_enriched
         self._stream = settings.nats_enriched_stream or None
+        # The stream checks it is the one capturing the subject, so no other stream stores our events.
+        self._extra = () if self._stream is None else (self._stream,)
+        self._headers = hpub.Headers(HEADER_NAMES + (() if self._stream is None else (EXPECTED_STREAM_HEADER,)))
         self._duplicate_window_s = duplicate_window_s
         self._timeout_s = float(settings.processing_timeout_s)
         self._lock = threading.Lock()
@@ -140,20 +147,16 @@ class NatsPublisher:
         """
         if not events:
             return 0
-        messages = [encode(e) for e in events]
-        if self._stream is not None:
-            # The stream checks it is the one capturing the subject, so no other stream stores our events.
-            for _, headers in messages:
-                headers["Nats-Expected-Stream"] = self._stream
-        return self._call(self._publish(messages))
+        extra = self._extra
+        return self._call(self._publish([encode(e, extra) for e in events]))
 
     async def _publish(self, messages: list[Message]) -> int:
         nc = self._connected()
         limit = nc.max_payload
         for message in messages:
-            if 2 * len(message[0]) + _HEADER_ROOM > limit and wire_size(message) > limit:
-                raise SinkDataError(f"event {message[1]['Nats-Msg-Id']!r} is {wire_size(message)} bytes "
-                                    f"with headers, over the server's max_payload of {limit}")
+            if 2 * len(message[0]) + _HEADER_ROOM > limit and (size := wire_size(message, self._headers)) > limit:
+                raise SinkDataError(f"event {message[1][0]!r} is {size} bytes with headers, over the server's "
+                                    f"max_payload of {limit}")
         with nats_conn.unavailable_as(SinkUnavailable, f"cannot publish to {self._subject}"):
             try:
                 if self._acks is None:
@@ -163,7 +166,7 @@ class NatsPublisher:
                 raise SinkDataError(f"an event is over the server's max_payload of {limit} bytes") from e
 
     async def _publish_core(self, nc: Client, messages: list[Message]) -> int:
-        await nats_conn.send_frames(nc, hpub.frames(self._subject, "", messages))
+        await nats_conn.send_frames(nc, hpub.frames(self._subject, "", self._headers, messages))
         await nc.flush(timeout=int(self._timeout_s))
         return len(messages)
 
@@ -171,7 +174,7 @@ class NatsPublisher:
         """Publish the batch with one reply subject and wait for the stream's answer to every message."""
         reply, acks, done = inbox.expect(len(messages))
         try:
-            await nats_conn.send_frames(nc, hpub.frames(self._subject, reply, messages))
+            await nats_conn.send_frames(nc, hpub.frames(self._subject, reply, self._headers, messages))
             await done
         finally:
             inbox.close_batch(reply)

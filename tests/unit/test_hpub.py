@@ -7,7 +7,8 @@ from nats.protocol import command
 
 from etl.sinks import hpub
 
-HEADERS = {"Nats-Msg-Id": "ev-1", "x-host-id": " host-1 ", "x-event-type": "exec", "x-timestamp": "17"}
+NAMES = ("Nats-Msg-Id", "x-host-id", "x-event-type", "x-timestamp")
+VALUES = ("ev-1", " host-1 ", "exec", "17")
 
 
 def nats_py_frame(subject: str, reply: str, headers: dict[str, str], payload: bytes) -> bytes:
@@ -28,22 +29,25 @@ def tokens(frame: bytes) -> tuple[list[bytes], bytes]:
 
 def test_a_frame_is_what_nats_py_sends_with_and_without_a_reply() -> None:
     payload = b'{"id":"ev-1","note":"caf\xc3\xa9 \\r\\n"}'
-    ours = hpub.frames("events.enriched", "_INBOX.abc.7", [(payload, HEADERS)])
-    assert ours == nats_py_frame("events.enriched", "_INBOX.abc.7", HEADERS, payload)
-    ours = hpub.frames("events.enriched", "", [(payload, HEADERS)])
-    assert tokens(ours) == tokens(nats_py_frame("events.enriched", "", HEADERS, payload))
-    assert ours.startswith(b"HPUB events.enriched %d " % len(hpub.header_block(HEADERS)))
+    headers = hpub.Headers(NAMES)
+    as_dict = dict(zip(NAMES, VALUES, strict=True))
+    ours = hpub.frames("events.enriched", "_INBOX.abc.7", headers, [(payload, VALUES)])
+    assert ours == nats_py_frame("events.enriched", "_INBOX.abc.7", as_dict, payload)
+    ours = hpub.frames("events.enriched", "", headers, [(payload, VALUES)])
+    assert tokens(ours) == tokens(nats_py_frame("events.enriched", "", as_dict, payload))
+    assert ours.startswith(b"HPUB events.enriched %d " % len(headers.block(VALUES)))
 
 
 def test_a_batch_is_its_frames_in_order() -> None:
-    messages = [(b"{}", {"Nats-Msg-Id": "a"}), (b"x" * 3000, {"Nats-Msg-Id": "b", "x-host-id": "h\u00e9"}),
-                (b"", {"Nats-Msg-Id": "c"})]
-    expected = b"".join(nats_py_frame("s", "r.1", h, p) for p, h in messages)
-    assert hpub.frames("s", "r.1", messages) == expected
+    headers = hpub.Headers(("Nats-Msg-Id", "x-host-id"))
+    messages = [(b"{}", ("a", "")), (b"x" * 3000, ("b", "h\u00e9")), (b"", ("c", "100% {x}"))]
+    expected = b"".join(nats_py_frame("s", "r.1", dict(zip(headers.names, v, strict=True)), p)
+                        for p, v in messages)
+    assert hpub.frames("s", "r.1", headers, messages) == expected
 
 
 def test_sizes_count_bytes_not_characters() -> None:
-    block = hpub.header_block({"x-host-id": "日本"})
+    block = hpub.Headers(("x-host-id",)).block(("日本",))
     assert block == "NATS/1.0\r\nx-host-id: 日本\r\n\r\n".encode()
     frame = hpub.frame(b"s", b"", block, "é".encode())
     assert frame.startswith(b"HPUB s %d %d\r\n" % (len(block), len(block) + 2))

@@ -27,8 +27,9 @@ def test_bad_events_become_dead_letters_with_original_bytes() -> None:
 
 
 def test_header_values_cannot_carry_line_breaks() -> None:
-    from etl.sinks.nats_publish import encode
+    from etl.sinks.nats_publish import HEADER_NAMES, encode
 
-    _, headers = encode({"id": "e1", "type": "connect\r\nX-Evil: 1", "timestamp": 5,
-                         "metadata": {"host_id": "h\n1"}})
+    _, values = encode({"id": "e1", "type": "connect\r\nX-Evil: 1", "timestamp": 5,
+                        "metadata": {"host_id": "h\n1"}})
+    headers = dict(zip(HEADER_NAMES, values, strict=True))
     assert headers["x-event-type"] == "connect  X-Evil: 1" and headers["x-host-id"] == "h 1"
