@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -107,10 +109,12 @@ class BacklogGate:
     seconds while paused. Sets the ``BRIDGE_PAUSED`` gauge and logs each transition.
     """
 
-    def __init__(self, probe: Backlog, pressure: Backpressure, *, poll_s: float = DEFAULT_BACKLOG_POLL_S) -> None:
+    def __init__(self, probe: Backlog, pressure: Backpressure, *, poll_s: float = DEFAULT_BACKLOG_POLL_S,
+                 lock: AbstractContextManager[Any] | None = None) -> None:
         self._probe = probe
         self._pressure = pressure
         self._poll_s = poll_s
+        self._lock = lock or nullcontext()
         self._probe_failing = False
         BRIDGE_PAUSED.set(int(pressure.paused))
 
@@ -121,8 +125,9 @@ class BacklogGate:
     async def wait_for_room(self, stopping: asyncio.Event, in_flight: Callable[[], int] = lambda: 0) -> None:
         """Return once intake may go on, or as soon as ``stopping`` is set. Never raises for a failing probe.
 
-        ``in_flight()`` batches, asked at each read, are on their way to the queues and count as if there already
-        (one that lands between the two reads counts twice, which pauses a batch early, never late).
+        ``in_flight()`` batches, asked at each read, are on their way to the queues and count as if there already.
+        It is asked with the probe under ``lock``: a producer that lands a batch and stops counting it under the
+        same lock is seen either on its way or landed, never both.
         """
         while not stopping.is_set() and await self._read(in_flight):
             try:
@@ -133,8 +138,7 @@ class BacklogGate:
     async def _read(self, in_flight: Callable[[], int]) -> bool:
         was_paused = self._pressure.paused
         try:
-            landing = in_flight()
-            queued = await asyncio.to_thread(self._probe)
+            queued, landing = await asyncio.to_thread(self._read_both, in_flight)
         except Exception as e:  # noqa: BLE001 - the probe is injected; Redis down means enqueue would fail too
             if not self._probe_failing:
                 log.warning("bridge cannot read the queue depth, paused until it can: %r", e)
@@ -153,3 +157,7 @@ class BacklogGate:
                          extra={"depth": depth})
         BRIDGE_PAUSED.set(int(paused))
         return paused
+
+    def _read_both(self, in_flight: Callable[[], int]) -> tuple[int, int]:
+        with self._lock:
+            return self._probe(), in_flight()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -118,8 +119,10 @@ class Bridge:
     ) -> None:
         self._settings = settings
         self._enqueue = enqueue
+        # Held while a batch is enqueued and while the gate reads the backlog (see _enqueue_landing).
+        self._enqueue_lock = threading.Lock()
         self._gate = None if backlog is None else BacklogGate(backlog, Backpressure.from_settings(settings),
-                                                              poll_s=backlog_poll_s)
+                                                              poll_s=backlog_poll_s, lock=self._enqueue_lock)
         self._ack_wait_s = ack_wait_s
         self._nak_delay_s = nak_delay_s
         self._idle_fetch_s = idle_fetch_s
@@ -133,6 +136,10 @@ class Bridge:
         self._consumer_lost = False
         self.batches = 0
         self.messages_enqueued = 0
+        # A batch is handed over (at most one at a time) and enqueue has not returned yet: it is on its way to the
+        # queues. Once it is being acked it has landed, and counting it still would pause intake a batch early,
+        # for good.
+        self._landing = False
         self.enqueue_failures = 0
 
     @property
@@ -196,13 +203,13 @@ class Bridge:
         try:
             while not self._stopping.is_set():
                 if self._gate is not None:
-                    await self._gate.wait_for_room(
-                        self._stopping, in_flight=lambda h=handing: int(h is not None and not h.done()))
+                    await self._gate.wait_for_room(self._stopping, in_flight=lambda: int(self._landing))
                 batch = await self._collect()
                 if handing is not None:
                     await handing
                     handing = None
                 if batch:
+                    self._landing = True
                     handing = asyncio.create_task(self._hand_over(batch))
                 if self._consumer_lost and not self._stopping.is_set():
                     await self._rebind(js)
@@ -300,7 +307,7 @@ class Bridge:
     async def _hand_over(self, batch: list[Msg]) -> None:
         """Enqueue the batch, then ack it; nak it for redelivery if enqueue raised."""
         try:
-            await asyncio.to_thread(self._enqueue, [m.data for m in batch])
+            await asyncio.to_thread(self._enqueue_landing, [m.data for m in batch])
         except Exception as e:  # noqa: BLE001 - enqueue is injected; any failure means "not taken"
             self.enqueue_failures += 1
             RETRIES.labels(stage="bridge").inc()
@@ -316,6 +323,15 @@ class Bridge:
         EVENTS.labels(stage="received").inc(len(batch))
         BATCH_SIZE.labels(stage="bridge").observe(len(batch))
         await self._settle(batch, ack=True)
+
+    def _enqueue_landing(self, payloads: list[bytes]) -> None:
+        """In a worker thread: enqueue, then stop counting the batch as on its way (landed, or never will), both
+        under the lock the backpressure gate reads under, so that a read counts the batch once."""
+        with self._enqueue_lock:
+            try:
+                self._enqueue(payloads)
+            finally:
+                self._landing = False
 
     async def _settle(self, batch: list[Msg], *, ack: bool) -> None:
         """Ack (or nak) every message without waiting for each, then one flush for the whole batch.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -84,6 +85,33 @@ def test_gate_holds_while_paused_polls_and_releases_at_low_water() -> None:
     asyncio.run(main())
     assert probe.calls == 4 and not gate.paused
     assert paused_gauge() == 0
+
+
+def test_gate_reads_the_backlog_and_what_is_on_its_way_under_the_producers_lock() -> None:
+    lock = threading.Lock()
+    reads: list[tuple[str, bool]] = []
+
+    def probe() -> int:
+        reads.append(("probe", lock.locked()))
+        return 19
+
+    def in_flight() -> int:
+        reads.append(("in flight", lock.locked()))
+        return 1
+
+    gate = BacklogGate(probe, Backpressure(high_water=20, low_water=10), poll_s=POLL_S, lock=lock)
+    stopping = asyncio.Event()
+
+    async def main() -> None:
+        waiter = asyncio.create_task(gate.wait_for_room(stopping, in_flight=in_flight))
+        while not reads:
+            await asyncio.sleep(POLL_S)
+        stopping.set()
+        await waiter
+
+    asyncio.run(main())
+    assert reads[:2] == [("probe", True), ("in flight", True)]
+    assert gate.paused  # 19 queued and 1 on its way is high water
 
 
 def test_gate_treats_a_failing_probe_as_paused_and_retries() -> None:
