@@ -102,6 +102,18 @@ def _check_consumer(info: js_api.ConsumerInfo, settings: Settings) -> None:
                     settings.nats_consumer, config.filter_subject, settings.nats_subject_raw)
 
 
+def ack_frames(batch: list[Msg]) -> bytes:
+    """JetStream acks for ``batch``: an empty message to each one's reply subject (what ``Msg.ack`` publishes).
+    Marks each message acked, as ``Msg.ack`` does. Raises ``nats.errors.Error`` (``NotJSMessageError``,
+    ``MsgAlreadyAckdError``) like ``Msg.ack``, before anything is sent."""
+    for m in batch:
+        m._check_reply()  # noqa: SLF001 - Msg.ack's own check
+    frames = b"".join(b"PUB %b 0\r\n\r\n" % m.reply.encode() for m in batch)
+    for m in batch:
+        m._ackd = True  # noqa: SLF001
+    return frames
+
+
 class Bridge:
     """One bridge replica: ``await run()`` until ``stop()``. Counters and ``ready`` feed metrics, probes."""
 
@@ -341,8 +353,12 @@ class Bridge:
         """
         assert self._nc is not None
         try:
-            for m in batch:
-                await (m.ack() if ack else m.nak(delay=self._nak_delay_s))
+            if ack:
+                # Every ack as one run of frames: nats-py's ack is a whole publish per message.
+                await nats_conn.send_frames(self._nc, ack_frames(batch))
+            else:
+                for m in batch:
+                    await m.nak(delay=self._nak_delay_s)
             await self._nc.flush(timeout=ACK_FLUSH_TIMEOUT_S)
         except nats_conn.UNAVAILABLE_ERRORS as e:
             log.warning("%s of %d message(s) not confirmed, they may be redelivered: %s",
