@@ -1,6 +1,6 @@
 """``bench/run``: throughput, latency, cost and scaling of the pipeline, beside baselines from the same run.
 
-    bench/run                    # 100,000 events (about eight minutes here)
+    bench/run                    # 100,000 events (about six minutes here)
     bench/run --quick            # 5,000 events, about a minute
     bench/run --events 50000 --json out.json
 
