@@ -19,6 +19,7 @@ from etl.bridge import ensure_raw_stream
 from etl.config import Settings
 from etl.generator import generate, make_hosts, sample_event
 from etl.nats_conn import connect, send_frames
+from etl.sinks import hpub
 
 HOSTS = 50
 PUBLISH_WINDOW = 2000  # JetStream publishes in flight before waiting for their acks
@@ -49,30 +50,24 @@ async def publish(js: JetStreamContext, subject: str, payloads: Sequence[bytes])
         await asyncio.gather(*futures)
 
 
-def pub_frames(subject: str, payloads: Sequence[bytes]) -> bytes:
-    """Core NATS ``PUB`` frames for ``payloads``, no reply subject (the client protocol's
-    ``PUB <subject> <#bytes>\r\n<payload>\r\n``)."""
-    subject_b = subject.encode()
-    return b"".join(b"PUB %b %d\r\n%b\r\n" % (subject_b, len(p), p) for p in payloads)
-
-
 async def blast(nc: Client, js: JetStreamContext, stream: str, subject: str, payloads: Sequence[bytes]) -> None:
     """Publish at full speed with core NATS into the subject ``stream`` captures, one flush per
     ``PUBLISH_WINDOW``, then wait until the stream's sequence numbers show it stored every one.
 
     The load generator shares this machine's two cores with the pipeline: a JetStream ack per event cost it
     19 µs of CPU per event here, nats-py's core publish about 5, and a window's frames written at once
-    (``pub_frames``) about 1. Raises ``RuntimeError`` if the stream has not stored them
+    (``hpub.pub_frame``) about 1. Raises ``RuntimeError`` if the stream has not stored them
     all after ``STORE_TIMEOUT_S``.
     """
     before = (await js.stream_info(stream)).state.last_seq
+    subject_b = subject.encode()
 
     async def stored() -> int:
         return int((await js.stream_info(stream)).state.last_seq) - before
 
     for start in range(0, len(payloads), PUBLISH_WINDOW):
         window = payloads[start:start + PUBLISH_WINDOW]
-        await send_frames(nc, pub_frames(subject, window))
+        await send_frames(nc, b"".join(hpub.pub_frame(subject_b, p) for p in window))
         await nc.flush()
         # Nothing slows core publishes down: the server drops what the stream cannot take in time (a million
         # events at full speed lost a tenth). Stay at most MAX_UNSTORED ahead of what the stream stored.

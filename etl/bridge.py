@@ -37,6 +37,7 @@ from etl.config import Settings
 from etl.errors import ConfigError
 from etl.metrics import BATCH_SIZE, CONSUMER_ACK_PENDING, CONSUMER_LAG, EVENTS, RETRIES
 from etl.pull import ConsumerGone, PullFetcher
+from etl.sinks import hpub
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def ack_frames(batch: list[Msg]) -> bytes:
     ``MsgAlreadyAckdError``) like ``Msg.ack``, before anything is sent."""
     for m in batch:
         m._check_reply()  # noqa: SLF001 - Msg.ack's own check
-    frames = b"".join(b"PUB %b 0\r\n\r\n" % m.reply.encode() for m in batch)
+    frames = b"".join(hpub.pub_frame(m.reply.encode(), b"") for m in batch)
     for m in batch:
         m._ackd = True  # noqa: SLF001
     return frames

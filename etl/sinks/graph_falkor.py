@@ -206,12 +206,7 @@ class FalkorBackend:
         if not keys:
             return set()
         with _translated("read"):
-            text = query_text(statement, keys, "keys")
-            if text is None:
-                result = self._graph.ro_query(statement, {"keys": keys}, timeout=self._query_timeout_ms)
-            else:
-                result = self._graph.ro_query(text, timeout=self._query_timeout_ms)
-            return {row[0] for row in result.result_set}
+            return {row[0] for row in self._run(self._graph.ro_query, statement, "keys", keys)}
 
     def write_rows(self, statement: str, rows: list[list[Any]]) -> int:
         """Run ``statement`` on ``rows`` (atomic in FalkorDB); return its ``created`` column.
@@ -219,12 +214,17 @@ class FalkorBackend:
         Raises ``KeyConflict``, ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
         """
         with _translated("write"):
-            text = query_text(statement, rows)
-            if text is None:
-                result = self._graph.query(statement, {"rows": rows}, timeout=self._query_timeout_ms)
-            else:
-                result = self._graph.query(text, timeout=self._query_timeout_ms)
-            return int(result.result_set[0][0])
+            return int(self._run(self._graph.query, statement, "rows", rows)[0][0])
+
+    def _run(self, send: Any, statement: str, name: str, values: list[Any]) -> list[list[Any]]:
+        """``statement`` with ``$name`` = ``values``, sent by ``send`` (the graph's query or ro_query) with the
+        parameter header orjson writes, or the client's when a value needs escaping; the result rows."""
+        text = query_text(statement, values, name)
+        if text is None:
+            result = send(statement, {name: values}, timeout=self._query_timeout_ms)
+        else:
+            result = send(text, timeout=self._query_timeout_ms)
+        return result.result_set
 
     def count_events(self) -> int:
         """Event nodes in the graph; 0 when no write has created the graph yet (FalkorDB refuses to query one)."""

@@ -1,4 +1,4 @@
-"""NATS ``HPUB`` frames (a publish with headers), formatted for a whole batch at once. Pure.
+"""NATS ``HPUB`` frames (a publish with headers), formatted for a whole batch at once, and plain ``PUB`` ones. Pure.
 
 nats-py's ``publish`` does, for every message: validate the subject and the reply subject with a regex, check
 each header name with another, strip each value and translate its line breaks, format the frame, and queue it
@@ -41,6 +41,11 @@ def frame(subject: bytes, reply: bytes, headers: bytes, payload: bytes) -> bytes
     else:
         head = b"HPUB %b %d %d\r\n" % (subject, len(headers), len(headers) + len(payload))
     return b"".join((head, headers, payload, CRLF))
+
+
+def pub_frame(subject: bytes, payload: bytes) -> bytes:
+    """One core ``PUB`` frame without headers or reply subject: ``PUB <subject> <#bytes>\r\n<payload>\r\n``."""
+    return b"PUB %b %d\r\n%b\r\n" % (subject, len(payload), payload)
 
 
 def frames(subject: str, reply: str, headers: Headers, messages: Iterable[tuple[bytes, Sequence[str]]]) -> bytes:

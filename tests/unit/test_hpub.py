@@ -52,3 +52,9 @@ def test_sizes_count_bytes_not_characters() -> None:
     frame = hpub.frame(b"s", b"", block, "é".encode())
     assert frame.startswith(b"HPUB s %d %d\r\n" % (len(block), len(block) + 2))
     assert frame.endswith("é\r\n".encode())
+
+
+def test_a_plain_publish_is_what_nats_py_sends() -> None:
+    for payload in (b"", b"+ACK", "é {x}\r\n".encode()):
+        ours = hpub.pub_frame(b"$JS.ACK.S.C.1.2.3.4.5", payload)
+        assert tokens(ours) == tokens(command.pub_cmd("$JS.ACK.S.C.1.2.3.4.5", "", payload))
