@@ -25,8 +25,9 @@ non-null value, so an event lacking e.g. a hostname does not erase one learnt ea
 
 Backends (chosen by the NEO4J_URI scheme): ``falkor://`` is FalkorDB (``etl.sinks.graph_falkor``); ``bolt``
 and ``neo4j`` schemes are Neo4j (``etl.sinks.graph_neo4j``). Both run the same statements verbatim, with the rows
-as lists; only the schema DDL differs. A batch is one statement: :data:`CREATE_CYPHER` while Event's unique
-constraint is known to be enforced, and :data:`MERGE_CYPHER` for a batch holding an event already stored.
+as lists; only the schema DDL differs. A batch is written with :data:`CREATE_CYPHER` once the unique constraints
+of Event and Process are known to be enforced, and with :data:`MERGE_CYPHER` when that statement is refused (the
+batch holds an event already stored) or before.
 """
 
 from __future__ import annotations
