@@ -33,7 +33,7 @@ from etl.sinks.copy_format import COLUMNS, format_batch
 from etl.sinks.graph import MERGE_CYPHER, as_lists, build_rows
 from etl.sinks.graph_falkor import query_text
 from etl.sinks.js_acks import AckInbox
-from etl.sinks.nats_publish import EXPECTED_STREAM_HEADER, HEADER_NAMES, encode
+from etl.sinks.nats_publish import encode, publish_headers
 
 CEILING_STREAM = "BENCH_CEILING"
 CEILING_SUBJECT = "bench.ceiling"
@@ -73,8 +73,8 @@ async def nats_fetch_ack(settings: Settings, payloads: Sequence[bytes], batch: i
 async def nats_publish(settings: Settings, events: Sequence[Event], batch: int) -> float:
     """Events/s one nats-py client publishes to a stream, pre-encoded, each batch as one run of frames on one
     reply subject and awaited once for all its acks (the way the publish sink does it, minus the sink)."""
-    headers = hpub.Headers((*HEADER_NAMES, EXPECTED_STREAM_HEADER))
-    messages = [encode(e, (CEILING_STREAM,)) for e in events]
+    headers, extra = publish_headers(CEILING_STREAM)
+    messages = [encode(e, extra) for e in events]
     nc = await connect(settings, "etl-bench-ceiling")
     js = nc.jetstream()
     inbox = AckInbox()

@@ -80,6 +80,14 @@ def encode(event: Event, extra: tuple[str, ...] = ()) -> Message:
     return payload, values
 
 
+def publish_headers(stream: str | None) -> tuple[hpub.Headers, tuple[str, ...]]:
+    """The headers every event is published with, and the values ``encode`` adds after its own (``extra``): to a
+    stream, ``Nats-Expected-Stream`` too, so that no other stream capturing the subject stores our events."""
+    if stream is None:
+        return hpub.Headers(HEADER_NAMES), ()
+    return hpub.Headers((*HEADER_NAMES, EXPECTED_STREAM_HEADER)), (stream,)
+
+
 def wire_size(message: Message, headers: hpub.Headers) -> int:
     """Bytes the server counts against its max_payload: the payload plus the encoded headers."""
     payload, values = message
@@ -95,9 +103,7 @@ class NatsPublisher:
         self._settings = settings
         self._subject = settings.nats_subject_enriched
         self._stream = settings.nats_enriched_stream or None
-        # The stream checks it is the one capturing the subject, so no other stream stores our events.
-        self._extra = () if self._stream is None else (self._stream,)
-        self._headers = hpub.Headers(HEADER_NAMES + (() if self._stream is None else (EXPECTED_STREAM_HEADER,)))
+        self._headers, self._extra = publish_headers(self._stream)
         self._duplicate_window_s = duplicate_window_s
         self._timeout_s = float(settings.processing_timeout_s)
         self._lock = threading.Lock()
