@@ -38,6 +38,20 @@ class Replicated:
             _, port = client.execute_command("SENTINEL", "get-master-addr-by-name", MASTER_NAME)
         return int(port)
 
+    def failover_finished(self) -> bool:
+        """Whether the Sentinel has finished failing over to the replica, not only started advertising it.
+
+        Sentinel advertises the promoted replica while it still reconfigures the other replicas. An old master
+        that comes back inside that window is still the master in the Sentinel's table, and the Sentinel can turn
+        the promoted replica back into its replica: the failover reverses."""
+        with redis.Redis(port=self.sentinel.port, decode_responses=True) as client:
+            raw = client.execute_command("SENTINEL", "master", MASTER_NAME)
+        state = dict(zip(raw[::2], raw[1::2], strict=True)) if isinstance(raw, list) else raw
+        if int(state["port"]) != self.replica.port or state["flags"] != "master":
+            return False
+        with redis.Redis(port=self.replica.port) as client:
+            return client.info("replication").get("role") == "master"
+
     def stop(self) -> None:
         for server in (self.sentinel, self.replica, self.master):
             server.stop()
@@ -97,6 +111,7 @@ def test_the_pipeline_follows_a_failover_and_loses_nothing(replicated: Replicate
     replicated.master.kill()  # no shutdown: whatever it had not replicated is gone with it
     wait_for(lambda: replicated.master_port() == replicated.replica.port, timeout_s=FAILOVER_TIMEOUT_S,
              describe=replicated.sentinel.log_tail)
+    wait_for(replicated.failover_finished, timeout_s=FAILOVER_TIMEOUT_S, describe=replicated.sentinel.log_tail)
     # The old master comes back and the Sentinel makes it a replica of the new one, so batches can again be
     # acked with a replica's copy on disk.
     replicated.master.start()
