@@ -8,7 +8,7 @@ from nats.protocol import command
 from etl.sinks import hpub
 
 NAMES = ("Nats-Msg-Id", "x-host-id", "x-event-type", "x-timestamp")
-VALUES = ("ev-1", " host-1 ", "exec", "17")
+VALUES = ("ev-1", "host-1", "exec", "17")  # as nats_publish.encode makes them: stripped
 
 
 def nats_py_frame(subject: str, reply: str, headers: dict[str, str], payload: bytes) -> bytes:
@@ -36,6 +36,18 @@ def test_a_frame_is_what_nats_py_sends_with_and_without_a_reply() -> None:
     ours = hpub.frames("events.enriched", "", headers, [(payload, VALUES)])
     assert tokens(ours) == tokens(nats_py_frame("events.enriched", "", as_dict, payload))
     assert ours.startswith(b"HPUB events.enriched %d " % len(headers.block(VALUES)))
+
+
+def test_encoded_events_frame_as_nats_py_sends_their_raw_values() -> None:
+    """nats-py strips header values; ``encode`` does it for ``Headers``, on the rare value that needs it."""
+    from etl.sinks.nats_publish import HEADER_NAMES, encode
+
+    for host in (" host-1 ", "host-1", "\u00a0h\u00e9\t", "", "100% {x}"):
+        event = {"id": "ev-1", "type": " exec", "timestamp": 17, "metadata": {"host_id": host}}
+        payload, values = encode(event)
+        raw = dict(zip(HEADER_NAMES, ("ev-1", host, " exec", "17"), strict=True))
+        assert hpub.frames("s", "r.1", hpub.Headers(HEADER_NAMES), [(payload, values)]) == nats_py_frame(
+            "s", "r.1", raw, payload)
 
 
 def test_a_batch_is_its_frames_in_order() -> None:

@@ -33,3 +33,24 @@ def test_header_values_cannot_carry_line_breaks() -> None:
                         "metadata": {"host_id": "h\n1"}})
     headers = dict(zip(HEADER_NAMES, values, strict=True))
     assert headers["x-event-type"] == "connect  X-Evil: 1" and headers["x-host-id"] == "h 1"
+
+
+def test_encode_takes_its_shortcut_only_when_no_value_needs_cleaning() -> None:
+    """``encode`` checks all header values at once and cleans them one by one only when needed: whatever the
+    values, the result is what cleaning each would give."""
+    from etl.sinks.nats_publish import encode, header_value
+
+    tricky = ["h", "", " ", " h", "h ", "\th", "h\u00a0", "\u2003h", "a\nb", "a\r\nb", "\n", "a\x00b", "a\x7f",
+              "x\x1fy", "100%", "a b", "日本"]
+    for host in tricky:
+        for kind in tricky:
+            _, values = encode({"id": "e", "type": kind, "timestamp": 5, "metadata": {"host_id": host}}, ("S",))
+            assert values == tuple(header_value(v) for v in ("e", host, kind, "5", "S")), (host, kind)
+
+
+def test_the_shortcut_sees_every_character_header_value_would_change() -> None:
+    from etl.sinks.nats_publish import _CONTROL, header_ready
+
+    changed = [c for c in map(chr, range(0x110000)) if c.isspace() or _CONTROL.match(c)]
+    assert len(changed) > 40
+    assert [hex(ord(c)) for c in changed if header_ready(f"a{c}b")] == []
