@@ -7,7 +7,8 @@ with an empty message carrying status 503. ``BatchAcks`` counts a batch's answer
 every answer to the counter of its batch.
 
 This replaces nats-py's ``publish_async``, which makes a future, a done-callback, a token and a dataclass per
-message and decodes every ack with the standard ``json``: that was most of the publish pool's CPU.
+message and decodes every ack with the standard ``json``: that was most of the publish pool's CPU. The answers
+reach ``AckInbox`` straight from nats-py's parser (``nats_conn.route_replies``), without a ``Msg`` each.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from etl.nats_conn import NO_RESPONDERS_STATUS, status_of
+from etl.nats_conn import NO_RESPONDERS_STATUS, route_replies, status_of
 
 
 @dataclass
@@ -82,13 +83,17 @@ class AckInbox:
 
     def __init__(self) -> None:
         self._prefix = ""
+        self._prefix_size = 0
         self._numbers = itertools.count()
-        self._batches: dict[str, tuple[BatchAcks, asyncio.Future[None]]] = {}
+        self._batches: dict[bytes, tuple[BatchAcks, asyncio.Future[None]]] = {}
+        self.routed = False  # answers come straight from the parser (see nats_conn.route_replies)
 
     async def start(self, nc: Client) -> None:
         """Subscribe to the replies (nats-py subscribes again by itself after a reconnection)."""
         self._prefix = nc.new_inbox() + "."
-        await nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        self._prefix_size = len(self._prefix.encode())
+        sub = await nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        self.routed = route_replies(nc, sub, self._on_answer)
 
     def expect(self, count: int) -> tuple[str, BatchAcks, asyncio.Future[None]]:
         """A reply subject for a batch of ``count`` publishes, its counter, and a future done when complete."""
@@ -96,17 +101,21 @@ class AckInbox:
         acks, done = BatchAcks(count), asyncio.get_running_loop().create_future()
         if count == 0:
             done.set_result(None)
-        self._batches[token] = (acks, done)
+        self._batches[token.encode()] = (acks, done)
         return self._prefix + token, acks, done
 
     def close_batch(self, reply: str) -> None:
-        self._batches.pop(reply[len(self._prefix):], None)
+        self._batches.pop(reply[len(self._prefix):].encode(), None)
 
-    async def _on_reply(self, msg: Msg) -> None:
-        entry = self._batches.get(msg.subject[len(self._prefix):])
+    def _on_answer(self, subject: bytes, data: bytes, status: str | None) -> None:
+        entry = self._batches.get(subject[self._prefix_size:])
         if entry is None:
             return
         acks, done = entry
-        acks.add(msg.data, status_of(msg))
+        acks.add(data, status)
         if acks.complete and not done.done():
             done.set_result(None)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        """The subscription's callback, used only when ``route_replies`` could not route the answers."""
+        self._on_answer(msg.subject.encode(), msg.data, status_of(msg))

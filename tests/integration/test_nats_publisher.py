@@ -64,6 +64,20 @@ def open_publisher() -> Iterator[Callable[[Settings], NatsPublisher]]:
         publisher.close()
 
 
+@pytest.fixture(params=["routed", "callback"])
+def ack_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Stream answers read straight from nats-py's parser (nats_conn.route_replies), or, as with a nats-py whose
+    internals differ, through the subscription's callback."""
+    if request.param == "callback":
+        monkeypatch.setattr("etl.sinks.js_acks.route_replies", lambda nc, sub, handler: False)
+    return str(request.param)
+
+
+def assert_ack_path(publisher: NatsPublisher, ack_path: str) -> None:
+    inbox = publisher._acks  # noqa: SLF001 - which way the answers come is not part of the sink's interface
+    assert inbox is not None and inbox.routed == (ack_path == "routed")
+
+
 async def receive(nc: Client, subject: str, count: int, action: Callable[[], Any]) -> list[Any]:
     """Subscribe to ``subject``, run the blocking ``action`` in a thread, and collect ``count`` messages."""
     sub = await nc.subscribe(subject)
@@ -75,10 +89,11 @@ async def receive(nc: Client, subject: str, count: int, action: Callable[[], Any
 
 
 def test_jetstream_publish_sets_headers_and_dedupes_replays(
-    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher]
+    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher], ack_path: str
 ) -> None:
     settings = make_settings(PROCESSING_TIMEOUT=5)
     publisher = open_publisher(settings)
+    assert_ack_path(publisher, ack_path)
     batch = events(3)
 
     async def main() -> None:
@@ -151,7 +166,7 @@ def test_event_over_max_payload_is_a_data_error(
 
 
 def test_a_stream_refusing_one_event_is_a_data_error_and_the_rest_are_stored(
-    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher]
+    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher], ack_path: str
 ) -> None:
     settings = make_settings(PROCESSING_TIMEOUT=5)
 
@@ -165,6 +180,7 @@ def test_a_stream_refusing_one_event_is_a_data_error_and_the_rest_are_stored(
 
     asyncio.run(limited_stream())
     publisher = open_publisher(settings)
+    assert_ack_path(publisher, ack_path)
     big = events(1, "big")[0] | {"blob": "x" * 700}
     with pytest.raises(SinkDataError, match="the stream refused an event: message size exceeds maximum"):
         publisher.write(events(2, "a") + [big] + events(2, "b"))
@@ -172,10 +188,11 @@ def test_a_stream_refusing_one_event_is_a_data_error_and_the_rest_are_stored(
 
 
 def test_no_stream_for_the_subject_is_unavailable(
-    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher]
+    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher], ack_path: str
 ) -> None:
     settings = make_settings(PROCESSING_TIMEOUT=5)
     publisher = open_publisher(settings)
+    assert_ack_path(publisher, ack_path)
     assert publisher.write(events(2)) == 2
 
     async def drop_stream() -> None:
