@@ -42,14 +42,17 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Shape:
-    """How the pipeline runs: events per batch, processes per pool, and which actors (per event or batched)."""
+    """How the pipeline runs: events per batch, processes per pool (``None``: each pool's default, from
+    ``workers/pools.py``), and which actors (per event or batched)."""
 
     batch: int
-    processes: int = 1
+    processes: int | None = None
     per_event: bool = False
 
     def pipeline(self, stack: _servers.Stack, log_dir: Path) -> Pipeline:
-        env = {**stack.env, "MAX_BATCH_SIZE": str(self.batch), "WORKER_PROCESSES": str(self.processes)}
+        env = {**stack.env, "MAX_BATCH_SIZE": str(self.batch)}
+        if self.processes is not None:
+            env["WORKER_PROCESSES"] = str(self.processes)
         if self.per_event:
             from bench.per_event import PerEventPipeline
 

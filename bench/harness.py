@@ -175,7 +175,7 @@ def rows(ceil: dict[str, float], st: dict[str, stages.StageResult], runs: dict[s
     out += latency_rows(main)
     for label, run in runs.items():
         if label not in ("e2e", "per-event baseline") and "longer" not in label:
-            out.append(Row(f"scaling: {label}", run.rate, "ev/s", f"e2e (batch {BATCH}, 1 process)", main.rate))
+            out.append(Row(f"scaling: {label}", run.rate, "ev/s", f"e2e (batch {BATCH}, pool defaults)", main.rate))
     out += memory_rows(runs, opts)
     return out
 

@@ -39,9 +39,12 @@ class Pool:
 
 POOLS: dict[str, Pool] = {
     "enrich": Pool("enrich", QUEUE_ENRICH, processes=1, threads=2),
-    # Publishing is cheap now (etl/sinks/hpub.py): alone, the pool published as fast with two threads as with
-    # four (58,000 events/s), with 12 µs of CPU per event instead of 13.6 (fewer threads contend for the GIL).
-    "publish": Pool("publish", QUEUE_PUBLISH, processes=1, threads=2),
+    # Publishing is Python CPU under one GIL per process: decoding the batch, encoding the events (Dramatiq's
+    # threads), then the frames and the stream's acks (the sink's event loop thread). Alone, one process published
+    # 69,500-75,000 events/s with 2 threads and 76,000-79,000 with 3 or 4; two processes of two threads
+    # 87,000-104,000, at the same CPU per event. End to end on two cores the second process cost nothing
+    # measurable (11,868 and 12,034 events/s against 12,044 and 11,914, interleaved), about 50 MiB of memory.
+    "publish": Pool("publish", QUEUE_PUBLISH, processes=2, threads=2),
     "timescale": Pool("timescale", QUEUE_TIMESCALE, processes=1, threads=4),
     # One writer thread per process: concurrent MERGEs of the same hub nodes (a busy Host) deadlock in Neo4j.
     # FalkorDB gets FALKOR_GRAPH_THREADS (see graph_threads).
