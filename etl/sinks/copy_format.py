@@ -95,25 +95,20 @@ def event_row(event: dict[str, Any]) -> bytes:
 
     This runs for every event and is the sink's main cost in Python, so the common cases are inlined: string
     values (``_optional_text``), the payload as base64 text (decoded without ``base64.b64decode``'s wrapper:
-    the event passed ``parse_event``, which checked it strictly), the metadata's JSON.
+    the event passed ``parse_event``, which checked it strictly).
     """
     get = event.get
     metadata = get("metadata") or {}
     ms = event["timestamp"]
     micros = _pg_micros(ms)  # ms is then within 64 bits too
     event_id, kind, source = event["id"].encode(), event["type"].encode(), event["source"].encode()
-    meta = orjson.dumps(metadata)
     payload = get("payload")
-    if payload is None:
-        payload_column = NULL
-    else:
-        data = binascii.a2b_base64(payload) if type(payload) is str else payload_bytes(event)
-        payload_column = _length(len(data)) + data
     return b"".join((
         _row_start(len(COLUMNS), len(event_id)), event_id, _two_int8(8, micros, 8, ms),
         _length(len(kind)), kind, _length(len(source)), source,
         _optional_text(metadata.get("host_id")), _optional_text(get("env")), _optional_text(get("rdns")),
-        _optional_text(get("dst_rdns")), _length(len(meta) + 1), JSONB_VERSION, meta, payload_column,
+        _optional_text(get("dst_rdns")), jsonb(metadata),
+        bytea(binascii.a2b_base64(payload) if type(payload) is str else payload_bytes(event)),
     ))
 
 

@@ -33,23 +33,15 @@ class Headers:
         return (self.template % tuple(values)).encode()
 
 
-def frame(subject: bytes, reply: bytes, headers: bytes, payload: bytes) -> bytes:
-    """One ``HPUB`` frame; ``reply`` may be empty."""
-    if reply:
-        return b"HPUB %b %b %d %d\r\n%b%b\r\n" % (subject, reply, len(headers), len(headers) + len(payload),
-                                                  headers, payload)
-    return b"HPUB %b %d %d\r\n%b%b\r\n" % (subject, len(headers), len(headers) + len(payload), headers, payload)
-
-
 def pub_frame(subject: bytes, payload: bytes) -> bytes:
     """One core ``PUB`` frame without headers or reply subject: ``PUB <subject> <#bytes>\r\n<payload>\r\n``."""
     return b"PUB %b %d\r\n%b\r\n" % (subject, len(payload), payload)
 
 
-def frames(subject: str, reply: str, headers: Headers, messages: Iterable[tuple[bytes, Sequence[str]]]) -> bytes:
+def frames(subject: str, reply: str, headers: Headers, messages: Iterable[tuple[bytes, tuple[str, ...]]]) -> bytes:
     """Every message of a batch, (payload, header values), as consecutive frames to ``subject`` with ``reply``.
 
-    ``frame`` and ``Headers.block`` inlined: this runs for every event published."""
+    ``Headers.block`` inlined: this runs for every event published."""
     control = b"HPUB " + subject.encode() + (b" " + reply.encode() if reply else b"") + b" %d %d\r\n%b%b\r\n"
     block = headers.template
     out = []

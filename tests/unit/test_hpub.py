@@ -59,9 +59,10 @@ def test_a_batch_is_its_frames_in_order() -> None:
 
 
 def test_sizes_count_bytes_not_characters() -> None:
-    block = hpub.Headers(("x-host-id",)).block(("日本",))
+    headers = hpub.Headers(("x-host-id",))
+    block = headers.block(("日本",))
     assert block == "NATS/1.0\r\nx-host-id: 日本\r\n\r\n".encode()
-    frame = hpub.frame(b"s", b"", block, "é".encode())
+    frame = hpub.frames("s", "", headers, [("é".encode(), ("日本",))])
     assert frame.startswith(b"HPUB s %d %d\r\n" % (len(block), len(block) + 2))
     assert frame.endswith("é\r\n".encode())
 
