@@ -22,6 +22,9 @@ DEFAULT_BATCH_LINGER_MS = 50
 DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 DEFAULT_PROCESSING_TIMEOUT_S = 30
+# PostgreSQL connections per worker process: Dramatiq's default thread count. bin/worker sets PG_POOL_SIZE from the
+# pool's own thread count (workers/pools.py), since each connection is opened at start and one thread uses one.
+DEFAULT_PG_POOL_SIZE = 8
 DEFAULT_RETRY_MAX = 8
 DEFAULT_RETRY_MIN_BACKOFF_MS = 500
 DEFAULT_RETRY_MAX_BACKOFF_MS = 60_000
@@ -78,6 +81,7 @@ class Settings:
     pg_sslrootcert: str = ""
     pg_sslcert: str = ""
     pg_sslkey: str = ""
+    pg_pool_size: int = DEFAULT_PG_POOL_SIZE
     neo4j_uri: str = "bolt://localhost:7687"
     neo4j_user: str = "neo4j"
     neo4j_password: str = "password"
@@ -201,6 +205,7 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "pg_sslrootcert": ("PG_SSLROOTCERT", v.readable_file),
     "pg_sslcert": ("PG_SSLCERT", v.readable_file),
     "pg_sslkey": ("PG_SSLKEY", v.readable_file),
+    "pg_pool_size": ("PG_POOL_SIZE", v.positive_int),
     "neo4j_tls_ca": ("NEO4J_TLS_CA", v.readable_file),
     "neo4j_uri": ("NEO4J_URI", v.url(("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc", "falkor"))),
     "neo4j_user": ("NEO4J_USER", v.text),

@@ -81,8 +81,12 @@ def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str],
             "--processes", str(processes), "--threads", str(threads),
             "--worker-shutdown-timeout", str(shutdown_timeout_ms(env))]
     prefetch = str(threads * PREFETCH_PER_THREAD)
-    return argv, {"dramatiq_queue_prefetch": prefetch, "dramatiq_delay_queue_prefetch": prefetch,
-                  "dramatiq_worker_timeout": str(WORKER_TIMEOUT_MS), **_metrics_env(pool.name, env)}
+    extra = {"dramatiq_queue_prefetch": prefetch, "dramatiq_delay_queue_prefetch": prefetch,
+             "dramatiq_worker_timeout": str(WORKER_TIMEOUT_MS), **_metrics_env(pool.name, env)}
+    if pool.name == "timescale" and "PG_POOL_SIZE" not in env:
+        # The sink opens its whole pool at start: one connection per thread, and one for health checks.
+        extra["PG_POOL_SIZE"] = str(threads + 1)
+    return argv, extra
 
 
 def default_threads(pool: Pool, env: Mapping[str, str]) -> int:

@@ -37,7 +37,6 @@ from etl.sinks.copy_format import COLUMNS, format_batch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POOL_SIZE = 8  # connections per process; Dramatiq's default worker thread count
 DEFAULT_CONNECT_TIMEOUT_S = 5
 # A statement is cancelled by the server before the actor's own time limit, so the failure is ours to report.
 STATEMENT_TIMEOUT_SHARE = 0.8
@@ -149,11 +148,11 @@ class TimescaleSink:
 
     name = "timescale"
 
-    def __init__(self, settings: Settings, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
+    def __init__(self, settings: Settings, *, pool_size: int | None = None) -> None:
         self._settings = settings
         self._table = settings.pg_table
-        self._pool_size = pool_size
-        self._slots = threading.BoundedSemaphore(pool_size)
+        self._pool_size = settings.pg_pool_size if pool_size is None else pool_size
+        self._slots = threading.BoundedSemaphore(self._pool_size)
         self._lock = threading.Lock()
         self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
         self._closed = False

@@ -269,3 +269,15 @@ def test_error_translation(settings: Settings, sqlstate: str, expected: type[Exc
     error = translate_error(caught.value, "t")
     assert type(error) is expected
     assert sqlstate in str(error) and "boom" in str(error)
+
+
+def test_the_pool_opens_pg_pool_size_connections(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(PG_POOL_SIZE="3")
+    sink = TimescaleSink(settings)
+    try:
+        sink.open()
+        sessions = query(settings, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                         (APPLICATION_NAME,))
+        assert sessions == [(3,)]
+    finally:
+        sink.close()

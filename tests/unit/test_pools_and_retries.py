@@ -24,6 +24,15 @@ def test_each_pool_runs_dramatiq_on_its_own_queue_with_bounded_prefetch() -> Non
     assert graph_argv[graph_argv.index("--threads") + 1] == "1"  # Neo4j, the default: one writer
 
 
+def test_the_timescale_pool_opens_a_connection_per_thread_and_one_for_health_checks() -> None:
+    _, env = dramatiq_command("timescale", {"WORKER_THREADS": "3"})
+    assert env["PG_POOL_SIZE"] == "4"
+    _, env = dramatiq_command("timescale", {"WORKER_THREADS": "3", "PG_POOL_SIZE": "10"})
+    assert "PG_POOL_SIZE" not in env  # the operator's own setting stays
+    _, env = dramatiq_command("publish", {})
+    assert "PG_POOL_SIZE" not in env
+
+
 def test_the_graph_pool_writes_with_two_threads_on_falkordb_unless_told() -> None:
     falkor = {"NEO4J_URI": "falkor://127.0.0.1:6380"}
     argv, env = dramatiq_command("graph", falkor)
