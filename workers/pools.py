@@ -45,7 +45,11 @@ POOLS: dict[str, Pool] = {
     # 87,000-104,000, at the same CPU per event. End to end on two cores the second process cost nothing
     # measurable (11,868 and 12,034 events/s against 12,044 and 11,914, interleaved), about 50 MiB of memory.
     "publish": Pool("publish", QUEUE_PUBLISH, processes=2, threads=2),
-    "timescale": Pool("timescale", QUEUE_TIMESCALE, processes=1, threads=4),
+    # Decoding batches and formatting rows is Python CPU, one GIL per process, beside PostgreSQL's COPY: alone, two
+    # processes of two threads stored 88,900 and 89,300 events/s against 78,700 and 80,800 for one of four
+    # (interleaved), at 1 µs more CPU per event; end to end no measurable change (11,780-11,983 events/s against
+    # 11,777-12,013), with as many PostgreSQL connections as before (PG_POOL_SIZE follows the threads).
+    "timescale": Pool("timescale", QUEUE_TIMESCALE, processes=2, threads=2),
     # One writer thread per process: concurrent MERGEs of the same hub nodes (a busy Host) deadlock in Neo4j.
     # FalkorDB gets FALKOR_GRAPH_THREADS (see graph_threads).
     "graph": Pool("graph", QUEUE_GRAPH, processes=1, threads=1),
