@@ -48,7 +48,8 @@ POOLS: dict[str, Pool] = {
     # Decoding batches and formatting rows is Python CPU, one GIL per process, beside PostgreSQL's COPY: alone, two
     # processes of two threads stored 88,900 and 89,300 events/s against 78,700 and 80,800 for one of four
     # (interleaved), at 1 µs more CPU per event; end to end no measurable change (11,780-11,983 events/s against
-    # 11,777-12,013), with as many PostgreSQL connections as before (PG_POOL_SIZE follows the threads).
+    # 11,777-12,013). PG_POOL_SIZE follows the threads: six PostgreSQL connections in all, where one process of
+    # four threads opened eight.
     "timescale": Pool("timescale", QUEUE_TIMESCALE, processes=2, threads=2),
     # One writer thread per process: concurrent MERGEs of the same hub nodes (a busy Host) deadlock in Neo4j.
     # FalkorDB gets FALKOR_GRAPH_THREADS (see graph_threads).
