@@ -52,7 +52,8 @@ def signal_when_parent_dies(signum: int) -> Callable[[], None]:
     return arm
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
@@ -65,6 +66,8 @@ class Server:
     """One server process. ``start`` waits until ``ready`` answers; ``stop`` is graceful, ``kill`` is not.
 
     ``stop_signal`` is the server's graceful-shutdown signal: one that does not wait for clients to disconnect.
+    ``env`` is added to this process's environment for the server; ``start_timeout_s`` is how long ``start``
+    waits by default.
     """
 
     name: str
@@ -74,13 +77,15 @@ class Server:
     user: str | None = None
     ready: Callable[[], bool] | None = None
     stop_signal: int = signal.SIGTERM
+    env: dict[str, str] | None = None
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def log_path(self) -> Path:
         return self.data_dir / f"{self.name}.log"
 
-    def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> Server:
+    def start(self, timeout_s: float | None = None) -> Server:
         if self.running:
             return self
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
@@ -90,18 +95,19 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env} if self.env else None,
                 **_run_as(self.user),
                 start_new_session=True,
                 preexec_fn=signal_when_parent_dies(signal.SIGKILL),
             )
         finally:
             log.close()
-        self._wait_ready(timeout_s)
+        self._wait_ready(self.start_timeout_s if timeout_s is None else timeout_s)
         return self
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        check = self.ready or (lambda: _port_open(self.port))
+        check = self.ready or (lambda: port_open(self.port))
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:

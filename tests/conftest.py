@@ -7,7 +7,6 @@ Redis database) from ``make_settings``, so they never see each other's data.
 from __future__ import annotations
 
 import itertools
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import redis
 
 from etl import devservers
 from etl.config import Settings
+from tests import graphs
 
 _redis_db = itertools.count(1)
 
@@ -46,6 +46,28 @@ def falkordb_server(server_root: Path) -> Iterator[devservers.Server]:
     server = devservers.redis_server(server_root / "falkordb", falkordb=True).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def neo4j_server(server_root: Path) -> Iterator[devservers.Server]:
+    server = graphs.neo4j_server_or_skip(server_root / "neo4j").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=graphs.GRAPH_BACKENDS)
+def graph_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The settings naming each graph backend's session server in turn (``make_settings(**graph_env)``). The
+    Neo4j database is emptied first: Neo4j Community has one, shared by every test."""
+    server = request.getfixturevalue(f"{request.param}_server")
+    env = graphs.graph_env(request.param, server)
+    graphs.reset(Settings.from_env(env))
+    return env
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for reason in sorted(graphs.skipped_for):
+        terminalreporter.write_line(f"Neo4j tests skipped: {reason}", yellow=True)
 
 
 @pytest.fixture(scope="session")
@@ -100,12 +122,6 @@ def make_settings(
 
     make.env = base  # type: ignore[attr-defined]
     return make
-
-
-@pytest.fixture
-def neo4j_uri() -> str | None:
-    """Where a real Neo4j is, if anywhere: the graph contract suite also runs against it when set."""
-    return os.environ.get("TEST_NEO4J_URI")
 
 
 @pytest.fixture

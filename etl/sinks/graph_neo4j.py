@@ -10,8 +10,8 @@ transaction also carries PROCESSING_TIMEOUT as its server-side timeout.
 Errors: ServiceUnavailable, SessionExpired, a full connection pool, a transaction timeout, refused credentials
 or a missing database become ``SinkUnavailable``; Neo4j's TransientError (incl. DeadlockDetected) and server
 faults ``TransientError``; a node refused by a uniqueness constraint ``KeyConflict``; any other ClientError
-(CypherTypeError, another ConstraintError...) and a constraint that cannot be created over duplicates already
-stored ``SinkDataError``.
+(CypherTypeError, another ConstraintError...), a value too large for an index and a constraint that cannot be
+created over duplicates already stored ``SinkDataError``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ _UNAVAILABLE_CODES = (
 )
 # A DatabaseError that is about our data: a constraint cannot be built over duplicate keys already stored.
 _DATA_CODES = ("Neo.DatabaseError.Schema.ConstraintCreationFailed",)
+# A DatabaseError about our data: a value too long for an index (say, of an index an operator added), which
+# build_row checks for the keys; retrying would fail the same way.
+_DATA_MESSAGES = ("too large to index",)
 # A uniqueness constraint refused a node ("Node(7) already exists with label `Event` and property `id` = ..."),
 # as opposed to e.g. an operator's property existence constraint, which is about the data.
 _CONFLICT_CODE = "Neo.ClientError.Schema.ConstraintValidationFailed"
@@ -64,7 +67,8 @@ def translate(err: Exception, doing: str) -> EtlError:
         return TransientError(text)
     if code == _CONFLICT_CODE and _CONFLICT_MESSAGE in str(getattr(err, "message", "") or ""):
         return KeyConflict(text)  # the transaction was rolled back
-    if isinstance(err, neo.ClientError) or code.startswith(_DATA_CODES):
+    message = str(getattr(err, "message", "") or "")
+    if isinstance(err, neo.ClientError) or code.startswith(_DATA_CODES) or any(m in message for m in _DATA_MESSAGES):
         return SinkDataError(text)
     return TransientError(text)  # DatabaseError and other driver faults: worth another try
 

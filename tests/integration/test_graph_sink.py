@@ -1,22 +1,18 @@
-"""The graph sink's contract, run against every backend: FalkorDB always, Neo4j when TEST_NEO4J_URI is set.
+"""The graph sink's contract, run against every backend (``graph_env``): FalkorDB and Neo4j, each a real server.
 
 Each test reads the graph back through the backend's own client (a "probe"), not through the sink.
-A Neo4j given by TEST_NEO4J_URI (user/password in TEST_NEO4J_USER/TEST_NEO4J_PASSWORD) must be disposable:
-its default database is wiped, constraints included, before each test.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from falkordb import FalkorDB
 
 from etl import devservers
 from etl.config import Settings
@@ -32,8 +28,8 @@ from etl.sinks.graph import (
     build_rows,
     connect_backend,
 )
+from tests.graphs import FALKORDB, GRAPH_BACKENDS, Probe, backend_of, graph_env, neo4j_server_or_skip, open_probe
 
-BACKENDS = ["falkordb"] + (["neo4j"] if os.environ.get("TEST_NEO4J_URI") else [])
 CONSTRAINT_WAIT_S = 10.0
 LABELS = [label for label, _ in NODE_KEYS]
 # Works on both backends: each node's key, whatever its label.
@@ -41,71 +37,14 @@ EDGES = ("MATCH (a)-[r]->(e:Event) RETURN labels(a)[0], coalesce(a.key, a.host_i
          "type(r), e.id")
 
 
-class Probe(Protocol):
-    def run(self, cypher: str) -> None: ...
-    def rows(self, cypher: str) -> list[list[Any]]: ...
-    def unique_keys(self) -> set[tuple[str, str]]: ...
-    def close(self) -> None: ...
-
-
-class FalkorProbe:
-    def __init__(self, settings: Settings) -> None:
-        url = urlsplit(settings.neo4j_uri)
-        self._db = FalkorDB(host=url.hostname, port=url.port)
-        self._graph = self._db.select_graph(settings.graph_name)
-
-    def run(self, cypher: str) -> None:
-        self._graph.query(cypher)
-
-    def rows(self, cypher: str) -> list[list[Any]]:
-        return [list(r) for r in self._graph.ro_query(cypher).result_set]
-
-    def unique_keys(self) -> set[tuple[str, str]]:
-        return {(c["label"], c["properties"][0]) for c in self._graph.list_constraints()
-                if c["type"] == "UNIQUE" and c["status"] == "OPERATIONAL"}
-
-    def close(self) -> None:
-        if self._graph.name in self._db.list_graphs():
-            self._graph.delete()
-        self._db.connection.close()
-
-
-class Neo4jProbe:
-    def __init__(self, settings: Settings) -> None:
-        from neo4j import GraphDatabase
-
-        self._driver = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user,
-                                                                      settings.neo4j_password))
-        self.run("MATCH (n) DETACH DELETE n")
-        for (name,) in self.rows("SHOW CONSTRAINTS YIELD name"):
-            self.run(f"DROP CONSTRAINT `{name}` IF EXISTS")
-
-    def run(self, cypher: str) -> None:
-        self._driver.execute_query(cypher)
-
-    def rows(self, cypher: str) -> list[list[Any]]:
-        return [list(r.values()) for r in self._driver.execute_query(cypher).records]
-
-    def unique_keys(self) -> set[tuple[str, str]]:
-        shown = self.rows("SHOW CONSTRAINTS YIELD labelsOrTypes, properties, type")
-        return {(labels[0], props[0]) for labels, props, kind in shown if "UNIQUENESS" in kind}
-
-    def close(self) -> None:
-        self._driver.close()
-
-
-@pytest.fixture(params=BACKENDS)
-def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings],
-             neo4j_uri: str | None) -> Settings:
-    if request.param == "falkordb":
-        return make_settings()
-    return make_settings(NEO4J_URI=neo4j_uri, NEO4J_USER=os.environ.get("TEST_NEO4J_USER", "neo4j"),
-                         NEO4J_PASSWORD=os.environ.get("TEST_NEO4J_PASSWORD", "password"))
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings], graph_env: dict[str, str]) -> Settings:
+    return make_settings(**graph_env)
 
 
 @pytest.fixture
 def probe(settings: Settings) -> Iterator[Probe]:
-    p: Probe = FalkorProbe(settings) if settings.neo4j_uri.startswith("falkor") else Neo4jProbe(settings)
+    p = open_probe(settings)
     yield p
     p.close()
 
@@ -401,7 +340,7 @@ def test_concurrent_overlapping_batches_store_each_node_once(settings: Settings,
     with ThreadPoolExecutor(max_workers=4) as pool:
         created = sum(pool.map(sink.write, batches))
 
-    if settings.neo4j_uri.startswith("falkor"):
+    if backend_of(settings) == FALKORDB:
         assert created == 60  # FalkorDB runs one write at a time: each new event is counted once
     else:
         assert 60 <= created <= len(batches) * 10
@@ -411,23 +350,36 @@ def test_concurrent_overlapping_batches_store_each_node_once(settings: Settings,
                      "relationships": 60 * 4}
 
 
-def test_falkordb_creates_events_only_once_their_key_is_enforced(settings: Settings, probe: Probe) -> None:
-    if not settings.neo4j_uri.startswith("falkor"):
-        pytest.skip("FalkorDB builds constraints after creating them; Neo4j before")
+def test_events_are_created_only_once_their_keys_are_enforced(settings: Settings, probe: Probe) -> None:
     backend = connect_backend(settings)
     try:
-        assert not backend.keys_enforced()  # no schema yet: the sink would merge
-        backend.ensure_schema()
-        wait_for_constraints(probe)
+        if backend_of(settings) == FALKORDB:
+            assert not backend.keys_enforced()  # no schema yet: the sink would merge
+            backend.ensure_schema()
+            wait_for_constraints(probe)  # FalkorDB builds constraints after creating them
+        else:
+            backend.ensure_schema()
+            assert probe.unique_keys() == set(NODE_KEYS)  # Neo4j built them before CREATE CONSTRAINT returned
         assert backend.keys_enforced()
     finally:
         backend.close()
 
 
-def test_falkordb_restart_is_unavailable_then_recovers(tmp_path: Path) -> None:
-    # Backend-specific: only a FalkorDB can be stopped and started again from here.
-    server = devservers.redis_server(tmp_path, falkordb=True).start()
-    sink = GraphSink(Settings(neo4j_uri=f"falkor://127.0.0.1:{server.port}", graph_name="restart"))
+def test_a_key_too_long_for_an_index_is_a_data_error_and_stores_nothing(sink: GraphSink, probe: Probe) -> None:
+    # Neo4j refuses an index entry past about 8 KiB, and FalkorDB crashes past 4 KiB: the sink refuses such a key
+    # on both backends alike, and takes one just under the limit.
+    with pytest.raises(SinkDataError, match="host_id"):
+        sink.write([alice("e1"), event("e2", host_id="h" * (graph.MAX_KEY_BYTES + 1))])
+    assert sink.write([alice("e1"), event("e2", host_id="日" * (graph.MAX_KEY_BYTES // 3))]) == 2
+    assert counts(probe)["Host"] == 2
+
+
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_a_restarted_server_is_unavailable_then_recovers(backend: str, tmp_path: Path) -> None:
+    server = (devservers.redis_server(tmp_path, falkordb=True) if backend == FALKORDB
+              else neo4j_server_or_skip(tmp_path)).start()
+    sink = GraphSink(Settings.from_env({**graph_env(backend, server), "GRAPH_NAME": "restart",
+                                        "PROCESSING_TIMEOUT": "5"}))
     try:
         sink.open()
         assert sink.write([alice("e1")]) == 1
@@ -438,7 +390,8 @@ def test_falkordb_restart_is_unavailable_then_recovers(tmp_path: Path) -> None:
             sink.check()
         server.start()
         sink.check()
-        assert sink.write([alice("e3")]) == 1
+        assert sink.write([alice("e3")]) == 1  # the connections of before the restart are not reused
+        assert sink.count_events() == 2
     finally:
         sink.close()
         server.stop()

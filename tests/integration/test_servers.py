@@ -8,10 +8,15 @@ from pathlib import Path
 
 import nats
 import psycopg2
+import pytest
 import redis
 from falkordb import FalkorDB
+from neo4j import GraphDatabase
 
-from etl import devservers
+from etl import devneo4j, devservers
+from etl.config import Settings
+from etl.errors import SinkUnavailable
+from etl.sinks.graph import GraphSink
 
 
 def test_nats_has_jetstream(nats_server: devservers.Server) -> None:
@@ -36,6 +41,22 @@ def test_falkordb_runs_cypher(falkordb_server: devservers.Server) -> None:
     graph = FalkorDB(host="127.0.0.1", port=falkordb_server.port).select_graph("smoke")
     assert graph.query("RETURN 1 + 1").result_set == [[2]]
     graph.delete()
+
+
+def test_neo4j_is_the_compose_files_community_minor_with_bolt_and_a_password(neo4j_server: devservers.Server) -> None:
+    password = neo4j_server.password  # type: ignore[attr-defined]
+    with GraphDatabase.driver(f"bolt://127.0.0.1:{neo4j_server.port}", auth=("neo4j", password)) as driver:
+        [record] = driver.execute_query("CALL dbms.components() YIELD versions, edition RETURN *").records
+    assert record["edition"] == "community" and record["versions"] == [devneo4j.neo4j_version()]
+    compose = (Path(__file__).parents[2] / "docker-compose.yml").read_text()
+    assert f"image: neo4j:{devneo4j.neo4j_version().rsplit('.', 1)[0]}-community" in compose
+
+
+def test_neo4j_refuses_a_wrong_password_and_the_sink_says_unavailable(neo4j_server: devservers.Server) -> None:
+    sink = GraphSink(Settings(neo4j_uri=f"bolt://127.0.0.1:{neo4j_server.port}", neo4j_password="wrong-password"))
+    with pytest.raises(SinkUnavailable, match="Unauthorized"):
+        sink.open()
+    sink.close()
 
 
 def test_postgres_has_database(postgres_server: devservers.Server) -> None:

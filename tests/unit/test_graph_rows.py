@@ -18,6 +18,7 @@ from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
 from etl.sinks import graph_falkor, graph_neo4j
 from etl.sinks.graph import (
     CREATE_CYPHER,
+    MAX_KEY_BYTES,
     MERGE_CYPHER,
     NAMED_CREATE_CYPHER,
     NAMED_MERGE_CYPHER,
@@ -138,6 +139,25 @@ def test_values_no_graph_can_store_are_rejected(field: str, value: Any) -> None:
         build_row({**event(), field: value})
 
 
+@pytest.mark.parametrize(
+    ("event_fields", "metadata", "key"),
+    [({"id": "e" * (MAX_KEY_BYTES + 1)}, {}, "id"),
+     ({}, {"host_id": "日" * (MAX_KEY_BYTES // 3 + 1)}, "host_id"),
+     ({}, {"container_id": "c" * (MAX_KEY_BYTES + 1)}, "container_id"),
+     ({}, {"user": "u" * (MAX_KEY_BYTES - 4)}, "user_key"),  # "name:" makes it one byte too long
+     ({"source": "/" + "s" * MAX_KEY_BYTES}, {"host_id": "h", "pid": "1"}, "process_key")],
+)
+def test_keys_longer_than_an_index_takes_are_rejected(event_fields: dict[str, Any], metadata: dict[str, Any],
+                                                       key: str) -> None:
+    with pytest.raises(SinkDataError, match=f"its {key} is .* bytes in UTF-8"):
+        build_row({**event(), **event_fields, "metadata": {**event()["metadata"], **metadata}})
+
+
+def test_keys_up_to_the_limit_are_kept() -> None:
+    row = build_row({**event(), "id": "e" * MAX_KEY_BYTES, "metadata": {"host_id": "日" * (MAX_KEY_BYTES // 3)}})
+    assert len(row["id"]) == MAX_KEY_BYTES and len(row["host_id"].encode()) <= MAX_KEY_BYTES
+
+
 def test_metadata_values_must_be_scalars() -> None:
     with pytest.raises(SinkDataError, match="host_id"):
         build_row(event(host_id={"nested": 1}))
@@ -241,6 +261,9 @@ def neo4j_error(code: str, message: str = "from the server") -> Exception:
         (neo4j_error("Neo.ClientError.Schema.ConstraintValidationFailed",
                      "Node(7) with label `Event` must have the property `env`"), SinkDataError),
         (neo4j_error("Neo.DatabaseError.Schema.ConstraintCreationFailed"), SinkDataError),
+        (neo4j_error("Neo.DatabaseError.Statement.ExecutionFailed",
+                     "Property value is too large to index, please see index documentation"), SinkDataError),
+        (neo4j_error("Neo.DatabaseError.Statement.ExecutionFailed", "something else"), TransientError),
     ],
 )
 def test_neo4j_errors_are_translated(err: Exception, expected: type[EtlError]) -> None:

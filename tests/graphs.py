@@ -1,0 +1,129 @@
+"""The graph backends the tests run on, and a probe that reads a graph back through the backend's own client (never
+through the sink under test).
+
+``GRAPH_BACKENDS`` is what the graph contract suite, the end-to-end tests, poison isolation and the fault tests are
+parametrised over. Neo4j Community has one user database, so a test on Neo4j starts by emptying it (``reset``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import pytest
+
+from etl import devneo4j
+from etl.config import Settings
+from etl.devservers import Server
+from etl.sinks.graph import FALKOR_SCHEME
+
+FALKORDB, NEO4J = "falkordb", "neo4j"
+GRAPH_BACKENDS = (FALKORDB, NEO4J)
+NEO4J_USER = "neo4j"
+
+
+# Why Neo4j tests were skipped, for the one line the session's summary prints.
+skipped_for: set[str] = set()
+
+
+def neo4j_server_or_skip(data_dir: Path) -> Server:
+    """A Neo4j server under ``data_dir``, not started. Without Java or Maven the test skips, saying what to
+    install; on CI (``CI=true``) it fails instead: CI must run every Neo4j test."""
+    try:
+        return devneo4j.neo4j_server(data_dir)
+    except devneo4j.JavaMissing as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the Neo4j tests: {e}", pytrace=False)
+        skipped_for.add(str(e))
+        pytest.skip(str(e))
+
+
+def graph_env(backend: str, server: Server) -> dict[str, str]:
+    """The settings that point the pipeline at ``server``, a running server of ``backend``."""
+    if backend == FALKORDB:
+        return {"NEO4J_URI": f"falkor://127.0.0.1:{server.port}"}
+    return {"NEO4J_URI": f"bolt://127.0.0.1:{server.port}", "NEO4J_USER": NEO4J_USER,
+            "NEO4J_PASSWORD": server.password}  # type: ignore[attr-defined]
+
+
+def backend_of(settings: Settings) -> str:
+    return FALKORDB if urlsplit(settings.neo4j_uri).scheme == FALKOR_SCHEME else NEO4J
+
+
+class Probe(Protocol):
+    def run(self, cypher: str, **params: Any) -> None: ...
+    def rows(self, cypher: str, **params: Any) -> list[list[Any]]: ...
+    def unique_keys(self) -> set[tuple[str, str]]: ...
+    def close(self) -> None: ...
+
+
+class FalkorProbe:
+    """The graph GRAPH_NAME on FalkorDB; ``close`` deletes it."""
+
+    def __init__(self, settings: Settings) -> None:
+        from falkordb import FalkorDB
+
+        url = urlsplit(settings.neo4j_uri)
+        self._db = FalkorDB(host=url.hostname, port=url.port)
+        self._graph = self._db.select_graph(settings.graph_name)
+
+    def run(self, cypher: str, **params: Any) -> None:
+        self._graph.query(cypher, params or None)
+
+    def rows(self, cypher: str, **params: Any) -> list[list[Any]]:
+        return [list(r) for r in self._graph.ro_query(cypher, params or None).result_set]
+
+    def unique_keys(self) -> set[tuple[str, str]]:
+        return {(c["label"], c["properties"][0]) for c in self._graph.list_constraints()
+                if c["type"] == "UNIQUE" and c["status"] == "OPERATIONAL"}
+
+    def close(self) -> None:
+        if self._graph.name in self._db.list_graphs():
+            self._graph.delete()
+        self._db.connection.close()
+
+
+class Neo4jProbe:
+    """The default database of a Neo4j server."""
+
+    def __init__(self, settings: Settings) -> None:
+        from neo4j import GraphDatabase
+
+        self._driver = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.neo4j_password))
+
+    def run(self, cypher: str, **params: Any) -> None:
+        self._driver.execute_query(cypher, params)
+
+    def rows(self, cypher: str, **params: Any) -> list[list[Any]]:
+        return [list(r.values()) for r in self._driver.execute_query(cypher, params).records]
+
+    def unique_keys(self) -> set[tuple[str, str]]:
+        shown = self.rows("SHOW CONSTRAINTS YIELD labelsOrTypes, properties, type")
+        return {(labels[0], props[0]) for labels, props, kind in shown if "UNIQUENESS" in kind}
+
+    def reset(self) -> None:
+        """Empty the database: every node, relationship and constraint."""
+        with self._driver.session() as session:  # CALL IN TRANSACTIONS needs an auto-commit transaction
+            session.run("MATCH (n) CALL { WITH n DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+        for (name,) in self.rows("SHOW CONSTRAINTS YIELD name"):
+            self.run(f"DROP CONSTRAINT `{name}` IF EXISTS")
+
+    def close(self) -> None:
+        self._driver.close()
+
+
+def open_probe(settings: Settings) -> FalkorProbe | Neo4jProbe:
+    return FalkorProbe(settings) if backend_of(settings) == FALKORDB else Neo4jProbe(settings)
+
+
+def reset(settings: Settings) -> None:
+    """Start the graph of ``settings`` empty. FalkorDB's graph is already new (GRAPH_NAME is unique per test);
+    Neo4j's one database is emptied."""
+    if backend_of(settings) == NEO4J:
+        probe = Neo4jProbe(settings)
+        try:
+            probe.reset()
+        finally:
+            probe.close()
