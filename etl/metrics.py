@@ -27,6 +27,11 @@ CONSUMER_LAG = Gauge("etl_consumer_lag", "Raw events in JetStream not yet delive
                      multiprocess_mode="livemax")
 CONSUMER_ACK_PENDING = Gauge("etl_consumer_ack_pending", "Raw events delivered to bridges and not yet acked",
                              multiprocess_mode="livemax")
+# Neo4j's driver runs a write again by itself after a deadlock or a lock time-out: counted here, since no batch
+# retry (etl_retries_total) shows it. Labelled by Neo4j's status code, a fixed set.
+GRAPH_TRANSIENT_ERRORS = Counter("etl_graph_transient_errors_total",
+                                 "Graph write attempts Neo4j refused with a transient error (deadlock, lock "
+                                 "time-out...), each run again by the driver, by Neo4j status code", ["code"])
 # Reverse DNS in ptr mode (etl.ptr). Hit ratio: rate of result="hit" over the rate of both results.
 RDNS_LOOKUPS = Counter("etl_rdns_lookups_total", "PTR queries made (cache misses), by result: ok, nxdomain, "
                        "nodata, servfail, timeout, error", ["result"])

@@ -56,11 +56,12 @@ class Probe(Protocol):
     def run(self, cypher: str, **params: Any) -> None: ...
     def rows(self, cypher: str, **params: Any) -> list[list[Any]]: ...
     def unique_keys(self) -> set[tuple[str, str]]: ...
+    def drop(self) -> None: ...
     def close(self) -> None: ...
 
 
 class FalkorProbe:
-    """The graph GRAPH_NAME on FalkorDB; ``close`` deletes it."""
+    """The graph GRAPH_NAME on FalkorDB."""
 
     def __init__(self, settings: Settings) -> None:
         from falkordb import FalkorDB
@@ -79,9 +80,12 @@ class FalkorProbe:
         return {(c["label"], c["properties"][0]) for c in self._graph.list_constraints()
                 if c["type"] == "UNIQUE" and c["status"] == "OPERATIONAL"}
 
-    def close(self) -> None:
+    def drop(self) -> None:
+        """Delete the graph."""
         if self._graph.name in self._db.list_graphs():
             self._graph.delete()
+
+    def close(self) -> None:
         self._db.connection.close()
 
 
@@ -103,7 +107,7 @@ class Neo4jProbe:
         shown = self.rows("SHOW CONSTRAINTS YIELD labelsOrTypes, properties, type")
         return {(labels[0], props[0]) for labels, props, kind in shown if "UNIQUENESS" in kind}
 
-    def reset(self) -> None:
+    def drop(self) -> None:
         """Empty the database: every node, relationship and constraint."""
         with self._driver.session() as session:  # CALL IN TRANSACTIONS needs an auto-commit transaction
             session.run("MATCH (n) CALL { WITH n DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
@@ -124,6 +128,6 @@ def reset(settings: Settings) -> None:
     if backend_of(settings) == NEO4J:
         probe = Neo4jProbe(settings)
         try:
-            probe.reset()
+            probe.drop()
         finally:
             probe.close()

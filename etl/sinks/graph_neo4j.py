@@ -5,7 +5,8 @@ NEO4J_PASSWORD, and writes to the server's default database (GRAPH_NAME is Falko
 
 Writes run as managed transactions (``session.execute_write``), which the driver retries on transient
 failures (deadlocks, leader switches, dropped connections) for up to PROCESSING_TIMEOUT seconds; each
-transaction also carries PROCESSING_TIMEOUT as its server-side timeout.
+transaction also carries PROCESSING_TIMEOUT as its server-side timeout. Each transient failure of a write is
+counted in ``etl_graph_transient_errors_total`` by its Neo4j code.
 
 Errors: ServiceUnavailable, SessionExpired, a full connection pool, a transaction timeout, refused credentials
 or a missing database become ``SinkUnavailable``; Neo4j's TransientError (incl. DeadlockDetected) and server
@@ -26,6 +27,7 @@ from neo4j import exceptions as neo
 
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
+from etl.metrics import GRAPH_TRANSIENT_ERRORS
 from etl.sinks.graph import COUNT_EVENTS_CYPHER, NODE_KEYS, KeyConflict
 
 CONNECT_TIMEOUT_S = 5.0
@@ -115,7 +117,13 @@ def _run_statement(tx: ManagedTransaction, statement: str) -> None:
 
 
 def _write_batch(tx: ManagedTransaction, statement: str, rows: list[list[Any]]) -> int:
-    record = tx.run(statement, rows=rows).single(strict=True)
+    try:
+        record = tx.run(statement, rows=rows).single(strict=True)
+    except neo.TransientError as e:
+        # The driver runs the transaction again (deadlocks on hub nodes are expected with several writers);
+        # counted, as nothing else would show them.
+        GRAPH_TRANSIENT_ERRORS.labels(code=e.code or "unknown").inc()
+        raise
     return int(record["created"])
 
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 import psycopg2
-from falkordb import FalkorDB
 
 from etl import report
 from etl.bridge import ensure_raw_stream
@@ -28,6 +27,7 @@ from etl.enrich import destination_of
 from etl.generator import generate
 from etl.nats_conn import connect
 from etl.rdns import fake_name
+from tests.graphs import open_probe
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 PUBLISH_CHUNK = 500
@@ -114,27 +114,28 @@ def check_postgres(settings: Settings, by_id: dict[str, dict[str, Any]]) -> None
 
 def check_graph(settings: Settings, by_id: dict[str, dict[str, Any]]) -> None:
     """Every valid event is exactly one Event node, with exactly one edge from each context node it names."""
-    port = int(settings.neo4j_uri.rsplit(":", 1)[1])
-    graph = FalkorDB(host="127.0.0.1", port=port).select_graph(settings.graph_name)
+    probe = open_probe(settings)
 
     def scalar(query: str) -> int:
-        return int(graph.ro_query(query).result_set[0][0])
+        return int(probe.rows(query)[0][0])
 
-    ids = [row[0] for row in graph.ro_query("MATCH (e:Event) RETURN e.id").result_set]
-    assert sorted(ids) == sorted(by_id), f"every valid event merged exactly once: {id_diff(ids, by_id)}"
-    assert scalar("MATCH (e:Event) RETURN count(e)") == len(by_id)
-    assert scalar("MATCH (e:Event) RETURN count(DISTINCT e.id)") == len(by_id)
-    assert scalar("MATCH (:Host)-[r:GENERATED]->(:Event) RETURN count(r)") == len(by_id)
-    assert scalar("MATCH (:User)-[r:EXECUTED]->(:Event) RETURN count(r)") == len(by_id)
-    assert scalar("MATCH (:Process)-[r:EXECUTED]->(:Event) RETURN count(r)") == len(by_id)
-    with_container = sum(1 for e in by_id.values() if "container_id" in e["metadata"])
-    assert scalar("MATCH (:Container)-[r:GENERATED]->(:Event) RETURN count(r)") == with_container
-    hosts = {e["metadata"]["host_id"] for e in by_id.values()}
-    assert scalar("MATCH (h:Host) RETURN count(h)") == len(hosts)
-    sample = next(iter(by_id.values()))
-    found = graph.ro_query("MATCH (h:Host)-[:GENERATED]->(e:Event {id: $id}) RETURN h.host_id",
-                           {"id": sample["id"]}).result_set
-    assert found == [[sample["metadata"]["host_id"]]]
+    try:
+        ids = [row[0] for row in probe.rows("MATCH (e:Event) RETURN e.id")]
+        assert sorted(ids) == sorted(by_id), f"every valid event merged exactly once: {id_diff(ids, by_id)}"
+        assert scalar("MATCH (e:Event) RETURN count(e)") == len(by_id)
+        assert scalar("MATCH (e:Event) RETURN count(DISTINCT e.id)") == len(by_id)
+        assert scalar("MATCH (:Host)-[r:GENERATED]->(:Event) RETURN count(r)") == len(by_id)
+        assert scalar("MATCH (:User)-[r:EXECUTED]->(:Event) RETURN count(r)") == len(by_id)
+        assert scalar("MATCH (:Process)-[r:EXECUTED]->(:Event) RETURN count(r)") == len(by_id)
+        with_container = sum(1 for e in by_id.values() if "container_id" in e["metadata"])
+        assert scalar("MATCH (:Container)-[r:GENERATED]->(:Event) RETURN count(r)") == with_container
+        hosts = {e["metadata"]["host_id"] for e in by_id.values()}
+        assert scalar("MATCH (h:Host) RETURN count(h)") == len(hosts)
+        sample = next(iter(by_id.values()))
+        found = probe.rows("MATCH (h:Host)-[:GENERATED]->(e:Event {id: $id}) RETURN h.host_id", id=sample["id"])
+        assert found == [[sample["metadata"]["host_id"]]]
+    finally:
+        probe.close()
 
 
 def check_enriched_stream(settings: Settings, by_id: dict[str, dict[str, Any]], *,

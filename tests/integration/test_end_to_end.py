@@ -1,5 +1,6 @@
 """The whole pipeline, as production runs it: the real bridge process and real Dramatiq worker processes
-between real NATS, Redis, PostgreSQL and FalkorDB. Every event published is accounted for."""
+between real NATS, Redis, PostgreSQL and a graph server, FalkorDB and Neo4j in turn (``graph_env``). Every event
+published is accounted for."""
 
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ def malformed_events() -> list[bytes]:
 
 
 @pytest.fixture
-def settings(make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(MAX_EVENT_BYTES=MAX_EVENT_BYTES, MAX_BATCH_SIZE=50, BATCH_LINGER_MS=20,
+def settings(make_settings: Callable[..., Settings], graph_env: dict[str, str]) -> Settings:
+    return make_settings(**graph_env, MAX_EVENT_BYTES=MAX_EVENT_BYTES, MAX_BATCH_SIZE=50, BATCH_LINGER_MS=20,
                          RETRY_MIN_BACKOFF_MS=100, RETRY_MAX_BACKOFF_MS=2000)
 
 
@@ -89,7 +90,7 @@ def test_a_poison_event_is_isolated_and_only_it_is_dead_lettered(settings: Setti
 
     def done() -> bool:
         counts = report.collect(settings)
-        # PostgreSQL text cannot hold NUL, and FalkorDB's query text cannot either: both isolate the event.
+        # PostgreSQL text cannot hold NUL, nor FalkorDB's query text (the graph sink refuses it on both backends).
         return (counts.stored == counts.merged == len(valid) and counts.published == len(events)
                 and counts.dead_lettered == {"timescale": 1, "graph": 1} and not any(counts.queued.values()))
 

@@ -29,6 +29,7 @@ from etl.config import Settings
 from etl.devstack import migrate
 from etl.events import MAX_NESTING_DEPTH
 from etl.supervisor import Pipeline
+from tests.graphs import FALKORDB, GRAPH_BACKENDS
 from tests.integration.accounting import (
     ENRICH_REASONS,
     GENERATED_REASONS,
@@ -73,7 +74,9 @@ BRIDGE_KILLS = 3
 REDIS_RESTARTS = 5
 KILL_ATTEMPTS = 5
 MID_BATCH_POLL_S = 0.005
-SERVER_NAMES = ("postgres", "falkordb", "nats")
+# Each server the pipeline writes to, taken down in turn; the graph server on both backends.
+OUTAGES = [pytest.param("postgres", FALKORDB, id="postgres"), pytest.param("nats", FALKORDB, id="nats"),
+           *(pytest.param("graph", backend, id=f"graph-{backend}") for backend in GRAPH_BACKENDS)]
 
 
 def load_rate(volume: int) -> float:
@@ -92,8 +95,10 @@ def publish_s(volume: int) -> float:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    stack = start_stack(tmp_path / "servers")
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """The test's private servers; the graph server is FalkorDB unless the test parametrises ``stack`` with
+    another backend (``indirect``)."""
+    stack = start_stack(tmp_path / "servers", getattr(request, "param", FALKORDB))
     yield stack
     stack.stop()
 
@@ -177,6 +182,7 @@ def kill_worker_mid_batch(settings: Settings, pipeline: Pipeline, pool: str) -> 
         client.close()
 
 
+@pytest.mark.parametrize("stack", GRAPH_BACKENDS, indirect=True)
 @pytest.mark.parametrize("volume", VOLUMES)
 def test_each_pool_worker_killed_mid_batch(volume: int, settings: Settings, pipeline: Pipeline) -> None:
     events = sample_events(volume, seed=2)
@@ -201,7 +207,7 @@ def no_batch_given_up(settings: Settings, pipeline: Pipeline) -> Callable[[], No
 
 
 @pytest.mark.parametrize("volume", VOLUMES)
-@pytest.mark.parametrize("server", SERVER_NAMES)
+@pytest.mark.parametrize(("server", "stack"), OUTAGES, indirect=["stack"])
 def test_outage_shorter_than_the_retry_budget_loses_nothing(server: str, volume: int, stack: Stack,
                                                             settings: Settings, pipeline: Pipeline) -> None:
     budget_s = retry_budget_s(settings)
@@ -356,7 +362,7 @@ def test_workers_stop_in_bounded_time_when_redis_is_gone_and_nothing_is_lost(sta
     events = sample_events(QUICK_EVENTS // 3, seed=8)
     load = SteadyPublisher(settings, events.all, QUICK_RATE_PER_S).start()
     wait_stored(settings, pipeline, at_least=200)
-    stack.falkordb.stop()  # graph batches now fail and wait to be retried, which needs Redis
+    stack.graph.stop()  # graph batches now fail and wait to be retried, which needs Redis
     wait_for(lambda: _graph_work_waiting(settings), timeout_s=30, describe=lambda: diagnose(settings, pipeline))
     stack.redis.kill()
     started = time.monotonic()
@@ -368,7 +374,7 @@ def test_workers_stop_in_bounded_time_when_redis_is_gone_and_nothing_is_lost(sta
     load.join(publish_s(QUICK_EVENTS))
 
     stack.redis.start()
-    stack.falkordb.start()
+    stack.graph.start()
     pipeline.start()
     try:
         settle_and_check(settings, pipeline, events, QUICK_EVENTS)

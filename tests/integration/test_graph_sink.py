@@ -13,6 +13,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from neo4j import GraphDatabase
+from prometheus_client import REGISTRY
 
 from etl import devservers
 from etl.config import Settings
@@ -28,7 +30,18 @@ from etl.sinks.graph import (
     build_rows,
     connect_backend,
 )
-from tests.graphs import FALKORDB, GRAPH_BACKENDS, Probe, backend_of, graph_env, neo4j_server_or_skip, open_probe
+from tests.graphs import (
+    FALKORDB,
+    GRAPH_BACKENDS,
+    NEO4J,
+    Probe,
+    backend_of,
+    graph_env,
+    neo4j_server_or_skip,
+    open_probe,
+    reset,
+)
+from tests.waiting import wait_for
 
 CONSTRAINT_WAIT_S = 10.0
 LABELS = [label for label, _ in NODE_KEYS]
@@ -46,6 +59,7 @@ def settings(make_settings: Callable[..., Settings], graph_env: dict[str, str]) 
 def probe(settings: Settings) -> Iterator[Probe]:
     p = open_probe(settings)
     yield p
+    p.drop()
     p.close()
 
 
@@ -395,3 +409,42 @@ def test_a_restarted_server_is_unavailable_then_recovers(backend: str, tmp_path:
     finally:
         sink.close()
         server.stop()
+
+
+def transient_errors(code: str) -> float:
+    return REGISTRY.get_sample_value("etl_graph_transient_errors_total", {"code": code}) or 0.0
+
+
+def test_neo4j_deadlock_is_run_again_and_counted(make_settings: Callable[..., Settings],
+                                                 neo4j_server: devservers.Server) -> None:
+    """Two batches lock the same hosts in opposite orders: Neo4j kills one with a deadlock, the driver runs it
+    again, both are stored whole, and the deadlock is counted. (FalkorDB runs one write at a time: none there.)"""
+    settings = make_settings(**graph_env(NEO4J, neo4j_server))
+    reset(settings)
+    sink = GraphSink(settings)
+    sink.write([event("seed-1", host_id="h1"), event("seed-2", host_id="h2"), event("seed-z", host_id="hz")])
+    deadlock = "Neo.TransientError.Transaction.DeadlockDetected"
+    before = transient_errors(deadlock)
+    holder = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.neo4j_password))
+    try:
+        with holder.session() as session, session.begin_transaction() as tx:
+            # Both batches lock their first host, then wait for hz; once it is free, one of them takes it and
+            # then waits for the other's first host, which waits for hz: a cycle.
+            tx.run("MATCH (h:Host {host_id: 'hz'}) SET h.held = true").consume()
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                written = [pool.submit(sink.write, [event(f"{name}-{i}", host_id=h) for i, h in enumerate(hosts)])
+                           for name, hosts in (("a", ["h1", "hz", "h2"]), ("b", ["h2", "hz", "h1"]))]
+                wait_for(lambda: blocked_transactions(holder) >= 2, timeout_s=30)
+                tx.commit()
+                assert [w.result(timeout=60) for w in written] == [3, 3]
+        assert transient_errors(deadlock) == before + 1
+        assert sink.count_events() == 9
+    finally:
+        holder.close()
+        sink.close()
+
+
+def blocked_transactions(driver: Any) -> int:
+    shown = driver.execute_query("SHOW TRANSACTIONS YIELD status WHERE status STARTS WITH 'Blocked' "
+                                 "RETURN count(*) AS n")
+    return int(shown.records[0]["n"])

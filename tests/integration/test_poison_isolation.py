@@ -1,5 +1,6 @@
 """Poison isolation on each real sink: in a batch of 100 with bad events, the good ones are written and only the
-bad ones are rejected. The bad events: a NUL byte in a text field, a value out of range, an oversized property.
+bad ones are rejected. The bad events: a NUL byte in a text field, a value out of range, an oversized property;
+for the graph (on FalkorDB and Neo4j) also a list of maps, a map, and a key too long for an index.
 
 The queue is played by a local deque, exactly as the actors use ``write_or_split`` with ``actor.send``.
 """
@@ -22,7 +23,7 @@ from etl.generator import generate
 from etl.isolation import write_or_split
 from etl.rdns import FakeResolver
 from etl.sinks.base import Sink
-from etl.sinks.graph import GraphSink
+from etl.sinks.graph import MAX_KEY_BYTES, GraphSink
 from etl.sinks.nats_publish import NatsPublisher
 from etl.sinks.timescale import TimescaleSink
 from tests.integration.accounting import read_enriched
@@ -68,6 +69,11 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
+@pytest.fixture
+def graph_settings(make_settings: Callable[..., Settings], graph_env: dict[str, str]) -> Settings:
+    return make_settings(**graph_env)
+
+
 def opened(sink: Sink) -> Iterator[Any]:
     sink.open()
     yield sink
@@ -80,8 +86,8 @@ def timescale(settings: Settings) -> Iterator[TimescaleSink]:
 
 
 @pytest.fixture
-def graph(settings: Settings) -> Iterator[GraphSink]:
-    yield from opened(GraphSink(settings))
+def graph(graph_settings: Settings) -> Iterator[GraphSink]:
+    yield from opened(GraphSink(graph_settings))
 
 
 @pytest.fixture
@@ -104,14 +110,17 @@ def test_timescale_isolates_nul_out_of_range_and_oversized(settings: Settings, t
     assert written < 100, "whole good halves were written, not event by event"
 
 
-def test_graph_isolates_nul_out_of_range_and_oversized(graph: GraphSink) -> None:
+def test_graph_isolates_every_value_a_graph_refuses(graph: GraphSink) -> None:
     t = good_events(1)[0]
     poison = [poison_for(t, id="nul", source="/bin/\x00sh"),
               poison_for(t, id="range", timestamp=2**70),
-              poison_for(t, id="huge", metadata={"hostname": "h" * 100_000})]
+              poison_for(t, id="huge", metadata={"hostname": "h" * 100_000}),
+              poison_for(t, id="list-of-maps", metadata={"user": [{"name": "alice"}]}),
+              poison_for(t, id="map", metadata={"hostname": {"fqdn": "db-1"}}),
+              poison_for(t, id="key", metadata={"host_id": "h" * (MAX_KEY_BYTES + 1)})]
     _, rejected = drain(graph, with_poison(poison))
-    assert sorted(e["id"] for e in rejected) == ["huge", "nul", "range"]
-    assert graph.count_events() == 97
+    assert sorted(e["id"] for e in rejected) == ["huge", "key", "list-of-maps", "map", "nul", "range"]
+    assert graph.count_events() == 94
 
 
 def test_publisher_isolates_unrepresentable_and_oversized(settings: Settings, publisher: NatsPublisher) -> None:
