@@ -81,3 +81,17 @@ def generate(count: int, *, hosts: int = 10, seed: int = 1, base_ms: int = 1_704
             yield template.format(seq=base_ms + seq).encode("utf-8", "surrogateescape")
         else:
             yield orjson.dumps(sample_event(seq, rng.choice(host_list), rng, base_ms))
+
+
+def generate_hot(count: int, *, seed: int = 1, base_ms: int = 1_704_110_400_000, hosts: int = 3, users: int = 2,
+                 containers: int = 5) -> Iterator[bytes]:
+    """``count`` valid raw events that all come from ``hosts`` hosts, ``users`` users and ``containers``
+    containers: every batch touches the same few hub nodes, the worst case for concurrent graph writers."""
+    rng = random.Random(seed)
+    host_list = make_hosts(hosts, rng)
+    container_ids = [f"{rng.getrandbits(48):012x}" for _ in range(containers)]
+    for seq in range(count):
+        event = sample_event(seq, rng.choice(host_list), rng, base_ms)
+        user, uid = rng.choice(USERS[:users])
+        event["metadata"].update(user=user, uid=uid, container_id=rng.choice(container_ids))  # type: ignore[attr-defined]
+        yield orjson.dumps(event)

@@ -110,7 +110,7 @@ class Neo4jProbe:
     def drop(self) -> None:
         """Empty the database: every node, relationship and constraint."""
         with self._driver.session() as session:  # CALL IN TRANSACTIONS needs an auto-commit transaction
-            session.run("MATCH (n) CALL { WITH n DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+            session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
         for (name,) in self.rows("SHOW CONSTRAINTS YIELD name"):
             self.run(f"DROP CONSTRAINT `{name}` IF EXISTS")
 
