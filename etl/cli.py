@@ -9,7 +9,12 @@ from pathlib import Path
 import click
 
 from etl import config as settings_module
+from etl import devneo4j
 from etl.config import Settings
+from etl.devservices import GRAPH_BACKENDS, NEO4J
+
+# What is asked for needs a tool this machine lacks: like a bad setting (etl.config), nothing started, exit 2.
+EXIT_TOOLS_MISSING = 2
 
 
 def load_settings() -> Settings:
@@ -79,7 +84,12 @@ def report_cmd() -> None:
 @click.option("--nats-port", type=click.IntRange(0, 65535), default=0, help="NATS client port (0: a free one).")
 @click.option("--redis-port", type=click.IntRange(0, 65535), default=0,
               help="Redis port, for the queues and dead letters (0: a free one).")
-@click.option("--falkordb-port", type=click.IntRange(0, 65535), default=0, help="FalkorDB port (0: a free one).")
+@click.option("--graph", type=click.Choice(GRAPH_BACKENDS), default=GRAPH_BACKENDS[0], show_default=True,
+              help="The graph server. Neo4j needs Java 17 or 21 and Maven; its first start has Maven download it.")
+@click.option("--falkordb-port", type=click.IntRange(0, 65535), default=0,
+              help="FalkorDB port, with --graph falkordb (0: a free one).")
+@click.option("--neo4j-port", type=click.IntRange(0, 65535), default=0,
+              help="Neo4j's Bolt port, with --graph neo4j (0: a free one).")
 @click.option("--postgres-port", type=click.IntRange(0, 65535), default=0, help="PostgreSQL port (0: a free one).")
 @click.option("--bridge-health-port", type=click.IntRange(0, 65535), default=0,
               help="The bridge's /healthz, /readyz and /metrics port (0: a free one).")
@@ -89,22 +99,36 @@ def report_cmd() -> None:
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="On stop, seconds to wait for the queues to drain (what is left is processed on the next start).")
 def dev(data_dir: Path, clean: bool, count: int, rate: float, hosts: int, no_generate: bool, once: bool,
-        nats_port: int, redis_port: int, falkordb_port: int, postgres_port: int, bridge_health_port: int,
-        metrics_port_base: int, drain_timeout: float) -> None:
-    """Run the whole pipeline locally: its own NATS, Redis, PostgreSQL and FalkorDB, the bridge, one worker per
-    pool and a sample-event generator, with progress until Ctrl-C and a summary on exit."""
+        nats_port: int, redis_port: int, graph: str, falkordb_port: int, neo4j_port: int, postgres_port: int,
+        bridge_health_port: int, metrics_port_base: int, drain_timeout: float) -> None:
+    """Run the whole pipeline locally: its own NATS, Redis, PostgreSQL and graph server (FalkorDB, or Neo4j with
+    --graph neo4j), the bridge, one worker per pool and a sample-event generator, with progress until Ctrl-C and a
+    summary on exit. Exit code 2 when Neo4j is asked for and Java or Maven is missing."""
     import shutil
 
     from etl.devports import PortFlags
     from etl.devstack import DevOptions, run_dev
 
-    ports = PortFlags(nats=nats_port, redis=redis_port, falkordb=falkordb_port, postgres=postgres_port,
-                      bridge_health=bridge_health_port, metrics_base=metrics_port_base)
+    if graph == NEO4J:
+        _require_neo4j_toolchain()
+    ports = PortFlags(nats=nats_port, redis=redis_port, falkordb=falkordb_port, neo4j=neo4j_port,
+                      postgres=postgres_port, bridge_health=bridge_health_port, metrics_base=metrics_port_base)
     options = DevOptions(data_dir=data_dir.resolve(), clean=clean, count=count, rate=rate, hosts=hosts,
-                         generate=not no_generate, once=once, ports=ports, drain_timeout_s=drain_timeout)
+                         generate=not no_generate, once=once, ports=ports, graph_backend=graph,
+                         drain_timeout_s=drain_timeout)
     size = shutil.get_terminal_size()
     raise SystemExit(run_dev(options, click.echo, terminal=click.get_text_stream("stdout").isatty(),
                              width=size.columns, height=size.lines))
+
+
+def _require_neo4j_toolchain() -> None:
+    """Before anything starts: where Java or Maven is missing, end with one line on stderr saying what to install,
+    and exit code ``EXIT_TOOLS_MISSING``."""
+    try:
+        devneo4j.toolchain()
+    except devneo4j.JavaMissing as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(EXIT_TOOLS_MISSING) from None
 
 
 @main.command(name="status")

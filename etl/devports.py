@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,7 @@ class PortFlags:
     nats: int = 0
     redis: int = 0
     falkordb: int = 0
+    neo4j: int = 0
     postgres: int = 0
     bridge_health: int = 0
     metrics_base: int = 0
@@ -51,7 +52,7 @@ class PortFlags:
         """Raise ``PortError`` naming the flag when a port given explicitly is taken, given twice or out of range."""
         wanted = {f"--{name.replace('_', '-')}-port": port for name, port in
                   (("nats", self.nats), ("redis", self.redis), ("falkordb", self.falkordb),
-                   ("postgres", self.postgres), ("bridge_health", self.bridge_health))}
+                   ("neo4j", self.neo4j), ("postgres", self.postgres), ("bridge_health", self.bridge_health))}
         if self.metrics_base:
             wanted |= {f"--metrics-port-base (+{i}, {pool})": self.metrics_base + i for i, pool in enumerate(pools)}
         seen: dict[int, str] = {}
@@ -83,11 +84,12 @@ class Endpoints:
     """Where everything of one running stack is, for the user: the servers, the processes and the files."""
 
     data_dir: Path
-    env: Mapping[str, str]  # the settings the pipeline runs with
+    env: Mapping[str, str]  # the settings the pipeline runs with (on Neo4j, its user and password among them)
     nats_port: int
     nats_monitor_port: int
     redis_port: int
-    falkordb_port: int
+    graph_backend: str  # a name of etl.devservices.GRAPH_BACKENDS
+    graph_port: int
     postgres_port: int
     process_ports: Mapping[str, int] = field(default_factory=dict)
     graph_name: str = "events"
@@ -106,15 +108,17 @@ class Endpoints:
 
 
 def describe(ends: Endpoints) -> str:
-    """The block printed at start: service URLs, process endpoints, logs, client commands and ``export`` lines."""
+    """The block printed at start: service URLs, process endpoints, logs, client commands and ``export`` lines.
+    Raises ``KeyError`` for a graph backend it cannot describe."""
     data = ends.data_dir
     bridge = f"http://{HOST}:{ends.process_ports[BRIDGE]}"
+    graph_service, graph_clients = _GRAPH_LINES[ends.graph_backend](ends)
     lines = [
         f"etl dev: data in {data} (a restart resumes from it; --clean starts over)",
         "services",
         f"  nats        {ends.env['NATS_URL']}   monitor http://{HOST}:{ends.nats_monitor_port}/jsz",
         f"  redis       {ends.env['REDIS_URL']}   Dramatiq queues and dead letters, AOF on",
-        f"  falkordb    redis://{HOST}:{ends.falkordb_port}   graph {ends.graph_name!r}, AOF on",
+        graph_service,
         f"  postgresql  {ends.postgres_url}   table {ends.pg_table}",
         "processes",
         f"  bridge      {bridge}/healthz  {bridge}/readyz  {bridge}/metrics",
@@ -125,9 +129,7 @@ def describe(ends: Endpoints) -> str:
         f"  logs        {data / 'logs'}/<process>.log, servers: {data}/<server>/<server>.log",
         "clients",
         f"  psql        {_psql()} {ends.postgres_url}",
-        f"  graph query {shlex.quote(sys.executable)} -c {shlex.quote(_graph_one_liner(ends))}",
-        f"              (or: redis-cli -p {ends.falkordb_port} GRAPH.QUERY {ends.graph_name} "
-        "'MATCH (e:Event) RETURN count(e)')",
+        *graph_clients,
         f"  send to     {ends.raw_subject} on {ends.env['NATS_URL']} (JSON events, see the README's event contract)",
         f"in another terminal, for etl status, etl dlq list, etl report ({Path(sys.executable).parent / 'etl'}):",
         *export_lines(ends),
@@ -141,9 +143,31 @@ def export_lines(ends: Endpoints) -> list[str]:
     return [f"  export {name}={shlex.quote(value)}" for name, value in values.items()]
 
 
-def _graph_one_liner(ends: Endpoints) -> str:
-    return (f"from falkordb import FalkorDB; g = FalkorDB(port={ends.falkordb_port})"
-            f'.select_graph("{ends.graph_name}"); print(g.query("MATCH (e:Event) RETURN count(e)").result_set)')
+def _falkordb_lines(ends: Endpoints) -> tuple[str, list[str]]:
+    """The graph server's line under "services", and its lines under "clients"."""
+    one_liner = (f"from falkordb import FalkorDB; g = FalkorDB(port={ends.graph_port})"
+                 f'.select_graph("{ends.graph_name}"); print(g.query("MATCH (e:Event) RETURN count(e)").result_set)')
+    return (f"  falkordb    redis://{HOST}:{ends.graph_port}   graph {ends.graph_name!r}, AOF on",
+            [f"  graph query {shlex.quote(sys.executable)} -c {shlex.quote(one_liner)}",
+             f"              (or: redis-cli -p {ends.graph_port} GRAPH.QUERY {ends.graph_name} "
+             "'MATCH (e:Event) RETURN count(e)')"])
+
+
+def _neo4j_lines(ends: Endpoints) -> tuple[str, list[str]]:
+    """As ``_falkordb_lines``. The query needs only the ``neo4j`` driver the pipeline has, no cypher-shell; Neo4j
+    has one database for the events (GRAPH_NAME is FalkorDB's)."""
+    uri, user, password = f"bolt://{HOST}:{ends.graph_port}", ends.env["NEO4J_USER"], ends.env["NEO4J_PASSWORD"]
+    one_liner = (f'from neo4j import GraphDatabase; d = GraphDatabase.driver("{uri}", auth=("{user}", "{password}"))'
+                 '; print(d.execute_query("MATCH (e:Event) RETURN count(e)").records[0][0]); d.close()')
+    return (f"  neo4j       {uri}   user {user}, password {password}, the default database",
+            [f"  graph query {shlex.quote(sys.executable)} -c {shlex.quote(one_liner)}"])
+
+
+# By graph backend (the names of etl.devservices.GRAPH_BACKENDS, which imports this module).
+_GRAPH_LINES: dict[str, Callable[[Endpoints], tuple[str, list[str]]]] = {
+    "falkordb": _falkordb_lines,
+    "neo4j": _neo4j_lines,
+}
 
 
 def _psql() -> str:

@@ -1,10 +1,11 @@
-"""The four servers of the local stack as one set: NATS with JetStream, Redis and FalkorDB with AOF, PostgreSQL.
+"""The four servers of the local stack as one set: NATS with JetStream, Redis with AOF, PostgreSQL, and a graph
+server: FalkorDB with AOF (the default) or Neo4j (``etl.devneo4j``, which needs Java).
 
-Each comes from ``etl.devservers``, with its data under its own directory of the stack's data directory, so a
-restart resumes where the last run stopped. Two things the single servers do not do, and a restart needs:
-``start`` waits until Redis and FalkorDB have loaded their AOF (they accept connections while still loading), and
-``stop`` first rewrites FalkorDB's AOF as a snapshot, since replaying its Cypher writes takes about a millisecond
-per event, against next to nothing to load the snapshot.
+Each comes from ``etl.devservers`` or ``etl.devneo4j``, with its data under its own directory of the stack's data
+directory, so a restart resumes where the last run stopped. Two things the single servers do not do, and a restart
+needs: ``start`` waits until Redis and FalkorDB have loaded their AOF (they accept connections while still
+loading), and ``stop`` first rewrites FalkorDB's AOF as a snapshot, since replaying its Cypher writes takes about a
+millisecond per event, against next to nothing to load the snapshot.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from etl import devservers
+from etl import devneo4j, devservers
 from etl.devports import HOST, PortFlags
 
 DATABASE = "aegisflux"
@@ -24,6 +25,8 @@ POLL_S = 0.1
 LOADING_REPORT_EVERY_S = 5.0
 COMPACT_TIMEOUT_S = 30.0
 HURRIED_STOP_TIMEOUT_S = 5.0
+FALKORDB, NEO4J = "falkordb", "neo4j"
+GRAPH_BACKENDS = (FALKORDB, NEO4J)  # the first is the default
 
 Say = Callable[[str], None]
 
@@ -32,21 +35,33 @@ Say = Callable[[str], None]
 class Servers:
     nats: devservers.Server
     redis: devservers.Server
-    falkordb: devservers.Server
+    graph: devservers.Server
     postgres: devservers.Server
+    graph_backend: str = FALKORDB
 
     @classmethod
-    def create(cls, data_dir: Path, ports: PortFlags) -> Servers:
-        """The four servers, not started yet, on the ports asked for (free ones for 0)."""
+    def create(cls, data_dir: Path, ports: PortFlags, graph_backend: str = FALKORDB) -> Servers:
+        """The four servers, not started yet, on the ports asked for (free ones for 0); the graph server is
+        ``graph_backend``'s. Raises ``devneo4j.JavaMissing`` for Neo4j without Java or Maven."""
+        if graph_backend == NEO4J:
+            graph = devneo4j.neo4j_server(data_dir / "neo4j", ports.neo4j or None)
+        else:
+            graph = devservers.redis_server(data_dir / "falkordb", ports.falkordb or None, falkordb=True,
+                                            wait_loaded=False)
         return cls(nats=devservers.nats_server(data_dir / "nats", ports.nats or None),
                    redis=devservers.redis_server(data_dir / "redis", ports.redis or None, wait_loaded=False),
-                   falkordb=devservers.redis_server(data_dir / "falkordb", ports.falkordb or None, falkordb=True,
-                                                    wait_loaded=False),
-                   postgres=devservers.postgres_server(data_dir / "postgres", ports.postgres or None))
+                   graph=graph,
+                   postgres=devservers.postgres_server(data_dir / "postgres", ports.postgres or None),
+                   graph_backend=graph_backend)
+
+    @property
+    def falkordb(self) -> devservers.Server | None:
+        """The FalkorDB server, if the graph is on FalkorDB."""
+        return self.graph if self.graph_backend == FALKORDB else None
 
     def all(self) -> list[devservers.Server]:
         """In start order; they stop in the reverse one."""
-        return [self.nats, self.redis, self.falkordb, self.postgres]
+        return [self.nats, self.redis, self.graph, self.postgres]
 
     def start(self, say: Say) -> None:
         """Start each, wait until Redis and FalkorDB have loaded their data, create the database. Raises
@@ -54,7 +69,8 @@ class Servers:
         for server in self.all():
             server.start()
         for server in (self.redis, self.falkordb):
-            wait_loaded(server, say)
+            if server is not None:
+                wait_loaded(server, say)
         devservers.ensure_database(self.postgres.port, DATABASE)
 
     def running(self) -> bool:
@@ -63,7 +79,7 @@ class Servers:
     def stop(self, say: Say, *, hurried: bool = False) -> None:
         """Compact FalkorDB's AOF (unless ``hurried``), then stop each, in reverse order; a server that does not
         stop in time (``HURRIED_STOP_TIMEOUT_S`` when hurried) is killed."""
-        if self.falkordb.running and not hurried:
+        if self.falkordb is not None and self.falkordb.running and not hurried:
             try:
                 if not compact_aof(self.falkordb):
                     say("falkordb: its AOF was not rewritten in time; the next start replays it")
@@ -76,7 +92,14 @@ class Servers:
         """The environment that points the pipeline at these servers."""
         return {"NATS_URL": f"nats://{HOST}:{self.nats.port}", "REDIS_URL": f"redis://{HOST}:{self.redis.port}/0",
                 "PG_HOST": HOST, "PG_PORT": str(self.postgres.port), "PG_DB": DATABASE, "PG_USER": "postgres",
-                "NEO4J_URI": f"falkor://{HOST}:{self.falkordb.port}", "AF_FAKE_RDNS": "true"}
+                **self.graph_env(), "AF_FAKE_RDNS": "true"}
+
+    def graph_env(self) -> dict[str, str]:
+        """The settings that point the graph sink at the graph server."""
+        if self.graph_backend == FALKORDB:
+            return {"NEO4J_URI": f"falkor://{HOST}:{self.graph.port}"}
+        return {"NEO4J_URI": f"bolt://{HOST}:{self.graph.port}", "NEO4J_USER": "neo4j",
+                "NEO4J_PASSWORD": self.graph.password}  # type: ignore[attr-defined]
 
 
 def wait_loaded(server: devservers.Server, say: Say) -> None:

@@ -1,10 +1,11 @@
 """The local default: the whole pipeline on one machine, from pip packages, with a sample-event generator.
 
-Servers (NATS with JetStream, Redis with AOF, PostgreSQL, FalkorDB with AOF) keep their data under one directory,
-so a restart resumes where it left off. The bridge and one worker per pool run as child processes, exactly as in
-production. Stopping (Ctrl-C, SIGTERM, SIGHUP, or ``once`` when the generated events are all accounted for) goes
-in order: generator, bridge, queues drained (bounded), workers, servers; then the summary. Later signals only
-hurry the shutdown along. Whatever is left in Redis or JetStream is not lost: it is processed on the next start.
+Servers (NATS with JetStream, Redis with AOF, PostgreSQL, and a graph server: FalkorDB with AOF, or on request
+Neo4j, which Maven fetches) keep their data under one directory, so a restart resumes where it left off. The
+bridge and one worker per pool run as child processes, exactly as in production. Stopping (Ctrl-C, SIGTERM,
+SIGHUP, or ``once`` when the generated events are all accounted for) goes in order: generator, bridge, queues
+drained (bounded), workers, servers; then the summary. Later signals only hurry the shutdown along. Whatever is
+left in Redis or JetStream is not lost: it is processed on the next start.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from etl.config import Settings
 from etl.devports import BRIDGE, Endpoints, PortFlags, describe
 from etl.devprogress import Progress, Sent, idle, summary, unaccounted
 from etl.devpublish import Generator
-from etl.devservices import HURRIED_STOP_TIMEOUT_S, Servers
+from etl.devservices import FALKORDB, HURRIED_STOP_TIMEOUT_S, Servers
 from etl.devsession import StopSignals, locked_data_dir, reap_children, surviving_hangup
 from etl.errors import EtlError
 from etl.supervisor import Pipeline
@@ -51,6 +52,7 @@ class DevOptions:
     generate: bool = True
     once: bool = False
     ports: PortFlags = field(default_factory=PortFlags)
+    graph_backend: str = FALKORDB  # one of etl.devservices.GRAPH_BACKENDS
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
 
 
@@ -97,8 +99,9 @@ class Stack:
                      f"{env['NATS_URL']}")
 
     def _start_servers(self) -> dict[str, str]:
-        """Start the four servers; returns the environment that points the pipeline at them."""
-        self.servers = Servers.create(self.options.data_dir, self.options.ports)
+        """Start the four servers; returns the environment that points the pipeline at them. Raises
+        ``devservers.ServerError`` (``devneo4j.JavaMissing`` for Neo4j without Java or Maven)."""
+        self.servers = Servers.create(self.options.data_dir, self.options.ports, self.options.graph_backend)
         self.servers.start(self.say)
         return self.servers.env()
 
@@ -107,9 +110,10 @@ class Stack:
         servers, settings = self.servers, self.settings
         ends = Endpoints(data_dir=self.options.data_dir, env=env, nats_port=servers.nats.port,
                          nats_monitor_port=servers.nats.monitor_port,  # type: ignore[attr-defined]
-                         redis_port=servers.redis.port, falkordb_port=servers.falkordb.port,
-                         postgres_port=servers.postgres.port, process_ports=ports, graph_name=settings.graph_name,
-                         raw_subject=settings.nats_subject_raw, pg_table=settings.pg_table)
+                         redis_port=servers.redis.port, graph_backend=servers.graph_backend,
+                         graph_port=servers.graph.port, postgres_port=servers.postgres.port, process_ports=ports,
+                         graph_name=settings.graph_name, raw_subject=settings.nats_subject_raw,
+                         pg_table=settings.pg_table)
         self.metrics_urls = ends.metrics_urls
         return ends
 

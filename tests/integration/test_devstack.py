@@ -11,6 +11,7 @@ import fcntl
 import os
 import pty
 import re
+import shlex
 import signal
 import struct
 import subprocess
@@ -20,12 +21,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
 
+from etl import devneo4j
+from etl.config import Settings
 from etl.devpublish import MALFORMED_EVERY
 from etl.devservers import free_port
+from tests import graphs
 
 ETL = str(Path(sys.executable).parent / "etl")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -33,6 +38,9 @@ ACCOUNTED = r"all (\d+) generated events accounted for"
 START_TIMEOUT_S = 60.0
 SETTLE_TIMEOUT_S = 60.0
 EXIT_TIMEOUT_S = 60.0
+# A run on Neo4j also waits for its JVM; reading the graph back afterwards starts one again.
+NEO4J_RUN_TIMEOUT_S = devneo4j.START_TIMEOUT_S + START_TIMEOUT_S + SETTLE_TIMEOUT_S
+NEO4J_TEST_TIMEOUT_S = NEO4J_RUN_TIMEOUT_S + devneo4j.START_TIMEOUT_S + 60.0
 CTRL_C = b"\x03"
 
 
@@ -273,3 +281,76 @@ def test_after_a_kill_9_nothing_is_left_running_and_the_next_start_loses_nothing
     assert summary_counts(done.stdout) == {"stored": 3000 - malformed, "merged": 3000 - malformed,
                                            "published": 3000 - malformed, "dead": malformed,
                                            "dead_enrich": malformed}
+
+
+def neo4j_built_or_skip() -> None:
+    """Build the local Neo4j now (cached after the first time), so a run is not timed with Maven's downloads.
+    Without Java or Maven the test skips, saying what to install; on CI (``CI=true``) it fails, as in
+    ``tests.graphs``."""
+    try:
+        devneo4j.build()
+    except devneo4j.JavaMissing as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the Neo4j tests: {e}", pytrace=False)
+        graphs.skipped_for.add(str(e))
+        pytest.skip(str(e))
+
+
+@contextlib.contextmanager
+def neo4j_again(data_dir: Path, env: dict[str, str]) -> Iterator[None]:
+    """Neo4j started again on a stopped stack's data, at the address and with the password the stack printed."""
+    server = devneo4j.neo4j_server(data_dir / "neo4j", urlsplit(env["NEO4J_URI"]).port,
+                                   password=env["NEO4J_PASSWORD"]).start()
+    try:
+        yield
+    finally:
+        server.stop()
+
+
+def graph_query_command(text: str) -> list[str]:
+    """The command of the block's "graph query" line."""
+    line = next(line for line in text.splitlines() if line.strip().startswith("graph query"))
+    return shlex.split(line.split(None, 2)[2])
+
+
+@pytest.mark.timeout(NEO4J_TEST_TIMEOUT_S)
+def test_once_on_neo4j_accounts_for_every_event_and_leaves_them_in_neo4j(tmp_path: Path) -> None:
+    neo4j_built_or_skip()
+    data_dir = tmp_path / "dev"
+    done = subprocess.run([ETL, "dev", "--data-dir", str(data_dir), "--graph", "neo4j", "--once", "--count", "200"],
+                          capture_output=True, text=True, timeout=NEO4J_RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all 200 generated events accounted for" in done.stdout
+    assert summary_counts(done.stdout) == {"stored": 199, "merged": 199, "published": 199, "dead": 1,
+                                           "dead_enrich": 1}
+    assert leftovers([], data_dir) == []  # the JVM too
+    assert not (data_dir / "falkordb").exists()
+    env = export_env(done.stdout)
+    assert urlsplit(env["NEO4J_URI"]).scheme == "bolt"
+
+    # Read back through Neo4j's own driver, not the sink: every valid event (ids event-<start second>-<seq>, the
+    # 200th malformed), each tied to its host. Then the query the block printed, as a user would paste it.
+    with neo4j_again(data_dir, env):
+        probe = graphs.Neo4jProbe(Settings.from_env(env))
+        try:
+            ids = [row[0] for row in probe.rows("MATCH (e:Event) RETURN e.id")]
+            hostless = probe.rows("MATCH (e:Event) WHERE NOT EXISTS { (:Host)-[:GENERATED]->(e) } RETURN count(e)")
+        finally:
+            probe.close()
+        printed = subprocess.run(graph_query_command(done.stdout), capture_output=True, text=True, timeout=60)
+    starts = {event_id.rsplit("-", 1)[0] for event_id in ids}
+    assert len(starts) == 1 and sorted(int(i.rsplit("-", 1)[1]) for i in ids) == list(range(199)), ids
+    assert hostless == [[0]]
+    assert (printed.returncode, printed.stdout) == (0, "199\n"), printed.stderr
+
+
+def test_neo4j_without_java_exits_2_with_one_line_saying_what_to_install(tmp_path: Path) -> None:
+    no_java = tmp_path / "jdk"  # JAVA_HOME without bin/java
+    no_java.mkdir()
+    data_dir = tmp_path / "dev"
+    done = subprocess.run([ETL, "dev", "--data-dir", str(data_dir), "--graph", "neo4j", "--once"],
+                          capture_output=True, text=True, timeout=30, env={**os.environ, "JAVA_HOME": str(no_java)})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1 and "install Java" in done.stderr, done.stderr
+    assert not data_dir.exists(), "nothing started"

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import shlex
 import socket
+import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from etl.devports import BRIDGE, HOST, Endpoints, PortError, PortFlags, describe, export_lines
+from etl.devservices import FALKORDB, GRAPH_BACKENDS, NEO4J
 from etl.errors import ConfigError
 
 POOLS = ("enrich", "publish", "timescale", "graph")
@@ -117,6 +120,11 @@ def test_a_port_in_use_is_reported_by_its_flag(taken_port: int) -> None:
         PortFlags(falkordb=taken_port).check(POOLS)
 
 
+def test_a_neo4j_port_in_use_is_reported_by_its_flag(taken_port: int) -> None:
+    with pytest.raises(PortError, match=rf"port {taken_port} \(--neo4j-port\) is in use on 127\.0\.0\.1"):
+        PortFlags(neo4j=taken_port).check(POOLS)
+
+
 def test_a_metrics_port_in_use_is_reported_with_its_offset() -> None:
     base = free_run(4)
     with socket.socket() as s:
@@ -151,9 +159,26 @@ PROCESSES = {BRIDGE: 5000, "worker-enrich": 5001, "worker-publish": 5002, "worke
              "worker-graph": 5004}
 
 
+NEO4J_ENV = {**ENV, "NEO4J_URI": "bolt://127.0.0.1:4003", "NEO4J_USER": "neo4j", "NEO4J_PASSWORD": "dev-pass-1"}
+
+
 def endpoints(data_dir: Path = Path("/data/etl dev")) -> Endpoints:
     return Endpoints(data_dir=data_dir, env=ENV, nats_port=4001, nats_monitor_port=8222, redis_port=4002,
-                     falkordb_port=4003, postgres_port=4004, process_ports=PROCESSES)
+                     graph_backend=FALKORDB, graph_port=4003, postgres_port=4004, process_ports=PROCESSES)
+
+
+def neo4j_endpoints() -> Endpoints:
+    """The same stack with its graph on Neo4j, as ``etl dev --graph neo4j`` runs it."""
+    return replace(endpoints(), env=NEO4J_ENV, graph_backend=NEO4J)
+
+
+def services(text: str) -> list[str]:
+    """The lines under "services" of the block."""
+    return text.split("\nservices\n", 1)[1].split("\nprocesses\n", 1)[0].splitlines()
+
+
+def line_starting(text: str, word: str) -> str:
+    return next(line for line in text.splitlines() if line.strip().startswith(word))
 
 
 def test_the_block_names_every_service() -> None:
@@ -163,6 +188,42 @@ def test_the_block_names_every_service() -> None:
     assert "redis://127.0.0.1:4003" in text and "graph 'events'" in text
     assert "postgresql://postgres@127.0.0.1:4004/aegisflux" in text and "table events" in text
     assert "data in /data/etl dev" in text
+
+
+def test_on_falkordb_the_graph_query_uses_the_falkordb_client() -> None:
+    text = describe(endpoints())
+    assert "falkordb    redis://127.0.0.1:4003   graph 'events', AOF on" in text
+    python, flag, code = shlex.split(line_starting(text, "graph query").split(None, 2)[2])
+    assert (python, flag) == (sys.executable, "-c") and "FalkorDB(port=4003)" in code
+    assert "redis-cli -p 4003 GRAPH.QUERY events" in text
+    assert "bolt://" not in text
+
+
+def test_on_neo4j_the_block_names_its_bolt_uri_user_and_password_and_nothing_of_falkordb() -> None:
+    text = describe(neo4j_endpoints())
+    assert "  neo4j       bolt://127.0.0.1:4003   user neo4j, password dev-pass-1, the default database" in \
+        services(text)
+    assert "falkordb" not in text.lower() and "redis-cli" not in text and "redis://127.0.0.1:4003" not in text
+
+
+def test_on_neo4j_the_graph_query_reads_this_stack_with_the_neo4j_driver() -> None:
+    python, flag, code = shlex.split(line_starting(describe(neo4j_endpoints()), "graph query").split(None, 2)[2])
+    assert (python, flag) == (sys.executable, "-c")
+    compile(code, "<graph query>", "exec")  # a SyntaxError would fail here, not in the user's terminal
+    assert 'GraphDatabase.driver("bolt://127.0.0.1:4003", auth=("neo4j", "dev-pass-1"))' in code
+    assert "MATCH (e:Event) RETURN count(e)" in code
+
+
+def test_on_neo4j_the_export_lines_carry_its_user_and_password() -> None:
+    exported = dict(shlex.split(line)[1].split("=", 1) for line in export_lines(neo4j_endpoints()))
+    assert {k: exported[k] for k in ("NEO4J_URI", "NEO4J_USER", "NEO4J_PASSWORD")} == \
+        {"NEO4J_URI": "bolt://127.0.0.1:4003", "NEO4J_USER": "neo4j", "NEO4J_PASSWORD": "dev-pass-1"}
+
+
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_every_graph_backend_etl_dev_offers_is_described_under_its_name(backend: str) -> None:
+    lines = services(describe(replace(neo4j_endpoints(), graph_backend=backend)))
+    assert [line.split()[0] for line in lines] == ["nats", "redis", backend, "postgresql"]
 
 
 def test_the_block_has_health_readyz_and_metrics_of_each_process() -> None:
