@@ -51,14 +51,17 @@ POOLS: dict[str, Pool] = {
     # 11,777-12,013). PG_POOL_SIZE follows the threads: six PostgreSQL connections in all, where one process of
     # four threads opened eight.
     "timescale": Pool("timescale", QUEUE_TIMESCALE, processes=2, threads=2),
-    # One writer thread per process: concurrent MERGEs of the same hub nodes (a busy Host) deadlock in Neo4j.
-    # FalkorDB gets FALKOR_GRAPH_THREADS (see graph_threads).
-    "graph": Pool("graph", QUEUE_GRAPH, processes=1, threads=1),
+    # On Neo4j (the production default) two processes of one thread: see NEO4J_GRAPH_POOL. FalkorDB: pool_size.
+    "graph": Pool("graph", QUEUE_GRAPH, processes=2, threads=1),
 }
-# FalkorDB runs one write query at a time per graph, so writers cannot deadlock there; a second thread builds the
-# next batch's query while the server runs one. Alone, the graph pool merged 12,400 events/s with one thread and
-# 15,500 with two (bench/stages.py, 50,000 events).
-FALKOR_GRAPH_THREADS = 2
+# The graph pool on Neo4j, on hot hub nodes and on the generator's events alike (bench/run, graph pool alone,
+# Neo4j warmed up): two writers beat one by 1.3-1.6x; two processes beat two threads of one process (the driver
+# packs rows in Python, under one GIL per process); four threads gained nothing more and met deadlocks on hub
+# nodes, which the driver runs again (counted in etl_graph_transient_errors_total).
+# FalkorDB runs one write query at a time per graph, so a second process adds little there: one process, where a
+# second thread builds the next batch's query while the server runs one (alone, 12,400 events/s with one thread
+# and 15,500 with two, bench/stages.py, 50,000 events).
+FALKOR_GRAPH_POOL = Pool("graph", QUEUE_GRAPH, processes=1, threads=2)
 
 
 def _count(env: Mapping[str, str], name: str, default: int) -> int:
@@ -79,9 +82,9 @@ def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str],
     """
     if pool_name not in POOLS:
         raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {pool_name!r}")
-    pool = POOLS[pool_name]
+    pool = pool_size(POOLS[pool_name], env)
     processes = _count(env, "WORKER_PROCESSES", pool.processes)
-    threads = _count(env, "WORKER_THREADS", default_threads(pool, env))
+    threads = _count(env, "WORKER_THREADS", pool.threads)
     argv = [sys.executable, "-m", "dramatiq", "etl.actors", "--queues", pool.queue,
             "--processes", str(processes), "--threads", str(threads),
             "--worker-shutdown-timeout", str(shutdown_timeout_ms(env))]
@@ -94,12 +97,12 @@ def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str],
     return argv, extra
 
 
-def default_threads(pool: Pool, env: Mapping[str, str]) -> int:
-    """The pool's threads per process unless ``WORKER_THREADS`` says otherwise: the graph pool's depend on the
-    server ``NEO4J_URI`` names (one for Neo4j, ``FALKOR_GRAPH_THREADS`` for FalkorDB)."""
+def pool_size(pool: Pool, env: Mapping[str, str]) -> Pool:
+    """The pool's default processes and threads, before ``WORKER_PROCESSES`` and ``WORKER_THREADS``: the graph
+    pool's depend on the server ``NEO4J_URI`` names (``FALKOR_GRAPH_POOL`` for FalkorDB)."""
     if pool.name == "graph" and urlsplit(Settings.from_env(env).neo4j_uri).scheme == FALKOR_SCHEME:
-        return FALKOR_GRAPH_THREADS
-    return pool.threads
+        return FALKOR_GRAPH_POOL
+    return pool
 
 
 def shutdown_timeout_ms(env: Mapping[str, str]) -> int:

@@ -1,5 +1,5 @@
 """Concurrent graph writers on hub nodes, on Neo4j: the graph pool run as 1 x 1, 2 x 1 and 1 x 4 (processes x
-threads) on events that all come from 3 hosts, 2 users and 5 containers. Whatever deadlocks Neo4j finds between
+threads), and 1 x 2, on events that all come from 3 hosts, 2 users and 5 containers. Whatever deadlocks Neo4j finds between
 the writers, every event is merged exactly once (by id), and each deadlock or lock time-out the driver ran again is
 counted in ``etl_graph_transient_errors_total``. The figures for choosing the default are in ``bench/run``."""
 
@@ -36,7 +36,8 @@ def transient_errors(port: int) -> dict[str, float]:
             if s.name == "etl_graph_transient_errors_total"}
 
 
-@pytest.mark.parametrize(("processes", "threads"), [(1, 1), (2, 1), (1, 4)], ids=["1x1", "2x1", "1x4"])
+@pytest.mark.parametrize(("processes", "threads"), [(1, 1), (1, 2), (2, 1), (1, 4)],
+                         ids=["1x1", "1x2", "2x1", "1x4"])
 def test_concurrent_graph_writers_on_hub_nodes_merge_each_event_once(
         processes: int, threads: int, make_settings: Callable[..., Settings], neo4j_server: devservers.Server,
         tmp_path: Path) -> None:

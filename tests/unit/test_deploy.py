@@ -262,10 +262,7 @@ def test_pool_scaling_variables_default_to_the_pools_of_the_code() -> None:
         env = service["environment"]
         assert service["deploy"]["replicas"] == f"${{{prefix}_REPLICAS:-1}}"
         assert env["WORKER_PROCESSES"] == f"${{{prefix}_PROCESSES:-{spec.processes}}}"
-        if pool == "graph":  # one thread per process, or concurrent MERGEs deadlock in Neo4j
-            assert spec.threads == 1 and env["WORKER_THREADS"] == "1"
-        else:
-            assert env["WORKER_THREADS"] == f"${{{prefix}_THREADS:-{spec.threads}}}"
+        assert env["WORKER_THREADS"] == f"${{{prefix}_THREADS:-{spec.threads}}}"
 
 
 def test_credentials_match_between_the_servers_and_our_services() -> None:

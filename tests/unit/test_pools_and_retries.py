@@ -21,7 +21,9 @@ def test_each_pool_runs_dramatiq_on_its_own_queue_with_bounded_prefetch() -> Non
     assert (env["dramatiq_queue_prefetch"], env["dramatiq_delay_queue_prefetch"]) == ("12", "12")  # 2 per thread
     assert env["dramatiq_prom_port"] == "9300" and env["dramatiq_prom_db"] == env["PROMETHEUS_MULTIPROC_DIR"]
     graph_argv, _ = dramatiq_command("graph", {})
-    assert graph_argv[graph_argv.index("--threads") + 1] == "1"  # Neo4j, the default: one writer
+    # Neo4j, the default: two processes of one writer each
+    assert (graph_argv[graph_argv.index("--processes") + 1], graph_argv[graph_argv.index("--threads") + 1]) == (
+        "2", "1")
 
 
 def test_the_timescale_pool_opens_a_connection_per_thread_and_one_for_health_checks() -> None:
@@ -33,15 +35,19 @@ def test_the_timescale_pool_opens_a_connection_per_thread_and_one_for_health_che
     assert "PG_POOL_SIZE" not in env
 
 
-def test_the_graph_pool_writes_with_two_threads_on_falkordb_unless_told() -> None:
+def size(argv: list[str]) -> tuple[str, str]:
+    return argv[argv.index("--processes") + 1], argv[argv.index("--threads") + 1]
+
+
+def test_the_graph_pool_is_one_process_of_two_threads_on_falkordb_two_of_one_on_neo4j_unless_told() -> None:
     falkor = {"NEO4J_URI": "falkor://127.0.0.1:6380"}
     argv, env = dramatiq_command("graph", falkor)
-    assert argv[argv.index("--threads") + 1] == "2"
+    assert size(argv) == ("1", "2")
     assert env["dramatiq_queue_prefetch"] == "4"
-    argv, _ = dramatiq_command("graph", {**falkor, "WORKER_THREADS": "1"})
-    assert argv[argv.index("--threads") + 1] == "1"
+    argv, _ = dramatiq_command("graph", {**falkor, "WORKER_THREADS": "1", "WORKER_PROCESSES": "3"})
+    assert size(argv) == ("3", "1")
     argv, _ = dramatiq_command("graph", {"NEO4J_URI": "neo4j://graph.internal:7687"})
-    assert argv[argv.index("--threads") + 1] == "1"
+    assert size(argv) == ("2", "1")
 
 
 def test_a_pool_reuses_its_metrics_directory_and_starts_it_empty(tmp_path: Path,
