@@ -1,7 +1,8 @@
-"""Concurrent graph writers on hub nodes, on Neo4j: the graph pool run as 1 x 1, 2 x 1 and 1 x 4 (processes x
-threads), and 1 x 2, on events that all come from 3 hosts, 2 users and 5 containers. Whatever deadlocks Neo4j finds between
-the writers, every event is merged exactly once (by id), and each deadlock or lock time-out the driver ran again is
-counted in ``etl_graph_transient_errors_total``. The figures for choosing the default are in ``bench/run``."""
+"""Concurrent graph writers on hub nodes, on Neo4j: the graph pool run as 1 x 1, 1 x 2, 2 x 1 and 1 x 4
+(processes x threads) on events that all come from 3 hosts, 2 users and 5 containers. Whatever deadlocks Neo4j
+finds between the writers, every event is merged exactly once (by id), and each deadlock or lock time-out the
+driver ran again is counted in ``etl_graph_transient_errors_total``. The throughput of each size is measured by
+``bench/run`` (``bench/neo4j.py``)."""
 
 from __future__ import annotations
 
