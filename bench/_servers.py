@@ -1,8 +1,9 @@
 """The local default's real servers for a benchmark, and a clean slate between two measurements.
 
-One ``Stack`` is started per benchmark run: NATS with JetStream, Redis and FalkorDB with AOF (``appendfsync
-always``), PostgreSQL with fsync on, exactly as ``etl dev`` runs them (``etl.devservices.Servers``), with data in a
-temporary directory. ``reset`` empties every server, so each measurement starts from the same empty state.
+One ``Stack`` per graph backend measured: NATS with JetStream, Redis with AOF (``appendfsync always``),
+PostgreSQL with fsync on and the graph server (FalkorDB with AOF, or Neo4j), exactly as ``etl dev`` runs them
+(``etl.devservices.Servers``), with data in a temporary directory. ``reset`` empties every server, so each
+measurement starts from the same empty state.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from nats.js.errors import NotFoundError
 
 from etl.config import Settings
 from etl.devports import PortFlags
-from etl.devservices import Servers
+from etl.devservices import FALKORDB, Servers
 from etl.nats_conn import connect
 
 BENCH_ENV = {"AF_ENV": "bench", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json", "HEALTH_HOST": "127.0.0.1"}
@@ -45,12 +46,27 @@ class Stack:
         return out
 
 
-def start(root: Path, say: object = print) -> Stack:
-    """Start the four servers under ``root``; raises ``etl.devservers.ServerError``."""
-    servers = Servers.create(root / "data", PortFlags())
+def start(root: Path, say: object = print, graph_backend: str = FALKORDB) -> Stack:
+    """Start the four servers under ``root``, the graph on ``graph_backend``; raises
+    ``etl.devservers.ServerError`` (``etl.devneo4j.JavaMissing`` for Neo4j without Java)."""
+    servers = Servers.create(root / "data", PortFlags(), graph_backend)
     servers.start(say)  # type: ignore[arg-type]
     env = {**servers.env(), **BENCH_ENV}
     return Stack(root, servers, env)
+
+
+def with_graph(stack: Stack, graph_backend: str) -> Stack:
+    """``stack`` with a new graph server of ``graph_backend``, started, in place of its own (which keeps running,
+    idle): the same NATS, Redis and PostgreSQL, so a broker already set up for ``stack`` serves it too. Stop the
+    new server with ``stop_graph``. Raises ``etl.devservers.ServerError`` (``JavaMissing`` among them)."""
+    fresh = Servers.create(stack.root / f"data-{graph_backend}", PortFlags(), graph_backend)
+    servers = Servers(stack.servers.nats, stack.servers.redis, fresh.graph, stack.servers.postgres, graph_backend)
+    servers.graph.start()
+    return Stack(stack.root, servers, {**stack.env, **servers.graph_env()})
+
+
+def stop_graph(stack: Stack) -> None:
+    stack.servers.graph.stop()
 
 
 def stop(stack: Stack | None) -> None:
@@ -69,13 +85,25 @@ def reset(stack: Stack) -> None:
         if cur.fetchone()[0] is not None:  # type: ignore[index]
             cur.execute(f'TRUNCATE "{s.pg_table}"')
     conn.close()
-    graph = FalkorDB(host="127.0.0.1", port=stack.servers.falkordb.port).select_graph(s.graph_name)
-    try:
-        graph.delete()
-    except redis.ResponseError:
-        pass  # no graph yet
+    _empty_graph(stack)
     asyncio.run(_delete_streams(s))
     _migrate(s)
+
+
+def _empty_graph(stack: Stack) -> None:
+    s = stack.settings
+    if stack.servers.falkordb is not None:
+        graph = FalkorDB(host="127.0.0.1", port=stack.servers.falkordb.port).select_graph(s.graph_name)
+        try:
+            graph.delete()
+        except redis.ResponseError:
+            pass  # no graph yet
+        return
+    from neo4j import GraphDatabase
+
+    with GraphDatabase.driver(s.neo4j_uri, auth=(s.neo4j_user, s.neo4j_password)) as driver, \
+            driver.session() as session:  # CALL IN TRANSACTIONS needs an auto-commit transaction
+        session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
 
 
 async def _delete_streams(settings: Settings) -> None:

@@ -8,7 +8,8 @@ Starts the local default's real servers (NATS, Redis, PostgreSQL, FalkorDB) in a
 measures, each from empty servers: the raw ceilings (``bench.ceilings``), each stage alone (``bench.stages``), both
 the best of ``REPEATS`` runs,
 the per-event baseline and the pipeline end to end (``bench.e2e``) with its latency at fixed rates, its scaling
-and a ten times longer run for memory. Prints a table and writes everything to JSON.
+and a ten times longer run for memory; then the graph's figures again on a local Neo4j (``bench.neo4j``), when
+Java is there. Prints a table and writes everything to JSON.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import _servers, ceilings, e2e, load, stages
+from bench import _servers, ceilings, e2e, load, neo4j, stages
 from bench.report import Row, cost_table, table, target, write_json
+from bench.stages import best
 from etl.config import DEFAULT_MAX_BATCH_SIZE as BATCH
 
 DEFAULT_EVENTS = 100_000
@@ -80,12 +82,6 @@ def parse(argv: list[str]) -> Options:
 
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-def best(measure: Callable[[], Any], repeats: int, rate: Callable[[Any], float] = float) -> tuple[Any, list[float]]:
-    """The best of ``repeats`` calls of ``measure`` (by ``rate``), and every call's rate."""
-    results = [measure() for _ in range(repeats)]
-    return max(results, key=rate), [rate(r) for r in results]
 
 
 def measure_ceilings(stack: _servers.Stack, payloads: list[bytes], events: list[dict[str, Any]],
@@ -235,6 +231,7 @@ def main(argv: list[str]) -> int:
         ceil, info["ceiling_runs"] = measure_ceilings(stack, payloads, enriched, BATCH, opts.repeats)
         st, info["stage_runs"] = measure_stages(stack, payloads, enriched, BATCH, root / "logs", opts.repeats)
         runs = run_e2e(stack, opts, payloads, root / "logs")
+        neo = neo4j.measure(stack, payloads, enriched, BATCH, root / "logs", opts.repeats, say)
     finally:
         _servers.stop(stack)
         if opts.keep:
@@ -243,13 +240,13 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(root, ignore_errors=True)
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     info["seconds"] = round(time.monotonic() - started, 1)
-    report(opts, info, ceil, st, runs)
+    report(opts, info, ceil, st, runs, neo)
     return 0
 
 
 def report(opts: Options, info: dict[str, Any], ceil: dict[str, float], st: dict[str, stages.StageResult],
-           runs: dict[str, e2e.RunResult]) -> None:
-    table_rows = rows(ceil, st, runs, opts)
+           runs: dict[str, e2e.RunResult], neo: neo4j.Neo4jResult | None) -> None:
+    table_rows = rows(ceil, st, runs, opts) + neo4j.rows(neo, runs["e2e"])
     main_costs = runs["e2e"].costs
     print(f"\n{info['command']}: {info['machine']}, load average at start {info['machine']['load_average']}, "
           f"at end {info['load_average_end']}; {info['seconds']:.0f}s\n")
@@ -262,7 +259,8 @@ def report(opts: Options, info: dict[str, Any], ceil: dict[str, float], st: dict
                            "cpu_s_per_1000": v.costs.per_1000(v.events)} for k, v in st.items()},
             "runs": {k: {**{f: getattr(v, f) for f in ("events", "seconds", "publish_seconds", "complete")},
                          "rate": v.rate, "latencies": v.latencies, "costs": asdict(v.costs),
-                         "cpu_s_per_1000": v.costs.per_1000(v.events)} for k, v in runs.items()}}
+                         "cpu_s_per_1000": v.costs.per_1000(v.events)} for k, v in runs.items()},
+            "neo4j": neo4j.as_json(neo)}
     write_json(opts.json_path, data)
     print(f"\nwritten to {opts.json_path}")
 

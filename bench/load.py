@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 import orjson
 import psycopg2
-from falkordb import FalkorDB
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -20,6 +19,7 @@ from etl.config import Settings
 from etl.generator import generate, make_hosts, sample_event
 from etl.nats_conn import connect, send_frames
 from etl.sinks import hpub
+from etl.sinks.graph import GraphSink
 
 HOSTS = 50
 PUBLISH_WINDOW = 2000  # JetStream publishes in flight before waiting for their acks
@@ -116,11 +116,11 @@ class SinkCounts:
         self._pg = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, dbname=settings.pg_db,
                                     user="postgres")
         self._pg.autocommit = True
-        port = int(settings.neo4j_uri.rsplit(":", 1)[1])
-        self._graph = FalkorDB(host="127.0.0.1", port=port).select_graph(settings.graph_name)
+        self._graph = GraphSink(settings)  # only its count of Event nodes, on either backend
 
     def close(self) -> None:
         self._pg.close()
+        self._graph.close()
 
     def stored(self) -> int:
         with self._pg.cursor() as cur:
@@ -128,7 +128,7 @@ class SinkCounts:
             return int(cur.fetchone()[0])  # type: ignore[index]
 
     def merged(self) -> int:
-        return int(self._graph.ro_query("MATCH (e:Event) RETURN count(e)").result_set[0][0])
+        return self._graph.count_events()
 
     async def published(self) -> int:
         try:

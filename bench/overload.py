@@ -319,7 +319,7 @@ def verdict(run: Run, rate: float, factor: float, drained: bool) -> list[str]:
 
 
 async def bench(run: Run, options: Options) -> None:
-    assert run.servers.falkordb.proc is not None
+    assert run.servers.falkordb is not None and run.servers.falkordb.proc is not None
     stop_throttle = asyncio.Event()
     throttle = asyncio.create_task(duty_cycle(run.servers.falkordb.proc.pid, options.sink_duty, stop_throttle))
     print(header(), flush=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +63,10 @@ def bridge(stack: _servers.Stack, payloads: Sequence[bytes], batch: int, log_dir
         client.close()
 
 
-def pool(stack: _servers.Stack, name: str, fill: Any, events: int, batch: int, log_dir: Any) -> StageResult:
-    """Pool ``name`` alone, draining its queue after ``fill()`` put ``events`` events in it."""
+def pool(stack: _servers.Stack, name: str, fill: Any, events: int, batch: int, log_dir: Any,
+         env: dict[str, str] | None = None) -> StageResult:
+    """Pool ``name`` alone, draining its queue after ``fill()`` put ``events`` events in it; ``env`` adds to the
+    stack's (e.g. ``WORKER_THREADS``)."""
     _servers.reset(stack)
     fill()
     client = redis.Redis(host="127.0.0.1", port=stack.servers.redis.port)
@@ -73,7 +75,8 @@ def pool(stack: _servers.Stack, name: str, fill: Any, events: int, batch: int, l
     def done() -> int:
         return (total - queue_depths(client, [name])[name]) * batch
 
-    pipeline = Pipeline({**stack.env, "MAX_BATCH_SIZE": str(batch)}, log_dir, pools=(name,), bridges=0)
+    pipeline = Pipeline({**stack.env, "MAX_BATCH_SIZE": str(batch), **(env or {})}, log_dir, pools=(name,),
+                        bridges=0)
     pipeline.start()
     try:
         return _timed(name, events, done, stack, pipeline)
@@ -103,3 +106,9 @@ def _timed(name: str, events: int, progress: Any, stack: _servers.Stack, pipelin
             time.sleep(POLL_S)
     assert sampler.costs is not None
     return StageResult(name, events - first, time.monotonic() - start, sampler.costs)
+
+
+def best(measure: Callable[[], Any], repeats: int, rate: Callable[[Any], float] = float) -> tuple[Any, list[float]]:
+    """The best of ``repeats`` calls of ``measure`` (by ``rate``), and every call's rate."""
+    results = [measure() for _ in range(repeats)]
+    return max(results, key=rate), [rate(r) for r in results]
