@@ -19,6 +19,7 @@ import redis
 from falkordb import FalkorDB
 from nats.js.errors import NotFoundError
 
+from etl import devneo4j
 from etl.config import Settings
 from etl.devports import PortFlags
 from etl.devservices import FALKORDB, Servers
@@ -99,11 +100,7 @@ def _empty_graph(stack: Stack) -> None:
         except redis.ResponseError:
             pass  # no graph yet
         return
-    from neo4j import GraphDatabase
-
-    with GraphDatabase.driver(s.neo4j_uri, auth=(s.neo4j_user, s.neo4j_password)) as driver, \
-            driver.session() as session:  # CALL IN TRANSACTIONS needs an auto-commit transaction
-        session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+    devneo4j.empty_database(s.neo4j_uri, s.neo4j_user, s.neo4j_password)
 
 
 async def _delete_streams(settings: Settings) -> None:

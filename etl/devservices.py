@@ -96,10 +96,15 @@ class Servers:
 
     def graph_env(self) -> dict[str, str]:
         """The settings that point the graph sink at the graph server."""
-        if self.graph_backend == FALKORDB:
-            return {"NEO4J_URI": f"falkor://{HOST}:{self.graph.port}"}
-        return {"NEO4J_URI": f"bolt://{HOST}:{self.graph.port}", "NEO4J_USER": "neo4j",
-                "NEO4J_PASSWORD": self.graph.password}  # type: ignore[attr-defined]
+        return graph_env(self.graph_backend, self.graph)
+
+
+def graph_env(backend: str, server: devservers.Server) -> dict[str, str]:
+    """The settings that point the graph sink at ``server``, a graph server of ``backend`` made here."""
+    if backend == FALKORDB:
+        return {"NEO4J_URI": f"falkor://{HOST}:{server.port}"}
+    return {"NEO4J_URI": f"bolt://{HOST}:{server.port}", "NEO4J_USER": devneo4j.USER,
+            "NEO4J_PASSWORD": server.password}  # type: ignore[attr-defined]
 
 
 def wait_loaded(server: devservers.Server, say: Say) -> None:

@@ -27,11 +27,12 @@ CONSUMER_LAG = Gauge("etl_consumer_lag", "Raw events in JetStream not yet delive
                      multiprocess_mode="livemax")
 CONSUMER_ACK_PENDING = Gauge("etl_consumer_ack_pending", "Raw events delivered to bridges and not yet acked",
                              multiprocess_mode="livemax")
-# Neo4j's driver runs a write again by itself after a deadlock or a lock time-out: counted here, since no batch
-# retry (etl_retries_total) shows it. Labelled by Neo4j's status code, a fixed set.
-GRAPH_TRANSIENT_ERRORS = Counter("etl_graph_transient_errors_total",
-                                 "Graph write attempts Neo4j refused with a transient error (deadlock, lock "
-                                 "time-out...), each run again by the driver, by Neo4j status code", ["code"])
+# Neo4j's driver runs a write transaction again by itself after a deadlock, a lock time-out or a lost connection:
+# counted here, since no batch retry (etl_retries_total) shows it. Labelled by Neo4j's status code, a fixed set.
+GRAPH_WRITE_RERUNS = Counter("etl_graph_write_reruns_total",
+                             "Graph write transactions Neo4j's driver ran again after the attempt before failed, "
+                             "by that failure's Neo4j code (e.g. DeadlockDetected; 'other' at begin, commit or "
+                             "on the connection)", ["code"])
 # Reverse DNS in ptr mode (etl.ptr). Hit ratio: rate of result="hit" over the rate of both results.
 RDNS_LOOKUPS = Counter("etl_rdns_lookups_total", "PTR queries made (cache misses), by result: ok, nxdomain, "
                        "nodata, servfail, timeout, error", ["result"])

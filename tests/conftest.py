@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from etl import devservers
+from etl import devneo4j, devservers
 from etl.config import Settings
 from tests import graphs
 
@@ -63,6 +63,17 @@ def graph_env(request: pytest.FixtureRequest) -> dict[str, str]:
     env = graphs.graph_env(request.param, server)
     graphs.reset(Settings.from_env(env))
     return env
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the local Neo4j (cached after the first time) before any test runs, if one needs it: Maven's first
+    download would otherwise count against that test's timeout. Without Java the tests say so themselves."""
+    if any("neo4j" in item.nodeid or "neo4j_server" in getattr(item, "fixturenames", ())
+           for item in session.items):
+        try:
+            devneo4j.build()
+        except devneo4j.JavaMissing:
+            pass
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -8,8 +8,9 @@ parametrised over. Neo4j Community has one user database, so a test on Neo4j sta
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -17,35 +18,35 @@ import pytest
 from etl import devneo4j
 from etl.config import Settings
 from etl.devservers import Server
+from etl.devservices import FALKORDB, GRAPH_BACKENDS, NEO4J, graph_env
 from etl.sinks.graph import FALKOR_SCHEME
 
-FALKORDB, NEO4J = "falkordb", "neo4j"
-GRAPH_BACKENDS = (FALKORDB, NEO4J)
-NEO4J_USER = "neo4j"
+__all__ = ["FALKORDB", "GRAPH_BACKENDS", "NEO4J", "graph_env"]  # the local default's names, used by the tests
 
-
+T = TypeVar("T")
 # Why Neo4j tests were skipped, for the one line the session's summary prints.
 skipped_for: set[str] = set()
 
 
-def neo4j_server_or_skip(data_dir: Path) -> Server:
-    """A Neo4j server under ``data_dir``, not started. Without Java or Maven the test skips, saying what to
-    install; on CI (``CI=true``) it fails instead: CI must run every Neo4j test."""
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def require_neo4j(make: Callable[[], T]) -> T:
+    """``make()``, which needs Java and Maven (``devneo4j``). Without them the test skips, saying what to install;
+    on CI (``CI=true``) it fails instead: CI must run every Neo4j test."""
     try:
-        return devneo4j.neo4j_server(data_dir)
+        return make()
     except devneo4j.JavaMissing as e:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"CI must run the Neo4j tests: {e}", pytrace=False)
         skipped_for.add(str(e))
         pytest.skip(str(e))
 
 
-def graph_env(backend: str, server: Server) -> dict[str, str]:
-    """The settings that point the pipeline at ``server``, a running server of ``backend``."""
-    if backend == FALKORDB:
-        return {"NEO4J_URI": f"falkor://127.0.0.1:{server.port}"}
-    return {"NEO4J_URI": f"bolt://127.0.0.1:{server.port}", "NEO4J_USER": NEO4J_USER,
-            "NEO4J_PASSWORD": server.password}  # type: ignore[attr-defined]
+def neo4j_server_or_skip(data_dir: Path) -> Server:
+    """A Neo4j server under ``data_dir``, not started (see ``require_neo4j``)."""
+    return require_neo4j(lambda: devneo4j.neo4j_server(data_dir))
 
 
 def backend_of(settings: Settings) -> str:
@@ -95,6 +96,7 @@ class Neo4jProbe:
     def __init__(self, settings: Settings) -> None:
         from neo4j import GraphDatabase
 
+        self._settings = settings
         self._driver = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.neo4j_password))
 
     def run(self, cypher: str, **params: Any) -> None:
@@ -108,9 +110,11 @@ class Neo4jProbe:
         return {(labels[0], props[0]) for labels, props, kind in shown if "UNIQUENESS" in kind}
 
     def drop(self) -> None:
+        """Nothing: Neo4j's one database is emptied before each test (``reset``), not after."""
+
+    def empty(self) -> None:
         """Empty the database: every node, relationship and constraint."""
-        with self._driver.session() as session:  # CALL IN TRANSACTIONS needs an auto-commit transaction
-            session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+        devneo4j.empty_database(self._settings.neo4j_uri, self._settings.neo4j_user, self._settings.neo4j_password)
         for (name,) in self.rows("SHOW CONSTRAINTS YIELD name"):
             self.run(f"DROP CONSTRAINT `{name}` IF EXISTS")
 
@@ -128,6 +132,6 @@ def reset(settings: Settings) -> None:
     if backend_of(settings) == NEO4J:
         probe = Neo4jProbe(settings)
         try:
-            probe.drop()
+            probe.empty()
         finally:
             probe.close()

@@ -51,16 +51,14 @@ POOLS: dict[str, Pool] = {
     # 11,777-12,013). PG_POOL_SIZE follows the threads: six PostgreSQL connections in all, where one process of
     # four threads opened eight.
     "timescale": Pool("timescale", QUEUE_TIMESCALE, processes=2, threads=2),
-    # On Neo4j (the production default) two processes of one thread: see NEO4J_GRAPH_POOL. FalkorDB: pool_size.
+    # On Neo4j (the production default), two processes of one thread. Measured on hot hub nodes and on the
+    # generator's events alike (bench/run; figures in docs/neo4j.md): two writers beat one, and two processes beat
+    # two threads of one process, since the driver packs rows in Python under one GIL per process; four threads
+    # gained nothing more and met deadlocks on hub nodes (run again by the driver, etl_graph_write_reruns_total).
     "graph": Pool("graph", QUEUE_GRAPH, processes=2, threads=1),
 }
-# The graph pool on Neo4j, on hot hub nodes and on the generator's events alike (bench/run, graph pool alone,
-# Neo4j warmed up): two writers beat one by 1.3-1.6x; two processes beat two threads of one process (the driver
-# packs rows in Python, under one GIL per process); four threads gained nothing more and met deadlocks on hub
-# nodes, which the driver runs again (counted in etl_graph_transient_errors_total).
 # FalkorDB runs one write query at a time per graph, so a second process adds little there: one process, where a
-# second thread builds the next batch's query while the server runs one (alone, 12,400 events/s with one thread
-# and 15,500 with two, bench/stages.py, 50,000 events).
+# second thread builds the next batch's query while the server runs one (see pool_size).
 FALKOR_GRAPH_POOL = Pool("graph", QUEUE_GRAPH, processes=1, threads=2)
 
 

@@ -14,31 +14,32 @@ import org.neo4j.graphdb.QueryExecutionException;
  * Arguments: the DBMS home directory, its neo4j.conf (both written by etl.devneo4j) and a ready file. The
  * password of the user neo4j comes from NEO4J_INITIAL_PASSWORD (not the command line, which anyone can read).
  * The ready file is removed before Bolt opens and written once Bolt accepts that password, so a caller that waits
- * for it and the port never sees a previous run's. SIGTERM shuts the DBMS down cleanly: a checkpoint, then exit 0.
+ * for it and the port never sees a previous run's. SIGTERM shuts the DBMS down cleanly (a checkpoint), then the JVM
+ * exits as SIGTERM ends it (143).
  */
 public final class Neo4jLauncher {
     public static void main(String[] args) throws IOException, InterruptedException {
         Path ready = Path.of(args[2]);
         Files.deleteIfExists(ready);
-        DatabaseManagementService dbms = new DatabaseManagementServiceBuilder(Path.of(args[0]))
-                .loadPropertiesFromFile(Path.of(args[1]))
-                .build();
         CountDownLatch stopped = new CountDownLatch(1);
-        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
-            try {
-                Files.deleteIfExists(ready);
-            } catch (IOException e) {
-                // the file says nothing once the port is closed
-            }
-            dbms.shutdown();
-            stopped.countDown();
-        }));
         try {
+            DatabaseManagementService dbms = new DatabaseManagementServiceBuilder(Path.of(args[0]))
+                    .loadPropertiesFromFile(Path.of(args[1]))
+                    .build();
+            Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+                try {
+                    Files.deleteIfExists(ready);
+                } catch (IOException e) {
+                    // the file says nothing once the port is closed
+                }
+                dbms.shutdown();
+                stopped.countDown();
+            }));
             setPassword(dbms, System.getenv("NEO4J_INITIAL_PASSWORD"));
             Files.writeString(ready, "ready\n");
         } catch (RuntimeException | IOException e) {
             e.printStackTrace();
-            System.exit(1); // runs the shutdown hook: the DBMS's own threads would keep a failed launch alive
+            System.exit(1); // runs the shutdown hook if set: the DBMS's own threads would keep a failed launch alive
         }
         System.out.println("neo4j-launcher: ready");
         stopped.await();

@@ -32,10 +32,11 @@ LAUNCHER_CLASS = "Neo4jLauncher"
 READY_FILE = "ready"
 SUPPORTED_JAVA = (17, 21)
 INSTALL_HINT = "install Java 17 and Maven (Debian: apt-get install openjdk-17-jdk-headless maven)"
-# Sized for a 2-core machine shared with NATS, Redis, PostgreSQL and the pipeline: what the tests' graphs need with
-# room to spare. The benchmarks pass more.
+# Sized for a 2-core machine shared with NATS, Redis, PostgreSQL and the pipeline: what the tests' graphs and the
+# benchmark's need, with room to spare.
 DEFAULT_HEAP_MB = 1024
 DEFAULT_PAGECACHE_MB = 512
+USER = "neo4j"
 DEFAULT_PASSWORD = "etl-dev-password"  # Neo4j 5 wants at least 8 characters
 # A JVM that loads Neo4j's 200-odd jars and creates two databases: several seconds cold on two busy cores.
 START_TIMEOUT_S = 120.0
@@ -171,15 +172,14 @@ def config_text(port: int, pagecache_mb: int) -> str:
 
 
 def neo4j_server(data_dir: Path, port: int | None = None, *, password: str = DEFAULT_PASSWORD,
-                 heap_mb: int = DEFAULT_HEAP_MB, pagecache_mb: int = DEFAULT_PAGECACHE_MB,
-                 launcher: Launcher | None = None, tools: Toolchain | None = None) -> Server:
+                 heap_mb: int = DEFAULT_HEAP_MB, pagecache_mb: int = DEFAULT_PAGECACHE_MB) -> Server:
     """Neo4j with its databases under ``data_dir``, Bolt on ``127.0.0.1:port`` (a free port unless given), user
-    ``neo4j`` with ``password``. Builds the launcher first if needed (see :func:`build`). Not started yet.
+    ``USER`` with ``password``. Builds the launcher first if needed (see :func:`build`). Not started yet.
 
     Raises ``JavaMissing`` or ``ServerError``.
     """
-    tools = tools or toolchain()
-    launcher = launcher or build(tools)
+    tools = toolchain()
+    launcher = build(tools)
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     conf = data_dir / "neo4j.conf"
@@ -198,3 +198,12 @@ def neo4j_server(data_dir: Path, port: int | None = None, *, password: str = DEF
     server.password = password  # type: ignore[attr-defined]
     return server
 
+
+def empty_database(uri: str, user: str, password: str) -> None:
+    """Delete every node and relationship of the server's default database, in transactions of bounded size (its
+    constraints stay). For the tests and the benchmarks, which share one server's one database."""
+    from neo4j import GraphDatabase
+
+    with GraphDatabase.driver(uri, auth=(user, password)) as driver, driver.session() as session:
+        # CALL ... IN TRANSACTIONS needs an auto-commit transaction, which session.run is.
+        session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()

@@ -5,8 +5,9 @@ NEO4J_PASSWORD, and writes to the server's default database (GRAPH_NAME is Falko
 
 Writes run as managed transactions (``session.execute_write``), which the driver retries on transient
 failures (deadlocks, leader switches, dropped connections) for up to PROCESSING_TIMEOUT seconds; each
-transaction also carries PROCESSING_TIMEOUT as its server-side timeout. Each transient failure of a write is
-counted in ``etl_graph_transient_errors_total`` by its Neo4j code.
+transaction also carries PROCESSING_TIMEOUT as its server-side timeout. Each attempt the driver makes after a failed
+one (about a second later: its retry delay) is counted in ``etl_graph_write_reruns_total``, by the Neo4j code of
+that failure.
 
 Errors: ServiceUnavailable, SessionExpired, a full connection pool, a transaction timeout, refused credentials
 or a missing database become ``SinkUnavailable``; Neo4j's TransientError (incl. DeadlockDetected) and server
@@ -27,10 +28,11 @@ from neo4j import exceptions as neo
 
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
-from etl.metrics import GRAPH_TRANSIENT_ERRORS
+from etl.metrics import GRAPH_WRITE_RERUNS
 from etl.sinks.graph import COUNT_EVENTS_CYPHER, NODE_KEYS, KeyConflict
 
 CONNECT_TIMEOUT_S = 5.0
+OTHER_FAILURE = "other"  # the label of a rerun whose attempt failed outside its statement
 
 # Server codes that are ClientErrors in Neo4j's taxonomy but say nothing about our data.
 _UNAVAILABLE_CODES = (
@@ -116,13 +118,27 @@ def _run_statement(tx: ManagedTransaction, statement: str) -> None:
     tx.run(statement).consume()
 
 
-def _write_batch(tx: ManagedTransaction, statement: str, rows: list[list[Any]]) -> int:
+class _Attempts:
+    """One write's attempts, as the driver makes them, and the Neo4j code of each that failed in its statement."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self.failed: dict[int, str] = {}
+
+    def count_reruns(self) -> None:
+        """Count every attempt the driver made after a failed one, by the code of that failure: ``OTHER_FAILURE``
+        when it failed outside the statement (at begin or commit, or its connection)."""
+        for attempt in range(self.made - 1):
+            GRAPH_WRITE_RERUNS.labels(code=self.failed.get(attempt, OTHER_FAILURE)).inc()
+
+
+def _write_batch(tx: ManagedTransaction, attempts: _Attempts, statement: str, rows: list[list[Any]]) -> int:
+    attempt = attempts.made
+    attempts.made += 1
     try:
         record = tx.run(statement, rows=rows).single(strict=True)
-    except neo.TransientError as e:
-        # The driver runs the transaction again (deadlocks on hub nodes are expected with several writers);
-        # counted, as nothing else would show them.
-        GRAPH_TRANSIENT_ERRORS.labels(code=e.code or "unknown").inc()
+    except neo.Neo4jError as e:
+        attempts.failed[attempt] = e.code or OTHER_FAILURE
         raise
     return int(record["created"])
 
@@ -171,8 +187,12 @@ class Neo4jBackend:
 
         Raises ``KeyConflict``, ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
         """
-        with _translated("write"), self._driver.session() as session:
-            return int(session.execute_write(self._write, statement, rows))
+        attempts = _Attempts()
+        try:
+            with _translated("write"), self._driver.session() as session:
+                return int(session.execute_write(self._write, attempts, statement, rows))
+        finally:
+            attempts.count_reruns()  # deadlocks on hub nodes, run again by the driver: nothing else shows them
 
     def count_events(self) -> int:
         with _translated("count"), self._driver.session() as session:

@@ -287,13 +287,7 @@ def neo4j_built_or_skip() -> None:
     """Build the local Neo4j now (cached after the first time), so a run is not timed with Maven's downloads.
     Without Java or Maven the test skips, saying what to install; on CI (``CI=true``) it fails, as in
     ``tests.graphs``."""
-    try:
-        devneo4j.build()
-    except devneo4j.JavaMissing as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the Neo4j tests: {e}", pytrace=False)
-        graphs.skipped_for.add(str(e))
-        pytest.skip(str(e))
+    graphs.require_neo4j(devneo4j.build)
 
 
 @contextlib.contextmanager

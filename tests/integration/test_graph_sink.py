@@ -373,7 +373,8 @@ def test_events_are_created_only_once_their_keys_are_enforced(settings: Settings
             wait_for_constraints(probe)  # FalkorDB builds constraints after creating them
         else:
             backend.ensure_schema()
-            assert probe.unique_keys() == set(NODE_KEYS)  # Neo4j built them before CREATE CONSTRAINT returned
+            # Neo4j built them before CREATE CONSTRAINT returned: what its constant keys_enforced() relies on.
+            assert probe.unique_keys() == set(NODE_KEYS)
         assert backend.keys_enforced()
     finally:
         backend.close()
@@ -411,8 +412,8 @@ def test_a_restarted_server_is_unavailable_then_recovers(backend: str, tmp_path:
         server.stop()
 
 
-def transient_errors(code: str) -> float:
-    return REGISTRY.get_sample_value("etl_graph_transient_errors_total", {"code": code}) or 0.0
+def reruns(code: str) -> float:
+    return REGISTRY.get_sample_value("etl_graph_write_reruns_total", {"code": code}) or 0.0
 
 
 def test_neo4j_deadlock_is_run_again_and_counted(make_settings: Callable[..., Settings],
@@ -424,7 +425,7 @@ def test_neo4j_deadlock_is_run_again_and_counted(make_settings: Callable[..., Se
     sink = GraphSink(settings)
     sink.write([event("seed-1", host_id="h1"), event("seed-2", host_id="h2"), event("seed-z", host_id="hz")])
     deadlock = "Neo.TransientError.Transaction.DeadlockDetected"
-    before = transient_errors(deadlock)
+    before = reruns(deadlock)
     holder = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.neo4j_password))
     try:
         with holder.session() as session, session.begin_transaction() as tx:
@@ -437,7 +438,7 @@ def test_neo4j_deadlock_is_run_again_and_counted(make_settings: Callable[..., Se
                 wait_for(lambda: blocked_transactions(holder) >= 2, timeout_s=30)
                 tx.commit()
                 assert [w.result(timeout=60) for w in written] == [3, 3]
-        assert transient_errors(deadlock) == before + 1
+        assert reruns(deadlock) == before + 1
         assert sink.count_events() == 9
     finally:
         holder.close()

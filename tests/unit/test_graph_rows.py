@@ -300,3 +300,21 @@ def test_neo4j_constraints_are_idempotent_ddl_one_per_key() -> None:
     assert all(" IF NOT EXISTS FOR (n:" in s and s.endswith(" IS UNIQUE") for s in statements)
     user = "CREATE CONSTRAINT user_key_unique IF NOT EXISTS FOR (n:User) REQUIRE n.key IS UNIQUE"
     assert user in statements
+
+
+def test_every_attempt_after_a_failed_one_is_counted_by_that_failures_code() -> None:
+    from prometheus_client import REGISTRY
+
+    def reruns(code: str) -> float:
+        return REGISTRY.get_sample_value("etl_graph_write_reruns_total", {"code": code}) or 0.0
+
+    deadlock = "Neo.TransientError.Transaction.DeadlockDetected"
+    before = (reruns(deadlock), reruns(graph_neo4j.OTHER_FAILURE))
+    attempts = graph_neo4j._Attempts()  # noqa: SLF001 - the bookkeeping of one write, as the driver drives it
+    attempts.made, attempts.failed = 3, {0: deadlock}  # failed in its statement, then at commit, then done
+    attempts.count_reruns()
+    assert (reruns(deadlock), reruns(graph_neo4j.OTHER_FAILURE)) == (before[0] + 1, before[1] + 1)
+    once = graph_neo4j._Attempts()  # noqa: SLF001
+    once.made = 1
+    once.count_reruns()
+    assert (reruns(deadlock), reruns(graph_neo4j.OTHER_FAILURE)) == (before[0] + 1, before[1] + 1)
