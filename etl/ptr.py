@@ -140,12 +140,23 @@ class PtrResolver:
             return {}
 
     async def _gather(self, addresses: list[str], budget_s: float) -> dict[str, str | None]:
-        tasks = {address: self._task_for(address) for address in addresses}
-        running = {task for task in tasks.values() if task is not None}
-        if running:
-            await asyncio.wait(running, timeout=budget_s)
-        return {address: task.result() for address, task in tasks.items()
-                if task is not None and task.done() and not task.cancelled()}
+        names: dict[str, str | None] = {}
+        tasks: dict[str, asyncio.Task[str | None]] = {}
+        for address in addresses:
+            # The caller missed the cache on its own thread; a lookup of the same address may have filled it and
+            # left the in-flight table since. Asking the cache again here, on the loop thread, closes that gap.
+            entry = self._cache.get(address)
+            if entry is not None:
+                names[address] = entry.name
+                continue
+            task = self._task_for(address)
+            if task is not None:
+                tasks[address] = task
+        if tasks:
+            await asyncio.wait(set(tasks.values()), timeout=budget_s)
+        names.update({address: task.result() for address, task in tasks.items()
+                      if task.done() and not task.cancelled()})
+        return names
 
     def _task_for(self, address: str) -> asyncio.Task[str | None] | None:
         """The lookup of ``address`` in flight, a new one, or ``None`` when too many are pending already."""

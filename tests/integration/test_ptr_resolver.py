@@ -193,3 +193,22 @@ def test_an_answer_after_the_budget_still_fills_the_cache(make_resolver: Callabl
         assert metric("etl_rdns_budget_exhausted_total") == exhausted + 1
         wait_for(lambda: resolver.resolve(["10.6.0.1"])["10.6.0.1"] == "late.example.com", timeout_s=10)
         assert slow.queries("10.6.0.1") == 1, "later batches joined the lookup in flight, then hit the cache"
+
+
+def test_an_answer_cached_after_a_miss_is_not_asked_again(server: PtrServer, make_resolver: Callable[..., PtrResolver],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thread B misses the cache just before thread A's lookup of the same address fills it and leaves the table
+    of lookups in flight; B must then take A's answer from the cache instead of querying again."""
+    resolver = make_resolver(server)
+    assert resolver.resolve(["10.0.0.1"]) == {"10.0.0.1": "a.example.com"}  # A: one query, cached
+    cache = resolver._cache
+    real_get = cache.get
+    stale = {"10.0.0.1"}  # B's first look, made before A's answer landed
+
+    def get(address: str) -> object:
+        return None if stale and stale.pop() == address else real_get(address)
+
+    monkeypatch.setattr(cache, "get", get)
+    assert resolver.resolve(["10.0.0.1"]) == {"10.0.0.1": "a.example.com"}
+    assert server.queries("10.0.0.1") == 1
+
