@@ -2,7 +2,7 @@
 
 One ``Stack`` per graph backend measured: NATS with JetStream, Redis with AOF (``appendfsync always``),
 PostgreSQL with fsync on and the graph server (FalkorDB with AOF, or Neo4j), exactly as ``etl dev`` runs them
-(``etl.devservices.Servers``), with data in a temporary directory. ``reset`` empties every server, so each
+(``etl.dev.services.Servers``), with data in a temporary directory. ``reset`` empties every server, so each
 measurement starts from the same empty state.
 """
 
@@ -19,11 +19,11 @@ import redis
 from falkordb import FalkorDB
 from nats.js.errors import NotFoundError
 
-from etl import devneo4j
 from etl.config import Settings
-from etl.devports import PortFlags
-from etl.devservices import FALKORDB, Servers
-from etl.nats_conn import connect
+from etl.dev import neo4jserver
+from etl.dev.ports import PortFlags
+from etl.dev.services import FALKORDB, Servers
+from etl.natsio.conn import connect
 
 BENCH_ENV = {"AF_ENV": "bench", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json", "HEALTH_HOST": "127.0.0.1"}
 
@@ -49,7 +49,7 @@ class Stack:
 
 def start(root: Path, say: object = print, graph_backend: str = FALKORDB) -> Stack:
     """Start the four servers under ``root``, the graph on ``graph_backend``; raises
-    ``etl.devservers.ServerError`` (``etl.devneo4j.JavaMissing`` for Neo4j without Java)."""
+    ``etl.dev.servers.ServerError`` (``etl.dev.neo4jserver.JavaMissing`` for Neo4j without Java)."""
     servers = Servers.create(root / "data", PortFlags(), graph_backend)
     servers.start(say)  # type: ignore[arg-type]
     env = {**servers.env(), **BENCH_ENV}
@@ -59,7 +59,7 @@ def start(root: Path, say: object = print, graph_backend: str = FALKORDB) -> Sta
 def with_graph(stack: Stack, graph_backend: str) -> Stack:
     """``stack`` with a new graph server of ``graph_backend``, started, in place of its own (which keeps running,
     idle): the same NATS, Redis and PostgreSQL, so a broker already set up for ``stack`` serves it too. Stop the
-    new server with ``stop_graph``. Raises ``etl.devservers.ServerError`` (``JavaMissing`` among them)."""
+    new server with ``stop_graph``. Raises ``etl.dev.servers.ServerError`` (``JavaMissing`` among them)."""
     fresh = Servers.create(stack.root / f"data-{graph_backend}", PortFlags(), graph_backend)
     servers = Servers(stack.servers.nats, stack.servers.redis, fresh.graph, stack.servers.postgres, graph_backend)
     servers.graph.start()
@@ -100,7 +100,7 @@ def _empty_graph(stack: Stack) -> None:
         except redis.ResponseError:
             pass  # no graph yet
         return
-    devneo4j.empty_database(s.neo4j_uri, s.neo4j_user, s.neo4j_password)
+    neo4jserver.empty_database(s.neo4j_uri, s.neo4j_user, s.neo4j_password)
 
 
 async def _delete_streams(settings: Settings) -> None:
@@ -117,7 +117,7 @@ async def _delete_streams(settings: Settings) -> None:
 
 
 def _migrate(settings: Settings) -> None:
-    from etl.sinks.graph import GraphSink
+    from etl.sinks.graph.sink import GraphSink
     from etl.sinks.timescale import TimescaleSink
 
     for sink in (TimescaleSink(settings), GraphSink(settings)):

@@ -30,12 +30,14 @@ from nats.js.errors import NotFoundError
 
 from bench import load
 from etl.config import Settings
-from etl.nats_conn import connect, send_frames
-from etl.sinks import hpub
+from etl.natsio import hpub
+from etl.natsio.conn import connect, send_frames
+from etl.natsio.js_acks import AckInbox
 from etl.sinks.copy_format import COLUMNS, format_batch
-from etl.sinks.graph import FALKOR_SCHEME, MERGE_CYPHER, as_lists, build_rows
-from etl.sinks.graph_falkor import query_text
-from etl.sinks.js_acks import AckInbox
+from etl.sinks.graph.backend import FALKOR_SCHEME
+from etl.sinks.graph.cypher import MERGE_CYPHER
+from etl.sinks.graph.falkordb_backend import query_text
+from etl.sinks.graph.rows import as_lists, build_rows
 from etl.sinks.nats_publish import encode, publish_headers
 
 CEILING_STREAM = "BENCH_CEILING"
@@ -171,9 +173,9 @@ def _merge_text(graph: Any, rows: list[list[Any]]) -> str:
 
 def enriched(payloads: Sequence[bytes]) -> list[Event]:
     """The raw events as the enrich pool makes them (pure code, no server)."""
-    from etl.enrich import enrich_batch
-    from etl.rdns import FakeResolver
-    from etl.validate import validate_batch
+    from etl.pipeline.enrich import enrich_batch
+    from etl.pipeline.validate import validate_batch
+    from etl.rdns.strategies import FakeResolver
 
     good, _ = validate_batch(payloads, max_bytes=2**20)
     return enrich_batch(good, env="bench", resolver=FakeResolver(), now=datetime.now(timezone.utc))

@@ -1,4 +1,4 @@
-"""End to end: the real bridge and worker pools (``etl.supervisor.Pipeline``), events published to
+"""End to end: the real bridge and worker pools (``etl.dev.supervisor.Pipeline``), events published to
 ``events.raw``, done when every event is in PostgreSQL, in the graph and on ``events.enriched``.
 
 Each run starts from empty servers and fresh processes, publishes a warm-up burst (processes started, sinks
@@ -17,7 +17,7 @@ import psutil
 
 from bench import _servers, load
 from bench.sampling import Costs, Sampler
-from etl.supervisor import Pipeline
+from etl.dev.supervisor import Pipeline
 
 WARMUP_EVENTS = 200
 WARMUP_TIMEOUT_S = 120.0
@@ -43,7 +43,7 @@ class RunResult:
 @dataclass(frozen=True)
 class Shape:
     """How the pipeline runs: events per batch, processes per pool (``None``: each pool's default, from
-    ``workers/pools.py``), and which actors (per event or batched)."""
+    ``etl/pools.py``), and which actors (per event or batched)."""
 
     batch: int
     processes: int | None = None

@@ -14,12 +14,12 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from etl.bridge import ensure_raw_stream
 from etl.config import Settings
-from etl.generator import generate, make_hosts, sample_event
-from etl.nats_conn import connect, send_frames
-from etl.sinks import hpub
-from etl.sinks.graph import GraphSink
+from etl.dev.generator import generate, make_hosts, sample_event
+from etl.natsio import hpub
+from etl.natsio.conn import connect, send_frames
+from etl.pipeline.bridge import ensure_raw_stream
+from etl.sinks.graph.sink import GraphSink
 
 HOSTS = 50
 PUBLISH_WINDOW = 2000  # JetStream publishes in flight before waiting for their acks
@@ -30,7 +30,7 @@ POLL_S = 0.1
 
 
 def events(count: int, *, seed: int) -> list[bytes]:
-    """``count`` realistic raw events (``etl.generator``), generated before any clock starts. Ids carry the
+    """``count`` realistic raw events (``etl.dev.generator``), generated before any clock starts. Ids carry the
     second of ``base_ms``, which ``seed`` moves by a thousand seconds: two seeds never share an id."""
     base_ms = int(time.time() * 1000) + seed * 1_000_000
     return list(generate(count, hosts=HOSTS, seed=seed, base_ms=base_ms))

@@ -1,4 +1,4 @@
-"""The Neo4j rows of ``bench/run``: FalkorDB's graph measurements repeated on a local Neo4j (``etl.devneo4j``).
+"""The Neo4j rows of ``bench/run``: FalkorDB's graph measurements repeated on a local Neo4j (``etl.dev.neo4jserver``).
 
 On the benchmark's own NATS, Redis and PostgreSQL, with a Neo4j server beside them (``_servers.with_graph``):
 
@@ -22,10 +22,10 @@ from typing import Any
 
 from bench import _servers, ceilings, e2e, load, stages
 from bench.report import Row, target
-from etl import devservers
-from etl.devservices import NEO4J
-from etl.generator import generate_hot
-from workers.pools import POOLS, pool_size
+from etl.dev import servers as devservers
+from etl.dev.generator import generate_hot
+from etl.dev.services import NEO4J
+from etl.pools import POOLS, pool_size
 
 POOL_SIZES = ((1, 1), (1, 2), (2, 1), (1, 4))
 # A JVM runs Neo4j's Cypher several times slower until its JIT has compiled the hot paths: about 60,000 events
@@ -106,7 +106,7 @@ def _measure(neo: _servers.Stack, payloads: list[bytes], enriched: list[dict[str
 
 def warm_up(neo: _servers.Stack, batch: int, say: Say) -> None:
     """Write ``WARMUP_EVENTS`` (generated, then hot) through the graph sink, one batch after another."""
-    from etl.sinks.graph import GraphSink
+    from etl.sinks.graph.sink import GraphSink
 
     started = time.monotonic()
     events = ceilings.enriched(load.events(WARMUP_EVENTS // 2, seed=9))

@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.overload --quick    # about 30 s
 
 Starts its own NATS, Redis, PostgreSQL and FalkorDB in a temporary directory and the real pipeline
-(``etl.supervisor.Pipeline``: the bridge process and one Dramatiq worker per pool). The slow sink is the graph
+(``etl.dev.supervisor.Pipeline``: the bridge process and one Dramatiq worker per pool). The slow sink is the graph
 database itself: the benchmark lets FalkorDB run only ``--sink-duty`` of the time (SIGSTOP/SIGCONT), so the
 graph pool becomes the bottleneck and the pipeline code stays exactly as in production. Then:
 
@@ -39,15 +39,16 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from bench import _servers
-from etl import devstack, report
-from etl.backlog import queue_depths
-from etl.bridge import ensure_raw_stream
 from etl.broker import QUEUES, redis_client
 from etl.config import Settings
-from etl.devservices import Servers
-from etl.generator import generate
-from etl.nats_conn import connect
-from etl.supervisor import Pipeline
+from etl.dev import stack as devstack
+from etl.dev.generator import generate
+from etl.dev.services import Servers
+from etl.dev.supervisor import Pipeline
+from etl.natsio.conn import connect
+from etl.ops import report
+from etl.pipeline.backlog import queue_depths
+from etl.pipeline.bridge import ensure_raw_stream
 
 DEFAULT_OVERLOAD_S = 20.0
 QUICK_OVERLOAD_S = 10.0

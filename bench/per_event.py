@@ -24,12 +24,12 @@ import orjson
 import psycopg2
 
 from etl import actors
-from etl.enrich import enrich_batch
-from etl.events import payload_bytes
+from etl.dev.supervisor import Pipeline
+from etl.pipeline.enrich import enrich_batch
+from etl.pipeline.events import payload_bytes
+from etl.pipeline.validate import validate_batch
+from etl.pools import POOLS, dramatiq_command
 from etl.sinks.timescale import connection_params
-from etl.supervisor import Pipeline
-from etl.validate import validate_batch
-from workers.pools import POOLS, dramatiq_command
 
 app = actors.app
 PE_QUEUES = {"enrich": "pe_enrich", "publish": "pe_publish", "timescale": "pe_timescale", "graph": "pe_graph"}
@@ -79,7 +79,7 @@ def enqueue_each(batch: list[bytes]) -> None:
 
 
 class PerEventPipeline(Pipeline):
-    """``etl.supervisor.Pipeline`` running the per-event actors and bridge of this module instead."""
+    """``etl.dev.supervisor.Pipeline`` running the per-event actors and bridge of this module instead."""
 
     def start_one(self, name: str) -> None:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
@@ -95,7 +95,7 @@ class PerEventPipeline(Pipeline):
         self._spawn(name, argv, env)
 
     def _port(self, name: str) -> int:
-        from etl.devservers import free_port
+        from etl.dev.servers import free_port
 
         return self.ports.setdefault(name, free_port())
 
@@ -103,7 +103,7 @@ class PerEventPipeline(Pipeline):
         import signal
         import subprocess
 
-        from etl.devservers import signal_when_parent_dies
+        from etl.dev.servers import signal_when_parent_dies
 
         with open(Path(self.log_dir) / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -112,7 +112,7 @@ class PerEventPipeline(Pipeline):
 
 
 def main() -> int:
-    from etl.bridge import Bridge, run_until_signalled
+    from etl.pipeline.bridge import Bridge, run_until_signalled
 
     bridge = Bridge(app.settings, enqueue_each, ack_wait_s=app.settings.nats_ack_wait_s)
     run_until_signalled(bridge)

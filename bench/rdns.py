@@ -3,9 +3,9 @@
     .venv/bin/python bench/rdns.py               # about 15 s
     .venv/bin/python bench/rdns.py --quick       # about 5 s
 
-Runs the enrich actor's code path on realistic batches from ``etl.generator`` (unpack the bridge's raw batch,
+Runs the enrich actor's code path on realistic batches from ``etl.dev.generator`` (unpack the bridge's raw batch,
 validate, enrich: ``rawbatch.unpack``, ``validate_batch``, ``enrich_batch``), in one thread, with no broker
-around it. ``ptr`` asks a real DNS server on loopback (``etl.ptrserver``) that has a PTR record for every host
+around it. ``ptr`` asks a real DNS server on loopback (``tests.support.ptrserver``) that has a PTR record for every host
 and peer address. Figures:
 
 - ``fake``: names derived from the address, no I/O;
@@ -23,14 +23,14 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from etl import rawbatch
 from etl.config import Settings
-from etl.enrich import destination_of, enrich_batch
-from etl.generator import generate
-from etl.ptr import PtrResolver
-from etl.ptrserver import PtrServer
-from etl.rdns import FakeResolver, Resolver
-from etl.validate import validate_batch
+from etl.dev.generator import generate
+from etl.pipeline import rawbatch
+from etl.pipeline.enrich import destination_of, enrich_batch
+from etl.pipeline.validate import validate_batch
+from etl.rdns.ptr import PtrResolver
+from etl.rdns.strategies import FakeResolver, Resolver
+from tests.support.ptrserver import PtrServer
 
 Batch = tuple[list[str], list[int]]
 MAX_EVENT_BYTES = 1024 * 1024

@@ -17,8 +17,8 @@ import redis
 
 from bench import _servers, load
 from bench.sampling import Costs, Sampler
-from etl.backlog import queue_depths
-from etl.supervisor import Pipeline
+from etl.dev.supervisor import Pipeline
+from etl.pipeline.backlog import queue_depths
 
 POLL_S = 0.02
 STAGE_TIMEOUT_S = 600.0

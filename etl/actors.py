@@ -7,7 +7,7 @@ broker to be set by the import, so the wiring happens here, once, from the envir
 # ruff: noqa: E402 - the metrics directory must be set before the imports below load prometheus_client.
 from __future__ import annotations
 
-from etl import workerenv
+from etl.runtime import workerenv
 
 workerenv.prepare()
 
@@ -18,13 +18,14 @@ from typing import Any
 import dramatiq
 import orjson
 
-from etl import gctune, rawbatch
 from etl.app import App, load_app
 from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE, AofSync
-from etl.enrich import enrich_batch as enrich_events
-from etl.isolation import write_or_split
-from etl.metrics import BATCH_SIZE, EVENTS, WRITE_SECONDS
-from etl.validate import validate_batch
+from etl.pipeline import rawbatch
+from etl.pipeline.enrich import enrich_batch as enrich_events
+from etl.pipeline.isolation import write_or_split
+from etl.pipeline.validate import validate_batch
+from etl.runtime import gctune
+from etl.runtime.metrics import BATCH_SIZE, EVENTS, WRITE_SECONDS
 
 log = logging.getLogger(__name__)
 Event = dict[str, Any]
@@ -50,7 +51,7 @@ def enrich_batch(raw: list[str], binary: list[int] | None = None) -> None:
 
 
 def _deliver(actor: dramatiq.Actor[Any, Any], sink_name: str, events: list[Event]) -> None:
-    """Write ``events`` to a sink, isolating poison events (see ``etl.isolation``)."""
+    """Write ``events`` to a sink, isolating poison events (see ``etl.pipeline.isolation``)."""
     sink = app.sinks.get(sink_name)
     with WRITE_SECONDS.labels(sink=sink_name).time():
         written = write_or_split(sink, events, actor.send)

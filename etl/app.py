@@ -11,15 +11,15 @@ from dramatiq.brokers.redis import RedisBroker
 
 from etl.broker import build_broker
 from etl.config import Settings, exit_on_config_error, load_settings
-from etl.dlq import DeadLetterStore
 from etl.errors import ConfigError
-from etl.logs import setup_logging
 from etl.middleware.circuit_breaker import CircuitBreakers
 from etl.middleware.dead_letters import DeadLetterOnFailure, FailureClock
 from etl.middleware.prometheus import PoolMetrics
-from etl.rdns import Resolver, resolver_for
+from etl.pipeline.dlq import DeadLetterStore
+from etl.rdns.strategies import Resolver, resolver_for
+from etl.runtime.logs import setup_logging
+from etl.runtime.workerenv import is_worker_process, process_name
 from etl.sinks.registry import CloseSinksOnShutdown, Sinks, sink_factories
-from etl.workerenv import is_worker_process, process_name
 
 SECONDS_PER_DAY = 86_400
 

@@ -21,7 +21,7 @@ from redis.sentinel import Sentinel
 from etl.config import Settings
 from etl.envvalues import parse_sentinels
 from etl.errors import PermanentError, TransientError
-from etl.redis_durability import DurableRedisBroker, PatientRetries
+from etl.runtime.redis_durability import DurableRedisBroker, PatientRetries
 
 log = logging.getLogger(__name__)
 

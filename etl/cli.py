@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from etl import config as settings_module
-from etl import devneo4j
 from etl.config import Settings
-from etl.devservices import GRAPH_BACKENDS, NEO4J
+from etl.dev import neo4jserver
+from etl.dev.services import GRAPH_BACKENDS, NEO4J
 
 # What is asked for needs a tool this machine lacks: like a bad setting (etl.config), nothing started, exit 2.
 EXIT_TOOLS_MISSING = 2
@@ -35,7 +35,7 @@ def config() -> None:
 @main.command()
 def migrate() -> None:
     """Apply the TimescaleDB schema and the graph constraints (idempotent)."""
-    from etl.devstack import migrate as apply
+    from etl.dev.stack import migrate as apply
 
     apply(load_settings())
     click.echo("schema applied")
@@ -47,7 +47,7 @@ def migrate() -> None:
 def health(pool: str) -> None:
     """Exit 0 when the local bridge or worker pool is healthy, 1 with the reason when not (for healthchecks)."""
     from etl.broker import redis_client
-    from etl.health import probe_process
+    from etl.ops.health import probe_process
 
     settings = load_settings()
     client = redis_client(settings)
@@ -65,7 +65,7 @@ def health(pool: str) -> None:
 @main.command(name="report")
 def report_cmd() -> None:
     """Print what reached each sink, as JSON."""
-    from etl import report
+    from etl.ops import report
 
     click.echo(json.dumps(report.collect(load_settings()).as_dict(), indent=2))
 
@@ -106,8 +106,8 @@ def dev(data_dir: Path, clean: bool, count: int, rate: float, hosts: int, no_gen
     summary on exit. Exit code 2 when Neo4j is asked for and Java or Maven is missing."""
     import shutil
 
-    from etl.devports import PortFlags
-    from etl.devstack import DevOptions, run_dev
+    from etl.dev.ports import PortFlags
+    from etl.dev.stack import DevOptions, run_dev
 
     if graph == NEO4J:
         _require_neo4j_toolchain()
@@ -125,8 +125,8 @@ def _require_neo4j_toolchain() -> None:
     """Before anything starts: where Java or Maven is missing, end with one line on stderr saying what to install,
     and exit code ``EXIT_TOOLS_MISSING``."""
     try:
-        devneo4j.toolchain()
-    except devneo4j.JavaMissing as e:
+        neo4jserver.toolchain()
+    except neo4jserver.JavaMissing as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(EXIT_TOOLS_MISSING) from None
 
@@ -148,7 +148,7 @@ def status_cmd(interval: float, once: bool, as_json: bool, metrics_urls: tuple[s
     """
     import logging
 
-    from etl import status
+    from etl.ops import status
 
     settings = load_settings()
     # The view names every source it cannot read; drivers' log lines would only tear the screen.
@@ -176,7 +176,7 @@ def dlq() -> None:
 
 def _store():  # type: ignore[no-untyped-def]
     from etl.broker import redis_client
-    from etl.dlq import DeadLetterStore
+    from etl.pipeline.dlq import DeadLetterStore
 
     settings = load_settings()
     return DeadLetterStore(redis_client(settings), retention_s=settings.dlq_retention_days * 86_400)
@@ -210,7 +210,7 @@ def dlq_show(entry_id: str) -> None:
 @click.argument("entry_ids", nargs=-1)
 def dlq_replay(stage: str | None, replay_all: bool, entry_ids: tuple[str, ...]) -> None:
     """Re-enqueue dead letters (by ID, by --stage, or --all) to the stage they failed in."""
-    from etl.replay import replay
+    from etl.ops.replay import replay
 
     if not (stage or replay_all or entry_ids):
         raise click.UsageError("name entries by ID, or use --stage S or --all")

@@ -23,7 +23,7 @@ DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 DEFAULT_PROCESSING_TIMEOUT_S = 30
 # PostgreSQL connections per worker process: Dramatiq's default thread count. bin/worker sets PG_POOL_SIZE from the
-# pool's own thread count (workers/pools.py), since each connection is opened at start and one thread uses one.
+# pool's own thread count (etl/pools.py), since each connection is opened at start and one thread uses one.
 DEFAULT_PG_POOL_SIZE = 8
 DEFAULT_RETRY_MAX = 8
 DEFAULT_RETRY_MIN_BACKOFF_MS = 500

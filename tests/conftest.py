@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import redis
 
-from etl import devneo4j, devservers
 from etl.config import Settings
+from etl.dev import neo4jserver
+from etl.dev import servers as devservers
 from tests import graphs
 
 _redis_db = itertools.count(1)
@@ -71,8 +72,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if any("neo4j" in item.nodeid or "neo4j_server" in getattr(item, "fixturenames", ())
            for item in session.items):
         try:
-            devneo4j.build()
-        except devneo4j.JavaMissing:
+            neo4jserver.build()
+        except neo4jserver.JavaMissing:
             pass
 
 
@@ -139,8 +140,8 @@ def make_settings(
 def start_pipeline(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start the real bridge and worker pools for some settings (schema applied first); at the end of the test,
     stop them and check that every process exited 0."""
-    from etl.devstack import migrate
-    from etl.supervisor import Pipeline
+    from etl.dev.stack import migrate
+    from etl.dev.supervisor import Pipeline
 
     started: list[Pipeline] = []
 

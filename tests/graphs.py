@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from etl import devneo4j
 from etl.config import Settings
-from etl.devservers import Server
-from etl.devservices import FALKORDB, GRAPH_BACKENDS, NEO4J, graph_env
-from etl.sinks.graph import FALKOR_SCHEME
+from etl.dev import neo4jserver
+from etl.dev.servers import Server
+from etl.dev.services import FALKORDB, GRAPH_BACKENDS, NEO4J, graph_env
+from etl.sinks.graph.backend import FALKOR_SCHEME
 
 __all__ = ["FALKORDB", "GRAPH_BACKENDS", "NEO4J", "graph_env"]  # the local default's names, used by the tests
 
@@ -33,11 +33,11 @@ def in_ci() -> bool:
 
 
 def require_neo4j(make: Callable[[], T]) -> T:
-    """``make()``, which needs Java and Maven (``devneo4j``). Without them the test skips, saying what to install;
+    """``make()``, which needs Java and Maven (``etl.dev.neo4jserver``). Without them the test skips, saying what to install;
     on CI (``CI=true``) it fails instead: CI must run every Neo4j test."""
     try:
         return make()
-    except devneo4j.JavaMissing as e:
+    except neo4jserver.JavaMissing as e:
         if in_ci():
             pytest.fail(f"CI must run the Neo4j tests: {e}", pytrace=False)
         skipped_for.add(str(e))
@@ -46,7 +46,7 @@ def require_neo4j(make: Callable[[], T]) -> T:
 
 def neo4j_server_or_skip(data_dir: Path) -> Server:
     """A Neo4j server under ``data_dir``, not started (see ``require_neo4j``)."""
-    return require_neo4j(lambda: devneo4j.neo4j_server(data_dir))
+    return require_neo4j(lambda: neo4jserver.neo4j_server(data_dir))
 
 
 def backend_of(settings: Settings) -> str:
@@ -114,7 +114,7 @@ class Neo4jProbe:
 
     def empty(self) -> None:
         """Empty the database: every node, relationship and constraint."""
-        devneo4j.empty_database(self._settings.neo4j_uri, self._settings.neo4j_user, self._settings.neo4j_password)
+        neo4jserver.empty_database(self._settings.neo4j_uri, self._settings.neo4j_user, self._settings.neo4j_password)
         for (name,) in self.rows("SHOW CONSTRAINTS YIELD name"):
             self.run(f"DROP CONSTRAINT `{name}` IF EXISTS")
 

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import redis
 
-from etl.backlog import Backlog, deepest, queue_depths
 from etl.broker import redis_client
 from etl.config import load_settings
-from etl.metrics import QUEUE_DEPTH
+from etl.pipeline.backlog import Backlog, deepest, queue_depths
+from etl.runtime.metrics import QUEUE_DEPTH
 
 log = logging.getLogger("workers.bridge")
 REDIS_PING_CACHE_S = 1.0
@@ -53,12 +53,12 @@ def redis_reachable(client: redis.Redis) -> Callable[[], str | None]:
 
 def main() -> int:
     settings = load_settings(os.environ)
-    from etl.logs import setup_logging
+    from etl.runtime.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format, process="bridge")
     from etl.actors import enqueue_raw  # sets up the broker the batches go to
-    from etl.bridge import Bridge, run_until_signalled
-    from etl.health import HealthServer
+    from etl.ops.health import HealthServer
+    from etl.pipeline.bridge import Bridge, run_until_signalled
 
     client = redis_client(settings)
     bridge = Bridge(settings, enqueue_raw, backlog=backlog_probe(client), ack_wait_s=settings.nats_ack_wait_s)

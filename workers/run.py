@@ -7,7 +7,7 @@ import sys
 
 from etl.config import exit_on_config_error
 from etl.errors import ConfigError
-from workers.pools import POOLS, dramatiq_command
+from etl.pools import POOLS, dramatiq_command
 
 
 def main(argv: list[str]) -> int:

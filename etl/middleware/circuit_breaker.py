@@ -28,7 +28,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 from etl.breaker import CircuitBreaker, State
 from etl.broker import QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE
 from etl.errors import SinkUnavailable
-from etl.metrics import BREAKER_STATE
+from etl.runtime.metrics import BREAKER_STATE
 
 log = logging.getLogger(__name__)
 

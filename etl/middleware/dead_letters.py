@@ -15,8 +15,8 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from etl.dlq import DeadLetter, DeadLetterStore
-from etl.redis_durability import patiently
+from etl.pipeline.dlq import DeadLetter, DeadLetterStore
+from etl.runtime.redis_durability import patiently
 
 log = logging.getLogger(__name__)
 

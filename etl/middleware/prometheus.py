@@ -1,8 +1,8 @@
 """Dramatiq's own Prometheus middleware, for the worker pools.
 
 In a worker process it counts messages, errors, retries and durations per queue and actor, and Dramatiq's main
-process serves every metric of its workers (ours included, see ``etl.workerenv``) on ``METRICS_PORT``. The bridge
-and the CLI enqueue through the same broker but never boot a worker: there the middleware stays inert.
+process serves every metric of its workers (ours included, see ``etl.runtime.workerenv``) on ``METRICS_PORT``. The
+bridge and the CLI enqueue through the same broker but never boot a worker: there the middleware stays inert.
 """
 
 from __future__ import annotations

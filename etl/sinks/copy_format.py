@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from etl.errors import SinkDataError
-from etl.events import payload_bytes
+from etl.pipeline.events import payload_bytes
 
 # The events table's columns, in the order ``event_row`` encodes them.
 COLUMNS = ("id", "time", "timestamp", "type", "source", "host_id", "env", "rdns", "dst_rdns", "metadata",

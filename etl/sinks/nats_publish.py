@@ -26,12 +26,11 @@ import orjson
 from nats.aio.client import Client
 from nats.js.api import StorageType
 
-from etl import nats_conn
 from etl.config import Settings
 from etl.errors import SinkDataError, SinkUnavailable
-from etl.sinks import hpub
+from etl.natsio import conn, hpub
+from etl.natsio.js_acks import AckInbox
 from etl.sinks.base import Event
-from etl.sinks.js_acks import AckInbox
 
 log = logging.getLogger(__name__)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -126,27 +125,27 @@ class NatsPublisher:
                 return
             self._start_loop()
             try:
-                self._call(self._open(), self._timeout_s + nats_conn.CONNECT_BUDGET_S)
+                self._call(self._open(), self._timeout_s + conn.CONNECT_BUDGET_S)
             except BaseException:
                 self._stop_loop()
                 raise
 
     async def _open(self) -> None:
         try:
-            nc = await nats_conn.connect(self._settings, "etl-publisher")
+            nc = await conn.connect(self._settings, "etl-publisher")
             try:
                 if self._stream is not None:
-                    await nats_conn.ensure_stream(
+                    await conn.ensure_stream(
                         nc.jetstream(timeout=self._timeout_s), self._stream, [self._subject],
                         storage=StorageType.FILE, duplicate_window=self._duplicate_window_s,
                         max_age=ENRICHED_STREAM_MAX_AGE_S, num_replicas=self._settings.nats_stream_replicas)
                     self._acks = AckInbox()
-                    with nats_conn.unavailable_as(nats_conn.NatsUnavailable, "cannot subscribe to publish acks"):
+                    with conn.unavailable_as(conn.NatsUnavailable, "cannot subscribe to publish acks"):
                         await self._acks.start(nc)
             except BaseException:
-                await nats_conn.close(nc)
+                await conn.close(nc)
                 raise
-        except nats_conn.NatsUnavailable as e:
+        except conn.NatsUnavailable as e:
             raise SinkUnavailable(str(e)) from e
         self._nc = nc
 
@@ -170,7 +169,7 @@ class NatsPublisher:
             if 2 * len(message[0]) + _HEADER_ROOM > limit and (size := wire_size(message, self._headers)) > limit:
                 raise SinkDataError(f"event {message[1][0]!r} is {size} bytes with headers, over the server's "
                                     f"max_payload of {limit}")
-        with nats_conn.unavailable_as(SinkUnavailable, f"cannot publish to {self._subject}"):
+        with conn.unavailable_as(SinkUnavailable, f"cannot publish to {self._subject}"):
             try:
                 if self._acks is None:
                     return await self._publish_core(nc, messages)
@@ -179,7 +178,7 @@ class NatsPublisher:
                 raise SinkDataError(f"an event is over the server's max_payload of {limit} bytes") from e
 
     async def _publish_core(self, nc: Client, messages: list[Message]) -> int:
-        await nats_conn.send_frames(nc, hpub.frames(self._subject, "", self._headers, messages))
+        await conn.send_frames(nc, hpub.frames(self._subject, "", self._headers, messages))
         await nc.flush(timeout=int(self._timeout_s))
         return len(messages)
 
@@ -187,7 +186,7 @@ class NatsPublisher:
         """Publish the batch with one reply subject and wait for the stream's answer to every message."""
         reply, acks, done = inbox.expect(len(messages))
         try:
-            await nats_conn.send_frames(nc, hpub.frames(self._subject, reply, self._headers, messages))
+            await conn.send_frames(nc, hpub.frames(self._subject, reply, self._headers, messages))
             await done
         finally:
             inbox.close_batch(reply)
@@ -210,7 +209,7 @@ class NatsPublisher:
 
     async def _check(self) -> None:
         nc = self._connected()
-        with nats_conn.unavailable_as(SinkUnavailable, "NATS did not answer"):
+        with conn.unavailable_as(SinkUnavailable, "NATS did not answer"):
             await nc.flush(timeout=int(self._timeout_s))
 
     def close(self) -> None:
@@ -221,7 +220,7 @@ class NatsPublisher:
             nc, self._nc = self._nc, None
             if nc is not None:
                 try:
-                    self._call(nats_conn.close(nc))
+                    self._call(conn.close(nc))
                 except SinkUnavailable as e:
                     log.warning("closing the NATS publisher timed out: %s", e)
             self._stop_loop()
@@ -259,8 +258,8 @@ class NatsPublisher:
 
 def _translated(error: BaseException) -> BaseException:
     """The sink's error for a stream's refusal of a publish (or ``error`` itself, for ``unavailable_as``)."""
-    if isinstance(error, nats.js.errors.APIError) and not isinstance(error, nats_conn.UNAVAILABLE_ERRORS):
+    if isinstance(error, nats.js.errors.APIError) and not isinstance(error, conn.UNAVAILABLE_ERRORS):
         if error.err_code == JS_ERR_MESSAGE_TOO_LARGE:
             return SinkDataError(f"the stream refused an event: {error.description}")
-        return SinkUnavailable(f"the stream refused a publish: {nats_conn.describe(error)}")
+        return SinkUnavailable(f"the stream refused a publish: {conn.describe(error)}")
     return error

@@ -33,7 +33,7 @@ def sink_factories(settings: Settings) -> dict[str, Callable[[], Sink]]:
         return TimescaleSink(settings)
 
     def graph() -> Sink:
-        from etl.sinks.graph import GraphSink
+        from etl.sinks.graph.sink import GraphSink
 
         return GraphSink(settings)
 

@@ -18,15 +18,15 @@ from typing import Any
 import orjson
 import psycopg2
 
-from etl import report
-from etl.bridge import ensure_raw_stream
 from etl.broker import redis_client
 from etl.config import Settings
-from etl.dlq import DeadLetter, DeadLetterStore
-from etl.enrich import destination_of
-from etl.generator import generate
-from etl.nats_conn import connect
-from etl.rdns import fake_name
+from etl.dev.generator import generate
+from etl.natsio.conn import connect
+from etl.ops import report
+from etl.pipeline.bridge import ensure_raw_stream
+from etl.pipeline.dlq import DeadLetter, DeadLetterStore
+from etl.pipeline.enrich import destination_of
+from etl.rdns.strategies import fake_name
 from tests.graphs import open_probe
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -218,6 +218,6 @@ def check_accounting(settings: Settings, events: Events, *, reasons: tuple[str, 
     check_dead_letters(settings, events.bad, reasons=reasons)
 
 
-# Reasons among the generator's malformed events (see ``etl.generator.MALFORMED``).
+# Reasons among the generator's malformed events (see ``etl.dev.generator.MALFORMED``).
 GENERATED_REASONS = ("not valid JSON", "must be a JSON object", "missing required field 'source'",
                      "field 'id' must be a non-empty string", "field 'timestamp' is not an ISO-8601 time")

@@ -19,12 +19,13 @@ import redis
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 
-from etl import devservers, report
-from etl.bridge import consumer_config, ensure_raw_stream
 from etl.broker import QUEUES, redis_client
 from etl.config import Settings
-from etl.nats_conn import UNAVAILABLE_ERRORS, connect
-from etl.supervisor import Pipeline
+from etl.dev import servers as devservers
+from etl.dev.supervisor import Pipeline
+from etl.natsio.conn import UNAVAILABLE_ERRORS, connect
+from etl.ops import report
+from etl.pipeline.bridge import consumer_config, ensure_raw_stream
 from tests.graphs import FALKORDB, graph_env, neo4j_server_or_skip
 from tests.waiting import wait_for
 

@@ -25,11 +25,11 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 from prometheus_client import REGISTRY
 
-from etl import rawbatch
-from etl.backlog import deepest, queue_depths
-from etl.bridge import Bridge, ensure_raw_stream
 from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE, QUEUES, build_broker
 from etl.config import Settings
+from etl.pipeline import rawbatch
+from etl.pipeline.backlog import deepest, queue_depths
+from etl.pipeline.bridge import Bridge, ensure_raw_stream
 
 EVENTS = 5000
 BATCH = 50
@@ -183,7 +183,7 @@ def queued_ids(client: redis.Redis) -> list[str]:
 def test_pauses_at_high_water_keeps_the_rest_in_jetstream_and_resumes_at_low_water(
     settings: Settings, broker: RedisBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="etl.backlog")
+    caplog.set_level(logging.INFO, logger="etl.pipeline.backlog")
     published = event_ids(EVENTS)
     enqueue, backlog, drainer = Enqueuer(broker), Backlog(broker.client), Drainer(broker)
     bridge = Bridge(settings, enqueue, backlog=backlog, backlog_poll_s=POLL_S)
@@ -236,7 +236,7 @@ def test_pauses_at_high_water_keeps_the_rest_in_jetstream_and_resumes_at_low_wat
     assert bridge.messages_enqueued == EVENTS
     assert max(enqueue.depths_after) == HIGH_WATER  # one replica: exactly high water, never a batch more
     assert queue_depths(broker.client)[QUEUE_ENRICH] == 0
-    transitions = [r.getMessage() for r in caplog.records if r.name == "etl.backlog"]
+    transitions = [r.getMessage() for r in caplog.records if r.name == "etl.pipeline.backlog"]
     # At high water, or one below it with the next batch on its way.
     assert any(t.startswith((f"bridge paused: a Dramatiq queue holds {HIGH_WATER} message(s)",
                              f"bridge paused: a Dramatiq queue holds {HIGH_WATER - 1} message(s) and 1 more"))

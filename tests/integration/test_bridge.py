@@ -15,14 +15,14 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo, StorageType
 
-from etl.bridge import (
+from etl.config import Settings
+from etl.pipeline.bridge import (
     DEFAULT_ACK_WAIT_S,
     MAX_ACK_PENDING_BATCHES,
     RAW_STREAM_RETENTION,
     Bridge,
     ensure_raw_stream,
 )
-from etl.config import Settings
 
 WAIT_S = 20.0
 STOP_BOUND_S = 3.0

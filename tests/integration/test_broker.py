@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from etl import devservers
 from etl.broker import AofSync
+from etl.dev import servers as devservers
 
 
 def test_waits_for_the_aof_fsync(redis_server: devservers.Server) -> None:

@@ -22,16 +22,17 @@ import dramatiq
 import pytest
 from prometheus_client import REGISTRY
 
-from etl import devservers, report
 from etl.app import build_app
 from etl.breaker import DEFAULT_MAX_COOLDOWN_GROWTH, State
-from etl.bridge import ensure_raw_stream
 from etl.broker import QUEUE_TIMESCALE, redis_client
 from etl.config import Settings
+from etl.dev import servers as devservers
+from etl.dev.generator import generate
+from etl.dev.supervisor import Pipeline
 from etl.errors import SinkUnavailable
-from etl.generator import generate
-from etl.nats_conn import connect
-from etl.supervisor import Pipeline
+from etl.natsio.conn import connect
+from etl.ops import report
+from etl.pipeline.bridge import ensure_raw_stream
 from tests.waiting import wait_for
 
 # A short retry budget: RETRY_MAX retries of at most RETRY_MAX_BACKOFF_MS each.
@@ -153,7 +154,7 @@ DURING_OUTAGE = 300
 BATCH = 10
 PIPELINE_COOLDOWN_MS = 500
 OUTAGE_S = 6.0
-TIMESCALE_THREADS = 4  # the timescale pool's default (workers/pools.py)
+TIMESCALE_THREADS = 4  # the timescale pool's default (etl/pools.py)
 OPENED = re.compile(r"circuit breaker timescale opened after (\d+ connection failures in a row|its probe failed)")
 PG_STOP_TIMEOUT_S = 15.0
 

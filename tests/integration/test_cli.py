@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from etl.broker import redis_client
 from etl.cli import main
 from etl.config import Settings
-from etl.dlq import DeadLetter, DeadLetterStore
+from etl.pipeline.dlq import DeadLetter, DeadLetterStore
 
 
 def test_bad_setting_exits_2_with_one_line() -> None:

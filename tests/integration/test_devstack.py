@@ -26,10 +26,10 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 
-from etl import devneo4j
 from etl.config import Settings
-from etl.devpublish import MALFORMED_EVERY
-from etl.devservers import free_port
+from etl.dev import neo4jserver
+from etl.dev.publish import MALFORMED_EVERY
+from etl.dev.servers import free_port
 from tests import graphs
 
 ETL = str(Path(sys.executable).parent / "etl")
@@ -39,8 +39,8 @@ START_TIMEOUT_S = 60.0
 SETTLE_TIMEOUT_S = 60.0
 EXIT_TIMEOUT_S = 60.0
 # A run on Neo4j also waits for its JVM; reading the graph back afterwards starts one again.
-NEO4J_RUN_TIMEOUT_S = devneo4j.START_TIMEOUT_S + START_TIMEOUT_S + SETTLE_TIMEOUT_S
-NEO4J_TEST_TIMEOUT_S = NEO4J_RUN_TIMEOUT_S + devneo4j.START_TIMEOUT_S + 60.0
+NEO4J_RUN_TIMEOUT_S = neo4jserver.START_TIMEOUT_S + START_TIMEOUT_S + SETTLE_TIMEOUT_S
+NEO4J_TEST_TIMEOUT_S = NEO4J_RUN_TIMEOUT_S + neo4jserver.START_TIMEOUT_S + 60.0
 CTRL_C = b"\x03"
 
 
@@ -287,13 +287,13 @@ def neo4j_built_or_skip() -> None:
     """Build the local Neo4j now (cached after the first time), so a run is not timed with Maven's downloads.
     Without Java or Maven the test skips, saying what to install; on CI (``CI=true``) it fails, as in
     ``tests.graphs``."""
-    graphs.require_neo4j(devneo4j.build)
+    graphs.require_neo4j(neo4jserver.build)
 
 
 @contextlib.contextmanager
 def neo4j_again(data_dir: Path, env: dict[str, str]) -> Iterator[None]:
     """Neo4j started again on a stopped stack's data, at the address and with the password the stack printed."""
-    server = devneo4j.neo4j_server(data_dir / "neo4j", urlsplit(env["NEO4J_URI"]).port,
+    server = neo4jserver.neo4j_server(data_dir / "neo4j", urlsplit(env["NEO4J_URI"]).port,
                                    password=env["NEO4J_PASSWORD"]).start()
     try:
         yield

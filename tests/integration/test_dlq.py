@@ -7,8 +7,8 @@ from pathlib import Path
 
 import redis
 
-from etl import devservers
-from etl.dlq import DeadLetter, DeadLetterStore
+from etl.dev import servers
+from etl.pipeline.dlq import DeadLetter, DeadLetterStore
 
 
 def store_on(port: int, db: int = 3, retention_s: float = 10**10) -> DeadLetterStore:
@@ -17,7 +17,7 @@ def store_on(port: int, db: int = 3, retention_s: float = 10**10) -> DeadLetterS
     return DeadLetterStore(client, retention_s=retention_s)
 
 
-def test_entries_keep_stage_reason_event_attempts_and_times(redis_server: devservers.Server) -> None:
+def test_entries_keep_stage_reason_event_attempts_and_times(redis_server: servers.Server) -> None:
     store = store_on(redis_server.port)
     raw = DeadLetter.for_raw("enrich", "BadEvent: not valid JSON", b"\xff oops")
     sink = DeadLetter("timescale", "SinkDataError: NUL byte", {"id": "e1"}, attempts=3, first_failure=100.0,
@@ -34,7 +34,7 @@ def test_entries_keep_stage_reason_event_attempts_and_times(redis_server: devser
     assert store.counts_by_stage() == {"enrich": 1, "timescale": 1}
 
 
-def test_the_same_failure_twice_is_one_entry(redis_server: devservers.Server) -> None:
+def test_the_same_failure_twice_is_one_entry(redis_server: servers.Server) -> None:
     store = store_on(redis_server.port)
     first = DeadLetter.for_raw("enrich", "BadEvent: x", b"[]", first_failure=10.0)
     second = DeadLetter.for_raw("enrich", "BadEvent: x", b"[]", first_failure=20.0, attempts=2)
@@ -45,7 +45,7 @@ def test_the_same_failure_twice_is_one_entry(redis_server: devservers.Server) ->
     assert (merged.occurrences, merged.attempts, merged.first_failure, merged.last_failure) == (2, 2, 10.0, 20.0)
 
 
-def test_retention_is_enforced_by_writers_and_purge_by_age(redis_server: devservers.Server) -> None:
+def test_retention_is_enforced_by_writers_and_purge_by_age(redis_server: servers.Server) -> None:
     store = store_on(redis_server.port, retention_s=3600)
     now = time.time()
     store.add([DeadLetter.for_raw("enrich", "old", b"1", first_failure=now - 7200),
@@ -56,7 +56,7 @@ def test_retention_is_enforced_by_writers_and_purge_by_age(redis_server: devserv
 
 
 def test_dead_letters_survive_a_redis_restart(tmp_path: Path) -> None:
-    server = devservers.redis_server(tmp_path / "redis").start()
+    server = servers.redis_server(tmp_path / "redis").start()
     try:
         store = DeadLetterStore(redis.Redis(port=server.port), retention_s=3600)
         store.add([DeadLetter.for_raw("enrich", f"BadEvent: {i}", b"%d" % i) for i in range(50)])
@@ -68,7 +68,7 @@ def test_dead_letters_survive_a_redis_restart(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_stage_counts_come_from_the_stage_indexes_and_follow_removals(redis_server: devservers.Server) -> None:
+def test_stage_counts_come_from_the_stage_indexes_and_follow_removals(redis_server: servers.Server) -> None:
     store = store_on(redis_server.port)
     store.add([DeadLetter.for_raw("enrich", "BadEvent: x", b"%d" % i, first_failure=1000.0 + i) for i in range(30)])
     store.add([DeadLetter("graph", "SinkDataError: y", {"id": f"g{i}"}, first_failure=2000.0, last_failure=2000.0)

@@ -13,11 +13,11 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from etl import report
 from etl.config import Settings
-from etl.dlq import DeadLetterStore
-from etl.generator import generate
-from etl.supervisor import Pipeline
+from etl.dev.generator import generate
+from etl.dev.supervisor import Pipeline
+from etl.ops import report
+from etl.pipeline.dlq import DeadLetterStore
 from tests.integration.accounting import (
     by_id,
     check_dead_letters,
@@ -109,9 +109,9 @@ def test_dead_letters_replay_to_their_stage_once_the_cause_is_fixed(settings: Se
     from datetime import datetime, timezone
 
     from etl.broker import redis_client
-    from etl.dlq import DeadLetter
-    from etl.enrich import enrich_batch
-    from etl.rdns import FakeResolver
+    from etl.pipeline.dlq import DeadLetter
+    from etl.pipeline.enrich import enrich_batch
+    from etl.rdns.strategies import FakeResolver
 
     raw_a, raw_b = generate(2, hosts=2, seed=21)
     enriched_b = enrich_batch([orjson.loads(raw_b)], env="test", resolver=FakeResolver(),

@@ -23,12 +23,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from etl import report
 from etl.broker import redis_client
 from etl.config import Settings
-from etl.devstack import migrate
-from etl.events import MAX_NESTING_DEPTH
-from etl.supervisor import Pipeline
+from etl.dev.stack import migrate
+from etl.dev.supervisor import Pipeline
+from etl.ops import report
+from etl.pipeline.events import MAX_NESTING_DEPTH
+from etl.pools import POOLS
 from tests.graphs import FALKORDB, GRAPH_BACKENDS
 from tests.integration.accounting import (
     ENRICH_REASONS,
@@ -55,7 +56,6 @@ from tests.integration.faults_support import (
     wait_stored,
 )
 from tests.waiting import wait_for
-from workers.pools import POOLS
 
 QUICK_EVENTS = 3000
 SOAK_EVENTS = int(os.environ.get("FAULTS_SOAK_EVENTS", "30000"))

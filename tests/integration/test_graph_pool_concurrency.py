@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from etl import devservers
 from etl.config import Settings
-from etl.devstack import migrate
-from etl.generator import generate_hot
-from etl.supervisor import Pipeline
+from etl.dev import servers
+from etl.dev.generator import generate_hot
+from etl.dev.stack import migrate
+from etl.dev.supervisor import Pipeline
+from etl.pools import POOLS
 from tests.graphs import NEO4J, graph_env, reset
 from tests.integration.accounting import by_id, check_graph, check_postgres, publish_all
 from tests.integration.faults_support import create_raw_consumer, diagnose, wait_settled
-from workers.pools import POOLS
 
 EVENTS = 3000
 SETTLE_S = 120.0
@@ -41,7 +41,7 @@ def reruns(port: int) -> dict[str, float]:
 @pytest.mark.parametrize(("processes", "threads"), [(1, 1), (1, 2), (2, 1), (1, 4)],
                          ids=["1x1", "1x2", "2x1", "1x4"])
 def test_concurrent_graph_writers_on_hub_nodes_merge_each_event_once(
-        processes: int, threads: int, make_settings: Callable[..., Settings], neo4j_server: devservers.Server,
+        processes: int, threads: int, make_settings: Callable[..., Settings], neo4j_server: servers.Server,
         tmp_path: Path) -> None:
     settings = make_settings(**graph_env(NEO4J, neo4j_server), MAX_BATCH_SIZE=100, BATCH_LINGER_MS=20)
     reset(settings)

@@ -16,20 +16,14 @@ import pytest
 from neo4j import GraphDatabase
 from prometheus_client import REGISTRY
 
-from etl import devservers
 from etl.config import Settings
+from etl.dev import servers
 from etl.errors import SinkDataError, SinkUnavailable
-from etl.sinks import graph
-from etl.sinks.graph import (
-    CREATE_CYPHER,
-    MERGE_CYPHER,
-    NODE_KEYS,
-    GraphSink,
-    KeyConflict,
-    as_lists,
-    build_rows,
-    connect_backend,
-)
+from etl.sinks.graph import sink as graph_sink
+from etl.sinks.graph.backend import KeyConflict
+from etl.sinks.graph.cypher import CREATE_CYPHER, MERGE_CYPHER, NODE_KEYS
+from etl.sinks.graph.rows import MAX_KEY_BYTES, as_lists, build_rows
+from etl.sinks.graph.sink import GraphSink, connect_backend
 from tests.graphs import (
     FALKORDB,
     GRAPH_BACKENDS,
@@ -199,8 +193,8 @@ def test_a_process_stored_between_the_read_and_the_write_is_merged(
             other.close()
             return stored
 
-    real = graph.connect_backend
-    monkeypatch.setattr(graph, "connect_backend", lambda s: Racing(real(s)))
+    real = graph_sink.connect_backend
+    monkeypatch.setattr(graph_sink, "connect_backend", lambda s: Racing(real(s)))
     sink = GraphSink(settings)
     sink.open()
     wait_for_constraints(probe)
@@ -321,7 +315,7 @@ def test_text_without_escapes_round_trips(sink: GraphSink, probe: Probe) -> None
 
 def test_write_to_a_closed_port_is_unavailable(settings: Settings) -> None:
     scheme = urlsplit(settings.neo4j_uri).scheme
-    down = GraphSink(Settings(**{**vars(settings), "neo4j_uri": f"{scheme}://127.0.0.1:{devservers.free_port()}"}))
+    down = GraphSink(Settings(**{**vars(settings), "neo4j_uri": f"{scheme}://127.0.0.1:{servers.free_port()}"}))
 
     with pytest.raises(SinkUnavailable):
         down.open()
@@ -384,14 +378,14 @@ def test_a_key_too_long_for_an_index_is_a_data_error_and_stores_nothing(sink: Gr
     # Neo4j refuses an index entry past about 8 KiB, and FalkorDB crashes past 4 KiB: the sink refuses such a key
     # on both backends alike, and takes one just under the limit.
     with pytest.raises(SinkDataError, match="host_id"):
-        sink.write([alice("e1"), event("e2", host_id="h" * (graph.MAX_KEY_BYTES + 1))])
-    assert sink.write([alice("e1"), event("e2", host_id="日" * (graph.MAX_KEY_BYTES // 3))]) == 2
+        sink.write([alice("e1"), event("e2", host_id="h" * (MAX_KEY_BYTES + 1))])
+    assert sink.write([alice("e1"), event("e2", host_id="日" * (MAX_KEY_BYTES // 3))]) == 2
     assert counts(probe)["Host"] == 2
 
 
 @pytest.mark.parametrize("backend", GRAPH_BACKENDS)
 def test_a_restarted_server_is_unavailable_then_recovers(backend: str, tmp_path: Path) -> None:
-    server = (devservers.redis_server(tmp_path, falkordb=True) if backend == FALKORDB
+    server = (servers.redis_server(tmp_path, falkordb=True) if backend == FALKORDB
               else neo4j_server_or_skip(tmp_path)).start()
     sink = GraphSink(Settings.from_env({**graph_env(backend, server), "GRAPH_NAME": "restart",
                                         "PROCESSING_TIMEOUT": "5"}))
@@ -417,7 +411,7 @@ def reruns(code: str) -> float:
 
 
 def test_neo4j_deadlock_is_run_again_and_counted(make_settings: Callable[..., Settings],
-                                                 neo4j_server: devservers.Server) -> None:
+                                                 neo4j_server: servers.Server) -> None:
     """Two batches lock the same hosts in opposite orders: Neo4j kills one with a deadlock, the driver runs it
     again, both are stored whole, and the deadlock is counted. (FalkorDB runs one write at a time: none there.)"""
     settings = make_settings(**graph_env(NEO4J, neo4j_server))

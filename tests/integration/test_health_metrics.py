@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from etl import devservers, report
 from etl.config import Settings
-from etl.devstack import migrate
-from etl.generator import generate
-from etl.supervisor import Pipeline
+from etl.dev import servers as devservers
+from etl.dev.generator import generate
+from etl.dev.stack import migrate
+from etl.dev.supervisor import Pipeline
+from etl.ops import report
 from tests.integration.accounting import publish_all
 from tests.waiting import wait_for
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import pytest
 from nats.js.api import StreamInfo
 
-from etl import devservers, report
-from etl.bridge import ensure_raw_stream
 from etl.config import Settings
+from etl.dev import servers
+from etl.dev.supervisor import Pipeline
 from etl.errors import ConfigError
-from etl.nats_conn import UNAVAILABLE_ERRORS, NatsUnavailable, connect, ensure_stream
-from etl.supervisor import Pipeline
+from etl.natsio.conn import UNAVAILABLE_ERRORS, NatsUnavailable, connect, ensure_stream
+from etl.ops import report
+from etl.pipeline.bridge import ensure_raw_stream
 from tests.integration.accounting import (
     GENERATED_REASONS,
     by_id,
@@ -55,14 +56,14 @@ SETTLE_TIMEOUT_S = 120.0
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devservers.NatsCluster]:
-    cluster = devservers.nats_cluster(tmp_path_factory.mktemp("nats-cluster"), CLUSTER_SIZE).start()
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.NatsCluster]:
+    cluster = servers.nats_cluster(tmp_path_factory.mktemp("nats-cluster"), CLUSTER_SIZE).start()
     yield cluster
     cluster.stop()
 
 
 @pytest.fixture
-def settings(make_settings: Callable[..., Settings], cluster: devservers.NatsCluster) -> Settings:
+def settings(make_settings: Callable[..., Settings], cluster: servers.NatsCluster) -> Settings:
     return make_settings(NATS_URL=cluster.urls, NATS_STREAM_REPLICAS=CLUSTER_SIZE, NATS_ACK_WAIT=ACK_WAIT_S,
                          MAX_BATCH_SIZE=50, BATCH_LINGER_MS=20, PROCESSING_TIMEOUT=PROCESSING_TIMEOUT_S,
                          RETRY_MIN_BACKOFF_MS=RETRY_MIN_BACKOFF_MS, RETRY_MAX_BACKOFF_MS=RETRY_MAX_BACKOFF_MS,
@@ -116,7 +117,7 @@ def watch_failover(settings: Settings, killed: str, load: SteadyPublisher, kille
 
 @pytest.mark.timeout(300)
 def test_pipeline_rides_out_the_raw_stream_leader_killed(
-    settings: Settings, cluster: devservers.NatsCluster, start_pipeline: Callable[..., Pipeline]
+    settings: Settings, cluster: servers.NatsCluster, start_pipeline: Callable[..., Pipeline]
 ) -> None:
     events = sample_events(EVENTS, seed=11)
     pipeline = start_pipeline(settings)
@@ -163,7 +164,7 @@ def test_an_existing_stream_keeps_its_replicas_with_a_warning(
         try:
             js = nc.jetstream()
             made = await ensure_stream(js, settings.nats_stream, [settings.nats_subject_raw], num_replicas=1)
-            with caplog.at_level(logging.WARNING, logger="etl.nats_conn"):
+            with caplog.at_level(logging.WARNING, logger="etl.natsio.conn"):
                 bound = await ensure_raw_stream(js, settings)
             return made, bound
         finally:
@@ -175,7 +176,7 @@ def test_an_existing_stream_keeps_its_replicas_with_a_warning(
 
 
 def test_more_replicas_than_nodes_is_refused_with_the_servers_reason(
-    make_settings: Callable[..., Settings], cluster: devservers.NatsCluster
+    make_settings: Callable[..., Settings], cluster: servers.NatsCluster
 ) -> None:
     settings = make_settings(NATS_URL=cluster.urls, NATS_STREAM_REPLICAS=CLUSTER_SIZE + 2)
 

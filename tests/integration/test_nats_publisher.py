@@ -13,8 +13,8 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from etl import devservers
 from etl.config import Settings
+from etl.dev import servers
 from etl.errors import SinkDataError, SinkUnavailable
 from etl.sinks.nats_publish import NatsPublisher
 
@@ -69,7 +69,7 @@ def ack_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     """Stream answers read straight from nats-py's parser (nats_conn.route_replies), or, as with a nats-py whose
     internals differ, through the subscription's callback."""
     if request.param == "callback":
-        monkeypatch.setattr("etl.sinks.js_acks.route_replies", lambda nc, sub, handler: False)
+        monkeypatch.setattr("etl.natsio.js_acks.route_replies", lambda nc, sub, handler: False)
     return str(request.param)
 
 
@@ -214,7 +214,7 @@ def test_outage_raises_unavailable_in_time_then_recovers(
     make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher],
     tmp_path: Path, stream: str,
 ) -> None:
-    server = devservers.nats_server(tmp_path / "nats").start()
+    server = servers.nats_server(tmp_path / "nats").start()
     try:
         overrides = {} if stream == "js" else {"NATS_ENRICHED_STREAM": ""}
         settings = make_settings(NATS_URL=f"nats://127.0.0.1:{server.port}", PROCESSING_TIMEOUT=TIMEOUT_S,
@@ -243,7 +243,7 @@ def test_hung_server_times_out_as_unavailable(
     tmp_path: Path, stream: str,
 ) -> None:
     """A server that is connected but not answering (SIGSTOP) costs ``processing_timeout_s``, not a hang."""
-    server = devservers.nats_server(tmp_path / "nats").start()
+    server = servers.nats_server(tmp_path / "nats").start()
     assert server.proc is not None
     try:
         overrides = {} if stream == "js" else {"NATS_ENRICHED_STREAM": ""}
@@ -265,7 +265,7 @@ def test_hung_server_times_out_as_unavailable(
 def test_open_fails_fast_without_a_server_and_close_is_idempotent(
     make_settings: Callable[..., Settings]
 ) -> None:
-    nowhere = f"nats://127.0.0.1:{devservers.free_port()}"
+    nowhere = f"nats://127.0.0.1:{servers.free_port()}"
     settings = make_settings(NATS_URL=nowhere, PROCESSING_TIMEOUT=TIMEOUT_S)
     publisher = NatsPublisher(settings)
     with pytest.raises(SinkUnavailable, match="cannot connect"):

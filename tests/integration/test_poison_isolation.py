@@ -17,13 +17,14 @@ import psycopg2
 import pytest
 
 from etl.config import Settings
-from etl.enrich import enrich_batch
+from etl.dev.generator import generate
 from etl.errors import SinkDataError
-from etl.generator import generate
-from etl.isolation import write_or_split
-from etl.rdns import FakeResolver
+from etl.pipeline.enrich import enrich_batch
+from etl.pipeline.isolation import write_or_split
+from etl.rdns.strategies import FakeResolver
 from etl.sinks.base import Sink
-from etl.sinks.graph import MAX_KEY_BYTES, GraphSink
+from etl.sinks.graph.rows import MAX_KEY_BYTES
+from etl.sinks.graph.sink import GraphSink
 from etl.sinks.nats_publish import NatsPublisher
 from etl.sinks.timescale import TimescaleSink
 from tests.integration.accounting import read_enriched

@@ -1,4 +1,4 @@
-"""The ptr resolver against a real DNS server on loopback (``etl.ptrserver``): answers, failures, the time
+"""The ptr resolver against a real DNS server on loopback (``tests.support.ptrserver``): answers, failures, the time
 budget, the cache, deduplication and concurrency. Every query the resolver makes is seen (and counted) by the
 server."""
 
@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from etl.config import Settings
-from etl.ptr import PtrResolver
-from etl.ptrserver import PtrServer
+from etl.rdns.ptr import PtrResolver
+from tests.support.ptrserver import PtrServer
 from tests.waiting import wait_for
 
 SERVFAIL_NET = "192.0.2.0/24"

@@ -10,10 +10,10 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-import etl.pull
-from etl.bridge import ensure_raw_stream
+import etl.natsio.pull
 from etl.config import Settings
-from etl.pull import ConsumerGone, PullFetcher
+from etl.natsio.pull import ConsumerGone, PullFetcher
+from etl.pipeline.bridge import ensure_raw_stream
 
 ACK_WAIT_S = 60.0
 
@@ -57,7 +57,7 @@ def test_a_fetch_returns_as_soon_as_its_batch_is_ready_whatever_late_answers_com
     """Under load a short request's end (408) can come after the next request was answered: that must not make a
     later fetch wait out its whole timeout while its message is there. Requests here expire 50 ms after the
     fetcher stopped waiting for them, so every short one ends late."""
-    monkeypatch.setattr(etl.pull, "EXPIRY_MARGIN_S", -0.05)
+    monkeypatch.setattr(etl.natsio.pull, "EXPIRY_MARGIN_S", -0.05)
     settings = make_settings()
 
     async def main() -> None:

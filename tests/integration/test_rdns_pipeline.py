@@ -16,13 +16,13 @@ import pytest
 from falkordb import FalkorDB
 from prometheus_client.parser import text_string_to_metric_families
 
-from etl import report
 from etl.config import Settings
-from etl.enrich import ENRICHMENT_VERSION, destination_of
-from etl.generator import generate
-from etl.ptrserver import PtrServer
-from etl.supervisor import Pipeline
+from etl.dev.generator import generate
+from etl.dev.supervisor import Pipeline
+from etl.ops import report
+from etl.pipeline.enrich import ENRICHMENT_VERSION, destination_of
 from tests.integration.accounting import publish_all, read_enriched
+from tests.support.ptrserver import PtrServer
 from tests.waiting import wait_for
 
 SERVFAIL_NET = "192.0.2.0/24"

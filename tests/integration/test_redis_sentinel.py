@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import redis
 
-from etl import devservers, report
 from etl.broker import AofSync, redis_client
 from etl.config import Settings
+from etl.dev import servers as devservers
 from etl.errors import TransientError
+from etl.ops import report
 from tests.integration.accounting import check_accounting, sample_events
 from tests.integration.faults_support import SteadyPublisher, create_raw_consumer, wait_settled, wait_stored
 from tests.waiting import wait_for

@@ -13,10 +13,11 @@ import redis
 from falkordb import FalkorDB
 from neo4j import GraphDatabase
 
-from etl import devneo4j, devservers
 from etl.config import Settings
+from etl.dev import neo4jserver
+from etl.dev import servers as devservers
 from etl.errors import SinkUnavailable
-from etl.sinks.graph import GraphSink
+from etl.sinks.graph.sink import GraphSink
 
 
 def test_nats_has_jetstream(nats_server: devservers.Server) -> None:
@@ -47,9 +48,9 @@ def test_neo4j_is_the_compose_files_community_minor_with_bolt_and_a_password(neo
     password = neo4j_server.password  # type: ignore[attr-defined]
     with GraphDatabase.driver(f"bolt://127.0.0.1:{neo4j_server.port}", auth=("neo4j", password)) as driver:
         [record] = driver.execute_query("CALL dbms.components() YIELD versions, edition RETURN *").records
-    assert record["edition"] == "community" and record["versions"] == [devneo4j.neo4j_version()]
+    assert record["edition"] == "community" and record["versions"] == [neo4jserver.neo4j_version()]
     compose = (Path(__file__).parents[2] / "docker-compose.yml").read_text()
-    assert f"image: neo4j:{devneo4j.neo4j_version().rsplit('.', 1)[0]}-community" in compose
+    assert f"image: neo4j:{neo4jserver.neo4j_version().rsplit('.', 1)[0]}-community" in compose
 
 
 def test_neo4j_refuses_a_wrong_password_and_the_sink_says_unavailable(neo4j_server: devservers.Server) -> None:

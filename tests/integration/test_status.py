@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from etl import report
 from etl.broker import QUEUES
 from etl.config import Settings
-from etl.devservers import free_port
-from etl.devstack import migrate
-from etl.generator import generate
-from etl.status import CLEAR_SCREEN, SINKS
-from etl.supervisor import Pipeline
+from etl.dev.generator import generate
+from etl.dev.servers import free_port
+from etl.dev.stack import migrate
+from etl.dev.supervisor import Pipeline
+from etl.ops import report
+from etl.ops.status import CLEAR_SCREEN, SINKS
 from tests.integration.accounting import publish_all
 from tests.waiting import wait_for
 

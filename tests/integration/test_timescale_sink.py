@@ -13,8 +13,8 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from etl import devservers
 from etl.config import Settings
+from etl.dev import servers
 from etl.errors import SinkDataError, SinkUnavailable, TransientError
 from etl.sinks.timescale import APPLICATION_NAME, TimescaleSink, translate_error
 
@@ -102,7 +102,7 @@ def test_duplicates_inside_a_batch_are_stored_once(sink: TimescaleSink, settings
 
 
 def test_empty_batch_touches_nothing(settings: Settings) -> None:
-    sink = TimescaleSink(Settings(pg_port=devservers.free_port()))
+    sink = TimescaleSink(Settings(pg_port=servers.free_port()))
     assert sink.write([]) == 0
 
 
@@ -186,7 +186,7 @@ def test_timestamp_out_of_range_is_a_data_error(sink: TimescaleSink) -> None:
 
 def test_check_and_unreachable_server(sink: TimescaleSink, make_settings: Callable[..., Settings]) -> None:
     sink.check()
-    down = TimescaleSink(make_settings(PG_PORT=str(devservers.free_port())))
+    down = TimescaleSink(make_settings(PG_PORT=str(servers.free_port())))
     try:
         with pytest.raises(SinkUnavailable, match="refused"):
             down.check()

@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from etl import devservers
 from etl.config import Settings
+from etl.dev import servers as devservers
 from etl.errors import SinkUnavailable
-from etl.nats_conn import NatsUnavailable, connect
+from etl.natsio.conn import NatsUnavailable, connect
 from etl.sinks.timescale import TimescaleSink, connection_params
 
 

@@ -9,8 +9,8 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from etl.backlog import BacklogGate, Backpressure, deepest
 from etl.config import Settings
+from etl.pipeline.backlog import BacklogGate, Backpressure, deepest
 
 STOP_BOUND_S = 1.0
 POLL_S = 0.01

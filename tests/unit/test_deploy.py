@@ -25,10 +25,11 @@ import yaml
 from dramatiq.cli import make_argument_parser
 from prometheus_client.metrics import MetricWrapperBase
 
-from etl import cli, metrics
+from etl import cli
 from etl.broker import QUEUES
 from etl.config import ENV_VARS, Settings
-from workers.pools import POOLS, dramatiq_command
+from etl.pools import POOLS, dramatiq_command
+from etl.runtime import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

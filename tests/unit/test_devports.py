@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from etl.devports import BRIDGE, HOST, Endpoints, PortError, PortFlags, describe, export_lines
-from etl.devservices import FALKORDB, GRAPH_BACKENDS, NEO4J
+from etl.dev.ports import BRIDGE, HOST, Endpoints, PortError, PortFlags, describe, export_lines
+from etl.dev.services import FALKORDB, GRAPH_BACKENDS, NEO4J
 from etl.errors import ConfigError
 
 POOLS = ("enrich", "publish", "timescale", "graph")

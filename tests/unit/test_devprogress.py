@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from etl.config import Settings
-from etl.devprogress import HEARTBEAT_S, Progress, Sent, idle, progress_frame, progress_line, summary, unaccounted
-from etl.status import STAGES, Snapshot
+from etl.dev.progress import HEARTBEAT_S, Progress, Sent, idle, progress_frame, progress_line, summary, unaccounted
+from etl.ops.status import STAGES, Snapshot
 
 SETTINGS = Settings()
 NO_RATES = dict.fromkeys(STAGES)

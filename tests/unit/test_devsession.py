@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from etl.devsession import LOCK_FILE, StopSignals, locked_data_dir, surviving_hangup
+from etl.dev.session import LOCK_FILE, StopSignals, locked_data_dir, surviving_hangup
 from etl.errors import EtlError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from etl.dnscache import DnsCache, TtlPolicy
+from etl.rdns.cache import DnsCache, TtlPolicy
 
 POLICY = TtlPolicy(min_ttl_s=60, max_ttl_s=3600, negative_ttl_s=30)
 

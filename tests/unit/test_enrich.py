@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from etl.config import Settings
-from etl.enrich import ENRICHMENT_VERSION, destination_of, enrich_batch, format_time, host_of
-from etl.ptr import PtrResolver, ptr_address
-from etl.rdns import FakeResolver, OffResolver, fake_name, resolver_for
+from etl.pipeline.enrich import ENRICHMENT_VERSION, destination_of, enrich_batch, format_time, host_of
+from etl.rdns.ptr import PtrResolver, ptr_address
+from etl.rdns.strategies import FakeResolver, OffResolver, fake_name, resolver_for
 
 NOW = datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
 

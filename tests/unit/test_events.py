@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from etl.errors import BadEvent
-from etl.events import parse_event, payload_bytes
+from etl.pipeline.events import parse_event, payload_bytes
 
 MAX = 1024 * 1024
 ARGS = {"dst_ip": "203.0.113.10", "dst_port": 443}

@@ -1,5 +1,5 @@
-"""The sample events of ``etl dev`` and the benchmarks (``etl.generator``), and how the local generator
-(``etl.devpublish``) mixes in malformed ones and keeps to its rate."""
+"""The sample events of ``etl dev`` and the benchmarks (``etl.dev.generator``), and how the local generator
+(``etl.dev.publish``) mixes in malformed ones and keeps to its rate."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from collections import defaultdict
 import orjson
 import pytest
 
-from etl import devpublish
 from etl.config import Settings
-from etl.devpublish import CHUNK, MALFORMED_EVERY, Generator, malformed_every
+from etl.dev import publish
+from etl.dev.generator import USERS, generate
+from etl.dev.publish import CHUNK, MALFORMED_EVERY, Generator, malformed_every
 from etl.errors import BadEvent
-from etl.events import parse_event
-from etl.generator import USERS, generate
+from etl.pipeline.events import parse_event
 
 MAX_BYTES = Settings().max_event_bytes
 
@@ -104,7 +104,7 @@ def test_one_malformed_in_200_and_at_least_one_from_two_events(count: int, every
 
 @pytest.mark.parametrize("count", [1, 2, 3, 199, 200, 201, 1000])
 def test_the_sample_has_the_malformed_events_the_help_promises(count: int) -> None:
-    malformed = sum(map(is_malformed, devpublish.sample_events(count, hosts=5)))
+    malformed = sum(map(is_malformed, publish.sample_events(count, hosts=5)))
     assert malformed == (0 if count < 2 else max(1, count // MALFORMED_EVERY))
 
 

@@ -15,24 +15,18 @@ from neo4j import exceptions as neo
 
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
-from etl.sinks import graph_falkor, graph_neo4j
-from etl.sinks.graph import (
+from etl.sinks.graph import falkordb_backend, neo4j_backend
+from etl.sinks.graph.backend import KeyConflict
+from etl.sinks.graph.cypher import (
     CREATE_CYPHER,
-    MAX_KEY_BYTES,
     MERGE_CYPHER,
     NAMED_CREATE_CYPHER,
     NAMED_MERGE_CYPHER,
     NODE_KEYS,
-    ROW_FIELDS,
-    GraphSink,
-    KeyConflict,
-    as_lists,
-    build_row,
-    build_rows,
-    compose_key,
     positional,
-    process_keys,
 )
+from etl.sinks.graph.rows import MAX_KEY_BYTES, ROW_FIELDS, as_lists, build_row, build_rows, compose_key, process_keys
+from etl.sinks.graph.sink import GraphSink
 
 
 def event(event_id: str = "event-1", **metadata: Any) -> dict[str, Any]:
@@ -227,11 +221,11 @@ def test_rows_go_as_lists_in_field_order() -> None:
 
 def test_falkordb_header_is_json_unless_a_value_needs_an_escape() -> None:
     plain = as_lists([build_row(event(host_id="h", user="日本語 `x` {a,b}: 'q'"))])
-    assert graph_falkor.query_text(CREATE_CYPHER, plain) == (
+    assert falkordb_backend.query_text(CREATE_CYPHER, plain) == (
         f"CYPHER rows={orjson.dumps(plain).decode()} {CREATE_CYPHER}")
     for tricky in ('say "hi"', "back\\slash", "new\nline", "tab\t", "bell\x07"):
         rows = as_lists([build_row(event(host_id="h", user=tricky))])
-        assert graph_falkor.query_text(CREATE_CYPHER, rows) is None, tricky
+        assert falkordb_backend.query_text(CREATE_CYPHER, rows) is None, tricky
 
 
 def test_sink_does_not_connect_when_built() -> None:
@@ -267,7 +261,7 @@ def neo4j_error(code: str, message: str = "from the server") -> Exception:
     ],
 )
 def test_neo4j_errors_are_translated(err: Exception, expected: type[EtlError]) -> None:
-    translated = graph_neo4j.translate(err, "write")
+    translated = neo4j_backend.translate(err, "write")
     assert type(translated) is expected
     assert str(translated).startswith("Neo4j write: ")
 
@@ -289,13 +283,13 @@ def test_neo4j_errors_are_translated(err: Exception, expected: type[EtlError]) -
     ],
 )
 def test_falkordb_errors_are_translated(err: Exception, expected: type[EtlError]) -> None:
-    translated = graph_falkor.translate(err, "write")
+    translated = falkordb_backend.translate(err, "write")
     assert type(translated) is expected
     assert str(translated).startswith("FalkorDB write: ")
 
 
 def test_neo4j_constraints_are_idempotent_ddl_one_per_key() -> None:
-    statements = graph_neo4j.constraint_statements()
+    statements = neo4j_backend.constraint_statements()
     assert len(statements) == len(NODE_KEYS)
     assert all(" IF NOT EXISTS FOR (n:" in s and s.endswith(" IS UNIQUE") for s in statements)
     user = "CREATE CONSTRAINT user_key_unique IF NOT EXISTS FOR (n:User) REQUIRE n.key IS UNIQUE"
@@ -309,12 +303,12 @@ def test_every_attempt_after_a_failed_one_is_counted_by_that_failures_code() -> 
         return REGISTRY.get_sample_value("etl_graph_write_reruns_total", {"code": code}) or 0.0
 
     deadlock = "Neo.TransientError.Transaction.DeadlockDetected"
-    before = (reruns(deadlock), reruns(graph_neo4j.OTHER_FAILURE))
-    attempts = graph_neo4j._Attempts()  # noqa: SLF001 - the bookkeeping of one write, as the driver drives it
+    before = (reruns(deadlock), reruns(neo4j_backend.OTHER_FAILURE))
+    attempts = neo4j_backend._Attempts()  # noqa: SLF001 - the bookkeeping of one write, as the driver drives it
     attempts.made, attempts.failed = 3, {0: deadlock}  # failed in its statement, then at commit, then done
     attempts.count_reruns()
-    assert (reruns(deadlock), reruns(graph_neo4j.OTHER_FAILURE)) == (before[0] + 1, before[1] + 1)
-    once = graph_neo4j._Attempts()  # noqa: SLF001
+    assert (reruns(deadlock), reruns(neo4j_backend.OTHER_FAILURE)) == (before[0] + 1, before[1] + 1)
+    once = neo4j_backend._Attempts()  # noqa: SLF001
     once.made = 1
     once.count_reruns()
-    assert (reruns(deadlock), reruns(graph_neo4j.OTHER_FAILURE)) == (before[0] + 1, before[1] + 1)
+    assert (reruns(deadlock), reruns(neo4j_backend.OTHER_FAILURE)) == (before[0] + 1, before[1] + 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import nats.aio.client as nats_client
 from nats.protocol import command
 
-from etl.sinks import hpub
+from etl.natsio import hpub
 
 NAMES = ("Nats-Msg-Id", "x-host-id", "x-event-type", "x-timestamp")
 VALUES = ("ev-1", "host-1", "exec", "17")  # as nats_publish.encode makes them: stripped

@@ -5,8 +5,8 @@ from __future__ import annotations
 import nats.js.errors
 import pytest
 
-from etl.nats_conn import NO_RESPONDERS_STATUS
-from etl.sinks.js_acks import BatchAcks
+from etl.natsio.conn import NO_RESPONDERS_STATUS
+from etl.natsio.js_acks import BatchAcks
 
 STORED = b'{"stream":"EVENTS_ENRICHED","seq":7}'
 DUPLICATE = b'{"stream":"EVENTS_ENRICHED","seq":7,"duplicate":true}'

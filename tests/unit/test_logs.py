@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from etl.logs import resolve_format, setup_logging
+from etl.runtime.logs import resolve_format, setup_logging
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from etl.config import Settings
-from etl.nats_conn import auth_options, url_credentials
+from etl.natsio.conn import auth_options, url_credentials
 
 
 @pytest.mark.parametrize(("urls", "options"), [

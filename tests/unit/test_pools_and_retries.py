@@ -10,7 +10,7 @@ import pytest
 
 from etl.broker import QUEUES, retry_when
 from etl.errors import ConfigError, SinkDataError, SinkUnavailable
-from workers.pools import POOLS, dramatiq_command
+from etl.pools import POOLS, dramatiq_command
 
 
 def test_each_pool_runs_dramatiq_on_its_own_queue_with_bounded_prefetch() -> None:

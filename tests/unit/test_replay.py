@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from etl.dlq import DeadLetter
-from etl.replay import plan
+from etl.ops.replay import plan
+from etl.pipeline.dlq import DeadLetter
 
 
 def test_entries_are_grouped_by_stage_in_batches() -> None:

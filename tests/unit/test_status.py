@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from etl import status
-from etl.backlog import Backpressure
 from etl.config import Settings
-from etl.status import STAGES, ProcessMetrics, Snapshot
+from etl.ops import status
+from etl.ops.status import STAGES, ProcessMetrics, Snapshot
+from etl.pipeline.backlog import Backpressure
 
 SETTINGS = Settings()
 ALL_UNKNOWN = dict.fromkeys(STAGES)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from etl import rawbatch
-from etl.validate import validate_batch
+from etl.pipeline import rawbatch
+from etl.pipeline.validate import validate_batch
 
 
 def test_raw_batches_round_trip_including_invalid_utf8() -> None:

@@ -1,0 +1,1 @@
+"""The local default (``etl dev``): the servers it starts, their ports, the generator, progress."""

@@ -1,0 +1,1 @@
+"""The NATS wire layer: connections, pull consumption, raw frames and JetStream acks."""

@@ -1,0 +1,316 @@
+"""The ONE place that opens a NATS connection, and the stream set-up every NATS user of ours shares.
+
+Connection failures are translated here, where they enter our code: a server that cannot be reached surfaces
+as ``NatsUnavailable`` (a ``TransientError``); a stream the server refuses to set up as ``ConfigError``.
+All durations are seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import ssl
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig, StreamInfo
+
+from etl.config import Settings
+from etl.envvalues import redact_url
+from etl.errors import ConfigError, TransientError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONNECT_TIMEOUT_S = 2
+DEFAULT_RECONNECT_WAIT_S = 1
+# The first connect retries this many times after its first attempt, so a process started without NATS fails
+# within CONNECT_BUDGET_S; once connected, the client reconnects forever.
+INITIAL_CONNECT_RETRIES = 2
+RECONNECT_FOREVER = -1
+CONNECT_BUDGET_S = float((INITIAL_CONNECT_RETRIES + 1) * DEFAULT_CONNECT_TIMEOUT_S
+                         + INITIAL_CONNECT_RETRIES * DEFAULT_RECONNECT_WAIT_S)
+# A dead peer is noticed after about PING_INTERVAL x MAX_OUTSTANDING_PINGS seconds (the default is 4 minutes).
+DEFAULT_PING_INTERVAL_S = 10
+DEFAULT_MAX_OUTSTANDING_PINGS = 3
+DEFAULT_DRAIN_TIMEOUT_S = 5
+# A server's status reply (to a request with a reply subject) is a message with these headers, as nats-py parses it.
+STATUS_HEADER = "Status"
+DESCRIPTION_HEADER = "Description"
+NO_RESPONDERS_STATUS = "503"  # nothing subscribes to the request's subject (e.g. no stream captures it)
+CONTROL_STATUS = "100"  # a heartbeat or flow control
+
+
+def status_of(msg: Msg) -> str | None:
+    """The status code a server reply carries, or ``None`` for an ordinary message."""
+    return msg.headers.get(STATUS_HEADER) if msg.headers else None
+
+
+async def send_frames(nc: Client, data: bytes) -> None:
+    """Queue protocol frames formatted beforehand (``etl.natsio.hpub``) on ``nc``, as its ``publish`` queues one
+    frame, and wake its flusher. Uses the two private methods of nats-py's ``Client`` that ``publish`` itself
+    calls (nats-py is pinned in requirements.txt; tests/integration/test_nats_publisher.py reads back what this
+    sends). Raises ``nats.errors.ConnectionClosedError`` on a closed connection.
+    """
+    if nc.is_closed:
+        raise nats.errors.ConnectionClosedError
+    await nc._send_command(data)  # noqa: SLF001
+    await nc._flush_pending()  # noqa: SLF001
+
+
+# What route_replies hands each message of its subscription: (subject, payload, status or None).
+ReplyHandler = Callable[[bytes, bytes, "str | None"], None]
+
+
+def route_replies(nc: Client, sub: Subscription, handler: ReplyHandler) -> bool:
+    """Hand every message of ``sub`` to ``handler`` as it is parsed, instead of through nats-py's ``Msg``, the
+    subscription's queue and its callback task (which cost about 3 µs a message: most of a JetStream publisher's
+    CPU is reading one PubAck per message). Returns ``False``, changing nothing, when this nats-py lacks the
+    private hooks used (``Client._process_msg``, ``Client._process_headers``, ``Subscription._id``): the
+    subscription's own callback then keeps working. nats-py resubscribes with the same id after a reconnection,
+    so the routing survives it. ``handler`` runs on the connection's event loop and must not raise.
+    """
+    original = getattr(nc, "_process_msg", None)
+    parse_headers = getattr(nc, "_process_headers", None)
+    sid = getattr(sub, "_id", None)
+    if not (inspect.iscoroutinefunction(original) and inspect.iscoroutinefunction(parse_headers)
+            and isinstance(sid, int)):
+        return False
+    stats = nc.stats
+
+    async def process_msg(msg_sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if msg_sid != sid:
+            await original(msg_sid, subject, reply, data, headers)
+            return
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        status = None
+        if headers:  # only a status reply (no responders) carries headers here
+            parsed = await parse_headers(headers)
+            status = parsed.get(STATUS_HEADER) if parsed else None
+        handler(subject, data, status)
+
+    nc._process_msg = process_msg  # type: ignore[method-assign]  # noqa: SLF001
+    return True
+
+
+# Driver errors meaning "the server is not there right now": worth a retry, never the data's fault.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.NoServersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.ServerError,
+    asyncio.TimeoutError,
+    OSError,
+)
+
+
+class NatsUnavailable(TransientError):
+    """The NATS server cannot be reached, or did not answer in time."""
+
+
+def describe(error: BaseException) -> str:
+    """A one-line description of a driver error: many nats-py errors have an empty ``str``."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+@contextmanager
+def unavailable_as(error_type: type[TransientError], what: str) -> Iterator[None]:
+    """Re-raise any of ``UNAVAILABLE_ERRORS`` inside the block as ``error_type("<what>: <cause>")``."""
+    try:
+        yield
+    except UNAVAILABLE_ERRORS as e:
+        raise error_type(f"{what}: {describe(e)}") from e
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """A TLS context when NATS_TLS_* is set or the URL says ``tls://``; None for plain connections.
+
+    The CA verifies the server (the system's CAs when NATS_TLS_CA is empty); cert and key authenticate us.
+    """
+    tls_url = any(url.startswith("tls://") for url in settings.nats_servers)
+    if not (settings.nats_tls_ca or settings.nats_tls_cert or tls_url):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.nats_tls_ca or None)
+    if settings.nats_tls_cert:
+        context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+    return context
+
+
+def auth_options(settings: Settings) -> dict[str, Any]:
+    """TLS and a credentials file as nats-py takes them. A user and password or a token go in NATS_URL."""
+    options: dict[str, Any] = {}
+    context = tls_context(settings)
+    if context is not None:
+        options["tls"] = context
+    if settings.nats_creds:
+        options["user_credentials"] = settings.nats_creds
+    return {**url_credentials(settings.nats_servers), **options}
+
+
+def url_credentials(urls: list[str]) -> dict[str, str]:
+    """The user and password, or token, that every URL of ``urls`` carries alike, as nats-py options.
+
+    nats-py sends a URL's credentials only to that URL's server, not to the cluster members it learns of
+    from the server: as options they go to every server. Empty when the URLs carry none, or differ.
+    """
+    found = {(parts.username, parts.password) for parts in map(urlsplit, urls)}
+    if len(found) != 1:
+        return {}
+    user, password = found.pop()
+    if user is None:
+        return {}
+    return {"token": user} if password is None else {"user": user, "password": password}
+
+
+async def connect(settings: Settings, name: str) -> Client:
+    """Connect to any server of ``settings.nats_url`` (a list of seeds), labelled ``name`` in the server's
+    monitoring. Servers the cluster announces join the pool, so a reconnect also tries members not listed.
+
+    Gives up within ``CONNECT_BUDGET_S`` seconds and raises ``NatsUnavailable``; once
+    connected, the client reconnects forever and buffers publishes while it does. Callbacks log every
+    disconnection, reconnection and asynchronous error.
+    """
+    nc = Client()
+    url = redact_url(settings.nats_url)
+
+    async def on_error(e: Exception) -> None:
+        log.warning("NATS %s: %s", name, describe(e), extra={"nats_client": name})
+
+    async def on_disconnected() -> None:
+        if not nc.is_closed:  # a close also reports a disconnection first
+            log.warning("NATS %s disconnected from %s; reconnecting", name, url, extra={"nats_client": name})
+
+    async def on_reconnected() -> None:
+        log.info("NATS %s reconnected to %s", name, connected_url(nc) or url, extra={"nats_client": name})
+
+    async def on_closed() -> None:
+        log.info("NATS %s connection closed", name, extra={"nats_client": name})
+
+    attempt = nc.connect(
+        servers=settings.nats_servers, name=name,
+        connect_timeout=DEFAULT_CONNECT_TIMEOUT_S, reconnect_time_wait=DEFAULT_RECONNECT_WAIT_S,
+        max_reconnect_attempts=INITIAL_CONNECT_RETRIES, ping_interval=DEFAULT_PING_INTERVAL_S,
+        max_outstanding_pings=DEFAULT_MAX_OUTSTANDING_PINGS, drain_timeout=DEFAULT_DRAIN_TIMEOUT_S,
+        error_cb=on_error, disconnected_cb=on_disconnected, reconnected_cb=on_reconnected,
+        closed_cb=on_closed, **auth_options(settings),
+    )
+    try:
+        with unavailable_as(NatsUnavailable, f"cannot connect to NATS at {url}"):
+            # nats-py keeps retrying some failures (a TLS handshake refused) past its own limits: bound it here.
+            await asyncio.wait_for(attempt, CONNECT_BUDGET_S + DEFAULT_CONNECT_TIMEOUT_S)
+    except NatsUnavailable:
+        await nc.close()
+        raise
+    # nats-py reads this option on every reconnection: bounded for the first connect, unbounded from now on.
+    nc.options["max_reconnect_attempts"] = RECONNECT_FOREVER
+    log.info("NATS %s connected to %s", name, connected_url(nc) or url, extra={"nats_client": name})
+    return nc
+
+
+def connected_url(nc: Client) -> str:
+    """The server ``nc`` is connected to, credentials redacted; empty when not connected."""
+    current = nc.connected_url
+    return redact_url(current.geturl()) if current is not None else ""
+
+
+async def close(nc: Client) -> None:
+    """Drain ``nc`` (flush what is buffered, e.g. acks) and close it; close at once when not connected.
+
+    Bounded by ``DEFAULT_DRAIN_TIMEOUT_S`` plus one flush. Raises no driver error: this runs on the way out.
+    """
+    if nc.is_closed:
+        return
+    if nc.is_connected and not nc.is_draining:
+        try:
+            await nc.drain()
+            return
+        except UNAVAILABLE_ERRORS as e:
+            log.warning("NATS drain failed, closing: %s", describe(e))
+    await nc.close()
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether subject ``pattern`` (which may hold ``*`` and ``>`` wildcards) captures literal ``subject``."""
+    want = subject.split(".")
+    tokens = pattern.split(".")
+    for i, token in enumerate(tokens):
+        if token == ">":
+            return len(want) > i
+        if i >= len(want) or token not in ("*", want[i]):
+            return False
+    return len(tokens) == len(want)
+
+
+async def ensure_stream(
+    js: JetStreamContext, name: str, subjects: Iterable[str], **limits: Any
+) -> StreamInfo:
+    """Create stream ``name`` capturing ``subjects`` if missing, else bind to it as it is.
+
+    ``limits`` are ``StreamConfig`` fields (``storage``, ``duplicate_window`` in seconds, ``num_replicas``, ...)
+    used only when creating. An existing stream's config is never overwritten (a warning says so when its
+    replicas differ from ``num_replicas``); subjects it lacks are added to it.
+    Raises ``NatsUnavailable`` when JetStream does not answer, ``ConfigError`` when the server refuses the
+    stream (e.g. its subjects overlap another stream's).
+    """
+    wanted = list(subjects)
+    with unavailable_as(NatsUnavailable, f"cannot set up NATS stream {name}"):
+        try:
+            try:
+                info = await js.stream_info(name)
+                _warn_on_other_replicas(info, limits.get("num_replicas"))
+            except nats.js.errors.NotFoundError:
+                info = await _create_stream(js, StreamConfig(name=name, subjects=wanted, **limits))
+            return await _add_missing_subjects(js, info, wanted)
+        except nats.js.errors.APIError as e:
+            if isinstance(e, UNAVAILABLE_ERRORS):
+                raise
+            raise ConfigError(f"NATS refused stream {name} for subjects {wanted}: {e.description}") from e
+
+
+async def _create_stream(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
+    try:
+        info = await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        # Another replica may have created it a moment ago; if so, use theirs.
+        assert config.name is not None
+        try:
+            return await js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            pass
+        raise
+    log.info("created NATS stream %s for %s with %d replicas", config.name, config.subjects,
+             config.num_replicas or 1)
+    return info
+
+
+def _warn_on_other_replicas(info: StreamInfo, wanted: int | None) -> None:
+    have = info.config.num_replicas or 1
+    if wanted is not None and have != wanted:
+        log.warning("NATS stream %s has %d replicas, not the %d NATS_STREAM_REPLICAS asks for; using it as it is "
+                    "(change it with `nats stream edit --replicas`)", info.config.name, have, wanted)
+
+
+async def _add_missing_subjects(js: JetStreamContext, info: StreamInfo, wanted: list[str]) -> StreamInfo:
+    have = list(info.config.subjects or [])
+    missing = [s for s in wanted if not any(subject_matches(p, s) for p in have)]
+    if not missing:
+        return info
+    log.warning("NATS stream %s lacks subjects %s; adding them", info.config.name, missing)
+    return await js.update_stream(info.config.evolve(subjects=have + missing))

@@ -1,0 +1,1 @@
+"""What an operator runs or reads: status, report, health checks, dead-letter replay."""

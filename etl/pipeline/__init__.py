@@ -1,0 +1,2 @@
+"""The pipeline core: the event contract, validation, enrichment, the bridge, poison isolation, the
+dead-letter store."""

@@ -1,0 +1,68 @@
+"""Pure enrichment: validated events in, enriched events out. No I/O and no clock: the caller passes ``now``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from etl.rdns.strategies import Resolver
+
+Event = dict[str, Any]
+
+# Bump whenever what enrichment adds, or how, changes: stored events say which logic produced them.
+ENRICHMENT_VERSION = "2"
+# Where a network event's decoded payload (``args``) names the peer, in order of preference.
+DESTINATION_KEYS = ("dst_ip", "remote_ip")
+
+
+def host_of(event: Event) -> str | None:
+    """The event's host for reverse DNS: ``metadata.host_ip``, else ``hostname``, else ``host_id``."""
+    metadata = event["metadata"]
+    for key in ("host_ip", "hostname", "host_id"):
+        value = metadata.get(key)
+        if value not in (None, ""):
+            return str(value)
+    return None
+
+
+def destination_of(event: Event) -> str | None:
+    """The peer of a network event for reverse DNS: ``args.dst_ip``, else ``args.remote_ip`` (non-empty
+    strings only); ``None`` for an event without one."""
+    args = event.get("args")
+    if not isinstance(args, dict):
+        return None
+    for key in DESTINATION_KEYS:
+        value = args.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def format_time(now: datetime) -> str:
+    """ISO-8601 UTC with milliseconds, e.g. ``2024-01-01T12:00:00.123Z``. ``now`` must be timezone-aware."""
+    utc = now.astimezone(timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def enrich(event: Event, *, env: str, rdns: str | None, enriched_at: str, dst_rdns: str | None = None) -> Event:
+    """A new event: every field of ``event`` plus ``env``, ``rdns``, ``dst_rdns`` and the enrichment metadata."""
+    out = dict(event)
+    out["env"] = env
+    out["rdns"] = rdns
+    out["dst_rdns"] = dst_rdns
+    out["metadata"] = {**event["metadata"], "enriched_at": enriched_at, "enrichment_version": ENRICHMENT_VERSION}
+    return out
+
+
+def enrich_batch(events: Sequence[Event], *, env: str, resolver: Resolver, now: datetime) -> list[Event]:
+    """Enrich a batch with one ``resolver.resolve`` call for every distinct host and destination in it."""
+    hosts = [host_of(e) for e in events]
+    peers = [destination_of(e) for e in events]
+    names = resolver.resolve({a for a in (*hosts, *peers) if a is not None})
+    enriched_at = format_time(now)
+    return [
+        enrich(e, env=env, rdns=names.get(h) if h is not None else None, enriched_at=enriched_at,
+               dst_rdns=names.get(p) if p is not None else None)
+        for e, h, p in zip(events, hosts, peers, strict=True)
+    ]

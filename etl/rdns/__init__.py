@@ -1,0 +1,1 @@
+"""Reverse DNS: the strategies (off, fake, ptr), the PTR resolver and its cache."""

@@ -1,0 +1,1 @@
+"""Process runtime: metrics, logs, Redis durability, the event loop thread, GC and worker set-up."""

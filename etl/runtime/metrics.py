@@ -1,0 +1,46 @@
+"""Every Prometheus metric of the service, defined once. Served on ``/metrics`` by each process.
+
+Label values are bounded sets (stages, sinks, exception type names), never event data.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter("etl_events_total", "Events that passed a stage", ["stage"])
+DEAD_LETTERS = Counter("etl_dead_letters_total", "Events dead-lettered, by stage and reason type",
+                       ["stage", "reason"])
+RETRIES = Counter("etl_retries_total", "Batches scheduled for a retry, by sink or stage", ["stage"])
+BATCH_SIZE = Histogram("etl_batch_size", "Events per batch, by stage", ["stage"],
+                       buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))
+WRITE_SECONDS = Histogram("etl_sink_write_seconds", "Time to write one batch to a sink", ["sink"],
+                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+# Worker pools export through Dramatiq's multiprocess collector: a gauge reports the highest value of the live
+# processes (the worst breaker), counters and histograms add up.
+BREAKER_STATE = Gauge("etl_circuit_breaker_state", "Circuit breaker per sink: 0 closed, 1 half-open, 2 open",
+                      ["sink"], multiprocess_mode="livemax")
+BRIDGE_PAUSED = Gauge("etl_bridge_paused", "1 while the bridge stopped fetching because the queues are full",
+                      multiprocess_mode="livemax")
+QUEUE_DEPTH = Gauge("etl_queue_depth", "Messages not yet acked in each Dramatiq queue", ["queue"],
+                    multiprocess_mode="livemax")
+CONSUMER_LAG = Gauge("etl_consumer_lag", "Raw events in JetStream not yet delivered to any bridge",
+                     multiprocess_mode="livemax")
+CONSUMER_ACK_PENDING = Gauge("etl_consumer_ack_pending", "Raw events delivered to bridges and not yet acked",
+                             multiprocess_mode="livemax")
+# Neo4j's driver runs a write transaction again by itself after a deadlock, a lock time-out or a lost connection:
+# counted here, since no batch retry (etl_retries_total) shows it. Labelled by Neo4j's status code, a fixed set.
+GRAPH_WRITE_RERUNS = Counter("etl_graph_write_reruns_total",
+                             "Graph write transactions Neo4j's driver ran again after the attempt before failed, "
+                             "by that failure's Neo4j code (e.g. DeadlockDetected; 'other' at begin, commit or "
+                             "on the connection)", ["code"])
+# Reverse DNS in ptr mode (etl.rdns.ptr). Hit ratio: rate of result="hit" over the rate of both results.
+RDNS_LOOKUPS = Counter("etl_rdns_lookups_total", "PTR queries made (cache misses), by result: ok, nxdomain, "
+                       "nodata, servfail, timeout, error", ["result"])
+RDNS_CACHE_REQUESTS = Counter("etl_rdns_cache_requests_total",
+                              "Distinct addresses of a batch looked up in the reverse-DNS cache, by result: hit "
+                              "or miss", ["result"])
+RDNS_LOOKUP_SECONDS = Histogram("etl_rdns_lookup_seconds", "Time one PTR lookup took, failures included",
+                                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+RDNS_BUDGET_EXHAUSTED = Counter("etl_rdns_budget_exhausted_total",
+                                "Addresses left null because their batch's DNS time budget ran out")
+RDNS_CACHE_ENTRIES = Gauge("etl_rdns_cache_entries", "Entries in the reverse-DNS cache", multiprocess_mode="livesum")

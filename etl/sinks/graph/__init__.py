@@ -1,0 +1,1 @@
+"""The graph sink: Cypher text, rows, and its two backends (Neo4j, FalkorDB)."""

@@ -1,0 +1,45 @@
+"""What the graph sink needs of a graph server: the interface both backends implement, and their shared error."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from etl.errors import TransientError
+
+FALKOR_SCHEME = "falkor"  # NEO4J_URI's scheme for FalkorDB; bolt and neo4j are Neo4j
+
+
+
+class KeyConflict(TransientError):
+    """A write would have stored a second node with a key already stored (an event written before, or
+    meanwhile by another writer); the server wrote nothing of it. The sink then merges the batch instead; a
+    conflict while merging (two writers at once) is worth a retry."""
+
+
+class GraphBackend(Protocol):
+    """One graph server behind the sink. Connected by its module's ``connect(settings)``; thread-safe."""
+
+    def ensure_schema(self) -> None:
+        """Create the key constraints of :data:`NODE_KEYS` if missing. Idempotent."""
+
+    def keys_enforced(self) -> bool:
+        """Whether the server now enforces the unique constraints of Event and Process, so :data:`CREATE_CYPHER`
+        cannot store either twice. May ask the server; raises ``SinkUnavailable``."""
+
+    def stored_keys(self, statement: str, keys: list[str]) -> set[str]:
+        """Run the read ``statement`` (:data:`STORED_PROCESSES_CYPHER`) on ``keys``; return its ``key`` column.
+        Raises like ``GraphSink.write``."""
+
+    def write_rows(self, statement: str, rows: list[list[Any]]) -> int:
+        """Run ``statement`` (:data:`CREATE_CYPHER` or :data:`MERGE_CYPHER`) on ``rows`` (see ``as_lists``) in
+        one transaction; return its ``created`` column. Raises ``KeyConflict`` when the statement would break a
+        unique constraint (and then writes nothing), and like ``GraphSink.write``."""
+
+    def count_events(self) -> int:
+        """How many Event nodes the graph holds (:data:`COUNT_EVENTS_CYPHER`)."""
+
+    def check(self) -> None:
+        """Raise ``SinkUnavailable`` if the server does not answer."""
+
+    def close(self) -> None:
+        """Release connections. Safe to call twice."""

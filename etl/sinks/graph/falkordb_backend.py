@@ -1,0 +1,244 @@
+"""FalkorDB backend of the graph sink, over the official ``falkordb`` client (the Redis protocol).
+
+The graph is the key GRAPH_NAME; credentials, if any, come from NEO4J_URI (``falkor://user:pass@host:port``),
+not from NEO4J_USER/NEO4J_PASSWORD, which are Neo4j's.
+
+Schema. A FalkorDB unique constraint needs an exact-match (range) index on its property first, and is built
+asynchronously: ``GRAPH.CONSTRAINT CREATE`` returns at once and the constraint goes from ``PENDING`` to
+``OPERATIONAL`` (or ``FAILED`` if the graph already holds duplicates). Creating an index or constraint that
+exists is an error, so ``ensure_schema`` creates only what ``db.indexes()``/``db.constraints()`` lack and
+also accepts the "already exists" reply a concurrent opener can cause.
+
+Timeouts. The socket timeout is PROCESSING_TIMEOUT plus a grace, and each query carries PROCESSING_TIMEOUT
+(capped by the server's TIMEOUT_MAX) as its server-side timeout, which FalkorDB enforces on reads while
+writes run to completion. The write is idempotent, so retrying one whose reply was lost is safe.
+
+Errors. Redis ``ConnectionError``/``TimeoutError`` (and a query timeout, a timeout above TIMEOUT_MAX, a
+read-only replica or a refused permission) become ``SinkUnavailable``; a full query queue or an out-of-memory
+reply ``TransientError``; a unique constraint violation ``KeyConflict``; any other error reply to a query
+``SinkDataError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import orjson
+import redis
+from falkordb import FalkorDB
+from falkordb.exceptions import SchemaVersionMismatchException
+from redis.backoff import NoBackoff
+from redis.exceptions import NoPermissionError, OutOfMemoryError, ReadOnlyError
+from redis.retry import Retry
+
+from etl.config import Settings
+from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
+from etl.sinks.graph.backend import KeyConflict
+from etl.sinks.graph.cypher import COUNT_EVENTS_CYPHER, NODE_KEYS
+
+DEFAULT_FALKOR_PORT = 6379
+CONNECT_TIMEOUT_S = 5.0
+SOCKET_TIMEOUT_GRACE_S = 1.0  # lets the server's query timeout answer before the socket gives up
+RECONNECT_RETRIES = 1  # one immediate retry, for a pooled connection the server dropped meanwhile
+
+# A timed-out query, and one asking for more time than TIMEOUT_MAX (an operator's change): retry, never DLQ.
+_UNAVAILABLE_REPLIES = ("query timed out", "cannot exceed the timeout_max")
+_TRANSIENT_REPLIES = ("max pending queries exceeded",)
+_EXISTS_REPLIES = ("already indexed", "already exists")
+_CONFLICT_REPLY = "unique constraint violation"
+_CONSTRAINT_FAILED = "FAILED"
+_CONSTRAINT_OPERATIONAL = "OPERATIONAL"
+# CREATE_CYPHER relies on these: without them it could store an Event or a Process twice.
+CREATED_KEYS = (("Event", "id"), ("Process", "key"))
+
+
+def translate(err: Exception, doing: str) -> EtlError:
+    """Map an error of the redis/falkordb client to the pipeline's hierarchy; ``doing`` names the action."""
+    text = f"FalkorDB {doing}: {err}"
+    reply = str(err).lower()
+    if isinstance(err, (redis.ConnectionError, redis.TimeoutError, ReadOnlyError, NoPermissionError)):
+        return SinkUnavailable(text)
+    if any(r in reply for r in _UNAVAILABLE_REPLIES):
+        return SinkUnavailable(text)
+    if isinstance(err, (OutOfMemoryError, SchemaVersionMismatchException)):
+        return TransientError(text)
+    if any(r in reply for r in _TRANSIENT_REPLIES):
+        return TransientError(text)
+    if _CONFLICT_REPLY in reply:
+        return KeyConflict(text)  # FalkorDB undid the whole query
+    if isinstance(err, redis.ResponseError):
+        return SinkDataError(text)
+    return TransientError(text)  # a garbled reply or the like: worth another try
+
+
+@contextmanager
+def _translated(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except (redis.RedisError, SchemaVersionMismatchException) as e:
+        raise translate(e, doing) from e
+
+
+def _already_exists(err: redis.ResponseError) -> bool:
+    return any(r in str(err).lower() for r in _EXISTS_REPLIES)
+
+
+def connect(settings: Settings) -> FalkorBackend:
+    """Connect to the FalkorDB server NEO4J_URI names. Raises ``SinkUnavailable``."""
+    url = urlsplit(settings.neo4j_uri)
+    timeout_s = float(settings.processing_timeout_s)
+    with _translated("connect"):
+        # The client asks the server for its mode (standalone, sentinel, cluster): this connects.
+        db = FalkorDB(
+            host=url.hostname or "localhost",
+            port=url.port or DEFAULT_FALKOR_PORT,
+            username=unquote(url.username) if url.username else None,
+            password=unquote(url.password) if url.password else None,
+            socket_connect_timeout=min(CONNECT_TIMEOUT_S, timeout_s),
+            socket_timeout=timeout_s + SOCKET_TIMEOUT_GRACE_S,
+            retry=Retry(NoBackoff(), RECONNECT_RETRIES),
+        )
+        timeout_ms = _capped_timeout_ms(db, settings.processing_timeout_s * 1000)
+    return FalkorBackend(db, settings.graph_name, query_timeout_ms=timeout_ms)
+
+
+def _capped_timeout_ms(db: FalkorDB, wanted_ms: int) -> int:
+    """``wanted_ms`` capped by the server's TIMEOUT_MAX (0: none), which rejects any query asking for more."""
+    try:
+        _, cap = db.execute_command("GRAPH.CONFIG", "GET", "TIMEOUT_MAX")
+    except redis.ResponseError:
+        return wanted_ms  # GRAPH.CONFIG may be denied (ACL); the query-level reply is the safety net
+    return min(wanted_ms, int(cap)) if int(cap) > 0 else wanted_ms
+
+
+def query_text(statement: str, values: list[Any], name: str = "rows") -> str | None:
+    """``statement`` with ``values`` in its ``CYPHER <name>=...`` parameter header, the list written by orjson
+    (the client's own writer costs the graph pool about 6 µs per event); ``None`` when a value holds a backslash,
+    a quote or a control character, which JSON escapes and FalkorDB's parser may read otherwise: the client then
+    writes the header. A list of scalars in JSON without any escape is also a Cypher list literal."""
+    literal = orjson.dumps(values).decode()
+    if "\\" in literal:
+        return None
+    return f"CYPHER {name}={literal} {statement}"
+
+
+class FalkorBackend:
+    """One FalkorDB graph. Thread-safe: the client draws a pooled connection per command."""
+
+    def __init__(self, db: FalkorDB, graph_name: str, *, query_timeout_ms: int) -> None:
+        self._db = db
+        self._graph = db.select_graph(graph_name)
+        self._query_timeout_ms = query_timeout_ms
+        self._keys_enforced = False
+
+    def ensure_schema(self) -> None:
+        """Create the missing range indexes, then the missing unique constraints (built asynchronously).
+
+        Raises ``SinkUnavailable`` and ``SinkDataError`` (a constraint that FAILED: the graph has duplicates).
+        """
+        with _translated("create schema"):
+            indexed = self._range_indexed()
+            for label, prop in NODE_KEYS:
+                if (label, prop) not in indexed:
+                    self._create_index(label, prop)
+            status = self._constraint_status()
+            for label, prop in NODE_KEYS:
+                if status.get((label, prop)) == _CONSTRAINT_FAILED:
+                    raise SinkDataError(
+                        f"FalkorDB unique constraint on {label}.{prop} FAILED: the graph holds duplicate "
+                        f"{label} nodes; remove them, drop the constraint and open the sink again"
+                    )
+                if (label, prop) not in status:
+                    self._create_constraint(label, prop)
+
+    def _range_indexed(self) -> set[tuple[str, str]]:
+        # Not ro_query: a read-only query fails on a graph that does not exist yet, this creates it empty.
+        result = self._graph.query("CALL db.indexes() YIELD label, properties, types, entitytype "
+                                   "RETURN label, properties, types, entitytype")
+        return {
+            (label, prop)
+            for label, props, types, entity in result.result_set
+            if entity == "NODE"
+            for prop in props
+            if "RANGE" in types.get(prop, ())
+        }
+
+    def _constraint_status(self) -> dict[tuple[str, str], str]:
+        return {
+            (c["label"], c["properties"][0]): str(c["status"])
+            for c in self._graph.list_constraints()
+            if c["type"] == "UNIQUE" and c["entitytype"] == "NODE" and len(c["properties"]) == 1
+        }
+
+    def _create_index(self, label: str, prop: str) -> None:
+        try:
+            self._graph.query(f"CREATE INDEX FOR (n:{label}) ON (n.{prop})")
+        except redis.ResponseError as e:
+            if not _already_exists(e):
+                raise
+
+    def _create_constraint(self, label: str, prop: str) -> None:
+        try:
+            self._db.execute_command(
+                "GRAPH.CONSTRAINT", "CREATE", self._graph.name, "UNIQUE", "NODE", label, "PROPERTIES", 1, prop
+            )
+        except redis.ResponseError as e:
+            if not _already_exists(e):
+                raise
+
+    def keys_enforced(self) -> bool:
+        """Whether the unique constraints of Event and Process are OPERATIONAL: FalkorDB builds them after
+        ``ensure_schema`` returned, and until then would store a second node with the same key. Asks the server
+        until they are, then no more.
+
+        Raises ``SinkUnavailable``.
+        """
+        if not self._keys_enforced:
+            with _translated("read constraints"):
+                self._keys_enforced = bool(self._db.connection.exists(self._graph.name)) and all(
+                    self._constraint_status().get(key) == _CONSTRAINT_OPERATIONAL for key in CREATED_KEYS)
+        return self._keys_enforced
+
+    def stored_keys(self, statement: str, keys: list[str]) -> set[str]:
+        """Run the read ``statement`` on ``keys``; return its first column. Raises like ``write_rows``."""
+        if not keys:
+            return set()
+        with _translated("read"):
+            return {row[0] for row in self._run(self._graph.ro_query, statement, "keys", keys)}
+
+    def write_rows(self, statement: str, rows: list[list[Any]]) -> int:
+        """Run ``statement`` on ``rows`` (atomic in FalkorDB); return its ``created`` column.
+
+        Raises ``KeyConflict``, ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
+        """
+        with _translated("write"):
+            return int(self._run(self._graph.query, statement, "rows", rows)[0][0])
+
+    def _run(self, send: Any, statement: str, name: str, values: list[Any]) -> list[list[Any]]:
+        """``statement`` with ``$name`` = ``values``, sent by ``send`` (the graph's query or ro_query) with the
+        parameter header orjson writes, or the client's when a value needs escaping; the result rows."""
+        text = query_text(statement, values, name)
+        if text is None:
+            result = send(statement, {name: values}, timeout=self._query_timeout_ms)
+        else:
+            result = send(text, timeout=self._query_timeout_ms)
+        return result.result_set
+
+    def count_events(self) -> int:
+        """Event nodes in the graph; 0 when no write has created the graph yet (FalkorDB refuses to query one)."""
+        with _translated("count"):
+            if not self._db.connection.exists(self._graph.name):
+                return 0
+            return int(self._graph.ro_query(COUNT_EVENTS_CYPHER).result_set[0][0])
+
+    def check(self) -> None:
+        """Raise ``SinkUnavailable`` unless the server answers a PING."""
+        with _translated("check"):
+            self._db.connection.ping()
+
+    def close(self) -> None:
+        """Close the connection pool. Safe to call twice."""
+        self._db.connection.close()

