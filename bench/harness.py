@@ -32,6 +32,8 @@ from bench import _servers, ceilings, e2e, load, neo4j, stages
 from bench.report import Row, cost_table, table, target, write_json
 from bench.stages import best
 from etl.config import DEFAULT_MAX_BATCH_SIZE as BATCH
+from etl.pipeline.handoff import Handoff
+from etl.stages import ENRICH, SINK_STAGES
 
 DEFAULT_EVENTS = 100_000
 QUICK_EVENTS = 5_000
@@ -110,11 +112,10 @@ def measure_stages(stack: _servers.Stack, payloads: list[bytes], events: list[di
 
     chunks = ceilings.batches(payloads, batch)
     event_chunks = [list(c) for c in ceilings.batches(events, batch)]
+    handoff = Handoff.from_settings(actors.app.broker, actors.app.settings)
     fills: dict[str, Callable[[], None]] = {
-        "enrich": lambda: [actors.enqueue_raw(list(c)) for c in chunks] and None,
-        "publish": lambda: [actors.publish_batch.send(c) for c in event_chunks] and None,
-        "timescale": lambda: [actors.store_batch.send(c) for c in event_chunks] and None,
-        "graph": lambda: [actors.merge_batch.send(c) for c in event_chunks] and None,
+        ENRICH.name: lambda: [handoff.raw(list(c)) for c in chunks] and None,
+        **{s.name: lambda s=s: [handoff.send(s, c) for c in event_chunks] and None for s in SINK_STAGES},
     }
     measures: dict[str, Callable[[], stages.StageResult]] = {
         "bridge": lambda: stages.bridge(stack, payloads, batch, logs / "stage-bridge")}

@@ -25,7 +25,8 @@ from bench.report import Row, target
 from etl.dev import servers as devservers
 from etl.dev.generator import generate_hot
 from etl.dev.services import NEO4J
-from etl.pools import POOLS, pool_size
+from etl.pools import pool_size
+from etl.stages import GRAPH
 
 POOL_SIZES = ((1, 1), (1, 2), (2, 1), (1, 4))
 # A JVM runs Neo4j's Cypher several times slower until its JIT has compiled the hot paths: about 60,000 events
@@ -89,7 +90,7 @@ def _measure(neo: _servers.Stack, payloads: list[bytes], enriched: list[dict[str
                            label: str = label) -> stages.StageResult:
                 def fill() -> None:
                     for chunk in chunks:
-                        actors.merge_batch.send(chunk)
+                        actors.SINK_ACTORS[GRAPH.name].send(chunk)
 
                 return stages.pool(neo, "graph", fill, sum(map(len, chunks)), batch,
                                    logs / f"neo4j-{label.replace(' ', '-')}", env)
@@ -99,7 +100,7 @@ def _measure(neo: _servers.Stack, payloads: list[bytes], enriched: list[dict[str
     run = e2e.run(neo, payloads, e2e.Shape(batch), "neo4j e2e", logs)
     say(f"neo4j e2e: {run.events:,} events in {run.seconds:.1f}s = {run.rate:,.0f} events/s"
         f"{'' if run.complete else ' (INCOMPLETE)'}")
-    pool = pool_size(POOLS["graph"], neo.env)
+    pool = pool_size(GRAPH, neo.env)
     default = size_label(pool.processes, pool.threads)
     return Neo4jResult(best_ceiling, results, run, default, runs)
 

@@ -39,16 +39,16 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from bench import _servers
-from etl.broker import QUEUES, redis_client
+from etl.broker import redis_client
 from etl.config import Settings
-from etl.dev import stack as devstack
 from etl.dev.generator import generate
 from etl.dev.services import Servers
 from etl.dev.supervisor import Pipeline
 from etl.natsio.conn import connect
-from etl.ops import report
 from etl.pipeline.backlog import queue_depths
 from etl.pipeline.bridge import ensure_raw_stream
+from etl.sinks.migrate import migrate
+from etl.stages import GRAPH, QUEUES, TIMESCALE
 
 DEFAULT_OVERLOAD_S = 20.0
 QUICK_OVERLOAD_S = 10.0
@@ -189,7 +189,7 @@ def blocking_counts(settings: Settings) -> tuple[int, int, dict[str, int], int]:
         used = int(client.info("memory")["used_memory"])
     finally:
         client.close()
-    return report.stored_count(settings), report.merged_count(settings), depths, used
+    return TIMESCALE.count(settings), GRAPH.count(settings), depths, used
 
 
 async def jetstream_counts(run: Run) -> tuple[int, int]:
@@ -373,7 +373,7 @@ def main(argv: list[str]) -> int:
         if options.max_queue_depth is not None:
             env["MAX_QUEUE_DEPTH"] = str(options.max_queue_depth)
         settings = Settings.from_env(env)
-        devstack.migrate(settings)
+        migrate(settings)
         pipeline = Pipeline(env, root / "logs").start()
         print(f"servers and pipeline in {root}; MAX_QUEUE_DEPTH={settings.max_queue_depth} messages, "
               f"MAX_BATCH_SIZE={settings.max_batch_size} events", flush=True)

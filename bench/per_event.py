@@ -28,8 +28,9 @@ from etl.dev.supervisor import Pipeline
 from etl.pipeline.enrich import enrich_batch
 from etl.pipeline.events import payload_bytes
 from etl.pipeline.validate import validate_batch
-from etl.pools import POOLS, dramatiq_command
+from etl.pools import dramatiq_command
 from etl.sinks.timescale import connection_params
+from etl.stages import NAMES
 
 app = actors.app
 PE_QUEUES = {"enrich": "pe_enrich", "publish": "pe_publish", "timescale": "pe_timescale", "graph": "pe_graph"}
@@ -119,7 +120,7 @@ def main() -> int:
     return 0
 
 
-assert set(PE_QUEUES) == set(POOLS)
+assert set(PE_QUEUES) == set(NAMES)
 
 if __name__ == "__main__":
     raise SystemExit(main())

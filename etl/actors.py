@@ -1,7 +1,8 @@
 """The Dramatiq actors: thin wrappers that decode a batch, call pure code and hand the result to a sink.
 
 ``dramatiq etl.actors --queues <pool>`` runs one pool. Dramatiq's CLI imports this module and expects the
-broker to be set by the import, so the wiring happens here, once, from the environment.
+broker to be set by the import, so the wiring happens here, once, from the environment. One actor per stage of
+``etl.stages``: ``enrich_batch`` for the bridge's raw batches, then one per sink stage, to which it fans out.
 """
 
 # ruff: noqa: E402 - the metrics directory must be set before the imports below load prometheus_client.
@@ -19,13 +20,13 @@ import dramatiq
 import orjson
 
 from etl.app import App, load_app
-from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE, AofSync
 from etl.pipeline import rawbatch
 from etl.pipeline.enrich import enrich_batch as enrich_events
 from etl.pipeline.isolation import write_or_split
 from etl.pipeline.validate import validate_batch
 from etl.runtime import gctune
 from etl.runtime.metrics import BATCH_SIZE, EVENTS, WRITE_SECONDS
+from etl.stages import ENRICH, SINK_STAGES, Stage
 
 log = logging.getLogger(__name__)
 Event = dict[str, Any]
@@ -34,64 +35,37 @@ app: App = load_app()
 gctune.tune()
 
 
-@dramatiq.actor(queue_name=QUEUE_ENRICH, actor_name="enrich_batch")
+@dramatiq.actor(queue_name=ENRICH.queue, actor_name=ENRICH.actor)
 def enrich_batch(raw: list[str], binary: list[int] | None = None) -> None:
-    """Validate and enrich one batch from the bridge, dead-letter bad events, fan out to the sink queues."""
+    """Validate and enrich one batch from the bridge, dead-letter bad events, fan out to the sink stages."""
     good, bad = validate_batch(rawbatch.unpack(raw, binary or ()), max_bytes=app.settings.max_event_bytes)
-    BATCH_SIZE.labels(stage=QUEUE_ENRICH).observe(len(raw))
+    BATCH_SIZE.labels(stage=ENRICH.name).observe(len(raw))
     app.dead_letters().add(bad)
     if not good:
         return
     enriched = enrich_events(good, env=app.settings.af_env, resolver=app.resolver,
                              now=datetime.now(timezone.utc))
-    encoded = orjson.Fragment(orjson.dumps(enriched))  # JSON once for the three messages, not once each
-    for actor in (publish_batch, store_batch, merge_batch):
+    encoded = orjson.Fragment(orjson.dumps(enriched))  # JSON once for every sink's message, not once each
+    for actor in SINK_ACTORS.values():
         actor.send(encoded)
-    EVENTS.labels(stage=QUEUE_ENRICH).inc(len(enriched))
+    EVENTS.labels(stage=ENRICH.name).inc(len(enriched))
 
 
-def _deliver(actor: dramatiq.Actor[Any, Any], sink_name: str, events: list[Event]) -> None:
-    """Write ``events`` to a sink, isolating poison events (see ``etl.pipeline.isolation``)."""
-    sink = app.sinks.get(sink_name)
-    with WRITE_SECONDS.labels(sink=sink_name).time():
-        written = write_or_split(sink, events, actor.send)
-    if written:
-        BATCH_SIZE.labels(stage=sink_name).observe(len(events))
-        EVENTS.labels(stage=sink_name).inc(len(events))
+def _sink_actor(stage: Stage) -> dramatiq.Actor[Any, Any]:
+    """The actor of a sink stage: writes each batch to the stage's sink, isolating poison events (see
+    ``etl.pipeline.isolation``), whose halves go back to the same actor."""
+
+    def deliver(events: list[Event]) -> None:
+        sink = app.sinks.get(stage.name)
+        with WRITE_SECONDS.labels(sink=stage.name).time():
+            written = write_or_split(sink, events, actor.send)
+        if written:
+            BATCH_SIZE.labels(stage=stage.name).observe(len(events))
+            EVENTS.labels(stage=stage.name).inc(len(events))
+
+    deliver.__doc__ = f"Write a batch of enriched events to the {stage.name} sink."
+    actor: dramatiq.Actor[Any, Any] = dramatiq.actor(deliver, queue_name=stage.queue, actor_name=stage.actor)
+    return actor
 
 
-@dramatiq.actor(queue_name=QUEUE_PUBLISH, actor_name="publish_batch")
-def publish_batch(events: list[Event]) -> None:
-    """Publish enriched events to the enriched subject."""
-    _deliver(publish_batch, "publish", events)
-
-
-@dramatiq.actor(queue_name=QUEUE_TIMESCALE, actor_name="store_batch")
-def store_batch(events: list[Event]) -> None:
-    """Insert enriched events into TimescaleDB."""
-    _deliver(store_batch, "timescale", events)
-
-
-@dramatiq.actor(queue_name=QUEUE_GRAPH, actor_name="merge_batch")
-def merge_batch(events: list[Event]) -> None:
-    """Merge enriched events into the graph."""
-    _deliver(merge_batch, "graph", events)
-
-
-_aof = AofSync(app.broker.client, enabled=app.settings.redis_wait_aof, replicas=app.settings.redis_wait_replicas)
-
-
-def enqueue_raw(batch: list[bytes]) -> None:
-    """The bridge's hand-off: one Dramatiq message for a whole batch of raw NATS payloads, on disk in Redis
-    before this returns (so the bridge may ack NATS). Raises on any Redis failure; the bridge then naks."""
-    texts, binary = rawbatch.pack(batch)
-    enrich_batch.send(texts, binary)
-    _aof.wait()
-
-
-def send_to_stage(stage: str, payloads: list[Any]) -> None:
-    """Enqueue a batch for ``stage`` again (dead-letter replay): raw bytes for enrich, events for a sink."""
-    if stage == QUEUE_ENRICH:
-        enqueue_raw(payloads)
-        return
-    {QUEUE_PUBLISH: publish_batch, QUEUE_TIMESCALE: store_batch, QUEUE_GRAPH: merge_batch}[stage].send(payloads)
+SINK_ACTORS: dict[str, dramatiq.Actor[Any, Any]] = {stage.name: _sink_actor(stage) for stage in SINK_STAGES}

@@ -20,6 +20,7 @@ from etl.rdns.strategies import Resolver, resolver_for
 from etl.runtime.logs import setup_logging
 from etl.runtime.workerenv import is_worker_process, process_name
 from etl.sinks.registry import CloseSinksOnShutdown, Sinks, sink_factories
+from etl.stages import ENRICH
 
 SECONDS_PER_DAY = 86_400
 
@@ -41,7 +42,7 @@ class App:
 
 def failed_events(message: dramatiq.Message) -> list[tuple[Any, str]]:
     """The events a failed message carried, for the dead-letter queue."""
-    if message.actor_name == "enrich_batch":
+    if message.actor_name == ENRICH.actor:
         # A raw batch as packed by ``rawbatch.pack``: base64 entries are already text.
         texts = message.args[0]
         binary = set(message.args[1] if len(message.args) > 1 and message.args[1] else ())

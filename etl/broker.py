@@ -35,12 +35,6 @@ HEARTBEAT_TIMEOUT_MS = 15_000
 # worker's messages waiting for many minutes on a quiet queue; 5% of polls is still cheap.
 MAINTENANCE_CHANCE = 50_000
 
-QUEUE_ENRICH = "enrich"
-QUEUE_PUBLISH = "publish"
-QUEUE_TIMESCALE = "timescale"
-QUEUE_GRAPH = "graph"
-QUEUES = (QUEUE_ENRICH, QUEUE_PUBLISH, QUEUE_TIMESCALE, QUEUE_GRAPH)
-
 
 class OrjsonEncoder(Encoder):
     """Message bodies as JSON through orjson: several times faster than the stdlib on our batches."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from etl import config as settings_module
+from etl import stages
 from etl.config import Settings
 from etl.dev import neo4jserver
 from etl.dev.services import GRAPH_BACKENDS, NEO4J
@@ -35,14 +36,14 @@ def config() -> None:
 @main.command()
 def migrate() -> None:
     """Apply the TimescaleDB schema and the graph constraints (idempotent)."""
-    from etl.dev.stack import migrate as apply
+    from etl.sinks.migrate import migrate as apply
 
     apply(load_settings())
     click.echo("schema applied")
 
 
 @main.command()
-@click.option("--pool", required=True, type=click.Choice(["bridge", "enrich", "publish", "timescale", "graph"]),
+@click.option("--pool", required=True, type=click.Choice(["bridge", *stages.NAMES]),
               help="Which local process to check.")
 def health(pool: str) -> None:
     """Exit 0 when the local bridge or worker pool is healthy, 1 with the reason when not (for healthchecks)."""
@@ -183,7 +184,7 @@ def _store():  # type: ignore[no-untyped-def]
 
 
 @dlq.command(name="list")
-@click.option("--stage", help="Only this stage (enrich, publish, timescale, graph).")
+@click.option("--stage", type=click.Choice(stages.NAMES), help="Only this stage.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 def dlq_list(stage: str | None, limit: int) -> None:
     """The newest dead letters first: id, stage, attempts, reason."""
@@ -204,7 +205,7 @@ def dlq_show(entry_id: str) -> None:
 
 
 @dlq.command(name="replay")
-@click.option("--stage", type=click.Choice(["enrich", "publish", "timescale", "graph"]),
+@click.option("--stage", type=click.Choice(stages.NAMES),
               help="Replay every entry of this stage.")
 @click.option("--all", "replay_all", is_flag=True, help="Replay every entry.")
 @click.argument("entry_ids", nargs=-1)
@@ -219,9 +220,15 @@ def dlq_replay(stage: str | None, replay_all: bool, entry_ids: tuple[str, ...]) 
     if entry_ids and len(letters) != len(entry_ids):
         raise click.ClickException("some IDs are not in the dead-letter queue; nothing replayed")
     letters = [e for e in letters if stage is None or e.stage == stage]
-    from etl import actors
+    from etl.broker import build_broker
+    from etl.pipeline.handoff import Handoff
 
-    count = replay(store, letters, actors.app.settings.max_batch_size, actors.send_to_stage)
+    settings = load_settings()
+    broker = build_broker(settings)
+    try:
+        count = replay(store, letters, settings.max_batch_size, Handoff.from_settings(broker, settings).to_stage)
+    finally:
+        broker.close()
     click.echo(f"replayed {count} dead letter(s)")
 
 

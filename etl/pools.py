@@ -9,57 +9,20 @@ from __future__ import annotations
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE
 from etl.config import Settings
 from etl.errors import ConfigError
-from etl.sinks.graph.backend import FALKOR_SCHEME
+from etl.stages import BY_NAME, NAMES, PoolSize, Stage
 
 # Dramatiq's Redis consumer treats "every prefetched message still in progress" like an empty queue and backs off
-# exponentially, up to the worker timeout. With one message per thread, a thread that finished its batch then
-# waited for that sleep (about as long as the batch took): alone, the graph pool merged about 6,000 events/s with
-# one and 10,800 with two (bench/stages.py, batches of 500). One message in reserve per thread keeps it busy.
+# exponentially, up to the worker timeout: a thread that finished its batch then waited about as long as the batch
+# took. One message in reserve per thread keeps it busy (docs/performance.md).
 PREFETCH_PER_THREAD = 2
 # A stopping worker's threads get one batch's time limit (PROCESSING_TIMEOUT) plus this.
 SHUTDOWN_MARGIN_MS = 5_000
 # The longest that backoff may sleep, in ms (Dramatiq's default: 1,000): an idle pool notices new work within it.
 WORKER_TIMEOUT_MS = 100
-
-
-@dataclass(frozen=True)
-class Pool:
-    name: str
-    queue: str
-    processes: int
-    threads: int
-
-
-POOLS: dict[str, Pool] = {
-    "enrich": Pool("enrich", QUEUE_ENRICH, processes=1, threads=2),
-    # Publishing is Python CPU under one GIL per process: decoding the batch, encoding the events (Dramatiq's
-    # threads), then the frames and the stream's acks (the sink's event loop thread). Alone, one process published
-    # 69,500-75,000 events/s with 2 threads and 76,000-79,000 with 3 or 4; two processes of two threads
-    # 87,000-104,000, at the same CPU per event. End to end on two cores the second process cost nothing
-    # measurable (11,868 and 12,034 events/s against 12,044 and 11,914, interleaved), about 50 MiB of memory.
-    "publish": Pool("publish", QUEUE_PUBLISH, processes=2, threads=2),
-    # Decoding batches and formatting rows is Python CPU, one GIL per process, beside PostgreSQL's COPY: alone, two
-    # processes of two threads stored 88,900 and 89,300 events/s against 78,700 and 80,800 for one of four
-    # (interleaved), at 1 µs more CPU per event; end to end no measurable change (11,780-11,983 events/s against
-    # 11,777-12,013). PG_POOL_SIZE follows the threads: six PostgreSQL connections in all, where one process of
-    # four threads opened eight.
-    "timescale": Pool("timescale", QUEUE_TIMESCALE, processes=2, threads=2),
-    # On Neo4j (the production default), two processes of one thread. Measured on hot hub nodes and on the
-    # generator's events alike (bench/run; figures in docs/neo4j.md): two writers beat one, and two processes beat
-    # two threads of one process, since the driver packs rows in Python under one GIL per process; four threads
-    # gained nothing more and met deadlocks on hub nodes (run again by the driver, etl_graph_write_reruns_total).
-    "graph": Pool("graph", QUEUE_GRAPH, processes=2, threads=1),
-}
-# FalkorDB runs one write query at a time per graph, so a second process adds little there: one process, where a
-# second thread builds the next batch's query while the server runs one (see pool_size).
-FALKOR_GRAPH_POOL = Pool("graph", QUEUE_GRAPH, processes=1, threads=2)
 
 
 def _count(env: Mapping[str, str], name: str, default: int) -> int:
@@ -78,29 +41,27 @@ def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str],
     thread: Redis, not the worker's memory, is where the backlog waits, yet a thread that finishes a batch finds
     the next one already fetched (see ``PREFETCH_PER_THREAD``).
     """
-    if pool_name not in POOLS:
-        raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {pool_name!r}")
-    pool = pool_size(POOLS[pool_name], env)
-    processes = _count(env, "WORKER_PROCESSES", pool.processes)
-    threads = _count(env, "WORKER_THREADS", pool.threads)
-    argv = [sys.executable, "-m", "dramatiq", "etl.actors", "--queues", pool.queue,
+    if pool_name not in BY_NAME:
+        raise ConfigError(f"pool must be one of {', '.join(NAMES)}, got {pool_name!r}")
+    stage = BY_NAME[pool_name]
+    size = pool_size(stage, env)
+    processes = _count(env, "WORKER_PROCESSES", size.processes)
+    threads = _count(env, "WORKER_THREADS", size.threads)
+    argv = [sys.executable, "-m", "dramatiq", "etl.actors", "--queues", stage.queue,
             "--processes", str(processes), "--threads", str(threads),
             "--worker-shutdown-timeout", str(shutdown_timeout_ms(env))]
     prefetch = str(threads * PREFETCH_PER_THREAD)
     extra = {"dramatiq_queue_prefetch": prefetch, "dramatiq_delay_queue_prefetch": prefetch,
-             "dramatiq_worker_timeout": str(WORKER_TIMEOUT_MS), **_metrics_env(pool.name, env)}
-    if pool.name == "timescale" and "PG_POOL_SIZE" not in env:
-        # The sink opens its whole pool at start: one connection per thread, and one for health checks.
-        extra["PG_POOL_SIZE"] = str(threads + 1)
+             "dramatiq_worker_timeout": str(WORKER_TIMEOUT_MS), **_metrics_env(stage.name, env)}
+    if stage.worker_env is not None:
+        extra.update({k: v for k, v in stage.worker_env(threads).items() if k not in env})
     return argv, extra
 
 
-def pool_size(pool: Pool, env: Mapping[str, str]) -> Pool:
-    """The pool's default processes and threads, before ``WORKER_PROCESSES`` and ``WORKER_THREADS``: the graph
-    pool's depend on the server ``NEO4J_URI`` names (``FALKOR_GRAPH_POOL`` for FalkorDB)."""
-    if pool.name == "graph" and urlsplit(Settings.from_env(env).neo4j_uri).scheme == FALKOR_SCHEME:
-        return FALKOR_GRAPH_POOL
-    return pool
+def pool_size(stage: Stage, env: Mapping[str, str]) -> PoolSize:
+    """The pool's default processes and threads, before ``WORKER_PROCESSES`` and ``WORKER_THREADS``: the stage's,
+    as the settings in ``env`` adjust them (the graph pool's depend on the server ``NEO4J_URI`` names)."""
+    return stage.pool_size(Settings.from_env(env))
 
 
 def shutdown_timeout_ms(env: Mapping[str, str]) -> int:

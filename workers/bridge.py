@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import redis
 
-from etl.broker import redis_client
+from etl.broker import build_broker, redis_client
 from etl.config import load_settings
 from etl.pipeline.backlog import Backlog, deepest, queue_depths
 from etl.runtime.metrics import QUEUE_DEPTH
@@ -56,12 +56,14 @@ def main() -> int:
     from etl.runtime.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format, process="bridge")
-    from etl.actors import enqueue_raw  # sets up the broker the batches go to
     from etl.ops.health import HealthServer
     from etl.pipeline.bridge import Bridge, run_until_signalled
+    from etl.pipeline.handoff import Handoff
 
+    broker = build_broker(settings)  # only to enqueue: the actors and their sinks live in the worker pools
     client = redis_client(settings)
-    bridge = Bridge(settings, enqueue_raw, backlog=backlog_probe(client), ack_wait_s=settings.nats_ack_wait_s)
+    handoff = Handoff.from_settings(broker, settings)
+    bridge = Bridge(settings, handoff.raw, backlog=backlog_probe(client), ack_wait_s=settings.nats_ack_wait_s)
     redis_check = redis_reachable(client)
     health = HealthServer(settings.health_host, settings.health_port,
                           lambda: bridge.not_ready_reason() or redis_check()).start()
@@ -70,6 +72,7 @@ def main() -> int:
     finally:
         health.stop()
         client.close()
+        broker.close()
     return 0
 
 

@@ -7,12 +7,13 @@ import sys
 
 from etl.config import exit_on_config_error
 from etl.errors import ConfigError
-from etl.pools import POOLS, dramatiq_command
+from etl.pools import dramatiq_command
+from etl.stages import NAMES
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        sys.stderr.write(f"usage: python -m workers.run {{{'|'.join(POOLS)}}}\n")
+        sys.stderr.write(f"usage: python -m workers.run {{{'|'.join(NAMES)}}}\n")
         return 2
     try:
         command, extra_env = dramatiq_command(argv[0], os.environ)

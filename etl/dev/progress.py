@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from etl.broker import QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE
 from etl.config import Settings
-from etl.ops.status import SINKS, STAGES, Snapshot, render
+from etl.ops.status import STAGES, Snapshot, render
+from etl.stages import SINK_NAMES, SINK_STAGES
 
 HEARTBEAT_S = 30.0
 CURSOR_UP_AND_ERASE = "\x1b[{lines}F\x1b[J"  # to the start of the line ``lines`` up, then erase to the end
 # Sink totals of a snapshot, and the dead-letter stage of each sink.
-SINK_STAGES = {"published": QUEUE_PUBLISH, "stored": QUEUE_TIMESCALE, "merged": QUEUE_GRAPH}
+SINK_TOTALS = {stage.total: stage.name for stage in SINK_STAGES if stage.total}  # total -> stage
 SUMMARY_NAMES = {"stored": "TimescaleDB rows", "merged": "graph Event nodes", "published": "events.enriched messages"}
 
 
@@ -51,14 +51,14 @@ def unaccounted(baseline: Snapshot, now: Snapshot, sent: Sent) -> int | None:
     if base_dead is None or dead is None:
         return None
     missing = 0
-    for total, stage in SINK_STAGES.items():
+    for total, stage in SINK_TOTALS.items():
         before, after = baseline.totals.get(total), now.totals.get(total)
         if before is None or after is None:
             return None
         reached = after - before + dead.get(stage, 0) - base_dead.get(stage, 0)
         missing = max(missing, sent.valid - reached)
-    rejected = sum(n for stage, n in dead.items() if stage not in SINKS) - sum(
-        n for stage, n in base_dead.items() if stage not in SINKS)
+    rejected = sum(n for stage, n in dead.items() if stage not in SINK_NAMES) - sum(
+        n for stage, n in base_dead.items() if stage not in SINK_NAMES)
     return max(missing, sent.malformed - rejected, 0)
 
 

@@ -29,7 +29,8 @@ from etl.dev.session import StopSignals, locked_data_dir, reap_children, survivi
 from etl.dev.supervisor import Pipeline
 from etl.errors import EtlError
 from etl.ops import report, status
-from etl.pools import POOLS
+from etl.sinks.migrate import migrate
+from etl.stages import NAMES
 
 PROGRESS_INTERVAL_S = 1.0
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
@@ -57,16 +58,6 @@ class DevOptions:
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
 
 
-def migrate(settings: Settings) -> None:
-    """Apply the PostgreSQL schema and the graph constraints before the workers start."""
-    from etl.sinks.graph.sink import GraphSink
-    from etl.sinks.timescale import TimescaleSink
-
-    for sink in (TimescaleSink(settings), GraphSink(settings)):
-        sink.open()
-        sink.close()
-
-
 class Stack:
     """One running local stack: servers, bridge, worker pools and generator, started and stopped in order."""
 
@@ -83,7 +74,7 @@ class Stack:
 
     def start(self) -> None:
         """Start everything; raises ``devservers.ServerError`` or an ``EtlError`` (``PortError`` among them)."""
-        options, pools = self.options, tuple(POOLS)
+        options, pools = self.options, NAMES
         options.ports.check(pools)
         env = self._start_servers()
         self.settings = settings = Settings.from_env({**os.environ, **env})
@@ -122,7 +113,7 @@ class Stack:
         """Start the worker pools, then the bridge, and wait until each serves its metrics. Raises ``EtlError``
         with the log's tail when a process exits, or does not answer within ``PROCESS_START_TIMEOUT_S``."""
         logs = self.options.data_dir / "logs"
-        self.workers = Pipeline(env, logs, pools=tuple(POOLS), bridges=0,
+        self.workers = Pipeline(env, logs, pools=NAMES, bridges=0,
                                 ports={n: p for n, p in ports.items() if n != BRIDGE})
         self.bridge = Pipeline(env, logs, pools=(), bridges=1, ports={BRIDGE: ports[BRIDGE]})
         self.workers.start()
@@ -136,7 +127,7 @@ class Stack:
                                        f"{pipeline.log_tail(name)}")
             _, silent = status.fetch_metrics(self.metrics_urls)
             if not silent:
-                self.say(f"the bridge and {len(POOLS)} worker pools are up")
+                self.say(f"the bridge and {len(NAMES)} worker pools are up")
                 return
             if time.monotonic() > deadline:
                 raise EtlError(f"not answering after {PROCESS_START_TIMEOUT_S:g}s: {', '.join(silent)}; "

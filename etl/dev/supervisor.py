@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from etl.dev.servers import free_port, signal_when_parent_dies
-from etl.pools import POOLS, dramatiq_command
+from etl.pools import dramatiq_command
+from etl.stages import NAMES
 
 DEFAULT_STOP_TIMEOUT_S = 30.0
 
@@ -27,7 +28,7 @@ class Pipeline:
 
     env: Mapping[str, str]
     log_dir: Path
-    pools: Sequence[str] = tuple(POOLS)
+    pools: Sequence[str] = NAMES
     bridges: int = 1
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)

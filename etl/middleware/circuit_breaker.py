@@ -26,13 +26,13 @@ from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, SkipMessage
 
 from etl.breaker import CircuitBreaker, State
-from etl.broker import QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE
 from etl.errors import SinkUnavailable
 from etl.runtime.metrics import BREAKER_STATE
+from etl.stages import SINK_STAGES
 
 log = logging.getLogger(__name__)
 
-SINK_QUEUES = (QUEUE_PUBLISH, QUEUE_TIMESCALE, QUEUE_GRAPH)  # each sink queue is named after its sink
+SINK_QUEUES = tuple(stage.queue for stage in SINK_STAGES)
 DELAY_JITTER_SHARE = 0.1  # spread delayed messages over 10% more than the wait, so they do not return at once
 MS_PER_S = 1000
 

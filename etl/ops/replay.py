@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from etl.pipeline.dlq import DeadLetter, DeadLetterStore
-
-SINK_STAGES = ("publish", "timescale", "graph")
-STAGES = ("enrich", *SINK_STAGES)
+from etl.stages import ENRICH, NAMES
 
 
 @dataclass(frozen=True)
@@ -28,14 +26,14 @@ def plan(letters: Iterable[DeadLetter], batch_size: int) -> list[ReplayBatch]:
     """Group entries by stage into batches of at most ``batch_size``. Unknown stages raise ``ValueError``."""
     by_stage: dict[str, list[DeadLetter]] = {}
     for letter in letters:
-        if letter.stage not in STAGES:
+        if letter.stage not in NAMES:
             raise ValueError(f"dead letter {letter.id} has unknown stage {letter.stage!r}")
         by_stage.setdefault(letter.stage, []).append(letter)
     batches = []
     for stage, group in by_stage.items():
         for start in range(0, len(group), batch_size):
             chunk = group[start:start + batch_size]
-            payloads = [e.raw_bytes() if stage == "enrich" else e.event for e in chunk]
+            payloads = [e.raw_bytes() if stage == ENRICH.name else e.event for e in chunk]
             batches.append(ReplayBatch(stage, [e.id for e in chunk], payloads))
     return batches
 

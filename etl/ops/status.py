@@ -1,7 +1,8 @@
 """``etl status``: what each stage holds and how fast it grows, read from the servers and the processes' metrics.
 
-Totals come from the servers themselves (``etl.ops.report``), plus the raw stream's durable consumer: ``received`` is
-what the bridge took from JetStream and acked, ``lag`` what waits in the stream for a bridge. Breaker states and
+Totals come from the servers themselves (each sink stage's counter, ``etl.stages``), plus the raw stream's
+durable consumer: ``received`` is what the bridge took from JetStream and acked, ``lag`` what waits in the stream
+for a bridge. Breaker states and
 "bridge paused" live only in process memory, so they come from the ``/metrics`` pages the caller names; when none
 answers they are unknown, and "paused" is also estimated from the queue depths as the bridge itself decides it.
 
@@ -23,18 +24,17 @@ from urllib.parse import urlsplit
 from prometheus_client.parser import text_string_to_metric_families
 
 from etl.breaker import State
-from etl.broker import QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE, redis_client
+from etl.broker import redis_client
 from etl.config import Settings
 from etl.envvalues import redact_url
-from etl.ops import report
 from etl.pipeline.backlog import Backpressure, deepest, queue_depths
 from etl.pipeline.dlq import DeadLetterStore
+from etl.stages import NAMES, SINK_NAMES, SINK_STAGES
 
 T = TypeVar("T")
 
 # Stage totals, in pipeline order; the keys of ``Snapshot.totals`` and of the rates.
-STAGES = ("received", "published", "stored", "merged", "dead_lettered")
-SINKS = (QUEUE_PUBLISH, QUEUE_TIMESCALE, QUEUE_GRAPH)
+STAGES = ("received", *(s.total for s in SINK_STAGES if s.total), "dead_lettered")
 METRICS_TIMEOUT_S = 1.0
 METRICS_SCHEMES = ("http", "https")
 BREAKER_METRIC = "etl_circuit_breaker_state"
@@ -153,7 +153,6 @@ def rates(previous: Snapshot, current: Snapshot) -> dict[str, float | None]:
 class _NatsReading:
     """The enriched stream's size and the raw consumer's counters (see ``Snapshot``); ``None``: not read."""
 
-    published: int | None = None
     received: int | None = None
     delivered: int | None = None
     lag: int | None = None
@@ -175,15 +174,14 @@ async def _read_nats(settings: Settings) -> _NatsReading:
     nc = await connect(settings, name="etl-status")
     try:
         js = nc.jetstream()
-        published = await messages(settings.nats_enriched_stream)
         try:
             info = await js.consumer_info(settings.nats_stream, settings.nats_consumer)
         except NotFoundError:  # no bridge ever ran: everything in the raw stream waits
-            return _NatsReading(published, 0, 0, await messages(settings.nats_stream), 0)
+            return _NatsReading(0, 0, await messages(settings.nats_stream), 0)
         delivered = info.delivered.stream_seq if info.delivered else 0
         ack_pending = info.num_ack_pending or 0
         # The raw stream captures only the raw subject, and the consumer delivers all of it in sequence order.
-        return _NatsReading(published, delivered - ack_pending, delivered, info.num_pending or 0, ack_pending)
+        return _NatsReading(delivered - ack_pending, delivered, info.num_pending or 0, ack_pending)
     finally:
         await close(nc)
 
@@ -227,18 +225,17 @@ def collect(settings: Settings, metrics_urls: Sequence[str] = (), *,
             clock: Callable[[], float] = time.time) -> Snapshot:
     """Read every source once. Never raises for a source that cannot be read: see ``Snapshot.errors``."""
     errors: dict[str, str] = {}
-    stored = _guarded(errors, "postgresql", lambda: report.stored_count(settings))
-    merged = _guarded(errors, "graph", lambda: report.merged_count(settings))
+    sinks = {stage.total: _guarded(errors, stage.name, lambda stage=stage: stage.count(settings))
+             for stage in SINK_STAGES if stage.total and stage.count}
     nats = _guarded(errors, "nats", lambda: asyncio.run(_read_nats(settings))) or _NatsReading()
     depths, dead = _guarded(errors, "redis", lambda: _read_redis(settings)) or (None, None)
     metrics, unreachable = fetch_metrics(metrics_urls)
     pressure = Backpressure.from_settings(settings)
     return Snapshot(
         taken_at=clock(),
-        totals={"received": nats.received, "published": nats.published, "stored": stored, "merged": merged,
-                "dead_lettered": None if dead is None else sum(dead.values())},
+        totals={"received": nats.received, **sinks, "dead_lettered": None if dead is None else sum(dead.values())},
         delivered=nats.delivered, lag=nats.lag, ack_pending=nats.ack_pending, dead_letters=dead, queues=depths,
-        breakers={s: _state_name(metrics.breakers.get(s)) if metrics else None for s in SINKS},
+        breakers={s: _state_name(metrics.breakers.get(s)) if metrics else None for s in SINK_NAMES},
         bridge_paused=metrics.paused if metrics else None,
         paused_estimate=None if depths is None else paused_estimate(depths, pressure),
         high_water=pressure.high_water, low_water=pressure.low_water, errors=errors,
@@ -286,9 +283,8 @@ def render(snapshot: Snapshot, stage_rates: Mapping[str, float | None], settings
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snapshot.taken_at))
     every = f"  every {interval_s:g}s, Ctrl-C to quit" if interval_s else ""
     sources = {"received": f"acked by the bridge on {settings.nats_stream}/{settings.nats_consumer}",
-               "published": f"messages in {settings.nats_enriched_stream or '(core NATS: not counted)'}",
-               "stored": f"rows in PostgreSQL table {settings.pg_table}",
-               "merged": "Event nodes in the graph", "dead_lettered": "entries in the dead-letter queue"}
+               **{s.total: s.counted_as(settings) for s in SINK_STAGES if s.total and s.counted_as},
+               "dead_lettered": "entries in the dead-letter queue"}
     lines = [f"etl status  {when}{every}", "", f"{'stage':<14}{'total':>10}{'rate/s':>10}  counted as"]
     for stage in STAGES:
         name = stage.replace("_", "-")
@@ -299,7 +295,7 @@ def render(snapshot: Snapshot, stage_rates: Mapping[str, float | None], settings
         "",
         f"{'JetStream lag':<16}{_show(snapshot.lag)} waiting, {_show(snapshot.ack_pending)} awaiting ack",
         f"{'queues':<16}{_pairs(snapshot.queues)}  (deepest {_show(depth)}, pauses at {snapshot.high_water})",
-        f"{'dead letters':<16}{_pairs(snapshot.dead_letters, ('enrich', *SINKS))}",
+        f"{'dead letters':<16}{_pairs(snapshot.dead_letters, NAMES)}",
         f"{'breakers':<16}{_pairs(snapshot.breakers)}",
         f"{'bridge paused':<16}{_yes_no(snapshot.bridge_paused)} (metrics)  "
         f"{_yes_no(snapshot.paused_estimate)} (estimated from queue depth)",

@@ -26,9 +26,9 @@ from typing import Any
 
 import redis
 
-from etl.broker import QUEUES
 from etl.config import Settings
 from etl.runtime.metrics import BRIDGE_PAUSED
+from etl.stages import QUEUES
 
 log = logging.getLogger(__name__)
 

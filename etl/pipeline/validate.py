@@ -8,8 +8,9 @@ from typing import Any
 from etl.errors import BadEvent
 from etl.pipeline.dlq import DeadLetter
 from etl.pipeline.events import parse_event
+from etl.stages import ENRICH
 
-STAGE = "enrich"
+STAGE = ENRICH.name
 
 
 def validate_batch(raws: Sequence[str | bytes], *, max_bytes: int) -> tuple[list[dict[str, Any]], list[DeadLetter]]:

@@ -263,3 +263,23 @@ def _translated(error: BaseException) -> BaseException:
             return SinkDataError(f"the stream refused an event: {error.description}")
         return SinkUnavailable(f"the stream refused a publish: {conn.describe(error)}")
     return error
+
+
+def count_published(settings: Settings) -> int:
+    """Messages in the enriched stream (0 when no stream captures the enriched subject). Raises
+    ``NatsUnavailable`` (and other driver errors) when NATS cannot be read."""
+    if not settings.nats_enriched_stream:
+        return 0
+
+    async def count() -> int:
+        nc = await conn.connect(settings, name="etl-report")
+        try:
+            info = await nc.jetstream().stream_info(settings.nats_enriched_stream)
+            return int(info.state.messages)
+        except nats.js.errors.NotFoundError:
+            return 0
+        finally:
+            await conn.close(nc)
+
+    return asyncio.run(count())
+

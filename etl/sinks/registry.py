@@ -9,35 +9,21 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
 
 import dramatiq
 from dramatiq.middleware import Middleware
 
 from etl.config import Settings
 from etl.sinks.base import Sink
+from etl.stages import SINK_STAGES
 
 log = logging.getLogger(__name__)
 
 
 def sink_factories(settings: Settings) -> dict[str, Callable[[], Sink]]:
-    """How to build each sink. Imports are deferred so a pool loads only its own driver."""
-
-    def publish() -> Sink:
-        from etl.sinks.nats_publish import NatsPublisher
-
-        return NatsPublisher(settings)
-
-    def timescale() -> Sink:
-        from etl.sinks.timescale import TimescaleSink
-
-        return TimescaleSink(settings)
-
-    def graph() -> Sink:
-        from etl.sinks.graph.sink import GraphSink
-
-        return GraphSink(settings)
-
-    return {"publish": publish, "timescale": timescale, "graph": graph}
+    """How to build each sink stage's sink (``etl.stages``), by stage name."""
+    return {stage.name: partial(stage.sink, settings) for stage in SINK_STAGES if stage.sink is not None}
 
 
 class Sinks:

@@ -356,3 +356,21 @@ def _give_back(pool: psycopg2.pool.ThreadedConnectionPool, conn: _Connection, he
         pool.putconn(conn, close=not healthy)
     except psycopg2.pool.PoolError:  # the sink was closed meanwhile
         conn.close()
+
+
+def count_stored(settings: Settings) -> int:
+    """Rows in the events table (0 before it exists), read without the sink's migration: looking must not write.
+    Raises ``psycopg2.Error`` when PostgreSQL cannot be read."""
+    conn = psycopg2.connect(**connection_params(settings), connect_timeout=DEFAULT_CONNECT_TIMEOUT_S)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s)", (settings.pg_table,))
+            row = cur.fetchone()
+            if row is None or row[0] is None:
+                return 0
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(settings.pg_table)))
+            result = cur.fetchone()
+            return int(result[0]) if result else 0
+    finally:
+        conn.close()
+

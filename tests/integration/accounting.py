@@ -209,7 +209,7 @@ def check_accounting(settings: Settings, events: Events, *, reasons: tuple[str, 
     """The invariant: every valid event stored once and merged once, on the enriched stream at least once;
     every bad event dead-lettered by enrichment with a reason, and nothing else dead-lettered."""
     counts = report.collect(settings)
-    assert len(set(events.all)) == counts.stored + sum(counts.dead_lettered.values()), counts
+    assert len(set(events.all)) == counts.totals["stored"] + sum(counts.dead_lettered.values()), counts
     expected = by_id(events.valid)
     assert len(expected) == len(events.valid), "the scenario's valid events have distinct ids"
     check_postgres(settings, expected)

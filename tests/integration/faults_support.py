@@ -19,13 +19,14 @@ import redis
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 
-from etl.broker import QUEUES, redis_client
+from etl.broker import redis_client
 from etl.config import Settings
 from etl.dev import servers as devservers
 from etl.dev.supervisor import Pipeline
 from etl.natsio.conn import UNAVAILABLE_ERRORS, connect
 from etl.ops import report
 from etl.pipeline.bridge import consumer_config, ensure_raw_stream
+from etl.stages import QUEUES, TIMESCALE
 from tests.graphs import FALKORDB, graph_env, neo4j_server_or_skip
 from tests.waiting import wait_for
 
@@ -318,7 +319,7 @@ def wait_settled(settings: Settings, pipeline: Pipeline, *, timeout_s: float) ->
         consumer = _consumer_summary(settings)
         counts = report.collect(settings)
         idle = consumer["pending"] == 0 and consumer["ack_pending"] == 0 and not any(counts.queued.values())
-        snapshot = (counts.stored, counts.merged, counts.published, sorted(counts.dead_lettered.items()))
+        snapshot = (sorted(counts.totals.items()), sorted(counts.dead_lettered.items()))
         at_rest = idle and previous == [snapshot]
         previous[:] = [snapshot] if idle else []
         return counts if at_rest else None
@@ -338,6 +339,6 @@ def hold(seconds: float, check: Callable[[], None], interval_s: float = 0.5) -> 
 
 def wait_stored(settings: Settings, pipeline: Pipeline, *, at_least: int = 1, timeout_s: float = 30) -> None:
     """Wait until the pipeline stored ``at_least`` events: it is running, and events are mid-way."""
-    wait_for(lambda: report.stored_count(settings) >= at_least, timeout_s=timeout_s, interval_s=0.05,
+    wait_for(lambda: TIMESCALE.count(settings) >= at_least, timeout_s=timeout_s, interval_s=0.05,
              describe=lambda: diagnose(settings, pipeline))
 

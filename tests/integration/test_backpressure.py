@@ -25,11 +25,12 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 from prometheus_client import REGISTRY
 
-from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE, QUEUES, build_broker
+from etl.broker import build_broker
 from etl.config import Settings
 from etl.pipeline import rawbatch
 from etl.pipeline.backlog import deepest, queue_depths
 from etl.pipeline.bridge import Bridge, ensure_raw_stream
+from etl.stages import ENRICH, GRAPH, PUBLISH, QUEUES, TIMESCALE
 
 EVENTS = 5000
 BATCH = 50
@@ -53,12 +54,12 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 @pytest.fixture
 def broker(settings: Settings) -> RedisBroker:
     broker = build_broker(settings)
-    broker.declare_queue(QUEUE_ENRICH)
+    broker.declare_queue(ENRICH.queue)
     return broker
 
 
 class Enqueuer:
-    """The bridge's ``enqueue``, as ``etl.actors.enqueue_raw`` does it: one ``enrich_batch`` message per batch.
+    """The bridge's ``enqueue``, as ``Handoff.raw`` does it: one ``enrich_batch`` message per batch.
 
     Records the enrich queue's depth right after each enqueue: the bound the bridge must keep.
     """
@@ -71,9 +72,9 @@ class Enqueuer:
         texts, binary = rawbatch.pack(batch)
         if len(self.depths_after) == 19:
             time.sleep(1.5)
-        self._broker.enqueue(dramatiq.Message(queue_name=QUEUE_ENRICH, actor_name="enrich_batch",
+        self._broker.enqueue(dramatiq.Message(queue_name=ENRICH.queue, actor_name=ENRICH.actor,
                                               args=(texts, binary), kwargs={}, options={}))
-        self.depths_after.append(queue_depths(self._broker.client)[QUEUE_ENRICH])
+        self.depths_after.append(queue_depths(self._broker.client)[ENRICH.queue])
 
 
 class Backlog:
@@ -95,7 +96,7 @@ class Drainer:
     """Takes messages off the enrich queue and acks them, as a worker would, keeping the event ids they carry."""
 
     def __init__(self, broker: RedisBroker) -> None:
-        self._consumer = broker.consume(QUEUE_ENRICH, prefetch=1, timeout=CONSUME_TIMEOUT_MS)
+        self._consumer = broker.consume(ENRICH.queue, prefetch=1, timeout=CONSUME_TIMEOUT_MS)
         self.ids: list[str] = []
 
     def take(self, messages: int) -> None:
@@ -175,7 +176,7 @@ async def stream_messages(js: JetStreamContext, settings: Settings) -> int:
 def queued_ids(client: redis.Redis) -> list[str]:
     """The event ids in every message still in the enrich queue."""
     out: list[str] = []
-    for data in client.hvals(f"dramatiq:{QUEUE_ENRICH}.msgs"):
+    for data in client.hvals(f"dramatiq:{ENRICH.queue}.msgs"):
         out += dramatiq.Message.decode(data).args[0]
     return out
 
@@ -201,7 +202,7 @@ def test_pauses_at_high_water_keeps_the_rest_in_jetstream_and_resumes_at_low_wat
                 # Paused: the queue holds high water, the rest waits in JetStream, acked = enqueued.
                 assert bridge.paused and paused_gauge() == 1
                 enqueued = bridge.messages_enqueued
-                assert queue_depths(broker.client)[QUEUE_ENRICH] == bridge.batches == HIGH_WATER
+                assert queue_depths(broker.client)[ENRICH.queue] == bridge.batches == HIGH_WATER
                 in_redis = queued_ids(broker.client)
                 assert len(in_redis) == enqueued and set(in_redis) <= {i.decode() for i in published}
                 info = await consumer(js, settings)
@@ -235,7 +236,7 @@ def test_pauses_at_high_water_keeps_the_rest_in_jetstream_and_resumes_at_low_wat
     assert Counter(drainer.ids) == Counter(i.decode() for i in published)
     assert bridge.messages_enqueued == EVENTS
     assert max(enqueue.depths_after) == HIGH_WATER  # one replica: exactly high water, never a batch more
-    assert queue_depths(broker.client)[QUEUE_ENRICH] == 0
+    assert queue_depths(broker.client)[ENRICH.queue] == 0
     transitions = [r.getMessage() for r in caplog.records if r.name == "etl.pipeline.backlog"]
     # At high water, or one below it with the next batch on its way.
     assert any(t.startswith((f"bridge paused: a Dramatiq queue holds {HIGH_WATER} message(s)",
@@ -263,7 +264,7 @@ def test_a_batch_being_acked_does_not_count_as_on_its_way(settings: Settings, br
             async with running(bridge):
                 await eventually(lambda: bridge.paused)
                 await eventually(lambda: bridge.batches >= HIGH_WATER, lambda: f"batches={bridge.batches}")
-                assert queue_depths(broker.client)[QUEUE_ENRICH] == HIGH_WATER
+                assert queue_depths(broker.client)[ENRICH.queue] == HIGH_WATER
 
     asyncio.run(main())
 
@@ -304,10 +305,10 @@ def test_queue_depths_count_waiting_in_flight_and_delayed_messages(broker: Redis
         return dramatiq.Message(queue_name=queue, actor_name="any", args=([],), kwargs={}, options={})
 
     for _ in range(3):
-        broker.enqueue(message(QUEUE_ENRICH))
-    broker.enqueue(message(QUEUE_GRAPH), delay=60_000)  # a retry waiting for its backoff
-    broker.enqueue(message(QUEUE_GRAPH))
-    consumer = broker.consume(QUEUE_ENRICH, prefetch=1, timeout=CONSUME_TIMEOUT_MS)
+        broker.enqueue(message(ENRICH.queue))
+    broker.enqueue(message(GRAPH.queue), delay=60_000)  # a retry waiting for its backoff
+    broker.enqueue(message(GRAPH.queue))
+    consumer = broker.consume(ENRICH.queue, prefetch=1, timeout=CONSUME_TIMEOUT_MS)
     try:
         deadline = time.monotonic() + WAIT_S
         while next(consumer) is None:  # one message in flight: fetched, not acked
@@ -315,6 +316,6 @@ def test_queue_depths_count_waiting_in_flight_and_delayed_messages(broker: Redis
         depths = queue_depths(broker.client)
     finally:
         consumer.close()
-    assert depths == {QUEUE_ENRICH: 3, QUEUE_PUBLISH: 0, QUEUE_TIMESCALE: 0, QUEUE_GRAPH: 2}
+    assert depths == {ENRICH.queue: 3, PUBLISH.queue: 0, TIMESCALE.queue: 0, GRAPH.queue: 2}
     assert list(depths) == list(QUEUES)
     assert deepest(depths) == 3

@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 
 from etl.app import build_app
 from etl.breaker import DEFAULT_MAX_COOLDOWN_GROWTH, State
-from etl.broker import QUEUE_TIMESCALE, redis_client
+from etl.broker import redis_client
 from etl.config import Settings
 from etl.dev import servers as devservers
 from etl.dev.generator import generate
@@ -33,6 +33,7 @@ from etl.errors import SinkUnavailable
 from etl.natsio.conn import connect
 from etl.ops import report
 from etl.pipeline.bridge import ensure_raw_stream
+from etl.stages import TIMESCALE
 from tests.waiting import wait_for
 
 # A short retry budget: RETRY_MAX retries of at most RETRY_MAX_BACKOFF_MS each.
@@ -93,7 +94,7 @@ def run_outage(settings: Settings) -> Outcome:
     app = build_app(settings)
     sink = SwitchableSink()
 
-    @dramatiq.actor(broker=app.broker, queue_name=QUEUE_TIMESCALE, actor_name="switchable_store")
+    @dramatiq.actor(broker=app.broker, queue_name=TIMESCALE.queue, actor_name="switchable_store")
     def store(events: list[dict[str, Any]]) -> None:
         sink.write(events)
 
@@ -103,9 +104,9 @@ def run_outage(settings: Settings) -> Outcome:
     worker.start()
     try:
         time.sleep(IN_PROCESS_OUTAGE_S)  # the outage itself
-        state = breaker_state(QUEUE_TIMESCALE)
+        state = breaker_state(TIMESCALE.queue)
         sink.down = False
-        app.broker.join(QUEUE_TIMESCALE, timeout=int(WAIT_S * 1000))
+        app.broker.join(TIMESCALE.queue, timeout=int(WAIT_S * 1000))
     finally:
         worker.stop()
         app.broker.close()
@@ -130,7 +131,7 @@ def test_an_open_circuit_delays_messages_without_spending_their_retries(make_set
     assert sorted(sink.written) == sorted(f"event-{i}" for i in range(IN_PROCESS_MESSAGES)), "each once"
     assert outcome.dead_letters == {}, "nothing dead-lettered"
     assert sink.attempts_while_down <= bound < IN_PROCESS_MESSAGES
-    assert breaker_state(QUEUE_TIMESCALE) == State.CLOSED
+    assert breaker_state(TIMESCALE.queue) == State.CLOSED
 
 
 def test_without_the_breaker_opening_the_same_outage_dead_letters_everything(
@@ -143,7 +144,7 @@ def test_without_the_breaker_opening_the_same_outage_dead_letters_everything(
     outcome = run_outage(settings)
 
     assert outcome.state_during_outage == State.CLOSED
-    assert outcome.sink.written == [] and outcome.dead_letters == {QUEUE_TIMESCALE: IN_PROCESS_MESSAGES}
+    assert outcome.sink.written == [] and outcome.dead_letters == {TIMESCALE.queue: IN_PROCESS_MESSAGES}
     assert outcome.sink.attempts_while_down == IN_PROCESS_MESSAGES * (RETRY_MAX + 1)
 
 
@@ -214,7 +215,7 @@ def test_a_postgres_outage_longer_than_the_retries_ends_with_everything_stored_o
         return log_path.read_text(errors="replace")
 
     asyncio.run(publish(settings, events[:BEFORE_OUTAGE]))
-    wait_for(lambda: report.stored_count(settings) == BEFORE_OUTAGE, timeout_s=WAIT_S,
+    wait_for(lambda: TIMESCALE.count(settings) == BEFORE_OUTAGE, timeout_s=WAIT_S,
              describe=lambda: pipeline.log_tail("worker-timescale"))
     failures_before = log().count("SinkUnavailable: timescale table")
 
@@ -224,14 +225,14 @@ def test_a_postgres_outage_longer_than_the_retries_ends_with_everything_stored_o
     wait_for(lambda: OPENED.search(log()), timeout_s=WAIT_S, describe=lambda: pipeline.log_tail("worker-timescale"))
     time.sleep(max(0.0, down_at + OUTAGE_S - time.monotonic()))  # hold the outage: that is the scenario
     assert report.dead_letter_counts(settings) == {}, "delayed, not dead-lettered, during the outage"
-    assert waiting_in_redis(settings, QUEUE_TIMESCALE) > 0, "the batches wait in Redis"
+    assert waiting_in_redis(settings, TIMESCALE.queue) > 0, "the batches wait in Redis"
     private_postgres.start()
     outage_s = time.monotonic() - down_at
 
     def settled() -> report.Counts | None:
         counts = report.collect(settings)
         total = BEFORE_OUTAGE + DURING_OUTAGE
-        done = (counts.stored, counts.merged, counts.published) == (total, total, total)
+        done = (counts.totals["stored"], counts.totals["merged"], counts.totals["published"]) == (total, total, total)
         return counts if done and counts.dead_lettered == {} and not any(counts.queued.values()) else None
 
     wait_for(settled, timeout_s=WAIT_S, describe=lambda: f"{report.collect(settings)}\n"

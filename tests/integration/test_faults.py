@@ -29,7 +29,7 @@ from etl.dev.stack import migrate
 from etl.dev.supervisor import Pipeline
 from etl.ops import report
 from etl.pipeline.events import MAX_NESTING_DEPTH
-from etl.pools import POOLS
+from etl.stages import BY_NAME, NAMES, TIMESCALE
 from tests.graphs import FALKORDB, GRAPH_BACKENDS
 from tests.integration.accounting import (
     ENRICH_REASONS,
@@ -169,11 +169,11 @@ def kill_worker_mid_batch(settings: Settings, pipeline: Pipeline, pool: str) -> 
     client = redis_client(settings)
     try:
         for _ in range(KILL_ATTEMPTS):
-            holders = wait_for(lambda: unacked_by_worker(client, POOLS[pool].queue), timeout_s=30,
+            holders = wait_for(lambda: unacked_by_worker(client, BY_NAME[pool].queue), timeout_s=30,
                                interval_s=MID_BATCH_POLL_S, describe=lambda: diagnose(settings, pipeline))
             pipeline.kill(f"worker-{pool}")
             pipeline.start_one(f"worker-{pool}")
-            left = unacked_by_worker(client, POOLS[pool].queue)
+            left = unacked_by_worker(client, BY_NAME[pool].queue)
             orphaned = sum(n for worker, n in left.items() if worker in holders)
             if orphaned:
                 return orphaned
@@ -189,7 +189,7 @@ def test_each_pool_worker_killed_mid_batch(volume: int, stack: Stack, settings: 
     events = sample_events(volume, seed=2)
     load = SteadyPublisher(settings, events.all, load_rate(volume)).start()
     # On Neo4j only the graph pool's kill differs from FalkorDB's run; the other pools are killed there.
-    pools = list(POOLS) if stack.graph_backend == FALKORDB else ["graph"]
+    pools = list(NAMES) if stack.graph_backend == FALKORDB else ["graph"]
     orphaned = {pool: kill_worker_mid_batch(settings, pipeline, pool) for pool in pools}
     assert all(orphaned.values()), orphaned
     load.join(publish_s(volume))
@@ -245,7 +245,7 @@ def test_broker_redis_restarted_while_events_flow(volume: int, stack: Stack, set
     events = sample_events(volume, seed=4)
     load = SteadyPublisher(settings, events.all, load_rate(volume)).start()
     for _ in range(REDIS_RESTARTS):
-        wait_stored(settings, pipeline, at_least=report.stored_count(settings) + 100)
+        wait_stored(settings, pipeline, at_least=TIMESCALE.count(settings) + 100)
         stack.redis.stop()  # graceful: Redis writes out its AOF
         stack.redis.start()
     load.join(publish_s(volume))
@@ -346,7 +346,7 @@ def test_sigterm_and_restart_under_steady_load(volume: int, settings: Settings, 
     events = sample_events(volume, seed=7)
     load = SteadyPublisher(settings, events.all, load_rate(volume)).start()
     for ordered in (True, False):
-        wait_stored(settings, pipeline, at_least=report.stored_count(settings) + 100)
+        wait_stored(settings, pipeline, at_least=TIMESCALE.count(settings) + 100)
         codes = pipeline.stop(ordered=ordered)
         assert all(code == 0 for code in codes.values()), (codes, diagnose(settings, pipeline))
         pipeline.start()  # the publisher went on meanwhile: those events waited in JetStream

@@ -19,14 +19,14 @@ from etl.dev import servers
 from etl.dev.generator import generate_hot
 from etl.dev.stack import migrate
 from etl.dev.supervisor import Pipeline
-from etl.pools import POOLS
+from etl.stages import NAMES
 from tests.graphs import NEO4J, graph_env, reset
 from tests.integration.accounting import by_id, check_graph, check_postgres, publish_all
 from tests.integration.faults_support import create_raw_consumer, diagnose, wait_settled
 
 EVENTS = 3000
 SETTLE_S = 120.0
-OTHER_POOLS = tuple(name for name in POOLS if name != "graph")
+OTHER_POOLS = tuple(name for name in NAMES if name != "graph")
 
 
 def reruns(port: int) -> dict[str, float]:

@@ -86,7 +86,7 @@ def test_metrics_move_when_events_flow(make_settings: Callable[..., Settings], t
         wait_for(lambda: get(pipeline.ports["bridge-0"], "/readyz")[0] == 200, timeout_s=20)
         events = list(generate(300, hosts=5, seed=5, malformed_every=50))
         asyncio.run(publish_all(settings, events))
-        wait_for(lambda: report.collect(settings).stored == 294, timeout_s=60)
+        wait_for(lambda: report.collect(settings).totals["stored"] == 294, timeout_s=60)
 
         bridge = pipeline.ports["bridge-0"]
         assert value(bridge, "etl_events_total", stage="received") == 300

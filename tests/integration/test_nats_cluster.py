@@ -21,8 +21,8 @@ from etl.dev import servers
 from etl.dev.supervisor import Pipeline
 from etl.errors import ConfigError
 from etl.natsio.conn import UNAVAILABLE_ERRORS, NatsUnavailable, connect, ensure_stream
-from etl.ops import report
 from etl.pipeline.bridge import ensure_raw_stream
+from etl.stages import TIMESCALE
 from tests.integration.accounting import (
     GENERATED_REASONS,
     by_id,
@@ -103,9 +103,9 @@ class Failover:
 def watch_failover(settings: Settings, killed: str, load: SteadyPublisher, killed_at: float) -> Failover:
     """Sample the stored count and the raw stream's leader every ``WATCH_INTERVAL_S`` until ``load`` is done."""
     seen = Failover()
-    last_count, last_change = report.stored_count(settings), killed_at
+    last_count, last_change = TIMESCALE.count(settings), killed_at
     while not load.done:
-        count, now = report.stored_count(settings), time.monotonic()
+        count, now = TIMESCALE.count(settings), time.monotonic()
         if count != last_count:
             seen.stalled_s = max(seen.stalled_s, now - last_change)
             last_count, last_change = count, now

@@ -105,7 +105,7 @@ def test_ptr_names_reach_every_sink(make_settings: Callable[..., Settings], star
 
     def settled() -> bool:
         c = report.collect(settings)
-        return (c.stored, c.merged, c.published) == (len(events),) * 3 and not any(c.queued.values())
+        return set(c.totals.values()) == {len(events)} and not any(c.queued.values())
 
     wait_for(settled, timeout_s=90, describe=lambda: f"{report.collect(settings)} alive={pipeline.alive()}")
     expected = {e["id"]: expected_names(e) for e in events}

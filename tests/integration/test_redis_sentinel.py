@@ -16,7 +16,7 @@ from etl.broker import AofSync, redis_client
 from etl.config import Settings
 from etl.dev import servers as devservers
 from etl.errors import TransientError
-from etl.ops import report
+from etl.stages import TIMESCALE
 from tests.integration.accounting import check_accounting, sample_events
 from tests.integration.faults_support import SteadyPublisher, create_raw_consumer, wait_settled, wait_stored
 from tests.waiting import wait_for
@@ -121,4 +121,4 @@ def test_the_pipeline_follows_a_failover_and_loses_nothing(replicated: Replicate
     load.join(EVENTS / RATE_PER_S + 60)
     wait_settled(settings, pipeline, timeout_s=120)
     check_accounting(settings, events)
-    assert report.stored_count(settings) == len(events.valid)
+    assert TIMESCALE.count(settings) == len(events.valid)

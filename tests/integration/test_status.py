@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from etl.broker import QUEUES
 from etl.config import Settings
 from etl.dev.generator import generate
 from etl.dev.servers import free_port
 from etl.dev.stack import migrate
 from etl.dev.supervisor import Pipeline
 from etl.ops import report
-from etl.ops.status import CLEAR_SCREEN, SINKS
+from etl.ops.status import CLEAR_SCREEN
+from etl.stages import GRAPH, QUEUES, SINK_NAMES
 from tests.integration.accounting import publish_all
 from tests.waiting import wait_for
 
@@ -56,7 +56,7 @@ def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
 
     def settled() -> bool:
         counts = report.collect(settings)
-        return ((counts.stored, counts.merged, counts.published) == (VALID, VALID, VALID)
+        return ((counts.totals["stored"], counts.totals["merged"], counts.totals["published"]) == (VALID, VALID, VALID)
                 and counts.dead_lettered == {"enrich": len(MALFORMED)} and not any(counts.queued.values()))
 
     wait_for(settled, timeout_s=90, describe=lambda: f"{report.collect(settings)} alive={running.alive()}")
@@ -88,7 +88,7 @@ def test_once_json_reports_totals_lag_dead_letters_and_queues(settings: Settings
     assert status["dead_letters"] == {"enrich": len(MALFORMED)}
     assert status["queues"] == {queue: 0 for queue in QUEUES}
     assert status["rates"] == {stage: 0.0 for stage in status["totals"]}, "an idle pipeline: nothing moves"
-    assert status["breakers"] == {sink: "closed" for sink in SINKS}
+    assert status["breakers"] == {sink: "closed" for sink in SINK_NAMES}
     assert (status["bridge_paused"], status["paused_estimate"]) == (False, False)
 
 
@@ -97,7 +97,7 @@ def test_once_json_shows_metrics_as_unknown_when_no_page_answers(settings: Setti
     status = run_once({**os.environ, **settings.to_env()}, "--metrics-url", nobody)
 
     assert status["errors"] == {} and status["metrics_unreachable"] == [nobody]
-    assert status["breakers"] == {sink: None for sink in SINKS} and status["bridge_paused"] is None
+    assert status["breakers"] == {sink: None for sink in SINK_NAMES} and status["bridge_paused"] is None
     assert status["paused_estimate"] is False, "still estimated from the queue depths"
     assert status["totals"]["received"] == RECEIVED  # type: ignore[index]
 
@@ -164,6 +164,6 @@ def test_refreshing_view_in_a_terminal_exits_0_on_ctrl_c(settings: Settings, pip
 def test_looking_at_a_graph_writes_nothing_to_it(settings: Settings, falkordb_server: Any) -> None:
     from falkordb import FalkorDB
 
-    assert report.merged_count(settings) == 0  # nothing there yet
+    assert GRAPH.count(settings) == 0  # nothing there yet
     db = FalkorDB(host="127.0.0.1", port=falkordb_server.port)
     assert settings.graph_name not in db.list_graphs()  # no graph, no constraint or index was created by looking

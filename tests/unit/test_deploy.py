@@ -26,10 +26,10 @@ from dramatiq.cli import make_argument_parser
 from prometheus_client.metrics import MetricWrapperBase
 
 from etl import cli
-from etl.broker import QUEUES
 from etl.config import ENV_VARS, Settings
-from etl.pools import POOLS, dramatiq_command
+from etl.pools import dramatiq_command
 from etl.runtime import metrics
+from etl.stages import BY_NAME, QUEUES, STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -130,7 +130,7 @@ def role(argv: list[str]) -> str:
         if module == "workers.bridge" and not args:
             return "bridge"
         if module == "workers.run":
-            assert len(args) == 1 and args[0] in POOLS, f"workers.run needs one of {sorted(POOLS)}: {args}"
+            assert len(args) == 1 and args[0] in BY_NAME, f"workers.run needs one of {sorted(BY_NAME)}: {args}"
             return args[0]
         if module == "dramatiq":
             return dramatiq_role(args)
@@ -200,12 +200,12 @@ def test_the_image_has_the_etl_and_dramatiq_commands() -> None:
 
 
 def test_every_pool_has_a_service_whose_launcher_runs_dramatiq_on_the_pool_queue() -> None:
-    pools = {what: (name, service) for name, service, what in service_roles() if what in POOLS}
-    assert pools.keys() == POOLS.keys()
+    pools = {what: (name, service) for name, service, what in service_roles() if what in BY_NAME}
+    assert pools.keys() == BY_NAME.keys()
     for pool, (name, service) in pools.items():
         assert name == f"worker-{pool}"
         argv, _ = dramatiq_command(pool, environment(service))
-        assert role(["python", *argv[1:]]) == f"queues {POOLS[pool].queue}", name
+        assert role(["python", *argv[1:]]) == f"queues {BY_NAME[pool].queue}", name
 
 
 # --- environment and variables ------------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def test_our_services_set_only_variables_our_processes_read_and_valid_values() -
         assert not unknown, f"{name} sets variables no settings read: {unknown}"
         assert all(isinstance(v, str) for v in raw.values()), f"{name}: quote values, YAML would retype them"
         Settings.from_env(environment(service))  # raises ConfigError on a bad value
-        if what in POOLS:
+        if what in BY_NAME:
             dramatiq_command(what, environment(service))
 
 
@@ -258,7 +258,8 @@ def test_every_compose_variable_has_one_default_and_is_documented_in_the_readme(
 
 def test_pool_scaling_variables_default_to_the_pools_of_the_code() -> None:
     raw = compose()["services"]
-    for pool, spec in POOLS.items():
+    for stage in STAGES:
+        pool, spec = stage.name, stage.pool
         service, prefix = raw[f"worker-{pool}"], pool.upper()
         env = service["environment"]
         assert service["deploy"]["replicas"] == f"${{{prefix}_REPLICAS:-1}}"

@@ -11,6 +11,7 @@ from etl.config import Settings
 from etl.ops import status
 from etl.ops.status import STAGES, ProcessMetrics, Snapshot
 from etl.pipeline.backlog import Backpressure
+from etl.stages import SINK_NAMES
 
 SETTINGS = Settings()
 ALL_UNKNOWN = dict.fromkeys(STAGES)
@@ -176,7 +177,7 @@ def test_render_shows_lag_queues_dead_letters_breakers_and_paused() -> None:
 
 
 def test_render_marks_what_could_not_be_read() -> None:
-    snap = Snapshot(taken_at=0.0, totals=dict(ALL_UNKNOWN), breakers=dict.fromkeys(status.SINKS),
+    snap = Snapshot(taken_at=0.0, totals=dict(ALL_UNKNOWN), breakers=dict.fromkeys(SINK_NAMES),
                     errors={"redis": "ConnectionError: refused"}, metrics_unreachable=["http://w:9191/metrics"])
     text = status.render(snap, ALL_UNKNOWN, SETTINGS)
     assert text.splitlines()[3].split()[:3] == ["received", "?", "?"]

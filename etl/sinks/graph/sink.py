@@ -114,3 +114,14 @@ class GraphSink:
             backend, self._backend, self._closed = self._backend, None, True
         if backend is not None:
             backend.close()
+
+
+def count_merged(settings: Settings) -> int:
+    """Event nodes in the graph, read without the sink's schema set-up: looking must not write. Raises
+    ``SinkUnavailable``."""
+    backend = connect_backend(settings)
+    try:
+        return backend.count_events()
+    finally:
+        backend.close()
+
