@@ -20,8 +20,8 @@ from etl.sinks.graph.backend import FALKOR_SCHEME
 
 # Dramatiq's Redis consumer treats "every prefetched message still in progress" like an empty queue and backs off
 # exponentially, up to the worker timeout. With one message per thread, a thread that finished its batch then
-# waited for that sleep (about as long as the batch took): alone, the graph pool merged about 6,000 events/s with
-# one and 10,800 with two (bench/stages.py, batches of 500). One message in reserve per thread keeps it busy.
+# waited for that sleep (about as long as the batch took), and the pools ran well below their speed (figures in
+# docs/performance.md). One message in reserve per thread keeps it busy.
 PREFETCH_PER_THREAD = 2
 # A stopping worker's threads get one batch's time limit (PROCESSING_TIMEOUT) plus this.
 SHUTDOWN_MARGIN_MS = 5_000
@@ -40,16 +40,14 @@ class Pool:
 POOLS: dict[str, Pool] = {
     "enrich": Pool("enrich", QUEUE_ENRICH, processes=1, threads=2),
     # Publishing is Python CPU under one GIL per process: decoding the batch, encoding the events (Dramatiq's
-    # threads), then the frames and the stream's acks (the sink's event loop thread). Alone, one process published
-    # 69,500-75,000 events/s with 2 threads and 76,000-79,000 with 3 or 4; two processes of two threads
-    # 87,000-104,000, at the same CPU per event. End to end on two cores the second process cost nothing
-    # measurable (11,868 and 12,034 events/s against 12,044 and 11,914, interleaved), about 50 MiB of memory.
+    # threads), then the frames and the stream's acks (the sink's event loop thread). More threads in one process
+    # gained little; a second process, a second GIL, was faster at the same CPU per event and cost nothing
+    # measurable end to end, only some memory (figures in docs/performance.md).
     "publish": Pool("publish", QUEUE_PUBLISH, processes=2, threads=2),
     # Decoding batches and formatting rows is Python CPU, one GIL per process, beside PostgreSQL's COPY: alone, two
-    # processes of two threads stored 88,900 and 89,300 events/s against 78,700 and 80,800 for one of four
-    # (interleaved), at 1 µs more CPU per event; end to end no measurable change (11,780-11,983 events/s against
-    # 11,777-12,013). PG_POOL_SIZE follows the threads: six PostgreSQL connections in all, where one process of
-    # four threads opened eight.
+    # processes of two threads stored faster than one of four, and end to end changed nothing measurable (figures
+    # in docs/performance.md). PG_POOL_SIZE follows the threads: six PostgreSQL connections in all, where one
+    # process of four threads opened eight.
     "timescale": Pool("timescale", QUEUE_TIMESCALE, processes=2, threads=2),
     # On Neo4j (the production default), two processes of one thread. Measured on hot hub nodes and on the
     # generator's events alike (bench/run; figures in docs/neo4j.md): two writers beat one, and two processes beat
