@@ -14,8 +14,8 @@ from typing import Any, NoReturn
 from etl import envvalues as v
 from etl.errors import ConfigError
 
-# Measured with bench/run: against 100, batches of 500 cut the CPU spent per event by about a third in every
-# process (Redis round trips and fsyncs, Dramatiq messages, transactions and graph queries are per batch).
+# Larger batches cut the CPU spent per event in every process (Redis round trips and fsyncs, Dramatiq messages,
+# transactions and graph queries are per batch); 500 against 100: docs/performance.md.
 DEFAULT_MAX_BATCH_SIZE = 500
 DEFAULT_BATCH_LINGER_MS = 50
 # One Dramatiq message carries a whole batch: this keeps it small for Redis whatever the events' sizes.

@@ -4,8 +4,8 @@ server: FalkorDB with AOF (the default) or Neo4j (``etl.dev.neo4jserver``, which
 Each comes from ``etl.dev.servers`` or ``etl.dev.neo4jserver``, with its data under its own directory of the stack's
 data directory, so a restart resumes where the last run stopped. Two things the single servers do not do, and a restart
 needs: ``start`` waits until Redis and FalkorDB have loaded their AOF (they accept connections while still
-loading), and ``stop`` first rewrites FalkorDB's AOF as a snapshot, since replaying its Cypher writes takes about a
-millisecond per event, against next to nothing to load the snapshot.
+loading), and ``stop`` first rewrites FalkorDB's AOF as a snapshot, since replaying its Cypher writes is slow
+(docs/local.md), against next to nothing to load the snapshot.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def graph_env(backend: str, server: devservers.Server) -> dict[str, str]:
 
 def wait_loaded(server: devservers.Server, say: Say) -> None:
     """Wait until a Redis server has loaded its AOF: it accepts connections before, but answers ``LOADING`` to
-    every command meanwhile (FalkorDB replays every graph write, about a millisecond per event). Loading always
+    every command meanwhile (FalkorDB replays every graph write, which is slow). Loading always
     progresses, so it has no deadline. Raises ``devservers.ServerError`` if the server exits, or does not answer at
     all for ``devservers.DEFAULT_START_TIMEOUT_S``."""
     start = reported = time.monotonic()

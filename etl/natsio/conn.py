@@ -72,8 +72,8 @@ ReplyHandler = Callable[[bytes, bytes, "str | None"], None]
 
 def route_replies(nc: Client, sub: Subscription, handler: ReplyHandler) -> bool:
     """Hand every message of ``sub`` to ``handler`` as it is parsed, instead of through nats-py's ``Msg``, the
-    subscription's queue and its callback task (which cost about 3 µs a message: most of a JetStream publisher's
-    CPU is reading one PubAck per message). Returns ``False``, changing nothing, when this nats-py lacks the
+    subscription's queue and its callback task (costly per message, and a JetStream publisher reads one PubAck per
+    message: docs/performance.md). Returns ``False``, changing nothing, when this nats-py lacks the
     private hooks used (``Client._process_msg``, ``Client._process_headers``, ``Subscription._id``): the
     subscription's own callback then keeps working. nats-py resubscribes with the same id after a reconnection,
     so the routing survives it. ``handler`` runs on the connection's event loop and must not raise.

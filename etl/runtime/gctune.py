@@ -1,9 +1,9 @@
 """The garbage collector's thresholds for the pipeline's long-running processes.
 
 Each batch decodes into thousands of small dicts and lists. Under CPython's default threshold (a young-generation
-collection every 700 net allocations), decoding one 500-event batch ran about 18 collections, each also walking
-whatever was alive, such as the batches prefetched meanwhile: on this code it made ``orjson.loads`` of a batch
-take 1.8 times as long. The objects are acyclic and freed by reference counting, so collecting far less often
+collection every 700 net allocations), decoding one 500-event batch ran many collections, each also walking
+whatever was alive, such as the batches prefetched meanwhile, which made ``orjson.loads`` of a batch much slower
+(figures: docs/performance.md). The objects are acyclic and freed by reference counting, so collecting far less often
 costs little memory; cycles are still found, a little later.
 """
 

@@ -3,7 +3,7 @@
 Binary format is a fixed header, then per row a 16-bit column count and each column as a 32-bit length (-1 for
 NULL) followed by the value in the type's binary wire form, then a 16-bit -1 trailer. Nothing is escaped, and
 the server does no text parsing for the integer, timestamp and bytea columns, which is why it is used: it is
-about twice as fast to build here as text format and cheaper for the server to read. Columns, in ``COLUMNS``
+faster to build here than text format and cheaper for the server to read (docs/performance.md). Columns, in ``COLUMNS``
 order:
 
 - ``text``: the value's UTF-8 bytes; a number (metadata values may be numbers) as its decimal text;

@@ -52,8 +52,9 @@ FOREACH (i IN CASE WHEN r.container_id IS NULL THEN [] ELSE [1] END |
 
 # For a batch of events none of which is stored yet (the common case): each Event is CREATEd with its
 # properties, and so are its relationships, and each Process not stored yet. One already stored fails the whole
-# statement on its unique constraint (``KeyConflict``), and nothing of it is written. Half the cost of merging
-# on FalkorDB, which sets a property on a node it just made several times slower than it makes the node with it.
+# statement on its unique constraint (``KeyConflict``), and nothing of it is written. Far cheaper than merging on
+# FalkorDB, which sets a property on a node it just made several times slower than it makes the node with it
+# (docs/performance.md).
 NAMED_CREATE_CYPHER = """
 UNWIND $rows AS r
 CREATE (e:Event {id: r.id, type: r.type, source: r.source, timestamp: r.timestamp, env: r.env, rdns: r.rdns,
@@ -85,8 +86,8 @@ _ROW_FIELD = re.compile(r"\br\.([a-z_0-9]+)\b")
 
 def positional(named_cypher: str) -> str:
     """``named_cypher`` with each ``r.<field>`` read as ``r[<position in ROW_FIELDS>]``: rows are sent as lists,
-    because FalkorDB reads list items much faster than map keys (its CPU per event went from 62 to 51 µs, and
-    a batch's parameter text is shorter). Raises ``KeyError`` for a field rows do not have."""
+    because FalkorDB reads list items much faster than map keys (docs/performance.md), and a batch's parameter
+    text is shorter. Raises ``KeyError`` for a field rows do not have."""
 
     def position(match: re.Match[str]) -> str:
         field = match.group(1)

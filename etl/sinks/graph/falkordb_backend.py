@@ -116,7 +116,7 @@ def _capped_timeout_ms(db: FalkorDB, wanted_ms: int) -> int:
 
 def query_text(statement: str, values: list[Any], name: str = "rows") -> str | None:
     """``statement`` with ``values`` in its ``CYPHER <name>=...`` parameter header, the list written by orjson
-    (the client's own writer costs the graph pool about 6 µs per event); ``None`` when a value holds a backslash,
+    (cheaper than the client's own writer, see docs/performance.md); ``None`` when a value holds a backslash,
     a quote or a control character, which JSON escapes and FalkorDB's parser may read otherwise: the client then
     writes the header. A list of scalars in JSON without any escape is also a Cypher list literal."""
     literal = orjson.dumps(values).decode()
