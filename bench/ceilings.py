@@ -30,8 +30,8 @@ from nats.js.errors import NotFoundError
 
 from bench import load
 from etl.config import Settings
-from etl.natsio import hpub
-from etl.natsio.conn import connect, send_frames
+from etl.natsio.conn import connect
+from etl.natsio.internals import publish_with_headers
 from etl.natsio.js_acks import AckInbox
 from etl.sinks.copy_format import COLUMNS, format_batch
 from etl.sinks.graph.backend import FALKOR_SCHEME
@@ -89,7 +89,7 @@ async def nats_publish(settings: Settings, events: Sequence[Event], batch: int) 
         start = time.monotonic()
         for chunk in batches(messages, batch):
             reply, _, done = inbox.expect(len(chunk))
-            await send_frames(nc, hpub.frames(CEILING_SUBJECT, reply, headers, chunk))
+            await publish_with_headers(nc, CEILING_SUBJECT, reply, headers, chunk)
             await done
             inbox.close_batch(reply)
         return len(messages) / (time.monotonic() - start)

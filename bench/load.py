@@ -16,8 +16,8 @@ from nats.js.errors import NotFoundError
 
 from etl.config import Settings
 from etl.dev.generator import generate, make_hosts, sample_event
-from etl.natsio import hpub
-from etl.natsio.conn import connect, send_frames
+from etl.natsio.conn import connect
+from etl.natsio.internals import publish_plain
 from etl.pipeline.bridge import ensure_raw_stream
 from etl.sinks.graph.sink import GraphSink
 
@@ -56,18 +56,17 @@ async def blast(nc: Client, js: JetStreamContext, stream: str, subject: str, pay
 
     The load generator shares this machine's two cores with the pipeline: a JetStream ack per event cost it
     19 µs of CPU per event here, nats-py's core publish about 5, and a window's frames written at once
-    (``hpub.pub_frame``) about 1. Raises ``RuntimeError`` if the stream has not stored them
+    (``internals.publish_plain``) about 1. Raises ``RuntimeError`` if the stream has not stored them
     all after ``STORE_TIMEOUT_S``.
     """
     before = (await js.stream_info(stream)).state.last_seq
-    subject_b = subject.encode()
 
     async def stored() -> int:
         return int((await js.stream_info(stream)).state.last_seq) - before
 
     for start in range(0, len(payloads), PUBLISH_WINDOW):
         window = payloads[start:start + PUBLISH_WINDOW]
-        await send_frames(nc, b"".join(hpub.pub_frame(subject_b, p) for p in window))
+        await publish_plain(nc, subject, window)
         await nc.flush()
         # Nothing slows core publishes down: the server drops what the stream cannot take in time (a million
         # events at full speed lost a tenth). Stay at most MAX_UNSTORED ahead of what the stream stored.

@@ -18,9 +18,23 @@ import redis
 from etl.config import Settings
 from etl.dev import neo4jserver
 from etl.dev import servers as devservers
+from etl.natsio import internals as natsio_internals
 from tests import graphs
 
 _redis_db = itertools.count(1)
+
+
+@pytest.fixture(params=["internals", "public"])
+def nats_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test on nats-py's private hooks (``etl.natsio.internals``; they must check out on the pinned
+    nats-py), then on its public API: both paths are proven, in this process, against the real server."""
+    internals_wanted = request.param == "internals"
+    previous = natsio_internals.use_public_api(not internals_wanted)
+    try:
+        assert natsio_internals.fast_path() == internals_wanted, "the pinned nats-py's hooks did not check out"
+        yield str(request.param)
+    finally:
+        natsio_internals.use_public_api(previous)
 
 
 @pytest.fixture(scope="session")

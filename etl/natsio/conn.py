@@ -8,10 +8,9 @@ All durations are seconds.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import ssl
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +19,6 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig, StreamInfo
 
@@ -52,54 +50,6 @@ CONTROL_STATUS = "100"  # a heartbeat or flow control
 def status_of(msg: Msg) -> str | None:
     """The status code a server reply carries, or ``None`` for an ordinary message."""
     return msg.headers.get(STATUS_HEADER) if msg.headers else None
-
-
-async def send_frames(nc: Client, data: bytes) -> None:
-    """Queue protocol frames formatted beforehand (``etl.natsio.hpub``) on ``nc``, as its ``publish`` queues one
-    frame, and wake its flusher. Uses the two private methods of nats-py's ``Client`` that ``publish`` itself
-    calls (nats-py is pinned in requirements.txt; tests/integration/test_nats_publisher.py reads back what this
-    sends). Raises ``nats.errors.ConnectionClosedError`` on a closed connection.
-    """
-    if nc.is_closed:
-        raise nats.errors.ConnectionClosedError
-    await nc._send_command(data)  # noqa: SLF001
-    await nc._flush_pending()  # noqa: SLF001
-
-
-# What route_replies hands each message of its subscription: (subject, payload, status or None).
-ReplyHandler = Callable[[bytes, bytes, "str | None"], None]
-
-
-def route_replies(nc: Client, sub: Subscription, handler: ReplyHandler) -> bool:
-    """Hand every message of ``sub`` to ``handler`` as it is parsed, instead of through nats-py's ``Msg``, the
-    subscription's queue and its callback task (costly per message, and a JetStream publisher reads one PubAck per
-    message: docs/performance.md). Returns ``False``, changing nothing, when this nats-py lacks the
-    private hooks used (``Client._process_msg``, ``Client._process_headers``, ``Subscription._id``): the
-    subscription's own callback then keeps working. nats-py resubscribes with the same id after a reconnection,
-    so the routing survives it. ``handler`` runs on the connection's event loop and must not raise.
-    """
-    original = getattr(nc, "_process_msg", None)
-    parse_headers = getattr(nc, "_process_headers", None)
-    sid = getattr(sub, "_id", None)
-    if not (inspect.iscoroutinefunction(original) and inspect.iscoroutinefunction(parse_headers)
-            and isinstance(sid, int)):
-        return False
-    stats = nc.stats
-
-    async def process_msg(msg_sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        if msg_sid != sid:
-            await original(msg_sid, subject, reply, data, headers)
-            return
-        stats["in_msgs"] += 1
-        stats["in_bytes"] += len(data)
-        status = None
-        if headers:  # only a status reply (no responders) carries headers here
-            parsed = await parse_headers(headers)
-            status = parsed.get(STATUS_HEADER) if parsed else None
-        handler(subject, data, status)
-
-    nc._process_msg = process_msg  # type: ignore[method-assign]  # noqa: SLF001
-    return True
 
 
 # Driver errors meaning "the server is not there right now": worth a retry, never the data's fault.

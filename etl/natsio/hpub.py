@@ -4,8 +4,8 @@ nats-py's ``publish`` does, for every message: validate the subject and the repl
 each header name with another, strip each value and translate its line breaks, format the frame, and queue it
 with a future for the flusher: much of the pool's CPU (docs/performance.md). Here the subject and the header names
 are constants formatted once (``Headers``), the values arrive already stripped and free of control characters
-(``nats_publish.encode``), and a batch becomes one ``bytes`` for ``nats_conn.send_frames``, each frame made by
-one formatting operation.
+(``nats_publish.encode``), and a batch becomes one ``bytes`` for ``internals.publish_with_headers``, each frame made
+by one formatting operation.
 
 Wire format (NATS client protocol)::
 

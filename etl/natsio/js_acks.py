@@ -8,7 +8,7 @@ every answer to the counter of its batch.
 
 This replaces nats-py's ``publish_async``, which makes a future, a done-callback, a token and a dataclass per
 message and decodes every ack with the standard ``json``: that was most of the publish pool's CPU. The answers
-reach ``AckInbox`` straight from nats-py's parser (``nats_conn.route_replies``), without a ``Msg`` each.
+reach ``AckInbox`` straight from nats-py's parser (``internals.route_replies``), without a ``Msg`` each.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from etl.natsio.conn import NO_RESPONDERS_STATUS, route_replies, status_of
+from etl.natsio.conn import NO_RESPONDERS_STATUS, status_of
+from etl.natsio.internals import route_replies
 
 
 @dataclass
@@ -86,7 +87,7 @@ class AckInbox:
         self._prefix_size = 0
         self._numbers = itertools.count()
         self._batches: dict[bytes, tuple[BatchAcks, asyncio.Future[None]]] = {}
-        self.routed = False  # answers come straight from the parser (see nats_conn.route_replies)
+        self.routed = False  # answers come straight from the parser (see internals.route_replies)
 
     async def start(self, nc: Client) -> None:
         """Subscribe to the replies (nats-py subscribes again by itself after a reconnection)."""

@@ -33,7 +33,7 @@ from nats.js import api as js_api
 
 from etl.config import Settings
 from etl.errors import ConfigError
-from etl.natsio import conn, hpub
+from etl.natsio import conn, internals
 from etl.natsio.pull import ConsumerGone, PullFetcher
 from etl.pipeline.backlog import DEFAULT_BACKLOG_POLL_S, Backlog, BacklogGate, Backpressure
 from etl.runtime.metrics import BATCH_SIZE, CONSUMER_ACK_PENDING, CONSUMER_LAG, EVENTS, RETRIES
@@ -100,18 +100,6 @@ def _check_consumer(info: js_api.ConsumerInfo, settings: Settings) -> None:
     if config.filter_subject not in (None, "", settings.nats_subject_raw):
         log.warning("NATS consumer %s filters %r, not NATS_SUBJECT_RAW=%r; using it as it is",
                     settings.nats_consumer, config.filter_subject, settings.nats_subject_raw)
-
-
-def ack_frames(batch: list[Msg]) -> bytes:
-    """JetStream acks for ``batch``: an empty message to each one's reply subject (what ``Msg.ack`` publishes).
-    Marks each message acked, as ``Msg.ack`` does. Raises ``nats.errors.Error`` (``NotJSMessageError``,
-    ``MsgAlreadyAckdError``) like ``Msg.ack``, before anything is sent."""
-    for m in batch:
-        m._check_reply()  # noqa: SLF001 - Msg.ack's own check
-    frames = b"".join(hpub.pub_frame(m.reply.encode(), b"") for m in batch)
-    for m in batch:
-        m._ackd = True  # noqa: SLF001
-    return frames
 
 
 class Bridge:
@@ -354,8 +342,8 @@ class Bridge:
         assert self._nc is not None
         try:
             if ack:
-                # Every ack as one run of frames: nats-py's ack is a whole publish per message.
-                await conn.send_frames(self._nc, ack_frames(batch))
+                # Every ack at once (one run of frames on the fast path): nats-py's ack is a whole publish each.
+                await internals.ack_all(self._nc, batch)
             else:
                 for m in batch:
                     await m.nak(delay=self._nak_delay_s)

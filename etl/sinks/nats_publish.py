@@ -28,7 +28,7 @@ from nats.js.api import StorageType
 
 from etl.config import Settings
 from etl.errors import SinkDataError, SinkUnavailable
-from etl.natsio import conn, hpub
+from etl.natsio import conn, hpub, internals
 from etl.natsio.js_acks import AckInbox
 from etl.sinks.base import Event
 
@@ -54,7 +54,7 @@ EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
 _HEADER_ROOM = 1024
 
 # (JSON payload, header values in the order of the sink's header names)
-Message = tuple[bytes, tuple[str, ...]]
+Message = internals.Message
 
 
 def header_value(value: object) -> str:
@@ -178,7 +178,7 @@ class NatsPublisher:
                 raise SinkDataError(f"an event is over the server's max_payload of {limit} bytes") from e
 
     async def _publish_core(self, nc: Client, messages: list[Message]) -> int:
-        await conn.send_frames(nc, hpub.frames(self._subject, "", self._headers, messages))
+        await internals.publish_with_headers(nc, self._subject, "", self._headers, messages)
         await nc.flush(timeout=int(self._timeout_s))
         return len(messages)
 
@@ -186,7 +186,7 @@ class NatsPublisher:
         """Publish the batch with one reply subject and wait for the stream's answer to every message."""
         reply, acks, done = inbox.expect(len(messages))
         try:
-            await conn.send_frames(nc, hpub.frames(self._subject, reply, self._headers, messages))
+            await internals.publish_with_headers(nc, self._subject, reply, self._headers, messages)
             await done
         finally:
             inbox.close_batch(reply)

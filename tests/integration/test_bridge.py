@@ -11,7 +11,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import nats
+import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo, StorageType
 
@@ -122,7 +124,28 @@ def ids(n: int, prefix: str = "e") -> list[bytes]:
     return [f"{prefix}{i}".encode() for i in range(n)]
 
 
-def test_batches_by_size_and_linger_flushes_the_tail(make_settings: Callable[..., Settings]) -> None:
+@pytest.fixture
+def msg_acks(monkeypatch: pytest.MonkeyPatch, nats_path: str) -> list[str]:
+    """The reply subjects ``Msg.ack`` acked: every ack on nats-py's public API, none through the private hooks
+    (``internals.ack_all``), whose acks the consumer's ack floor and a work queue's emptied stream prove."""
+    acked: list[str] = []
+    real_ack = Msg.ack
+
+    async def counting_ack(msg: Msg) -> None:
+        acked.append(msg.reply)
+        await real_ack(msg)
+
+    monkeypatch.setattr(Msg, "ack", counting_ack)
+    return acked
+
+
+def assert_acked_by(nats_path: str, acked: list[str], count: int) -> None:
+    assert len(acked) == (count if nats_path == "public" else 0)
+
+
+def test_batches_by_size_and_linger_flushes_the_tail(
+    make_settings: Callable[..., Settings], nats_path: str, msg_acks: list[str],
+) -> None:
     settings = make_settings(MAX_BATCH_SIZE=100, BATCH_LINGER_MS=1000)
     published = ids(250)
 
@@ -137,6 +160,7 @@ def test_batches_by_size_and_linger_flushes_the_tail(make_settings: Callable[...
         assert stream.config.retention == RAW_STREAM_RETENTION and stream.config.storage == StorageType.FILE
         assert [len(b) for b in recorder.batches] == [100, 100, 50]
         assert recorder.ids == published
+        assert_acked_by(nats_path, msg_acks, 250)
 
     asyncio.run(main())
 
@@ -158,7 +182,9 @@ def test_batch_closes_after_linger_without_reaching_max_size(make_settings: Call
     asyncio.run(main())
 
 
-def test_acks_only_after_enqueue_and_redelivers_failures(make_settings: Callable[..., Settings]) -> None:
+def test_acks_only_after_enqueue_and_redelivers_failures(
+    make_settings: Callable[..., Settings], nats_path: str, msg_acks: list[str],
+) -> None:
     settings = make_settings(MAX_BATCH_SIZE=20, BATCH_LINGER_MS=50)
     published = ids(10)
 
@@ -184,6 +210,7 @@ def test_acks_only_after_enqueue_and_redelivers_failures(make_settings: Callable
             assert stream.state.messages == 0  # a work queue drops what was acked
         assert Counter(recorder.ids) == Counter(published)  # each exactly once
         assert bridge.enqueue_failures >= 3 and bridge.messages_enqueued == 10
+        assert_acked_by(nats_path, msg_acks, 10)
 
     asyncio.run(main())
 
@@ -210,7 +237,9 @@ def test_two_bridges_share_the_durable_consumer(make_settings: Callable[..., Set
     asyncio.run(main())
 
 
-def test_stop_under_load_finishes_the_batch_and_loses_nothing(make_settings: Callable[..., Settings]) -> None:
+def test_stop_under_load_finishes_the_batch_and_loses_nothing(
+    make_settings: Callable[..., Settings], nats_path: str,
+) -> None:
     settings = make_settings(MAX_BATCH_SIZE=50, BATCH_LINGER_MS=50)
     published = ids(3000)
 

@@ -64,18 +64,11 @@ def open_publisher() -> Iterator[Callable[[Settings], NatsPublisher]]:
         publisher.close()
 
 
-@pytest.fixture(params=["routed", "callback"])
-def ack_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Stream answers read straight from nats-py's parser (nats_conn.route_replies), or, as with a nats-py whose
-    internals differ, through the subscription's callback."""
-    if request.param == "callback":
-        monkeypatch.setattr("etl.natsio.js_acks.route_replies", lambda nc, sub, handler: False)
-    return str(request.param)
-
-
-def assert_ack_path(publisher: NatsPublisher, ack_path: str) -> None:
+def assert_ack_path(publisher: NatsPublisher, nats_path: str) -> None:
+    """Stream answers read straight from nats-py's parser (``internals.route_replies``), or through the
+    subscription's callback on the public API."""
     inbox = publisher._acks  # noqa: SLF001 - which way the answers come is not part of the sink's interface
-    assert inbox is not None and inbox.routed == (ack_path == "routed")
+    assert inbox is not None and inbox.routed == (nats_path == "internals")
 
 
 async def receive(nc: Client, subject: str, count: int, action: Callable[[], Any]) -> list[Any]:
@@ -89,11 +82,11 @@ async def receive(nc: Client, subject: str, count: int, action: Callable[[], Any
 
 
 def test_jetstream_publish_sets_headers_and_dedupes_replays(
-    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher], ack_path: str
+    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher], nats_path: str
 ) -> None:
     settings = make_settings(PROCESSING_TIMEOUT=5)
     publisher = open_publisher(settings)
-    assert_ack_path(publisher, ack_path)
+    assert_ack_path(publisher, nats_path)
     batch = events(3)
 
     async def main() -> None:
@@ -124,7 +117,7 @@ def test_jetstream_publish_sets_headers_and_dedupes_replays(
 
 def test_core_publish_flushes_once_per_batch(
     make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, nats_path: str,
 ) -> None:
     settings = make_settings(NATS_ENRICHED_STREAM="", PROCESSING_TIMEOUT=5)
     publisher = open_publisher(settings)
@@ -155,7 +148,7 @@ def test_core_publish_flushes_once_per_batch(
 
 
 def test_event_over_max_payload_is_a_data_error(
-    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher]
+    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher], nats_path: str
 ) -> None:
     settings = make_settings(PROCESSING_TIMEOUT=5)
     publisher = open_publisher(settings)
@@ -166,7 +159,7 @@ def test_event_over_max_payload_is_a_data_error(
 
 
 def test_a_stream_refusing_one_event_is_a_data_error_and_the_rest_are_stored(
-    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher], ack_path: str
+    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher], nats_path: str
 ) -> None:
     settings = make_settings(PROCESSING_TIMEOUT=5)
 
@@ -180,7 +173,7 @@ def test_a_stream_refusing_one_event_is_a_data_error_and_the_rest_are_stored(
 
     asyncio.run(limited_stream())
     publisher = open_publisher(settings)
-    assert_ack_path(publisher, ack_path)
+    assert_ack_path(publisher, nats_path)
     big = events(1, "big")[0] | {"blob": "x" * 700}
     with pytest.raises(SinkDataError, match="the stream refused an event: message size exceeds maximum"):
         publisher.write(events(2, "a") + [big] + events(2, "b"))
@@ -188,11 +181,11 @@ def test_a_stream_refusing_one_event_is_a_data_error_and_the_rest_are_stored(
 
 
 def test_no_stream_for_the_subject_is_unavailable(
-    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher], ack_path: str
+    make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher], nats_path: str
 ) -> None:
     settings = make_settings(PROCESSING_TIMEOUT=5)
     publisher = open_publisher(settings)
-    assert_ack_path(publisher, ack_path)
+    assert_ack_path(publisher, nats_path)
     assert publisher.write(events(2)) == 2
 
     async def drop_stream() -> None:

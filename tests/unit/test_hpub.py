@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import nats.aio.client as nats_client
 from nats.protocol import command
 
-from etl.natsio import hpub
+from etl.natsio import hpub, internals
+from tests.support.fake_nats import RecordingClient
 
 NAMES = ("Nats-Msg-Id", "x-host-id", "x-event-type", "x-timestamp")
 VALUES = ("ev-1", "host-1", "exec", "17")  # as nats_publish.encode makes them: stripped
@@ -71,3 +74,19 @@ def test_a_plain_publish_is_what_nats_py_sends() -> None:
     for payload in (b"", b"+ACK", "é {x}\r\n".encode()):
         ours = hpub.pub_frame(b"$JS.ACK.S.C.1.2.3.4.5", payload)
         assert tokens(ours) == tokens(command.pub_cmd("$JS.ACK.S.C.1.2.3.4.5", "", payload))
+
+
+def test_both_paths_of_the_seam_put_the_same_frames_on_the_wire() -> None:
+    """The frames the private hooks queue are those nats-py's ``publish`` makes of what the public path passes it."""
+    headers = hpub.Headers(NAMES)
+    messages = [(b'{"id":"ev-1"}', VALUES), (b"", ("ev-2", "", "exec", "18"))]
+    sent: dict[bool, RecordingClient] = {}
+    for public in (False, True):
+        previous = internals.use_public_api(public)
+        try:
+            nc = sent[public] = RecordingClient()
+            asyncio.run(internals.publish_with_headers(nc, "s", "r.1", headers, messages))  # type: ignore[arg-type]
+        finally:
+            internals.use_public_api(previous)
+    assert sent[False].frames == [b"".join(nats_py_frame(subject, reply, hdrs or {}, payload)
+                                           for subject, payload, reply, hdrs in sent[True].published)]
