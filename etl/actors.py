@@ -64,7 +64,7 @@ def _sink_actor(stage: Stage) -> dramatiq.Actor[Any, Any]:
             EVENTS.labels(stage=stage.name).inc(len(events))
 
     deliver.__doc__ = f"Write a batch of enriched events to the {stage.name} sink."
-    actor: dramatiq.Actor[Any, Any] = dramatiq.actor(deliver, queue_name=stage.queue, actor_name=stage.actor)
+    actor = dramatiq.actor(queue_name=stage.queue, actor_name=stage.actor)(deliver)
     return actor
 
 

@@ -40,7 +40,7 @@ class App:
         return self._dlq
 
 
-def failed_events(message: dramatiq.Message) -> list[tuple[Any, str]]:
+def failed_events(message: dramatiq.MessageProxy) -> list[tuple[Any, str]]:
     """The events a failed message carried, for the dead-letter queue."""
     if message.actor_name == ENRICH.actor:
         # A raw batch as packed by ``rawbatch.pack``: base64 entries are already text.

@@ -44,7 +44,7 @@ class OrjsonEncoder(Encoder):
 
     def decode(self, data: bytes) -> MessageData:
         try:
-            return orjson.loads(data)  # type: ignore[no-any-return]
+            return orjson.loads(data)
         except orjson.JSONDecodeError as e:
             raise DecodeError(f"failed to decode message: {e}", data, e) from None
 

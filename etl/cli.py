@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +15,9 @@ from etl import stages
 from etl.config import Settings
 from etl.dev import neo4jserver
 from etl.dev.services import GRAPH_BACKENDS, NEO4J
+
+if TYPE_CHECKING:  # for annotations only: like the other commands, dlq loads its modules (and redis) when run
+    from etl.pipeline.dlq import DeadLetterStore
 
 # What is asked for needs a tool this machine lacks: like a bad setting (etl.config), nothing started, exit 2.
 EXIT_TOOLS_MISSING = 2
@@ -118,7 +123,7 @@ def dev(data_dir: Path, clean: bool, count: int, rate: float, hosts: int, no_gen
                          generate=not no_generate, once=once, ports=ports, graph_backend=graph,
                          drain_timeout_s=drain_timeout)
     size = shutil.get_terminal_size()
-    raise SystemExit(run_dev(options, click.echo, terminal=click.get_text_stream("stdout").isatty(),
+    raise SystemExit(run_dev(options, click.echo, terminal=sys.stdout.isatty(),
                              width=size.columns, height=size.lines))
 
 
@@ -163,7 +168,7 @@ def status_cmd(interval: float, once: bool, as_json: bool, metrics_urls: tuple[s
         snapshot, rates = status.measure(settings, urls, interval)
         click.echo(status.to_json(snapshot, rates, indent=2) if as_json else status.render(snapshot, rates, settings))
         raise SystemExit(1 if snapshot.errors else 0)
-    terminal = click.get_text_stream("stdout").isatty()
+    terminal = sys.stdout.isatty()
     try:
         status.watch(settings, urls, interval, click.echo, as_json=as_json, clear=terminal)
     except KeyboardInterrupt:
@@ -175,7 +180,7 @@ def dlq() -> None:
     """Inspect the dead-letter queue."""
 
 
-def _store():  # type: ignore[no-untyped-def]
+def _store() -> DeadLetterStore:
     from etl.broker import redis_client
     from etl.pipeline.dlq import DeadLetterStore
 

@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 DEFAULT_START_TIMEOUT_S = 30.0
 DEFAULT_STOP_TIMEOUT_S = 15.0
@@ -311,7 +312,15 @@ def _pg_user() -> str | None:
     return PG_SYSTEM_USER
 
 
-def _run_as(user: str | None) -> dict[str, object]:
+class _RunAs(TypedDict, total=False):
+    """``subprocess`` keyword arguments that drop to ``user``; typed so the ``Popen``/``run`` overloads still match."""
+
+    user: str
+    group: str
+    extra_groups: list[str]
+
+
+def _run_as(user: str | None) -> _RunAs:
     # user= alone keeps root's groups, and a 0700 parent owned by group root then denies traversal.
     return {} if user is None else {"user": user, "group": user, "extra_groups": []}
 

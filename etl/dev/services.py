@@ -69,9 +69,9 @@ class Servers:
         ``devservers.ServerError``."""
         for server in self.all():
             server.start()
-        for server in (self.redis, self.falkordb):
-            if server is not None:
-                wait_loaded(server, say)
+        for store in (self.redis, self.falkordb):
+            if store is not None:
+                wait_loaded(store, say)
         devservers.ensure_database(self.postgres.port, DATABASE)
 
     def running(self) -> bool:

@@ -48,7 +48,7 @@ class CircuitBreakers(Middleware):
         self._lock = threading.Lock()
         self._attempt = threading.local()  # the breaker the current thread's message went through, if any
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         """Let the message through, or delay it without spending a retry and raise ``SkipMessage``."""
         self._attempt.breaker = None
         breaker = self._breaker_for(message.queue_name)
@@ -60,7 +60,8 @@ class CircuitBreakers(Middleware):
             return
         delay_ms = math.ceil(wait_s * MS_PER_S * (1 + random.uniform(0, DELAY_JITTER_SHARE)))
         try:
-            broker.enqueue(message, delay=delay_ms)
+            # The stubs want a Message; the proxy stands for it, and dramatiq's own Retries enqueues it the same way.
+            broker.enqueue(message, delay=delay_ms)  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - without the copy, skipping would lose the message: run it instead
             log.exception("could not delay message %s on %s; running it despite the open circuit",
                           message.message_id, message.queue_name)
@@ -70,7 +71,7 @@ class CircuitBreakers(Middleware):
                   message.message_id, delay_ms)
         raise SkipMessage(f"circuit {breaker.name} is {breaker.state.name.lower()}; delayed by {delay_ms} ms")
 
-    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
         breaker: CircuitBreaker | None = getattr(self._attempt, "breaker", None)
         self._attempt.breaker = None
@@ -83,7 +84,7 @@ class CircuitBreakers(Middleware):
         else:
             breaker.release()
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         # Another middleware skipped a message this one let through: it may hold the probe slot.
         breaker: CircuitBreaker | None = getattr(self._attempt, "breaker", None)
         self._attempt.breaker = None

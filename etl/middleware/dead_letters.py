@@ -20,14 +20,15 @@ from etl.runtime.redis_durability import patiently
 
 log = logging.getLogger(__name__)
 
-# (event, encoding) pairs a failed message carried; encoding is "json", "text" or "base64".
-Unpacker = Callable[[dramatiq.Message], Sequence[tuple[Any, str]]]
+# (event, encoding) pairs a failed message carried; encoding is "json", "text" or "base64". Middleware hooks get
+# the worker's MessageProxy, which stands for the Message.
+Unpacker = Callable[[dramatiq.MessageProxy], Sequence[tuple[Any, str]]]
 
 
 class FailureClock(Middleware):
     """Stamps ``first_failure`` (Unix seconds) on a message the first time it fails."""
 
-    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
         if exception is not None:
             message.options.setdefault("first_failure", time.time())
@@ -40,17 +41,17 @@ class DeadLetterOnFailure(Middleware):
         self._store = store
         self._unpack = unpack
 
-    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
         if exception is None or not message.failed:
             return
         self._dead_letter(message, f"{type(exception).__name__}: {exception}")
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         if message.failed:
             self._dead_letter(message, "skipped: message exceeded its age limit")
 
-    def _dead_letter(self, message: dramatiq.Message, reason: str) -> None:
+    def _dead_letter(self, message: dramatiq.MessageProxy, reason: str) -> None:
         now = time.time()
         attempts = int(message.options.get("retries", 0)) or 1
         first = float(message.options.get("first_failure", now))

@@ -18,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -225,7 +226,7 @@ def collect(settings: Settings, metrics_urls: Sequence[str] = (), *,
             clock: Callable[[], float] = time.time) -> Snapshot:
     """Read every source once. Never raises for a source that cannot be read: see ``Snapshot.errors``."""
     errors: dict[str, str] = {}
-    sinks = {stage.total: _guarded(errors, stage.name, lambda stage=stage: stage.count(settings))
+    sinks = {stage.total: _guarded(errors, stage.name, partial(stage.count, settings))
              for stage in SINK_STAGES if stage.total and stage.count}
     nats = _guarded(errors, "nats", lambda: asyncio.run(_read_nats(settings))) or _NatsReading()
     depths, dead = _guarded(errors, "redis", lambda: _read_redis(settings)) or (None, None)

@@ -228,7 +228,7 @@ class Bridge:
                 info = await js.consumer_info(s.nats_stream, s.nats_consumer)
                 CONSUMER_LAG.set(info.num_pending or 0)
                 CONSUMER_ACK_PENDING.set(info.num_ack_pending or 0)
-            except (*conn.UNAVAILABLE_ERRORS, nats.js.errors.APIError) as e:
+            except conn.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as e:
                 log.debug("consumer lag not read: %s", conn.describe(e))
             await self._sleep(LAG_REPORT_INTERVAL_S)
 
@@ -370,7 +370,7 @@ class Bridge:
         try:
             # Messages delivered and not fetched are nak'ed: another replica gets them at once.
             await fetcher.close()
-        except (*conn.UNAVAILABLE_ERRORS, nats.errors.BadSubscriptionError) as e:
+        except conn.UNAVAILABLE_ERRORS + (nats.errors.BadSubscriptionError,) as e:
             log.warning("bridge unsubscribe failed: %s", conn.describe(e))
 
     async def _shutdown(self, nc: Client) -> None:

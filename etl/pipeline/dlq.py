@@ -17,12 +17,13 @@ entry whose ``occurrences`` grows, never two.
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -132,11 +133,10 @@ class DeadLetterStore:
             return
         pipe = self.client.pipeline(transaction=True)
         for letter in merged:
-            if letter is not None:
-                pipe.hset(self.entries_key, letter.id, orjson.dumps(asdict(letter)))
+            pipe.hset(self.entries_key, letter.id, orjson.dumps(asdict(letter)))
         pipe.execute()
 
-    def _merged(self, letter: DeadLetter) -> DeadLetter | None:
+    def _merged(self, letter: DeadLetter) -> DeadLetter:
         old = self.get(letter.id)
         if old is None:
             return letter
@@ -163,7 +163,7 @@ class DeadLetterStore:
         """Every entry (of the index ``index_key``, by default all), newest first."""
         start = 0
         while True:
-            ids = self.client.zrevrange(index_key or self.index_key, start, start + batch - 1)
+            ids = _members(self.client.zrevrange(index_key or self.index_key, start, start + batch - 1))
             if not ids:
                 return
             for raw in self.client.hmget(self.entries_key, ids):
@@ -174,8 +174,10 @@ class DeadLetterStore:
     def count(self) -> int:
         return int(self.client.hlen(self.entries_key))
 
-    def stages(self) -> list[str]:
-        return sorted(s.decode() for s in self.client.smembers(self.stages_key))
+    # builtins.list: in the class body, after ``def list``, a bare ``list`` names that method for mypy.
+    def stages(self) -> builtins.list[str]:
+        members = cast("set[bytes]", self.client.smembers(self.stages_key))  # bytes: see _members
+        return sorted(s.decode() for s in members)
 
     def counts_by_stage(self) -> dict[str, int]:
         """Entries per stage, from the stage indexes: a few commands, whatever the number of entries."""
@@ -216,5 +218,11 @@ class DeadLetterStore:
         """Delete entries whose last failure is older than ``older_than_s`` (default: the retention)."""
         age = self.retention_s if older_than_s is None else older_than_s
         cutoff = time.time() - age
-        ids = [i.decode() for i in self.client.zrangebyscore(self.index_key, "-inf", cutoff)]
+        ids = [i.decode() for i in _members(self.client.zrangebyscore(self.index_key, "-inf", cutoff))]
         return self.remove(ids)
+
+
+def _members(reply: object) -> list[bytes]:
+    # redis-py types a sorted-set range for every form (with scores or not, decoded or not). Ours ask without
+    # scores on clients without decode_responses, so the reply is a list of bytes members.
+    return cast("list[bytes]", reply)

@@ -18,12 +18,12 @@ log = logging.getLogger(__name__)
 Event = dict[str, Any]
 
 
-def write_or_split(sink: Sink, events: Sequence[Event], resend: Callable[[list[Event]], None]) -> bool:
+def write_or_split(sink: Sink, events: Sequence[Event], resend: Callable[[list[Event]], object]) -> bool:
     """Write ``events``; on ``SinkDataError`` resend both halves instead.
 
     Returns True when the sink took the batch, False when it was split. Raises ``SinkDataError`` for a single
     rejected event (it is the poison), and whatever else ``write`` raises (a ``TransientError`` is retried as a
-    whole batch).
+    whole batch). What ``resend`` returns is ignored: it is typically an actor's ``send``, which returns the message.
     """
     try:
         sink.write(events)

@@ -104,7 +104,6 @@ class _PatientEnqueue:
 class PatientRetries(Retries):
     """Dramatiq's ``Retries``, except that re-enqueueing a failed message waits for Redis instead of failing."""
 
-    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
-        super().after_process_message(_PatientEnqueue(broker), message,  # type: ignore[arg-type]
-                                      result=result, exception=exception)
+        super().after_process_message(_PatientEnqueue(broker), message, result=result, exception=exception)
