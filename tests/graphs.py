@@ -33,8 +33,8 @@ def in_ci() -> bool:
 
 
 def require_neo4j(make: Callable[[], T]) -> T:
-    """``make()``, which needs Java and Maven (``etl.dev.neo4jserver``). Without them the test skips, saying what to install;
-    on CI (``CI=true``) it fails instead: CI must run every Neo4j test."""
+    """``make()``, which needs Java and Maven (``etl.dev.neo4jserver``). Without them the test skips, saying what
+    to install; on CI (``CI=true``) it fails instead: CI must run every Neo4j test."""
     try:
         return make()
     except neo4jserver.JavaMissing as e:
