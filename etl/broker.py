@@ -19,7 +19,6 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from etl.config import Settings
-from etl.envvalues import parse_sentinels
 from etl.errors import PermanentError, TransientError
 from etl.runtime.redis_durability import DurableRedisBroker, PatientRetries
 
@@ -69,7 +68,7 @@ def redis_client(settings: Settings) -> redis.Redis:
     if not settings.redis_sentinels:
         return redis.Redis.from_url(settings.redis_url, **options)
     url = urlsplit(settings.redis_url)
-    sentinel = Sentinel(parse_sentinels("REDIS_SENTINELS", settings.redis_sentinels),
+    sentinel = Sentinel(settings.redis_sentinels,
                         socket_timeout=REDIS_CONNECT_TIMEOUT_S, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
     return sentinel.master_for(settings.redis_sentinel_master, db=int(url.path.strip("/") or 0),
                                username=unquote(url.username) if url.username else None,

@@ -62,33 +62,26 @@ POOLS: dict[str, Pool] = {
 FALKOR_GRAPH_POOL = Pool("graph", QUEUE_GRAPH, processes=1, threads=2)
 
 
-def _count(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {raw!r}")
-    return int(raw)
-
-
 def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
     """The command line and extra environment that run pool ``pool_name``.
 
     Prefetch, of ready and of delayed (retrying) messages alike, is bounded to ``PREFETCH_PER_THREAD`` batches per
     thread: Redis, not the worker's memory, is where the backlog waits, yet a thread that finishes a batch finds
-    the next one already fetched (see ``PREFETCH_PER_THREAD``).
+    the next one already fetched (see ``PREFETCH_PER_THREAD``). Raises ``ConfigError`` for an unknown pool or a
+    bad setting in ``env``.
     """
     if pool_name not in POOLS:
         raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {pool_name!r}")
+    settings = Settings.from_env(env)
     pool = pool_size(POOLS[pool_name], env)
-    processes = _count(env, "WORKER_PROCESSES", pool.processes)
-    threads = _count(env, "WORKER_THREADS", pool.threads)
+    processes = settings.worker_processes or pool.processes
+    threads = settings.worker_threads or pool.threads
     argv = [sys.executable, "-m", "dramatiq", "etl.actors", "--queues", pool.queue,
             "--processes", str(processes), "--threads", str(threads),
             "--worker-shutdown-timeout", str(shutdown_timeout_ms(env))]
     prefetch = str(threads * PREFETCH_PER_THREAD)
     extra = {"dramatiq_queue_prefetch": prefetch, "dramatiq_delay_queue_prefetch": prefetch,
-             "dramatiq_worker_timeout": str(WORKER_TIMEOUT_MS), **_metrics_env(pool.name, env)}
+             "dramatiq_worker_timeout": str(WORKER_TIMEOUT_MS), **_metrics_env(pool.name, settings)}
     if pool.name == "timescale" and "PG_POOL_SIZE" not in env:
         # The sink opens its whole pool at start: one connection per thread, and one for health checks.
         extra["PG_POOL_SIZE"] = str(threads + 1)
@@ -110,12 +103,12 @@ def shutdown_timeout_ms(env: Mapping[str, str]) -> int:
     return Settings.from_env(env).processing_timeout_s * 1000 + SHUTDOWN_MARGIN_MS
 
 
-def _metrics_env(pool_name: str, env: Mapping[str, str]) -> dict[str, str]:
+def _metrics_env(pool_name: str, settings: Settings) -> dict[str, str]:
     """Where the pool serves its metrics: ``HEALTH_HOST:METRICS_PORT``, from the multiprocess directory of this
     pool and port, emptied first (files left by an earlier run would carry its processes' counters). One directory
     per pool and port, not one per start, so restarts do not pile directories up in the temp dir."""
-    host = env.get("HEALTH_HOST", "0.0.0.0")
-    port = env.get("METRICS_PORT", "9191")
+    host = settings.health_host
+    port = str(settings.metrics_port)
     directory = metrics_dir(pool_name, port)
     return {"dramatiq_prom_host": host, "dramatiq_prom_port": port,
             "dramatiq_prom_db": str(directory), "PROMETHEUS_MULTIPROC_DIR": str(directory)}
