@@ -247,6 +247,8 @@ def neo4j_error(code: str, message: str = "from the server") -> Exception:
         (neo.SessionExpired("gone"), SinkUnavailable),
         (neo4j_error("Neo.ClientError.Security.Unauthorized"), SinkUnavailable),
         (neo4j_error("Neo.ClientError.Transaction.TransactionTimedOutClientConfiguration"), SinkUnavailable),
+        (neo4j_error("Neo.ClientError.Transaction.LockClientStopped"), SinkUnavailable),
+        (neo4j_error("Neo.ClientError.Transaction.Terminated"), SinkUnavailable),
         (neo4j_error("Neo.TransientError.Transaction.DeadlockDetected"), TransientError),
         (neo4j_error("Neo.DatabaseError.General.UnknownError"), TransientError),
         (neo4j_error("Neo.ClientError.Statement.TypeError"), SinkDataError),

@@ -9,11 +9,11 @@ transaction also carries PROCESSING_TIMEOUT as its server-side timeout. Each att
 one (about a second later: its retry delay) is counted in ``etl_graph_write_reruns_total``, by the Neo4j code of
 that failure.
 
-Errors: ServiceUnavailable, SessionExpired, a full connection pool, a transaction timeout, refused credentials
-or a missing database become ``SinkUnavailable``; Neo4j's TransientError (incl. DeadlockDetected) and server
-faults ``TransientError``; a node refused by a uniqueness constraint ``KeyConflict``; any other ClientError
-(CypherTypeError, another ConstraintError...), a value too large for an index and a constraint that cannot be
-created over duplicates already stored ``SinkDataError``.
+Errors: ServiceUnavailable, SessionExpired, a full connection pool, a transaction timed out or terminated (while
+waiting for a lock too), refused credentials or a missing database become ``SinkUnavailable``; Neo4j's
+TransientError (incl. DeadlockDetected) and server faults ``TransientError``; a node refused by a uniqueness
+constraint ``KeyConflict``; any other ClientError (CypherTypeError, another ConstraintError...), a value too large
+for an index and a constraint that cannot be created over duplicates already stored ``SinkDataError``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ OTHER_FAILURE = "other"  # the label of a rerun whose attempt failed outside its
 # Server codes that are ClientErrors in Neo4j's taxonomy but say nothing about our data.
 _UNAVAILABLE_CODES = (
     "Neo.ClientError.Transaction.TransactionTimedOut",  # prefix of ...TimedOutClientConfiguration too
+    # A transaction terminated while it waited for a lock (its timeout, an operator, a shutdown), or at another time.
+    "Neo.ClientError.Transaction.LockClientStopped",
+    "Neo.ClientError.Transaction.Terminated",
     "Neo.ClientError.Database.DatabaseNotFound",
 )
 # A DatabaseError that is about our data: a constraint cannot be built over duplicate keys already stored.
