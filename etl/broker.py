@@ -128,6 +128,12 @@ def retry_when(max_retries: int) -> Any:
     return should_retry
 
 
+def time_limit_ms(settings: Settings) -> int:
+    """Dramatiq's time limit on one message, in milliseconds: ``PROCESSING_TIMEOUT``. The sinks give up earlier,
+    within ``Settings.sink_budget_s``."""
+    return settings.processing_timeout_s * 1000
+
+
 def build_broker(settings: Settings, *, before_retry_decision: Sequence[Middleware] = (),
                  after_retry_decision: Sequence[Middleware] = (), metrics: Sequence[Middleware] = ()) -> RedisBroker:
     """A Redis broker with our retry policy, time limit and encoder.
@@ -140,7 +146,7 @@ def build_broker(settings: Settings, *, before_retry_decision: Sequence[Middlewa
     middleware: list[Middleware] = [
         *metrics,
         AgeLimit(),
-        TimeLimit(time_limit=settings.processing_timeout_s * 1000),
+        TimeLimit(time_limit=time_limit_ms(settings)),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),

@@ -49,6 +49,13 @@ DEFAULT_RDNS_MIN_TTL_S = 60
 DEFAULT_RDNS_MAX_TTL_S = 86_400
 DEFAULT_RDNS_NEGATIVE_TTL_S = 30
 DEFAULT_REDIS_SENTINEL_MASTER = "etl"
+# Dramatiq's TimeLimit interrupts an actor's thread once PROCESSING_TIMEOUT has passed (it looks once a second).
+# Every sink gives up this much earlier, so that the actor fails with the sink's own error (retried, and counted by
+# the sink's circuit breaker) and has time left to raise it.
+SINK_TIME_MARGIN_S = 5.0
+# Under a short PROCESSING_TIMEOUT the margin shrinks: the sinks keep at least this share of it.
+MIN_SINK_BUDGET_SHARE = 0.8
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -159,7 +166,8 @@ class Settings:
                                    "larger events are dead-lettered without being parsed")
     processing_timeout_s: int = setting(
         "PROCESSING_TIMEOUT", DEFAULT_PROCESSING_TIMEOUT_S, v.positive_int,
-        "seconds one batch may take in any pool (Dramatiq time limit)")
+        f"seconds one batch may take in any pool (Dramatiq's time limit); the sinks give up {SINK_TIME_MARGIN_S:g} s "
+        f"before it, but not before {MIN_SINK_BUDGET_SHARE:.0%} of it, with their own error")
     retry_max: int = setting("RETRY_MAX", DEFAULT_RETRY_MAX, v.non_negative_int,
                              "retries of a transient failure before a batch is dead-lettered")
     retry_min_backoff_ms: int = setting("RETRY_MIN_BACKOFF_MS", DEFAULT_RETRY_MIN_BACKOFF_MS, v.positive_int,
@@ -206,6 +214,14 @@ class Settings:
     def nats_servers(self) -> list[str]:
         """The URLs of ``NATS_URL`` as the list nats-py takes: seeds of one cluster, any of which will do."""
         return list(self.nats_urls)
+
+    @property
+    def sink_budget_s(self) -> float:
+        """Seconds a sink may spend on one call (opening it, a write, a check) before it gives up with its own
+        error: ``PROCESSING_TIMEOUT`` less ``SINK_TIME_MARGIN_S``, and at least ``MIN_SINK_BUDGET_SHARE`` of it.
+        Always shorter than the actors' time limit, so a sink reports a failure before Dramatiq interrupts it."""
+        timeout_s = float(self.processing_timeout_s)
+        return max(timeout_s - SINK_TIME_MARGIN_S, timeout_s * MIN_SINK_BUDGET_SHARE)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

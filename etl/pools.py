@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE
+from etl.broker import QUEUE_ENRICH, QUEUE_GRAPH, QUEUE_PUBLISH, QUEUE_TIMESCALE, time_limit_ms
 from etl.config import Settings
 from etl.errors import ConfigError
 from etl.sinks.graph.backend import FALKOR_SCHEME
@@ -100,7 +100,7 @@ def shutdown_timeout_ms(env: Mapping[str, str]) -> int:
     """How long a stopping worker waits for its threads: one batch's time limit and a margin. Past it the process
     exits anyway, which is safe (its unacked batches go back to their queue) and keeps a worker whose Redis is gone
     for good from hanging in its shutdown for Dramatiq's default of ten minutes."""
-    return Settings.from_env(env).processing_timeout_s * 1000 + SHUTDOWN_MARGIN_MS
+    return time_limit_ms(Settings.from_env(env)) + SHUTDOWN_MARGIN_MS
 
 
 def _metrics_env(pool_name: str, settings: Settings) -> dict[str, str]:
