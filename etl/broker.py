@@ -19,7 +19,6 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from etl.config import Settings
-from etl.envvalues import parse_sentinels
 from etl.errors import PermanentError, TransientError
 from etl.runtime.redis_durability import DurableRedisBroker, PatientRetries
 
@@ -63,7 +62,7 @@ def redis_client(settings: Settings) -> redis.Redis:
     if not settings.redis_sentinels:
         return redis.Redis.from_url(settings.redis_url, **options)
     url = urlsplit(settings.redis_url)
-    sentinel = Sentinel(parse_sentinels("REDIS_SENTINELS", settings.redis_sentinels),
+    sentinel = Sentinel(settings.redis_sentinels,
                         socket_timeout=REDIS_CONNECT_TIMEOUT_S, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
     return sentinel.master_for(settings.redis_sentinel_master, db=int(url.path.strip("/") or 0),
                                username=unquote(url.username) if url.username else None,
@@ -123,6 +122,12 @@ def retry_when(max_retries: int) -> Any:
     return should_retry
 
 
+def time_limit_ms(settings: Settings) -> int:
+    """Dramatiq's time limit on one message, in milliseconds: ``PROCESSING_TIMEOUT``. The sinks give up earlier,
+    within ``Settings.sink_budget_s``."""
+    return settings.processing_timeout_s * 1000
+
+
 def build_broker(settings: Settings, *, before_retry_decision: Sequence[Middleware] = (),
                  after_retry_decision: Sequence[Middleware] = (), metrics: Sequence[Middleware] = ()) -> RedisBroker:
     """A Redis broker with our retry policy, time limit and encoder.
@@ -135,7 +140,7 @@ def build_broker(settings: Settings, *, before_retry_decision: Sequence[Middlewa
     middleware: list[Middleware] = [
         *metrics,
         AgeLimit(),
-        TimeLimit(time_limit=settings.processing_timeout_s * 1000),
+        TimeLimit(time_limit=time_limit_ms(settings)),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),

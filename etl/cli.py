@@ -160,8 +160,7 @@ def status_cmd(interval: float, once: bool, as_json: bool, metrics_urls: tuple[s
     # The view names every source it cannot read; drivers' log lines would only tear the screen.
     logging.disable(logging.CRITICAL)
     try:
-        urls = tuple(map(status.check_url, metrics_urls)) or status.split_urls(
-            os.environ.get("STATUS_METRICS_URLS", ""))
+        urls = tuple(map(status.check_url, metrics_urls)) or settings.status_metrics_urls
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if once:

@@ -1,17 +1,21 @@
-"""Settings, parsed once from the environment at the edge of each process.
+"""Settings, declared once and parsed once from the environment at the edge of each process.
 
-``Settings.from_env()`` is the only reader of ``os.environ``. A bad value raises ``ConfigError`` with one line
-naming the variable, the value and what was expected; the CLI turns that into exit code 2.
+Each field of ``Settings`` is declared with ``etl.envvalues.setting``: its environment variable, default, parser and
+help. ``from_env``, ``to_env``, the redacted view and the README's configuration table (``etl.settings_table``)
+all come from that one declaration. ``Settings.from_env()`` is the only reader of ``os.environ``. A bad value
+raises ``ConfigError`` with one line naming the variable, the value and what was expected; the CLI turns that into
+exit code 2. Lists are parsed into tuples here, never again where they are used.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
 from etl import envvalues as v
+from etl.envvalues import declaration, setting
 from etl.errors import ConfigError
 
 # Larger batches cut the CPU spent per event in every process (Redis round trips and fsyncs, Dramatiq messages,
@@ -45,91 +49,189 @@ DEFAULT_RDNS_MIN_TTL_S = 60
 DEFAULT_RDNS_MAX_TTL_S = 86_400
 DEFAULT_RDNS_NEGATIVE_TTL_S = 30
 DEFAULT_REDIS_SENTINEL_MASTER = "etl"
-
-# Names that end up in SQL, Cypher or NATS subjects are validated, never quoted blindly.
-_SECRET_FIELDS = frozenset({"pg_password", "neo4j_password"})
+# Dramatiq's TimeLimit interrupts an actor's thread once PROCESSING_TIMEOUT has passed (it looks once a second).
+# Every sink gives up this much earlier, so that the actor fails with the sink's own error (retried, and counted by
+# the sink's circuit breaker) and has time left to raise it.
+SINK_TIME_MARGIN_S = 5.0
+# Under a short PROCESSING_TIMEOUT the margin shrinks: the sinks keep at least this share of it.
+MIN_SINK_BUDGET_SHARE = 0.8
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of the service. Field metadata names its environment variable."""
+    """Every setting of the service, in the order of the README's table. See ``setting`` for each field's
+    variable, parser and help."""
 
-    nats_url: str = "nats://127.0.0.1:4222"
-    nats_stream: str = "EVENTS"
-    nats_subject_raw: str = "events.raw"
-    nats_consumer: str = "etl-bridge"
-    nats_ack_wait_s: int = 60
-    nats_subject_enriched: str = "events.enriched"
-    nats_enriched_stream: str = "EVENTS_ENRICHED"
-    nats_stream_replicas: int = DEFAULT_NATS_STREAM_REPLICAS
-    nats_creds: str = ""
-    nats_tls_ca: str = ""
-    nats_tls_cert: str = ""
-    nats_tls_key: str = ""
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_wait_aof: bool = True
-    redis_sentinels: str = ""
-    redis_sentinel_master: str = DEFAULT_REDIS_SENTINEL_MASTER
-    redis_wait_replicas: int = 0
-    pg_host: str = "localhost"
-    pg_port: int = 5432
-    pg_db: str = "aegisflux"
-    pg_user: str = "postgres"
-    pg_password: str = "postgres"
-    pg_table: str = "events"
-    pg_sslmode: str = "prefer"
-    pg_sslrootcert: str = ""
-    pg_sslcert: str = ""
-    pg_sslkey: str = ""
-    pg_pool_size: int = DEFAULT_PG_POOL_SIZE
-    neo4j_uri: str = "bolt://localhost:7687"
-    neo4j_user: str = "neo4j"
-    neo4j_password: str = "password"
-    neo4j_tls_ca: str = ""
-    graph_name: str = "events"
-    af_env: str = "dev"
-    fake_rdns: bool = False
-    # From AF_FAKE_RDNS when RDNS_MODE is not set (see ``from_env``).
-    rdns_mode: str = "off"
-    rdns_nameservers: str = ""
-    rdns_timeout_ms: int = DEFAULT_RDNS_TIMEOUT_MS
-    rdns_batch_budget_ms: int = DEFAULT_RDNS_BATCH_BUDGET_MS
-    rdns_cache_size: int = DEFAULT_RDNS_CACHE_SIZE
-    rdns_min_ttl_s: int = DEFAULT_RDNS_MIN_TTL_S
-    rdns_max_ttl_s: int = DEFAULT_RDNS_MAX_TTL_S
-    rdns_negative_ttl_s: int = DEFAULT_RDNS_NEGATIVE_TTL_S
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-    batch_linger_ms: int = DEFAULT_BATCH_LINGER_MS
-    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
-    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
-    processing_timeout_s: int = DEFAULT_PROCESSING_TIMEOUT_S
-    retry_max: int = DEFAULT_RETRY_MAX
-    retry_min_backoff_ms: int = DEFAULT_RETRY_MIN_BACKOFF_MS
-    retry_max_backoff_ms: int = DEFAULT_RETRY_MAX_BACKOFF_MS
-    dlq_retention_days: int = DEFAULT_DLQ_RETENTION_DAYS
-    max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH
-    queue_low_water_percent: int = DEFAULT_QUEUE_LOW_WATER_PERCENT
-    breaker_failures: int = DEFAULT_BREAKER_FAILURES
-    breaker_cooldown_ms: int = DEFAULT_BREAKER_COOLDOWN_MS
-    health_host: str = "0.0.0.0"
-    health_port: int = 8080
-    metrics_port: int = 9191
-    log_level: str = "INFO"
-    log_format: str = "auto"
+    nats_urls: tuple[str, ...] = setting(
+        "NATS_URL", ("nats://127.0.0.1:4222",), v.url_list(NATS_SCHEME_FAMILIES),
+        "NATS server, or comma-separated seeds of one cluster (`nats://n1:4222,nats://n2:4222`; all `nats`/`tls` "
+        "or all `ws`/`wss`); credentials in each URL are redacted in output", text=v.urls_text)
+    nats_stream: str = setting("NATS_STREAM", "EVENTS", v.nats_name,
+                               "JetStream stream capturing the raw subject (created if missing)")
+    nats_subject_raw: str = setting("NATS_SUBJECT_RAW", "events.raw", v.subject, "where agents publish")
+    nats_consumer: str = setting("NATS_CONSUMER", "etl-bridge", v.nats_name,
+                                 "durable consumer shared by all bridge replicas")
+    nats_ack_wait_s: int = setting(
+        "NATS_ACK_WAIT", 60, v.positive_int, "seconds before NATS redelivers what a bridge fetched and did not ack "
+        "(applies when the consumer is created)")
+    nats_subject_enriched: str = setting("NATS_SUBJECT_ENRICHED", "events.enriched", v.subject,
+                                         "where enriched events go")
+    nats_enriched_stream: str = setting("NATS_ENRICHED_STREAM", "EVENTS_ENRICHED", v.optional(v.nats_name),
+                                        "stream capturing the enriched subject; empty for core NATS publishing")
+    nats_stream_replicas: int = setting(
+        "NATS_STREAM_REPLICAS", DEFAULT_NATS_STREAM_REPLICAS, v.stream_replicas,
+        "replicas (1 to 5) of `NATS_STREAM` and `NATS_ENRICHED_STREAM` when the pipeline creates them; an existing "
+        "stream is used as it is, with a warning if its replicas differ. See Running against a NATS cluster")
+    nats_creds: str = setting("NATS_CREDS", "", v.readable_file, "a NATS credentials file (JWT and NKey)")
+    nats_tls_ca: str = setting("NATS_TLS_CA", "", v.readable_file,
+                               "CA file that verifies the NATS server; TLS is also used for a `tls://` URL")
+    nats_tls_cert: str = setting("NATS_TLS_CERT", "", v.readable_file,
+                                 "client certificate for mutual TLS (with `NATS_TLS_KEY`)")
+    nats_tls_key: str = setting("NATS_TLS_KEY", "", v.readable_file,
+                                "client key for mutual TLS (with `NATS_TLS_CERT`)")
+    redis_url: str = setting("REDIS_URL", "redis://127.0.0.1:6379/0", v.url(("redis", "rediss", "unix")),
+                             "Redis behind the Dramatiq queues and the dead-letter queue")
+    redis_wait_aof: bool = setting("REDIS_WAIT_AOF", True, v.boolean, "wait for Redis to write each batch to its "
+                                   "AOF before acking NATS (see Reliability)")
+    redis_sentinels: tuple[tuple[str, int], ...] = setting(
+        "REDIS_SENTINELS", (), v.parse_sentinels,
+        "comma-separated `host[:port]` of Redis Sentinels (port 26379 by default); when set, the master is found "
+        "through them and followed across failovers, and `REDIS_URL` gives only the database, credentials and TLS",
+        text=v.endpoints_text)
+    redis_sentinel_master: str = setting("REDIS_SENTINEL_MASTER", DEFAULT_REDIS_SENTINEL_MASTER, v.identifier,
+                                         "the master's name in the Sentinels' `sentinel monitor` line")
+    redis_wait_replicas: int = setting(
+        "REDIS_WAIT_REPLICAS", 0, v.non_negative_int,
+        "replicas that must also have each batch on disk (`WAITAOF`) before the bridge acks NATS; `1` with "
+        "Sentinel, so a failover loses no acked batch (see [docs/scaling.md](docs/scaling.md))")
+    pg_host: str = setting("PG_HOST", "localhost", v.text, "PostgreSQL / TimescaleDB host")
+    pg_port: int = setting("PG_PORT", 5432, v.positive_int, "PostgreSQL port")
+    pg_db: str = setting("PG_DB", "aegisflux", v.text, "database")
+    pg_user: str = setting("PG_USER", "postgres", v.text, "user")
+    pg_password: str = setting("PG_PASSWORD", "postgres", v.text, "secret", secret=True)
+    pg_table: str = setting("PG_TABLE", "events", v.identifier, "table name (an identifier)")
+    pg_sslmode: str = setting(
+        "PG_SSLMODE", "prefer", v.choice("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+        "libpq's `sslmode`: `disable`, `allow`, `prefer`, `require`, `verify-ca`, `verify-full`")
+    pg_sslrootcert: str = setting("PG_SSLROOTCERT", "", v.readable_file, "libpq's CA file")
+    pg_sslcert: str = setting("PG_SSLCERT", "", v.readable_file, "libpq's client certificate file")
+    pg_sslkey: str = setting("PG_SSLKEY", "", v.readable_file, "libpq's client key file")
+    pg_pool_size: int = setting(
+        "PG_POOL_SIZE", DEFAULT_PG_POOL_SIZE, v.positive_int,
+        "PostgreSQL connections per timescale worker process, all opened at start",
+        shown_default=f"the pool's threads + 1 (`bin/worker`), else `{DEFAULT_PG_POOL_SIZE}`")
+    neo4j_uri: str = setting(
+        "NEO4J_URI", "bolt://localhost:7687",
+        v.url(("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc", "falkor")),
+        "graph database: `bolt://`, `neo4j://` (Neo4j) or `falkor://` (FalkorDB)")
+    neo4j_user: str = setting("NEO4J_USER", "neo4j", v.text, "Neo4j user (FalkorDB takes its user from the URI)")
+    neo4j_password: str = setting("NEO4J_PASSWORD", "password", v.text, "secret", secret=True)
+    neo4j_tls_ca: str = setting(
+        "NEO4J_TLS_CA", "", v.readable_file,
+        "with a plain `bolt://`/`neo4j://` URI: encrypt and trust this CA (`+s` URIs choose TLS themselves)")
+    graph_name: str = setting("GRAPH_NAME", "events", v.identifier, "FalkorDB graph name (an identifier)")
+    af_env: str = setting("AF_ENV", "dev", v.text, "the `env` added to every event")
+    # Its default is "fake" when AF_FAKE_RDNS is true (see ``from_env``).
+    rdns_mode: str = setting(
+        "RDNS_MODE", "off", v.choice(*RDNS_MODES), "reverse DNS of `rdns` and `dst_rdns`: `off` (null), `fake` "
+        "(`host-N.local`) or `ptr` (real PTR lookups, see Reverse DNS)")
+    fake_rdns: bool = setting("AF_FAKE_RDNS", False, v.boolean, "`true` means `RDNS_MODE=fake` when `RDNS_MODE` "
+                              "is not set (kept for compatibility)")
+    rdns_nameservers: tuple[tuple[str, int], ...] = setting(
+        "RDNS_NAMESERVERS", (), v.parse_nameservers,
+        "`ptr`: comma-separated nameserver addresses, each with an optional port (`10.0.0.53`, `127.0.0.1:5353`, "
+        "`[::1]:53`); empty: those of `/etc/resolv.conf`", text=v.endpoints_text, shown_default="(the system's)")
+    rdns_timeout_ms: int = setting("RDNS_TIMEOUT_MS", DEFAULT_RDNS_TIMEOUT_MS, v.positive_int,
+                                   "`ptr`: the longest one lookup may take, shared among the nameservers")
+    rdns_batch_budget_ms: int = setting(
+        "RDNS_BATCH_BUDGET_MS", DEFAULT_RDNS_BATCH_BUDGET_MS, v.positive_int, "`ptr`: the longest a batch waits "
+        "for DNS; what is unanswered by then is `null` (less than `PROCESSING_TIMEOUT`)")
+    rdns_cache_size: int = setting("RDNS_CACHE_SIZE", DEFAULT_RDNS_CACHE_SIZE, v.positive_int,
+                                   "`ptr`: addresses cached per worker process")
+    rdns_min_ttl_s: int = setting("RDNS_MIN_TTL_S", DEFAULT_RDNS_MIN_TTL_S, v.non_negative_int,
+                                  "`ptr`: a name is cached at least this long, whatever its record's TTL")
+    rdns_max_ttl_s: int = setting("RDNS_MAX_TTL_S", DEFAULT_RDNS_MAX_TTL_S, v.positive_int,
+                                  "`ptr`: and at most this long")
+    rdns_negative_ttl_s: int = setting("RDNS_NEGATIVE_TTL_S", DEFAULT_RDNS_NEGATIVE_TTL_S, v.positive_int,
+                                       "`ptr`: how long NXDOMAIN, SERVFAIL, no record or a timeout is cached")
+    max_batch_size: int = setting("MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, v.positive_int,
+                                  "events per batch (bridge)")
+    max_batch_bytes: int = setting(
+        "MAX_BATCH_BYTES", DEFAULT_MAX_BATCH_BYTES, v.positive_int, "bytes of raw events per batch (bridge): a "
+        "batch closes when one more message of its average size would pass this, so it passes it by at most one "
+        "message")
+    batch_linger_ms: int = setting("BATCH_LINGER_MS", DEFAULT_BATCH_LINGER_MS, v.positive_int,
+                                   "how long the bridge waits to fill a batch after its first event")
+    max_event_bytes: int = setting("MAX_EVENT_BYTES", DEFAULT_MAX_EVENT_BYTES, v.positive_int,
+                                   "larger events are dead-lettered without being parsed")
+    processing_timeout_s: int = setting(
+        "PROCESSING_TIMEOUT", DEFAULT_PROCESSING_TIMEOUT_S, v.positive_int,
+        f"seconds one batch may take in any pool (Dramatiq's time limit); the sinks give up {SINK_TIME_MARGIN_S:g} s "
+        f"before it, but not before {MIN_SINK_BUDGET_SHARE:.0%} of it, with their own error")
+    retry_max: int = setting("RETRY_MAX", DEFAULT_RETRY_MAX, v.non_negative_int,
+                             "retries of a transient failure before a batch is dead-lettered")
+    retry_min_backoff_ms: int = setting("RETRY_MIN_BACKOFF_MS", DEFAULT_RETRY_MIN_BACKOFF_MS, v.positive_int,
+                                        "first retry delay; doubles each time, with jitter")
+    retry_max_backoff_ms: int = setting("RETRY_MAX_BACKOFF_MS", DEFAULT_RETRY_MAX_BACKOFF_MS, v.positive_int,
+                                        "the longest retry delay")
+    dlq_retention_days: int = setting("DLQ_RETENTION_DAYS", DEFAULT_DLQ_RETENTION_DAYS, v.positive_int,
+                                      "how long dead letters are kept")
+    max_queue_depth: int = setting("MAX_QUEUE_DEPTH", DEFAULT_MAX_QUEUE_DEPTH, v.positive_int,
+                                   "messages (batches) in the deepest queue above which the bridge stops fetching")
+    queue_low_water_percent: int = setting(
+        "QUEUE_LOW_WATER_PERCENT", DEFAULT_QUEUE_LOW_WATER_PERCENT, v.percent,
+        "the bridge resumes when the deepest queue is below this share of `MAX_QUEUE_DEPTH`")
+    breaker_failures: int = setting("BREAKER_FAILURES", DEFAULT_BREAKER_FAILURES, v.positive_int,
+                                    "consecutive connection failures that open a sink's circuit breaker")
+    breaker_cooldown_ms: int = setting("BREAKER_COOLDOWN_MS", DEFAULT_BREAKER_COOLDOWN_MS, v.positive_int,
+                                       "how long an open breaker waits before letting one probe through")
+    health_host: str = setting("HEALTH_HOST", "0.0.0.0", v.text,
+                               "address the health and metrics endpoints bind to")
+    health_port: int = setting("HEALTH_PORT", 8080, v.port_number,
+                               "the bridge's `/healthz`, `/readyz` and `/metrics`")
+    metrics_port: int = setting("METRICS_PORT", 9191, v.port_number,
+                                "a worker pool's `/metrics` (served by Dramatiq's main process)")
+    log_level: str = setting("LOG_LEVEL", "INFO", v.choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True),
+                             "`DEBUG`, `INFO`, `WARNING` or `ERROR`")
+    log_format: str = setting("LOG_FORMAT", "auto", v.choice("auto", "json", "text"),
+                              "`json` (one object per line), `text`, or `auto`: text in a terminal, JSON otherwise")
+    status_metrics_urls: tuple[str, ...] = setting(
+        "STATUS_METRICS_URLS", (), v.http_urls,
+        "for `etl status`: comma-separated `/metrics` URLs to read breaker and pause states from", text=v.urls_text)
+    worker_processes: int | None = setting(
+        "WORKER_PROCESSES", None, v.positive_int, "for `bin/worker` / `python -m workers.run`: Dramatiq "
+        "processes of the pool started", shown_default="per pool, see below")
+    worker_threads: int | None = setting(
+        "WORKER_THREADS", None, v.positive_int, "for `bin/worker` / `python -m workers.run`: threads per process",
+        shown_default="per pool, see below")
+
+    @property
+    def nats_url(self) -> str:
+        """``NATS_URL`` as one text: the URLs of ``nats_urls``, comma-separated."""
+        return v.urls_text(self.nats_urls)
 
     @property
     def nats_servers(self) -> list[str]:
-        """The URLs of ``NATS_URL``: seeds of one cluster, any of which will do to connect."""
-        return v.split_urls(self.nats_url)
+        """The URLs of ``NATS_URL`` as the list nats-py takes: seeds of one cluster, any of which will do."""
+        return list(self.nats_urls)
+
+    @property
+    def sink_budget_s(self) -> float:
+        """Seconds a sink may spend on one call (opening it, a write, a check) before it gives up with its own
+        error: ``PROCESSING_TIMEOUT`` less ``SINK_TIME_MARGIN_S``, and at least ``MIN_SINK_BUDGET_SHARE`` of it.
+        Always shorter than the actors' time limit, so a sink reports a failure before Dramatiq interrupts it."""
+        timeout_s = float(self.processing_timeout_s)
+        return max(timeout_s - SINK_TIME_MARGIN_S, timeout_s * MIN_SINK_BUDGET_SHARE)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Parse ``environ`` (usually ``os.environ``). Raises ``ConfigError`` on the first bad value."""
         values: dict[str, Any] = {}
-        for field_name, (var, parse) in _ENV.items():
-            raw = environ.get(var)
+        for f in fields(cls):
+            declared = declaration(f)
+            raw = environ.get(declared.var)
             if raw is not None:
-                values[field_name] = parse(var, raw)
+                values[f.name] = declared.parse(declared.var, raw)
         # AF_FAKE_RDNS=true predates RDNS_MODE and still means fake; an explicit RDNS_MODE wins.
         values.setdefault("rdns_mode", "fake" if values.get("fake_rdns") else "off")
         settings = cls(**values)
@@ -152,94 +254,35 @@ class Settings:
                               f"PROCESSING_TIMEOUT ({self.processing_timeout_s} s)")
 
     def to_env(self) -> dict[str, str]:
-        """The settings as environment variables, secrets included: for starting child processes."""
+        """The settings as environment variables, secrets included: for starting child processes. A setting
+        without a value (``None``) is left out."""
         out: dict[str, str] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[_ENV[f.name][0]] = str(value).lower() if isinstance(value, bool) else str(value)
+            if value is not None:
+                declared = declaration(f)
+                out[declared.var] = declared.text(value)
         return out
 
     def redacted(self) -> dict[str, Any]:
-        """The settings keyed by environment variable, with secrets hidden."""
+        """The settings keyed by environment variable, with secrets hidden; a list as its variable's text."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            var = _ENV[f.name][0]
+            declared = declaration(f)
             value = getattr(self, f.name)
-            if f.name in _SECRET_FIELDS:
+            if isinstance(value, tuple):
+                value = declared.text(value)
+            if declared.secret:
                 value = "***" if value else ""
             elif isinstance(value, str) and "://" in value:
                 value = v.redact_url(value)
-            out[var] = value
+            out[declared.var] = value
         return out
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
         return f"Settings({inner})"
 
-
-_ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
-    "nats_url": ("NATS_URL", v.url_list(NATS_SCHEME_FAMILIES)),
-    "nats_stream": ("NATS_STREAM", v.nats_name),
-    "nats_subject_raw": ("NATS_SUBJECT_RAW", v.subject),
-    "nats_consumer": ("NATS_CONSUMER", v.nats_name),
-    "nats_ack_wait_s": ("NATS_ACK_WAIT", v.positive_int),
-    "nats_subject_enriched": ("NATS_SUBJECT_ENRICHED", v.subject),
-    "nats_enriched_stream": ("NATS_ENRICHED_STREAM", lambda n, r: r and v.nats_name(n, r)),
-    "nats_stream_replicas": ("NATS_STREAM_REPLICAS", v.stream_replicas),
-    "nats_creds": ("NATS_CREDS", v.readable_file),
-    "nats_tls_ca": ("NATS_TLS_CA", v.readable_file),
-    "nats_tls_cert": ("NATS_TLS_CERT", v.readable_file),
-    "nats_tls_key": ("NATS_TLS_KEY", v.readable_file),
-    "redis_url": ("REDIS_URL", v.url(("redis", "rediss", "unix"))),
-    "redis_wait_aof": ("REDIS_WAIT_AOF", v.boolean),
-    "redis_sentinels": ("REDIS_SENTINELS", v.sentinels),
-    "redis_sentinel_master": ("REDIS_SENTINEL_MASTER", v.identifier),
-    "redis_wait_replicas": ("REDIS_WAIT_REPLICAS", v.non_negative_int),
-    "pg_host": ("PG_HOST", v.text),
-    "pg_port": ("PG_PORT", v.positive_int),
-    "pg_db": ("PG_DB", v.text),
-    "pg_user": ("PG_USER", v.text),
-    "pg_password": ("PG_PASSWORD", v.text),
-    "pg_table": ("PG_TABLE", v.identifier),
-    "pg_sslmode": ("PG_SSLMODE", v.choice("disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
-    "pg_sslrootcert": ("PG_SSLROOTCERT", v.readable_file),
-    "pg_sslcert": ("PG_SSLCERT", v.readable_file),
-    "pg_sslkey": ("PG_SSLKEY", v.readable_file),
-    "pg_pool_size": ("PG_POOL_SIZE", v.positive_int),
-    "neo4j_tls_ca": ("NEO4J_TLS_CA", v.readable_file),
-    "neo4j_uri": ("NEO4J_URI", v.url(("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc", "falkor"))),
-    "neo4j_user": ("NEO4J_USER", v.text),
-    "neo4j_password": ("NEO4J_PASSWORD", v.text),
-    "graph_name": ("GRAPH_NAME", v.identifier),
-    "af_env": ("AF_ENV", v.text),
-    "fake_rdns": ("AF_FAKE_RDNS", v.boolean),
-    "rdns_mode": ("RDNS_MODE", v.choice(*RDNS_MODES)),
-    "rdns_nameservers": ("RDNS_NAMESERVERS", v.nameservers),
-    "rdns_timeout_ms": ("RDNS_TIMEOUT_MS", v.positive_int),
-    "rdns_batch_budget_ms": ("RDNS_BATCH_BUDGET_MS", v.positive_int),
-    "rdns_cache_size": ("RDNS_CACHE_SIZE", v.positive_int),
-    "rdns_min_ttl_s": ("RDNS_MIN_TTL_S", v.non_negative_int),
-    "rdns_max_ttl_s": ("RDNS_MAX_TTL_S", v.positive_int),
-    "rdns_negative_ttl_s": ("RDNS_NEGATIVE_TTL_S", v.positive_int),
-    "max_batch_size": ("MAX_BATCH_SIZE", v.positive_int),
-    "batch_linger_ms": ("BATCH_LINGER_MS", v.positive_int),
-    "max_batch_bytes": ("MAX_BATCH_BYTES", v.positive_int),
-    "max_event_bytes": ("MAX_EVENT_BYTES", v.positive_int),
-    "processing_timeout_s": ("PROCESSING_TIMEOUT", v.positive_int),
-    "retry_max": ("RETRY_MAX", v.non_negative_int),
-    "retry_min_backoff_ms": ("RETRY_MIN_BACKOFF_MS", v.positive_int),
-    "retry_max_backoff_ms": ("RETRY_MAX_BACKOFF_MS", v.positive_int),
-    "dlq_retention_days": ("DLQ_RETENTION_DAYS", v.positive_int),
-    "max_queue_depth": ("MAX_QUEUE_DEPTH", v.positive_int),
-    "queue_low_water_percent": ("QUEUE_LOW_WATER_PERCENT", v.percent),
-    "breaker_failures": ("BREAKER_FAILURES", v.positive_int),
-    "breaker_cooldown_ms": ("BREAKER_COOLDOWN_MS", v.positive_int),
-    "health_host": ("HEALTH_HOST", v.text),
-    "health_port": ("HEALTH_PORT", v.port_number),
-    "metrics_port": ("METRICS_PORT", v.port_number),
-    "log_level": ("LOG_LEVEL", v.choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True)),
-    "log_format": ("LOG_FORMAT", v.choice("auto", "json", "text")),
-}
 
 def exit_on_config_error(message: str) -> NoReturn:
     """The one way a process reports a bad setting: one line on stderr, exit code 2, no traceback."""
@@ -255,4 +298,4 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         exit_on_config_error(str(e))
 
 
-ENV_VARS: tuple[str, ...] = tuple(var for var, _ in _ENV.values())
+ENV_VARS: tuple[str, ...] = tuple(declaration(f).var for f in fields(Settings))

@@ -1,6 +1,7 @@
-"""Parsers of environment values, one per kind: each takes the variable's name and its raw text, returns the value
-and raises ``ConfigError`` with one line naming the variable. Also the helpers that read list values (NATS URLs,
-nameservers, Sentinels) and redact URLs. ``etl.config`` maps each setting to one of these.
+"""How a setting is declared (``setting``: its variable, default, parser and help) and the parsers of environment
+values, one per kind. A parser takes the variable's name and its raw text, returns the value and raises
+``ConfigError`` with one line naming the variable. A list (NATS URLs, nameservers, Sentinels, metrics URLs) is
+parsed into a tuple, once; ``*_text`` functions write one back as its variable's text. Also ``redact_url``.
 """
 
 from __future__ import annotations
@@ -8,14 +9,18 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import Field, dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from etl.errors import ConfigError
 
+Parser = Callable[[str, str], Any]
 MAX_NATS_STREAM_REPLICAS = 5  # JetStream's limit
 DNS_PORT = 53
 DEFAULT_SENTINEL_PORT = 26379
+HTTP_SCHEMES = ("http", "https")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _NATS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUBJECT = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
@@ -23,6 +28,38 @@ _SUBJECT = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _NEXT_URL = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
+DECLARATION = "etl.setting"  # the key of a field's metadata holding its ``Declaration``
+
+
+def value_text(value: Any) -> str:
+    """A scalar setting as its variable's text: ``true`` or ``false`` for a boolean."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What the environment and the README know of one setting."""
+
+    var: str
+    parse: Parser
+    help: str
+    secret: bool = False
+    # The value as its variable's text, for ``to_env`` and the README's default column.
+    text: Callable[[Any], str] = value_text
+    # The README's default column, where the value alone would mislead.
+    shown_default: str | None = None
+
+
+def setting(var: str, default: Any, parse: Parser, help: str, *, secret: bool = False,
+            text: Callable[[Any], str] = value_text, shown_default: str | None = None) -> Any:
+    """A dataclass field read from ``var`` by ``parse`` (which raises ``ConfigError``), ``default`` when unset."""
+    return field(default=default, metadata={DECLARATION: Declaration(var, parse, help, secret, text, shown_default)})
+
+
+def declaration(f: Field[Any]) -> Declaration:
+    """The declaration of a field made by ``setting``."""
+    found: Declaration = f.metadata[DECLARATION]
+    return found
 
 
 def positive_int(name: str, raw: str) -> int:
@@ -115,18 +152,48 @@ def split_urls(raw: str) -> list[str]:
     return [url.strip() for url in _NEXT_URL.split(raw.strip().strip(","))]
 
 
-def url_list(families: tuple[tuple[str, ...], ...]) -> Callable[[str, str], str]:
-    """Comma-separated URLs, each checked as ``url`` does, all of one scheme family; kept comma-joined."""
+def url_list(families: tuple[tuple[str, ...], ...]) -> Callable[[str, str], tuple[str, ...]]:
+    """Comma-separated URLs, each checked as ``url`` does, all of one scheme family -> the URLs."""
     one = url(tuple(scheme for family in families for scheme in family))
 
-    def parse(name: str, raw: str) -> str:
-        urls = [one(name, each) for each in split_urls(raw)]
+    def parse(name: str, raw: str) -> tuple[str, ...]:
+        urls = tuple(one(name, each) for each in split_urls(raw))
         if not any(all(urlsplit(url).scheme in family for url in urls) for family in families):
             allowed = " or ".join("/".join(family) for family in families)
             raise ConfigError(f"{name} mixes URL schemes: use {allowed} for all, got {redact_url(raw)!r}")
-        return ",".join(urls)
+        return urls
 
     return parse
+
+
+def http_urls(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated http(s) URLs with a host, blanks dropped; nothing else may be fetched (say, ``file://``)."""
+    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+    for each in urls:
+        if not is_http_url(each):
+            raise ConfigError(f"{name} must be comma-separated http:// or https:// URLs with a host, "
+                              f"got {redact_url(each)!r}")
+    return urls
+
+
+def is_http_url(text: str) -> bool:
+    """Whether ``text`` is an http:// or https:// URL with a host."""
+    parts = urlsplit(text)
+    return parts.scheme in HTTP_SCHEMES and bool(parts.hostname)
+
+
+def urls_text(urls: Iterable[str]) -> str:
+    """A tuple of URLs as its variable's text: comma-separated."""
+    return ",".join(urls)
+
+
+def optional(parse: Parser) -> Parser:
+    """``parse``, except that an empty value stays empty (meaning none)."""
+
+    def parse_or_empty(name: str, raw: str) -> Any:
+        return raw and parse(name, raw)
+
+    return parse_or_empty
 
 
 def stream_replicas(name: str, raw: str) -> int:
@@ -176,7 +243,7 @@ def _ip(host: str) -> str | None:
         return None
 
 
-def parse_nameservers(name: str, raw: str) -> list[tuple[str, int]]:
+def parse_nameservers(name: str, raw: str) -> tuple[tuple[str, int], ...]:
     """``RDNS_NAMESERVERS`` as (address, port) pairs: comma-separated ``ip``, ``ip:port`` or ``[ipv6]:port``,
     port 53 when none is given. Empty means the system's resolvers. Raises ``ConfigError`` on a bad entry."""
     out = []
@@ -186,15 +253,10 @@ def parse_nameservers(name: str, raw: str) -> list[tuple[str, int]]:
             raise ConfigError(f"{name} must be comma-separated IP addresses, each with an optional :port "
                               f"([addr]:port for IPv6), got {raw!r}")
         out.append((address, port))
-    return out
+    return tuple(out)
 
 
-def nameservers(name: str, raw: str) -> str:
-    parse_nameservers(name, raw)
-    return raw.strip()
-
-
-def parse_sentinels(name: str, raw: str) -> list[tuple[str, int]]:
+def parse_sentinels(name: str, raw: str) -> tuple[tuple[str, int], ...]:
     """``REDIS_SENTINELS`` as (host, port) pairs: comma-separated ``host``, ``host:port`` or ``[ipv6]:port``,
     port 26379 when none is given. Empty means no Sentinel. Raises ``ConfigError`` on a bad entry."""
     out = []
@@ -203,12 +265,12 @@ def parse_sentinels(name: str, raw: str) -> list[tuple[str, int]]:
             raise ConfigError(f"{name} must be comma-separated host[:port] entries ([addr]:port for IPv6), "
                               f"got {raw!r}")
         out.append((host, port))
-    return out
+    return tuple(out)
 
 
-def sentinels(name: str, raw: str) -> str:
-    parse_sentinels(name, raw)
-    return raw.strip()
+def endpoints_text(endpoints: Iterable[tuple[str, int]]) -> str:
+    """(host, port) pairs as their variable's text: ``host:port``, ``[ipv6]:port``, comma-separated."""
+    return ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in endpoints)
 
 
 def redact_url(url: str) -> str:

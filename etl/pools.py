@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from etl.broker import time_limit_ms
 from etl.config import Settings
 from etl.errors import ConfigError
 from etl.stages import BY_NAME, NAMES, PoolSize, Stage
@@ -25,13 +26,6 @@ SHUTDOWN_MARGIN_MS = 5_000
 WORKER_TIMEOUT_MS = 100
 
 
-def _count(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {raw!r}")
-    return int(raw)
 
 
 def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
@@ -39,20 +33,22 @@ def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str],
 
     Prefetch, of ready and of delayed (retrying) messages alike, is bounded to ``PREFETCH_PER_THREAD`` batches per
     thread: Redis, not the worker's memory, is where the backlog waits, yet a thread that finishes a batch finds
-    the next one already fetched (see ``PREFETCH_PER_THREAD``).
+    the next one already fetched (see ``PREFETCH_PER_THREAD``). Raises ``ConfigError`` for an unknown pool or a
+    bad setting in ``env``.
     """
     if pool_name not in BY_NAME:
         raise ConfigError(f"pool must be one of {', '.join(NAMES)}, got {pool_name!r}")
+    settings = Settings.from_env(env)
     stage = BY_NAME[pool_name]
-    size = pool_size(stage, env)
-    processes = _count(env, "WORKER_PROCESSES", size.processes)
-    threads = _count(env, "WORKER_THREADS", size.threads)
+    size = stage.pool_size(settings)
+    processes = settings.worker_processes or size.processes
+    threads = settings.worker_threads or size.threads
     argv = [sys.executable, "-m", "dramatiq", "etl.actors", "--queues", stage.queue,
             "--processes", str(processes), "--threads", str(threads),
             "--worker-shutdown-timeout", str(shutdown_timeout_ms(env))]
     prefetch = str(threads * PREFETCH_PER_THREAD)
     extra = {"dramatiq_queue_prefetch": prefetch, "dramatiq_delay_queue_prefetch": prefetch,
-             "dramatiq_worker_timeout": str(WORKER_TIMEOUT_MS), **_metrics_env(stage.name, env)}
+             "dramatiq_worker_timeout": str(WORKER_TIMEOUT_MS), **_metrics_env(stage.name, settings)}
     if stage.worker_env is not None:
         extra.update({k: v for k, v in stage.worker_env(threads).items() if k not in env})
     return argv, extra
@@ -68,15 +64,15 @@ def shutdown_timeout_ms(env: Mapping[str, str]) -> int:
     """How long a stopping worker waits for its threads: one batch's time limit and a margin. Past it the process
     exits anyway, which is safe (its unacked batches go back to their queue) and keeps a worker whose Redis is gone
     for good from hanging in its shutdown for Dramatiq's default of ten minutes."""
-    return Settings.from_env(env).processing_timeout_s * 1000 + SHUTDOWN_MARGIN_MS
+    return time_limit_ms(Settings.from_env(env)) + SHUTDOWN_MARGIN_MS
 
 
-def _metrics_env(pool_name: str, env: Mapping[str, str]) -> dict[str, str]:
+def _metrics_env(pool_name: str, settings: Settings) -> dict[str, str]:
     """Where the pool serves its metrics: ``HEALTH_HOST:METRICS_PORT``, from the multiprocess directory of this
     pool and port, emptied first (files left by an earlier run would carry its processes' counters). One directory
     per pool and port, not one per start, so restarts do not pile directories up in the temp dir."""
-    host = env.get("HEALTH_HOST", "0.0.0.0")
-    port = env.get("METRICS_PORT", "9191")
+    host = settings.health_host
+    port = str(settings.metrics_port)
     directory = metrics_dir(pool_name, port)
     return {"dramatiq_prom_host": host, "dramatiq_prom_port": port,
             "dramatiq_prom_db": str(directory), "PROMETHEUS_MULTIPROC_DIR": str(directory)}

@@ -20,14 +20,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from etl.breaker import State
 from etl.broker import redis_client
 from etl.config import Settings
-from etl.envvalues import redact_url
+from etl.envvalues import is_http_url, redact_url
 from etl.pipeline.backlog import Backpressure, deepest, queue_depths
 from etl.pipeline.dlq import DeadLetterStore
 from etl.stages import NAMES, SINK_NAMES, SINK_STAGES
@@ -37,7 +36,6 @@ T = TypeVar("T")
 # Stage totals, in pipeline order; the keys of ``Snapshot.totals`` and of the rates.
 STAGES = ("received", *(s.total for s in SINK_STAGES if s.total), "dead_lettered")
 METRICS_TIMEOUT_S = 1.0
-METRICS_SCHEMES = ("http", "https")
 BREAKER_METRIC = "etl_circuit_breaker_state"
 PAUSED_METRIC = "etl_bridge_paused"
 DEPTH_METRIC = "etl_queue_depth"
@@ -108,19 +106,10 @@ def parse_metrics(text: str) -> ProcessMetrics:
     return ProcessMetrics(breakers, paused if is_bridge else None)
 
 
-def split_urls(text: str) -> tuple[str, ...]:
-    """Comma-separated metrics URLs (``STATUS_METRICS_URLS``), blanks dropped. Raises ``ValueError`` for a URL
-    that is not http(s) with a host: nothing else may be fetched, e.g. ``file://``."""
-    urls = tuple(u.strip() for u in text.split(",") if u.strip())
-    for url in urls:
-        check_url(url)
-    return urls
-
-
 def check_url(url: str) -> str:
-    """``url`` if it is an http(s) URL with a host; raises ``ValueError`` otherwise."""
-    parts = urlsplit(url)
-    if parts.scheme not in METRICS_SCHEMES or not parts.hostname:
+    """``url`` if it is an http(s) URL with a host (nothing else may be fetched, e.g. ``file://``); raises
+    ``ValueError`` otherwise."""
+    if not is_http_url(url):
         raise ValueError(f"a metrics URL must be http:// or https:// with a host, got {redact_url(url)!r}")
     return url
 

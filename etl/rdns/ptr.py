@@ -20,7 +20,7 @@ import concurrent.futures
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import dns.asyncresolver
 import dns.exception
@@ -28,7 +28,6 @@ import dns.nameserver
 import dns.resolver
 
 from etl.config import Settings
-from etl.envvalues import parse_nameservers
 from etl.errors import ConfigError
 from etl.rdns.cache import DnsCache, TtlPolicy
 from etl.runtime.loopthread import LoopThread
@@ -57,7 +56,7 @@ def ptr_address(host: str) -> str | None:
         return None
 
 
-def build_dns_resolver(nameservers: list[tuple[str, int]], timeout_s: float) -> dns.asyncresolver.Resolver:
+def build_dns_resolver(nameservers: Sequence[tuple[str, int]], timeout_s: float) -> dns.asyncresolver.Resolver:
     """A dnspython resolver asking ``nameservers`` ((address, port) pairs; empty: the system's), where one lookup
     takes at most ``timeout_s`` seconds in all, shared among the servers. Raises ``ConfigError`` when no
     nameserver is given and the system has none configured."""
@@ -96,8 +95,7 @@ class PtrResolver:
     def from_settings(cls, settings: Settings) -> PtrResolver:
         """The resolver the ``RDNS_*`` settings describe. Raises ``ConfigError`` as ``build_dns_resolver``."""
         policy = TtlPolicy(settings.rdns_min_ttl_s, settings.rdns_max_ttl_s, settings.rdns_negative_ttl_s)
-        dns_resolver = build_dns_resolver(parse_nameservers("RDNS_NAMESERVERS", settings.rdns_nameservers),
-                                          settings.rdns_timeout_ms / 1000)
+        dns_resolver = build_dns_resolver(settings.rdns_nameservers, settings.rdns_timeout_ms / 1000)
         return cls(dns_resolver, DnsCache(settings.rdns_cache_size, policy),
                    budget_s=settings.rdns_batch_budget_ms / 1000)
 

@@ -1,4 +1,9 @@
-"""The one small interface every sink implements."""
+"""The one small interface every sink implements, and how a sink divides its time budget.
+
+Every call of a sink (``open``, ``write``, ``check``) gives up within ``Settings.sink_budget_s`` seconds, which ends
+before Dramatiq's time limit interrupts the actor. A sink derives each of its drivers' time-outs from that budget
+with the helpers below, never from ``PROCESSING_TIMEOUT`` itself.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 Event = dict[str, Any]
+
+# One connection attempt gets at most this share of a sink's budget, so the call it was made for has time left.
+CONNECT_BUDGET_SHARE = 0.25
 
 
 class Sink(Protocol):
@@ -30,3 +38,14 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
     def check(self) -> None: ...
+
+
+def connect_timeout_s(budget_s: float, cap_s: float) -> float:
+    """Seconds one connection attempt may take: ``cap_s``, or ``CONNECT_BUDGET_SHARE`` of ``budget_s`` if less."""
+    return min(cap_s, budget_s * CONNECT_BUDGET_SHARE)
+
+
+def inner_timeout_s(budget_s: float, grace_s: float) -> float:
+    """Seconds for a wait nested in one that ends at ``budget_s``: ``grace_s`` less, so the outer wait sees the
+    inner one's answer (a server's own time-out, say, before the socket's), but at least half of ``budget_s``."""
+    return max(budget_s - grace_s, budget_s / 2)

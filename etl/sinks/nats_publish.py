@@ -1,8 +1,8 @@
 """The ``publish`` sink: enriched events to ``NATS_SUBJECT_ENRICHED``, from synchronous Dramatiq threads.
 
 nats-py is asyncio-only, so the sink owns one event loop in a daemon thread and every call submits a coroutine
-to it (``run_coroutine_threadsafe``) and waits at most ``processing_timeout_s`` seconds for the result. All
-worker threads share the one connection.
+to it (``run_coroutine_threadsafe``) and waits at most the sink's budget (``Settings.sink_budget_s``) for the
+result. All worker threads share the one connection.
 
 With ``NATS_ENRICHED_STREAM`` set, events are JetStream publishes whose acks are awaited together for the
 whole batch, and ``Nats-Msg-Id`` (the event id) lets the stream drop replays inside its duplicate window:
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import re
 import threading
 from collections.abc import Coroutine, Sequence
@@ -30,7 +31,7 @@ from etl.config import Settings
 from etl.errors import SinkDataError, SinkUnavailable
 from etl.natsio import conn, hpub, internals
 from etl.natsio.js_acks import AckInbox
-from etl.sinks.base import Event
+from etl.sinks.base import Event, inner_timeout_s
 
 log = logging.getLogger(__name__)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -40,7 +41,7 @@ T = TypeVar("T")
 DEFAULT_DUPLICATE_WINDOW_S = 120.0
 # Enriched events are for downstream readers, not an archive; the stream would otherwise grow forever.
 ENRICHED_STREAM_MAX_AGE_S = 7 * 24 * 3600.0
-# Added to the coroutine's own timeout before a caller stops waiting for the loop thread to answer at all.
+# A call's coroutine times out this much before the caller stops waiting for the loop thread to answer at all.
 LOOP_GRACE_S = 1.0
 LOOP_JOIN_TIMEOUT_S = 5.0
 # JetStream's error code for a message larger than the stream's max_msg_size.
@@ -100,6 +101,13 @@ def wire_size(message: Message, headers: hpub.Headers) -> int:
     return len(payload) + len(headers.block(values))
 
 
+def call_timeouts_s(settings: Settings) -> tuple[float, float]:
+    """(a call's coroutine time-out, the caller's wait for the loop thread's answer), in seconds: the wait is the
+    sink's budget, and the coroutine gives up ``LOOP_GRACE_S`` earlier (at least half the budget)."""
+    budget_s = settings.sink_budget_s
+    return inner_timeout_s(budget_s, LOOP_GRACE_S), budget_s
+
+
 class NatsPublisher:
     """Sink ``publish``. Thread-safe: any number of worker threads may call ``write`` at once."""
 
@@ -111,7 +119,7 @@ class NatsPublisher:
         self._stream = settings.nats_enriched_stream or None
         self._headers, self._extra = publish_headers(self._stream)
         self._duplicate_window_s = duplicate_window_s
-        self._timeout_s = float(settings.processing_timeout_s)
+        self._timeout_s, self._budget_s = call_timeouts_s(settings)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -119,13 +127,14 @@ class NatsPublisher:
         self._acks: AckInbox | None = None
 
     def open(self) -> None:
-        """Connect, and create the enriched stream if configured and missing. Raises ``SinkUnavailable``."""
+        """Connect, and create the enriched stream if configured and missing, within the sink's budget.
+        Raises ``SinkUnavailable``."""
         with self._lock:
             if self._nc is not None:
                 return
             self._start_loop()
             try:
-                self._call(self._open(), self._timeout_s + conn.CONNECT_BUDGET_S)
+                self._call(self._open())
             except BaseException:
                 self._stop_loop()
                 raise
@@ -153,9 +162,10 @@ class NatsPublisher:
         """Publish ``events``; returns how many were newly stored (JetStream) or sent (core NATS).
 
         Returns only once the stream acked every event (JetStream) or the server read them all (core).
-        Raises ``SinkUnavailable`` when NATS is unreachable, not answering within ``processing_timeout_s``
-        seconds, or has no stream for the subject; ``SinkDataError`` when an event cannot be serialised or is
-        larger than the server accepts. On a raise, some events may have been published: replaying is safe.
+        Raises ``SinkUnavailable`` when NATS is unreachable, not answering within the sink's budget
+        (``Settings.sink_budget_s``), or has no stream for the subject; ``SinkDataError`` when an event cannot be
+        serialised or is larger than the server accepts. On a raise, some events may have been published:
+        replaying is safe.
         """
         if not events:
             return 0
@@ -179,7 +189,7 @@ class NatsPublisher:
 
     async def _publish_core(self, nc: Client, messages: list[Message]) -> int:
         await internals.publish_with_headers(nc, self._subject, "", self._headers, messages)
-        await nc.flush(timeout=int(self._timeout_s))
+        await nc.flush(timeout=math.ceil(self._timeout_s))  # whole seconds; the call's own time-out comes first
         return len(messages)
 
     async def _publish_js(self, nc: Client, inbox: AckInbox, messages: list[Message]) -> int:
@@ -204,13 +214,13 @@ class NatsPublisher:
         return nc
 
     def check(self) -> None:
-        """Raises ``SinkUnavailable`` unless the server answers a ping within ``processing_timeout_s``."""
+        """Raises ``SinkUnavailable`` unless the server answers a ping within the sink's budget."""
         self._call(self._check())
 
     async def _check(self) -> None:
         nc = self._connected()
         with conn.unavailable_as(SinkUnavailable, "NATS did not answer"):
-            await nc.flush(timeout=int(self._timeout_s))
+            await nc.flush(timeout=math.ceil(self._timeout_s))
 
     def close(self) -> None:
         """Drain the connection and stop the loop thread. Safe to call twice."""
@@ -225,19 +235,19 @@ class NatsPublisher:
                     log.warning("closing the NATS publisher timed out: %s", e)
             self._stop_loop()
 
-    def _call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
-        """Run ``coro`` on the sink's loop for at most ``timeout_s`` (default: ``processing_timeout_s``)."""
-        timeout_s = self._timeout_s if timeout_s is None else timeout_s
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the sink's loop; return within the sink's budget. Raises ``SinkUnavailable`` when it
+        takes longer (the coroutine is cancelled after ``self._timeout_s``) or the sink is not open."""
         loop = self._loop
         if loop is None:
             coro.close()
             raise SinkUnavailable("the NATS publisher is not open")
-        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, timeout_s), loop)
+        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, self._timeout_s), loop)
         try:
-            return future.result(timeout_s + LOOP_GRACE_S)
+            return future.result(self._budget_s)
         except (asyncio.TimeoutError, concurrent.futures.TimeoutError) as e:
             future.cancel()
-            raise SinkUnavailable(f"NATS did not answer within {timeout_s:g}s") from e
+            raise SinkUnavailable(f"NATS did not answer within {self._timeout_s:g}s") from e
 
     def _start_loop(self) -> None:
         loop = asyncio.new_event_loop()

@@ -32,16 +32,16 @@ from psycopg2 import errorcodes, sql
 
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
-from etl.sinks.base import Event
+from etl.sinks.base import Event, connect_timeout_s
 from etl.sinks.copy_format import COLUMNS, format_batch
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT_S = 5
-# A statement is cancelled by the server before the actor's own time limit, so the failure is ours to report.
-STATEMENT_TIMEOUT_SHARE = 0.8
-KEEPALIVE_IDLE_S = 30
-KEEPALIVE_INTERVAL_S = 10
+# A server that vanished without closing the socket answers no statement and cancels none: TCP keepalives notice
+# it. Their probes start after this share of the sink's budget and come this often, so it is noticed within it.
+KEEPALIVE_IDLE_SHARE = 0.5
+KEEPALIVE_INTERVAL_SHARE = 0.1
 KEEPALIVE_COUNT = 3
 # One key for every migration in the database: CREATE EXTENSION and CREATE TABLE are not safe to race.
 MIGRATION_LOCK_KEY = 0x6574_6C5F_6D69_6772  # "etl_migr"
@@ -103,8 +103,23 @@ class _Connection(psycopg2.extensions.connection):
 
 
 def statement_timeout_ms(settings: Settings) -> int:
-    """The server-side statement timeout, in milliseconds, derived from ``PROCESSING_TIMEOUT``."""
-    return max(1, int(settings.processing_timeout_s * 1000 * STATEMENT_TIMEOUT_SHARE))
+    """The server-side statement timeout, in milliseconds: the sink's budget (``Settings.sink_budget_s``), so a
+    statement is cancelled by the server before the actor's time limit and the failure is ours to report."""
+    return max(1, int(settings.sink_budget_s * 1000))
+
+
+def connect_timeout(settings: Settings) -> int:
+    """libpq's ``connect_timeout``, in whole seconds (its unit), at least 1: a share of the sink's budget."""
+    return max(1, int(connect_timeout_s(settings.sink_budget_s, DEFAULT_CONNECT_TIMEOUT_S)))
+
+
+def keepalive_options(settings: Settings) -> dict[str, int]:
+    """libpq's TCP keepalive options, in whole seconds (its unit), at least 1: a server that vanished is noticed
+    within the sink's budget (from a budget of 6 s on; below, whole seconds are too coarse)."""
+    budget_s = settings.sink_budget_s
+    return {"keepalives": 1, "keepalives_idle": max(1, int(budget_s * KEEPALIVE_IDLE_SHARE)),
+            "keepalives_interval": max(1, int(budget_s * KEEPALIVE_INTERVAL_SHARE)),
+            "keepalives_count": KEEPALIVE_COUNT}
 
 
 def translate_error(exc: psycopg2.Error, table: str) -> EtlError:
@@ -156,7 +171,7 @@ class TimescaleSink:
         self._lock = threading.Lock()
         self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
         self._closed = False
-        self._wait_s = settings.processing_timeout_s * STATEMENT_TIMEOUT_SHARE
+        self._wait_s = settings.sink_budget_s  # for a free connection of the pool
         columns = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
         table, staging = sql.Identifier(self._table), sql.Identifier(STAGING_TABLE)
         self._sql_insert = sql.SQL(_INSERT).format(table=table, staging=staging, columns=columns)
@@ -269,7 +284,7 @@ class TimescaleSink:
         """
         if not self._slots.acquire(timeout=self._wait_s):
             raise SinkUnavailable(f"timescale table {self._table}: all {self._pool_size} connections busy "
-                                  f"for {self._wait_s:.0f}s")
+                                  f"for {self._wait_s:g}s")
         try:
             pool = self._get_pool()
             conn = self._checkout(pool)
@@ -318,12 +333,10 @@ class TimescaleSink:
         s = self._settings
         return {
             **connection_params(s),
-            "connect_timeout": min(DEFAULT_CONNECT_TIMEOUT_S, s.processing_timeout_s),
+            "connect_timeout": connect_timeout(s),
             "application_name": APPLICATION_NAME,
             "options": f"-c statement_timeout={statement_timeout_ms(s)}",
-            # keepalives notice a peer that vanished without closing the socket
-            "keepalives": 1, "keepalives_idle": KEEPALIVE_IDLE_S,
-            "keepalives_interval": KEEPALIVE_INTERVAL_S, "keepalives_count": KEEPALIVE_COUNT,
+            **keepalive_options(s),
             "connection_factory": _Connection,
         }
 

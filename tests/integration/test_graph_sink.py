@@ -5,6 +5,7 @@ Each test reads the graph back through the backend's own client (a "probe"), not
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from prometheus_client import REGISTRY
 from etl.config import Settings
 from etl.dev import servers
 from etl.errors import SinkDataError, SinkUnavailable
+from etl.sinks.graph import neo4j_backend
 from etl.sinks.graph import sink as graph_sink
 from etl.sinks.graph.backend import KeyConflict
 from etl.sinks.graph.cypher import CREATE_CYPHER, MERGE_CYPHER, NODE_KEYS
@@ -38,6 +40,7 @@ from tests.graphs import (
 from tests.waiting import wait_for
 
 CONSTRAINT_WAIT_S = 10.0
+WRITE_AGAIN_S = 10.0
 LABELS = [label for label, _ in NODE_KEYS]
 # Works on both backends: each node's key, whatever its label.
 EDGES = ("MATCH (a)-[r]->(e:Event) RETURN labels(a)[0], coalesce(a.key, a.host_id, a.container_id), "
@@ -404,6 +407,63 @@ def test_a_restarted_server_is_unavailable_then_recovers(backend: str, tmp_path:
     finally:
         sink.close()
         server.stop()
+
+
+def written(sink: GraphSink, batch: list[dict[str, Any]]) -> bool:
+    try:
+        sink.write(batch)
+    except SinkUnavailable:
+        return False
+    return True
+
+
+def test_a_stalled_falkordb_gives_up_within_the_budget(tmp_path: Path) -> None:
+    """A FalkorDB that is connected but not answering (SIGSTOP): the write fails as unavailable within the sink's
+    budget, before Dramatiq's time limit (``PROCESSING_TIMEOUT``) would interrupt the actor; it succeeds again once
+    the server answers."""
+    server = servers.redis_server(tmp_path, falkordb=True).start()
+    assert server.proc is not None
+    settings = Settings.from_env({**graph_env(FALKORDB, server), "GRAPH_NAME": "stall", "PROCESSING_TIMEOUT": "4"})
+    sink = GraphSink(settings)
+    try:
+        sink.open()
+        assert sink.write([alice("e1")]) == 1
+        server.proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(SinkUnavailable, match="[Tt]imeout"):
+            sink.write([alice("e2")])
+        assert time.monotonic() - started <= settings.sink_budget_s < settings.processing_timeout_s
+        server.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: written(sink, [alice("e2")]), timeout_s=WRITE_AGAIN_S)
+        assert sink.count_events() == 2
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        sink.close()
+        server.stop()
+
+
+def test_a_neo4j_write_waiting_on_a_lock_gives_up_within_the_budget(make_settings: Callable[..., Settings],
+                                                                      neo4j_server: servers.Server) -> None:
+    """Another transaction holds the lock of a Host the batch merges: the write's transaction times out on the
+    server (one attempt's share of the sink's budget), before Dramatiq's time limit would interrupt the actor."""
+    settings = make_settings(**graph_env(NEO4J, neo4j_server), PROCESSING_TIMEOUT="12")
+    reset(settings)
+    sink = GraphSink(settings)
+    sink.write([event("seed", host_id="hz")])
+    holder = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.neo4j_password))
+    try:
+        with holder.session() as session, session.begin_transaction() as tx:
+            tx.run("MATCH (h:Host {host_id: 'hz'}) SET h.held = true").consume()
+            started = time.monotonic()
+            with pytest.raises(SinkUnavailable, match="TransactionTimedOut|LockClientStopped"):
+                sink.write([event("blocked", host_id="hz")])
+            elapsed_s = time.monotonic() - started
+            assert neo4j_backend.attempt_timeout_s(settings) <= elapsed_s <= settings.sink_budget_s
+            tx.rollback()
+        assert sink.write([event("blocked", host_id="hz")]) == 1
+    finally:
+        holder.close()
+        sink.close()
 
 
 def reruns(code: str) -> float:

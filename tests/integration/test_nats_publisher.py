@@ -16,7 +16,8 @@ from nats.aio.client import Client
 from etl.config import Settings
 from etl.dev import servers
 from etl.errors import SinkDataError, SinkUnavailable
-from etl.sinks.nats_publish import NatsPublisher
+from etl.natsio.conn import CONNECT_BUDGET_S
+from etl.sinks.nats_publish import NatsPublisher, call_timeouts_s
 
 WAIT_S = 20.0
 TIMEOUT_S = 2
@@ -235,7 +236,8 @@ def test_hung_server_times_out_as_unavailable(
     make_settings: Callable[..., Settings], open_publisher: Callable[[Settings], NatsPublisher],
     tmp_path: Path, stream: str,
 ) -> None:
-    """A server that is connected but not answering (SIGSTOP) costs ``processing_timeout_s``, not a hang."""
+    """A server that is connected but not answering (SIGSTOP) costs the publisher's call time-out, within the sink's
+    budget: it gives up before Dramatiq's time limit (``PROCESSING_TIMEOUT``) would interrupt the actor."""
     server = servers.nats_server(tmp_path / "nats").start()
     assert server.proc is not None
     try:
@@ -247,7 +249,8 @@ def test_hung_server_times_out_as_unavailable(
         started = time.monotonic()
         with pytest.raises(SinkUnavailable):
             publisher.write(events(3))
-        assert TIMEOUT_S - 0.5 < time.monotonic() - started < TIMEOUT_S + 1.5
+        coroutine_s, _ = call_timeouts_s(settings)
+        assert coroutine_s - 0.1 < time.monotonic() - started <= settings.sink_budget_s < TIMEOUT_S
         server.proc.send_signal(signal.SIGCONT)
         eventually(lambda: publisher.write(events(3)) in (0, 3))  # a replay of what got through is fine
     finally:
@@ -259,10 +262,13 @@ def test_open_fails_fast_without_a_server_and_close_is_idempotent(
     make_settings: Callable[..., Settings]
 ) -> None:
     nowhere = f"nats://127.0.0.1:{servers.free_port()}"
-    settings = make_settings(NATS_URL=nowhere, PROCESSING_TIMEOUT=TIMEOUT_S)
+    # A budget longer than the connect's own (conn.CONNECT_BUDGET_S), so the connect is what gives up.
+    settings = make_settings(NATS_URL=nowhere, PROCESSING_TIMEOUT=int(CONNECT_BUDGET_S * 2))
     publisher = NatsPublisher(settings)
+    started = time.monotonic()
     with pytest.raises(SinkUnavailable, match="cannot connect"):
         publisher.open()
+    assert time.monotonic() - started < settings.sink_budget_s
     with pytest.raises(SinkUnavailable):
         publisher.write(events(1))
     publisher.close()

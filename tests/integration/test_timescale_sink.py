@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -208,7 +209,9 @@ def test_dropped_connections_are_discarded(sink: TimescaleSink, settings: Settin
 
 
 def test_statement_timeout_is_unavailable(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(PROCESSING_TIMEOUT="1")
+    """A table locked by another session stalls the COPY: the server cancels it at the sink's budget, before
+    Dramatiq's time limit (``PROCESSING_TIMEOUT``) would interrupt the actor."""
+    settings = make_settings(PROCESSING_TIMEOUT="3")
     sink = TimescaleSink(settings, pool_size=1)
     blocker = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, user=settings.pg_user,
                                dbname=settings.pg_db)
@@ -217,8 +220,10 @@ def test_statement_timeout_is_unavailable(make_settings: Callable[..., Settings]
         lock = sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(settings.pg_table))
         with blocker.cursor() as cur:
             cur.execute(lock)
+        started = time.monotonic()
         with pytest.raises(SinkUnavailable, match="57014"):
             sink.write([make_event(1)])
+        assert settings.sink_budget_s <= time.monotonic() - started < settings.processing_timeout_s
         blocker.rollback()
         assert sink.write([make_event(1)]) == 1
     finally:

@@ -1,11 +1,13 @@
-"""Settings: defaults, parsing, one-line errors, redaction."""
+"""Settings: defaults, parsing (lists into tuples, once), one-line errors, redaction."""
 
 from __future__ import annotations
+
+from dataclasses import fields
 
 import pytest
 
 from etl.config import ENV_VARS, Settings
-from etl.envvalues import parse_nameservers, parse_sentinels
+from etl.envvalues import declaration
 from etl.errors import ConfigError
 
 
@@ -62,20 +64,22 @@ def test_rdns_mode_with_af_fake_rdns_for_compatibility(env: dict[str, str], mode
 
 def test_rdns_defaults() -> None:
     s = Settings.from_env({})
-    assert (s.rdns_nameservers, s.rdns_timeout_ms, s.rdns_batch_budget_ms, s.rdns_cache_size) == ("", 500, 1000,
+    assert (s.rdns_nameservers, s.rdns_timeout_ms, s.rdns_batch_budget_ms, s.rdns_cache_size) == ((), 500, 1000,
                                                                                                    100_000)
     assert (s.rdns_min_ttl_s, s.rdns_max_ttl_s, s.rdns_negative_ttl_s) == (60, 86_400, 30)
 
 
-@pytest.mark.parametrize(("raw", "parsed"), [
-    ("", []),
-    ("10.0.0.53", [("10.0.0.53", 53)]),
-    ("127.0.0.1:5353, ::1", [("127.0.0.1", 5353), ("::1", 53)]),
-    ("[2001:DB8::53]:5300,[::1]", [("2001:db8::53", 5300), ("::1", 53)]),
+@pytest.mark.parametrize(("raw", "parsed", "text"), [
+    ("", (), ""),
+    ("10.0.0.53", (("10.0.0.53", 53),), "10.0.0.53:53"),
+    ("127.0.0.1:5353, ::1", (("127.0.0.1", 5353), ("::1", 53)), "127.0.0.1:5353,[::1]:53"),
+    ("[2001:DB8::53]:5300,[::1]", (("2001:db8::53", 5300), ("::1", 53)), "[2001:db8::53]:5300,[::1]:53"),
 ])
-def test_nameservers(raw: str, parsed: list[tuple[str, int]]) -> None:
-    assert parse_nameservers("RDNS_NAMESERVERS", raw) == parsed
-    assert Settings.from_env({"RDNS_NAMESERVERS": raw}).rdns_nameservers == raw.strip()
+def test_nameservers_are_parsed_once_into_address_port_pairs(raw: str, parsed: tuple[tuple[str, int], ...],
+                                                             text: str) -> None:
+    s = Settings.from_env({"RDNS_NAMESERVERS": raw})
+    assert s.rdns_nameservers == parsed
+    assert s.to_env()["RDNS_NAMESERVERS"] == text and Settings.from_env(s.to_env()) == s
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -96,9 +100,10 @@ def test_bad_rdns_values(env: dict[str, str], message: str) -> None:
 
 
 def test_sentinels_default_to_port_26379_and_bad_ones_are_named() -> None:
-    assert parse_sentinels("REDIS_SENTINELS", "s1, s2:26380,[::1]:5000,") == [
-        ("s1", 26379), ("s2", 26380), ("::1", 5000)]
-    assert Settings.from_env({}).redis_sentinels == "" and Settings.from_env({}).redis_wait_replicas == 0
+    s = Settings.from_env({"REDIS_SENTINELS": "s1, s2:26380,[::1]:5000,"})
+    assert s.redis_sentinels == (("s1", 26379), ("s2", 26380), ("::1", 5000))
+    assert s.redacted()["REDIS_SENTINELS"] == "s1:26379,s2:26380,[::1]:5000" and Settings.from_env(s.to_env()) == s
+    assert Settings.from_env({}).redis_sentinels == () and Settings.from_env({}).redis_wait_replicas == 0
     for bad in ("s1:0", "s1:port", ":26379"):
         with pytest.raises(ConfigError, match="REDIS_SENTINELS must be comma-separated host"):
             Settings.from_env({"REDIS_SENTINELS": bad})
@@ -114,6 +119,7 @@ def test_nats_url_lists_every_seed_of_a_cluster_and_redacts_each() -> None:
     # A comma inside a password does not start a new URL: only one followed by a scheme does.
     assert Settings.from_env({"NATS_URL": "nats://u:a,b@n1"}).nats_servers == ["nats://u:a,b@n1"]
     assert Settings.from_env({}).nats_servers == ["nats://127.0.0.1:4222"]
+    assert s.nats_urls == tuple(s.nats_servers) and s.nats_url == ",".join(s.nats_servers)
     assert Settings.from_env({}).nats_stream_replicas == 1
 
 
@@ -129,3 +135,33 @@ def test_bad_nats_cluster_values(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
     assert message in str(info.value)
+
+
+def test_metrics_urls_are_comma_separated_http_urls() -> None:
+    s = Settings.from_env({"STATUS_METRICS_URLS": " http://a:9191/metrics, ,https://b/metrics ,"})
+    assert s.status_metrics_urls == ("http://a:9191/metrics", "https://b/metrics")
+    assert Settings.from_env({}).status_metrics_urls == () and Settings.from_env(s.to_env()) == s
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://host/metrics", "http:///metrics", "localhost:9191"])
+def test_only_http_metrics_urls_with_a_host_are_accepted(url: str) -> None:
+    with pytest.raises(ConfigError, match="STATUS_METRICS_URLS must be comma-separated http:// or https://"):
+        Settings.from_env({"STATUS_METRICS_URLS": f"http://ok/metrics,{url}"})
+
+
+def test_a_rejected_metrics_url_does_not_show_its_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"STATUS_METRICS_URLS": "ftp://user:hunter2@host/metrics"})
+    assert "hunter2" not in str(caught.value)
+
+
+def test_worker_counts_are_unset_unless_given_and_left_out_of_the_environment() -> None:
+    s = Settings.from_env({})
+    assert (s.worker_processes, s.worker_threads) == (None, None)
+    assert "WORKER_PROCESSES" not in s.to_env() and Settings.from_env(s.to_env()) == s
+    assert Settings.from_env({"WORKER_THREADS": "3"}).worker_threads == 3
+
+
+def test_every_field_is_declared_with_its_variable_once() -> None:
+    assert len(set(ENV_VARS)) == len(ENV_VARS) == len(fields(Settings))
+    assert all(declaration(f).help for f in fields(Settings))

@@ -42,8 +42,7 @@ GRAFANA_DIR = ROOT / "deploy/grafana"
 SERVER_PORTS = {"nats": 4222, "redis": 6379, "timescaledb": 5432, "neo4j": 7687}
 URL_SETTINGS = ("NATS_URL", "REDIS_URL", "NEO4J_URI")
 SCHEME_PORTS = {"nats": 4222, "redis": 6379, "bolt": 7687, "neo4j": 7687}
-# Variables our processes read besides the settings: the pool launcher's, and Dramatiq's own (by prefix).
-LAUNCHER_VARS = frozenset({"WORKER_PROCESSES", "WORKER_THREADS"})
+# Variables our processes read besides the settings (the pool launcher's are settings too): Dramatiq's own.
 DRAMATIQ_VAR_PREFIX = "dramatiq_"
 # What each process talks to, so must start after (role -> compose services).
 NEEDS = {"bridge": {"nats", "redis"}, "enrich": {"redis"}, "publish": {"redis", "nats"},
@@ -213,8 +212,7 @@ def test_every_pool_has_a_service_whose_launcher_runs_dramatiq_on_the_pool_queue
 def test_our_services_set_only_variables_our_processes_read_and_valid_values() -> None:
     for name, service, what in service_roles():
         raw = service.get("environment") or {}
-        unknown = {k for k in raw if k not in ENV_VARS and k not in LAUNCHER_VARS
-                   and not k.startswith(DRAMATIQ_VAR_PREFIX)}
+        unknown = {k for k in raw if k not in ENV_VARS and not k.startswith(DRAMATIQ_VAR_PREFIX)}
         assert not unknown, f"{name} sets variables no settings read: {unknown}"
         assert all(isinstance(v, str) for v in raw.values()), f"{name}: quote values, YAML would retype them"
         Settings.from_env(environment(service))  # raises ConfigError on a bad value

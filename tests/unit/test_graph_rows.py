@@ -247,6 +247,8 @@ def neo4j_error(code: str, message: str = "from the server") -> Exception:
         (neo.SessionExpired("gone"), SinkUnavailable),
         (neo4j_error("Neo.ClientError.Security.Unauthorized"), SinkUnavailable),
         (neo4j_error("Neo.ClientError.Transaction.TransactionTimedOutClientConfiguration"), SinkUnavailable),
+        (neo4j_error("Neo.ClientError.Transaction.LockClientStopped"), SinkUnavailable),
+        (neo4j_error("Neo.ClientError.Transaction.Terminated"), SinkUnavailable),
         (neo4j_error("Neo.TransientError.Transaction.DeadlockDetected"), TransientError),
         (neo4j_error("Neo.DatabaseError.General.UnknownError"), TransientError),
         (neo4j_error("Neo.ClientError.Statement.TypeError"), SinkDataError),
@@ -304,11 +306,11 @@ def test_every_attempt_after_a_failed_one_is_counted_by_that_failures_code() -> 
 
     deadlock = "Neo.TransientError.Transaction.DeadlockDetected"
     before = (reruns(deadlock), reruns(neo4j_backend.OTHER_FAILURE))
-    attempts = neo4j_backend._Attempts()  # noqa: SLF001 - the bookkeeping of one write, as the driver drives it
+    attempts = neo4j_backend._Attempts(30.0, 15.0)  # noqa: SLF001 - the bookkeeping of one write, as the driver drives it
     attempts.made, attempts.failed = 3, {0: deadlock}  # failed in its statement, then at commit, then done
     attempts.count_reruns()
     assert (reruns(deadlock), reruns(neo4j_backend.OTHER_FAILURE)) == (before[0] + 1, before[1] + 1)
-    once = neo4j_backend._Attempts()  # noqa: SLF001
+    once = neo4j_backend._Attempts(30.0, 15.0)  # noqa: SLF001
     once.made = 1
     once.count_reruns()
     assert (reruns(deadlock), reruns(neo4j_backend.OTHER_FAILURE)) == (before[0] + 1, before[1] + 1)

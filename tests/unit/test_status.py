@@ -131,18 +131,13 @@ def test_breaker_state_names(value: int | None, name: str | None) -> None:
     assert status._state_name(value) == name
 
 
-# --- metrics URLs ---
-
-def test_metrics_urls_are_comma_separated() -> None:
-    assert status.split_urls(" http://a:9191/metrics, ,https://b/metrics ,") == (
-        "http://a:9191/metrics", "https://b/metrics")
-    assert status.split_urls("") == ()
-
+# --- metrics URLs (--metrics-url; STATUS_METRICS_URLS is a setting, see test_config.py) ---
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://host/metrics", "http:///metrics", "localhost:9191"])
 def test_only_http_urls_with_a_host_are_fetched(url: str) -> None:
     with pytest.raises(ValueError, match="http:// or https://"):
-        status.split_urls(f"http://ok/metrics,{url}")
+        status.check_url(url)
+    assert status.check_url("https://b/metrics") == "https://b/metrics"
 
 
 def test_a_rejected_url_does_not_show_its_password() -> None:

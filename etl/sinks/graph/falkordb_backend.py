@@ -9,9 +9,11 @@ asynchronously: ``GRAPH.CONSTRAINT CREATE`` returns at once and the constraint g
 exists is an error, so ``ensure_schema`` creates only what ``db.indexes()``/``db.constraints()`` lack and
 also accepts the "already exists" reply a concurrent opener can cause.
 
-Timeouts. The socket timeout is PROCESSING_TIMEOUT plus a grace, and each query carries PROCESSING_TIMEOUT
-(capped by the server's TIMEOUT_MAX) as its server-side timeout, which FalkorDB enforces on reads while
-writes run to completion. The write is idempotent, so retrying one whose reply was lost is safe.
+Timeouts, from the sink's budget (``Settings.sink_budget_s``): a command on a new connection (the connect, then
+the reply) ends within it; each query carries a server-side timeout a grace shorter than the socket's (and capped by
+the server's TIMEOUT_MAX), which FalkorDB enforces on reads while writes run to completion. Only a dropped
+connection is retried, once: a command that timed out is not sent again, which would double its time. The write is
+idempotent, so the actor's retry of one whose reply was lost is safe.
 
 Errors. Redis ``ConnectionError``/``TimeoutError`` (and a query timeout, a timeout above TIMEOUT_MAX, a
 read-only replica or a refused permission) become ``SinkUnavailable``; a full query queue or an out-of-memory
@@ -36,6 +38,7 @@ from redis.retry import Retry
 
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
+from etl.sinks.base import connect_timeout_s, inner_timeout_s
 from etl.sinks.graph.backend import KeyConflict
 from etl.sinks.graph.cypher import COUNT_EVENTS_CYPHER, NODE_KEYS
 
@@ -86,10 +89,25 @@ def _already_exists(err: redis.ResponseError) -> bool:
     return any(r in str(err).lower() for r in _EXISTS_REPLIES)
 
 
+def client_options(settings: Settings) -> dict[str, Any]:
+    """The client's time-outs (seconds) and retry: a command on a new connection, its connect then its reply, ends
+    within the sink's budget. Only a connection the server dropped is retried, once and at once."""
+    budget_s = settings.sink_budget_s
+    connect_s = connect_timeout_s(budget_s, CONNECT_TIMEOUT_S)
+    return {"socket_connect_timeout": connect_s, "socket_timeout": budget_s - connect_s,
+            "retry": Retry(NoBackoff(), RECONNECT_RETRIES, supported_errors=(redis.ConnectionError,))}
+
+
+def query_timeout_ms(settings: Settings) -> int:
+    """The server-side time-out of each query, in milliseconds: a grace shorter than the socket's, so the server's
+    "query timed out" comes first (before the server's TIMEOUT_MAX caps it, see ``connect``)."""
+    socket_s = client_options(settings)["socket_timeout"]
+    return max(1, int(inner_timeout_s(socket_s, SOCKET_TIMEOUT_GRACE_S) * 1000))
+
+
 def connect(settings: Settings) -> FalkorBackend:
     """Connect to the FalkorDB server NEO4J_URI names. Raises ``SinkUnavailable``."""
     url = urlsplit(settings.neo4j_uri)
-    timeout_s = float(settings.processing_timeout_s)
     with _translated("connect"):
         # The client asks the server for its mode (standalone, sentinel, cluster): this connects.
         db = FalkorDB(
@@ -97,11 +115,9 @@ def connect(settings: Settings) -> FalkorBackend:
             port=url.port or DEFAULT_FALKOR_PORT,
             username=unquote(url.username) if url.username else None,
             password=unquote(url.password) if url.password else None,
-            socket_connect_timeout=min(CONNECT_TIMEOUT_S, timeout_s),
-            socket_timeout=timeout_s + SOCKET_TIMEOUT_GRACE_S,
-            retry=Retry(NoBackoff(), RECONNECT_RETRIES),
+            **client_options(settings),
         )
-        timeout_ms = _capped_timeout_ms(db, settings.processing_timeout_s * 1000)
+        timeout_ms = _capped_timeout_ms(db, query_timeout_ms(settings))
     return FalkorBackend(db, settings.graph_name, query_timeout_ms=timeout_ms)
 
 

@@ -4,20 +4,24 @@ Connects to NEO4J_URI (``bolt://``, ``neo4j://`` and their ``+s``/``+ssc`` forms
 NEO4J_PASSWORD, and writes to the server's default database (GRAPH_NAME is FalkorDB's and is not used here).
 
 Writes run as managed transactions (``session.execute_write``), which the driver retries on transient
-failures (deadlocks, leader switches, dropped connections) for up to PROCESSING_TIMEOUT seconds; each
-transaction also carries PROCESSING_TIMEOUT as its server-side timeout. Each attempt the driver makes after a failed
-one (about a second later: its retry delay) is counted in ``etl_graph_write_reruns_total``, by the Neo4j code of
-that failure.
+failures (deadlocks, leader switches, dropped connections). Time-outs come from the sink's budget
+(``Settings.sink_budget_s``): each attempt carries ``ATTEMPT_BUDGET_SHARE`` of it as its server-side timeout, and
+the driver makes another attempt only while one can still end within the budget (else the last failure is raised). Each
+attempt the driver makes after a failed one (about a second later: its retry delay) is counted in
+``etl_graph_write_reruns_total``, by the Neo4j code of that failure.
 
-Errors: ServiceUnavailable, SessionExpired, a full connection pool, a transaction timeout, refused credentials
-or a missing database become ``SinkUnavailable``; Neo4j's TransientError (incl. DeadlockDetected) and server
-faults ``TransientError``; a node refused by a uniqueness constraint ``KeyConflict``; any other ClientError
-(CypherTypeError, another ConstraintError...), a value too large for an index and a constraint that cannot be
-created over duplicates already stored ``SinkDataError``.
+Errors: ServiceUnavailable, SessionExpired, a full connection pool, a transaction timed out or terminated (while
+waiting for a lock too), refused credentials or a missing database become ``SinkUnavailable``; Neo4j's
+TransientError (incl. DeadlockDetected) and server faults ``TransientError``; a node refused by a uniqueness
+constraint ``KeyConflict``; any other ClientError (CypherTypeError, another ConstraintError...), a value too large
+for an index and a constraint that cannot be created over duplicates already stored ``SinkDataError``. A failure
+with no time left for another attempt is a ``TransientError`` after Neo4j's TransientError, else
+``SinkUnavailable``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,15 +33,21 @@ from neo4j import exceptions as neo
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
 from etl.runtime.metrics import GRAPH_WRITE_RERUNS
+from etl.sinks.base import connect_timeout_s
 from etl.sinks.graph.backend import KeyConflict
 from etl.sinks.graph.cypher import COUNT_EVENTS_CYPHER, NODE_KEYS
 
 CONNECT_TIMEOUT_S = 5.0
+# One attempt's share of the sink's budget: the rest is for the connection it waits for, or for attempts after it.
+ATTEMPT_BUDGET_SHARE = 0.5
 OTHER_FAILURE = "other"  # the label of a rerun whose attempt failed outside its statement
 
 # Server codes that are ClientErrors in Neo4j's taxonomy but say nothing about our data.
 _UNAVAILABLE_CODES = (
     "Neo.ClientError.Transaction.TransactionTimedOut",  # prefix of ...TimedOutClientConfiguration too
+    # A transaction terminated while it waited for a lock (its timeout, an operator, a shutdown), or at another time.
+    "Neo.ClientError.Transaction.LockClientStopped",
+    "Neo.ClientError.Transaction.Terminated",
     "Neo.ClientError.Database.DatabaseNotFound",
 )
 # A DatabaseError that is about our data: a constraint cannot be built over duplicate keys already stored.
@@ -78,12 +88,20 @@ def translate(err: Exception, doing: str) -> EtlError:
     return TransientError(text)  # DatabaseError and other driver faults: worth another try
 
 
+class _OutOfTime(Exception):
+    """Raised in a transaction function instead of a rerun that could not end within the budget; carries the Neo4j
+    code of the failure before it (``OTHER_FAILURE`` when that failed outside the statement)."""
+
+
 @contextmanager
 def _translated(doing: str) -> Iterator[None]:
     try:
         yield
     except (neo.Neo4jError, neo.DriverError) as e:
         raise translate(e, doing) from e
+    except _OutOfTime as e:
+        code, text = e.args[0], f"Neo4j {doing}: gave up after {e.args[0]}: {e.args[1]}"
+        raise (TransientError(text) if code.startswith("Neo.TransientError") else SinkUnavailable(text)) from None
 
 
 def tls_options(settings: Settings) -> dict[str, Any]:
@@ -94,16 +112,26 @@ def tls_options(settings: Settings) -> dict[str, Any]:
     return {"encrypted": True, "trusted_certificates": TrustCustomCAs(settings.neo4j_tls_ca)}
 
 
+def attempt_timeout_s(settings: Settings) -> float:
+    """The server-side timeout of one transaction, in seconds: ``ATTEMPT_BUDGET_SHARE`` of the sink's budget."""
+    return settings.sink_budget_s * ATTEMPT_BUDGET_SHARE
+
+
+def driver_options(settings: Settings) -> dict[str, Any]:
+    """The driver's time-outs, in seconds, within the sink's budget: waiting for a connection (connecting
+    included) and then one attempt fit in it, and so does the driver's window for attempts after a failed one."""
+    rest_s = settings.sink_budget_s - attempt_timeout_s(settings)
+    return {"connection_timeout": connect_timeout_s(settings.sink_budget_s, CONNECT_TIMEOUT_S),
+            "connection_acquisition_timeout": rest_s, "max_transaction_retry_time": rest_s}
+
+
 def connect(settings: Settings) -> Neo4jBackend:
     """Create the driver and check the server answers. Raises ``SinkUnavailable``."""
-    timeout_s = float(settings.processing_timeout_s)
     with _translated("connect"):
         driver = GraphDatabase.driver(
             settings.neo4j_uri,
             auth=(settings.neo4j_user, settings.neo4j_password),
-            connection_timeout=min(CONNECT_TIMEOUT_S, timeout_s),
-            connection_acquisition_timeout=timeout_s,
-            max_transaction_retry_time=timeout_s,
+            **driver_options(settings),
             **tls_options(settings),
         )
     try:
@@ -112,7 +140,7 @@ def connect(settings: Settings) -> Neo4jBackend:
     except BaseException:
         driver.close()
         raise
-    return Neo4jBackend(driver, transaction_timeout_s=timeout_s)
+    return Neo4jBackend(driver, budget_s=settings.sink_budget_s, transaction_timeout_s=attempt_timeout_s(settings))
 
 
 def _run_statement(tx: ManagedTransaction, statement: str) -> None:
@@ -120,11 +148,24 @@ def _run_statement(tx: ManagedTransaction, statement: str) -> None:
 
 
 class _Attempts:
-    """One write's attempts, as the driver makes them, and the Neo4j code of each that failed in its statement."""
+    """One call's attempts, as the driver makes them, and the Neo4j code of each that failed in its statement."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget_s: float, attempt_s: float) -> None:
         self.made = 0
         self.failed: dict[int, str] = {}
+        self._budget_s = budget_s
+        self._attempt_s = attempt_s
+        self._deadline = time.monotonic() + budget_s
+
+    def start(self) -> int:
+        """The number of the attempt starting now. Raises ``_OutOfTime`` for a rerun that could not end (its
+        server-side timeout) within the call's budget: the driver makes no more attempts then."""
+        attempt = self.made
+        if attempt and time.monotonic() + self._attempt_s > self._deadline:
+            raise _OutOfTime(self.failed.get(attempt - 1, OTHER_FAILURE),
+                             f"no time left within {self._budget_s:g}s for another attempt")
+        self.made += 1
+        return attempt
 
     def count_reruns(self) -> None:
         """Count every attempt the driver made after a failed one, by the code of that failure: ``OTHER_FAILURE``
@@ -134,8 +175,7 @@ class _Attempts:
 
 
 def _write_batch(tx: ManagedTransaction, attempts: _Attempts, statement: str, rows: list[list[Any]]) -> int:
-    attempt = attempts.made
-    attempts.made += 1
+    attempt = attempts.start()
     try:
         record = tx.run(statement, rows=rows).single(strict=True)
     except neo.Neo4jError as e:
@@ -144,7 +184,8 @@ def _write_batch(tx: ManagedTransaction, attempts: _Attempts, statement: str, ro
     return int(record["created"])
 
 
-def _read_keys(tx: ManagedTransaction, statement: str, keys: list[str]) -> list[str]:
+def _read_keys(tx: ManagedTransaction, attempts: _Attempts, statement: str, keys: list[str]) -> list[str]:
+    attempts.start()
     return [record["key"] for record in tx.run(statement, keys=keys)]
 
 
@@ -155,8 +196,10 @@ def _count_events(tx: ManagedTransaction) -> int:
 class Neo4jBackend:
     """One Neo4j database. Thread-safe: the driver is shared, each call opens its own session."""
 
-    def __init__(self, driver: Driver, *, transaction_timeout_s: float) -> None:
+    def __init__(self, driver: Driver, *, budget_s: float, transaction_timeout_s: float) -> None:
         self._driver = driver
+        self._budget_s = budget_s
+        self._attempt_s = transaction_timeout_s
         self._write: Any = unit_of_work(timeout=transaction_timeout_s)(_write_batch)
         self._read: Any = unit_of_work(timeout=transaction_timeout_s)(_read_keys)
 
@@ -180,15 +223,16 @@ class Neo4jBackend:
         """
         if not keys:
             return set()
+        attempts = _Attempts(self._budget_s, self._attempt_s)
         with _translated("read"), self._driver.session() as session:
-            return set(session.execute_read(self._read, statement, keys))
+            return set(session.execute_read(self._read, attempts, statement, keys))
 
     def write_rows(self, statement: str, rows: list[list[Any]]) -> int:
         """Run ``statement`` on ``rows`` in one managed transaction; return its ``created`` column.
 
         Raises ``KeyConflict``, ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
         """
-        attempts = _Attempts()
+        attempts = _Attempts(self._budget_s, self._attempt_s)
         try:
             with _translated("write"), self._driver.session() as session:
                 return int(session.execute_write(self._write, attempts, statement, rows))
