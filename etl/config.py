@@ -81,7 +81,11 @@ class Settings:
     nats_stream_replicas: int = setting(
         "NATS_STREAM_REPLICAS", DEFAULT_NATS_STREAM_REPLICAS, v.stream_replicas,
         "replicas (1 to 5) of `NATS_STREAM` and `NATS_ENRICHED_STREAM` when the pipeline creates them; an existing "
-        "stream is used as it is, with a warning if its replicas differ. See Running against a NATS cluster")
+        "stream is used as it is, with a warning if its replicas differ (see "
+        "[docs/scaling.md](docs/scaling.md#running-against-a-nats-cluster))")
+    nats_public_api: bool = setting(
+        "ETL_NATS_PUBLIC_API", False, v.boolean, "use nats-py's public API instead of its private hooks on the hot "
+        "paths: slower, for ruling the hooks out (see [docs/operations.md](docs/operations.md))")
     nats_creds: str = setting("NATS_CREDS", "", v.readable_file, "a NATS credentials file (JWT and NKey)")
     nats_tls_ca: str = setting("NATS_TLS_CA", "", v.readable_file,
                                "CA file that verifies the NATS server; TLS is also used for a `tls://` URL")

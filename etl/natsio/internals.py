@@ -9,8 +9,8 @@ per frame, a ``Msg`` and a callback task per reply), so the hot paths go around 
   ``Client._process_headers``, ``Subscription._id``).
 
 At import this module checks that the installed nats-py is the version pinned in requirements.txt and that every
-hook is there and behaves as used here (``check_hooks``). If not, or when ``ETL_NATS_PUBLIC_API`` is true (read
-once, at import) or ``use_public_api(True)`` was called, each operation uses nats-py's public API instead
+hook is there and behaves as used here (``check_hooks``). If not, or when the setting ``ETL_NATS_PUBLIC_API`` is
+true (``apply_settings``) or ``use_public_api(True)`` was called, each operation uses nats-py's public API instead
 (``Client.publish``, ``Msg.ack``, the subscription's callback), and the first one to do so logs one warning.
 Both paths put the same messages on the wire.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
@@ -29,7 +28,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from etl import envvalues
+from etl.config import Settings
 from etl.natsio import hpub
 from etl.natsio.conn import STATUS_HEADER
 
@@ -99,8 +98,15 @@ def _msg_problem(msg_cls: Any) -> str | None:
 
 
 _HOOKS_PROBLEM = check_hooks(installed_nats_py_version(), Client, Subscription, Msg)
-_public_forced = envvalues.boolean(PUBLIC_API_ENV, os.environ.get(PUBLIC_API_ENV, ""))
+_public_forced = False
 _warned = False
+
+
+def apply_settings(settings: Settings) -> None:
+    """Force the public API when the settings ask for it (``ETL_NATS_PUBLIC_API``); never turns it back off. Called
+    by the processes that use the hooks (the bridge, the publisher) as they are built."""
+    if settings.nats_public_api:
+        use_public_api(True)
 
 
 def use_public_api(on: bool) -> bool:

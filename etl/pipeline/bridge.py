@@ -87,8 +87,8 @@ async def ensure_raw_stream(js: JetStreamContext, settings: Settings) -> js_api.
     Raises like ``conn.ensure_stream``.
     """
     return await conn.ensure_stream(js, settings.nats_stream, [settings.nats_subject_raw],
-                                         storage=js_api.StorageType.FILE, retention=RAW_STREAM_RETENTION,
-                                         num_replicas=settings.nats_stream_replicas)
+                                    storage=js_api.StorageType.FILE, retention=RAW_STREAM_RETENTION,
+                                    num_replicas=settings.nats_stream_replicas)
 
 
 def _check_consumer(info: js_api.ConsumerInfo, settings: Settings) -> None:
@@ -118,6 +118,7 @@ class Bridge:
         backlog_poll_s: float = DEFAULT_BACKLOG_POLL_S,
     ) -> None:
         self._settings = settings
+        internals.apply_settings(settings)
         self._enqueue = enqueue
         # Held while a batch is enqueued and while the gate reads the backlog (see _enqueue_landing).
         self._enqueue_lock = threading.Lock()

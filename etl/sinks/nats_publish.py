@@ -111,10 +111,10 @@ def call_timeouts_s(settings: Settings) -> tuple[float, float]:
 class NatsPublisher:
     """Sink ``publish``. Thread-safe: any number of worker threads may call ``write`` at once."""
 
-    name = "publish"
 
     def __init__(self, settings: Settings, *, duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S) -> None:
         self._settings = settings
+        internals.apply_settings(settings)
         self._subject = settings.nats_subject_enriched
         self._stream = settings.nats_enriched_stream or None
         self._headers, self._extra = publish_headers(self._stream)
@@ -292,4 +292,3 @@ def count_published(settings: Settings) -> int:
             await conn.close(nc)
 
     return asyncio.run(count())
-

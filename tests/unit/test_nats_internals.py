@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from etl.config import Settings
+from etl.errors import ConfigError
 from etl.natsio import hpub, internals
 from tests.support.fake_nats import RecordingClient
 
@@ -93,19 +93,18 @@ def test_a_hook_missing_or_changed_falls_back(client_cls: type, subscription_cls
 
 
 @pytest.mark.parametrize(("value", "fast"), [("1", False), ("true", False), ("0", True), ("", True)])
-def test_the_environment_forces_the_public_api_in_a_new_process(value: str, fast: bool) -> None:
-    done = subprocess.run([sys.executable, "-c", "from etl.natsio import internals; print(internals.fast_path())"],
-                          env={"PYTHONPATH": str(ROOT), internals.PUBLIC_API_ENV: value},
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(fast)
+def test_the_setting_forces_the_public_api(value: str, fast: bool) -> None:
+    previous = internals.use_public_api(False)
+    try:
+        internals.apply_settings(Settings.from_env({internals.PUBLIC_API_ENV: value}))
+        assert internals.fast_path() is fast
+    finally:
+        internals.use_public_api(previous)
 
 
-def test_a_bad_environment_value_is_refused_at_import() -> None:
-    done = subprocess.run([sys.executable, "-c", "import etl.natsio.internals"],
-                          env={"PYTHONPATH": str(ROOT), internals.PUBLIC_API_ENV: "maybe"},
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and "ETL_NATS_PUBLIC_API must be true or false" in done.stderr
+def test_a_bad_setting_value_is_refused() -> None:
+    with pytest.raises(ConfigError, match="ETL_NATS_PUBLIC_API must be true or false"):
+        Settings.from_env({internals.PUBLIC_API_ENV: "maybe"})
 
 
 def test_falling_back_warns_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
