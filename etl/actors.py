@@ -58,7 +58,7 @@ def _sink_actor(stage: Stage) -> dramatiq.Actor[Any, Any]:
     def deliver(events: list[Event]) -> None:
         sink = app.sinks.get(stage.name)
         with WRITE_SECONDS.labels(sink=stage.name).time():
-            written = write_or_split(sink, events, actor.send)
+            written = write_or_split(sink, events, actor.send, stage=stage.name)
         if written:
             BATCH_SIZE.labels(stage=stage.name).observe(len(events))
             EVENTS.labels(stage=stage.name).inc(len(events))

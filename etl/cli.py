@@ -99,9 +99,9 @@ def report_cmd() -> None:
 @click.option("--postgres-port", type=click.IntRange(0, 65535), default=0, help="PostgreSQL port (0: a free one).")
 @click.option("--bridge-health-port", type=click.IntRange(0, 65535), default=0,
               help="The bridge's /healthz, /readyz and /metrics port (0: a free one).")
-@click.option("--metrics-port-base", type=click.IntRange(0, 65532), default=0,
-              help="The worker pools' /metrics ports: this one and the next three, for enrich, publish, timescale "
-                   "and graph (0: free ones).")
+@click.option("--metrics-port-base", type=click.IntRange(0, 65536 - len(stages.NAMES)), default=0,
+              help=f"The worker pools' /metrics ports: this one and the next ones, one per pool in the order "
+                   f"{', '.join(stages.NAMES)} (0: free ones).")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="On stop, seconds to wait for the queues to drain (what is left is processed on the next start).")
 def dev(data_dir: Path, clean: bool, count: int, rate: float, hosts: int, no_generate: bool, once: bool,

@@ -26,8 +26,6 @@ SHUTDOWN_MARGIN_MS = 5_000
 WORKER_TIMEOUT_MS = 100
 
 
-
-
 def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
     """The command line and extra environment that run pool ``pool_name``.
 

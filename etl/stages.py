@@ -27,32 +27,19 @@ class PoolSize:
     threads: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stage:
-    """One stage of the pipeline.
+    """One stage of the pipeline: its name (also its Dramatiq queue and its pool), its actor and its pool.
 
-    ``sink`` builds the stage's sink (``None`` for ``enrich``); ``total`` names what the sink holds in ``etl
-    status`` and ``etl report``, ``count`` reads that total from the server without writing anything, and
-    ``counted_as`` says what it counts, for ``etl status``.
-    ``migrates``: the sink applies a schema, which ``etl migrate`` applies before the workers start.
-    ``pool_for`` may change the pool's default size with the settings; ``worker_env`` gives a pool's
-    processes extra environment from their thread count (a variable already set wins).
+    ``pool_for`` may change the pool's default size with the settings; ``worker_env`` gives a pool's processes
+    extra environment from their thread count (a variable already set wins).
     """
 
     name: str
     actor: str
     pool: PoolSize
-    sink: Callable[[Settings], Sink] | None = None
-    total: str | None = None
-    count: Callable[[Settings], int] | None = None
-    counted_as: Callable[[Settings], str] | None = None
-    migrates: bool = False
     pool_for: Callable[[Settings, PoolSize], PoolSize] | None = None
     worker_env: Callable[[int], dict[str, str]] | None = None
-
-    def __post_init__(self) -> None:
-        if self.sink is not None and None in (self.total, self.count, self.counted_as):
-            raise ValueError(f"sink stage {self.name} needs a total, a count and what it counts")
 
     @property
     def queue(self) -> str:
@@ -61,6 +48,24 @@ class Stage:
 
     def pool_size(self, settings: Settings) -> PoolSize:
         return self.pool_for(settings, self.pool) if self.pool_for else self.pool
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinkStage(Stage):
+    """A stage that writes each batch to one sink, which ``sink`` builds.
+
+    ``total`` names what the sink holds in ``etl status`` and ``etl report``; ``count`` reads it from ``server``
+    without writing anything; ``counted_as`` and ``summary`` say what it counts, for ``etl status`` and ``etl dev``.
+    ``migrates``: the sink applies a schema, which ``etl migrate`` applies before the workers start.
+    """
+
+    sink: Callable[[Settings], Sink]
+    total: str
+    count: Callable[[Settings], int]
+    server: str
+    counted_as: Callable[[Settings], str]
+    summary: str
+    migrates: bool = False
 
 
 def _publisher(settings: Settings) -> Sink:
@@ -115,24 +120,25 @@ def _graph_pool(settings: Settings, default: PoolSize) -> PoolSize:
     return FALKOR_GRAPH_POOL if urlsplit(settings.neo4j_uri).scheme == FALKOR_SCHEME else default
 
 
-ENRICH = Stage("enrich", "enrich_batch", PoolSize(processes=1, threads=2))
+ENRICH = Stage(name="enrich", actor="enrich_batch", pool=PoolSize(processes=1, threads=2))
 # Publishing and storing are Python CPU under one GIL per process beside their server's work: two processes of two
 # threads. On Neo4j, two processes of one thread: the driver packs rows under one GIL per process, and more
 # writers meet deadlocks on hub nodes. Measurements behind each default: docs/performance.md, docs/neo4j.md.
-PUBLISH = Stage("publish", "publish_batch", PoolSize(processes=2, threads=2),
-                sink=_publisher, total="published", count=_published,
-                counted_as=lambda s: f"messages in {s.nats_enriched_stream or '(core NATS: not counted)'}")
-TIMESCALE = Stage("timescale", "store_batch", PoolSize(processes=2, threads=2),
-                  sink=_timescale, total="stored", count=_stored,
-                  counted_as=lambda s: f"rows in PostgreSQL table {s.pg_table}",
-                  migrates=True, worker_env=_one_connection_per_thread)
-GRAPH = Stage("graph", "merge_batch", PoolSize(processes=2, threads=1),
-              sink=_graph, total="merged", count=_merged,
-              counted_as=lambda s: "Event nodes in the graph",
-              migrates=True, pool_for=_graph_pool)
+PUBLISH = SinkStage(name="publish", actor="publish_batch", pool=PoolSize(processes=2, threads=2),
+                    sink=_publisher, total="published", count=_published, server="nats",
+                    counted_as=lambda s: f"messages in {s.nats_enriched_stream or '(core NATS: not counted)'}",
+                    summary="events.enriched messages")
+TIMESCALE = SinkStage(name="timescale", actor="store_batch", pool=PoolSize(processes=2, threads=2),
+                      worker_env=_one_connection_per_thread,
+                      sink=_timescale, total="stored", count=_stored, server="postgresql",
+                      counted_as=lambda s: f"rows in PostgreSQL table {s.pg_table}", summary="TimescaleDB rows",
+                      migrates=True)
+GRAPH = SinkStage(name="graph", actor="merge_batch", pool=PoolSize(processes=2, threads=1), pool_for=_graph_pool,
+                  sink=_graph, total="merged", count=_merged, server="graph",
+                  counted_as=lambda s: "Event nodes in the graph", summary="graph Event nodes", migrates=True)
 
-STAGES: tuple[Stage, ...] = (ENRICH, PUBLISH, TIMESCALE, GRAPH)
-SINK_STAGES: tuple[Stage, ...] = tuple(s for s in STAGES if s.sink is not None)
+SINK_STAGES: tuple[SinkStage, ...] = (PUBLISH, TIMESCALE, GRAPH)
+STAGES: tuple[Stage, ...] = (ENRICH, *SINK_STAGES)
 BY_NAME: Mapping[str, Stage] = {s.name: s for s in STAGES}
 NAMES: tuple[str, ...] = tuple(BY_NAME)
 QUEUES: tuple[str, ...] = tuple(s.queue for s in STAGES)

@@ -12,6 +12,7 @@ import redis
 from etl.broker import build_broker, redis_client
 from etl.config import load_settings
 from etl.pipeline.backlog import Backlog, deepest, queue_depths
+from etl.runtime import gctune
 from etl.runtime.metrics import QUEUE_DEPTH
 
 log = logging.getLogger("workers.bridge")
@@ -67,6 +68,7 @@ def main() -> int:
     redis_check = redis_reachable(client)
     health = HealthServer(settings.health_host, settings.health_port,
                           lambda: bridge.not_ready_reason() or redis_check()).start()
+    gctune.tune()  # after start-up, like the worker pools (etl.actors)
     try:
         run_until_signalled(bridge)
     finally:

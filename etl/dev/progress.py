@@ -17,8 +17,7 @@ from etl.stages import SINK_NAMES, SINK_STAGES
 HEARTBEAT_S = 30.0
 CURSOR_UP_AND_ERASE = "\x1b[{lines}F\x1b[J"  # to the start of the line ``lines`` up, then erase to the end
 # Sink totals of a snapshot, and the dead-letter stage of each sink.
-SINK_TOTALS = {stage.total: stage.name for stage in SINK_STAGES if stage.total}  # total -> stage
-SUMMARY_NAMES = {"stored": "TimescaleDB rows", "merged": "graph Event nodes", "published": "events.enriched messages"}
+SINK_TOTALS = {stage.total: stage.name for stage in SINK_STAGES}  # total -> stage
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ class Progress:
 def summary(snapshot: Snapshot) -> str:
     """What reached each sink and what was dead-lettered, by stage, and what waits for the next start."""
     lines = ["summary (totals in the data directory, across runs)"]
-    lines += [f"  {name:<26}{_count(snapshot.totals.get(total))}" for total, name in SUMMARY_NAMES.items()]
+    lines += [f"  {stage.summary:<26}{_count(snapshot.totals.get(stage.total))}" for stage in SINK_STAGES]
     dead = snapshot.dead_letters
     by_stage = "?" if dead is None else ", ".join(f"{stage} {n}" for stage, n in sorted(dead.items())) or "none"
     lines.append(f"  {'dead letters':<26}{_count(snapshot.totals.get('dead_lettered'))} ({by_stage})")

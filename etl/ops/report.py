@@ -16,7 +16,7 @@ SECONDS_PER_DAY = 86_400
 
 @dataclass
 class Counts:
-    totals: dict[str, int] = field(default_factory=dict)  # by sink total (``Stage.total``): published, stored...
+    totals: dict[str, int] = field(default_factory=dict)  # by sink total (``SinkStage.total``): published, stored...
     dead_lettered: dict[str, int] = field(default_factory=dict)  # by stage
     queued: dict[str, int] = field(default_factory=dict)  # by queue
 
@@ -27,8 +27,8 @@ class Counts:
 
 
 def sink_totals(settings: Settings) -> dict[str, int]:
-    """What each sink holds, by ``Stage.total``, in stage order. Raises whatever a sink's counter raises."""
-    return {stage.total: stage.count(settings) for stage in SINK_STAGES if stage.total and stage.count}
+    """What each sink holds, by ``SinkStage.total``, in stage order. Raises whatever a sink's counter raises."""
+    return {stage.total: stage.count(settings) for stage in SINK_STAGES}
 
 
 def queued_counts(settings: Settings) -> dict[str, int]:

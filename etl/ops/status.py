@@ -2,9 +2,9 @@
 
 Totals come from the servers themselves (each sink stage's counter, ``etl.stages``), plus the raw stream's
 durable consumer: ``received`` is what the bridge took from JetStream and acked, ``lag`` what waits in the stream
-for a bridge. Breaker states and
-"bridge paused" live only in process memory, so they come from the ``/metrics`` pages the caller names; when none
-answers they are unknown, and "paused" is also estimated from the queue depths as the bridge itself decides it.
+for a bridge. Breaker states and "bridge paused" live only in process memory, so they come from the ``/metrics``
+pages the caller names; when none answers they are unknown, and "paused" is also estimated from the queue depths
+as the bridge itself decides it. A server that cannot be read blanks its totals, its failure named after it.
 
 ``collect`` is the only I/O here (plus the ``watch`` loop); rates, parsing and rendering are pure. Durations are
 seconds, times Unix seconds.
@@ -34,7 +34,7 @@ from etl.stages import NAMES, SINK_NAMES, SINK_STAGES
 T = TypeVar("T")
 
 # Stage totals, in pipeline order; the keys of ``Snapshot.totals`` and of the rates.
-STAGES = ("received", *(s.total for s in SINK_STAGES if s.total), "dead_lettered")
+STAGES = ("received", *(s.total for s in SINK_STAGES), "dead_lettered")
 METRICS_TIMEOUT_S = 1.0
 BREAKER_METRIC = "etl_circuit_breaker_state"
 PAUSED_METRIC = "etl_bridge_paused"
@@ -215,8 +215,7 @@ def collect(settings: Settings, metrics_urls: Sequence[str] = (), *,
             clock: Callable[[], float] = time.time) -> Snapshot:
     """Read every source once. Never raises for a source that cannot be read: see ``Snapshot.errors``."""
     errors: dict[str, str] = {}
-    sinks = {stage.total: _guarded(errors, stage.name, partial(stage.count, settings))
-             for stage in SINK_STAGES if stage.total and stage.count}
+    sinks = {stage.total: _guarded(errors, stage.server, partial(stage.count, settings)) for stage in SINK_STAGES}
     nats = _guarded(errors, "nats", lambda: asyncio.run(_read_nats(settings))) or _NatsReading()
     depths, dead = _guarded(errors, "redis", lambda: _read_redis(settings)) or (None, None)
     metrics, unreachable = fetch_metrics(metrics_urls)
@@ -273,7 +272,7 @@ def render(snapshot: Snapshot, stage_rates: Mapping[str, float | None], settings
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snapshot.taken_at))
     every = f"  every {interval_s:g}s, Ctrl-C to quit" if interval_s else ""
     sources = {"received": f"acked by the bridge on {settings.nats_stream}/{settings.nats_consumer}",
-               **{s.total: s.counted_as(settings) for s in SINK_STAGES if s.total and s.counted_as},
+               **{s.total: s.counted_as(settings) for s in SINK_STAGES},
                "dead_lettered": "entries in the dead-letter queue"}
     lines = [f"etl status  {when}{every}", "", f"{'stage':<14}{'total':>10}{'rate/s':>10}  counted as"]
     for stage in STAGES:

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 Event = dict[str, Any]
 
 
-def write_or_split(sink: Sink, events: Sequence[Event], resend: Callable[[list[Event]], object]) -> bool:
-    """Write ``events``; on ``SinkDataError`` resend both halves instead.
+def write_or_split(sink: Sink, events: Sequence[Event], resend: Callable[[list[Event]], object], *,
+                   stage: str) -> bool:
+    """Write ``events`` to the sink of ``stage``; on ``SinkDataError`` resend both halves instead.
 
     Returns True when the sink took the batch, False when it was split. Raises ``SinkDataError`` for a single
     rejected event (it is the poison), and whatever else ``write`` raises (a ``TransientError`` is retried as a
@@ -33,7 +34,7 @@ def write_or_split(sink: Sink, events: Sequence[Event], resend: Callable[[list[E
             raise
         half = len(events) // 2
         log.warning("%s rejected a batch of %d (%s); retrying its halves to isolate the bad event(s)",
-                    sink.name, len(events), e, extra={"sink": sink.name, "events": len(events), "error": str(e)})
+                    stage, len(events), e, extra={"sink": stage, "events": len(events), "error": str(e)})
         resend(list(events[:half]))
         resend(list(events[half:]))
         return False

@@ -29,8 +29,6 @@ class Sink(Protocol):
     - Methods are safe to call from several threads at once.
     """
 
-    name: str
-
     def open(self) -> None: ...
 
     def write(self, events: Sequence[Event]) -> int: ...

@@ -11,7 +11,7 @@ def migrate(settings: Settings) -> list[str]:
     stages migrated. Raises what the sink's ``open`` raises (``SinkUnavailable``, ``SinkDataError``)."""
     done = []
     for stage in SINK_STAGES:
-        if stage.migrates and stage.sink is not None:
+        if stage.migrates:
             sink = stage.sink(settings)
             sink.open()
             sink.close()

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def sink_factories(settings: Settings) -> dict[str, Callable[[], Sink]]:
     """How to build each sink stage's sink (``etl.stages``), by stage name."""
-    return {stage.name: partial(stage.sink, settings) for stage in SINK_STAGES if stage.sink is not None}
+    return {stage.name: partial(stage.sink, settings) for stage in SINK_STAGES}
 
 
 class Sinks:

@@ -161,7 +161,6 @@ class TimescaleSink:
     ``check``). Each call borrows one pooled connection; ``close`` ends them all and is final.
     """
 
-    name = "timescale"
 
     def __init__(self, settings: Settings, *, pool_size: int | None = None) -> None:
         self._settings = settings

@@ -155,7 +155,7 @@ DURING_OUTAGE = 300
 BATCH = 10
 PIPELINE_COOLDOWN_MS = 500
 OUTAGE_S = 6.0
-TIMESCALE_THREADS = 4  # the timescale pool's default (etl/pools.py)
+TIMESCALE_THREADS = TIMESCALE.pool.processes * TIMESCALE.pool.threads  # the pool's default, all its processes
 OPENED = re.compile(r"circuit breaker timescale opened after (\d+ connection failures in a row|its probe failed)")
 PG_STOP_TIMEOUT_S = 15.0
 

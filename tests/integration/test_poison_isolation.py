@@ -46,7 +46,7 @@ def drain(sink: Sink, batch: list[Event]) -> tuple[int, list[Event]]:
     while queue:
         events = queue.popleft()
         try:
-            written += write_or_split(sink, events, queue.append)
+            written += write_or_split(sink, events, queue.append, stage="test")
         except SinkDataError:
             rejected.extend(events)
     return written, rejected

@@ -275,9 +275,9 @@ def test_the_summary_names_each_sink_and_the_dead_letters_by_stage() -> None:
     final = snap(published=199, stored=198, merged=197, dead={"timescale": 1, "enrich": 2})
     assert summary(final).splitlines() == [
         "summary (totals in the data directory, across runs)",
+        "  events.enriched messages  199",
         "  TimescaleDB rows          198",
         "  graph Event nodes         197",
-        "  events.enriched messages  199",
         "  dead letters              3 (enrich 2, timescale 1)",
     ]
 

@@ -230,7 +230,6 @@ def test_falkordb_header_is_json_unless_a_value_needs_an_escape() -> None:
 
 def test_sink_does_not_connect_when_built() -> None:
     sink = GraphSink(Settings(neo4j_uri="falkor://127.0.0.1:1"))
-    assert sink.name == "graph"
     sink.close()
     sink.close()
 

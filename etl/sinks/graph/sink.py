@@ -43,7 +43,6 @@ class GraphSink:
     start is picked up later); after ``close`` they raise ``SinkUnavailable`` until ``open`` is called again.
     """
 
-    name = "graph"
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
