@@ -1,8 +1,11 @@
 """The one small interface every sink implements, and how a sink divides its time budget.
 
-Every call of a sink (``open``, ``write``, ``check``) gives up within ``Settings.sink_budget_s`` seconds, which ends
-before Dramatiq's time limit interrupts the actor. A sink derives each of its drivers' time-outs from that budget
-with the helpers below, never from ``PROCESSING_TIMEOUT`` itself.
+Every request a sink makes of its server (a connection, a statement, a publish and its acks) gives up within
+``Settings.sink_budget_s`` seconds, which ends before Dramatiq's time limit interrupts the actor. A sink derives
+each of its drivers' time-outs from that budget with the helpers below, never from ``PROCESSING_TIMEOUT`` itself.
+A write that makes several requests in turn (the graph's read, create and merge; TimescaleDB's staging path) is
+bounded per request, not as a whole: a slow server can still take it past the time limit, which Dramatiq then
+reports instead of the sink, and retries alike.
 """
 
 from __future__ import annotations
