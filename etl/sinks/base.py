@@ -10,8 +10,11 @@ reports instead of the sink, and retries alike.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
+
+from etl.errors import TransientError
 
 Event = dict[str, Any]
 
@@ -50,3 +53,29 @@ def inner_timeout_s(budget_s: float, grace_s: float) -> float:
     """Seconds for a wait nested in one that ends at ``budget_s``: ``grace_s`` less, so the outer wait sees the
     inner one's answer (a server's own time-out, say, before the socket's), but at least half of ``budget_s``."""
     return max(budget_s - grace_s, budget_s / 2)
+
+
+def write_deadline(budget_s: float) -> float:
+    """The deadline of a write starting now, ``budget_s`` seconds away, in ``time.monotonic()`` seconds."""
+    return time.monotonic() + budget_s
+
+
+def time_left_s(deadline: float, doing: str, *, now: float | None = None) -> float:
+    """Seconds from ``now`` (``time.monotonic()`` unless given) to ``deadline``, both in ``time.monotonic()``
+    seconds; always more than 0.
+
+    Raises ``TransientError`` naming ``doing`` when no time is left (the write's earlier requests or waits spent
+    its budget).
+    """
+    left_s = deadline - (time.monotonic() if now is None else now)
+    if left_s <= 0:
+        raise TransientError(f"{doing}: no time left before the write's deadline")
+    return left_s
+
+
+def request_timeout_s(deadline: float, cap_s: float, doing: str, *, grace_s: float = 0.0,
+                      now: float | None = None) -> float:
+    """Seconds a request sent ``now`` may take: ``cap_s``, or less when ``deadline`` comes sooner: then
+    ``inner_timeout_s`` of the time left, ``grace_s`` before the deadline (at least half the time left), so the
+    server's answer to its own timeout comes back in time. Times as in ``time_left_s``, which raises the same."""
+    return min(cap_s, inner_timeout_s(time_left_s(deadline, doing, now=now), grace_s))

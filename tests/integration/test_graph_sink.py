@@ -19,7 +19,8 @@ from prometheus_client import REGISTRY
 
 from etl.config import Settings
 from etl.dev import servers
-from etl.errors import SinkDataError, SinkUnavailable
+from etl.errors import SinkDataError, SinkUnavailable, TransientError
+from etl.sinks.base import write_deadline
 from etl.sinks.graph import neo4j_backend
 from etl.sinks.graph import sink as graph_sink
 from etl.sinks.graph.backend import KeyConflict
@@ -74,6 +75,11 @@ def wait_for_constraints(probe: Probe) -> set[tuple[str, str]]:
     while (found := probe.unique_keys()) != set(NODE_KEYS) and time.monotonic() < deadline:
         pass  # FalkorDB builds constraints asynchronously; each probe is a round trip
     return found
+
+
+def soon(settings: Settings) -> float:
+    """The deadline of a write starting now, for calling a backend as the sink does."""
+    return write_deadline(settings.sink_budget_s)
 
 
 def event(event_id: str, **metadata: Any) -> dict[str, Any]:
@@ -145,10 +151,11 @@ def test_creating_a_stored_event_writes_nothing_of_the_batch(settings: Settings,
     before = (counts(probe), edges(probe))
     backend = connect_backend(settings)
     try:
-        assert backend.keys_enforced()
+        assert backend.keys_enforced(soon(settings))
         with pytest.raises(KeyConflict, match="Event"):
             backend.write_rows(CREATE_CYPHER, as_lists(build_rows([alice("e1", pid="5", container_id="c9"),
-                                                                   alice("e2"), event("e3", host_id="h9")])))
+                                                                   alice("e2"), event("e3", host_id="h9")])),
+                               soon(settings))
     finally:
         backend.close()
     assert (counts(probe), edges(probe)) == before
@@ -172,7 +179,7 @@ def test_creating_a_stored_process_writes_nothing_of_the_batch(settings: Setting
         # The rows claim process 1 is new: it is not.
         rows = as_lists(build_rows([alice("e2", pid="2"), alice("e3", pid="1")]), stored_processes=set())
         with pytest.raises(KeyConflict, match="Process"):
-            backend.write_rows(CREATE_CYPHER, rows)
+            backend.write_rows(CREATE_CYPHER, rows, soon(settings))
     finally:
         backend.close()
     assert (counts(probe), edges(probe)) == before
@@ -189,10 +196,10 @@ def test_a_process_stored_between_the_read_and_the_write_is_merged(
         def __getattr__(self, name: str) -> Any:
             return getattr(self._backend, name)
 
-        def stored_keys(self, statement: str, keys: list[str]) -> set[str]:
-            stored = self._backend.stored_keys(statement, keys)
+        def stored_keys(self, statement: str, keys: list[str], deadline: float) -> set[str]:
+            stored = self._backend.stored_keys(statement, keys, deadline)
             other = real(settings)
-            other.write_rows(MERGE_CYPHER, as_lists(build_rows([alice("e-other", pid="1")])))
+            other.write_rows(MERGE_CYPHER, as_lists(build_rows([alice("e-other", pid="1")])), soon(settings))
             other.close()
             return stored
 
@@ -365,14 +372,14 @@ def test_events_are_created_only_once_their_keys_are_enforced(settings: Settings
     backend = connect_backend(settings)
     try:
         if backend_of(settings) == FALKORDB:
-            assert not backend.keys_enforced()  # no schema yet: the sink would merge
+            assert not backend.keys_enforced(soon(settings))  # no schema yet: the sink would merge
             backend.ensure_schema()
             wait_for_constraints(probe)  # FalkorDB builds constraints after creating them
         else:
             backend.ensure_schema()
             # Neo4j built them before CREATE CONSTRAINT returned: what its constant keys_enforced() relies on.
             assert probe.unique_keys() == set(NODE_KEYS)
-        assert backend.keys_enforced()
+        assert backend.keys_enforced(soon(settings))
     finally:
         backend.close()
 
@@ -466,6 +473,43 @@ def test_a_neo4j_write_waiting_on_a_lock_gives_up_within_the_budget(make_setting
         sink.close()
 
 
+def test_a_neo4j_write_gives_up_at_its_deadline_not_a_request_later(
+        make_settings: Callable[..., Settings], neo4j_server: servers.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write's deadline bounds its create and merge together. Attempts may take most of the budget here, so
+    nothing else could: the create waits, for a good part of the budget, on the key of its new event, which another
+    transaction is creating and then rolls back; it then conflicts on the stored event, and the merge waits for
+    that event's host, which a third transaction holds. The write gives up within the budget of its start, not an
+    attempt's timeout after the merge began."""
+    monkeypatch.setattr(neo4j_backend, "ATTEMPT_BUDGET_SHARE", 0.9)
+    settings = make_settings(**graph_env(NEO4J, neo4j_server), PROCESSING_TIMEOUT="10")
+    reset(settings)
+    sink = GraphSink(settings)
+    sink.write([event("stored", host_id="h2")])
+    batch = [event("new", host_id="h1"), event("stored", host_id="h2")]
+    holder = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.neo4j_password))
+    try:
+        with holder.session() as creating, holder.session() as locking, ThreadPoolExecutor(1) as pool:
+            creator = creating.begin_transaction()
+            creator.run("CREATE (:Event {id: 'new'})").consume()
+            lock = locking.begin_transaction()
+            lock.run("MATCH (h:Host {host_id: 'h2'}) SET h.held = true").consume()
+            started = time.monotonic()
+            write = pool.submit(sink.write, batch)
+            create_waited_s = settings.sink_budget_s * 0.25
+            wait_for(lambda: blocked_transactions(holder, "CREATE (e:Event", create_waited_s), timeout_s=10)
+            creator.rollback()
+            wait_for(lambda: blocked_transactions(holder, "OPTIONAL MATCH (seen:Event"), timeout_s=10)
+            with pytest.raises(TransientError, match="TransactionTimedOut|LockClientStopped|no time left"):
+                write.result(timeout=30)
+            elapsed_s = time.monotonic() - started
+            lock.rollback()
+        assert elapsed_s <= settings.sink_budget_s
+        assert sink.write(batch) == 1
+    finally:
+        holder.close()
+        sink.close()
+
+
 def reruns(code: str) -> float:
     return REGISTRY.get_sample_value("etl_graph_write_reruns_total", {"code": code}) or 0.0
 
@@ -499,7 +543,11 @@ def test_neo4j_deadlock_is_run_again_and_counted(make_settings: Callable[..., Se
         sink.close()
 
 
-def blocked_transactions(driver: Any) -> int:
-    shown = driver.execute_query("SHOW TRANSACTIONS YIELD status WHERE status STARTS WITH 'Blocked' "
-                                 "RETURN count(*) AS n")
+def blocked_transactions(driver: Any, running: str = "", for_s: float = 0.0) -> int:
+    """Transactions blocked by another's lock (whose query holds ``running``, and that began ``for_s`` seconds ago
+    at least)."""
+    shown = driver.execute_query("SHOW TRANSACTIONS YIELD status, currentQuery, elapsedTime "
+                                 "WHERE status STARTS WITH 'Blocked' AND currentQuery CONTAINS $running "
+                                 "AND elapsedTime.milliseconds >= $ms RETURN count(*) AS n",
+                                 running=running, ms=int(for_s * 1000))
     return int(shown.records[0]["n"])

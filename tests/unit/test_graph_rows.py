@@ -6,6 +6,7 @@ The error mapping of both backends is tested here too, since no Neo4j server run
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import orjson
@@ -305,11 +306,12 @@ def test_every_attempt_after_a_failed_one_is_counted_by_that_failures_code() -> 
 
     deadlock = "Neo.TransientError.Transaction.DeadlockDetected"
     before = (reruns(deadlock), reruns(neo4j_backend.OTHER_FAILURE))
-    attempts = neo4j_backend._Attempts(30.0, 15.0)  # noqa: SLF001 - the bookkeeping of one write, as the driver drives it
+    deadline = time.monotonic() + 30.0
+    attempts = neo4j_backend._Attempts(deadline, 15.0, "write")  # noqa: SLF001 - one write's bookkeeping, as the driver drives it
     attempts.made, attempts.failed = 3, {0: deadlock}  # failed in its statement, then at commit, then done
     attempts.count_reruns()
     assert (reruns(deadlock), reruns(neo4j_backend.OTHER_FAILURE)) == (before[0] + 1, before[1] + 1)
-    once = neo4j_backend._Attempts(30.0, 15.0)  # noqa: SLF001
+    once = neo4j_backend._Attempts(deadline, 15.0, "write")  # noqa: SLF001
     once.made = 1
     once.count_reruns()
     assert (reruns(deadlock), reruns(neo4j_backend.OTHER_FAILURE)) == (before[0] + 1, before[1] + 1)

@@ -113,20 +113,24 @@ def test_neo4j_connection_and_attempt_fit_in_the_budget(timeout_s: int) -> None:
     assert options["max_transaction_retry_time"] + attempt_s <= s.sink_budget_s
 
 
-def test_neo4j_refuses_a_rerun_that_could_not_end_within_the_budget() -> None:
-    attempts = neo4j_backend._Attempts(budget_s=10.0, attempt_s=5.0)
+def attempts_until(left_s: float, attempt_s: float = 5.0) -> neo4j_backend._Attempts:
+    return neo4j_backend._Attempts(time.monotonic() + left_s, attempt_s, "write")
+
+
+def test_neo4j_refuses_a_rerun_that_could_not_end_within_the_deadline() -> None:
+    attempts = attempts_until(10.0)
     assert attempts.start() == 0
     attempts.failed[0] = "Neo.TransientError.Transaction.DeadlockDetected"
     assert attempts.start() == 1  # 5 s still fit in what is left
-    late = neo4j_backend._Attempts(budget_s=10.0, attempt_s=5.0)
+    late = attempts_until(10.0)
     late.start()
     late._deadline = time.monotonic() + 4.9
     late.failed[0] = "Neo.TransientError.Transaction.DeadlockDetected"
-    with pytest.raises(TransientError, match="DeadlockDetected.*no time left within 10s"):
+    with pytest.raises(TransientError, match="DeadlockDetected.*no time left before the write's deadline"):
         with neo4j_backend._translated("write"):
             late.start()
     assert late.made == 1
-    lost = neo4j_backend._Attempts(budget_s=10.0, attempt_s=5.0)
+    lost = attempts_until(10.0)
     lost.start()
     lost._deadline = time.monotonic()
     with pytest.raises(SinkUnavailable, match="gave up after other"):

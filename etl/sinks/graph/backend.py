@@ -17,23 +17,29 @@ class KeyConflict(TransientError):
 
 
 class GraphBackend(Protocol):
-    """One graph server behind the sink. Connected by its module's ``connect(settings)``; thread-safe."""
+    """One graph server behind the sink. Connected by its module's ``connect(settings)``; thread-safe.
+
+    The requests of one write share its ``deadline``, in ``time.monotonic()`` seconds (see ``etl.sinks.base``):
+    each is sent with a server-side timeout that ends by then (which the server may not enforce, see each backend),
+    and none is sent once it has passed: ``TransientError`` instead.
+    """
 
     def ensure_schema(self) -> None:
         """Create the key constraints of :data:`NODE_KEYS` if missing. Idempotent."""
 
-    def keys_enforced(self) -> bool:
+    def keys_enforced(self, deadline: float) -> bool:
         """Whether the server now enforces the unique constraints of Event and Process, so :data:`CREATE_CYPHER`
-        cannot store either twice. May ask the server; raises ``SinkUnavailable``."""
+        cannot store either twice. May ask the server, before ``deadline``; raises ``SinkUnavailable``, or
+        ``TransientError`` when the deadline has passed."""
 
-    def stored_keys(self, statement: str, keys: list[str]) -> set[str]:
-        """Run the read ``statement`` (:data:`STORED_PROCESSES_CYPHER`) on ``keys``; return its ``key`` column.
-        Raises like ``GraphSink.write``."""
+    def stored_keys(self, statement: str, keys: list[str], deadline: float) -> set[str]:
+        """Run the read ``statement`` (:data:`STORED_PROCESSES_CYPHER`) on ``keys``, ending by ``deadline``; return
+        its ``key`` column. Raises like ``GraphSink.write``."""
 
-    def write_rows(self, statement: str, rows: list[list[Any]]) -> int:
+    def write_rows(self, statement: str, rows: list[list[Any]], deadline: float) -> int:
         """Run ``statement`` (:data:`CREATE_CYPHER` or :data:`MERGE_CYPHER`) on ``rows`` (see ``as_lists``) in
-        one transaction; return its ``created`` column. Raises ``KeyConflict`` when the statement would break a
-        unique constraint (and then writes nothing), and like ``GraphSink.write``."""
+        one transaction, ending by ``deadline``; return its ``created`` column. Raises ``KeyConflict`` when the
+        statement would break a unique constraint (and then writes nothing), and like ``GraphSink.write``."""
 
     def count_events(self) -> int:
         """How many Event nodes the graph holds (:data:`COUNT_EVENTS_CYPHER`)."""

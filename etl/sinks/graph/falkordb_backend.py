@@ -11,14 +11,17 @@ also accepts the "already exists" reply a concurrent opener can cause.
 
 Timeouts, from the sink's budget (``Settings.sink_budget_s``): a command on a new connection (the connect, then
 the reply) ends within it; each query carries a server-side timeout a grace shorter than the socket's (and capped by
-the server's TIMEOUT_MAX), which FalkorDB enforces on reads while writes run to completion. Only a dropped
-connection is retried, once: a command that timed out is not sent again, which would double its time. The write is
-idempotent, so the actor's retry of one whose reply was lost is safe.
+the server's TIMEOUT_MAX), and shorter still when the write's deadline is nearer (see ``etl.sinks.base``): a grace
+before it, at least half the time left. FalkorDB enforces that on reads while writes run to completion: a write
+query, and any command of a server that stopped answering, ends at the socket's timeout, not at the deadline. No
+query is sent once the deadline has passed. Only a dropped connection is retried, once: a command that timed out is
+not sent again, which would double its time. The write is idempotent, so the actor's retry of one whose reply was
+lost is safe.
 
 Errors. Redis ``ConnectionError``/``TimeoutError`` (and a query timeout, a timeout above TIMEOUT_MAX, a
 read-only replica or a refused permission) become ``SinkUnavailable``; a full query queue or an out-of-memory
 reply ``TransientError``; a unique constraint violation ``KeyConflict``; any other error reply to a query
-``SinkDataError``.
+``SinkDataError``. No time left before the write's deadline is a ``TransientError``, raised before sending.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from redis.retry import Retry
 
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
-from etl.sinks.base import connect_timeout_s, inner_timeout_s
+from etl.sinks.base import connect_timeout_s, inner_timeout_s, request_timeout_s, time_left_s
 from etl.sinks.graph.backend import KeyConflict
 from etl.sinks.graph.cypher import COUNT_EVENTS_CYPHER, NODE_KEYS
 
@@ -103,6 +106,15 @@ def query_timeout_ms(settings: Settings) -> int:
     "query timed out" comes first (before the server's TIMEOUT_MAX caps it, see ``connect``)."""
     socket_s = client_options(settings)["socket_timeout"]
     return max(1, int(inner_timeout_s(socket_s, SOCKET_TIMEOUT_GRACE_S) * 1000))
+
+
+def query_timeout_left_ms(cap_ms: int, deadline: float, doing: str, *, now: float | None = None) -> int:
+    """The server-side timeout of a query sent ``now`` (``time.monotonic()`` unless given), in milliseconds (the
+    server's unit), at least 1: ``cap_ms``, or less so that the server's answer comes ``SOCKET_TIMEOUT_GRACE_S``
+    before ``deadline`` (``time.monotonic()`` seconds), or at half the time left. Raises ``TransientError`` naming
+    ``doing`` when no time is left."""
+    left_s = request_timeout_s(deadline, cap_ms / 1000, f"FalkorDB {doing}", grace_s=SOCKET_TIMEOUT_GRACE_S, now=now)
+    return min(cap_ms, max(1, int(left_s * 1000)))
 
 
 def connect(settings: Settings) -> FalkorBackend:
@@ -205,42 +217,49 @@ class FalkorBackend:
             if not _already_exists(e):
                 raise
 
-    def keys_enforced(self) -> bool:
+    def keys_enforced(self, deadline: float) -> bool:
         """Whether the unique constraints of Event and Process are OPERATIONAL: FalkorDB builds them after
         ``ensure_schema`` returned, and until then would store a second node with the same key. Asks the server
-        until they are, then no more.
+        until they are, then no more; not once ``deadline`` (``time.monotonic()`` seconds) has passed.
 
-        Raises ``SinkUnavailable``.
+        Raises ``SinkUnavailable``, or ``TransientError`` when no time is left.
         """
         if not self._keys_enforced:
+            time_left_s(deadline, "FalkorDB read constraints")
             with _translated("read constraints"):
                 self._keys_enforced = bool(self._db.connection.exists(self._graph.name)) and all(
                     self._constraint_status().get(key) == _CONSTRAINT_OPERATIONAL for key in CREATED_KEYS)
         return self._keys_enforced
 
-    def stored_keys(self, statement: str, keys: list[str]) -> set[str]:
-        """Run the read ``statement`` on ``keys``; return its first column. Raises like ``write_rows``."""
+    def stored_keys(self, statement: str, keys: list[str], deadline: float) -> set[str]:
+        """Run the read ``statement`` on ``keys``, timed out by the server before ``deadline`` (``time.monotonic()``
+        seconds); return its first column. Raises like ``write_rows``."""
         if not keys:
             return set()
+        timeout_ms = query_timeout_left_ms(self._query_timeout_ms, deadline, "read")
         with _translated("read"):
-            return {row[0] for row in self._run(self._graph.ro_query, statement, "keys", keys)}
+            return {row[0] for row in self._run(self._graph.ro_query, statement, "keys", keys, timeout_ms)}
 
-    def write_rows(self, statement: str, rows: list[list[Any]]) -> int:
-        """Run ``statement`` on ``rows`` (atomic in FalkorDB); return its ``created`` column.
+    def write_rows(self, statement: str, rows: list[list[Any]], deadline: float) -> int:
+        """Run ``statement`` on ``rows`` (atomic in FalkorDB), asking the server to give up before ``deadline``
+        (``time.monotonic()`` seconds), which it does not for writes; return its ``created`` column.
 
-        Raises ``KeyConflict``, ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
+        Raises ``KeyConflict``, ``SinkUnavailable``, ``TransientError`` (also when no time is left) or
+        ``SinkDataError``.
         """
+        timeout_ms = query_timeout_left_ms(self._query_timeout_ms, deadline, "write")
         with _translated("write"):
-            return int(self._run(self._graph.query, statement, "rows", rows)[0][0])
+            return int(self._run(self._graph.query, statement, "rows", rows, timeout_ms)[0][0])
 
-    def _run(self, send: Any, statement: str, name: str, values: list[Any]) -> list[list[Any]]:
+    def _run(self, send: Any, statement: str, name: str, values: list[Any], timeout_ms: int) -> list[list[Any]]:
         """``statement`` with ``$name`` = ``values``, sent by ``send`` (the graph's query or ro_query) with the
-        parameter header orjson writes, or the client's when a value needs escaping; the result rows."""
+        parameter header orjson writes, or the client's when a value needs escaping, and the server-side
+        ``timeout_ms``; the result rows."""
         text = query_text(statement, values, name)
         if text is None:
-            result = send(statement, {name: values}, timeout=self._query_timeout_ms)
+            result = send(statement, {name: values}, timeout=timeout_ms)
         else:
-            result = send(text, timeout=self._query_timeout_ms)
+            result = send(text, timeout=timeout_ms)
         return result.result_set
 
     def count_events(self) -> int:

@@ -5,10 +5,14 @@ NEO4J_PASSWORD, and writes to the server's default database (GRAPH_NAME is Falko
 
 Writes run as managed transactions (``session.execute_write``), which the driver retries on transient
 failures (deadlocks, leader switches, dropped connections). Time-outs come from the sink's budget
-(``Settings.sink_budget_s``): each attempt carries ``ATTEMPT_BUDGET_SHARE`` of it as its server-side timeout, and
-the driver makes another attempt only while one can still end within the budget (else the last failure is raised). Each
-attempt the driver makes after a failed one (about a second later: its retry delay) is counted in
-``etl_graph_write_reruns_total``, by the Neo4j code of that failure.
+(``Settings.sink_budget_s``) and the write's deadline (see ``etl.sinks.base``): each call's attempts carry
+``ATTEMPT_BUDGET_SHARE`` of the budget as their server-side timeout, or less when the deadline is nearer (ending
+``TIMEOUT_GRACE_S`` before it); the call waits for a connection only as long as leaves its first attempt that
+time; and an attempt, the first too, starts only if its timeout ends by the deadline (else the call raises, with
+the last failure if there was one). Not bounded by the deadline: the wait for a connection before a rerun (the
+driver's, within its ``connection_acquisition_timeout``; the rerun is then refused). Each attempt the driver makes
+after a failed one (about a second later: its retry delay) is counted in ``etl_graph_write_reruns_total``, by the
+Neo4j code of that failure.
 
 Errors: ServiceUnavailable, SessionExpired, a full connection pool, a transaction timed out or terminated (while
 waiting for a lock too), refused credentials or a missing database become ``SinkUnavailable``; Neo4j's
@@ -16,7 +20,8 @@ TransientError (incl. DeadlockDetected) and server faults ``TransientError``; a 
 constraint ``KeyConflict``; any other ClientError (CypherTypeError, another ConstraintError...), a value too large
 for an index and a constraint that cannot be created over duplicates already stored ``SinkDataError``. A failure
 with no time left for another attempt is a ``TransientError`` after Neo4j's TransientError, else
-``SinkUnavailable``.
+``SinkUnavailable``; a call with no time left for its first attempt (the write's earlier requests spent it) is a
+``TransientError``.
 """
 
 from __future__ import annotations
@@ -27,19 +32,23 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from neo4j import Driver, GraphDatabase, ManagedTransaction, TrustCustomCAs, unit_of_work
+from neo4j import Driver, GraphDatabase, ManagedTransaction, Session, TrustCustomCAs, unit_of_work
 from neo4j import exceptions as neo
 
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
 from etl.runtime.metrics import GRAPH_WRITE_RERUNS
-from etl.sinks.base import connect_timeout_s
+from etl.sinks.base import connect_timeout_s, request_timeout_s
 from etl.sinks.graph.backend import KeyConflict
 from etl.sinks.graph.cypher import COUNT_EVENTS_CYPHER, NODE_KEYS
 
 CONNECT_TIMEOUT_S = 5.0
 # One attempt's share of the sink's budget: the rest is for the connection it waits for, or for attempts after it.
 ATTEMPT_BUDGET_SHARE = 0.5
+# A call late in a write times its attempts out this long before the write's deadline (or halfway to it): time for
+# the transaction to begin, and for the server to notice the timeout, which it checks for only every
+# db.transaction.monitor.check.interval (this is longer than its default), and answer.
+TIMEOUT_GRACE_S = 2.5
 OTHER_FAILURE = "other"  # the label of a rerun whose attempt failed outside its statement
 
 # Server codes that are ClientErrors in Neo4j's taxonomy but say nothing about our data.
@@ -89,8 +98,8 @@ def translate(err: Exception, doing: str) -> EtlError:
 
 
 class _OutOfTime(Exception):
-    """Raised in a transaction function instead of a rerun that could not end within the budget; carries the Neo4j
-    code of the failure before it (``OTHER_FAILURE`` when that failed outside the statement)."""
+    """Raised in a transaction function instead of a rerun that could not end by the write's deadline; carries the
+    Neo4j code of the failure before it (``OTHER_FAILURE`` when that failed outside the statement)."""
 
 
 @contextmanager
@@ -140,7 +149,8 @@ def connect(settings: Settings) -> Neo4jBackend:
     except BaseException:
         driver.close()
         raise
-    return Neo4jBackend(driver, budget_s=settings.sink_budget_s, transaction_timeout_s=attempt_timeout_s(settings))
+    return Neo4jBackend(driver, attempt_s=attempt_timeout_s(settings),
+                        acquisition_s=driver_options(settings)["connection_acquisition_timeout"])
 
 
 def _run_statement(tx: ManagedTransaction, statement: str) -> None:
@@ -148,22 +158,34 @@ def _run_statement(tx: ManagedTransaction, statement: str) -> None:
 
 
 class _Attempts:
-    """One call's attempts, as the driver makes them, and the Neo4j code of each that failed in its statement."""
+    """One call's attempts, as the driver makes them within the write's ``deadline`` (``time.monotonic()``
+    seconds), and the Neo4j code of each that failed in its statement.
 
-    def __init__(self, budget_s: float, attempt_s: float) -> None:
+    ``timeout_s`` is each attempt's server-side timeout (``attempt_s``, or less when the deadline is nearer) and
+    ``wait_s`` the longest the call may wait for a connection so that its first attempt still ends in time. Raises
+    ``TransientError`` when no time is left for either.
+    """
+
+    def __init__(self, deadline: float, attempt_s: float, doing: str) -> None:
         self.made = 0
         self.failed: dict[int, str] = {}
-        self._budget_s = budget_s
-        self._attempt_s = attempt_s
-        self._deadline = time.monotonic() + budget_s
+        self._deadline = deadline
+        self._doing = doing
+        now = time.monotonic()
+        self.timeout_s = request_timeout_s(deadline, attempt_s, f"Neo4j {doing}", grace_s=TIMEOUT_GRACE_S, now=now)
+        self.wait_s = deadline - now - self.timeout_s
 
     def start(self) -> int:
-        """The number of the attempt starting now. Raises ``_OutOfTime`` for a rerun that could not end (its
-        server-side timeout) within the call's budget: the driver makes no more attempts then."""
+        """The number of the attempt starting now, if its server-side timeout ends by the deadline. Else raises
+        ``TransientError`` for the first attempt (the wait for a connection took its time) and ``_OutOfTime`` for a
+        rerun: the driver makes no more attempts then."""
         attempt = self.made
-        if attempt and time.monotonic() + self._attempt_s > self._deadline:
+        if time.monotonic() + self.timeout_s > self._deadline:
+            if not attempt:
+                raise TransientError(f"Neo4j {self._doing}: no time left before the write's deadline for a first "
+                                     "attempt")
             raise _OutOfTime(self.failed.get(attempt - 1, OTHER_FAILURE),
-                             f"no time left within {self._budget_s:g}s for another attempt")
+                             "no time left before the write's deadline for another attempt")
         self.made += 1
         return attempt
 
@@ -194,14 +216,19 @@ def _count_events(tx: ManagedTransaction) -> int:
 
 
 class Neo4jBackend:
-    """One Neo4j database. Thread-safe: the driver is shared, each call opens its own session."""
+    """One Neo4j database. Thread-safe: the driver is shared, each call opens its own session.
 
-    def __init__(self, driver: Driver, *, budget_s: float, transaction_timeout_s: float) -> None:
+    ``attempt_s`` is an attempt's server-side timeout, in seconds, when the write's deadline is further away;
+    ``acquisition_s`` the driver's longest wait for a connection (``connection_acquisition_timeout``).
+    """
+
+    def __init__(self, driver: Driver, *, attempt_s: float, acquisition_s: float) -> None:
         self._driver = driver
-        self._budget_s = budget_s
-        self._attempt_s = transaction_timeout_s
-        self._write: Any = unit_of_work(timeout=transaction_timeout_s)(_write_batch)
-        self._read: Any = unit_of_work(timeout=transaction_timeout_s)(_read_keys)
+        self._attempt_s = attempt_s
+        self._acquisition_s = acquisition_s
+
+    def _session(self, attempts: _Attempts) -> Session:
+        return self._driver.session(connection_acquisition_timeout=min(self._acquisition_s, attempts.wait_s))
 
     def ensure_schema(self) -> None:
         """Create the uniqueness constraints IF NOT EXISTS, one per transaction (schema and data never mix).
@@ -212,30 +239,35 @@ class Neo4jBackend:
             for statement in constraint_statements():
                 session.execute_write(_run_statement, statement)
 
-    def keys_enforced(self) -> bool:
+    def keys_enforced(self, deadline: float) -> bool:
         """True: Neo4j builds a uniqueness constraint before ``CREATE CONSTRAINT`` returns (``ensure_schema``)."""
         return True
 
-    def stored_keys(self, statement: str, keys: list[str]) -> set[str]:
-        """Run the read ``statement`` on ``keys`` in one managed transaction; return its ``key`` column.
+    def stored_keys(self, statement: str, keys: list[str], deadline: float) -> set[str]:
+        """Run the read ``statement`` on ``keys`` in one managed transaction, ending by ``deadline``
+        (``time.monotonic()`` seconds); return its ``key`` column.
 
-        Raises ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
+        Raises ``SinkUnavailable``, ``TransientError`` (also when no time is left) or ``SinkDataError``.
         """
         if not keys:
             return set()
-        attempts = _Attempts(self._budget_s, self._attempt_s)
-        with _translated("read"), self._driver.session() as session:
-            return set(session.execute_read(self._read, attempts, statement, keys))
+        attempts = _Attempts(deadline, self._attempt_s, "read")
+        read = unit_of_work(timeout=attempts.timeout_s)(_read_keys)
+        with _translated("read"), self._session(attempts) as session:
+            return set(session.execute_read(read, attempts, statement, keys))
 
-    def write_rows(self, statement: str, rows: list[list[Any]]) -> int:
-        """Run ``statement`` on ``rows`` in one managed transaction; return its ``created`` column.
+    def write_rows(self, statement: str, rows: list[list[Any]], deadline: float) -> int:
+        """Run ``statement`` on ``rows`` in one managed transaction, ending by ``deadline`` (``time.monotonic()``
+        seconds); return its ``created`` column.
 
-        Raises ``KeyConflict``, ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
+        Raises ``KeyConflict``, ``SinkUnavailable``, ``TransientError`` (also when no time is left) or
+        ``SinkDataError``.
         """
-        attempts = _Attempts(self._budget_s, self._attempt_s)
+        attempts = _Attempts(deadline, self._attempt_s, "write")
+        write = unit_of_work(timeout=attempts.timeout_s)(_write_batch)
         try:
-            with _translated("write"), self._driver.session() as session:
-                return int(session.execute_write(self._write, attempts, statement, rows))
+            with _translated("write"), self._session(attempts) as session:
+                return int(session.execute_write(write, attempts, statement, rows))
         finally:
             attempts.count_reruns()  # deadlocks on hub nodes, run again by the driver: nothing else shows them
 

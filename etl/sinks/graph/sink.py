@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from etl.config import Settings
 from etl.errors import SinkUnavailable
-from etl.sinks.base import Event
+from etl.sinks.base import Event, write_deadline
 from etl.sinks.graph.backend import FALKOR_SCHEME, GraphBackend, KeyConflict
 from etl.sinks.graph.cypher import CREATE_CYPHER, MERGE_CYPHER, STORED_PROCESSES_CYPHER
 from etl.sinks.graph.rows import as_lists, build_rows, process_keys
@@ -81,20 +81,23 @@ class GraphSink:
         """Store a batch, each attempt one statement in one transaction; return how many Event nodes are new.
 
         The batch is first created, as new events, with the Processes the graph does not hold yet (read first);
-        if one of them is stored by then (a replay, another writer), the batch is merged instead.
-        Raises ``SinkUnavailable``/``TransientError`` when a retry may succeed, ``SinkDataError`` when not.
+        if one of them is stored by then (a replay, another writer), the batch is merged instead. Every request
+        shares one deadline, ``Settings.sink_budget_s`` from now (see ``etl.sinks.base``).
+        Raises ``SinkUnavailable``/``TransientError`` when a retry may succeed (``TransientError`` too when the
+        budget ran out between requests), ``SinkDataError`` when not.
         """
+        deadline = write_deadline(self._settings.sink_budget_s)
         rows = build_rows(events)
         if not rows:
             return 0
         backend = self._backend_or_open()
-        if backend.keys_enforced():
-            stored = backend.stored_keys(STORED_PROCESSES_CYPHER, process_keys(rows))
+        if backend.keys_enforced(deadline):
+            stored = backend.stored_keys(STORED_PROCESSES_CYPHER, process_keys(rows), deadline)
             try:
-                return backend.write_rows(CREATE_CYPHER, as_lists(rows, stored))
+                return backend.write_rows(CREATE_CYPHER, as_lists(rows, stored), deadline)
             except KeyConflict:
                 pass  # nothing of it was written; another writer may have stored a Process meanwhile
-        return backend.write_rows(MERGE_CYPHER, as_lists(rows))
+        return backend.write_rows(MERGE_CYPHER, as_lists(rows), deadline)
 
     def count_events(self) -> int:
         """How many Event nodes the graph holds: what reached this sink. Raises ``SinkUnavailable``."""
