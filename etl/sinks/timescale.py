@@ -8,6 +8,15 @@ A batch is one transaction, written in binary COPY format (``etl.sinks.copy_form
   table and one sorted ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, so a replayed event is skipped and a
   replayed batch changes nothing.
 
+A write ends within the sink's budget (``Settings.sink_budget_s``; see ``etl.sinks.base``). It waits for a free
+pooled connection only until its deadline. The session's ``statement_timeout`` leaves a write
+``CONNECTION_WAIT_SHARE`` of the budget to get its connection, so the fast path's COPY needs no other; a write that
+waited longer first sets its COPY's timeout to the time left (``SET LOCAL``, one more round trip), and the slow
+path does so before each of its statements, ``STATEMENT_TIMEOUT_GRACE_S`` before the deadline. No statement starts
+once the deadline has passed: that raises ``TransientError``. Not bounded by the deadline: checking that a pooled
+connection is alive (``SELECT 1``, under the session's timeout), connecting the pool (the first write, or after
+``close``), and a server that stopped answering, which TCP keepalives notice.
+
 Driver errors are translated here, by SQLSTATE class where there is one:
 
 - a connection refused, dropped or timed out, a statement timeout -> ``SinkUnavailable``;
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +42,7 @@ from psycopg2 import errorcodes, sql
 
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
-from etl.sinks.base import Event, connect_timeout_s
+from etl.sinks.base import Event, connect_timeout_s, request_timeout_s, time_left_s, write_deadline
 from etl.sinks.copy_format import COLUMNS, format_batch
 
 log = logging.getLogger(__name__)
@@ -49,6 +59,12 @@ APPLICATION_NAME = "etl-timescale-sink"
 STAGING_TABLE = "etl_staging_events"
 # How much of a batch's COPY data psycopg2 hands to libpq at a time (its default is 8 KiB: 30 calls a batch).
 COPY_CHUNK_BYTES = 1 << 20
+# The share of the budget a write may spend getting a pooled connection and still run its fast-path COPY under the
+# session's statement_timeout (the rest of the budget); past it, the COPY's timeout is first set to the time left.
+CONNECTION_WAIT_SHARE = 0.1
+# A statement the server cancels at its timeout still has its error to send and its transaction to end: timeouts
+# set from the deadline end this long before it (or halfway to it).
+STATEMENT_TIMEOUT_GRACE_S = 0.1
 
 _UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58"})  # connection, resources, operator, system
 _RETRY_CLASSES = frozenset({"40"})  # transaction rollback: serialization failure, deadlock
@@ -89,6 +105,7 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
 _INSERT = """
 INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ORDER BY id, "time" ON CONFLICT DO NOTHING"""
 _COPY = "COPY {table} ({columns}) FROM STDIN WITH (FORMAT binary)"
+_SET_STATEMENT_TIMEOUT = "SET LOCAL statement_timeout = %s"  # in milliseconds; until the transaction ends
 # The fast path's COPY met a row already there, or a lock cycle with an overlapping batch's COPY.
 _TAKE_STAGING_PATH = (psycopg2.errors.UniqueViolation, psycopg2.errors.DeadlockDetected)
 # The pre-2.13 signature: still documented, and the one every TimescaleDB 2.x accepts.
@@ -103,9 +120,27 @@ class _Connection(psycopg2.extensions.connection):
 
 
 def statement_timeout_ms(settings: Settings) -> int:
-    """The server-side statement timeout, in milliseconds: the sink's budget (``Settings.sink_budget_s``), so a
-    statement is cancelled by the server before the actor's time limit and the failure is ours to report."""
-    return max(1, int(settings.sink_budget_s * 1000))
+    """The session's statement timeout, in milliseconds: the sink's budget (``Settings.sink_budget_s``) less
+    ``CONNECTION_WAIT_SHARE`` of it, so a write that got its connection within that share ends its fast path
+    within the budget, and any statement is cancelled by the server before the actor's time limit."""
+    return max(1, int(settings.sink_budget_s * (1 - CONNECTION_WAIT_SHARE) * 1000))
+
+
+def local_timeout_ms(deadline: float, doing: str, *, now: float | None = None) -> int:
+    """The ``statement_timeout`` that cancels a statement started ``now`` (``time.monotonic()`` unless given)
+    ``STATEMENT_TIMEOUT_GRACE_S`` before ``deadline`` (``time.monotonic()`` seconds) or halfway to it, in
+    milliseconds (PostgreSQL's unit), at least 1 (0 would mean none). Raises ``TransientError`` naming ``doing``
+    when no time is left."""
+    left_s = request_timeout_s(deadline, math.inf, doing, grace_s=STATEMENT_TIMEOUT_GRACE_S, now=now)
+    return max(1, int(left_s * 1000))
+
+
+def copy_timeout_ms(deadline: float, session_timeout_ms: int, doing: str, *, now: float | None = None) -> int | None:
+    """The ``statement_timeout`` to set before a COPY started ``now``, in milliseconds: ``local_timeout_ms``, or
+    ``None`` when the session's, ``session_timeout_ms``, is no longer. Raises ``TransientError`` naming ``doing``
+    when no time is left."""
+    timeout_ms = local_timeout_ms(deadline, doing, now=now)
+    return None if session_timeout_ms <= timeout_ms else timeout_ms
 
 
 def connect_timeout(settings: Settings) -> int:
@@ -170,7 +205,7 @@ class TimescaleSink:
         self._lock = threading.Lock()
         self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
         self._closed = False
-        self._wait_s = settings.sink_budget_s  # for a free connection of the pool
+        self._session_timeout_ms = statement_timeout_ms(settings)
         columns = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
         table, staging = sql.Identifier(self._table), sql.Identifier(STAGING_TABLE)
         self._sql_insert = sql.SQL(_INSERT).format(table=table, staging=staging, columns=columns)
@@ -227,30 +262,40 @@ class TimescaleSink:
     def write(self, events: Sequence[Event]) -> int:
         """Store ``events`` in one transaction; returns how many rows were new (a replay returns 0).
 
-        An empty batch returns 0 without touching the server. Raises ``SinkUnavailable`` (server unreachable,
-        connection lost, statement timeout), ``TransientError`` (deadlock, serialization failure) or
-        ``SinkDataError`` (the batch holds a value the table cannot take; nothing of it is stored).
+        An empty batch returns 0 without touching the server. Ends within the sink's budget, as the module's
+        docstring says. Raises ``SinkUnavailable`` (server unreachable, connection lost, every connection busy
+        until the deadline, statement timeout), ``TransientError`` (deadlock, serialization failure, no time left
+        for the next statement) or ``SinkDataError`` (the batch holds a value the table cannot take; nothing of it
+        is stored).
         """
         if not events:
             return 0
+        deadline = write_deadline(self._settings.sink_budget_s)
         data = format_batch(events)
-        with self._borrow() as conn:
+        with self._borrow(deadline) as conn:
             try:
                 with conn.cursor() as cur:
+                    timeout_ms = copy_timeout_ms(deadline, self._session_timeout_ms, self._where)
+                    if timeout_ms is not None:  # the wait for a connection took more than its share
+                        cur.execute(_SET_STATEMENT_TIMEOUT, (timeout_ms,))
                     cur.copy_expert(self._sql_copy, io.BytesIO(data), size=COPY_CHUNK_BYTES)
                     inserted = cur.rowcount
                 conn.commit()
                 return inserted
             except _TAKE_STAGING_PATH:
                 conn.rollback()
-            return self._write_through_staging(conn, data)
+            return self._write_through_staging(conn, data, deadline)
 
-    def _write_through_staging(self, conn: _Connection, data: bytes) -> int:
-        """The slow path: only the rows whose key is not in the table yet, taken in key order."""
+    def _write_through_staging(self, conn: _Connection, data: bytes, deadline: float) -> int:
+        """The slow path: only the rows whose key is not in the table yet, taken in key order; each statement
+        cancelled by the server at ``deadline`` (``time.monotonic()`` seconds)."""
         with conn.cursor() as cur:
             if not conn.staging_ready:
+                cur.execute(_SET_STATEMENT_TIMEOUT, (local_timeout_ms(deadline, self._where),))
                 cur.execute(_CREATE_STAGING)
+            cur.execute(_SET_STATEMENT_TIMEOUT, (local_timeout_ms(deadline, self._where),))
             cur.copy_expert(self._sql_copy_staging, io.BytesIO(data), size=COPY_CHUNK_BYTES)
+            cur.execute(_SET_STATEMENT_TIMEOUT, (local_timeout_ms(deadline, self._where),))
             cur.execute(self._sql_insert)
             inserted = cur.rowcount
         conn.commit()
@@ -275,15 +320,23 @@ class TimescaleSink:
         if pool is not None and not pool.closed:
             pool.closeall()
 
-    @contextmanager
-    def _borrow(self) -> Iterator[_Connection]:
-        """A live pooled connection for one transaction; driver errors inside are translated.
+    @property
+    def _where(self) -> str:
+        return f"timescale table {self._table}"
 
-        A connection whose session may be broken is closed, never handed out again.
+    @contextmanager
+    def _borrow(self, deadline: float | None = None) -> Iterator[_Connection]:
+        """A live pooled connection for one transaction, waited for until ``deadline`` (``time.monotonic()``
+        seconds; by default the sink's budget from now); driver errors inside are translated.
+
+        A connection whose session may be broken is closed, never handed out again. Raises ``TransientError``
+        when the deadline has passed already, ``SinkUnavailable`` when no connection is free by then.
         """
-        if not self._slots.acquire(timeout=self._wait_s):
-            raise SinkUnavailable(f"timescale table {self._table}: all {self._pool_size} connections busy "
-                                  f"for {self._wait_s:g}s")
+        if deadline is None:
+            deadline = write_deadline(self._settings.sink_budget_s)
+        wait_s = time_left_s(deadline, self._where)
+        if not self._slots.acquire(timeout=wait_s):
+            raise SinkUnavailable(f"{self._where}: all {self._pool_size} connections busy for {wait_s:.3g}s")
         try:
             pool = self._get_pool()
             conn = self._checkout(pool)
@@ -294,6 +347,9 @@ class TimescaleSink:
             except psycopg2.Error as e:
                 healthy = _recover(conn, e)
                 raise translate_error(e, self._table) from e
+            except EtlError:  # raised between statements (no time left): the session is fine
+                healthy = _rolled_back(conn)
+                raise
             finally:
                 _give_back(pool, conn, healthy)
         finally:
@@ -342,7 +398,12 @@ class TimescaleSink:
 
 def _recover(conn: _Connection, exc: psycopg2.Error) -> bool:
     """Roll back after a failed statement; True when the session is known good and may be reused."""
-    if conn.closed or (exc.pgcode or "")[:2] not in _HEALTHY_AFTER:
+    return (exc.pgcode or "")[:2] in _HEALTHY_AFTER and _rolled_back(conn)
+
+
+def _rolled_back(conn: _Connection) -> bool:
+    """Roll back; True when that worked and the session may be reused."""
+    if conn.closed:
         return False
     try:
         conn.rollback()

@@ -17,7 +17,8 @@ from psycopg2 import sql
 from etl.config import Settings
 from etl.dev import servers
 from etl.errors import SinkDataError, SinkUnavailable, TransientError
-from etl.sinks.timescale import APPLICATION_NAME, TimescaleSink, translate_error
+from etl.sinks.timescale import APPLICATION_NAME, TimescaleSink, statement_timeout_ms, translate_error
+from tests.waiting import wait_for
 
 BASE_MS = 1704110400000  # 2024-01-01T12:00:00Z
 PAYLOAD = b"\x00\x01binary\\\t\n\xff"
@@ -208,26 +209,112 @@ def test_dropped_connections_are_discarded(sink: TimescaleSink, settings: Settin
     sink.check()
 
 
+def connect(settings: Settings) -> psycopg2.extensions.connection:
+    return psycopg2.connect(host=settings.pg_host, port=settings.pg_port, user=settings.pg_user,
+                            dbname=settings.pg_db)
+
+
+def lock_table(conn: psycopg2.extensions.connection, settings: Settings) -> None:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(settings.pg_table)))
+
+
+def sink_statements_waiting_on_a_lock(settings: Settings, statement: str = "", for_s: float = 0.0) -> int:
+    """The sink's statements on ``settings.pg_table`` (and holding ``statement``) that wait for a lock, and have run
+    for ``for_s`` seconds at least."""
+    return int(query(settings, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                     "AND wait_event_type = 'Lock' AND position(%s in query) > 0 AND position(%s in query) > 0 "
+                     "AND clock_timestamp() - query_start >= %s * interval '1 s'",
+                     (APPLICATION_NAME, settings.pg_table, statement, for_s))[0][0])
+
+
 def test_statement_timeout_is_unavailable(make_settings: Callable[..., Settings]) -> None:
-    """A table locked by another session stalls the COPY: the server cancels it at the sink's budget, before
-    Dramatiq's time limit (``PROCESSING_TIMEOUT``) would interrupt the actor."""
+    """A table locked by another session stalls the COPY: the server cancels it at the session's statement timeout,
+    within the sink's budget and so before Dramatiq's time limit (``PROCESSING_TIMEOUT``) would interrupt the
+    actor."""
     settings = make_settings(PROCESSING_TIMEOUT="3")
     sink = TimescaleSink(settings, pool_size=1)
-    blocker = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, user=settings.pg_user,
-                               dbname=settings.pg_db)
+    blocker = connect(settings)
     try:
         sink.open()
-        lock = sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(settings.pg_table))
-        with blocker.cursor() as cur:
-            cur.execute(lock)
+        lock_table(blocker, settings)
         started = time.monotonic()
         with pytest.raises(SinkUnavailable, match="57014"):
             sink.write([make_event(1)])
-        assert settings.sink_budget_s <= time.monotonic() - started < settings.processing_timeout_s
+        elapsed_s = time.monotonic() - started
+        assert statement_timeout_ms(settings) / 1000 <= elapsed_s <= settings.sink_budget_s
         blocker.rollback()
         assert sink.write([make_event(1)]) == 1
     finally:
         blocker.close()
+        sink.close()
+
+
+def test_a_write_that_waited_for_a_connection_gives_its_copy_only_the_time_left(
+        make_settings: Callable[..., Settings]) -> None:
+    """The fast path after a long wait for a connection: the pool's only one is held by a write stalled on a table
+    lock until the session's statement timeout, and the next write, stalled on it too once it has the connection,
+    gives up at its deadline, not a whole statement timeout after getting the connection."""
+    settings = make_settings(PROCESSING_TIMEOUT="3")
+    sink = TimescaleSink(settings, pool_size=1)
+    blocker = connect(settings)
+    try:
+        sink.open()
+        lock_table(blocker, settings)
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(sink.write, [make_event(1)])
+            wait_for(lambda: sink_statements_waiting_on_a_lock(settings), timeout_s=5)
+            started = time.monotonic()
+            with pytest.raises(SinkUnavailable, match="57014"):
+                sink.write([make_event(2)])
+            elapsed_s = time.monotonic() - started
+            with pytest.raises(SinkUnavailable, match="57014"):
+                first.result(timeout=10)
+        assert elapsed_s <= settings.sink_budget_s
+        blocker.rollback()
+        assert sink.write([make_event(2)]) == 1
+    finally:
+        blocker.close()
+        sink.close()
+
+
+def insert_uncommitted(conn: psycopg2.extensions.connection, settings: Settings, i: int) -> None:
+    """Insert the key of ``make_event(i)`` in ``conn``'s transaction, left open: a write of it waits for that."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("""INSERT INTO {} (id, "time", "timestamp", type, source)
+                               VALUES (%s, 'epoch'::timestamptz + %s * interval '1 ms', %s, 't', 's')""").format(
+            sql.Identifier(settings.pg_table)), (f"event-{i}", BASE_MS + i, BASE_MS + i))
+
+
+def test_a_replayed_batch_stalled_on_the_slow_path_gives_up_at_its_deadline(
+        make_settings: Callable[..., Settings]) -> None:
+    """The slow path's statements share the write's deadline. The batch's first event is being stored by another
+    session: the fast path's COPY waits for it for a good part of the budget, and fails once it is stored (a
+    replay). The slow path's sorted INSERT then waits on the second event, which a third session inserted and does
+    not commit: it is cancelled within the budget of the write's start, not a statement timeout after it began."""
+    settings = make_settings(PROCESSING_TIMEOUT="3")
+    sink = TimescaleSink(settings, pool_size=1)
+    stored_meanwhile, holder = connect(settings), connect(settings)
+    try:
+        sink.open()
+        insert_uncommitted(stored_meanwhile, settings, 1)
+        insert_uncommitted(holder, settings, 2)
+        with ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            replay = pool.submit(sink.write, [make_event(1), make_event(2)])
+            copy_waited_s = settings.sink_budget_s * 0.4
+            wait_for(lambda: sink_statements_waiting_on_a_lock(settings, "COPY", copy_waited_s), timeout_s=5)
+            stored_meanwhile.commit()
+            wait_for(lambda: sink_statements_waiting_on_a_lock(settings, "INSERT INTO"), timeout_s=5)
+            with pytest.raises(SinkUnavailable, match="57014"):
+                replay.result(timeout=10)
+            elapsed_s = time.monotonic() - started
+        assert elapsed_s <= settings.sink_budget_s
+        holder.rollback()
+        assert sink.write([make_event(1), make_event(2)]) == 1
+    finally:
+        stored_meanwhile.close()
+        holder.close()
         sink.close()
 
 
