@@ -1,11 +1,25 @@
-"""The one small interface every sink implements, and how a sink divides its time budget.
+"""The one small interface every sink implements, and how a sink keeps a write within its time budget.
 
-Every request a sink makes of its server (a connection, a statement, a publish and its acks) gives up within
-``Settings.sink_budget_s`` seconds, which ends before Dramatiq's time limit interrupts the actor. A sink derives
-each of its drivers' time-outs from that budget with the helpers below, never from ``PROCESSING_TIMEOUT`` itself.
-A write that makes several requests in turn (the graph's read, create and merge; TimescaleDB's staging path) is
-bounded per request, not as a whole: a slow server can still take it past the time limit, which Dramatiq then
-reports instead of the sink, and retries alike.
+A sink's budget, ``Settings.sink_budget_s``, ends before Dramatiq's time limit interrupts the actor; a sink derives
+all its time-outs from it, never from ``PROCESSING_TIMEOUT`` itself. A write takes one deadline when it starts
+(``write_deadline``: the budget from then), and every request it then makes of its server (waiting for a pooled
+connection, each statement or query, each attempt a driver makes again) gets only the time left: a server-side
+timeout that ends a grace before the deadline (``request_timeout_s``), so that the server's answer is back by then.
+When no time is left, the write raises ``TransientError`` before sending anything: not ``SinkUnavailable``, since
+earlier requests spending the budget is no sign that the server is down (and the circuit breaker counts only that).
+So a write the server answers ends within the budget, with the sink's own error, which Dramatiq retries. The NATS
+publisher's write is one call, bounded as a whole.
+
+Not bounded by the deadline, though each within its own time-out from the budget:
+
+- opening the sink, which a write does first when it is not open yet (connecting, the schema);
+- a server that stops answering altogether: it enforces no timeout, so the request ends at the client's socket
+  timeout or TCP keepalives, set per connection; so does a request the server does not time out (FalkorDB's
+  writes run to completion);
+- a server slower to enforce a timeout than the grace allows for, which the margin between the budget and the
+  time limit (``SINK_TIME_MARGIN_S``) absorbs.
+
+Each sink's module names its own waits of these kinds.
 """
 
 from __future__ import annotations
@@ -30,7 +44,8 @@ class Sink(Protocol):
     - ``write`` stores a whole batch or raises, and returns how many events it newly stored (a replay may
       return 0). It is idempotent: writing the same batch again changes nothing.
       It raises ``TransientError`` (usually ``SinkUnavailable``) when a retry may succeed and ``SinkDataError``
-      when the data itself was rejected.
+      when the data itself was rejected. It ends within ``Settings.sink_budget_s`` as the module's docstring
+      says, raising ``TransientError`` if the budget runs out between its requests.
     - ``check`` raises ``SinkUnavailable`` when the server cannot be reached.
     - Methods are safe to call from several threads at once.
     """
