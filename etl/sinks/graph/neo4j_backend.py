@@ -9,8 +9,8 @@ failures (deadlocks, leader switches, dropped connections). Time-outs come from 
 ``ATTEMPT_BUDGET_SHARE`` of the budget as their server-side timeout, or less when the deadline is nearer (ending
 ``TIMEOUT_GRACE_S`` before it); the call waits for a connection only as long as leaves its first attempt that
 time; and an attempt, the first too, starts only if its timeout ends by the deadline (else the call raises, with
-the last failure if there was one). Not bounded by the deadline: the wait for a connection before a rerun (the
-driver's, within its ``connection_acquisition_timeout``; the rerun is then refused). Each attempt the driver makes
+the last failure if there was one). Not bounded by the deadline: the wait for a connection before a rerun (as long
+as the call's first wait may be; the rerun is then refused if late). Each attempt the driver makes
 after a failed one (about a second later: its retry delay) is counted in ``etl_graph_write_reruns_total``, by the
 Neo4j code of that failure.
 
