@@ -29,7 +29,7 @@ from etl.pipeline.enrich import enrich_batch
 from etl.pipeline.events import payload_bytes
 from etl.pipeline.validate import validate_batch
 from etl.pools import dramatiq_command
-from etl.sinks.timescale import connection_params
+from etl.sinks.postgres import connection_params
 from etl.stages import NAMES
 
 app = actors.app

@@ -17,7 +17,8 @@ from psycopg2 import sql
 from etl.config import Settings
 from etl.dev import servers
 from etl.errors import SinkDataError, SinkUnavailable, TransientError
-from etl.sinks.timescale import APPLICATION_NAME, TimescaleSink, statement_timeout_ms, translate_error
+from etl.sinks.postgres import statement_timeout_ms, translate_error
+from etl.sinks.timescale import APPLICATION_NAME, TimescaleSink
 from tests.waiting import wait_for
 
 BASE_MS = 1704110400000  # 2024-01-01T12:00:00Z

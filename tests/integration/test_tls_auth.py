@@ -19,7 +19,8 @@ from etl.config import Settings
 from etl.dev import servers as devservers
 from etl.errors import SinkUnavailable
 from etl.natsio.conn import NatsUnavailable, connect
-from etl.sinks.timescale import TimescaleSink, connection_params
+from etl.sinks.postgres import connection_params
+from etl.sinks.timescale import TimescaleSink
 
 
 def _name(cn: str) -> x509.Name:

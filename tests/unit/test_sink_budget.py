@@ -14,7 +14,7 @@ from dramatiq.middleware import TimeLimit
 from etl.broker import build_broker, time_limit_ms
 from etl.config import MIN_SINK_BUDGET_SHARE, SINK_TIME_MARGIN_S, Settings
 from etl.errors import SinkUnavailable, TransientError
-from etl.sinks import nats_publish, timescale
+from etl.sinks import nats_publish, postgres
 from etl.sinks.graph import falkordb_backend, neo4j_backend
 
 SINKS_DIR = Path(__file__).resolve().parents[2] / "etl" / "sinks"
@@ -53,11 +53,11 @@ def test_timescale_waits_within_the_budget(timeout_s: int) -> None:
     s = settings(timeout_s)
     budget_s = s.sink_budget_s
     # A write that waited its share of the budget for a connection still ends its fast path within the budget.
-    waited_s = budget_s * timescale.CONNECTION_WAIT_SHARE
-    assert waited_s + timescale.statement_timeout_ms(s) / 1000 <= budget_s
+    waited_s = budget_s * postgres.CONNECTION_WAIT_SHARE
+    assert waited_s + postgres.statement_timeout_ms(s) / 1000 <= budget_s
     # libpq's connect_timeout and keepalives are whole seconds, at least 1 (libpq waits at least 2 to connect).
-    assert timescale.connect_timeout(s) <= max(1.0, budget_s)
-    keepalive = timescale.keepalive_options(s)
+    assert postgres.connect_timeout(s) <= max(1.0, budget_s)
+    keepalive = postgres.keepalive_options(s)
     noticed_s = keepalive["keepalives_idle"] + keepalive["keepalives_interval"] * keepalive["keepalives_count"]
     assert noticed_s <= budget_s or budget_s < 6
 

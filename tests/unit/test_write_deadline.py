@@ -10,7 +10,7 @@ import pytest
 
 from etl.config import Settings
 from etl.errors import TransientError
-from etl.sinks import timescale
+from etl.sinks import postgres
 from etl.sinks.base import inner_timeout_s, request_timeout_s, time_left_s, write_deadline
 from etl.sinks.graph import falkordb_backend, neo4j_backend
 from etl.sinks.graph import sink as graph_sink
@@ -68,28 +68,28 @@ def test_falkordb_asks_the_server_to_answer_before_the_deadline() -> None:
 
 
 def test_timescale_statements_are_cancelled_before_the_deadline() -> None:
-    grace_s = timescale.STATEMENT_TIMEOUT_GRACE_S
-    assert timescale.local_timeout_ms(NOW + 2.5, "t", now=NOW) == int((2.5 - grace_s) * 1000)
-    assert timescale.local_timeout_ms(NOW + grace_s, "t", now=NOW) == int(grace_s / 2 * 1000)
-    assert timescale.local_timeout_ms(NOW + 1e-6, "t", now=NOW) == 1  # 0 would be none
-    out_of_time(lambda: timescale.local_timeout_ms(NOW, "t", now=NOW))
+    grace_s = postgres.STATEMENT_TIMEOUT_GRACE_S
+    assert postgres.local_timeout_ms(NOW + 2.5, "t", now=NOW) == int((2.5 - grace_s) * 1000)
+    assert postgres.local_timeout_ms(NOW + grace_s, "t", now=NOW) == int(grace_s / 2 * 1000)
+    assert postgres.local_timeout_ms(NOW + 1e-6, "t", now=NOW) == 1  # 0 would be none
+    out_of_time(lambda: postgres.local_timeout_ms(NOW, "t", now=NOW))
 
 
 @pytest.mark.parametrize("timeout_s", [1, 3, 30, 300])
 def test_timescale_sets_the_copys_timeout_only_after_a_long_wait_for_a_connection(timeout_s: int) -> None:
     settings = Settings.from_env({"PROCESSING_TIMEOUT": str(timeout_s)})
-    budget_s, session_ms = settings.sink_budget_s, timescale.statement_timeout_ms(settings)
+    budget_s, session_ms = settings.sink_budget_s, postgres.statement_timeout_ms(settings)
     started = NOW
     deadline = started + budget_s
     # The session's timeout ends the COPY a grace before the deadline: no round trip to set another.
-    allowed_s = budget_s * timescale.CONNECTION_WAIT_SHARE - timescale.STATEMENT_TIMEOUT_GRACE_S
+    allowed_s = budget_s * postgres.CONNECTION_WAIT_SHARE - postgres.STATEMENT_TIMEOUT_GRACE_S
     for waited_s in (0.0, allowed_s * 0.99) if allowed_s > 0 else ():
-        assert timescale.copy_timeout_ms(deadline, session_ms, "t", now=started + waited_s) is None
+        assert postgres.copy_timeout_ms(deadline, session_ms, "t", now=started + waited_s) is None
     for waited_s in (max(0.0, allowed_s) + 0.01, budget_s * 0.5, budget_s * 0.99):
-        timeout_ms = timescale.copy_timeout_ms(deadline, session_ms, "t", now=started + waited_s)
+        timeout_ms = postgres.copy_timeout_ms(deadline, session_ms, "t", now=started + waited_s)
         assert timeout_ms is not None and timeout_ms < session_ms
         assert waited_s + timeout_ms / 1000 < budget_s
-    out_of_time(lambda: timescale.copy_timeout_ms(deadline, session_ms, "t", now=deadline))
+    out_of_time(lambda: postgres.copy_timeout_ms(deadline, session_ms, "t", now=deadline))
 
 
 def test_neo4j_attempts_are_timed_out_by_the_deadline_when_it_is_nearer() -> None:
