@@ -229,54 +229,56 @@ def sink_statements_waiting_on_a_lock(settings: Settings, statement: str = "", f
                      (APPLICATION_NAME, settings.pg_table, statement, for_s))[0][0])
 
 
-def test_statement_timeout_is_unavailable(make_settings: Callable[..., Settings]) -> None:
+Stalled = tuple[Settings, TimescaleSink, psycopg2.extensions.connection]
+
+
+@pytest.fixture
+def stalled(make_settings: Callable[..., Settings]) -> Iterator[Stalled]:
+    """A sink of one pooled connection (``PROCESSING_TIMEOUT`` 3 s) whose table another session holds locked:
+    (settings, sink, that session)."""
+    settings = make_settings(PROCESSING_TIMEOUT="3")
+    sink = TimescaleSink(settings, pool_size=1)
+    blocker = connect(settings)
+    try:
+        sink.open()
+        lock_table(blocker, settings)
+        yield settings, sink, blocker
+    finally:
+        blocker.close()
+        sink.close()
+
+
+def test_statement_timeout_is_unavailable(stalled: Stalled) -> None:
     """A table locked by another session stalls the COPY: the server cancels it at the session's statement timeout,
     within the sink's budget and so before Dramatiq's time limit (``PROCESSING_TIMEOUT``) would interrupt the
     actor."""
-    settings = make_settings(PROCESSING_TIMEOUT="3")
-    sink = TimescaleSink(settings, pool_size=1)
-    blocker = connect(settings)
-    try:
-        sink.open()
-        lock_table(blocker, settings)
-        started = time.monotonic()
-        with pytest.raises(SinkUnavailable, match="57014"):
-            sink.write([make_event(1)])
-        elapsed_s = time.monotonic() - started
-        assert statement_timeout_ms(settings) / 1000 <= elapsed_s <= settings.sink_budget_s
-        blocker.rollback()
-        assert sink.write([make_event(1)]) == 1
-    finally:
-        blocker.close()
-        sink.close()
+    settings, sink, blocker = stalled
+    started = time.monotonic()
+    with pytest.raises(SinkUnavailable, match="57014"):
+        sink.write([make_event(1)])
+    elapsed_s = time.monotonic() - started
+    assert statement_timeout_ms(settings) / 1000 <= elapsed_s <= settings.sink_budget_s
+    blocker.rollback()
+    assert sink.write([make_event(1)]) == 1
 
 
-def test_a_write_that_waited_for_a_connection_gives_its_copy_only_the_time_left(
-        make_settings: Callable[..., Settings]) -> None:
+def test_a_write_that_waited_for_a_connection_gives_its_copy_only_the_time_left(stalled: Stalled) -> None:
     """The fast path after a long wait for a connection: the pool's only one is held by a write stalled on a table
     lock until the session's statement timeout, and the next write, stalled on it too once it has the connection,
     gives up at its deadline, not a whole statement timeout after getting the connection."""
-    settings = make_settings(PROCESSING_TIMEOUT="3")
-    sink = TimescaleSink(settings, pool_size=1)
-    blocker = connect(settings)
-    try:
-        sink.open()
-        lock_table(blocker, settings)
-        with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(sink.write, [make_event(1)])
-            wait_for(lambda: sink_statements_waiting_on_a_lock(settings), timeout_s=5)
-            started = time.monotonic()
-            with pytest.raises(SinkUnavailable, match="57014"):
-                sink.write([make_event(2)])
-            elapsed_s = time.monotonic() - started
-            with pytest.raises(SinkUnavailable, match="57014"):
-                first.result(timeout=10)
-        assert elapsed_s <= settings.sink_budget_s
-        blocker.rollback()
-        assert sink.write([make_event(2)]) == 1
-    finally:
-        blocker.close()
-        sink.close()
+    settings, sink, blocker = stalled
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(sink.write, [make_event(1)])
+        wait_for(lambda: sink_statements_waiting_on_a_lock(settings), timeout_s=5)
+        started = time.monotonic()
+        with pytest.raises(SinkUnavailable, match="57014"):
+            sink.write([make_event(2)])
+        elapsed_s = time.monotonic() - started
+        with pytest.raises(SinkUnavailable, match="57014"):
+            first.result(timeout=10)
+    assert elapsed_s <= settings.sink_budget_s
+    blocker.rollback()
+    assert sink.write([make_event(2)]) == 1
 
 
 def insert_uncommitted(conn: psycopg2.extensions.connection, settings: Settings, i: int) -> None:
