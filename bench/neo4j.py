@@ -22,10 +22,10 @@ from typing import Any
 
 from bench import _servers, ceilings, e2e, load, stages
 from bench.report import Row, target
+from etl.config import Settings
 from etl.dev import servers as devservers
 from etl.dev.generator import generate_hot
 from etl.dev.services import NEO4J
-from etl.pools import pool_size
 from etl.stages import GRAPH
 
 POOL_SIZES = ((1, 1), (1, 2), (2, 1), (1, 4))
@@ -100,7 +100,7 @@ def _measure(neo: _servers.Stack, payloads: list[bytes], enriched: list[dict[str
     run = e2e.run(neo, payloads, e2e.Shape(batch), "neo4j e2e", logs)
     say(f"neo4j e2e: {run.events:,} events in {run.seconds:.1f}s = {run.rate:,.0f} events/s"
         f"{'' if run.complete else ' (INCOMPLETE)'}")
-    pool = pool_size(GRAPH, neo.env)
+    pool = GRAPH.pool_size(Settings.from_env(neo.env))
     default = size_label(pool.processes, pool.threads)
     return Neo4jResult(best_ceiling, results, run, default, runs)
 

@@ -22,8 +22,6 @@ from etl.runtime.workerenv import is_worker_process, process_name
 from etl.sinks.registry import CloseSinksOnShutdown, Sinks, sink_factories
 from etl.stages import ENRICH
 
-SECONDS_PER_DAY = 86_400
-
 
 @dataclass
 class App:
@@ -35,8 +33,7 @@ class App:
 
     def dead_letters(self) -> DeadLetterStore:
         if self._dlq is None:
-            self._dlq = DeadLetterStore(self.broker.client,
-                                        retention_s=self.settings.dlq_retention_days * SECONDS_PER_DAY)
+            self._dlq = DeadLetterStore.from_settings(self.broker.client, self.settings)
         return self._dlq
 
 

@@ -184,7 +184,7 @@ def _store() -> DeadLetterStore:
     from etl.pipeline.dlq import DeadLetterStore
 
     settings = load_settings()
-    return DeadLetterStore(redis_client(settings), retention_s=settings.dlq_retention_days * 86_400)
+    return DeadLetterStore.from_settings(redis_client(settings), settings)
 
 
 @dlq.command(name="list")

@@ -14,7 +14,7 @@ from pathlib import Path
 from etl.broker import time_limit_ms
 from etl.config import Settings
 from etl.errors import ConfigError
-from etl.stages import BY_NAME, NAMES, PoolSize, Stage
+from etl.stages import BY_NAME, NAMES
 
 # Dramatiq's Redis consumer treats "every prefetched message still in progress" like an empty queue and backs off
 # exponentially, up to the worker timeout: a thread that finished its batch then waited about as long as the batch
@@ -50,12 +50,6 @@ def dramatiq_command(pool_name: str, env: Mapping[str, str]) -> tuple[list[str],
     if stage.worker_env is not None:
         extra.update({k: v for k, v in stage.worker_env(threads).items() if k not in env})
     return argv, extra
-
-
-def pool_size(stage: Stage, env: Mapping[str, str]) -> PoolSize:
-    """The pool's default processes and threads, before ``WORKER_PROCESSES`` and ``WORKER_THREADS``: the stage's,
-    as the settings in ``env`` adjust them (the graph pool's depend on the server ``NEO4J_URI`` names)."""
-    return stage.pool_size(Settings.from_env(env))
 
 
 def shutdown_timeout_ms(env: Mapping[str, str]) -> int:

@@ -11,8 +11,6 @@ from etl.pipeline.backlog import queue_depths
 from etl.pipeline.dlq import DeadLetterStore
 from etl.stages import SINK_STAGES
 
-SECONDS_PER_DAY = 86_400
-
 
 @dataclass
 class Counts:
@@ -40,7 +38,7 @@ def queued_counts(settings: Settings) -> dict[str, int]:
 def dead_letter_counts(settings: Settings) -> dict[str, int]:
     """Dead letters by stage."""
     with redis_client(settings) as client:
-        return DeadLetterStore(client, retention_s=settings.dlq_retention_days * SECONDS_PER_DAY).counts_by_stage()
+        return DeadLetterStore.from_settings(client, settings).counts_by_stage()
 
 
 def collect(settings: Settings) -> Counts:

@@ -39,7 +39,6 @@ METRICS_TIMEOUT_S = 1.0
 BREAKER_METRIC = "etl_circuit_breaker_state"
 PAUSED_METRIC = "etl_bridge_paused"
 DEPTH_METRIC = "etl_queue_depth"
-SECONDS_PER_DAY = 86_400
 CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, then erase the screen
 MAX_ERROR_CHARS = 200
 UNKNOWN = "?"
@@ -180,7 +179,7 @@ def _read_redis(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
     """Queue depths and dead letters by stage, over one client."""
     client = redis_client(settings)
     try:
-        store = DeadLetterStore(client, retention_s=settings.dlq_retention_days * SECONDS_PER_DAY)
+        store = DeadLetterStore.from_settings(client, settings)
         return queue_depths(client), store.counts_by_stage()
     finally:
         client.close()

@@ -28,6 +28,7 @@ from typing import Any, cast
 import orjson
 import redis
 
+from etl.config import Settings
 from etl.runtime.metrics import DEAD_LETTERS
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ def entry_id(stage: str, event: Any) -> str:
     return hashlib.sha256(stage.encode() + b"\0" + body).hexdigest()[:24]
 
 
+SECONDS_PER_DAY = 86_400
+
+
 class DeadLetterStore:
     """Reads and writes dead letters. Thread-safe (it only uses a redis client)."""
 
@@ -91,6 +95,11 @@ class DeadLetterStore:
         self.stages_key = f"{prefix}:stages"
         self._prefix = prefix
         self._last_purge = float("-inf")
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> DeadLetterStore:
+        """The store on ``client``, keeping entries ``DLQ_RETENTION_DAYS``."""
+        return cls(client, retention_s=settings.dlq_retention_days * SECONDS_PER_DAY)
 
     def add(self, letters: Sequence[DeadLetter]) -> None:
         """Store ``letters``; an entry that exists already gets its count, attempts and last failure updated.

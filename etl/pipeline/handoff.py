@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 
 from etl.broker import AofSync
 from etl.config import Settings
@@ -19,15 +20,15 @@ from etl.stages import ENRICH, Stage, stage
 class Handoff:
     """Enqueues batches on ``broker``; raw batches wait for Redis's disk (``aof``) before ``raw`` returns."""
 
-    def __init__(self, broker: dramatiq.Broker, aof: AofSync) -> None:
+    def __init__(self, broker: RedisBroker, aof: AofSync) -> None:
         self._broker = broker
         self._aof = aof
 
     @classmethod
-    def from_settings(cls, broker: dramatiq.Broker, settings: Settings) -> Handoff:
+    def from_settings(cls, broker: RedisBroker, settings: Settings) -> Handoff:
         """A hand-off that waits for Redis's disk as ``REDIS_WAIT_AOF`` and ``REDIS_WAIT_REPLICAS`` say."""
-        client = getattr(broker, "client")  # noqa: B009 - a RedisBroker's client; Broker does not declare it
-        return cls(broker, AofSync(client, enabled=settings.redis_wait_aof, replicas=settings.redis_wait_replicas))
+        return cls(broker, AofSync(broker.client, enabled=settings.redis_wait_aof,
+                                   replicas=settings.redis_wait_replicas))
 
     def raw(self, batch: list[bytes]) -> None:
         """The bridge's hand-off: one message for a whole batch of raw NATS payloads, on disk in Redis before
