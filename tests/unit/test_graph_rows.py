@@ -268,6 +268,28 @@ def test_neo4j_errors_are_translated(err: Exception, expected: type[EtlError]) -
     assert str(translated).startswith("Neo4j write: ")
 
 
+def result_failed_from(cause: Exception) -> Exception:
+    try:
+        raise neo.ResultFailedError(None, "The result has failed.") from cause
+    except neo.ResultFailedError as e:
+        return e
+
+
+@pytest.mark.parametrize(
+    ("cause", "expected"),
+    [
+        (neo4j_error("Neo.ClientError.Schema.ConstraintValidationFailed",
+                     "Node(7) already exists with label `Event` and property `id` = 'e1'"), KeyConflict),
+        (neo4j_error("Neo.ClientError.Statement.TypeError"), SinkDataError),
+        (neo.ServiceUnavailable("down"), SinkUnavailable),
+    ],
+)
+def test_a_failed_result_is_translated_by_its_cause(cause: Exception, expected: type[EtlError]) -> None:
+    # The driver's rollback after a failed statement may raise ResultFailedError from the server's error.
+    assert type(neo4j_backend.translate(result_failed_from(cause), "write")) is expected
+    assert type(neo4j_backend.translate(result_failed_from(ValueError("x")), "write")) is TransientError
+
+
 @pytest.mark.parametrize(
     ("err", "expected"),
     [

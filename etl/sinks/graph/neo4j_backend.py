@@ -81,6 +81,10 @@ def constraint_statements() -> list[str]:
 
 def translate(err: Exception, doing: str) -> EtlError:
     """Map a neo4j driver error to the pipeline's hierarchy; ``doing`` names the action."""
+    if isinstance(err, neo.ResultFailedError) and isinstance(err.__cause__, (neo.Neo4jError, neo.DriverError)):
+        # Rolling back a transaction whose statement failed can raise this, "from" the server's error, instead of
+        # that error (seen after a rerun): the cause is what happened.
+        return translate(err.__cause__, doing)
     text = f"Neo4j {doing}: {err}"
     code = getattr(err, "code", None) or ""
     if isinstance(err, (neo.ServiceUnavailable, neo.SessionExpired, neo.ConnectionAcquisitionTimeoutError)):
