@@ -23,6 +23,7 @@ from etl.sinks.graph.cypher import (
     MERGE_CYPHER,
     NAMED_CREATE_CYPHER,
     NAMED_MERGE_CYPHER,
+    NODE_INDEXES,
     NODE_KEYS,
     positional,
 )
@@ -61,18 +62,21 @@ def test_full_event_row() -> None:
         "user": "alice", "container_id": "c0ffee", "binary_sha256": "abc123",
         "user_key": "uid:host-001:1001", "user_host_id": "host-001",
         "process_key": "host-001:1234:/usr/bin/psql", "process_new": False,
+        "endpoint_id": None, "dst_ip": None, "dst_port": None, "protocol": None,
+        "host_newest": False, "flow_count": 0, "flow_first": None, "flow_last": None,
     }
 
 
 def test_event_without_metadata_has_no_context() -> None:
     row = build_row({"id": "e", "type": "t", "source": "s", "timestamp": 1, "env": "dev", "rdns": None})
-    context = {k: v for k, v in row.items() if k not in {"id", "type", "source", "timestamp", "env", "process_new"}}
+    batch = {"host_newest", "flow_count", "process_new"}
+    context = {k: v for k, v in row.items() if k not in {"id", "type", "source", "timestamp", "env", *batch}}
     assert set(context.values()) == {None}
     assert row["process_new"] is False
 
 
 def test_every_row_has_the_same_keys() -> None:
-    assert build_row(event(**FULL)).keys() == build_row({"id": "bare"}).keys()
+    assert build_row(event(**FULL)).keys() == build_row({"id": "bare", "timestamp": 0}).keys()
 
 
 def test_user_without_uid_is_keyed_by_name() -> None:
@@ -161,15 +165,15 @@ def test_metadata_values_must_be_scalars() -> None:
 
 
 CONTEXT_KEYS = [key for key in NODE_KEYS if key[0] != "Event"]
-LINKS = r"\(\w+\)-\[:(?:GENERATED|EXECUTED)\]->\(e\)"
+LINKS = r"(?:\(\w+\)-\[:(?:GENERATED|EXECUTED)\]->\(e\)|\(e\)-\[:TO\]->\(ne\))"
 
 
 def test_merge_statement_is_one_unwind_that_merges_every_node_on_its_key_only() -> None:
     assert NAMED_MERGE_CYPHER.strip().startswith("UNWIND $rows AS r")
     assert ";" not in NAMED_MERGE_CYPHER and "CREATE (" not in NAMED_MERGE_CYPHER
     merged = re.findall(r"MERGE \(\w+:(\w+) \{(\w+): r\.\w+\}\)", NAMED_MERGE_CYPHER)
-    assert sorted(merged) == sorted(NODE_KEYS)
-    assert len(re.findall("MERGE " + LINKS, NAMED_MERGE_CYPHER)) == 4
+    assert sorted(set(merged)) == sorted(NODE_KEYS)
+    assert len(re.findall("MERGE " + LINKS, NAMED_MERGE_CYPHER)) == 5
 
 
 def test_create_statement_creates_events_and_their_links_and_merges_the_context() -> None:
@@ -177,14 +181,14 @@ def test_create_statement_creates_events_and_their_links_and_merges_the_context(
     assert ";" not in NAMED_CREATE_CYPHER
     assert re.findall(r"CREATE \(e:Event \{id: r\.id,", NAMED_CREATE_CYPHER)
     merged = re.findall(r"MERGE \(\w+:(\w+) \{(\w+): r\.\w+\}\)", NAMED_CREATE_CYPHER)
-    assert sorted(merged) == sorted(CONTEXT_KEYS)
+    assert sorted(set(merged)) == sorted(CONTEXT_KEYS)
     # A Process known to be new is created, with every property it has, and so is its link.
     assert "CREATE (p:Process {key: r.process_key, host_id: r.host_id, pid: r.pid, source: r.source," in (
         NAMED_CREATE_CYPHER)
-    assert len(re.findall("CREATE " + LINKS, NAMED_CREATE_CYPHER)) == 5
+    assert len(re.findall("CREATE " + LINKS, NAMED_CREATE_CYPHER)) == 6
     assert not re.findall("MERGE " + LINKS, NAMED_CREATE_CYPHER)
     # Both set the same Event properties.
-    set_in_merge = set(re.findall(r"e\.(\w+) = r\.\1", NAMED_MERGE_CYPHER))
+    set_in_merge = set(re.findall(r"\be\.(\w+) = r\.\1", NAMED_MERGE_CYPHER))
     created_with = set(re.findall(r"(\w+): r\.\1", NAMED_CREATE_CYPHER.split("FOREACH")[0])) - {"id"}
     assert set_in_merge == created_with
 
@@ -215,7 +219,7 @@ def test_a_process_not_stored_is_new_on_its_first_row_only() -> None:
 
 
 def test_rows_go_as_lists_in_field_order() -> None:
-    full, bare = build_row(event(**FULL)), build_row({"id": "bare"})
+    full, bare = build_row(event(**FULL)), build_row({"id": "bare", "timestamp": 0})
     assert tuple(full) == tuple(bare) == ROW_FIELDS
     assert as_lists([full, bare]) == [[full[f] for f in ROW_FIELDS], [bare[f] for f in ROW_FIELDS]]
 
@@ -314,8 +318,10 @@ def test_falkordb_errors_are_translated(err: Exception, expected: type[EtlError]
 
 def test_neo4j_constraints_are_idempotent_ddl_one_per_key() -> None:
     statements = neo4j_backend.constraint_statements()
-    assert len(statements) == len(NODE_KEYS)
-    assert all(" IF NOT EXISTS FOR (n:" in s and s.endswith(" IS UNIQUE") for s in statements)
+    assert len(statements) == len(NODE_KEYS) + len(NODE_INDEXES)
+    assert all(" IF NOT EXISTS FOR (n:" in s for s in statements)
+    assert sum(s.endswith(" IS UNIQUE") for s in statements) == len(NODE_KEYS)
+    assert "CREATE INDEX host_id_index IF NOT EXISTS FOR (n:Host) ON (n.id)" in statements
     user = "CREATE CONSTRAINT user_key_unique IF NOT EXISTS FOR (n:User) REQUIRE n.key IS UNIQUE"
     assert user in statements
 

@@ -4,6 +4,10 @@ Model::
 
     (Host)-[:GENERATED]->(Event)<-[:GENERATED]-(Container)
     (User)-[:EXECUTED]->(Event)<-[:EXECUTED]-(Process)
+    (Host)-[:COMMUNICATES {first_seen, last_seen, count}]->(NetworkEndpoint)<-[:TO]-(Event)
+
+``COMMUNICATES`` counts each event once, however often it is written: a statement adds an event to it only when
+it stores that Event node for the first time.
 
 Each label has one key property (``NODE_KEYS``), so one uniqueness constraint per label works on both backends,
 and every MERGE matches on that key alone; how keys are made is in ``etl.sinks.graph.rows``.
@@ -22,18 +26,47 @@ NODE_KEYS: tuple[tuple[str, str], ...] = (
     ("User", "key"),
     ("Process", "key"),
     ("Container", "container_id"),
+    ("NetworkEndpoint", "endpoint_id"),
 )
+# (label, property): a plain index each, for the decision service's lookups (Host.id) and for finding hosts and
+# endpoints by name or address.
+NODE_INDEXES: tuple[tuple[str, str], ...] = (
+    ("Host", "id"),
+    ("Host", "rdns"),
+    ("NetworkEndpoint", "ip"),
+)
+# Hosts stored before Host.id existed get it (the decision service matches on it).
+HOST_ID_MIGRATION_CYPHER = "MATCH (h:Host) WHERE h.id IS NULL SET h.id = h.host_id"
 
 # Every node but Event is MERGEd on its key only; what its key determines is set once, ON CREATE, and a readable
 # property is SET only when the event changes it (a SET of an unchanged value still costs FalkorDB a write).
 # {link} is how each one is tied to the event: CREATE for a new event, MERGE for one that may exist. A Process
 # the sink knows to be new (``process_new``, see as_lists) is left to CREATE_CYPHER.
+# {flow} says whether a row adds {count} events, from {first} to {last}, to its Host's COMMUNICATES relationship
+# with its NetworkEndpoint. A Host's time, env and rdns are those of its newest event, set once per batch
+# (host_newest) and never from an event older than the last one stored.
 _CONTEXT_CYPHER = """
+FOREACH (i IN CASE WHEN r.endpoint_id IS NULL THEN [] ELSE [1] END |
+    MERGE (ne:NetworkEndpoint {endpoint_id: r.endpoint_id})
+    ON CREATE SET ne.ip = r.dst_ip, ne.port = r.dst_port, ne.protocol = r.protocol
+    FOREACH (j IN CASE WHEN ne.protocol IS NULL AND r.protocol IS NOT NULL THEN [1] ELSE [] END |
+        SET ne.protocol = r.protocol)
+    {link} (e)-[:TO]->(ne))
 FOREACH (i IN CASE WHEN r.host_id IS NULL THEN [] ELSE [1] END |
     MERGE (h:Host {host_id: r.host_id})
+    ON CREATE SET h.id = r.host_id
     FOREACH (j IN CASE WHEN h.host_ip = r.host_ip AND h.hostname = r.hostname THEN [] ELSE [1] END |
         SET h.host_ip = coalesce(r.host_ip, h.host_ip), h.hostname = coalesce(r.hostname, h.hostname))
-    {link} (h)-[:GENERATED]->(e))
+    FOREACH (j IN CASE WHEN r.host_newest AND coalesce(h.last_seen < r.timestamp, true) THEN [1] ELSE [] END |
+        SET h.last_seen = r.timestamp, h.env = r.env, h.rdns = coalesce(r.rdns, h.rdns))
+    {link} (h)-[:GENERATED]->(e)
+    FOREACH (j IN CASE WHEN {flow} THEN [1] ELSE [] END |
+        MERGE (flow_to:NetworkEndpoint {endpoint_id: r.endpoint_id})
+        MERGE (h)-[f:COMMUNICATES]->(flow_to)
+        ON CREATE SET f.count = {count}, f.first_seen = {first}, f.last_seen = {last}
+        ON MATCH SET f.count = f.count + {count},
+            f.first_seen = CASE WHEN {first} < f.first_seen THEN {first} ELSE f.first_seen END,
+            f.last_seen = CASE WHEN {last} > f.last_seen THEN {last} ELSE f.last_seen END))
 FOREACH (i IN CASE WHEN r.user_key IS NULL THEN [] ELSE [1] END |
     MERGE (u:User {key: r.user_key})
     ON CREATE SET u.host_id = r.user_host_id, u.uid = r.uid
@@ -50,6 +83,14 @@ FOREACH (i IN CASE WHEN r.container_id IS NULL THEN [] ELSE [1] END |
     {link} (c)-[:GENERATED]->(e))
 """
 
+def _context(link: str, **flow: str) -> str:
+    """The context clauses, tying each node to the event with ``link`` and adding flows as ``flow`` says."""
+    text = _CONTEXT_CYPHER.replace("{link}", link)
+    for name, value in flow.items():
+        text = text.replace("{" + name + "}", value)
+    return text
+
+
 # For a batch of events none of which is stored yet (the common case): each Event is CREATEd with its
 # properties, and so are its relationships, and each Process not stored yet. One already stored fails the whole
 # statement on its unique constraint (``KeyConflict``), and nothing of it is written. Far cheaper than merging on
@@ -62,20 +103,22 @@ CREATE (e:Event {id: r.id, type: r.type, source: r.source, timestamp: r.timestam
 FOREACH (i IN CASE WHEN r.process_new THEN [1] ELSE [] END |
     CREATE (p:Process {key: r.process_key, host_id: r.host_id, pid: r.pid, source: r.source,
                        binary_sha256: r.binary_sha256})
-    CREATE (p)-[:EXECUTED]->(e))""" + _CONTEXT_CYPHER.replace("{link}", "CREATE") + """RETURN count(e) AS created
+    CREATE (p)-[:EXECUTED]->(e))""" + _context("CREATE", flow="r.flow_count > 0", count="r.flow_count",
+                                               first="r.flow_first", last="r.flow_last") + """RETURN count(e) AS created
 """
 
-# For any batch (a replay, or part of one): everything is MERGEd, so nothing is created twice. The OPTIONAL
-# MATCH before the MERGE tells which events are new (rows are unique by id, see build_rows). Rows must not
-# have process_new set (as_lists without stored processes).
+# For any batch (a replay, or part of one): everything is MERGEd, so nothing is created twice. An Event the
+# MERGE has just made has no timestamp yet (every stored one has): that tells which events are new, also against
+# a concurrent writer, whose Event the MERGE waits for under the unique constraint's lock. Only a new event adds
+# to a flow. Rows must not have process_new set (as_lists without stored processes).
 NAMED_MERGE_CYPHER = """
 UNWIND $rows AS r
-OPTIONAL MATCH (seen:Event {id: r.id})
-WITH r, seen IS NULL AS fresh
 MERGE (e:Event {id: r.id})
+WITH r, e, e.timestamp IS NULL AS fresh
 SET e.type = r.type, e.source = r.source, e.timestamp = r.timestamp, e.env = r.env,
     e.rdns = r.rdns, e.dst_rdns = r.dst_rdns, e.host_id = r.host_id, e.enriched_at = r.enriched_at
-""" + _CONTEXT_CYPHER.replace("{link}", "MERGE") + """RETURN sum(CASE WHEN fresh THEN 1 ELSE 0 END) AS created
+""" + _context("MERGE", flow="fresh AND r.endpoint_id IS NOT NULL", count="1", first="r.timestamp",
+               last="r.timestamp") + """RETURN sum(CASE WHEN fresh THEN 1 ELSE 0 END) AS created
 """
 
 # Which of a batch's Process keys the graph holds already (a read).

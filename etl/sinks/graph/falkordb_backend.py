@@ -43,7 +43,7 @@ from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
 from etl.sinks.base import connect_timeout_s, inner_timeout_s, request_timeout_s, time_left_s
 from etl.sinks.graph.backend import KeyConflict
-from etl.sinks.graph.cypher import COUNT_EVENTS_CYPHER, NODE_KEYS
+from etl.sinks.graph.cypher import COUNT_EVENTS_CYPHER, HOST_ID_MIGRATION_CYPHER, NODE_INDEXES, NODE_KEYS
 
 DEFAULT_FALKOR_PORT = 6379
 CONNECT_TIMEOUT_S = 5.0
@@ -163,15 +163,17 @@ class FalkorBackend:
         self._keys_enforced = False
 
     def ensure_schema(self) -> None:
-        """Create the missing range indexes, then the missing unique constraints (built asynchronously).
+        """Create the missing range indexes, then the missing unique constraints (built asynchronously), then give
+        Hosts stored by earlier versions their ``id``.
 
         Raises ``SinkUnavailable`` and ``SinkDataError`` (a constraint that FAILED: the graph has duplicates).
         """
         with _translated("create schema"):
             indexed = self._range_indexed()
-            for label, prop in NODE_KEYS:
+            for label, prop in (*NODE_KEYS, *NODE_INDEXES):
                 if (label, prop) not in indexed:
                     self._create_index(label, prop)
+            self._graph.query(HOST_ID_MIGRATION_CYPHER)
             status = self._constraint_status()
             for label, prop in NODE_KEYS:
                 if status.get((label, prop)) == _CONSTRAINT_FAILED:

@@ -40,7 +40,7 @@ from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
 from etl.runtime.metrics import GRAPH_WRITE_RERUNS
 from etl.sinks.base import connect_timeout_s, request_timeout_s
 from etl.sinks.graph.backend import KeyConflict
-from etl.sinks.graph.cypher import COUNT_EVENTS_CYPHER, NODE_KEYS
+from etl.sinks.graph.cypher import COUNT_EVENTS_CYPHER, HOST_ID_MIGRATION_CYPHER, NODE_INDEXES, NODE_KEYS
 
 CONNECT_TIMEOUT_S = 5.0
 # One attempt's share of the sink's budget: the rest is for the connection it waits for, or for attempts after it.
@@ -71,11 +71,15 @@ _CONFLICT_MESSAGE = "already exists"
 
 
 def constraint_statements() -> list[str]:
-    """The idempotent DDL: one named uniqueness constraint per key of ``NODE_KEYS``."""
+    """The idempotent DDL: one named uniqueness constraint per key of ``NODE_KEYS``, one named index per
+    ``NODE_INDEXES``."""
     return [
         f"CREATE CONSTRAINT {label.lower()}_{prop}_unique IF NOT EXISTS "
         f"FOR (n:{label}) REQUIRE n.{prop} IS UNIQUE"
         for label, prop in NODE_KEYS
+    ] + [
+        f"CREATE INDEX {label.lower()}_{prop}_index IF NOT EXISTS FOR (n:{label}) ON (n.{prop})"
+        for label, prop in NODE_INDEXES
     ]
 
 
@@ -235,12 +239,13 @@ class Neo4jBackend:
         return self._driver.session(connection_acquisition_timeout=min(self._acquisition_s, attempts.wait_s))
 
     def ensure_schema(self) -> None:
-        """Create the uniqueness constraints IF NOT EXISTS, one per transaction (schema and data never mix).
+        """Create the uniqueness constraints and indexes IF NOT EXISTS, one per transaction (schema and data never
+        mix), then give Hosts stored by earlier versions their ``id``.
 
         Raises ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
         """
         with _translated("create schema"), self._driver.session() as session:
-            for statement in constraint_statements():
+            for statement in [*constraint_statements(), HOST_ID_MIGRATION_CYPHER]:
                 session.execute_write(_run_statement, statement)
 
     def keys_enforced(self, deadline: float) -> bool:

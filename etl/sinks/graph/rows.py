@@ -14,9 +14,17 @@ and every MERGE matches on that key alone (other properties are SET afterwards):
 The parts of a computed key are joined with ``:`` after escaping ``%`` and ``:`` (as ``%25`` and ``%3A``), so
 two different tuples never share a key. Identifiers (host_id, uid, pid, container_id) are stored as strings.
 
+- ``NetworkEndpoint.endpoint_id``: ``"<ip>:<port>"`` of the peer a network event talks to (see
+  ``etl.sinks.graph.endpoints``).
+
 Only context the event carries becomes a node: no Host without host_id, no Container without container_id...
 A missing or empty value counts as absent. Readable properties of Host, User and Process keep their last
 non-null value, so an event lacking e.g. a hostname does not erase one learnt earlier.
+
+Some fields sum up the batch, so that a statement writes a hub node or relationship once per batch, not once per
+event: ``host_newest`` marks the row of each host's latest event (its time, env and rdns become the Host's), and
+the first row of each (host, endpoint) pair carries the pair's ``flow_count``, ``flow_first`` and ``flow_last``
+(0 and None on the pair's other rows).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from typing import Any
 
 from etl.errors import SinkDataError
 from etl.sinks.base import Event
+from etl.sinks.graph.endpoints import endpoint_of
 
 Row = dict[str, Any]
 
@@ -44,11 +53,14 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _EVENT_FIELDS = ("type", "source", "timestamp", "env", "rdns", "dst_rdns")
 _METADATA_FIELDS = ("host_id", "uid", "pid", "container_id", "host_ip", "hostname", "user", "binary_sha256",
                     "enriched_at")
+_ENDPOINT_FIELDS = ("endpoint_id", "dst_ip", "dst_port", "protocol")
+_BATCH_FIELDS = ("host_newest", "flow_count", "flow_first", "flow_last")
 # A row's fields, in the order build_row makes them.
-ROW_FIELDS = ("id", *_EVENT_FIELDS, *_METADATA_FIELDS, "user_host_id", "user_key", "process_key", "process_new")
+ROW_FIELDS = ("id", *_EVENT_FIELDS, *_METADATA_FIELDS, "user_host_id", "user_key", "process_key", *_ENDPOINT_FIELDS,
+              *_BATCH_FIELDS, "process_new")
 _PROCESS_NEW = ROW_FIELDS.index("process_new")
 # The row fields that are node keys (see NODE_KEYS).
-_KEY_FIELDS = ("id", "host_id", "container_id", "user_key", "process_key")
+_KEY_FIELDS = ("id", "host_id", "container_id", "user_key", "process_key", "endpoint_id")
 
 
 def _escape(part: str) -> str:
@@ -117,6 +129,10 @@ def build_row(event: Event) -> Row:
     meta = event.get("metadata") or {}
     if not isinstance(meta, dict):
         raise SinkDataError(f"event {event_id!r}: metadata must be an object")
+    timestamp = event.get("timestamp")
+    # Every stored Event has a timestamp: MERGE_CYPHER tells a new Event by its lack of one.
+    if type(timestamp) is not int and not (type(timestamp) is float and math.isfinite(timestamp)):
+        raise SinkDataError(f"event {event_id!r}: timestamp must be a number of milliseconds, got {timestamp!r:.64}")
     row: Row = {"id": event_id}
     # The common value, a short string without NUL, is checked inline: this runs for every field of every event.
     for f in _EVENT_FIELDS:
@@ -135,21 +151,55 @@ def build_row(event: Event) -> Row:
         row["user_key"] = compose_key("name", user) if user else None
         row["uid"] = None  # a uid without its host identifies nobody
     row["process_key"] = compose_key(host_id, pid, row["source"] or "") if host_id and pid else None
+    endpoint = endpoint_of(event)
+    if endpoint is None:
+        row.update(dict.fromkeys(_ENDPOINT_FIELDS))
+    else:
+        row["endpoint_id"], row["dst_ip"] = endpoint.endpoint_id, _scalar(event_id, "dst_ip", endpoint.ip)
+        row["dst_port"], row["protocol"] = endpoint.port, _scalar(event_id, "protocol", endpoint.protocol)
+    row.update(host_newest=False, flow_count=0, flow_first=None, flow_last=None)  # see build_rows
     row["process_new"] = False  # not known to be new; see as_lists
     _check_key_sizes(row)
     return row
 
 
 def build_rows(events: Sequence[Event]) -> list[Row]:
-    """Rows for a batch, one per event id (the last occurrence wins), in first-seen order.
+    """Rows for a batch, one per event id (the last occurrence wins), in first-seen order, with the batch's
+    sums: each host's newest row (``host_newest``) and each (host, endpoint) pair's flow on its first row.
 
     Raises ``SinkDataError`` as :func:`build_row` does.
     """
-    rows: dict[str, Row] = {}
+    by_id: dict[str, Row] = {}
     for event in events:
         row = build_row(event)
-        rows[row["id"]] = row
-    return list(rows.values())
+        by_id[row["id"]] = row
+    rows = list(by_id.values())
+    _sum_batch(rows)
+    return rows
+
+
+def _sum_batch(rows: list[Row]) -> None:
+    """Mark each host's newest row and put each (host, endpoint) pair's flow on the pair's first row."""
+    newest: dict[str, Row] = {}
+    flows: dict[tuple[str, str], Row] = {}
+    for row in rows:
+        host_id, timestamp = row["host_id"], row["timestamp"]
+        if host_id is None:
+            continue
+        latest = newest.get(host_id)
+        if latest is None or timestamp >= latest["timestamp"]:
+            newest[host_id] = row
+        if row["endpoint_id"] is None:
+            continue
+        first = flows.setdefault((host_id, row["endpoint_id"]), row)
+        if first is row:
+            row.update(flow_count=1, flow_first=timestamp, flow_last=timestamp)
+        else:
+            first["flow_count"] += 1
+            first["flow_first"] = min(first["flow_first"], timestamp)
+            first["flow_last"] = max(first["flow_last"], timestamp)
+    for row in newest.values():
+        row["host_newest"] = True
 
 
 def process_keys(rows: Sequence[Row]) -> list[str]:

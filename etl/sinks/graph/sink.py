@@ -37,10 +37,10 @@ def connect_backend(settings: Settings) -> GraphBackend:
 class GraphSink:
     """The ``Sink`` for the graph: Event, Host, User, Process and Container nodes per batch.
 
-    ``write`` returns the number of Event nodes it newly created (0 on a replay). On FalkorDB, which runs
-    writes one at a time, the count is exact; on Neo4j two transactions merging the same new event at once
-    may both count it. ``write`` or ``check`` before ``open`` opens the sink (so a server that was down at
-    start is picked up later); after ``close`` they raise ``SinkUnavailable`` until ``open`` is called again.
+    ``write`` returns the number of Event nodes it newly created (0 on a replay), exactly, also with concurrent
+    writers: those are what a flow's ``COMMUNICATES.count`` adds up (see ``etl.sinks.graph.cypher``). ``write`` or
+    ``check`` before ``open`` opens the sink (so a server that was down at start is picked up later); after
+    ``close`` they raise ``SinkUnavailable`` until ``open`` is called again.
     """
 
 
