@@ -112,7 +112,7 @@ class Settings:
     pg_port: int = setting("PG_PORT", 5432, v.positive_int, "PostgreSQL port")
     pg_db: str = setting("PG_DB", "aegisflux", v.text, "database")
     pg_user: str = setting("PG_USER", "postgres", v.text, "user")
-    pg_password: str = setting("PG_PASSWORD", "postgres", v.text, "secret", secret=True)
+    pg_password: str = setting("PG_PASSWORD", "password", v.text, "secret", secret=True)
     pg_table: str = setting("PG_TABLE", "events", v.identifier, "table name (an identifier)")
     pg_sslmode: str = setting(
         "PG_SSLMODE", "prefer", v.choice("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),

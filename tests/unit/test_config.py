@@ -16,6 +16,7 @@ def test_defaults() -> None:
     assert (s.max_batch_size, s.pg_db, s.af_env, s.fake_rdns, s.processing_timeout_s) == (500, "aegisflux", "dev",
                                                                                           False, 30)
     assert s.max_event_bytes == 1024 * 1024
+    assert (s.pg_user, s.pg_password) == ("postgres", "password")  # the original AegisFlux's defaults
 
 
 @pytest.mark.parametrize(("env", "message"), [
