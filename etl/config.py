@@ -137,10 +137,10 @@ class Settings:
     af_env: str = setting("AF_ENV", "dev", v.text, "the `env` added to every event")
     # Its default is "fake" when AF_FAKE_RDNS is true (see ``from_env``).
     rdns_mode: str = setting(
-        "RDNS_MODE", "off", v.choice(*RDNS_MODES), "reverse DNS of `rdns` and `dst_rdns`: `off` (null), `fake` "
-        "(`host-N.local`) or `ptr` (real PTR lookups, see Reverse DNS)")
+        "RDNS_MODE", "off", v.optional(v.choice(*RDNS_MODES)), "reverse DNS of `rdns` and `dst_rdns`: `off` "
+        "(null), `fake` (`host-N.local`) or `ptr` (real PTR lookups, see Reverse DNS)")
     fake_rdns: bool = setting("AF_FAKE_RDNS", False, v.boolean, "`true` means `RDNS_MODE=fake` when `RDNS_MODE` "
-                              "is not set (kept for compatibility)")
+                              "is not set or empty (kept for compatibility)")
     rdns_nameservers: tuple[tuple[str, int], ...] = setting(
         "RDNS_NAMESERVERS", (), v.parse_nameservers,
         "`ptr`: comma-separated nameserver addresses, each with an optional port (`10.0.0.53`, `127.0.0.1:5353`, "
@@ -236,8 +236,10 @@ class Settings:
             raw = environ.get(declared.var)
             if raw is not None:
                 values[f.name] = declared.parse(declared.var, raw)
-        # AF_FAKE_RDNS=true predates RDNS_MODE and still means fake; an explicit RDNS_MODE wins.
-        values.setdefault("rdns_mode", "fake" if values.get("fake_rdns") else "off")
+        # AF_FAKE_RDNS=true predates RDNS_MODE and still means fake; an explicit RDNS_MODE wins. An empty one is
+        # none: a compose file passes RDNS_MODE through only when set, and some Compose versions pass it empty.
+        if not values.get("rdns_mode"):
+            values["rdns_mode"] = "fake" if values.get("fake_rdns") else "off"
         settings = cls(**values)
         settings._check()
         return settings

@@ -56,6 +56,8 @@ def test_to_env_round_trips() -> None:
     ({"RDNS_MODE": "PTR"}, "ptr"),
     ({"RDNS_MODE": "off", "AF_FAKE_RDNS": "true"}, "off"),
     ({"RDNS_MODE": "ptr", "AF_FAKE_RDNS": "true"}, "ptr"),
+    ({"RDNS_MODE": "", "AF_FAKE_RDNS": "true"}, "fake"),
+    ({"RDNS_MODE": ""}, "off"),
 ])
 def test_rdns_mode_with_af_fake_rdns_for_compatibility(env: dict[str, str], mode: str) -> None:
     s = Settings.from_env(env)
