@@ -112,7 +112,7 @@ class Settings:
     pg_port: int = setting("PG_PORT", 5432, v.positive_int, "PostgreSQL port")
     pg_db: str = setting("PG_DB", "aegisflux", v.text, "database")
     pg_user: str = setting("PG_USER", "postgres", v.text, "user")
-    pg_password: str = setting("PG_PASSWORD", "postgres", v.text, "secret", secret=True)
+    pg_password: str = setting("PG_PASSWORD", "password", v.text, "secret", secret=True)
     pg_table: str = setting("PG_TABLE", "events", v.identifier, "table name (an identifier)")
     pg_sslmode: str = setting(
         "PG_SSLMODE", "prefer", v.choice("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
@@ -137,10 +137,10 @@ class Settings:
     af_env: str = setting("AF_ENV", "dev", v.text, "the `env` added to every event")
     # Its default is "fake" when AF_FAKE_RDNS is true (see ``from_env``).
     rdns_mode: str = setting(
-        "RDNS_MODE", "off", v.choice(*RDNS_MODES), "reverse DNS of `rdns` and `dst_rdns`: `off` (null), `fake` "
-        "(`host-N.local`) or `ptr` (real PTR lookups, see Reverse DNS)")
+        "RDNS_MODE", "off", v.optional(v.choice(*RDNS_MODES)), "reverse DNS of `rdns` and `dst_rdns`: `off` "
+        "(null), `fake` (`host-N.local`) or `ptr` (real PTR lookups, see Reverse DNS)")
     fake_rdns: bool = setting("AF_FAKE_RDNS", False, v.boolean, "`true` means `RDNS_MODE=fake` when `RDNS_MODE` "
-                              "is not set (kept for compatibility)")
+                              "is not set or empty (kept for compatibility)")
     rdns_nameservers: tuple[tuple[str, int], ...] = setting(
         "RDNS_NAMESERVERS", (), v.parse_nameservers,
         "`ptr`: comma-separated nameserver addresses, each with an optional port (`10.0.0.53`, `127.0.0.1:5353`, "
@@ -236,8 +236,10 @@ class Settings:
             raw = environ.get(declared.var)
             if raw is not None:
                 values[f.name] = declared.parse(declared.var, raw)
-        # AF_FAKE_RDNS=true predates RDNS_MODE and still means fake; an explicit RDNS_MODE wins.
-        values.setdefault("rdns_mode", "fake" if values.get("fake_rdns") else "off")
+        # AF_FAKE_RDNS=true predates RDNS_MODE and still means fake; an explicit RDNS_MODE wins. An empty one is
+        # none: a compose file passes RDNS_MODE through only when set, and some Compose versions pass it empty.
+        if not values.get("rdns_mode"):
+            values["rdns_mode"] = "fake" if values.get("fake_rdns") else "off"
         settings = cls(**values)
         settings._check()
         return settings

@@ -16,6 +16,7 @@ def test_defaults() -> None:
     assert (s.max_batch_size, s.pg_db, s.af_env, s.fake_rdns, s.processing_timeout_s) == (500, "aegisflux", "dev",
                                                                                           False, 30)
     assert s.max_event_bytes == 1024 * 1024
+    assert (s.pg_user, s.pg_password) == ("postgres", "password")  # the original AegisFlux's defaults
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -55,6 +56,8 @@ def test_to_env_round_trips() -> None:
     ({"RDNS_MODE": "PTR"}, "ptr"),
     ({"RDNS_MODE": "off", "AF_FAKE_RDNS": "true"}, "off"),
     ({"RDNS_MODE": "ptr", "AF_FAKE_RDNS": "true"}, "ptr"),
+    ({"RDNS_MODE": "", "AF_FAKE_RDNS": "true"}, "fake"),
+    ({"RDNS_MODE": ""}, "off"),
 ])
 def test_rdns_mode_with_af_fake_rdns_for_compatibility(env: dict[str, str], mode: str) -> None:
     s = Settings.from_env(env)

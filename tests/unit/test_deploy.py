@@ -83,7 +83,9 @@ def resolve(value: Any) -> str:
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
-    return {key: resolve(value) for key, value in (service.get("environment") or {}).items()}
+    """A service's environment as its container gets it when no variable is set: a key without a value (passed
+    through only when set) is left out."""
+    return {key: resolve(value) for key, value in (service.get("environment") or {}).items() if value is not None}
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -214,7 +216,8 @@ def test_our_services_set_only_variables_our_processes_read_and_valid_values() -
         raw = service.get("environment") or {}
         unknown = {k for k in raw if k not in ENV_VARS and not k.startswith(DRAMATIQ_VAR_PREFIX)}
         assert not unknown, f"{name} sets variables no settings read: {unknown}"
-        assert all(isinstance(v, str) for v in raw.values()), f"{name}: quote values, YAML would retype them"
+        assert all(isinstance(v, str) or v is None for v in raw.values()), \
+            f"{name}: quote values, YAML would retype them (a key alone passes the variable through when set)"
         Settings.from_env(environment(service))  # raises ConfigError on a bad value
         if what in BY_NAME:
             dramatiq_command(what, environment(service))
@@ -234,11 +237,16 @@ def strings(node: Any) -> Iterator[str]:
 
 
 def compose_variables() -> dict[str, set[str | None]]:
-    """Each variable the compose file interpolates -> its defaults (None where it has none)."""
+    """Each variable the compose file interpolates or passes through (a key alone) -> its defaults (None where it
+    has none)."""
     found: dict[str, set[str | None]] = {}
     for m in (m for text in strings(compose()) for m in _INTERPOLATION.finditer(text)):
         name = m["braced"] or m["bare"]
         found.setdefault(name, set()).add(m["arg"] if m["op"] in (":-", "-") else None)
+    for service in compose()["services"].values():
+        for name, value in (service.get("environment") or {}).items():
+            if value is None:
+                found.setdefault(name, set()).add(None)
     return found
 
 
