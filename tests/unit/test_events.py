@@ -24,6 +24,18 @@ def event(**overrides: object) -> dict[str, object]:
     return {k: v for k, v in base.items() if v is not ...}
 
 
+# As the ingest publishes what the gRPC sender gives it (see docs/pipeline.md): Go's encoding/json of the protobuf
+# Event, fields in its order, metadata values all strings, the payload base64 of the base64 of the JSON args.
+INGEST_ARGS = {"argv": ["/usr/bin/curl", "-s", "https://example.com"], "ppid": 1}
+INGEST: dict[str, object] = {
+    "id": "ev-7f3a", "type": "process_exec", "source": "/usr/bin/curl", "timestamp": 1704110400123,
+    "metadata": {"host_id": "host-001", "pid": "4242", "uid": "1000", "container_id": "c0ffee",
+                 "binary_sha256": "ab" * 32, "context_tags": "[dev web]", "context_kernel": "6.6"},
+    "payload": base64.b64encode(base64.b64encode(orjson.dumps(INGEST_ARGS))).decode(),
+}
+EMPTY_VALUES: dict[str, object] = {"type": "", "source": "", "metadata": {}}
+
+
 def parse(obj: object, max_bytes: int = MAX) -> dict[str, object]:
     return parse_event(orjson.dumps(obj), max_bytes=max_bytes)
 
@@ -70,10 +82,26 @@ def test_opaque_payload_has_no_args_and_keeps_its_bytes() -> None:
     assert orjson.loads(payload_bytes(parse(event(payload=ARGS))) or b"") == ARGS
 
 
-def test_missing_metadata_and_payload_are_fine() -> None:
-    parsed = parse(event(metadata=..., payload=...))
+def test_an_event_as_the_ingest_sends_it() -> None:
+    assert parse(INGEST) == {**INGEST, "args": INGEST_ARGS}
+
+
+@pytest.mark.parametrize("omitted", [("type",), ("source",), ("metadata",), ("payload",),
+                                     ("type", "source", "metadata", "payload")])
+def test_a_field_the_ingest_leaves_out_means_its_empty_value(omitted: tuple[str, ...]) -> None:
+    sent = {k: v for k, v in INGEST.items() if k not in omitted}
+    expected = {**sent, **{k: EMPTY_VALUES[k] for k in omitted if k in EMPTY_VALUES}}
+    if "payload" not in omitted:
+        expected["args"] = INGEST_ARGS
+    parsed = parse(sent)
+    assert parsed == expected
+    assert payload_bytes(parsed) == (None if "payload" in omitted else base64.b64decode(str(INGEST["payload"])))
+
+
+def test_null_metadata_and_payload_mean_none() -> None:
+    parsed = parse(event(metadata=None, payload=None))
     assert parsed["metadata"] == {}
-    assert "args" not in parsed
+    assert "args" not in parsed and payload_bytes(parsed) is None
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -94,8 +122,10 @@ def test_non_objects_are_rejected(raw: bytes, expected: str) -> None:
     ({"id": 7}, "field 'id' must be a non-empty string, got integer"),
     ({"id": "a\nb"}, "field 'id' contains a control character"),
     ({"id": "x" * 600}, "over the limit of 512"),
-    ({"type": ...}, "missing required field 'type'"),
+    ({"type": None}, "field 'type' must be a string, got null"),
+    ({"type": ["exec"]}, "field 'type' must be a string, got array"),
     ({"source": None}, "field 'source' must be a string, got null"),
+    ({"source": 7}, "field 'source' must be a string, got integer"),
     ({"timestamp": ...}, "missing required field 'timestamp'"),
     ({"timestamp": 1.5}, "must be integer Unix milliseconds or an ISO-8601 string, got number"),
     ({"timestamp": True}, "got boolean"),
