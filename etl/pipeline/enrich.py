@@ -11,7 +11,7 @@ from etl.rdns.strategies import Resolver
 Event = dict[str, Any]
 
 # Bump whenever what enrichment adds, or how, changes: stored events say which logic produced them.
-ENRICHMENT_VERSION = "2"
+ENRICHMENT_VERSION = "3"
 # Where a network event's decoded payload (``args``) names the peer, in order of preference.
 DESTINATION_KEYS = ("dst_ip", "remote_ip")
 
@@ -46,12 +46,17 @@ def format_time(now: datetime) -> str:
 
 
 def enrich(event: Event, *, env: str, rdns: str | None, enriched_at: str, dst_rdns: str | None = None) -> Event:
-    """A new event: every field of ``event`` plus ``env``, ``rdns``, ``dst_rdns`` and the enrichment metadata."""
+    """A new event: every field of ``event`` plus ``env``, ``rdns``, ``dst_rdns``, the enrichment metadata and a
+    top-level ``host_id`` (``metadata.host_id`` as a string, ``None`` when absent or empty; the correlator reads
+    it there). These replace fields of the same name in ``event``."""
+    metadata = event["metadata"]
+    host_id = metadata.get("host_id")
     out = dict(event)
     out["env"] = env
     out["rdns"] = rdns
     out["dst_rdns"] = dst_rdns
-    out["metadata"] = {**event["metadata"], "enriched_at": enriched_at, "enrichment_version": ENRICHMENT_VERSION}
+    out["host_id"] = None if host_id is None or host_id == "" else str(host_id)
+    out["metadata"] = {**metadata, "enriched_at": enriched_at, "enrichment_version": ENRICHMENT_VERSION}
     return out
 
 

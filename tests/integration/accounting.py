@@ -155,6 +155,7 @@ def check_enriched_stream(settings: Settings, by_id: dict[str, dict[str, Any]], 
     for event, headers in messages:
         source = by_id[event["id"]]
         assert event["env"] == "test" and event["rdns"] == fake_name(source["metadata"]["host_ip"])
+        assert event["host_id"] == source["metadata"]["host_id"]
         assert event["dst_rdns"] == fake_peer_name(source)
         assert ISO_MS.match(event["metadata"]["enriched_at"])
         assert event["args"] and event["payload"] == source["payload"]

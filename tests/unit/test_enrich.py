@@ -53,6 +53,18 @@ def test_enrich_keeps_every_field_and_adds_the_enrichment() -> None:
                                   "enrichment_version": ENRICHMENT_VERSION}
     assert out[1]["rdns"] is None
     assert events[0]["metadata"] == {"host_ip": "10.0.0.9"}, "input must not be mutated"
+    assert set(out[1]) == {"id", "type", "source", "timestamp", "metadata", "env", "rdns", "dst_rdns", "host_id"}
+
+
+@pytest.mark.parametrize(("metadata", "host_id"), [
+    ({"host_id": "host-001"}, "host-001"), ({"host_id": 42}, "42"), ({"host_id": ""}, None), ({}, None),
+])
+def test_host_id_is_lifted_to_the_top_as_a_string(metadata: dict[str, object], host_id: str | None) -> None:
+    events = [{"id": "a", "host_id": "sent by the agent", "metadata": metadata}]
+    out = enrich_batch(events, env="prod", resolver=OffResolver(), now=NOW)
+    assert out[0]["host_id"] == host_id
+    assert out[0]["metadata"].get("host_id") == metadata.get("host_id"), "metadata keeps it as it was"
+    assert events[0]["host_id"] == "sent by the agent"
 
 
 def test_rdns_off_gives_null() -> None:
@@ -112,8 +124,8 @@ def test_fake_mode_names_the_destination_too_and_off_nulls_it() -> None:
     assert enrich_batch(events, env="dev", resolver=OffResolver(), now=NOW)[0]["dst_rdns"] is None
 
 
-def test_enrichment_version_changed_with_dst_rdns() -> None:
-    assert ENRICHMENT_VERSION == "2"
+def test_enrichment_version_changed_with_host_id_and_context() -> None:
+    assert ENRICHMENT_VERSION == "3"
 
 
 @pytest.mark.parametrize(("mode", "kind"), [("off", OffResolver), ("fake", FakeResolver), ("ptr", PtrResolver)])
