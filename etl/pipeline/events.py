@@ -11,6 +11,8 @@ means its empty value. A valid event is a JSON object with:
 - ``metadata`` (absent or null: ``{}``): an object whose values are strings or numbers;
 - ``payload`` (absent or null: none): base64 of bytes, or a JSON object. When the bytes (or the bytes of a
   base64 string inside them) are a JSON object, that object is exposed as ``args``;
+- ``context`` (absent or null: none): an object, the agent's own context, which enrichment extends (see
+  ``etl.pipeline.enrich``); anything else is rejected rather than overwritten;
 - no deeper nesting than ``MAX_NESTING_DEPTH`` levels.
 
 Unknown top-level fields and unknown metadata keys are kept as they are.
@@ -70,6 +72,9 @@ def parse_event(raw: bytes, *, max_bytes: int) -> Event:
             raise BadEvent(f"field '{name}' must be a string, got {_type_name(event[name])}")
     event["timestamp"] = _timestamp_ms(event)
     event["metadata"] = _metadata(event.get("metadata"))
+    context = event.get("context")
+    if context is not None and not isinstance(context, dict):
+        raise BadEvent(f"field 'context' must be an object, got {_type_name(context)}")
     args = _payload_args(event.get("payload"))
     if args is not None:
         event["args"] = args

@@ -98,6 +98,12 @@ def test_a_field_the_ingest_leaves_out_means_its_empty_value(omitted: tuple[str,
     assert payload_bytes(parsed) == (None if "payload" in omitted else base64.b64decode(str(INGEST["payload"])))
 
 
+def test_an_agents_context_object_is_kept_as_sent_and_null_means_none() -> None:
+    assert parse(event(context={"tags": ["dev", "web"], "team": "x"}))["context"] == {"tags": ["dev", "web"],
+                                                                                     "team": "x"}
+    assert parse(event(context=None))["context"] is None
+
+
 def test_null_metadata_and_payload_mean_none() -> None:
     parsed = parse(event(metadata=None, payload=None))
     assert parsed["metadata"] == {}
@@ -137,6 +143,8 @@ def test_non_objects_are_rejected(raw: bytes, expected: str) -> None:
     ({"metadata": {"pid": [1]}}, "metadata['pid'] must be a string or a number, got array"),
     ({"metadata": {"ok": True}}, "metadata['ok'] must be a string or a number, got boolean"),
     ({"payload": 12}, "field 'payload' must be a base64 string or a JSON object, got integer"),
+    ({"context": "dev"}, "field 'context' must be an object, got string"),
+    ({"context": ["dev", "web"]}, "field 'context' must be an object, got array"),
     ({"payload": "!!not base64!!"}, "field 'payload' is not valid base64"),
 ])
 def test_contract_violations_have_precise_reasons(overrides: dict[str, object], expected: str) -> None:
