@@ -9,6 +9,7 @@ import pytest
 
 from etl.errors import BadEvent
 from etl.pipeline.events import parse_event, payload_bytes
+from tests.producers import GRPC_ARGS, OMISSIBLE, VISIBILITY_ARGS, grpc_event, visibility_event, without
 
 MAX = 1024 * 1024
 ARGS = {"dst_ip": "203.0.113.10", "dst_port": 443}
@@ -22,18 +23,6 @@ def event(**overrides: object) -> dict[str, object]:
     }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not ...}
-
-
-# As the ingest publishes what the gRPC sender gives it (see docs/pipeline.md): Go's encoding/json of the protobuf
-# Event, fields in its order, metadata values all strings, the payload base64 of the base64 of the JSON args.
-INGEST_ARGS = {"argv": ["/usr/bin/curl", "-s", "https://example.com"], "ppid": 1}
-INGEST: dict[str, object] = {
-    "id": "ev-7f3a", "type": "process_exec", "source": "/usr/bin/curl", "timestamp": 1704110400123,
-    "metadata": {"host_id": "host-001", "pid": "4242", "uid": "1000", "container_id": "c0ffee",
-                 "binary_sha256": "ab" * 32, "context_tags": "[dev web]", "context_kernel": "6.6"},
-    "payload": base64.b64encode(base64.b64encode(orjson.dumps(INGEST_ARGS))).decode(),
-}
-EMPTY_VALUES: dict[str, object] = {"type": "", "source": "", "metadata": {}}
 
 
 def parse(obj: object, max_bytes: int = MAX) -> dict[str, object]:
@@ -82,20 +71,20 @@ def test_opaque_payload_has_no_args_and_keeps_its_bytes() -> None:
     assert orjson.loads(payload_bytes(parse(event(payload=ARGS))) or b"") == ARGS
 
 
-def test_an_event_as_the_ingest_sends_it() -> None:
-    assert parse(INGEST) == {**INGEST, "args": INGEST_ARGS}
+def test_events_as_each_producer_sends_them() -> None:
+    assert parse(grpc_event()) == {**grpc_event(), "args": GRPC_ARGS}
+    assert parse(visibility_event()) == {**visibility_event(), "args": VISIBILITY_ARGS}
 
 
-@pytest.mark.parametrize("omitted", [("type",), ("source",), ("metadata",), ("payload",),
-                                     ("type", "source", "metadata", "payload")])
+@pytest.mark.parametrize("omitted", [(name,) for name in OMISSIBLE] + [tuple(OMISSIBLE)])
 def test_a_field_the_ingest_leaves_out_means_its_empty_value(omitted: tuple[str, ...]) -> None:
-    sent = {k: v for k, v in INGEST.items() if k not in omitted}
-    expected = {**sent, **{k: EMPTY_VALUES[k] for k in omitted if k in EMPTY_VALUES}}
+    sent = without(grpc_event(), *omitted)
+    expected = {**sent, **{k: OMISSIBLE[k] for k in omitted if k != "payload"}}
     if "payload" not in omitted:
-        expected["args"] = INGEST_ARGS
+        expected["args"] = GRPC_ARGS
     parsed = parse(sent)
     assert parsed == expected
-    assert payload_bytes(parsed) == (None if "payload" in omitted else base64.b64decode(str(INGEST["payload"])))
+    assert payload_bytes(parsed) == (None if "payload" in omitted else base64.b64decode(sent["payload"]))
 
 
 def test_an_agents_context_object_is_kept_as_sent_and_null_means_none() -> None:
