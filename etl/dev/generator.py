@@ -24,7 +24,7 @@ MALFORMED = (
     '["an", "array", {seq}]',
     '{{"id": "", "type": "process", "source": "/bin/sh", "timestamp": {seq}}}',
     '{{"id": "bad-ts-{seq}", "type": "process", "source": "/bin/sh", "timestamp": "yesterday"}}',
-    '{{"id": "no-source-{seq}", "type": "file", "timestamp": 1704110400000}}',
+    '{{"id": "null-source-{seq}", "type": "file", "source": null, "timestamp": 1704110400000}}',
     "\udcff\udcfe invalid utf-8 #{seq}",
 )
 

@@ -1,4 +1,11 @@
-"""Pure enrichment: validated events in, enriched events out. No I/O and no clock: the caller passes ``now``."""
+"""Pure enrichment: validated events in, enriched events out. No I/O and no clock: the caller passes ``now``.
+
+The correlator reads an event's context from a ``context`` object (its rules match its keys, and it reads
+``context.tags`` as a string). The ingest's gRPC sender flattens the agent's context into metadata as
+``context_<key>``, so enrichment rebuilds the object: the agent's own ``context`` object if it sent one, every
+``metadata.context_<key>`` as ``<key>`` (the value as sent), then ``env``, ``rdns`` and ``dst_rdns``; on a clash
+the later wins.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,9 @@ from etl.rdns.strategies import Resolver
 Event = dict[str, Any]
 
 # Bump whenever what enrichment adds, or how, changes: stored events say which logic produced them.
-ENRICHMENT_VERSION = "2"
+ENRICHMENT_VERSION = "3"
+# Metadata keys ``context_<key>`` are the agent's context, flattened by the ingest's gRPC sender.
+CONTEXT_PREFIX = "context_"
 # Where a network event's decoded payload (``args``) names the peer, in order of preference.
 DESTINATION_KEYS = ("dst_ip", "remote_ip")
 
@@ -46,12 +55,27 @@ def format_time(now: datetime) -> str:
 
 
 def enrich(event: Event, *, env: str, rdns: str | None, enriched_at: str, dst_rdns: str | None = None) -> Event:
-    """A new event: every field of ``event`` plus ``env``, ``rdns``, ``dst_rdns`` and the enrichment metadata."""
+    """A new event: every field of ``event`` plus ``env``, ``rdns``, ``dst_rdns``, the enrichment metadata, a
+    top-level ``host_id`` (``metadata.host_id`` as a string, ``None`` when absent or empty; the correlator reads
+    it there) and ``context`` (see the module's docstring). These replace fields of the same name in ``event``;
+    ``event`` and its dicts are not changed."""
+    metadata = event["metadata"]
+    host_id = metadata.get("host_id")
+    incoming = event.get("context")
+    context: dict[str, Any] = dict(incoming) if incoming else {}
+    for key, value in metadata.items():  # one pass: this runs for every event
+        if key.startswith(CONTEXT_PREFIX):
+            context[key[len(CONTEXT_PREFIX):]] = value
+    context["env"] = env
+    context["rdns"] = rdns
+    context["dst_rdns"] = dst_rdns
     out = dict(event)
     out["env"] = env
     out["rdns"] = rdns
     out["dst_rdns"] = dst_rdns
-    out["metadata"] = {**event["metadata"], "enriched_at": enriched_at, "enrichment_version": ENRICHMENT_VERSION}
+    out["host_id"] = None if host_id is None or host_id == "" else str(host_id)
+    out["context"] = context
+    out["metadata"] = {**metadata, "enriched_at": enriched_at, "enrichment_version": ENRICHMENT_VERSION}
     return out
 
 

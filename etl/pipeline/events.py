@@ -1,15 +1,19 @@
 """The event contract: raw bytes from ``events.raw`` -> a validated event dict, or ``BadEvent`` with a reason.
 
-This module is the only place that knows what a valid event is. A valid event is a JSON object with:
+This module is the only place that knows what a valid event is. The ingest writes protobuf as JSON with Go's
+``omitempty``, so an empty field is left out: every field but ``id`` and ``timestamp`` may be absent, and then
+means its empty value. A valid event is a JSON object with:
 
 - ``id``: a non-empty string of at most ``MAX_ID_CHARS`` characters with no control characters (it becomes a
   NATS header and a primary key, so line breaks and the like cannot be carried);
-- ``type`` and ``source``: strings;
 - ``timestamp``: integer Unix milliseconds, or an ISO-8601 string with a zone (normalised to milliseconds);
-- ``metadata`` (optional): an object whose values are strings or numbers;
-- no deeper nesting than ``MAX_NESTING_DEPTH`` levels;
-- ``payload`` (optional): base64 of bytes, or a JSON object. When the bytes (or the bytes of a base64 string
-  inside them) are a JSON object, that object is exposed as ``args``.
+- ``type`` and ``source`` (absent: ``""``, which the parsed event then holds): strings, not null;
+- ``metadata`` (absent or null: ``{}``): an object whose values are strings or numbers;
+- ``payload`` (absent or null: none): base64 of bytes, or a JSON object. When the bytes (or the bytes of a
+  base64 string inside them) are a JSON object, that object is exposed as ``args``;
+- ``context`` (absent or null: none): an object, the agent's own context, which enrichment extends (see
+  ``etl.pipeline.enrich``); anything else is rejected rather than overwritten;
+- no deeper nesting than ``MAX_NESTING_DEPTH`` levels.
 
 Unknown top-level fields and unknown metadata keys are kept as they are.
 """
@@ -46,7 +50,8 @@ def _type_name(value: object) -> str:
 
 
 def parse_event(raw: bytes, *, max_bytes: int) -> Event:
-    """Validate one raw event. Returns the event dict, normalised; raises ``BadEvent`` with a precise reason.
+    """Validate one raw event. Returns the event dict, normalised (``timestamp`` in ms, an absent ``type`` or
+    ``source`` as ``""``, ``metadata`` as ``{}``); raises ``BadEvent`` with a precise reason.
 
     ``max_bytes`` is checked before any parsing, so an oversized event costs nothing to reject.
     """
@@ -62,11 +67,14 @@ def parse_event(raw: bytes, *, max_bytes: int) -> Event:
     _check_id(event)
     for name in ("type", "source"):
         if name not in event:
-            raise BadEvent(f"missing required field '{name}'")
-        if not isinstance(event[name], str):
+            event[name] = ""  # omitted by the ingest because it was empty
+        elif not isinstance(event[name], str):
             raise BadEvent(f"field '{name}' must be a string, got {_type_name(event[name])}")
     event["timestamp"] = _timestamp_ms(event)
     event["metadata"] = _metadata(event.get("metadata"))
+    context = event.get("context")
+    if context is not None and not isinstance(context, dict):
+        raise BadEvent(f"field 'context' must be an object, got {_type_name(context)}")
     args = _payload_args(event.get("payload"))
     if args is not None:
         event["args"] = args

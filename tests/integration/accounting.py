@@ -34,7 +34,7 @@ PUBLISH_CHUNK = 500
 ENRICHED_FETCH = 500
 ENRICHED_IDLE_S = 1.0
 ENRICH_REASONS = ("not valid JSON", "over the limit MAX_EVENT_BYTES", "must be a JSON object",
-                  "field 'type' must be a string", "missing required field 'source'")
+                  "field 'type' must be a string", "field 'source' must be a string")
 
 EnrichedMessage = tuple[dict[str, Any], dict[str, str]]
 
@@ -155,6 +155,7 @@ def check_enriched_stream(settings: Settings, by_id: dict[str, dict[str, Any]], 
     for event, headers in messages:
         source = by_id[event["id"]]
         assert event["env"] == "test" and event["rdns"] == fake_name(source["metadata"]["host_ip"])
+        assert event["host_id"] == source["metadata"]["host_id"]
         assert event["dst_rdns"] == fake_peer_name(source)
         assert ISO_MS.match(event["metadata"]["enriched_at"])
         assert event["args"] and event["payload"] == source["payload"]
@@ -219,5 +220,5 @@ def check_accounting(settings: Settings, events: Events, *, reasons: tuple[str, 
 
 
 # Reasons among the generator's malformed events (see ``etl.dev.generator.MALFORMED``).
-GENERATED_REASONS = ("not valid JSON", "must be a JSON object", "missing required field 'source'",
+GENERATED_REASONS = ("not valid JSON", "must be a JSON object", "field 'source' must be a string, got null",
                      "field 'id' must be a non-empty string", "field 'timestamp' is not an ISO-8601 time")

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 import orjson
+import psycopg2
 import pytest
 
 from etl.config import Settings
@@ -18,6 +19,7 @@ from etl.dev.generator import generate
 from etl.dev.supervisor import Pipeline
 from etl.ops import report
 from etl.pipeline.dlq import DeadLetterStore
+from tests.graphs import open_probe
 from tests.integration.accounting import (
     by_id,
     check_dead_letters,
@@ -26,6 +28,7 @@ from tests.integration.accounting import (
     check_postgres,
     publish_all,
 )
+from tests.producers import OMISSIBLE, grpc_event, without
 from tests.waiting import wait_for
 
 VALID = 2000
@@ -80,6 +83,35 @@ def test_every_event_is_stored_merged_published_or_dead_lettered(settings: Setti
     check_graph(settings, expected)
     check_enriched_stream(settings, expected)
     check_dead_letters(settings, bad)
+
+
+def test_events_without_their_empty_fields_are_stored_not_dead_lettered(settings: Settings,
+                                                                       pipeline: Pipeline) -> None:
+    """The ingest leaves an empty type, source, metadata or payload out of its JSON: such events, each field left
+    out alone and all at once, reach PostgreSQL, the graph and events.enriched, and none is dead-lettered."""
+    events = [without(grpc_event(), name, event_id=f"no-{name}") for name in OMISSIBLE]
+    events.append(without(grpc_event(), *OMISSIBLE, event_id="bare"))
+    asyncio.run(publish_all(settings, [orjson.dumps(e) for e in events]))
+
+    counts = wait_for(settled(settings, len(events), 0), timeout_s=60,
+                      describe=lambda: f"{report.collect(settings)} alive={pipeline.alive()}")
+    assert not any(counts.dead_lettered.values()), counts.dead_lettered
+    conn = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, dbname=settings.pg_db, user="postgres")
+    with conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id, type, source, host_id, metadata ? 'pid', payload IS NULL FROM {settings.pg_table}")
+        rows = {r[0]: r[1:] for r in cur.fetchall()}
+    conn.close()
+    full = ("process_exec", "/usr/bin/curl", "host-001", True, False)
+    assert rows == {"no-type": ("", *full[1:]), "no-source": (full[0], "", *full[2:]),
+                    "no-metadata": (*full[:2], None, False, False), "no-payload": (*full[:4], True),
+                    "bare": ("", "", None, False, True)}
+    probe = open_probe(settings)
+    try:
+        nodes = probe.rows("MATCH (e:Event) OPTIONAL MATCH (h:Host)-[:GENERATED]->(e) "
+                           "RETURN e.id, e.type, e.source, h.host_id")
+    finally:
+        probe.close()
+    assert {r[0]: tuple(r[1:]) for r in nodes} == {k: (*v[:3],) for k, v in rows.items()}
 
 
 def test_a_poison_event_is_isolated_and_only_it_is_dead_lettered(settings: Settings, pipeline: Pipeline) -> None:

@@ -277,7 +277,7 @@ def malformed_with_reasons(count: int, rng: random.Random) -> list[tuple[bytes, 
         lambda i: (base % i + b', "payload": 12}', "field 'payload' must be a base64 string"),
         lambda i: (base % i + b', "payload": "%%%%not base64"}', "field 'payload' is not valid base64"),
         lambda i: (b'{"type": "t", "source": "s", "timestamp": %d}' % i, "missing required field 'id'"),
-        lambda i: (b'{"id": "bad-%d", "type": "t", "timestamp": 1}' % i, "missing required field 'source'"),
+        lambda i: (b'{"id": "bad-%d", "type": "t", "source": "s"}' % i, "missing required field 'timestamp'"),
         lambda i: (b'"just a string %d"' % i, "must be a JSON object"),
     ]
     return [kinds[i % len(kinds)](i) for i in range(count)]

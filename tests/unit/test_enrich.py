@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 
@@ -53,6 +54,45 @@ def test_enrich_keeps_every_field_and_adds_the_enrichment() -> None:
                                   "enrichment_version": ENRICHMENT_VERSION}
     assert out[1]["rdns"] is None
     assert events[0]["metadata"] == {"host_ip": "10.0.0.9"}, "input must not be mutated"
+    assert set(out[1]) == {"id", "type", "source", "timestamp", "metadata", "env", "rdns", "dst_rdns", "host_id",
+                           "context"}
+
+
+@pytest.mark.parametrize(("metadata", "host_id"), [
+    ({"host_id": "host-001"}, "host-001"), ({"host_id": 42}, "42"), ({"host_id": ""}, None), ({}, None),
+])
+def test_host_id_is_lifted_to_the_top_as_a_string(metadata: dict[str, object], host_id: str | None) -> None:
+    events = [{"id": "a", "host_id": "sent by the agent", "metadata": metadata}]
+    out = enrich_batch(events, env="prod", resolver=OffResolver(), now=NOW)
+    assert out[0]["host_id"] == host_id
+    assert out[0]["metadata"].get("host_id") == metadata.get("host_id"), "metadata keeps it as it was"
+    assert events[0]["host_id"] == "sent by the agent"
+
+
+def test_context_gathers_the_flattened_agent_context_and_the_enrichment() -> None:
+    metadata = {"host_id": "h1", "host_ip": "10.0.0.9", "context_tags": "[dev web]", "context_kernel": "6.6",
+                "context_seq": 7, "pid": "42", "contextual": "not a context key"}
+    events = [{"id": "a", "args": {"dst_ip": "203.0.113.10"}, "metadata": metadata}]
+    out = enrich_batch(events, env="prod", resolver=FakeResolver(), now=NOW)[0]
+    assert out["context"] == {"tags": "[dev web]", "kernel": "6.6", "seq": 7, "env": "prod",
+                              "rdns": "host-9.local", "dst_rdns": "host-10.local"}
+    assert (out["env"], out["rdns"], out["dst_rdns"]) == ("prod", "host-9.local", "host-10.local")
+    assert out["metadata"]["context_tags"] == "[dev web]", "metadata keeps the flattened keys"
+
+
+def test_context_without_any_is_the_enrichment_alone() -> None:
+    out = enrich_batch([{"id": "a", "metadata": {}}], env="dev", resolver=OffResolver(), now=NOW)[0]
+    assert out["context"] == {"env": "dev", "rdns": None, "dst_rdns": None}
+
+
+def test_an_agents_context_object_is_kept_and_the_enrichment_wins_a_clash() -> None:
+    agent_context = {"team": "payments", "tags": "from the object", "env": "agent's", "rdns": "agent's"}
+    event = {"id": "a", "metadata": {"host_ip": "10.0.0.9", "context_tags": "[dev web]"}, "context": agent_context}
+    before = copy.deepcopy(event)
+    out = enrich_batch([event], env="prod", resolver=FakeResolver(), now=NOW)[0]
+    assert out["context"] == {"team": "payments", "tags": "[dev web]", "env": "prod", "rdns": "host-9.local",
+                              "dst_rdns": None}
+    assert event == before, "input must not be mutated"
 
 
 def test_rdns_off_gives_null() -> None:
@@ -112,8 +152,8 @@ def test_fake_mode_names_the_destination_too_and_off_nulls_it() -> None:
     assert enrich_batch(events, env="dev", resolver=OffResolver(), now=NOW)[0]["dst_rdns"] is None
 
 
-def test_enrichment_version_changed_with_dst_rdns() -> None:
-    assert ENRICHMENT_VERSION == "2"
+def test_enrichment_version_changed_with_host_id_and_context() -> None:
+    assert ENRICHMENT_VERSION == "3"
 
 
 @pytest.mark.parametrize(("mode", "kind"), [("off", OffResolver), ("fake", FakeResolver), ("ptr", PtrResolver)])

@@ -9,6 +9,7 @@ import pytest
 
 from etl.errors import BadEvent
 from etl.pipeline.events import parse_event, payload_bytes
+from tests.producers import GRPC_ARGS, OMISSIBLE, VISIBILITY_ARGS, grpc_event, visibility_event, without
 
 MAX = 1024 * 1024
 ARGS = {"dst_ip": "203.0.113.10", "dst_port": 443}
@@ -70,10 +71,32 @@ def test_opaque_payload_has_no_args_and_keeps_its_bytes() -> None:
     assert orjson.loads(payload_bytes(parse(event(payload=ARGS))) or b"") == ARGS
 
 
-def test_missing_metadata_and_payload_are_fine() -> None:
-    parsed = parse(event(metadata=..., payload=...))
+def test_events_as_each_producer_sends_them() -> None:
+    assert parse(grpc_event()) == {**grpc_event(), "args": GRPC_ARGS}
+    assert parse(visibility_event()) == {**visibility_event(), "args": VISIBILITY_ARGS}
+
+
+@pytest.mark.parametrize("omitted", [(name,) for name in OMISSIBLE] + [tuple(OMISSIBLE)])
+def test_a_field_the_ingest_leaves_out_means_its_empty_value(omitted: tuple[str, ...]) -> None:
+    sent = without(grpc_event(), *omitted)
+    expected = {**sent, **{k: OMISSIBLE[k] for k in omitted if k != "payload"}}
+    if "payload" not in omitted:
+        expected["args"] = GRPC_ARGS
+    parsed = parse(sent)
+    assert parsed == expected
+    assert payload_bytes(parsed) == (None if "payload" in omitted else base64.b64decode(sent["payload"]))
+
+
+def test_an_agents_context_object_is_kept_as_sent_and_null_means_none() -> None:
+    assert parse(event(context={"tags": ["dev", "web"], "team": "x"}))["context"] == {"tags": ["dev", "web"],
+                                                                                     "team": "x"}
+    assert parse(event(context=None))["context"] is None
+
+
+def test_null_metadata_and_payload_mean_none() -> None:
+    parsed = parse(event(metadata=None, payload=None))
     assert parsed["metadata"] == {}
-    assert "args" not in parsed
+    assert "args" not in parsed and payload_bytes(parsed) is None
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -94,8 +117,10 @@ def test_non_objects_are_rejected(raw: bytes, expected: str) -> None:
     ({"id": 7}, "field 'id' must be a non-empty string, got integer"),
     ({"id": "a\nb"}, "field 'id' contains a control character"),
     ({"id": "x" * 600}, "over the limit of 512"),
-    ({"type": ...}, "missing required field 'type'"),
+    ({"type": None}, "field 'type' must be a string, got null"),
+    ({"type": ["exec"]}, "field 'type' must be a string, got array"),
     ({"source": None}, "field 'source' must be a string, got null"),
+    ({"source": 7}, "field 'source' must be a string, got integer"),
     ({"timestamp": ...}, "missing required field 'timestamp'"),
     ({"timestamp": 1.5}, "must be integer Unix milliseconds or an ISO-8601 string, got number"),
     ({"timestamp": True}, "got boolean"),
@@ -107,6 +132,8 @@ def test_non_objects_are_rejected(raw: bytes, expected: str) -> None:
     ({"metadata": {"pid": [1]}}, "metadata['pid'] must be a string or a number, got array"),
     ({"metadata": {"ok": True}}, "metadata['ok'] must be a string or a number, got boolean"),
     ({"payload": 12}, "field 'payload' must be a base64 string or a JSON object, got integer"),
+    ({"context": "dev"}, "field 'context' must be an object, got string"),
+    ({"context": ["dev", "web"]}, "field 'context' must be an object, got array"),
     ({"payload": "!!not base64!!"}, "field 'payload' is not valid base64"),
 ])
 def test_contract_violations_have_precise_reasons(overrides: dict[str, object], expected: str) -> None:
