@@ -153,3 +153,11 @@ def indexed(settings: Settings, probe: Probe) -> set[tuple[str, str]]:
         rows = probe.rows("SHOW INDEXES YIELD labelsOrTypes, properties WHERE labelsOrTypes IS NOT NULL "
                           "RETURN labelsOrTypes[0], properties")
     return {(label, prop) for label, props in rows for prop in props}
+
+
+def test_an_endpoint_first_seen_without_a_protocol_learns_it_from_a_later_flow(sink: GraphSink,
+                                                                               probe: Probe) -> None:
+    sink.write([flow_event("a", "h1", 0, dst_ip="10.0.0.5", dst_port=5432)])
+    assert probe.rows("MATCH (ne:NetworkEndpoint) RETURN ne.endpoint_id, ne.protocol") == [["10.0.0.5:5432", None]]
+    sink.write([flow_event("b", "h2", 10, **DB)])
+    assert probe.rows("MATCH (ne:NetworkEndpoint) RETURN ne.endpoint_id, ne.protocol") == [["10.0.0.5:5432", "tcp"]]

@@ -43,14 +43,13 @@ HOST_ID_MIGRATION_CYPHER = "MATCH (h:Host) WHERE h.id IS NULL SET h.id = h.host_
 # {link} is how each one is tied to the event: CREATE for a new event, MERGE for one that may exist. A Process
 # the sink knows to be new (``process_new``, see as_lists) is left to CREATE_CYPHER.
 # {flow} says whether a row adds {count} events, from {first} to {last}, to its Host's COMMUNICATES relationship
-# with its NetworkEndpoint. A Host's time, env and rdns are those of its newest event, set once per batch
+# with its NetworkEndpoint; an endpoint first seen without a protocol learns it then (not per event: hub writes
+# happen once per flow and batch). A Host's time, env and rdns are those of its newest event, set once per batch
 # (host_newest) and never from an event older than the last one stored.
 _CONTEXT_CYPHER = """
 FOREACH (i IN CASE WHEN r.endpoint_id IS NULL THEN [] ELSE [1] END |
     MERGE (ne:NetworkEndpoint {endpoint_id: r.endpoint_id})
     ON CREATE SET ne.ip = r.dst_ip, ne.port = r.dst_port, ne.protocol = r.protocol
-    FOREACH (j IN CASE WHEN ne.protocol IS NULL AND r.protocol IS NOT NULL THEN [1] ELSE [] END |
-        SET ne.protocol = r.protocol)
     {link} (e)-[:TO]->(ne))
 FOREACH (i IN CASE WHEN r.host_id IS NULL THEN [] ELSE [1] END |
     MERGE (h:Host {host_id: r.host_id})
@@ -62,6 +61,8 @@ FOREACH (i IN CASE WHEN r.host_id IS NULL THEN [] ELSE [1] END |
     {link} (h)-[:GENERATED]->(e)
     FOREACH (j IN CASE WHEN {flow} THEN [1] ELSE [] END |
         MERGE (flow_to:NetworkEndpoint {endpoint_id: r.endpoint_id})
+        FOREACH (k IN CASE WHEN flow_to.protocol IS NULL AND r.protocol IS NOT NULL THEN [1] ELSE [] END |
+            SET flow_to.protocol = r.protocol)
         MERGE (h)-[f:COMMUNICATES]->(flow_to)
         ON CREATE SET f.count = {count}, f.first_seen = {first}, f.last_seen = {last}
         ON MATCH SET f.count = f.count + {count},

@@ -24,8 +24,7 @@ PROTOCOL_KEYS = ("protocol", "proto")
 MAX_PORT = 65_535
 # Longer than any IP address with a sensible scope id: kept as sent, and out of the cache.
 MAX_IP_CHARS = 64
-# Canonical forms of the addresses seen lately: a few hundred peers account for most events.
-_CANONICAL_CACHE_SIZE = 4_096
+_CACHE_SIZE = 4_096
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +35,6 @@ class Endpoint:
     protocol: str | None
 
 
-@lru_cache(maxsize=_CANONICAL_CACHE_SIZE)
 def canonical_ip(text: str) -> str:
     """``text`` as a canonical IP address (scope id kept), or unchanged when it is not one."""
     try:
@@ -53,23 +51,38 @@ def _first(args: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, Any]:
     return keys[0], None
 
 
-def _port(event_id: str, key: str, value: Any) -> int | None:
+def _port(key: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PORT:
         return value
-    raise SinkDataError(f"event {event_id!r}: args.{key} must be a port number (0-{MAX_PORT}), "
-                        f"got {str(value)[:64]!r}")
+    raise ValueError(f"args.{key} must be a port number (0-{MAX_PORT}), got {str(value)[:64]!r}")
 
 
-def _protocol(event_id: str, key: str, value: Any) -> str | None:
+def _protocol(key: str, value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise SinkDataError(f"event {event_id!r}: args.{key} must be a string or a number")
+        raise ValueError(f"args.{key} must be a string or a number")
     return str(value).strip() or None
+
+
+def _endpoint(peer: str, port_key: str, port_value: Any, protocol_key: str, protocol_value: Any) -> Endpoint:
+    ip = canonical_ip(peer) if len(peer) <= MAX_IP_CHARS else peer
+    port = _port(port_key, port_value)
+    protocol = _protocol(protocol_key, protocol_value)
+    if port is None:
+        return Endpoint(ip, ip, None, protocol)
+    host = f"[{ip}]" if ":" in ip else ip
+    return Endpoint(f"{host}:{port}", ip, port, protocol)
+
+
+# The same few hundred peers make most flows: their endpoints are worked out once. Only short text and plain
+# integers are cached (no bool or float, which a cache would take for equal integers).
+_cached_endpoint = lru_cache(maxsize=_CACHE_SIZE)(_endpoint)
+_CACHEABLE = (str, int, type(None))
 
 
 def endpoint_of(event: dict[str, Any]) -> Endpoint | None:
@@ -82,11 +95,10 @@ def endpoint_of(event: dict[str, Any]) -> Endpoint | None:
     if peer is None:
         return None
     args = event["args"]
-    event_id = str(event.get("id"))
-    ip = canonical_ip(peer) if len(peer) <= MAX_IP_CHARS else peer
-    port = _port(event_id, *_first(args, PORT_KEYS))
-    protocol = _protocol(event_id, *_first(args, PROTOCOL_KEYS))
-    if port is None:
-        return Endpoint(ip, ip, None, protocol)
-    host = f"[{ip}]" if ":" in ip else ip
-    return Endpoint(f"{host}:{port}", ip, port, protocol)
+    port_key, port = _first(args, PORT_KEYS)
+    protocol_key, protocol = _first(args, PROTOCOL_KEYS)
+    cacheable = len(peer) <= MAX_IP_CHARS and type(port) in _CACHEABLE and type(protocol) in _CACHEABLE
+    try:
+        return (_cached_endpoint if cacheable else _endpoint)(peer, port_key, port, protocol_key, protocol)
+    except ValueError as e:
+        raise SinkDataError(f"event {str(event.get('id'))[:64]!r}: {e}") from None

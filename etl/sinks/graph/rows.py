@@ -54,10 +54,12 @@ _EVENT_FIELDS = ("type", "source", "timestamp", "env", "rdns", "dst_rdns")
 _METADATA_FIELDS = ("host_id", "uid", "pid", "container_id", "host_ip", "hostname", "user", "binary_sha256",
                     "enriched_at")
 _ENDPOINT_FIELDS = ("endpoint_id", "dst_ip", "dst_port", "protocol")
-_BATCH_FIELDS = ("host_newest", "flow_count", "flow_first", "flow_last")
+# What build_row sets last, before build_rows sums up the batch and as_lists marks new Processes.
+_BATCH_DEFAULTS = {"host_newest": False, "flow_count": 0, "flow_first": None, "flow_last": None, "process_new": False}
+_NO_ENDPOINT = {**dict.fromkeys(_ENDPOINT_FIELDS), **_BATCH_DEFAULTS}
 # A row's fields, in the order build_row makes them.
 ROW_FIELDS = ("id", *_EVENT_FIELDS, *_METADATA_FIELDS, "user_host_id", "user_key", "process_key", *_ENDPOINT_FIELDS,
-              *_BATCH_FIELDS, "process_new")
+              *_BATCH_DEFAULTS)
 _PROCESS_NEW = ROW_FIELDS.index("process_new")
 # The row fields that are node keys (see NODE_KEYS).
 _KEY_FIELDS = ("id", "host_id", "container_id", "user_key", "process_key", "endpoint_id")
@@ -153,12 +155,15 @@ def build_row(event: Event) -> Row:
     row["process_key"] = compose_key(host_id, pid, row["source"] or "") if host_id and pid else None
     endpoint = endpoint_of(event)
     if endpoint is None:
-        row.update(dict.fromkeys(_ENDPOINT_FIELDS))
+        row.update(_NO_ENDPOINT)
     else:
-        row["endpoint_id"], row["dst_ip"] = endpoint.endpoint_id, _scalar(event_id, "dst_ip", endpoint.ip)
-        row["dst_port"], row["protocol"] = endpoint.port, _scalar(event_id, "protocol", endpoint.protocol)
-    row.update(host_newest=False, flow_count=0, flow_first=None, flow_last=None)  # see build_rows
-    row["process_new"] = False  # not known to be new; see as_lists
+        ip, protocol = endpoint.ip, endpoint.protocol
+        row["endpoint_id"] = endpoint.endpoint_id
+        row["dst_ip"] = ip if "\x00" not in ip and len(ip) <= MAX_PROPERTY_CHARS else _scalar(event_id, "dst_ip", ip)
+        row["dst_port"] = endpoint.port
+        plain = protocol is None or (len(protocol) <= MAX_PROPERTY_CHARS and "\x00" not in protocol)
+        row["protocol"] = protocol if plain else _scalar(event_id, "protocol", protocol)
+        row.update(_BATCH_DEFAULTS)
     _check_key_sizes(row)
     return row
 
