@@ -26,7 +26,8 @@ from datetime import datetime, timezone
 from etl.config import Settings
 from etl.dev.generator import generate
 from etl.pipeline import rawbatch
-from etl.pipeline.enrich import destination_of, enrich_batch
+from etl.pipeline.enrich import enrich_batch
+from etl.pipeline.peers import destination_of
 from etl.pipeline.validate import validate_batch
 from etl.rdns.ptr import PtrResolver
 from etl.rdns.strategies import FakeResolver, Resolver

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from etl.pipeline.peers import destination_of
 from etl.rdns.strategies import Resolver
 
 Event = dict[str, Any]
@@ -21,8 +22,6 @@ Event = dict[str, Any]
 ENRICHMENT_VERSION = "3"
 # Metadata keys ``context_<key>`` are the agent's context, flattened by the ingest's gRPC sender.
 CONTEXT_PREFIX = "context_"
-# Where a network event's decoded payload (``args``) names the peer, in order of preference.
-DESTINATION_KEYS = ("dst_ip", "remote_ip")
 
 
 def host_of(event: Event) -> str | None:
@@ -32,19 +31,6 @@ def host_of(event: Event) -> str | None:
         value = metadata.get(key)
         if value not in (None, ""):
             return str(value)
-    return None
-
-
-def destination_of(event: Event) -> str | None:
-    """The peer of a network event for reverse DNS: ``args.dst_ip``, else ``args.remote_ip`` (non-empty
-    strings only); ``None`` for an event without one."""
-    args = event.get("args")
-    if not isinstance(args, dict):
-        return None
-    for key in DESTINATION_KEYS:
-        value = args.get(key)
-        if isinstance(value, str) and value.strip():
-            return value.strip()
     return None
 
 

@@ -7,6 +7,7 @@ whole corpus (and a dead-letter-style single event) is written again: replays mu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -161,3 +162,24 @@ def test_an_endpoint_first_seen_without_a_protocol_learns_it_from_a_later_flow(s
     assert probe.rows("MATCH (ne:NetworkEndpoint) RETURN ne.endpoint_id, ne.protocol") == [["10.0.0.5:5432", None]]
     sink.write([flow_event("b", "h2", 10, **DB)])
     assert probe.rows("MATCH (ne:NetworkEndpoint) RETURN ne.endpoint_id, ne.protocol") == [["10.0.0.5:5432", "tcp"]]
+
+
+def test_new_events_of_a_new_flow_in_a_merged_batch_each_count_once(sink: GraphSink, probe: Probe) -> None:
+    sink.write([CORPUS[0]])
+    web = {"dst_ip": "10.9.9.9", "dst_port": 80}
+    batch = [CORPUS[0], flow_event("n1", "h9", 30, **web), flow_event("n2", "h9", 10, **web, protocol="tcp")]
+    assert sink.write(batch) == 2
+    assert sorted_rows(probe, FLOWS) == [["h1", "10.0.0.5:5432", 1, BASE_MS + 300, BASE_MS + 300],
+                                         ["h9", "10.9.9.9:80", 2, BASE_MS + 10, BASE_MS + 30]]
+    # The batch named the endpoint's protocol on its second event only: the endpoint has it.
+    assert probe.rows("MATCH (ne:NetworkEndpoint {endpoint_id: '10.9.9.9:80'}) RETURN ne.protocol") == [["tcp"]]
+
+
+def test_concurrent_writers_never_move_a_host_back(sink: GraphSink, probe: Probe) -> None:
+    # Each batch holds one event of h1; the writers race with times out of order. The newest event wins.
+    times = [(i * 7919) % 400 for i in range(400)]
+    batches = [[{**flow_event(f"t{t}", "h1", t), "env": f"env-{t}"}] for t in times]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert sum(pool.map(sink.write, batches)) == len(batches)
+    newest = max(times)
+    assert sorted_rows(probe, HOSTS) == [["h1", "h1", BASE_MS + newest, f"env-{newest}", "h1.corp.example"]]

@@ -20,7 +20,8 @@ from etl.config import Settings
 from etl.dev.generator import generate
 from etl.dev.supervisor import Pipeline
 from etl.ops import report
-from etl.pipeline.enrich import ENRICHMENT_VERSION, destination_of
+from etl.pipeline.enrich import ENRICHMENT_VERSION
+from etl.pipeline.peers import destination_of
 from tests.integration.accounting import publish_all, read_enriched
 from tests.support.ptrserver import PtrServer
 from tests.waiting import wait_for

@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from etl.config import Settings
-from etl.pipeline.enrich import ENRICHMENT_VERSION, destination_of, enrich_batch, format_time, host_of
+from etl.pipeline.enrich import ENRICHMENT_VERSION, enrich_batch, format_time, host_of
+from etl.pipeline.peers import destination_of
 from etl.rdns.ptr import PtrResolver, ptr_address
 from etl.rdns.strategies import FakeResolver, OffResolver, fake_name, resolver_for
 

@@ -24,7 +24,10 @@ def flow(event_id: str = "e1", timestamp: int = 1_000, host_id: str | None = "h1
         ({"remote_ip": "10.0.0.5", "remote_port": "53", "proto": "udp"},
          Endpoint("10.0.0.5:53", "10.0.0.5", 53, "udp")),
         ({"dst_ip": "2001:DB8::1", "dst_port": 22}, Endpoint("[2001:db8::1]:22", "2001:db8::1", 22, None)),
-        ({"dst_ip": "::ffff:10.0.0.1", "dst_port": 0}, Endpoint("[::ffff:a00:1]:0", "::ffff:a00:1", 0, None)),
+        ({"dst_ip": "::FFFF:0A00:0001", "dst_port": 0}, Endpoint("[::ffff:10.0.0.1]:0", "::ffff:10.0.0.1", 0, None)),
+        ({"dst_ip": "::ffff:10.0.0.1"}, Endpoint("::ffff:10.0.0.1", "::ffff:10.0.0.1", None, None)),
+        ({"dst_ip": "db:5432"}, Endpoint("[db:5432]", "db:5432", None, None)),
+        ({"dst_ip": "db", "dst_port": 5432}, Endpoint("db:5432", "db", 5432, None)),
         ({"dst_ip": " 10.0.0.5 "}, Endpoint("10.0.0.5", "10.0.0.5", None, None)),
         ({"dst_ip": "fe80::1%eth0", "dst_port": 80}, Endpoint("[fe80::1%eth0]:80", "fe80::1%eth0", 80, None)),
         ({"dst_ip": "db.internal", "dst_port": 5432, "protocol": 6}, Endpoint("db.internal:5432", "db.internal", 5432,
@@ -43,7 +46,7 @@ def test_an_event_without_a_destination_has_no_endpoint() -> None:
     assert endpoint_of({"id": "e", "metadata": {}, "args": ["10.0.0.1"]}) is None
 
 
-@pytest.mark.parametrize("port", [-1, 65_536, "http", "4 43", 1.5, True, [443]])
+@pytest.mark.parametrize("port", [-1, 65_536, "http", "4 43", "\u0664\u0664\u0663", 1.5, True, [443]])
 def test_a_port_that_is_not_one_is_a_data_error(port: Any) -> None:
     with pytest.raises(SinkDataError, match="dst_port must be a port number"):
         endpoint_of(flow(dst_ip="10.0.0.1", dst_port=port))
@@ -85,3 +88,10 @@ def test_a_batch_sums_each_flow_on_its_first_row() -> None:
 def test_a_row_needs_an_integer_timestamp() -> None:
     with pytest.raises(SinkDataError, match="timestamp must be a number of milliseconds"):
         build_row({"id": "e", "timestamp": "2024-01-01T00:00:00Z"})
+
+
+def test_every_row_of_an_endpoint_gets_the_first_protocol_the_batch_names_for_it() -> None:
+    dns = {"dst_ip": "10.0.0.5", "dst_port": 53}
+    rows = build_rows([flow("a", **dns), flow("b", **dns, proto="udp"), flow("c", **dns, protocol="tcp"),
+                       flow("d", dst_ip="10.0.0.6")])
+    assert [r["protocol"] for r in rows] == ["udp", "udp", "tcp", None]

@@ -44,8 +44,10 @@ HOST_ID_MIGRATION_CYPHER = "MATCH (h:Host) WHERE h.id IS NULL SET h.id = h.host_
 # the sink knows to be new (``process_new``, see as_lists) is left to CREATE_CYPHER.
 # {flow} says whether a row adds {count} events, from {first} to {last}, to its Host's COMMUNICATES relationship
 # with its NetworkEndpoint; an endpoint first seen without a protocol learns it then (not per event: hub writes
-# happen once per flow and batch). A Host's time, env and rdns are those of its newest event, set once per batch
-# (host_newest) and never from an event older than the last one stored.
+# happen once per flow and batch). A Host's time, env and rdns are those of its newest event (the later written on
+# equal times), set once per batch (host_newest) and never from an event older than the last one stored. Each SET
+# reads the property it compares on the right-hand side: Neo4j then locks the Host before reading, so that a
+# concurrent writer cannot move it back; and Hosts written by an older version get their id there too.
 _CONTEXT_CYPHER = """
 FOREACH (i IN CASE WHEN r.endpoint_id IS NULL THEN [] ELSE [1] END |
     MERGE (ne:NetworkEndpoint {endpoint_id: r.endpoint_id})
@@ -56,8 +58,11 @@ FOREACH (i IN CASE WHEN r.host_id IS NULL THEN [] ELSE [1] END |
     ON CREATE SET h.id = r.host_id
     FOREACH (j IN CASE WHEN h.host_ip = r.host_ip AND h.hostname = r.hostname THEN [] ELSE [1] END |
         SET h.host_ip = coalesce(r.host_ip, h.host_ip), h.hostname = coalesce(r.hostname, h.hostname))
-    FOREACH (j IN CASE WHEN r.host_newest AND coalesce(h.last_seen < r.timestamp, true) THEN [1] ELSE [] END |
-        SET h.last_seen = r.timestamp, h.env = r.env, h.rdns = coalesce(r.rdns, h.rdns))
+    FOREACH (j IN CASE WHEN r.host_newest THEN [1] ELSE [] END |
+        SET h.id = r.host_id,
+            h.env = CASE WHEN coalesce(h.last_seen <= r.timestamp, true) THEN r.env ELSE h.env END,
+            h.rdns = CASE WHEN coalesce(h.last_seen <= r.timestamp, true) THEN coalesce(r.rdns, h.rdns) ELSE h.rdns END,
+            h.last_seen = CASE WHEN coalesce(h.last_seen < r.timestamp, true) THEN r.timestamp ELSE h.last_seen END)
     {link} (h)-[:GENERATED]->(e)
     FOREACH (j IN CASE WHEN {flow} THEN [1] ELSE [] END |
         MERGE (flow_to:NetworkEndpoint {endpoint_id: r.endpoint_id})

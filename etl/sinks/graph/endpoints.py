@@ -1,12 +1,12 @@
 """Network endpoints: the peer a network event talks to, as the graph keys it.
 
-The peer's address is the one reverse DNS names (``etl.pipeline.enrich.destination_of``: ``args.dst_ip``, else
-``args.remote_ip``); its port is ``args.dst_port``, else ``args.remote_port``; its protocol ``args.protocol``, else
-``args.proto``. An address that parses as IP is written in its canonical form, so ``::FFFF:0A00:0001`` and
-``::ffff:10.0.0.1`` are one endpoint; any other text is kept as sent.
+The peer's address, port and protocol are read as ``etl.pipeline.peers`` says. An address that parses as IP is
+written in one canonical form (an IPv4-mapped IPv6 address in dotted form, whatever Python's version prints), so
+``::FFFF:0A00:0001`` and ``::ffff:10.0.0.1`` are one endpoint; any other text is kept as sent.
 
 The key, ``endpoint_id``, is ``<ip>:<port>``, with an IPv6 address in brackets (``[2001:db8::1]:443``), or just
-``<ip>`` when the event names no port.
+``<ip>`` when the event names no port. Text that is not an address but holds a ``:`` is always bracketed, so that
+it cannot read as another address and port.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ from functools import lru_cache
 from typing import Any
 
 from etl.errors import SinkDataError
-from etl.pipeline.enrich import destination_of
+from etl.pipeline.peers import PORT_KEYS, PROTOCOL_KEYS, destination_of, first_of
 
-PORT_KEYS = ("dst_port", "remote_port")
-PROTOCOL_KEYS = ("protocol", "proto")
 MAX_PORT = 65_535
 # Longer than any IP address with a sensible scope id: kept as sent, and out of the cache.
 MAX_IP_CHARS = 64
@@ -35,26 +33,21 @@ class Endpoint:
     protocol: str | None
 
 
-def canonical_ip(text: str) -> str:
-    """``text`` as a canonical IP address (scope id kept), or unchanged when it is not one."""
+def canonical_ip(text: str) -> str | None:
+    """``text`` as a canonical IP address (scope id kept), or ``None`` when it is not one."""
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
-        return text
-
-
-def _first(args: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, Any]:
-    for key in keys:
-        value = args.get(key)
-        if value is not None and value != "":
-            return key, value
-    return keys[0], None
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None and not address.scope_id:
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)
 
 
 def _port(key: str, value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PORT:
         return value
@@ -70,12 +63,13 @@ def _protocol(key: str, value: Any) -> str | None:
 
 
 def _endpoint(peer: str, port_key: str, port_value: Any, protocol_key: str, protocol_value: Any) -> Endpoint:
-    ip = canonical_ip(peer) if len(peer) <= MAX_IP_CHARS else peer
+    canonical = canonical_ip(peer) if len(peer) <= MAX_IP_CHARS else None
+    ip = peer if canonical is None else canonical
     port = _port(port_key, port_value)
     protocol = _protocol(protocol_key, protocol_value)
-    if port is None:
-        return Endpoint(ip, ip, None, protocol)
     host = f"[{ip}]" if ":" in ip else ip
+    if port is None:
+        return Endpoint(ip if canonical is not None else host, ip, None, protocol)
     return Endpoint(f"{host}:{port}", ip, port, protocol)
 
 
@@ -95,8 +89,8 @@ def endpoint_of(event: dict[str, Any]) -> Endpoint | None:
     if peer is None:
         return None
     args = event["args"]
-    port_key, port = _first(args, PORT_KEYS)
-    protocol_key, protocol = _first(args, PROTOCOL_KEYS)
+    port_key, port = first_of(args, PORT_KEYS)
+    protocol_key, protocol = first_of(args, PROTOCOL_KEYS)
     cacheable = len(peer) <= MAX_IP_CHARS and type(port) in _CACHEABLE and type(protocol) in _CACHEABLE
     try:
         return (_cached_endpoint if cacheable else _endpoint)(peer, port_key, port, protocol_key, protocol)

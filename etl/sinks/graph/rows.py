@@ -153,19 +153,22 @@ def build_row(event: Event) -> Row:
         row["user_key"] = compose_key("name", user) if user else None
         row["uid"] = None  # a uid without its host identifies nobody
     row["process_key"] = compose_key(host_id, pid, row["source"] or "") if host_id and pid else None
-    endpoint = endpoint_of(event)
-    if endpoint is None:
-        row.update(_NO_ENDPOINT)
-    else:
-        ip, protocol = endpoint.ip, endpoint.protocol
-        row["endpoint_id"] = endpoint.endpoint_id
-        row["dst_ip"] = ip if "\x00" not in ip and len(ip) <= MAX_PROPERTY_CHARS else _scalar(event_id, "dst_ip", ip)
-        row["dst_port"] = endpoint.port
-        plain = protocol is None or (len(protocol) <= MAX_PROPERTY_CHARS and "\x00" not in protocol)
-        row["protocol"] = protocol if plain else _scalar(event_id, "protocol", protocol)
-        row.update(_BATCH_DEFAULTS)
+    row.update(_endpoint_fields(event_id, event))
     _check_key_sizes(row)
     return row
+
+
+def _endpoint_fields(event_id: str, event: Event) -> Row:
+    """The row's endpoint fields (see ``etl.sinks.graph.endpoints``), then the batch fields' defaults."""
+    endpoint = endpoint_of(event)
+    if endpoint is None:
+        return _NO_ENDPOINT
+    ip, protocol = endpoint.ip, endpoint.protocol
+    plain = protocol is None or (len(protocol) <= MAX_PROPERTY_CHARS and "\x00" not in protocol)
+    return {"endpoint_id": endpoint.endpoint_id,
+            "dst_ip": ip if "\x00" not in ip and len(ip) <= MAX_PROPERTY_CHARS else _scalar(event_id, "dst_ip", ip),
+            "dst_port": endpoint.port, "protocol": protocol if plain else _scalar(event_id, "protocol", protocol),
+            **_BATCH_DEFAULTS}
 
 
 def build_rows(events: Sequence[Event]) -> list[Row]:
@@ -184,11 +187,18 @@ def build_rows(events: Sequence[Event]) -> list[Row]:
 
 
 def _sum_batch(rows: list[Row]) -> None:
-    """Mark each host's newest row and put each (host, endpoint) pair's flow on the pair's first row."""
+    """Mark each host's newest row (the later row on equal times), put each (host, endpoint) pair's flow on the
+    pair's first row, and give every row of an endpoint the first protocol the batch names for it."""
     newest: dict[str, Row] = {}
     flows: dict[tuple[str, str], Row] = {}
+    protocols: dict[str, str] = {}
+    for row in rows:
+        if row["protocol"] is not None:
+            protocols.setdefault(row["endpoint_id"], row["protocol"])
     for row in rows:
         host_id, timestamp = row["host_id"], row["timestamp"]
+        if row["endpoint_id"] is not None and row["protocol"] is None:
+            row["protocol"] = protocols.get(row["endpoint_id"])
         if host_id is None:
             continue
         latest = newest.get(host_id)

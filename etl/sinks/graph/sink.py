@@ -35,10 +35,11 @@ def connect_backend(settings: Settings) -> GraphBackend:
 
 
 class GraphSink:
-    """The ``Sink`` for the graph: Event, Host, User, Process and Container nodes per batch.
+    """The ``Sink`` for the graph: Event, Host, User, Process, Container and NetworkEndpoint nodes per batch.
 
-    ``write`` returns the number of Event nodes it newly created (0 on a replay), exactly, also with concurrent
-    writers: those are what a flow's ``COMMUNICATES.count`` adds up (see ``etl.sinks.graph.cypher``). ``write`` or
+    ``write`` returns the number of Event nodes it newly created (0 on a replay), also with concurrent writers:
+    those are what a flow's ``COMMUNICATES.count`` adds up (see ``etl.sinks.graph.cypher``). It can be short when
+    the driver ran a write again whose commit had succeeded (its answer lost). ``write`` or
     ``check`` before ``open`` opens the sink (so a server that was down at start is picked up later); after
     ``close`` they raise ``SinkUnavailable`` until ``open`` is called again.
     """

@@ -1,0 +1,34 @@
+"""The peer of a network event: where its decoded payload (``args``) names the address, port and protocol it
+talks to. Reverse DNS names the address (``dst_rdns``); the graph keys the endpoint by all three."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# In order of preference.
+DESTINATION_KEYS = ("dst_ip", "remote_ip")
+PORT_KEYS = ("dst_port", "remote_port")
+PROTOCOL_KEYS = ("protocol", "proto")
+
+
+def destination_of(event: dict[str, Any]) -> str | None:
+    """The peer's address: ``args.dst_ip``, else ``args.remote_ip`` (non-empty strings only, stripped); ``None``
+    for an event without one."""
+    args = event.get("args")
+    if not isinstance(args, dict):
+        return None
+    for key in DESTINATION_KEYS:
+        value = args.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def first_of(args: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, Any]:
+    """The first of ``keys`` that ``args`` holds a non-empty value for, and that value; else the first key and
+    ``None``."""
+    for key in keys:
+        value = args.get(key)
+        if value is not None and value != "":
+            return key, value
+    return keys[0], None
