@@ -6,16 +6,17 @@ whole corpus (and a dead-letter-style single event) is written again: replays mu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-
-import pytest
 
 from etl.config import Settings
 from etl.sinks.graph.cypher import NODE_INDEXES
 from etl.sinks.graph.sink import GraphSink
-from tests.graphs import FALKORDB, Probe, backend_of, open_probe
+from tests.graphs import FALKORDB, Probe, backend_of
+from tests.integration import graph_fixtures
+
+# The suite's fixtures, shared with the other graph suite (pytest finds them by these names).
+settings, probe, sink = graph_fixtures.settings, graph_fixtures.probe, graph_fixtures.sink
 
 # The decision service's queries, as it sends them (see ../shared/SYSTEM.md).
 ENDPOINTS_OF_HOST = ("MATCH (h:Host {id:$hostID})-[:COMMUNICATES]->(ne:NetworkEndpoint) "
@@ -65,27 +66,6 @@ EXPECTED_HOSTS = [
     ["h1", "h1", BASE_MS + 500, "prod", "h1.corp.example"], ["h2", "h2", BASE_MS + 450, "prod", "h2.corp.example"],
     ["h3", "h3", BASE_MS + 200, "prod", "h3.corp.example"], ["h4", "h4", BASE_MS + 700, "prod", "h4.corp.example"],
 ]
-
-
-@pytest.fixture
-def settings(make_settings: Callable[..., Settings], graph_env: dict[str, str]) -> Settings:
-    return make_settings(**graph_env)
-
-
-@pytest.fixture
-def probe(settings: Settings) -> Iterator[Probe]:
-    p = open_probe(settings)
-    yield p
-    p.drop()
-    p.close()
-
-
-@pytest.fixture
-def sink(settings: Settings, probe: Probe) -> Iterator[GraphSink]:
-    s = GraphSink(settings)
-    s.open()
-    yield s
-    s.close()
 
 
 def sorted_rows(probe: Probe, cypher: str, **params: Any) -> list[list[Any]]:

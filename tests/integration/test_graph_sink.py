@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,13 @@ from tests.graphs import (
     backend_of,
     graph_env,
     neo4j_server_or_skip,
-    open_probe,
     reset,
 )
+from tests.integration import graph_fixtures
 from tests.waiting import wait_for
+
+# The suite's fixtures, shared with the other graph suite (pytest finds them by these names).
+settings, probe, sink = graph_fixtures.settings, graph_fixtures.probe, graph_fixtures.sink
 
 CONSTRAINT_WAIT_S = 10.0
 WRITE_AGAIN_S = 10.0
@@ -46,27 +49,6 @@ LABELS = [label for label, _ in NODE_KEYS]
 # Works on both backends: each node's key, whatever its label.
 EDGES = ("MATCH (a)-[r]->(e:Event) RETURN labels(a)[0], coalesce(a.key, a.host_id, a.container_id), "
          "type(r), e.id")
-
-
-@pytest.fixture
-def settings(make_settings: Callable[..., Settings], graph_env: dict[str, str]) -> Settings:
-    return make_settings(**graph_env)
-
-
-@pytest.fixture
-def probe(settings: Settings) -> Iterator[Probe]:
-    p = open_probe(settings)
-    yield p
-    p.drop()
-    p.close()
-
-
-@pytest.fixture
-def sink(settings: Settings, probe: Probe) -> Iterator[GraphSink]:
-    s = GraphSink(settings)
-    s.open()
-    yield s
-    s.close()
 
 
 def wait_for_constraints(probe: Probe) -> set[tuple[str, str]]:
