@@ -34,7 +34,7 @@ from tests.waiting import wait_for
 
 VALID = 300
 MALFORMED = [b"not json %d" % i for i in range(3)] + [
-    b'{"id": "no-type-%d", "source": "s", "timestamp": 1}' % i for i in range(2)]
+    b'{"id": "null-type-%d", "type": null, "source": "s", "timestamp": 1}' % i for i in range(2)]
 RECEIVED = VALID + len(MALFORMED)
 STATUS = [sys.executable, "-m", "etl.cli", "status"]
 CTRL_C = b"\x03"
@@ -52,16 +52,18 @@ def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
     """The real bridge and pools, with every event published and accounted for before the test runs."""
     migrate(settings)
     running = Pipeline(settings.to_env(), tmp_path / "logs").start()
-    asyncio.run(publish_all(settings, list(generate(VALID, hosts=5, seed=31)) + MALFORMED))
 
     def settled() -> bool:
         counts = report.collect(settings)
         return ((counts.totals["stored"], counts.totals["merged"], counts.totals["published"]) == (VALID, VALID, VALID)
                 and counts.dead_lettered == {"enrich": len(MALFORMED)} and not any(counts.queued.values()))
 
-    wait_for(settled, timeout_s=90, describe=lambda: f"{report.collect(settings)} alive={running.alive()}")
-    yield running
-    codes = running.stop()
+    try:
+        asyncio.run(publish_all(settings, list(generate(VALID, hosts=5, seed=31)) + MALFORMED))
+        wait_for(settled, timeout_s=90, describe=lambda: f"{report.collect(settings)} alive={running.alive()}")
+        yield running
+    finally:
+        codes = running.stop()  # also when setting up failed: no process may outlive its test
     assert all(code == 0 for code in codes.values()), {n: running.log_tail(n) for n in codes}
 
 
