@@ -316,8 +316,8 @@ def test_falkordb_errors_are_translated(err: Exception, expected: type[EtlError]
     assert str(translated).startswith("FalkorDB write: ")
 
 
-def test_neo4j_constraints_are_idempotent_ddl_one_per_key() -> None:
-    statements = neo4j_backend.constraint_statements()
+def test_neo4j_schema_is_idempotent_ddl_one_per_key_and_index() -> None:
+    statements = neo4j_backend.schema_statements()
     assert len(statements) == len(NODE_KEYS) + len(NODE_INDEXES)
     assert all(" IF NOT EXISTS FOR (n:" in s for s in statements)
     assert sum(s.endswith(" IS UNIQUE") for s in statements) == len(NODE_KEYS)

@@ -70,7 +70,7 @@ _CONFLICT_CODE = "Neo.ClientError.Schema.ConstraintValidationFailed"
 _CONFLICT_MESSAGE = "already exists"
 
 
-def constraint_statements() -> list[str]:
+def schema_statements() -> list[str]:
     """The idempotent DDL: one named uniqueness constraint per key of ``NODE_KEYS``, one named index per
     ``NODE_INDEXES``."""
     return [
@@ -245,7 +245,7 @@ class Neo4jBackend:
         Raises ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
         """
         with _translated("create schema"), self._driver.session() as session:
-            for statement in [*constraint_statements(), HOST_ID_MIGRATION_CYPHER]:
+            for statement in [*schema_statements(), HOST_ID_MIGRATION_CYPHER]:
                 session.execute_write(_run_statement, statement)
 
     def keys_enforced(self, deadline: float) -> bool:
