@@ -1,6 +1,7 @@
 """The whole pipeline, real bridge and worker processes, with every server demanding credentials: NATS in operator
-mode behind mutual TLS (NATS_CREDS, NATS_TLS_CA/CERT/KEY), Redis with an ACL user and its default user off
-(REDIS_URL), FalkorDB with a password (NEO4J_URI). Every event is accounted for, read back with the same
+mode behind mutual TLS (NATS_CREDS, NATS_TLS_CA/CERT/KEY), Redis with an ACL user and its default user off, over
+TLS (a ``rediss://`` REDIS_URL and REDIS_TLS_CA, through a TLS terminator: the test Redis has no TLS of its own),
+FalkorDB with a password (NEO4J_URI). Every event is accounted for, read back with the same
 credentials, so each process's connection code (bridge, enrich, publish, timescale and graph pools, dead letters)
 logged in; no server here lets in a client without them."""
 
@@ -27,6 +28,7 @@ from tests.integration.test_redis_auth import (
 from tests.integration.test_tls_auth import mutual_tls_args
 from tests.support.natsjwt import make_trust
 from tests.support.pki import make_pki
+from tests.support.tlsproxy import TlsProxy
 from tests.waiting import wait_for
 
 EVENTS = 400
@@ -45,15 +47,19 @@ def locked_down(tmp_path: Path, make_settings: Callable[..., Settings]) -> Itera
         devservers.redis_server(tmp_path / "falkordb", falkordb=True, extra_args=["--requirepass", FALKOR_PASSWORD],
                                 auth=[FALKOR_PASSWORD]),
     ]
+    proxy: TlsProxy | None = None
     try:
         nats, redis, falkordb = (server.start() for server in started)
+        proxy = TlsProxy(redis.port, pki["cert"], pki["key"]).start()
         yield make_settings(
             NATS_URL=f"tls://127.0.0.1:{nats.port}", NATS_CREDS=trust.creds, NATS_TLS_CA=pki["ca"],
             NATS_TLS_CERT=pki["client_cert"], NATS_TLS_KEY=pki["client_key"],
-            REDIS_URL=f"redis://{REDIS_USER}:{REDIS_PASSWORD_IN_URL}@127.0.0.1:{redis.port}/0",
+            REDIS_URL=f"rediss://{REDIS_USER}:{REDIS_PASSWORD_IN_URL}@127.0.0.1:{proxy.port}/0", REDIS_TLS_CA=pki["ca"],
             NEO4J_URI=f"falkor://:{FALKOR_PASSWORD}@127.0.0.1:{falkordb.port}",
             MAX_BATCH_SIZE=50, BATCH_LINGER_MS=20, RETRY_MIN_BACKOFF_MS=100, RETRY_MAX_BACKOFF_MS=2000)
     finally:
+        if proxy is not None:
+            proxy.stop()
         for server in started:
             server.stop()
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -18,13 +19,15 @@ import redis
 from etl.broker import build_broker, redis_client
 from etl.config import Settings
 from etl.dev import servers as devservers
-from etl.errors import SinkUnavailable
+from etl.errors import ConfigError, SinkUnavailable
 from etl.pipeline import rawbatch
 from etl.pipeline.dlq import DeadLetter, DeadLetterStore
 from etl.pipeline.handoff import Handoff
 from etl.sinks.graph.sink import GraphSink
 from etl.stages import ENRICH
 from tests.graphs import open_probe
+from tests.support.pki import make_pki
+from tests.support.tlsproxy import TlsProxy
 
 REDIS_USER = "etl-pipeline"
 # Spaces, '@', ':' and '%' must survive the URL's percent-encoding.
@@ -140,3 +143,37 @@ def test_falkordb_with_a_wrong_or_no_password_is_the_sinks_error(
     message = str(raised.value)
     assert "\n" not in message and WRONG_PASSWORD not in message
     assert "password" in message.lower() or "authentication" in message.lower(), message
+
+
+@pytest.fixture
+def tls_redis(acl_redis: devservers.Server, tmp_path: Path) -> Iterator[tuple[TlsProxy, Path]]:
+    """The ACL Redis behind a TLS terminator with a certificate of the test CA; yields it and the CA file."""
+    pki = make_pki(tmp_path / "pki")
+    proxy = TlsProxy(acl_redis.port, pki["cert"], pki["key"]).start()
+    yield proxy, pki["ca"]
+    proxy.stop()
+
+
+def test_rediss_with_redis_tls_ca_verifies_the_server(tls_redis: tuple[TlsProxy, Path],
+                                                      make_settings: Callable[..., Settings]) -> None:
+    """Over ``rediss://`` the hand-off (enqueue and WAITAOF) and the dead-letter store work when REDIS_TLS_CA names
+    the server's CA; without it the system's CAs refuse the certificate, and the client never talks in clear."""
+    proxy, ca = tls_redis
+    url = f"rediss://{REDIS_USER}:{REDIS_PASSWORD_IN_URL}@127.0.0.1:{proxy.port}/0"
+    settings = make_settings(REDIS_URL=url, REDIS_TLS_CA=ca)
+    broker = build_broker(settings)
+    try:
+        Handoff.from_settings(broker, settings).raw([b'{"id": "tls-1"}'])
+        assert broker.client.llen(f"{broker.namespace}:{ENRICH.queue}") >= 1
+    finally:
+        broker.close()
+    with redis_client(settings) as client:
+        DeadLetterStore.from_settings(client, settings).add([DeadLetter.for_raw("enrich", "BadEvent: x", b"x")])
+    with pytest.raises(redis.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"), \
+            redis_client(make_settings(REDIS_URL=url)) as unverified:
+        unverified.ping()
+    via_sentinel = redis_client(make_settings(REDIS_URL=url, REDIS_TLS_CA=ca, REDIS_SENTINELS="127.0.0.1:1"))
+    assert via_sentinel.connection_pool.connection_kwargs["ssl_ca_certs"] == str(ca), "Sentinel's master, too"
+    via_sentinel.close()
+    with pytest.raises(ConfigError, match="REDIS_TLS_CA needs a rediss:// REDIS_URL"):
+        make_settings(REDIS_URL=url.replace("rediss://", "redis://"), REDIS_TLS_CA=ca)
