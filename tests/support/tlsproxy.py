@@ -12,6 +12,8 @@ from pathlib import Path
 
 CHUNK_BYTES = 64 * 1024
 HANDSHAKE_TIMEOUT_S = 5.0
+# How soon the accepting thread notices stop(): closing a socket does not wake a thread blocked in accept().
+ACCEPT_POLL_S = 0.2
 
 
 class TlsProxy:
@@ -22,6 +24,7 @@ class TlsProxy:
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._context.load_cert_chain(cert, key)
         self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(ACCEPT_POLL_S)
         self.port = int(self._listener.getsockname()[1])
         self.handshake_failures = 0
         self._stopped = threading.Event()
@@ -33,15 +36,17 @@ class TlsProxy:
 
     def stop(self) -> None:
         self._stopped.set()
-        self._listener.close()
         self._thread.join(HANDSHAKE_TIMEOUT_S)
+        self._listener.close()
 
     def _accept(self) -> None:
         while not self._stopped.is_set():
             try:
                 client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
-                return  # closed by stop()
+                return
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
