@@ -15,6 +15,8 @@ from etl import stages
 from etl.config import Settings
 from etl.dev import neo4jserver
 from etl.dev.services import GRAPH_BACKENDS, NEO4J
+from etl.envvalues import redact_url
+from etl.errors import TransientError
 
 if TYPE_CHECKING:  # for annotations only: like the other commands, dlq loads its modules (and redis) when run
     from etl.pipeline.dlq import DeadLetterStore
@@ -27,7 +29,26 @@ def load_settings() -> Settings:
     return settings_module.load_settings(os.environ)
 
 
-@click.group()
+class Commands(click.Group):
+    """The command group: a server that cannot be reached or refuses our credentials ends a command with one
+    line naming it (credentials redacted) and exit code 1, not a driver's traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except TransientError as e:  # NATS, a sink: already one line naming the server
+            raise click.ClickException(str(e)) from e
+        except Exception as e:
+            import redis  # here: commands that never touch Redis do not load it
+
+            if not isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+                raise
+            # A refused password (redis.AuthenticationError) is a ConnectionError; its text holds no secret.
+            where = redact_url(load_settings().redis_url)
+            raise click.ClickException(f"cannot use Redis at {where}: {type(e).__name__}: {e}") from e
+
+
+@click.group(cls=Commands)
 def main() -> None:
     """Security event enrichment pipeline."""
 

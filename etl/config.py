@@ -95,6 +95,8 @@ class Settings:
                                 "client key for mutual TLS (with `NATS_TLS_CERT`)")
     redis_url: str = setting("REDIS_URL", "redis://127.0.0.1:6379/0", v.url(("redis", "rediss", "unix")),
                              "Redis behind the Dramatiq queues and the dead-letter queue")
+    redis_tls_ca: str = setting("REDIS_TLS_CA", "", v.readable_file,
+                                "CA file that verifies Redis (and its Sentinels' master) over `rediss://`")
     redis_wait_aof: bool = setting("REDIS_WAIT_AOF", True, v.boolean, "wait for Redis to write each batch to its "
                                    "AOF before acking NATS (see Reliability)")
     redis_sentinels: tuple[tuple[str, int], ...] = setting(
@@ -247,6 +249,8 @@ class Settings:
     def _check(self) -> None:
         if bool(self.nats_tls_cert) != bool(self.nats_tls_key):
             raise ConfigError("NATS_TLS_CERT and NATS_TLS_KEY go together: set both or neither")
+        if self.redis_tls_ca and not self.redis_url.startswith("rediss://"):
+            raise ConfigError("REDIS_TLS_CA needs a rediss:// REDIS_URL")
         if self.retry_min_backoff_ms > self.retry_max_backoff_ms:
             raise ConfigError(
                 f"RETRY_MIN_BACKOFF_MS ({self.retry_min_backoff_ms}) must not exceed "

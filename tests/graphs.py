@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -68,7 +68,8 @@ class FalkorProbe:
         from falkordb import FalkorDB
 
         url = urlsplit(settings.neo4j_uri)
-        self._db = FalkorDB(host=url.hostname, port=url.port)
+        self._db = FalkorDB(host=url.hostname, port=url.port, username=unquote(url.username or "") or None,
+                            password=unquote(url.password or "") or None)
         self._graph = self._db.select_graph(settings.graph_name)
 
     def run(self, cypher: str, **params: Any) -> None:

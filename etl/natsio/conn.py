@@ -139,8 +139,13 @@ async def connect(settings: Settings, name: str) -> Client:
     """
     nc = Client()
     url = redact_url(settings.nats_url)
+    # Why a connect failed (a refused credential or certificate): nats-py's own exception only says that no
+    # server was left to try. A connection reset says less than the error it follows or precedes.
+    cause: list[str] = []
 
     async def on_error(e: Exception) -> None:
+        if not cause or not isinstance(e, ConnectionError):
+            cause[:] = [describe(e)]
         log.warning("NATS %s: %s", name, describe(e), extra={"nats_client": name})
 
     async def on_disconnected() -> None:
@@ -165,8 +170,10 @@ async def connect(settings: Settings, name: str) -> Client:
         with unavailable_as(NatsUnavailable, f"cannot connect to NATS at {url}"):
             # nats-py keeps retrying some failures (a TLS handshake refused) past its own limits: bound it here.
             await asyncio.wait_for(attempt, CONNECT_BUDGET_S + DEFAULT_CONNECT_TIMEOUT_S)
-    except NatsUnavailable:
+    except NatsUnavailable as e:
         await nc.close()
+        if cause:
+            raise NatsUnavailable(f"{e} (cause: {cause[0]})") from e.__cause__
         raise
     # nats-py reads this option on every reconnection: bounded for the first connect, unbounded from now on.
     nc.options["max_reconnect_attempts"] = RECONNECT_FOREVER

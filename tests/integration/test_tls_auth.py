@@ -1,19 +1,14 @@
-"""Authentication and TLS to NATS and PostgreSQL, against real servers with a CA the test makes."""
+"""Authentication and TLS to NATS and PostgreSQL, against real servers with a CA the test makes: a token, a
+credentials file (operator mode), server-verified and mutual TLS for NATS; libpq's TLS options for PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from etl.config import Settings
 from etl.dev import servers as devservers
@@ -21,51 +16,38 @@ from etl.errors import SinkUnavailable
 from etl.natsio.conn import NatsUnavailable, connect
 from etl.sinks.postgres import connection_params
 from etl.sinks.timescale import TimescaleSink
+from tests.support.natsjwt import make_trust
+from tests.support.pki import make_pki
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def connect_error(settings: Settings) -> str | None:
+    """Why the pipeline's ``connect`` fails with ``settings``; None when it connects and JetStream answers (a
+    stream is created and takes a message, so the account's JetStream is usable, not only the socket)."""
+    async def attempt() -> str | None:
+        try:
+            nc = await connect(settings, name="tls-test")
+        except NatsUnavailable as e:
+            return str(e)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name="AUTH_PROBE", subjects=["auth.probe"])
+            await js.publish("auth.probe", b"x")
+        finally:
+            await nc.close()
+        return None
 
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
-
-
-def make_pki(root: Path) -> dict[str, Path]:
-    """A CA and a server certificate for 127.0.0.1 and localhost, as PEM files."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("etl test CA")).issuer_name(_name("etl test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False).sign(ca_key, hashes.SHA256()))
-    root.mkdir(parents=True, exist_ok=True)
-    files = {"ca": root / "ca.pem", "cert": root / "server.pem", "key": root / "server.key"}
-    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(key, files["key"])
-    return files
+    return asyncio.run(attempt())
 
 
 def can_connect(settings: Settings) -> bool:
-    async def attempt() -> bool:
-        try:
-            nc = await connect(settings, name="tls-test")
-        except NatsUnavailable:
-            return False
-        await nc.close()
-        return True
+    return connect_error(settings) is None
 
-    return asyncio.run(attempt())
+
+def assert_refused(settings: Settings, *reasons: str) -> None:
+    """The connect fails with one line giving the server's reason (one of ``reasons``)."""
+    error = connect_error(settings)
+    assert error is not None, "connected without the credential"
+    assert "\n" not in error and any(reason in error for reason in reasons), error
 
 
 def test_nats_over_tls_verifies_the_server(tmp_path: Path) -> None:
@@ -87,6 +69,41 @@ def test_nats_token_in_the_url_authenticates_and_is_redacted(tmp_path: Path) -> 
         assert can_connect(good)
         assert "s3cret-token" not in repr(good)
         assert not can_connect(Settings.from_env({"NATS_URL": f"nats://wrong@127.0.0.1:{server.port}"}))
+    finally:
+        server.stop()
+
+
+def test_nats_creds_file_authenticates_in_operator_mode(tmp_path: Path) -> None:
+    """The server trusts one operator and preloads its account; the user's JWT and seed come from NATS_CREDS."""
+    trust = make_trust(tmp_path / "trust")
+    stranger = make_trust(tmp_path / "stranger")  # the same kind of user, signed by another operator's account
+    server = devservers.nats_server(tmp_path / "nats", extra_args=["-c", str(trust.server_config)]).start()
+    try:
+        url = f"nats://127.0.0.1:{server.port}"
+        assert connect_error(Settings.from_env({"NATS_URL": url, "NATS_CREDS": str(trust.creds)})) is None
+        assert_refused(Settings.from_env({"NATS_URL": url}), "Authorization Violation")
+        assert_refused(Settings.from_env({"NATS_URL": url, "NATS_CREDS": str(stranger.creds)}),
+                       "Authorization Violation")
+    finally:
+        server.stop()
+
+
+def mutual_tls_args(pki: dict[str, Path]) -> list[str]:
+    """nats-server's flags for TLS that requires a client certificate signed by the test CA."""
+    return ["--tlsverify", "--tlscert", str(pki["cert"]), "--tlskey", str(pki["key"]), "--tlscacert", str(pki["ca"])]
+
+
+def test_nats_mutual_tls_needs_the_client_certificate(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    server = devservers.nats_server(tmp_path / "nats", extra_args=mutual_tls_args(pki)).start()
+    try:
+        env = {"NATS_URL": f"tls://127.0.0.1:{server.port}", "NATS_TLS_CA": str(pki["ca"])}
+        client = {"NATS_TLS_CERT": str(pki["client_cert"]), "NATS_TLS_KEY": str(pki["client_key"])}
+        assert connect_error(Settings.from_env({**env, **client})) is None
+        assert_refused(Settings.from_env(env), "certificate required")
+        # The server's own certificate is not one for a client (its extended key usage is server auth only).
+        assert_refused(Settings.from_env({**env, "NATS_TLS_CERT": str(pki["cert"]), "NATS_TLS_KEY": str(pki["key"])}),
+                       "bad certificate", "unsupported certificate")
     finally:
         server.stop()
 
