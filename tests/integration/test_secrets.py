@@ -90,6 +90,40 @@ def test_the_local_default_keeps_its_default_passwords() -> None:
         assert done.returncode == 0, done.stderr
 
 
+# --- redaction where URLs reach an operator ------------------------------------------------------------------------
+
+HIDDEN = "Hidden-Xy7-pw"
+
+
+def test_etl_config_and_a_configuration_error_hide_every_url_password() -> None:
+    shown = run([sys.executable, "-m", "etl.cli", "config"], {
+        "REDIS_URL": f"redis://127.0.0.1:6379/0?password={HIDDEN}", "NATS_URL": f"nats://u:{HIDDEN}@n1:4222",
+        "NEO4J_URI": f"falkor://:{HIDDEN}@g:6379"})
+    assert shown.returncode == 0 and HIDDEN not in shown.stdout and "password=***" in shown.stdout
+    for var, url in (("NATS_URL", f"nats://u:{HIDDEN}@n1:bad"), ("REDIS_URL", f"redis://:{HIDDEN}@[::1/0"),
+                     ("NEO4J_URI", f"bolt://u:{HIDDEN}@g:bad")):
+        done = run([sys.executable, "-m", "etl.cli", "config"], {var: url})
+        assert done.returncode == 2 and done.stderr.startswith(f"configuration error: {var}"), done.stderr
+        assert HIDDEN not in done.stderr and "***" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_a_server_that_cannot_be_reached_is_named_without_its_password(caplog: pytest.LogCaptureFixture) -> None:
+    port = devservers.free_port()  # nobody listens there
+    settings = Settings.from_env({"NATS_URL": f"nats://etl:{HIDDEN}@127.0.0.1:{port}",
+                                  "REDIS_URL": f"redis://etl:{HIDDEN}@127.0.0.1:{port}/0"})
+
+    async def attempt() -> str:
+        with pytest.raises(NatsUnavailable) as info:
+            await connect(settings, name="secrets-test")
+        return str(info.value)
+
+    assert f"nats://etl:***@127.0.0.1:{port}" in asyncio.run(attempt())
+    with pytest.raises(redis.ConnectionError) as failed:
+        redis_client(settings).ping()
+    assert HIDDEN not in str(failed.value)
+    assert HIDDEN not in caplog.text
+
+
 # --- passwords from files, against real servers --------------------------------------------------------------------
 
 def nats_connects(settings: Settings) -> bool:
