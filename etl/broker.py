@@ -56,20 +56,24 @@ def redis_client(settings: Settings) -> redis.Redis:
     With ``REDIS_SENTINELS``, the client asks the Sentinels for the current master of ``REDIS_SENTINEL_MASTER``
     on each new connection, so after a failover the next connection goes to the promoted replica. ``REDIS_URL``
     then gives only the database, the credentials and TLS (``rediss``); its host is not used. ``REDIS_TLS_CA`` verifies
-    the server in both cases (the system's CAs without it)."""
+    the server in both cases (the system's CAs without it). ``REDIS_PASSWORD`` is the password where the URL
+    carries none."""
     options: dict[str, Any] = {"socket_timeout": REDIS_SOCKET_TIMEOUT_S,
                                "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S, "health_check_interval": 30,
                                "retry": Retry(NoBackoff(), 0)}
     if settings.redis_tls_ca:  # only with rediss:// (etl.config checks): a plain connection takes no CA
         options["ssl_ca_certs"] = settings.redis_tls_ca
+    if settings.redis_password:  # Settings allows it only where REDIS_URL carries none
+        options["password"] = settings.redis_password
     if not settings.redis_sentinels:
         return redis.Redis.from_url(settings.redis_url, **options)
     url = urlsplit(settings.redis_url)
     sentinel = Sentinel(settings.redis_sentinels,
                         socket_timeout=REDIS_CONNECT_TIMEOUT_S, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
+    if url.password:
+        options["password"] = unquote(url.password)
     return sentinel.master_for(settings.redis_sentinel_master, db=int(url.path.strip("/") or 0),
                                username=unquote(url.username) if url.username else None,
-                               password=unquote(url.password) if url.password else None,
                                ssl=url.scheme == "rediss", **options)
 
 

@@ -4,7 +4,9 @@ Each field of ``Settings`` is declared with ``etl.envvalues.setting``: its envir
 help. ``from_env``, ``to_env``, the redacted view and the README's configuration table (``etl.settings_table``)
 all come from that one declaration. ``Settings.from_env()`` is the only reader of ``os.environ``. A bad value
 raises ``ConfigError`` with one line naming the variable, the value and what was expected; the CLI turns that into
-exit code 2. Lists are parsed into tuples here, never again where they are used.
+exit code 2. Lists are parsed into tuples here, never again where they are used. A secret (``secret=True``) may
+come from the file ``<VAR>_FILE`` names, and one that is empty or well known is refused when ``AF_ENV`` says
+production (``etl.credentials``).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
+from etl import credentials
 from etl import envvalues as v
 from etl.envvalues import declaration, setting
 from etl.errors import ConfigError
+from etl.sinks.graph.backend import FALKOR_SCHEME
 
 # Larger batches cut the CPU spent per event in every process (Redis round trips and fsyncs, Dramatiq messages,
 # transactions and graph queries are per batch); 500 against 100: docs/performance.md.
@@ -86,6 +91,9 @@ class Settings:
     nats_public_api: bool = setting(
         "ETL_NATS_PUBLIC_API", False, v.boolean, "use nats-py's public API instead of its private hooks on the hot "
         "paths: slower, for ruling the hooks out (see [docs/operations.md](docs/operations.md))")
+    nats_password: str = setting(
+        "NATS_PASSWORD", "", v.text, "secret: the password of the user `NATS_URL` names (`nats://etl@nats:4222`), "
+        "or a token when it names none; instead of one in the URL", secret=True)
     nats_creds: str = setting("NATS_CREDS", "", v.readable_file, "a NATS credentials file (JWT and NKey)")
     nats_tls_ca: str = setting("NATS_TLS_CA", "", v.readable_file,
                                "CA file that verifies the NATS server; TLS is also used for a `tls://` URL")
@@ -97,6 +105,9 @@ class Settings:
                              "Redis behind the Dramatiq queues and the dead-letter queue")
     redis_tls_ca: str = setting("REDIS_TLS_CA", "", v.readable_file,
                                 "CA file that verifies Redis (and its Sentinels' master) over `rediss://`")
+    redis_password: str = setting(
+        "REDIS_PASSWORD", "", v.text, "secret: the password of the user `REDIS_URL` names (else of Redis's "
+        "`default` user); instead of one in the URL", secret=True)
     redis_wait_aof: bool = setting("REDIS_WAIT_AOF", True, v.boolean, "wait for Redis to write each batch to its "
                                    "AOF before acking NATS (see Reliability)")
     redis_sentinels: tuple[tuple[str, int], ...] = setting(
@@ -114,7 +125,8 @@ class Settings:
     pg_port: int = setting("PG_PORT", 5432, v.positive_int, "PostgreSQL port")
     pg_db: str = setting("PG_DB", "aegisflux", v.text, "database")
     pg_user: str = setting("PG_USER", "postgres", v.text, "user")
-    pg_password: str = setting("PG_PASSWORD", "password", v.text, "secret", secret=True)
+    pg_password: str = setting("PG_PASSWORD", "password", v.text,
+                               "secret; a default one is refused in production (`AF_ENV`)", secret=True)
     pg_table: str = setting("PG_TABLE", "events", v.identifier, "table name (an identifier)")
     pg_sslmode: str = setting(
         "PG_SSLMODE", "prefer", v.choice("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
@@ -131,12 +143,16 @@ class Settings:
         v.url(("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc", "falkor")),
         "graph database: `bolt://`, `neo4j://` (Neo4j) or `falkor://` (FalkorDB)")
     neo4j_user: str = setting("NEO4J_USER", "neo4j", v.text, "Neo4j user (FalkorDB takes its user from the URI)")
-    neo4j_password: str = setting("NEO4J_PASSWORD", "password", v.text, "secret", secret=True)
+    neo4j_password: str = setting("NEO4J_PASSWORD", "password", v.text,
+                                  "secret; a default one is refused in production (`AF_ENV`)", secret=True)
     neo4j_tls_ca: str = setting(
         "NEO4J_TLS_CA", "", v.readable_file,
         "with a plain `bolt://`/`neo4j://` URI: encrypt and trust this CA (`+s` URIs choose TLS themselves)")
     graph_name: str = setting("GRAPH_NAME", "events", v.identifier, "FalkorDB graph name (an identifier)")
-    af_env: str = setting("AF_ENV", "dev", v.text, "the `env` added to every event")
+    af_env: str = setting(
+        "AF_ENV", "dev", v.text, "the `env` added to every event; `prod` or `production` (also `prod-eu`, ...) is "
+        "production, where an empty or default password stops the process ([docs/operations.md]"
+        "(docs/operations.md#secrets))")
     # Its default is "fake" when AF_FAKE_RDNS is true (see ``from_env``).
     rdns_mode: str = setting(
         "RDNS_MODE", "off", v.optional(v.choice(*RDNS_MODES)), "reverse DNS of `rdns` and `dst_rdns`: `off` "
@@ -235,7 +251,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             declared = declaration(f)
-            raw = environ.get(declared.var)
+            raw = credentials.secret_value(environ, declared.var) if declared.secret else environ.get(declared.var)
             if raw is not None:
                 values[f.name] = declared.parse(declared.var, raw)
         # AF_FAKE_RDNS=true predates RDNS_MODE and still means fake; an explicit RDNS_MODE wins. An empty one is
@@ -262,6 +278,32 @@ class Settings:
         if self.rdns_mode == "ptr" and self.rdns_batch_budget_ms >= self.processing_timeout_s * 1000:
             raise ConfigError(f"RDNS_BATCH_BUDGET_MS ({self.rdns_batch_budget_ms}) must be less than "
                               f"PROCESSING_TIMEOUT ({self.processing_timeout_s} s)")
+        self._check_credentials()
+
+    def _check_credentials(self) -> None:
+        if self.redis_password and credentials.url_password(self.redis_url) is not None:
+            raise ConfigError("REDIS_PASSWORD is set and REDIS_URL carries a password too: give one of them")
+        if self.nats_password:
+            if any(credentials.url_password(url) is not None for url in self.nats_urls):
+                raise ConfigError("NATS_PASSWORD is set and NATS_URL carries a password too: give one of them")
+            if len({urlsplit(url).username for url in self.nats_urls}) > 1:
+                raise ConfigError("NATS_PASSWORD needs every URL of NATS_URL to name the same user, or none")
+        if credentials.is_production(self.af_env):
+            credentials.refuse_weak(self.passwords_in_use(), self.af_env)
+
+    def passwords_in_use(self) -> list[tuple[str, str]]:
+        """(what, password) for each password these settings send, ``what`` naming its variable: ``PG_PASSWORD``
+        (unless empty beside a client certificate, ``PG_SSLCERT``), ``NEO4J_PASSWORD`` with Neo4j (FalkorDB's
+        is in ``NEO4J_URI``), ``REDIS_PASSWORD`` and ``NATS_PASSWORD`` when set, and any a URL carries."""
+        found = [] if self.pg_sslcert and not self.pg_password else [("PG_PASSWORD", self.pg_password)]
+        if urlsplit(self.neo4j_uri).scheme != FALKOR_SCHEME:
+            found.append(("NEO4J_PASSWORD", self.neo4j_password))
+        found += [(var, value) for var, value in (("REDIS_PASSWORD", self.redis_password),
+                                                  ("NATS_PASSWORD", self.nats_password)) if value]
+        for var, urls in (("NATS_URL", self.nats_urls), ("REDIS_URL", (self.redis_url,)),
+                          ("NEO4J_URI", (self.neo4j_uri,))):
+            found += [(f"the password in {var}", pw) for pw in map(credentials.url_password, urls) if pw is not None]
+        return found
 
     def to_env(self) -> dict[str, str]:
         """The settings as environment variables, secrets included: for starting child processes. A setting
@@ -309,3 +351,6 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 
 
 ENV_VARS: tuple[str, ...] = tuple(declaration(f).var for f in fields(Settings))
+# What ``from_env`` also reads: ``<VAR>_FILE`` of each secret.
+SECRET_FILE_VARS: tuple[str, ...] = tuple(credentials.file_var(declaration(f).var) for f in fields(Settings)
+                                          if declaration(f).secret)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import Field, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from etl.errors import ConfigError
 
@@ -26,6 +26,10 @@ _NATS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUBJECT = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 # A comma starts the next URL of a list only before a scheme: a comma inside a password stays in its URL.
 _NEXT_URL = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+# Before a URL's credentials: its scheme and slashes.
+_URL_HEAD = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*:/*")
+# A query parameter that carries a secret (redis-py takes ``?password=``), up to its value's end.
+_SECRET_PARAM = re.compile(r"((?:^|[&;])[^=&;]*(?:pass|pwd|token|secret|auth|cred)[^=&;]*)=[^&;#]*", re.IGNORECASE)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 DECLARATION = "etl.setting"  # the key of a field's metadata holding its ``Declaration``
@@ -135,13 +139,17 @@ def subject(name: str, raw: str) -> str:
 
 def url(schemes: tuple[str, ...]) -> Callable[[str, str], str]:
     def parse(name: str, raw: str) -> str:
-        parts = urlsplit(raw)
+        try:
+            parts = urlsplit(raw)
+        except ValueError:  # say, an unclosed IPv6 bracket
+            parts = urlsplit("")
         if parts.scheme not in schemes or not parts.hostname:
-            raise ConfigError(f"{name} must be a URL with scheme {' or '.join(schemes)} and a host, got {raw!r}")
+            raise ConfigError(f"{name} must be a URL with scheme {' or '.join(schemes)} and a host, "
+                              f"got {redact_url(raw)!r}")
         try:
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError:
-            raise ConfigError(f"{name} has an invalid port, got {raw!r}") from None
+            raise ConfigError(f"{name} has an invalid port, got {redact_url(raw)!r}") from None
         return raw
 
     return parse
@@ -274,19 +282,21 @@ def endpoints_text(endpoints: Iterable[tuple[str, int]]) -> str:
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password or token in it replaced by ``***``; each URL of a comma-separated list."""
-    urls = split_urls(url)
-    if len(urls) > 1:
-        return ",".join(map(_redact_one, urls))
-    return _redact_one(url)
+    """Return ``url`` with any password or token in it replaced by ``***``; each URL of a comma-separated list.
+
+    Read as text, not parsed, so that a malformed URL (the one a configuration error names) is redacted too: the
+    credentials are everything before the last ``@`` (``user:***`` when there is a user, else ``***``), and a
+    query parameter whose name says password, token, secret, auth or credential keeps its name only. It errs on
+    the side of hiding: an ``@`` in a query hides what precedes it."""
+    return ",".join(map(_redact_one, split_urls(url))) if _NEXT_URL.search(url) else _redact_one(url)
 
 
 def _redact_one(url: str) -> str:
-    parts = urlsplit(url)
-    if not parts.username and not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    cred = f"{user}:***" if parts.password else "***"
-    return urlunsplit((parts.scheme, f"{cred}@{host}{port}", parts.path, parts.query, parts.fragment))
+    head = _URL_HEAD.match(url)
+    at = url.rfind("@")
+    start = head.end() if head else 0
+    if at >= start:
+        user, colon, _ = url[start:at].partition(":")
+        url = f"{url[:start]}{user}:***{url[at:]}" if colon else f"{url[:start]}***{url[at:]}"
+    base, question, query = url.partition("?")
+    return base + question + _SECRET_PARAM.sub(r"\1=***", query) if question else url

@@ -12,6 +12,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from etl.config import Settings
+from etl.credentials import file_var
 from etl.envvalues import declaration
 
 START_MARKER = "<!-- settings:start -->"
@@ -27,13 +28,15 @@ def _cell(text: str) -> str:
 
 
 def markdown_table() -> str:
-    """One row per setting, in declaration order: variable, default, help. Ends with a newline."""
+    """One row per setting, in declaration order: variable (a secret's with its ``_FILE``), default, help. Ends
+    with a newline."""
     rows = list(HEADER)
     for f in fields(Settings):
         declared = declaration(f)
         default = "" if f.default is MISSING or f.default is None else declared.text(f.default)
         shown = declared.shown_default or (f"`{default}`" if default else NO_DEFAULT)
-        rows.append(f"| `{declared.var}` | {_cell(shown)} | {_cell(declared.help)} |")
+        variable = f"`{declared.var}`, `{file_var(declared.var)}`" if declared.secret else f"`{declared.var}`"
+        rows.append(f"| {variable} | {_cell(shown)} | {_cell(declared.help)} |")
     return "\n".join(rows) + "\n"
 
 

@@ -104,14 +104,24 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def auth_options(settings: Settings) -> dict[str, Any]:
-    """TLS and a credentials file as nats-py takes them. A user and password or a token go in NATS_URL."""
+    """TLS and a credentials file as nats-py takes them, and a user and password or a token: in NATS_URL, or
+    NATS_PASSWORD for the user NATS_URL names (a token when it names none)."""
     options: dict[str, Any] = {}
     context = tls_context(settings)
     if context is not None:
         options["tls"] = context
     if settings.nats_creds:
         options["user_credentials"] = settings.nats_creds
-    return {**url_credentials(settings.nats_servers), **options}
+    return {**(password_credentials(settings) or url_credentials(settings.nats_servers)), **options}
+
+
+def password_credentials(settings: Settings) -> dict[str, str]:
+    """``NATS_PASSWORD`` as nats-py options: with the user every URL names (Settings checks they name one, or
+    none), else as a token. Empty without ``NATS_PASSWORD``."""
+    if not settings.nats_password:
+        return {}
+    user = urlsplit(settings.nats_servers[0]).username
+    return {"token": settings.nats_password} if user is None else {"user": user, "password": settings.nats_password}
 
 
 def url_credentials(urls: list[str]) -> dict[str, str]:

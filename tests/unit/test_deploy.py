@@ -8,6 +8,7 @@ metrics the dashboard queries.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import importlib.util
 import json
@@ -26,7 +27,7 @@ from dramatiq.cli import make_argument_parser
 from prometheus_client.metrics import MetricWrapperBase
 
 from etl import cli
-from etl.config import ENV_VARS, Settings
+from etl.config import ENV_VARS, SECRET_FILE_VARS, Settings
 from etl.pools import dramatiq_command
 from etl.runtime import metrics
 from etl.stages import BY_NAME, QUEUES, STAGES
@@ -37,6 +38,9 @@ DOCKERFILE = ROOT / "Dockerfile"
 README = ROOT / "README.md"
 PROMETHEUS_FILE = ROOT / "deploy/prometheus/prometheus.yml"
 GRAFANA_DIR = ROOT / "deploy/grafana"
+# Where Docker mounts a service's secrets, and where the compose file takes each secret's file from.
+SECRETS_MOUNT = "/run/secrets/"
+SECRETS_SOURCE = "${SECRETS_DIR:-./secrets}/"
 
 # The servers of the stack: compose service -> the port its clients connect to (each image's default).
 SERVER_PORTS = {"nats": 4222, "redis": 6379, "timescaledb": 5432, "neo4j": 7687}
@@ -86,6 +90,31 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     """A service's environment as its container gets it when no variable is set: a key without a value (passed
     through only when set) is left out."""
     return {key: resolve(value) for key, value in (service.get("environment") or {}).items() if value is not None}
+
+
+@functools.cache
+def declared_secrets() -> frozenset[str]:
+    return frozenset(compose().get("secrets", {}))
+
+
+def mounted_secret(service: dict[str, Any], path: str) -> str:
+    """The name of the secret mounted at ``path``, which ``service`` must be given and the file must declare."""
+    assert path.startswith(SECRETS_MOUNT), f"{path} is not a Docker secret"
+    name = path.removeprefix(SECRETS_MOUNT)
+    assert name in declared_secrets(), f"no secret {name} in the compose file"
+    assert name in service.get("secrets", []), f"{path}: the service is not given the secret {name}"
+    return name
+
+
+def process_env(service: dict[str, Any]) -> dict[str, str]:
+    """``environment(service)`` as our processes read it in the container, where each secret's ``_FILE`` names a
+    mounted Docker secret: here the secret's variable, set to a stand-in that is no default password."""
+    env = environment(service)
+    for var in SECRET_FILE_VARS:
+        if var in env:
+            name = mounted_secret(service, env.pop(var))
+            env[var.removesuffix("_FILE")] = f"stand-in-for-{name}"
+    return env
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -205,7 +234,7 @@ def test_every_pool_has_a_service_whose_launcher_runs_dramatiq_on_the_pool_queue
     assert pools.keys() == BY_NAME.keys()
     for pool, (name, service) in pools.items():
         assert name == f"worker-{pool}"
-        argv, _ = dramatiq_command(pool, environment(service))
+        argv, _ = dramatiq_command(pool, process_env(service))
         assert role(["python", *argv[1:]]) == f"queues {BY_NAME[pool].queue}", name
 
 
@@ -214,13 +243,13 @@ def test_every_pool_has_a_service_whose_launcher_runs_dramatiq_on_the_pool_queue
 def test_our_services_set_only_variables_our_processes_read_and_valid_values() -> None:
     for name, service, what in service_roles():
         raw = service.get("environment") or {}
-        unknown = {k for k in raw if k not in ENV_VARS and not k.startswith(DRAMATIQ_VAR_PREFIX)}
+        unknown = {k for k in raw if k not in ENV_VARS + SECRET_FILE_VARS and not k.startswith(DRAMATIQ_VAR_PREFIX)}
         assert not unknown, f"{name} sets variables no settings read: {unknown}"
         assert all(isinstance(v, str) or v is None for v in raw.values()), \
             f"{name}: quote values, YAML would retype them (a key alone passes the variable through when set)"
-        Settings.from_env(environment(service))  # raises ConfigError on a bad value
+        Settings.from_env(process_env(service))  # raises ConfigError on a bad value
         if what in BY_NAME:
-            dramatiq_command(what, environment(service))
+            dramatiq_command(what, process_env(service))
 
 
 def strings(node: Any) -> Iterator[str]:
@@ -273,21 +302,55 @@ def test_pool_scaling_variables_default_to_the_pools_of_the_code() -> None:
         assert env["WORKER_THREADS"] == f"${{{prefix}_THREADS:-{spec.threads}}}"
 
 
-def test_credentials_match_between_the_servers_and_our_services() -> None:
+def test_no_password_is_written_in_the_compose_file() -> None:
+    """Each password reaches its containers as a Docker secret, a file of SECRETS_DIR: no variable holds one,
+    none has a default, and a secret's path is one the service is given."""
+    for name, spec in compose()["secrets"].items():
+        assert spec == {"file": f"{SECRETS_SOURCE}{name}"}, name
+    for name, service in compose()["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET|TOKEN|_AUTH$", key):
+                assert key.endswith("_FILE"), f"{name}: {key} holds a secret; give it as a file of a secret"
+                mounted_secret(service, value)
+
+
+def shell(service: dict[str, Any], key: str) -> str:
+    """A service's entrypoint or healthcheck as one text, as the container's shell gets it (``$$`` is ``$``)."""
+    value = service[key]["test"] if key == "healthcheck" else service[key]
+    return " ".join(value).replace("$$", "$")
+
+
+def test_every_server_and_our_services_share_one_secret_per_password() -> None:
     services = compose()["services"]
-    postgres, neo4j = services["timescaledb"]["environment"], services["neo4j"]["environment"]
+    postgres = services["timescaledb"]["environment"]
     for name, service in our_services().items():
         env = service["environment"]
-        assert (env["PG_DB"], env["PG_USER"], env["PG_PASSWORD"]) == (
-            postgres["POSTGRES_DB"], postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"]), name
-        assert neo4j["NEO4J_AUTH"] == f"{env['NEO4J_USER']}/{env['NEO4J_PASSWORD']}", name
+        assert (env["PG_DB"], env["PG_USER"], env["PG_PASSWORD_FILE"]) == (
+            postgres["POSTGRES_DB"], postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD_FILE"]), name
+        read = {var: f'"$(cat {env[var]})"' for var in SECRET_FILE_VARS}
+        assert f'NEO4J_AUTH="{env["NEO4J_USER"]}/$(cat {env["NEO4J_PASSWORD_FILE"]})"' in shell(
+            services["neo4j"], "entrypoint"), name
+        assert f"--requirepass {read['REDIS_PASSWORD_FILE']}" in shell(services["redis"], "entrypoint"), name
+        user = urlsplit(env["NATS_URL"]).username
+        assert f"--user {user} --pass {read['NATS_PASSWORD_FILE']}" in shell(services["nats"], "entrypoint"), name
+        # The servers' own healthchecks authenticate with the same secret.
+        assert f"REDISCLI_AUTH={read['REDIS_PASSWORD_FILE']} redis-cli" in shell(services["redis"], "healthcheck")
+        assert f"-p {read['NEO4J_PASSWORD_FILE']}" in shell(services["neo4j"], "healthcheck")
+
+
+def test_grafana_wants_a_sign_in_and_takes_its_admin_password_from_a_secret() -> None:
+    grafana = compose()["services"]["grafana"]
+    env = grafana["environment"]
+    assert env.get("GF_AUTH_ANONYMOUS_ENABLED", "false") == "false" and env.get("GF_USERS_ALLOW_SIGN_UP") == "false"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env
+    mounted_secret(grafana, env["GF_SECURITY_ADMIN_PASSWORD__FILE"])
 
 
 # --- ports ----------------------------------------------------------------------------------------------------------
 
 def served_port(service: dict[str, Any], what: str) -> int:
     """The port a long-running service serves its metrics on, as its settings say."""
-    settings = Settings.from_env(environment(service))
+    settings = Settings.from_env(process_env(service))
     return settings.health_port if what == "bridge" else settings.metrics_port
 
 
@@ -320,7 +383,7 @@ def url_port(url: str) -> tuple[str | None, int | None]:
 def test_our_services_reach_each_server_on_its_port() -> None:
     services = compose()["services"]
     for name, service in our_services().items():
-        settings = Settings.from_env(environment(service))
+        settings = Settings.from_env(process_env(service))
         endpoints = [url_port(getattr(settings, var.lower())) for var in URL_SETTINGS]
         for host, port in [*endpoints, (settings.pg_host, settings.pg_port)]:
             assert host in SERVER_PORTS and host in services, f"{name}: {host} is not a server of the stack"
@@ -385,7 +448,7 @@ def duration_s(text: str) -> float:
 
 def test_processes_get_longer_than_a_batch_may_take_to_stop() -> None:
     for name, service, _ in service_roles():
-        timeout_s = Settings.from_env(environment(service)).processing_timeout_s
+        timeout_s = Settings.from_env(process_env(service)).processing_timeout_s
         assert duration_s(service["stop_grace_period"]) > timeout_s, name
 
 
