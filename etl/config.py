@@ -45,7 +45,9 @@ RDNS_MODES = ("off", "fake", "ptr")
 DEFAULT_RDNS_TIMEOUT_MS = 500
 DEFAULT_RDNS_BATCH_BUDGET_MS = 1_000
 DEFAULT_RDNS_CACHE_SIZE = 100_000
-DEFAULT_RDNS_CACHE_BYTES = 32 * 1024 * 1024
+# Above what RDNS_CACHE_SIZE entries of ordinary addresses and names take, so that the entry limit governs them;
+# the byte bound is for long names (a PTR name may be written in up to about 1,000 characters).
+DEFAULT_RDNS_CACHE_BYTES = 64 * 1024 * 1024
 DEFAULT_RDNS_MIN_TTL_S = 60
 DEFAULT_RDNS_MAX_TTL_S = 86_400
 DEFAULT_RDNS_NEGATIVE_TTL_S = 30

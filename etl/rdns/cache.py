@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 # The Entry object, its float and the dict slot that holds it, beside the two strings counted by their own size.
-ENTRY_OVERHEAD_BYTES = 160
+ENTRY_OVERHEAD_BYTES = 200
 
 
 @dataclass(frozen=True)
