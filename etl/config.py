@@ -50,6 +50,9 @@ RDNS_MODES = ("off", "fake", "ptr")
 DEFAULT_RDNS_TIMEOUT_MS = 500
 DEFAULT_RDNS_BATCH_BUDGET_MS = 1_000
 DEFAULT_RDNS_CACHE_SIZE = 100_000
+# Above what RDNS_CACHE_SIZE entries of ordinary addresses and names take, so that the entry limit governs them;
+# the byte bound is for long names (a PTR name may be written in up to about 1,000 characters).
+DEFAULT_RDNS_CACHE_BYTES = 64 * 1024 * 1024
 DEFAULT_RDNS_MIN_TTL_S = 60
 DEFAULT_RDNS_MAX_TTL_S = 86_400
 DEFAULT_RDNS_NEGATIVE_TTL_S = 30
@@ -170,6 +173,9 @@ class Settings:
         "for DNS; what is unanswered by then is `null` (less than `PROCESSING_TIMEOUT`)")
     rdns_cache_size: int = setting("RDNS_CACHE_SIZE", DEFAULT_RDNS_CACHE_SIZE, v.positive_int,
                                    "`ptr`: addresses cached per worker process")
+    rdns_cache_bytes: int = setting(
+        "RDNS_CACHE_BYTES", DEFAULT_RDNS_CACHE_BYTES, v.positive_int, "`ptr`: bytes the cache may hold per worker "
+        "process (its addresses and names, plus a fixed overhead per entry)")
     rdns_min_ttl_s: int = setting("RDNS_MIN_TTL_S", DEFAULT_RDNS_MIN_TTL_S, v.non_negative_int,
                                   "`ptr`: a name is cached at least this long, whatever its record's TTL")
     rdns_max_ttl_s: int = setting("RDNS_MAX_TTL_S", DEFAULT_RDNS_MAX_TTL_S, v.positive_int,

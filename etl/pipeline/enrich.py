@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from etl.pipeline.peers import destination_of
+from etl.rdns.hosts import bounded_host
 from etl.rdns.strategies import Resolver
 
 Event = dict[str, Any]
@@ -25,13 +26,22 @@ CONTEXT_PREFIX = "context_"
 
 
 def host_of(event: Event) -> str | None:
-    """The event's host for reverse DNS: ``metadata.host_ip``, else ``hostname``, else ``host_id``."""
+    """The event's host for reverse DNS: ``metadata.host_ip``, else ``hostname``, else ``host_id``. A value
+    longer than a host name can be (``etl.rdns.hosts``) is not a host: the next key is tried."""
     metadata = event["metadata"]
     for key in ("host_ip", "hostname", "host_id"):
         value = metadata.get(key)
-        if value not in (None, ""):
-            return str(value)
+        if value is not None:
+            host = bounded_host(value if isinstance(value, str) else str(value))
+            if host is not None:
+                return host
     return None
+
+
+def peer_of(event: Event) -> str | None:
+    """The event's destination for reverse DNS (``etl.pipeline.peers``), when it could be a host."""
+    peer = destination_of(event)
+    return None if peer is None else bounded_host(peer)
 
 
 def format_time(now: datetime) -> str:
@@ -68,7 +78,7 @@ def enrich(event: Event, *, env: str, rdns: str | None, enriched_at: str, dst_rd
 def enrich_batch(events: Sequence[Event], *, env: str, resolver: Resolver, now: datetime) -> list[Event]:
     """Enrich a batch with one ``resolver.resolve`` call for every distinct host and destination in it."""
     hosts = [host_of(e) for e in events]
-    peers = [destination_of(e) for e in events]
+    peers = [peer_of(e) for e in events]
     names = resolver.resolve({a for a in (*hosts, *peers) if a is not None})
     enriched_at = format_time(now)
     return [

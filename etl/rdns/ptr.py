@@ -1,7 +1,8 @@
 """Real reverse DNS: PTR queries through dnspython's asyncio resolver, concurrent, cached and time-bounded.
 
 ``PtrResolver.resolve`` is called from Dramatiq worker threads with the distinct hosts of one batch. Hosts that
-are not IP addresses get ``None`` (names are not PTR-resolved). The cache answers what it can; the misses are
+are not IP addresses get ``None`` (names are not PTR-resolved, nor addresses with a scope id: see
+``etl.rdns.hosts``). The cache answers what it can; the misses are
 handed to one event loop thread per process, which runs them all at once, and the calling thread waits at most
 the batch budget. What is not answered by then gets ``None`` and is counted in
 ``etl_rdns_budget_exhausted_total``: DNS never holds a batch up longer than the budget, and a DNS failure never
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ipaddress
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -30,9 +30,11 @@ import dns.resolver
 from etl.config import Settings
 from etl.errors import ConfigError
 from etl.rdns.cache import DnsCache, TtlPolicy
+from etl.rdns.hosts import ptr_address
 from etl.runtime.loopthread import LoopThread
 from etl.runtime.metrics import (
     RDNS_BUDGET_EXHAUSTED,
+    RDNS_CACHE_BYTES,
     RDNS_CACHE_ENTRIES,
     RDNS_CACHE_REQUESTS,
     RDNS_LOOKUP_SECONDS,
@@ -46,14 +48,6 @@ MAX_PENDING_LOOKUPS = 4096
 # The calling thread waits this much past the budget for the loop thread to hand the answers over.
 HANDOFF_GRACE_S = 0.05
 LOOKUP_RESULTS = ("ok", "nxdomain", "nodata", "servfail", "timeout", "error")
-
-
-def ptr_address(host: str) -> str | None:
-    """The canonical text of ``host`` when it is an IPv4 or IPv6 address (the cache key), else ``None``."""
-    try:
-        return ipaddress.ip_address(host.strip()).compressed
-    except ValueError:
-        return None
 
 
 def build_dns_resolver(nameservers: Sequence[tuple[str, int]], timeout_s: float) -> dns.asyncresolver.Resolver:
@@ -96,12 +90,13 @@ class PtrResolver:
         """The resolver the ``RDNS_*`` settings describe. Raises ``ConfigError`` as ``build_dns_resolver``."""
         policy = TtlPolicy(settings.rdns_min_ttl_s, settings.rdns_max_ttl_s, settings.rdns_negative_ttl_s)
         dns_resolver = build_dns_resolver(settings.rdns_nameservers, settings.rdns_timeout_ms / 1000)
-        return cls(dns_resolver, DnsCache(settings.rdns_cache_size, policy),
-                   budget_s=settings.rdns_batch_budget_ms / 1000)
+        cache = DnsCache(settings.rdns_cache_size, policy, max_bytes=settings.rdns_cache_bytes)
+        return cls(dns_resolver, cache, budget_s=settings.rdns_batch_budget_ms / 1000)
 
     def resolve(self, hosts: Iterable[str]) -> dict[str, str | None]:
-        """Each host's PTR name, or ``None``: not an IP address, no name, a failure, or not answered within the
-        budget. Returns within the budget (plus a hand-over margin). Never raises for DNS reasons."""
+        """Each host's PTR name, or ``None``: not an IP address that may be resolved (``ptr_address``), no name, a
+        failure, or not answered within the budget. Returns within the budget (plus a hand-over margin). Never
+        raises for DNS reasons."""
         deadline = time.monotonic() + self._budget_s
         addresses = {host: ptr_address(host) for host in set(hosts)}
         names: dict[str, str | None] = {}
@@ -120,6 +115,7 @@ class PtrResolver:
                 RDNS_BUDGET_EXHAUSTED.inc(len(misses) - len(found))
             names.update(found)
         RDNS_CACHE_ENTRIES.set(len(self._cache))
+        RDNS_CACHE_BYTES.set(self._cache.size_bytes)
         return {host: names.get(address) if address else None for host, address in addresses.items()}
 
     def close(self) -> None:

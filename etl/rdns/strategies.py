@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from etl.config import Settings
+from etl.rdns.hosts import MAX_HOST_CHARS
 from etl.rdns.ptr import PtrResolver
 
-# Fake names are a pure function of the host: the last ones computed are kept (a few MB at most).
+# Fake names are a pure function of the host: the last ones computed are kept (hosts are bounded: a few MB).
 FAKE_CACHE_SIZE = 16_384
 
 
@@ -25,13 +26,18 @@ class Resolver(Protocol):
         ...
 
 
-@functools.lru_cache(maxsize=FAKE_CACHE_SIZE)
 def fake_name(host: str) -> str | None:
-    """The fake reverse-DNS name of ``host``: ``host-{last part}.local``.
+    """The fake reverse-DNS name of ``host``: ``host-{last part}.local``; ``None`` for a host longer than
+    ``MAX_HOST_CHARS`` (checked before the cache, which keeps its hosts).
 
     The last part is the last octet of an IPv4 address, the last group of an IPv6 address, the last
     dot-separated label of a host name, or for a name without dots its last ``-``-separated part.
     """
+    return None if len(host) > MAX_HOST_CHARS else _fake_name(host)
+
+
+@functools.lru_cache(maxsize=FAKE_CACHE_SIZE)
+def _fake_name(host: str) -> str | None:
     host = host.strip().rstrip(".")
     if not host:
         return None

@@ -44,3 +44,5 @@ RDNS_LOOKUP_SECONDS = Histogram("etl_rdns_lookup_seconds", "Time one PTR lookup 
 RDNS_BUDGET_EXHAUSTED = Counter("etl_rdns_budget_exhausted_total",
                                 "Addresses left null because their batch's DNS time budget ran out")
 RDNS_CACHE_ENTRIES = Gauge("etl_rdns_cache_entries", "Entries in the reverse-DNS cache", multiprocess_mode="livesum")
+RDNS_CACHE_BYTES = Gauge("etl_rdns_cache_bytes", "Bytes the reverse-DNS cache holds, as it counts them",
+                         multiprocess_mode="livesum")

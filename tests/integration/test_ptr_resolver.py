@@ -7,11 +7,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 
 import pytest
 from prometheus_client import REGISTRY
 
 from etl.config import Settings
+from etl.pipeline.enrich import enrich_batch
+from etl.rdns.cache import entry_bytes
 from etl.rdns.ptr import PtrResolver
 from tests.support.ptrserver import PtrServer
 from tests.waiting import wait_for
@@ -19,6 +22,7 @@ from tests.waiting import wait_for
 SERVFAIL_NET = "192.0.2.0/24"
 # Bounds on elapsed time are generous: the machine is shared and the tests run beside real servers.
 SLACK_S = 1.0
+NOW = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
 def metric(name: str, **labels: str) -> float:
@@ -212,3 +216,45 @@ def test_an_answer_cached_after_a_miss_is_not_asked_again(server: PtrServer, mak
     assert resolver.resolve(["10.0.0.1"]) == {"10.0.0.1": "a.example.com"}
     assert server.queries("10.0.0.1") == 1
 
+
+
+def scoped_events(count: int, scope_chars: int) -> Iterator[dict[str, object]]:
+    """Parsed events whose host and peer are link-local IPv6 addresses with a long scope id, each a distinct one."""
+    for i in range(count):
+        scope = f"{i:06d}" + "s" * scope_chars
+        yield {"id": f"scoped-{i}", "type": "connect", "source": "", "timestamp": 1,
+               "args": {"dst_ip": f"fe80::2%{scope}"},
+               "metadata": {"host_id": f"host-{i}", "host_ip": f"fe80::1%{scope}"}}
+
+
+def test_addresses_with_a_long_scope_id_leave_the_cache_small(server: PtrServer,
+                                                              make_resolver: Callable[..., PtrResolver]) -> None:
+    """400 events with a 200 KB scope id on both sides, in batches of 50, beside a plain address and a short
+    scope id: only the plain address is asked and cached."""
+    resolver = make_resolver(server)
+    events = scoped_events(400, 200_000)
+    for _ in range(8):
+        batch = [next(events) for _ in range(50)]
+        batch.append({**batch[0], "id": "plain", "metadata": {"host_ip": "10.0.0.1"},
+                      "args": {"dst_ip": "fe80::3%eth0"}})
+        out = enrich_batch(batch, env="test", resolver=resolver, now=NOW)
+        assert [(e["rdns"], e["dst_rdns"]) for e in out] == [(None, None)] * 50 + [("a.example.com", None)]
+    assert server.queries() == 1, "only the plain address was asked"
+    assert metric("etl_rdns_cache_entries") == 1
+    assert metric("etl_rdns_cache_bytes") == entry_bytes("10.0.0.1", "a.example.com")
+
+
+def test_the_cache_byte_bound_evicts_the_least_recently_used(make_resolver: Callable[..., PtrResolver]) -> None:
+    addresses = [f"10.7.0.{i}" for i in range(1, 10)]
+    bound = 3 * entry_bytes(addresses[0], "n1.example.com")
+    with PtrServer() as names:
+        for i, address in enumerate(addresses, start=1):
+            names.add(address, f"n{i}.example.com", 300)
+        resolver = make_resolver(names, RDNS_CACHE_BYTES=bound)
+        for address in addresses:
+            resolver.resolve([address])
+        assert metric("etl_rdns_cache_entries") == 3 and metric("etl_rdns_cache_bytes") == bound
+        assert resolver.resolve([addresses[-1]]) == {addresses[-1]: "n9.example.com"}
+        assert names.queries(addresses[-1]) == 1, "among the most recent: still cached"
+        assert resolver.resolve([addresses[0]]) == {addresses[0]: "n1.example.com"}
+        assert names.queries(addresses[0]) == 2, "the first was evicted and asked again"

@@ -11,7 +11,9 @@ import pytest
 from etl.config import Settings
 from etl.pipeline.enrich import ENRICHMENT_VERSION, enrich_batch, format_time, host_of
 from etl.pipeline.peers import destination_of
-from etl.rdns.ptr import PtrResolver, ptr_address
+from etl.rdns import strategies
+from etl.rdns.hosts import MAX_ADDRESS_CHARS, MAX_HOST_CHARS, ptr_address
+from etl.rdns.ptr import PtrResolver
 from etl.rdns.strategies import FakeResolver, OffResolver, fake_name, resolver_for
 
 NOW = datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
@@ -168,6 +170,38 @@ def test_resolver_follows_rdns_mode(mode: str, kind: type) -> None:
 @pytest.mark.parametrize(("host", "address"), [
     ("10.1.2.3", "10.1.2.3"), (" 10.1.2.3 ", "10.1.2.3"), ("2001:DB8:0::1", "2001:db8::1"),
     ("web01.example.com", None), ("host-001", None), ("", None), ("10.1.2.300", None),
+    ("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+    ("fe80::1%eth0", None), ("fe80::1%" + "x" * 200_000, None), (" " * 300 + "10.1.2.3", None),
+    ("0" * 60 + "::1", None),
 ])
-def test_only_ip_addresses_are_ptr_resolved(host: str, address: str | None) -> None:
+def test_only_ip_addresses_without_a_scope_are_ptr_resolved(host: str, address: str | None) -> None:
     assert ptr_address(host) == address
+
+
+def test_the_longest_address_text_fits_the_bound() -> None:
+    assert len("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255") == MAX_ADDRESS_CHARS
+
+
+HUGE = "fe80::1%" + "x" * 200_000
+
+
+def test_a_host_field_longer_than_a_host_name_is_skipped() -> None:
+    assert host_of({"metadata": {"host_ip": HUGE, "hostname": "web01.example.com"}}) == "web01.example.com"
+    assert host_of({"metadata": {"host_ip": "1" * (MAX_HOST_CHARS + 1), "host_id": "h"}}) == "h"
+    assert host_of({"metadata": {"host_id": "h" * MAX_HOST_CHARS}}) == "h" * MAX_HOST_CHARS
+    assert host_of({"metadata": {"host_ip": HUGE}}) is None
+
+
+def test_no_oversized_host_or_peer_reaches_the_resolver() -> None:
+    events = [connect(f"e{i}", HUGE + str(i), {"dst_ip": HUGE + str(i)}) for i in range(3)]
+    resolver = Recording()
+    out = enrich_batch([*events, connect("ok", "10.0.0.1", {"dst_ip": "fe80::2%eth0"})], env="prod",
+                       resolver=resolver, now=NOW)
+    assert sorted(resolver.calls[0]) == ["10.0.0.1", "fe80::2%eth0"]
+    assert [(e["rdns"], e["dst_rdns"]) for e in out] == [(None, None)] * 3 + [("10.0.0.1.ptr", "fe80::2%eth0.ptr")]
+
+
+def test_fake_names_of_oversized_hosts_are_null_and_not_cached() -> None:
+    before = strategies._fake_name.cache_info().currsize
+    assert FakeResolver().resolve([HUGE + str(i) for i in range(50)]) == {HUGE + str(i): None for i in range(50)}
+    assert strategies._fake_name.cache_info().currsize == before
