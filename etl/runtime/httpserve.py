@@ -48,7 +48,7 @@ class BoundedHandler(BaseHTTPRequestHandler):
     """A request handler whose whole request must arrive within ``CLIENT_DEADLINE_S``; ``reply`` sends one
     response. The stdlib answers a time-out by closing the connection."""
 
-    timeout = CLIENT_DEADLINE_S  # the socket's time-out, which bounds writing the reply
+    timeout = CLIENT_DEADLINE_S  # the socket's time-out until the request is read (see _DeadlineReader)
 
     def setup(self) -> None:
         super().setup()
@@ -57,6 +57,8 @@ class BoundedHandler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + CLIENT_DEADLINE_S))
 
     def reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        # The whole reply gets its own time-out, whatever of the request's deadline is left.
+        self.connection.settimeout(CLIENT_DEADLINE_S)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -35,10 +38,14 @@ def answers(port: int, path: str) -> bool:
 
 @contextmanager
 def clients(stack: ExitStack, port: int, count: int, first_bytes: bytes = b"") -> Iterator[list[socket.socket]]:
-    socks = [stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5)) for _ in range(count)]
-    for sock in socks:
+    socks = []
+    for i in range(count):
+        try:
+            socks.append(stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5)))
+        except TimeoutError:
+            raise AssertionError(f"port {port} accepted no connection #{i + 1}: its server is stuck") from None
         if first_bytes:
-            sock.sendall(first_bytes)
+            socks[-1].sendall(first_bytes)
     yield socks
 
 
@@ -66,7 +73,8 @@ def start(start_pipeline: Callable[..., Pipeline], settings: Settings) -> tuple[
 
 def test_idle_and_slow_clients_block_no_endpoint(make_settings: Callable[..., Settings],
                                                  start_pipeline: Callable[..., Any]) -> None:
-    bridge, pool = start(start_pipeline, make_settings())
+    settings = make_settings()
+    bridge, pool = start(start_pipeline, settings)
     with ExitStack() as stack:
         held = {}
         for port in (bridge, pool):
@@ -77,6 +85,9 @@ def test_idle_and_slow_clients_block_no_endpoint(make_settings: Callable[..., Se
         for port, path in ((bridge, "/healthz"), (bridge, "/metrics"), (pool, "/metrics")):
             status, took_s = timed_get(port, path)
             assert status == 200 and took_s < ANSWER_WITHIN_S, (port, path, took_s)
+        health = subprocess.run([sys.executable, "-m", "etl.cli", "health", "--pool", "enrich"], capture_output=True,
+                                text=True, env={**os.environ, **settings.to_env(), "METRICS_PORT": str(pool)})
+        assert (health.returncode, health.stdout) == (0, "enrich: healthy\n"), health.stderr
 
         # Then each server drops them: the idle ones, and a slow loris however steadily it trickles its header.
         for idle, slow in held.values():
