@@ -58,13 +58,13 @@ def _dramatiq_module() -> ModuleType | None:
 
 def metrics_handler(directory: str) -> type[BoundedHandler]:
     """A handler serving the metrics of every process that writes to ``directory``, on any path (as Dramatiq's)."""
-    # prometheus_client picks its storage at import: only here, in the forked process, with the directory set.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-    from prometheus_client.multiprocess import MultiProcessCollector
 
     class Handler(BoundedHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            # Imported at the first request, as Dramatiq's server does, so the port is bound without waiting.
+            from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+            from prometheus_client.multiprocess import MultiProcessCollector
+
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=directory)
             self.reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
@@ -75,6 +75,8 @@ def metrics_handler(directory: str) -> type[BoundedHandler]:
 def serve_pool_metrics() -> int:
     """Dramatiq's fork function: serve the pool's metrics until the process is stopped. Returns the exit code."""
     config = exposition_config(_dramatiq_module())
+    # prometheus_client picks its storage when first imported: the multiprocess directory, as in the workers.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = config.directory
     server = BoundedHTTPServer((config.host, config.port), metrics_handler(config.directory))
     log.info("pool metrics on port %d", config.port, extra={"port": config.port})
     try:

@@ -73,6 +73,9 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     """Serves ``handler`` on ``address``, at most ``max_connections`` connections at once."""
 
     daemon_threads = True
+    # The listen backlog: connections the kernel completes before the server accepts them. The stdlib's 5 would
+    # leave a burst of probes waiting for SYN retries while the server is busy accepting idle clients.
+    request_queue_size = 2 * MAX_CONNECTIONS
 
     def __init__(self, address: tuple[str, int], handler: type[BoundedHandler],
                  max_connections: int = MAX_CONNECTIONS) -> None:

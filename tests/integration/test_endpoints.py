@@ -102,6 +102,6 @@ def test_connections_past_the_bound_are_closed_at_once(make_settings: Callable[.
         with ExitStack() as stack:
             stack.enter_context(clients(stack, port, MAX_CONNECTIONS))
             extra = stack.enter_context(clients(stack, port, 1))[0]
-            wait_for(lambda e=extra: closed_by_server(e), timeout_s=2)
+            wait_for(lambda e=extra: closed_by_server(e), timeout_s=CLIENT_DEADLINE_S - 2)
         # Served again once they are gone.
         wait_for(lambda p=port: answers(p, "/metrics"), timeout_s=5)
