@@ -44,6 +44,12 @@ DEFAULT_QUEUE_LOW_WATER_PERCENT = 50
 DEFAULT_BREAKER_FAILURES = 5
 DEFAULT_BREAKER_COOLDOWN_MS = 5_000
 DEFAULT_NATS_STREAM_REPLICAS = 1
+# Stream limits. Each stream's max_bytes is reserved from the NATS server's JetStream storage when it is created, so
+# the defaults stay small enough for a developer's machine; the raw stream's is the backlog a paused pipeline
+# can take. Enriched events are for downstream readers, not an archive.
+DEFAULT_RAW_STREAM_MAX_BYTES = 4 * 1024**3
+DEFAULT_ENRICHED_STREAM_MAX_BYTES = 1024**3
+DEFAULT_ENRICHED_STREAM_MAX_AGE_S = 7 * 24 * 3600
 # URL schemes nats-py lets one connection mix: TCP (plain or TLS) or WebSocket, not both.
 NATS_SCHEME_FAMILIES = (("nats", "tls"), ("ws", "wss"))
 RDNS_MODES = ("off", "fake", "ptr")
@@ -91,6 +97,19 @@ class Settings:
         "replicas (1 to 5) of `NATS_STREAM` and `NATS_ENRICHED_STREAM` when the pipeline creates them; an existing "
         "stream is used as it is, with a warning if its replicas differ (see "
         "[docs/scaling.md](docs/scaling.md#running-against-a-nats-cluster))")
+    nats_stream_max_bytes: int = setting(
+        "NATS_STREAM_MAX_BYTES", DEFAULT_RAW_STREAM_MAX_BYTES, v.non_negative_int,
+        "bytes `NATS_STREAM` may hold (0: no limit); when full, JetStream refuses new events and keeps every one it "
+        "accepted (see [docs/operations.md](docs/operations.md#when-the-raw-stream-is-full))")
+    nats_stream_max_age_s: int = setting(
+        "NATS_STREAM_MAX_AGE", 0, v.non_negative_int,
+        "seconds `NATS_STREAM` keeps an event not yet taken by a bridge (0: no limit); older ones are deleted")
+    nats_enriched_stream_max_bytes: int = setting(
+        "NATS_ENRICHED_STREAM_MAX_BYTES", DEFAULT_ENRICHED_STREAM_MAX_BYTES, v.non_negative_int,
+        "bytes `NATS_ENRICHED_STREAM` may hold (0: no limit); when full, its oldest events are deleted")
+    nats_enriched_stream_max_age_s: int = setting(
+        "NATS_ENRICHED_STREAM_MAX_AGE", DEFAULT_ENRICHED_STREAM_MAX_AGE_S, v.non_negative_int,
+        "seconds `NATS_ENRICHED_STREAM` keeps an event (0: no limit). The four limits apply to existing streams too")
     nats_public_api: bool = setting(
         "ETL_NATS_PUBLIC_API", False, v.boolean, "use nats-py's public API instead of its private hooks on the hot "
         "paths: slower, for ruling the hooks out (see [docs/operations.md](docs/operations.md))")

@@ -140,6 +140,10 @@ def make_settings(
         "GRAPH_NAME": f"events_{suffix}",
         "AF_ENV": "test",
         "AF_FAKE_RDNS": "true",
+        # A stream's max_bytes is reserved from the server's JetStream storage, and the suite makes hundreds of
+        # streams on one server: unlimited here, tests of the limits set their own.
+        "NATS_STREAM_MAX_BYTES": "0",
+        "NATS_ENRICHED_STREAM_MAX_BYTES": "0",
     }
 
     def make(**overrides: Any) -> Settings:

@@ -25,6 +25,7 @@ from nats.js.api import StreamConfig, StreamInfo
 from etl.config import Settings
 from etl.envvalues import redact_url
 from etl.errors import ConfigError, TransientError
+from etl.natsio.stream_limits import StreamLimits, apply_limits
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,12 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
     OSError,
 )
+
+
+# A stream's max_bytes is reserved from the server's JetStream storage: a server refuses one it cannot reserve.
+JS_ERR_INSUFFICIENT_STORAGE = 10047
+STORAGE_HINT = (" (max_bytes is reserved from the server's JetStream storage: lower NATS_STREAM_MAX_BYTES or "
+                "NATS_ENRICHED_STREAM_MAX_BYTES, or give the server more, e.g. max_file_store)")
 
 
 class NatsUnavailable(TransientError):
@@ -226,15 +233,16 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 
 async def ensure_stream(
-    js: JetStreamContext, name: str, subjects: Iterable[str], **limits: Any
+    js: JetStreamContext, name: str, subjects: Iterable[str], *, kept: StreamLimits | None = None, **limits: Any
 ) -> StreamInfo:
-    """Create stream ``name`` capturing ``subjects`` if missing, else bind to it as it is.
+    """Create stream ``name`` capturing ``subjects`` if missing, else bind to it.
 
     ``limits`` are ``StreamConfig`` fields (``storage``, ``duplicate_window`` in seconds, ``num_replicas``, ...)
-    used only when creating. An existing stream's config is never overwritten (a warning says so when its
-    replicas differ from ``num_replicas``); subjects it lacks are added to it.
+    used only when creating. Otherwise an existing stream's config is not overwritten (a warning says so when its
+    replicas differ from ``num_replicas``), except that subjects it lacks are added to it and its size and age
+    limits are brought to ``kept`` (``etl.natsio.stream_limits``).
     Raises ``NatsUnavailable`` when JetStream does not answer, ``ConfigError`` when the server refuses the
-    stream (e.g. its subjects overlap another stream's).
+    stream (e.g. its subjects overlap another stream's, or it has no room for its ``max_bytes``).
     """
     wanted = list(subjects)
     with unavailable_as(NatsUnavailable, f"cannot set up NATS stream {name}"):
@@ -242,13 +250,17 @@ async def ensure_stream(
             try:
                 info = await js.stream_info(name)
                 _warn_on_other_replicas(info, limits.get("num_replicas"))
+                if kept is not None:
+                    info = await apply_limits(js, info, kept)
             except nats.js.errors.NotFoundError:
+                limits.update(kept.config_fields() if kept is not None else {})
                 info = await _create_stream(js, StreamConfig(name=name, subjects=wanted, **limits))
             return await _add_missing_subjects(js, info, wanted)
         except nats.js.errors.APIError as e:
-            if isinstance(e, UNAVAILABLE_ERRORS):
+            if isinstance(e, UNAVAILABLE_ERRORS) and e.err_code != JS_ERR_INSUFFICIENT_STORAGE:
                 raise
-            raise ConfigError(f"NATS refused stream {name} for subjects {wanted}: {e.description}") from e
+            hint = STORAGE_HINT if e.err_code == JS_ERR_INSUFFICIENT_STORAGE else ""
+            raise ConfigError(f"NATS refused stream {name} for subjects {wanted}: {e.description}{hint}") from e
 
 
 async def _create_stream(js: JetStreamContext, config: StreamConfig) -> StreamInfo:

@@ -1,6 +1,7 @@
 """The HTTP endpoints of a process: ``/healthz`` (alive), ``/readyz`` (can do its work) and ``/metrics``.
 
-A small threaded stdlib server, so probes and scrapes never wait on the pipeline's own loop.
+A small threaded stdlib server, so probes and scrapes never wait on the pipeline's own loop, and bounded
+(``etl.runtime.httpserve``), so idle or slow clients cannot hold it.
 """
 
 from __future__ import annotations
@@ -8,9 +9,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from etl.runtime.httpserve import BoundedHandler, BoundedHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -18,29 +20,19 @@ log = logging.getLogger(__name__)
 Readiness = Callable[[], "str | None"]
 
 
-def _handler(readiness: Readiness) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler(readiness: Readiness) -> type[BoundedHandler]:
+    class Handler(BoundedHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             if self.path == "/healthz":
-                self._reply(200, b"ok\n")
+                self.reply(200, b"ok\n")
             elif self.path == "/readyz":
                 reason = _safe(readiness)
-                self._reply(200 if reason is None else 503,
-                            b"ready\n" if reason is None else f"not ready: {reason}\n".encode())
+                self.reply(200 if reason is None else 503,
+                           b"ready\n" if reason is None else f"not ready: {reason}\n".encode())
             elif self.path == "/metrics":
-                self._reply(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                self.reply(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
             else:
-                self._reply(404, b"not found\n")
-
-        def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
-            log.debug("health %s", format % args)
+                self.reply(404, b"not found\n")
 
     return Handler
 
@@ -56,8 +48,7 @@ class HealthServer:
     """Serves the endpoints on ``host:port`` (port 0 picks a free one; see ``port``) from a daemon thread."""
 
     def __init__(self, host: str, port: int, readiness: Readiness) -> None:
-        self._server = ThreadingHTTPServer((host, port), _handler(readiness))
-        self._server.daemon_threads = True
+        self._server = BoundedHTTPServer((host, port), _handler(readiness))
         self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
 
     @property

@@ -35,6 +35,7 @@ from etl.config import Settings
 from etl.errors import ConfigError
 from etl.natsio import conn, internals
 from etl.natsio.pull import ConsumerGone, PullFetcher
+from etl.natsio.stream_limits import StreamLimits
 from etl.pipeline.backlog import DEFAULT_BACKLOG_POLL_S, Backlog, BacklogGate, Backpressure
 from etl.runtime.metrics import BATCH_SIZE, CONSUMER_ACK_PENDING, CONSUMER_LAG, EVENTS, RETRIES
 
@@ -88,7 +89,13 @@ async def ensure_raw_stream(js: JetStreamContext, settings: Settings) -> js_api.
     """
     return await conn.ensure_stream(js, settings.nats_stream, [settings.nats_subject_raw],
                                     storage=js_api.StorageType.FILE, retention=RAW_STREAM_RETENTION,
-                                    num_replicas=settings.nats_stream_replicas)
+                                    num_replicas=settings.nats_stream_replicas, kept=raw_stream_limits(settings))
+
+
+def raw_stream_limits(settings: Settings) -> StreamLimits:
+    """The raw stream's limits. Full, it refuses new events (discard ``new``): every event it holds is one an
+    agent was told was accepted and no bridge has yet handed over, so dropping the oldest would lose it."""
+    return StreamLimits(settings.nats_stream_max_bytes, settings.nats_stream_max_age_s, js_api.DiscardPolicy.NEW)
 
 
 def _check_consumer(info: js_api.ConsumerInfo, settings: Settings) -> None:

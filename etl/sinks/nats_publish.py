@@ -25,12 +25,13 @@ import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client
-from nats.js.api import StorageType
+from nats.js.api import DiscardPolicy, StorageType
 
 from etl.config import Settings
 from etl.errors import SinkDataError, SinkUnavailable
 from etl.natsio import conn, hpub, internals
 from etl.natsio.js_acks import AckInbox
+from etl.natsio.stream_limits import StreamLimits
 from etl.sinks.base import Event, inner_timeout_s
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,14 @@ T = TypeVar("T")
 
 # Replays of a batch within this window are recognised by the stream (Nats-Msg-Id) and not stored twice.
 DEFAULT_DUPLICATE_WINDOW_S = 120.0
-# Enriched events are for downstream readers, not an archive; the stream would otherwise grow forever.
-ENRICHED_STREAM_MAX_AGE_S = 7 * 24 * 3600.0
+
+def enriched_stream_limits(settings: Settings) -> StreamLimits:
+    """The enriched stream's limits: full, it drops its oldest events (discard ``old``), which readers had their
+    time to take, rather than stop the pipeline."""
+    return StreamLimits(settings.nats_enriched_stream_max_bytes, settings.nats_enriched_stream_max_age_s,
+                        DiscardPolicy.OLD)
+
+
 # A call's coroutine times out this much before the caller stops waiting for the loop thread to answer at all.
 LOOP_GRACE_S = 1.0
 LOOP_JOIN_TIMEOUT_S = 5.0
@@ -147,7 +154,7 @@ class NatsPublisher:
                     await conn.ensure_stream(
                         nc.jetstream(timeout=self._timeout_s), self._stream, [self._subject],
                         storage=StorageType.FILE, duplicate_window=self._duplicate_window_s,
-                        max_age=ENRICHED_STREAM_MAX_AGE_S, num_replicas=self._settings.nats_stream_replicas)
+                        num_replicas=self._settings.nats_stream_replicas, kept=enriched_stream_limits(self._settings))
                     self._acks = AckInbox()
                     with conn.unavailable_as(conn.NatsUnavailable, "cannot subscribe to publish acks"):
                         await self._acks.start(nc)
