@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from etl.pipeline import rawbatch
 from etl.pipeline.validate import validate_batch
 
@@ -12,6 +14,14 @@ def test_raw_batches_round_trip_including_invalid_utf8() -> None:
     assert binary == [1]
     unpacked = rawbatch.unpack(texts, binary)
     assert [u.encode() if isinstance(u, str) else u for u in unpacked] == batch
+
+
+def test_payloads_json_would_blow_up_travel_as_base64() -> None:
+    hostile = b"12" + b"\x01" * 10_000
+    normal = b'{"id": "e1", "type": "t", "source": "s\\n", "timestamp": 1}'
+    texts, binary = rawbatch.pack([normal, hostile])
+    assert binary == [1] and len(orjson.dumps(texts)) < 1.4 * (len(normal) + len(hostile))
+    assert rawbatch.unpack(texts, binary) == [normal.decode(), hostile]
 
 
 def test_bad_events_become_dead_letters_with_original_bytes() -> None:
