@@ -30,7 +30,7 @@ def test_bad_events_become_dead_letters_with_original_bytes() -> None:
     good, bad = validate_batch(raws, max_bytes=1000)
     assert [g["id"] for g in good] == ["1"]
     assert [b.stage for b in bad] == ["enrich", "enrich"]
-    assert bad[0].raw_bytes() == b"\xff\xfe" and bad[0].event_encoding == "base64"
+    assert bad[0].raw_bytes() == b"\xff\xfe" and bad[0].event_encoding == "raw"
     assert "not valid JSON" in bad[0].reason
     assert bad[1].raw_bytes() == b"[]" and "got array" in bad[1].reason
     assert bad[0].id != bad[1].id
