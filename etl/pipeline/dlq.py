@@ -95,7 +95,7 @@ class DeadLetterStore:
         self._prefix = prefix
         self._last_purge = float("-inf")
         self._scripts = dlqscripts.Scripts(client)
-        self._log = DeadLetterLog(self.limits)
+        self._log = DeadLetterLog(max_bytes=self.limits.max_bytes, max_entries=self.limits.max_entries)
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> DeadLetterStore:

@@ -12,14 +12,10 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from etl.pipeline.deadletter import DeadLetter, reason_type
 from etl.pipeline.dlqscripts import DROPPED
 from etl.runtime.metrics import DEAD_LETTERS, DEAD_LETTERS_DROPPED
-
-if TYPE_CHECKING:
-    from etl.pipeline.dlq import Limits
 
 log = logging.getLogger("etl.pipeline.dlq")
 
@@ -52,8 +48,9 @@ class FullNotice:
 class DeadLetterLog:
     """Counts and logs the outcome of one ``DeadLetterStore.add``."""
 
-    def __init__(self, limits: Limits) -> None:
-        self._limits = limits
+    def __init__(self, *, max_bytes: int, max_entries: int) -> None:
+        self._max_bytes = max_bytes
+        self._max_entries = max_entries
         self._full = FullNotice(self._say_full)
 
     def record(self, letters: Sequence[DeadLetter], outcomes: Sequence[int]) -> None:
@@ -72,7 +69,7 @@ class DeadLetterLog:
     def _say_full(self, dropped: int) -> None:
         log.warning("the DLQ is full, %d dead letters not kept in the last minute (DLQ_MAX_BYTES=%d, "
                     "DLQ_MAX_ENTRIES=%d); each is still counted by stage and reason: see `etl dlq list`", dropped,
-                    self._limits.max_bytes, self._limits.max_entries,
+                    self._max_bytes, self._max_entries,
                     extra={"dropped": dropped})
 
 

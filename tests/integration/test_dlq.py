@@ -98,9 +98,9 @@ def test_stage_counts_come_from_the_stage_indexes_and_follow_removals(redis_serv
 
 def bounded_store(port: int, *, max_bytes: int = 10**9, max_entries: int = 10**6,
                   entry_max_bytes: int = 64 * 1024, db: int = 3) -> DeadLetterStore:
-    store = store_on(port, db=db)
-    store.limits = Limits(max_bytes=max_bytes, max_entries=max_entries, entry_max_bytes=entry_max_bytes)
-    return store
+    client = redis.Redis(port=port, db=db)
+    client.flushdb()
+    return DeadLetterStore(client, retention_s=10**10, limits=Limits(max_bytes, max_entries, entry_max_bytes))
 
 
 def accounted_bytes(store: DeadLetterStore) -> int:
