@@ -38,6 +38,12 @@ DEFAULT_RETRY_MAX = 8
 DEFAULT_RETRY_MIN_BACKOFF_MS = 500
 DEFAULT_RETRY_MAX_BACKOFF_MS = 60_000
 DEFAULT_DLQ_RETENTION_DAYS = 14
+# The dead-letter queue's share of Redis: far below a typical maxmemory, so that a flood of bad events can never
+# take the memory the queues need. Past either bound, dead letters are counted but not kept.
+DEFAULT_DLQ_MAX_BYTES = 128 * 1024 * 1024
+DEFAULT_DLQ_MAX_ENTRIES = 100_000
+# An entry whose event is larger keeps only its head, length and SHA-256; normal events are far smaller.
+DEFAULT_DLQ_ENTRY_MAX_BYTES = 64 * 1024
 # In batches: 40 of DEFAULT_MAX_BATCH_SIZE is the same 20,000 events per queue as 200 batches of 100 were.
 DEFAULT_MAX_QUEUE_DEPTH = 40
 DEFAULT_QUEUE_LOW_WATER_PERCENT = 50
@@ -223,6 +229,14 @@ class Settings:
                                         "the longest retry delay")
     dlq_retention_days: int = setting("DLQ_RETENTION_DAYS", DEFAULT_DLQ_RETENTION_DAYS, v.positive_int,
                                       "how long dead letters are kept")
+    dlq_max_bytes: int = setting(
+        "DLQ_MAX_BYTES", DEFAULT_DLQ_MAX_BYTES, v.positive_int, "bytes of Redis the dead-letter queue may hold; "
+        "past it, dead letters are counted but not kept (see [docs/operations.md](docs/operations.md))")
+    dlq_max_entries: int = setting("DLQ_MAX_ENTRIES", DEFAULT_DLQ_MAX_ENTRIES, v.positive_int,
+                                   "entries the dead-letter queue may hold; past it, the same")
+    dlq_entry_max_bytes: int = setting(
+        "DLQ_ENTRY_MAX_BYTES", DEFAULT_DLQ_ENTRY_MAX_BYTES, v.positive_int, "a dead letter whose event is larger "
+        "keeps only its first KiB, its length and its SHA-256 (and cannot be replayed)")
     max_queue_depth: int = setting("MAX_QUEUE_DEPTH", DEFAULT_MAX_QUEUE_DEPTH, v.positive_int,
                                    "messages (batches) in the deepest queue above which the bridge stops fetching")
     queue_low_water_percent: int = setting(

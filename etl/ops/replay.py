@@ -2,7 +2,8 @@
 
 Entries of stage ``enrich`` are raw events and go back through validation; entries of a sink stage are enriched
 events and go straight back to that sink. An entry leaves the dead-letter queue only after its batch was
-enqueued. If it fails again, it comes back as a new dead letter.
+enqueued. If it fails again, it comes back as a new dead letter. A truncated entry (one that kept only the head
+of its event) is never replayed: ``plan`` refuses it rather than send a fragment.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from etl.pipeline.dlq import DeadLetter, DeadLetterStore
-from etl.stages import ENRICH, NAMES
+from etl.stages import NAMES
 
 
 @dataclass(frozen=True)
@@ -22,18 +23,29 @@ class ReplayBatch:
     payloads: list[Any]  # raw bytes for ``enrich``, enriched event dicts for the sinks
 
 
+def replayable(letters: Iterable[DeadLetter]) -> tuple[list[DeadLetter], list[DeadLetter]]:
+    """``letters`` split into those that can be replayed and the truncated ones, which cannot."""
+    whole: list[DeadLetter] = []
+    truncated: list[DeadLetter] = []
+    for letter in letters:
+        (truncated if letter.truncated else whole).append(letter)
+    return whole, truncated
+
+
 def plan(letters: Iterable[DeadLetter], batch_size: int) -> list[ReplayBatch]:
-    """Group entries by stage into batches of at most ``batch_size``. Unknown stages raise ``ValueError``."""
+    """Group entries by stage into batches of at most ``batch_size``. Unknown stages raise ``ValueError``, a
+    truncated entry ``DeadLetterTruncated``: nothing is planned then."""
     by_stage: dict[str, list[DeadLetter]] = {}
     for letter in letters:
         if letter.stage not in NAMES:
             raise ValueError(f"dead letter {letter.id} has unknown stage {letter.stage!r}")
+        letter.check_replayable()
         by_stage.setdefault(letter.stage, []).append(letter)
     batches = []
     for stage, group in by_stage.items():
         for start in range(0, len(group), batch_size):
             chunk = group[start:start + batch_size]
-            payloads = [e.raw_bytes() if stage == ENRICH.name else e.event for e in chunk]
+            payloads = [e.replay_payload() for e in chunk]
             batches.append(ReplayBatch(stage, [e.id for e in chunk], payloads))
     return batches
 

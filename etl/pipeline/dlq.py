@@ -1,14 +1,22 @@
-"""The dead-letter queue: one place, in Redis, for every event the pipeline could not deliver.
+"""The dead-letter queue: one place, in Redis, for every event the pipeline could not deliver, bounded.
 
 Entries come from enrichment (events that break the contract) and from any pool whose batch failed
 permanently or ran out of retries. Each entry records the stage, the reason (exception type and message),
-the original event, the number of attempts and the first and last failure times.
+the event's bytes (or their head, see ``etl.pipeline.deadletter``), the number of attempts and the first and last
+failure times.
+
+The queue is bounded in bytes and in entries. When full, a dead letter is still counted, by stage and reason type,
+in Redis and in ``etl_dead_letters_dropped_total``, but its entry is not kept, unless its (stage, reason type) has
+no sample left in the queue. Bounds are checked and the byte total kept in Lua scripts, so every writer (any
+process, any thread) sees one consistent total.
 
 Layout in Redis (it survives restarts when Redis persists, see the README):
-- ``{prefix}:entries``: hash, entry id -> entry JSON;
+- ``{prefix}:entries``: hash, entry id -> encoded entry;
 - ``{prefix}:by_time``: sorted set, entry id scored by last failure time (Unix seconds), for listing and expiry;
-- ``{prefix}:stage:{stage}``: the same, for one stage, so counting and listing a stage reads no entry; the set
-  ``{prefix}:stages`` names the stages that have one.
+- ``{prefix}:stage:{stage}``: the same, for one stage; the set ``{prefix}:stages`` names the stages that have one;
+- ``{prefix}:bytes``: the bytes the entries take (their values plus ``ENTRY_OVERHEAD_BYTES`` each);
+- ``{prefix}:counted`` and ``{prefix}:dropped``: hashes ``stage|reason type`` -> every dead letter, and those not
+  kept; ``{prefix}:samples``: ``stage|reason type`` -> the id of an entry kept as its sample.
 
 Entry ids are derived from the stage and the event, so the same failure delivered twice (at-least-once) is one
 entry whose ``occurrences`` grows, never two.
@@ -16,106 +24,95 @@ entry whose ``occurrences`` grows, never two.
 
 from __future__ import annotations
 
-import base64
 import builtins
-import hashlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import cast
 
-import orjson
 import redis
 
-from etl.config import Settings
-from etl.runtime.metrics import DEAD_LETTERS
+from etl.config import (
+    DEFAULT_DLQ_ENTRY_MAX_BYTES,
+    DEFAULT_DLQ_MAX_BYTES,
+    DEFAULT_DLQ_MAX_ENTRIES,
+    Settings,
+)
+from etl.pipeline import dlqscripts
+from etl.pipeline.deadletter import DeadLetter, decode, reason_type
+from etl.pipeline.dlqlog import DeadLetterLog
+
+__all__ = ["DeadLetter", "DeadLetterStore", "Limits", "ReasonCount"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "etl:dlq"
 PURGE_INTERVAL_S = 3600.0
+SECONDS_PER_DAY = 86_400
+REMOVE_CHUNK = 500
+COUNTER_SEPARATOR = "|"
 
 
-@dataclass
-class DeadLetter:
-    """One dead-lettered event (or, when it could not be split, a whole batch)."""
+@dataclass(frozen=True)
+class Limits:
+    """The queue's bounds: its bytes and entries in all, and the largest event an entry keeps whole."""
+
+    max_bytes: int = DEFAULT_DLQ_MAX_BYTES
+    max_entries: int = DEFAULT_DLQ_MAX_ENTRIES
+    entry_max_bytes: int = DEFAULT_DLQ_ENTRY_MAX_BYTES
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(settings.dlq_max_bytes, settings.dlq_max_entries, settings.dlq_entry_max_bytes)
+
+
+@dataclass(frozen=True)
+class ReasonCount:
+    """Dead letters of one stage and reason type: all counted, and those not kept because the queue was full."""
 
     stage: str
     reason: str
-    event: Any
-    attempts: int = 1
-    first_failure: float = field(default_factory=time.time)
-    last_failure: float = 0.0
-    event_encoding: str = "json"
-    occurrences: int = 1
-    id: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.last_failure:
-            self.last_failure = self.first_failure
-        if not self.id:
-            self.id = entry_id(self.stage, self.event)
-
-    @classmethod
-    def for_raw(cls, stage: str, reason: str, raw: bytes, **kw: Any) -> DeadLetter:
-        """An entry for raw input bytes: kept as text when UTF-8, as base64 otherwise."""
-        try:
-            return cls(stage, reason, raw.decode("utf-8"), event_encoding="text", **kw)
-        except UnicodeDecodeError:
-            return cls(stage, reason, base64.b64encode(raw).decode(), event_encoding="base64", **kw)
-
-    def raw_bytes(self) -> bytes:
-        """The event as bytes, as it would be published to ``events.raw`` again."""
-        if self.event_encoding == "base64":
-            return base64.b64decode(self.event)
-        if self.event_encoding == "text":
-            return str(self.event).encode("utf-8")
-        return orjson.dumps(self.event)
-
-
-def entry_id(stage: str, event: Any) -> str:
-    body = event.encode("utf-8", "surrogatepass") if isinstance(event, str) else orjson.dumps(
-        event, option=orjson.OPT_SORT_KEYS
-    )
-    return hashlib.sha256(stage.encode() + b"\0" + body).hexdigest()[:24]
-
-
-SECONDS_PER_DAY = 86_400
+    counted: int
+    dropped: int
 
 
 class DeadLetterStore:
     """Reads and writes dead letters. Thread-safe (it only uses a redis client)."""
 
-    def __init__(self, client: redis.Redis, *, retention_s: float, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, client: redis.Redis, *, retention_s: float, limits: Limits | None = None,
+                 prefix: str = DEFAULT_PREFIX) -> None:
         self.client = client
         self.retention_s = retention_s
+        self.limits = limits or Limits()
         self.entries_key = f"{prefix}:entries"
         self.index_key = f"{prefix}:by_time"
         self.stages_key = f"{prefix}:stages"
+        self.bytes_key = f"{prefix}:bytes"
+        self.counted_key = f"{prefix}:counted"
+        self.dropped_key = f"{prefix}:dropped"
+        self.samples_key = f"{prefix}:samples"
         self._prefix = prefix
         self._last_purge = float("-inf")
+        self._scripts = dlqscripts.Scripts(client)
+        self._log = DeadLetterLog(max_bytes=self.limits.max_bytes, max_entries=self.limits.max_entries)
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> DeadLetterStore:
-        """The store on ``client``, keeping entries ``DLQ_RETENTION_DAYS``."""
-        return cls(client, retention_s=settings.dlq_retention_days * SECONDS_PER_DAY)
+        """The store on ``client``, keeping entries ``DLQ_RETENTION_DAYS`` within the ``DLQ_*`` bounds."""
+        return cls(client, retention_s=settings.dlq_retention_days * SECONDS_PER_DAY,
+                   limits=Limits.from_settings(settings))
 
     def add(self, letters: Sequence[DeadLetter]) -> None:
-        """Store ``letters``; an entry that exists already gets its count, attempts and last failure updated.
-
-        Every dead letter is also logged and counted (``etl_dead_letters_total``): none is silent.
-        """
+        """Store ``letters`` within the bounds; an entry that exists already gets its count, attempts and last
+        failure updated. Every dead letter is counted, kept or not (``etl_dead_letters_total``, the Redis
+        counters) and logged: one line per call, and a line at most once a minute while the queue is full."""
         if not letters:
             return
-        self._store(letters)
+        bounded = [letter.bounded(self.limits.entry_max_bytes) for letter in letters]
+        outcomes = self._store(bounded)
         self._purge_now_and_then()
-        for letter in letters:
-            reason_type = letter.reason.split(":", 1)[0]
-            DEAD_LETTERS.labels(stage=letter.stage, reason=reason_type).inc()
-            log.warning("dead-lettered %s at %s after %d attempt(s): %s", letter.id, letter.stage, letter.attempts,
-                        letter.reason, extra={"stage": letter.stage, "dead_letter_id": letter.id,
-                                              "error": letter.reason, "attempts": letter.attempts})
+        self._log.record(bounded, outcomes)
 
     def _purge_now_and_then(self) -> None:
         # Retention is enforced by whoever writes dead letters, at most once per PURGE_INTERVAL_S per process.
@@ -127,37 +124,37 @@ class DeadLetterStore:
     def stage_key(self, stage: str) -> str:
         return f"{self._prefix}:stage:{stage}"
 
-    def _store(self, letters: Sequence[DeadLetter]) -> None:
-        # An entry and its index entries are written in one transaction, so the counts never disagree.
-        pipe = self.client.pipeline(transaction=True)
+    def _store(self, letters: Sequence[DeadLetter]) -> list[int]:
+        # One script call per entry, all in one round trip: each checks the bounds and writes the entry, its
+        # indexes, its counters and the byte total at once.
+        pipe = self.client.pipeline(transaction=False)
         for letter in letters:
-            pipe.hsetnx(self.entries_key, letter.id, orjson.dumps(asdict(letter)))
-            # gt: an entry's score only moves forward, also when failures are reported out of order.
-            pipe.zadd(self.index_key, {letter.id: letter.last_failure}, gt=True)
-            pipe.zadd(self.stage_key(letter.stage), {letter.id: letter.last_failure}, gt=True)
-            pipe.sadd(self.stages_key, letter.stage)
-        created = pipe.execute()[::4]
-        merged = [self._merged(letter) for letter, new in zip(letters, created, strict=True) if not new]
-        if not merged:
-            return
-        pipe = self.client.pipeline(transaction=True)
-        for letter in merged:
-            pipe.hset(self.entries_key, letter.id, orjson.dumps(asdict(letter)))
-        pipe.execute()
+            keys = [self.entries_key, self.index_key, self.stage_key(letter.stage), self.stages_key,
+                    self.bytes_key, self.counted_key, self.dropped_key, self.samples_key]
+            args: list[str | bytes | float | int] = [
+                letter.id, letter.encode(), letter.last_failure, letter.stage, counter_field(letter),
+                self.limits.max_bytes, self.limits.max_entries, dlqscripts.ENTRY_OVERHEAD_BYTES]
+            self._scripts.add(keys=keys, args=args, client=pipe)
+        outcomes = [int(o) for o in pipe.execute()]
+        for letter, outcome in zip(letters, outcomes, strict=True):
+            if outcome == dlqscripts.EXISTED:
+                self._merge(letter)
+        return outcomes
 
-    def _merged(self, letter: DeadLetter) -> DeadLetter:
+    def _merge(self, letter: DeadLetter) -> None:
         old = self.get(letter.id)
         if old is None:
-            return letter
+            return
         old.occurrences += 1
         old.attempts = max(old.attempts, letter.attempts)
         old.last_failure = max(old.last_failure, letter.last_failure)
         old.reason = letter.reason
-        return old
+        self._scripts.replace(keys=[self.entries_key, self.bytes_key],
+                              args=[old.id, old.encode(), dlqscripts.ENTRY_OVERHEAD_BYTES])
 
     def get(self, entry_id: str) -> DeadLetter | None:
-        raw = self.client.hget(self.entries_key, entry_id)
-        return None if raw is None else DeadLetter(**orjson.loads(raw))
+        raw = cast("bytes | None", self.client.hget(self.entries_key, entry_id))
+        return None if raw is None else decode(raw)
 
     def list(self, *, stage: str | None = None, limit: int = 100) -> list[DeadLetter]:
         """The newest entries first, at most ``limit``, optionally of one stage."""
@@ -175,13 +172,34 @@ class DeadLetterStore:
             ids = _members(self.client.zrevrange(index_key or self.index_key, start, start + batch - 1))
             if not ids:
                 return
-            for raw in self.client.hmget(self.entries_key, ids):
+            for raw in cast("list[bytes | None]", self.client.hmget(self.entries_key, ids)):
                 if raw is not None:
-                    yield DeadLetter(**orjson.loads(raw))
+                    yield decode(raw)
             start += batch
 
     def count(self) -> int:
         return int(self.client.hlen(self.entries_key))
+
+    def used_bytes(self) -> int:
+        """The bytes the entries take, as counted against ``DLQ_MAX_BYTES``."""
+        return int(self._scripts.used(keys=[self.entries_key, self.bytes_key],
+                                      args=[dlqscripts.ENTRY_OVERHEAD_BYTES]))
+
+    def summary(self) -> builtins.list[ReasonCount]:
+        """Every dead letter counted since the counters began, kept or not, by stage and reason type."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(self.counted_key)
+        pipe.hgetall(self.dropped_key)
+        counted, dropped = cast("tuple[dict[bytes, bytes], dict[bytes, bytes]]", tuple(pipe.execute()))
+        out = []
+        for key in sorted(counted):
+            stage, _, reason = key.decode().partition(COUNTER_SEPARATOR)
+            out.append(ReasonCount(stage, reason, int(counted[key]), int(dropped.get(key, 0))))
+        return out
+
+    def reset_counters(self) -> None:
+        """Forget the counts of ``summary`` (the entries stay)."""
+        self.client.delete(self.counted_key, self.dropped_key)
 
     # builtins.list: in the class body, after ``def list``, a bare ``list`` names that method for mypy.
     def stages(self) -> builtins.list[str]:
@@ -213,15 +231,13 @@ class DeadLetterStore:
         pipe.execute()
 
     def remove(self, ids: Sequence[str]) -> int:
-        if not ids:
-            return 0
-        stages = self.stages()
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hdel(self.entries_key, *ids)
-        pipe.zrem(self.index_key, *ids)
-        for stage in stages:
-            pipe.zrem(self.stage_key(stage), *ids)
-        return int(pipe.execute()[0])
+        """Delete the entries ``ids`` (those that exist), and their bytes from the total. Returns how many."""
+        keys = [self.entries_key, self.index_key, self.bytes_key, *map(self.stage_key, self.stages())]
+        removed = 0
+        for start in range(0, len(ids), REMOVE_CHUNK):
+            chunk = ids[start:start + REMOVE_CHUNK]
+            removed += int(self._scripts.remove(keys=keys, args=[dlqscripts.ENTRY_OVERHEAD_BYTES, *chunk]))
+        return removed
 
     def purge(self, *, older_than_s: float | None = None) -> int:
         """Delete entries whose last failure is older than ``older_than_s`` (default: the retention)."""
@@ -231,7 +247,13 @@ class DeadLetterStore:
         return self.remove(ids)
 
 
+def counter_field(letter: DeadLetter) -> str:
+    """The key of a letter's counters: its stage and reason type, both from bounded sets."""
+    return f"{letter.stage}{COUNTER_SEPARATOR}{reason_type(letter.reason)}"
+
+
 def _members(reply: object) -> list[bytes]:
     # redis-py types a sorted-set range for every form (with scores or not, decoded or not). Ours ask without
     # scores on clients without decode_responses, so the reply is a list of bytes members.
     return cast("list[bytes]", reply)
+

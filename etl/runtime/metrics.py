@@ -10,6 +10,9 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS = Counter("etl_events_total", "Events that passed a stage", ["stage"])
 DEAD_LETTERS = Counter("etl_dead_letters_total", "Events dead-lettered, by stage and reason type",
                        ["stage", "reason"])
+DEAD_LETTERS_DROPPED = Counter("etl_dead_letters_dropped_total",
+                               "Dead letters counted but not kept because the dead-letter queue was full, by stage "
+                               "and reason type (also counted in etl_dead_letters_total)", ["stage", "reason"])
 RETRIES = Counter("etl_retries_total", "Batches scheduled for a retry, by sink or stage", ["stage"])
 BATCH_SIZE = Histogram("etl_batch_size", "Events per batch, by stage", ["stage"],
                        buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))

@@ -50,3 +50,34 @@ def test_dlq_list_and_show(make_settings: Callable[..., Settings]) -> None:
     shown = runner.invoke(main, ["dlq", "show", letter.id], env=settings.to_env())
     assert json.loads(shown.output)["event"] == "oops"
     assert runner.invoke(main, ["dlq", "show", "nope"], env=settings.to_env()).exit_code == 1
+
+
+def test_dlq_list_sums_up_what_was_counted_and_what_was_not_kept(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(DLQ_MAX_ENTRIES=3)
+    store = DeadLetterStore.from_settings(redis_client(settings), settings)
+    store.add([DeadLetter.for_raw("enrich", f"BadEvent: {i}", b"%d" % i) for i in range(10)])
+    store.add([DeadLetter("graph", "SinkDataError: x", {"id": "g"})])
+    listed = CliRunner().invoke(main, ["dlq", "list"], env=settings.to_env())
+    assert listed.exit_code == 0, listed.output
+    assert "entries kept: 4 of DLQ_MAX_ENTRIES=3" in listed.output
+    lines = [" ".join(line.split()) for line in listed.output.splitlines()]
+    assert "enrich BadEvent counted=10 not kept=7" in lines
+    assert "graph SinkDataError counted=1 not kept=0" in lines
+    assert "all counted=11 not kept=7" in lines
+    purged = CliRunner().invoke(main, ["dlq", "purge", "--older-than", "0s", "--counters"], env=settings.to_env())
+    assert purged.exit_code == 0 and "purged 4" in purged.output and store.summary() == []
+
+
+def test_dlq_replay_refuses_a_truncated_entry(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(DLQ_ENTRY_MAX_BYTES=100)
+    store = DeadLetterStore.from_settings(redis_client(settings), settings)
+    cut = DeadLetter.for_raw("enrich", "BadEvent: not valid JSON", b"\x01" * 5000)
+    store.add([cut])
+    runner = CliRunner()
+    refused = runner.invoke(main, ["dlq", "replay", cut.id], env=settings.to_env())
+    assert refused.exit_code == 1 and "cannot be replayed; nothing replayed" in refused.output
+    left = runner.invoke(main, ["dlq", "replay", "--all"], env=settings.to_env())
+    assert left.exit_code == 0 and "replayed 0 dead letter(s); 1 truncated entries cannot be replayed" in left.output
+    assert store.count() == 1
+    shown = json.loads(runner.invoke(main, ["dlq", "show", cut.id], env=settings.to_env()).output)
+    assert (shown["truncated"], shown["size"], len(shown["event"])) == (True, 5000, 1024)

@@ -1,14 +1,21 @@
-"""The dead-letter store against a real Redis, including a restart with AOF persistence."""
+"""The dead-letter store against a real Redis, including a restart with AOF persistence, its bounds, and its
+byte total under concurrent writers."""
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
+import orjson
+import pytest
 import redis
 
 from etl.dev import servers
-from etl.pipeline.dlq import DeadLetter, DeadLetterStore
+from etl.pipeline.dlq import DeadLetter, DeadLetterStore, Limits
+from etl.pipeline.dlqscripts import ENTRY_OVERHEAD_BYTES
 
 
 def store_on(port: int, db: int = 3, retention_s: float = 10**10) -> DeadLetterStore:
@@ -75,7 +82,7 @@ def test_stage_counts_come_from_the_stage_indexes_and_follow_removals(redis_serv
                for i in range(5)])
     assert store.counts_by_stage() == {"enrich": 30, "graph": 5}
     assert len(store.list(stage="graph", limit=100)) == 5
-    assert [e.event for e in store.list(stage="enrich", limit=2)] == ["29", "28"]  # newest first, raw JSON text
+    assert [e.event for e in store.list(stage="enrich", limit=2)] == [b"29", b"28"]  # newest first, raw bytes
     assert store.purge(older_than_s=time.time() - 1014.5) == 15  # the 15 oldest enrich entries
     store.remove([store.list(stage="graph", limit=1)[0].id])
     assert store.counts_by_stage() == {"enrich": 15, "graph": 4}
@@ -84,3 +91,105 @@ def test_stage_counts_come_from_the_stage_indexes_and_follow_removals(redis_serv
     store.client.delete(store.stages_key, store.stage_key("enrich"), store.stage_key("graph"))
     assert store.counts_by_stage() == {"enrich": 15, "graph": 4}
     assert store.client.zcard(store.stage_key("enrich")) == 15
+
+
+# --- bounds -------------------------------------------------------------------------------------------------
+
+
+def bounded_store(port: int, *, max_bytes: int = 10**9, max_entries: int = 10**6,
+                  entry_max_bytes: int = 64 * 1024, db: int = 3) -> DeadLetterStore:
+    client = redis.Redis(port=port, db=db)
+    client.flushdb()
+    return DeadLetterStore(client, retention_s=10**10, limits=Limits(max_bytes, max_entries, entry_max_bytes))
+
+
+def accounted_bytes(store: DeadLetterStore) -> int:
+    """The byte total recomputed from the entries themselves."""
+    ids = store.client.hkeys(store.entries_key)
+    return sum(int(store.client.hstrlen(store.entries_key, i)) + ENTRY_OVERHEAD_BYTES for i in ids)
+
+
+def test_a_huge_event_is_kept_as_its_head_and_cannot_be_replayed(redis_server: servers.Server) -> None:
+    store = bounded_store(redis_server.port, entry_max_bytes=64 * 1024)
+    raw = b"\x01" * (1024 * 1024)
+    store.add([DeadLetter.for_raw("enrich", "BadEvent: not valid JSON", raw)])
+    [letter] = store.list()
+    assert letter.truncated and letter.size == len(raw) and len(letter.event) == 1024
+    assert store.used_bytes() == accounted_bytes(store) < 2048 + ENTRY_OVERHEAD_BYTES
+
+
+def test_a_full_queue_keeps_counting_and_keeps_a_sample_per_stage_and_reason(redis_server: servers.Server) -> None:
+    store = bounded_store(redis_server.port, max_entries=10)
+    store.add([DeadLetter.for_raw("enrich", f"BadEvent: {i}", b"e%d" % i) for i in range(25)])
+    store.add([DeadLetter("graph", "SinkDataError: x", {"id": f"g{i}"}) for i in range(3)])
+    store.add([DeadLetter.for_raw("enrich", "skipped: too old", b"old")])
+    assert store.count() == 12, "ten, then one sample for each new (stage, reason type)"
+    assert {(c.stage, c.reason, c.counted, c.dropped) for c in store.summary()} == {
+        ("enrich", "BadEvent", 25, 15), ("graph", "SinkDataError", 3, 2), ("enrich", "skipped", 1, 0)}
+    # A sample that was removed is replaced by the next dead letter of its kind.
+    graph_sample = store.list(stage="graph")[0].id
+    store.remove([graph_sample])
+    store.add([DeadLetter("graph", "SinkDataError: y", {"id": "g-new"})])
+    assert [e.event for e in store.list(stage="graph")] == [{"id": "g-new"}]
+
+    bytes_bound = bounded_store(redis_server.port, max_bytes=10 * (ENTRY_OVERHEAD_BYTES + 200), db=4)
+    bytes_bound.add([DeadLetter.for_raw("enrich", "BadEvent: x", b"%050d" % i) for i in range(40)])
+    assert 1 < bytes_bound.count() < 40 and bytes_bound.used_bytes() <= bytes_bound.limits.max_bytes
+    assert bytes_bound.summary()[0].counted == 40
+
+
+def test_the_full_queue_is_logged_once_not_per_event(redis_server: servers.Server,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    store = bounded_store(redis_server.port, max_entries=5)
+    with caplog.at_level(logging.WARNING, logger="etl.pipeline.dlq"):
+        for batch in range(20):
+            store.add([DeadLetter.for_raw("enrich", "BadEvent: x", b"%d-%d" % (batch, i)) for i in range(50)])
+    full = [r for r in caplog.records if "the DLQ is full" in r.getMessage()]
+    assert len(full) == 1 and "45 dead letters not kept" in full[0].getMessage(), [r.getMessage() for r in full]
+    assert len(caplog.records) == 2, "one line for the batch that was kept, one for the full queue"
+
+
+def _write_concurrently(port: int, writer: int, letters: int) -> None:
+    """A writer process: threads adding, merging and removing dead letters at once."""
+    def work(thread: int) -> None:
+        store = bounded_store_no_flush(port)
+        for i in range(letters):
+            store.add([DeadLetter.for_raw("enrich", "BadEvent: x", b"w%d-t%d-%d" % (writer, thread, i) * (i % 7 + 1)),
+                       DeadLetter.for_raw("enrich", "BadEvent: x", b"shared-%d" % (i % 10))])
+            if i % 5 == 0:
+                store.remove([store.list(limit=1)[0].id])
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))
+
+
+def bounded_store_no_flush(port: int) -> DeadLetterStore:
+    return DeadLetterStore(redis.Redis(port=port, db=5), retention_s=10**10,
+                           limits=Limits(max_bytes=40_000, max_entries=10**6))
+
+
+def test_the_byte_total_stays_exact_with_many_writers(redis_server: servers.Server) -> None:
+    """Three processes of four threads each add, merge and remove at once, past the byte bound: the total the
+    scripts keep equals the entries' own size, the bound holds, and removing everything brings it to zero."""
+    store_on(redis_server.port, db=5)
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_write_concurrently, [redis_server.port] * 3, range(3), [60] * 3))
+    store = bounded_store_no_flush(redis_server.port)
+    assert store.used_bytes() == accounted_bytes(store) <= 40_000 + 2 * (ENTRY_OVERHEAD_BYTES + 1024)
+    assert sum(c.counted for c in store.summary()) == 3 * 4 * 60 * 2
+    assert store.summary()[0].dropped > 0, "the bound was reached"
+    store.purge(older_than_s=0)
+    assert store.count() == 0 and store.used_bytes() == 0
+
+
+def test_entries_of_the_old_format_are_read_accounted_and_removed(redis_server: servers.Server) -> None:
+    store = store_on(redis_server.port)
+    old = {"stage": "enrich", "reason": "BadEvent: x", "event": "\x01" * 1000, "attempts": 1,
+           "first_failure": 10.0, "last_failure": 10.0, "event_encoding": "text", "occurrences": 1, "id": "old1"}
+    store.client.hset(store.entries_key, "old1", orjson.dumps(old))
+    store.client.zadd(store.index_key, {"old1": 10.0})
+    assert store.used_bytes() == len(orjson.dumps(old)) + ENTRY_OVERHEAD_BYTES, "summed once, on first use"
+    store.add([DeadLetter.for_raw("enrich", "BadEvent: y", b"new")])
+    assert store.used_bytes() == accounted_bytes(store)
+    assert {e.raw_bytes() for e in store.iter_all()} == {b"\x01" * 1000, b"new"}
+    assert store.remove(["old1"]) == 1 and store.used_bytes() == accounted_bytes(store)

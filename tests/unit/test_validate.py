@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from etl.pipeline import rawbatch
 from etl.pipeline.validate import validate_batch
 
@@ -14,13 +16,21 @@ def test_raw_batches_round_trip_including_invalid_utf8() -> None:
     assert [u.encode() if isinstance(u, str) else u for u in unpacked] == batch
 
 
+def test_payloads_json_would_blow_up_travel_as_base64() -> None:
+    hostile = b"12" + b"\x01" * 10_000
+    normal = b'{"id": "e1", "type": "t", "source": "s\\n", "timestamp": 1}'
+    texts, binary = rawbatch.pack([normal, hostile])
+    assert binary == [1] and len(orjson.dumps(texts)) < 1.4 * (len(normal) + len(hostile))
+    assert rawbatch.unpack(texts, binary) == [normal.decode(), hostile]
+
+
 def test_bad_events_become_dead_letters_with_original_bytes() -> None:
     good_raw = b'{"id":"1","type":"t","source":"s","timestamp":5}'
     raws = rawbatch.unpack(*rawbatch.pack([good_raw, b"\xff\xfe", b"[]"]))
     good, bad = validate_batch(raws, max_bytes=1000)
     assert [g["id"] for g in good] == ["1"]
     assert [b.stage for b in bad] == ["enrich", "enrich"]
-    assert bad[0].raw_bytes() == b"\xff\xfe" and bad[0].event_encoding == "base64"
+    assert bad[0].raw_bytes() == b"\xff\xfe" and bad[0].event_encoding == "raw"
     assert "not valid JSON" in bad[0].reason
     assert bad[1].raw_bytes() == b"[]" and "got array" in bad[1].reason
     assert bad[0].id != bad[1].id
