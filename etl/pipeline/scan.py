@@ -31,8 +31,7 @@ def check_document(raw: bytes, *, max_depth: int, max_values: int = MAX_JSON_VAL
         raise BadEvent("a string holds a NUL character (\\u0000), which PostgreSQL cannot store")
     if len(significant) <= max_depth:
         return  # the usual event: too few brackets and commas to break a limit, even counting those in strings
-    containers = significant.count(b"{") + significant.count(b"[")
-    if containers <= max_depth and containers + significant.count(b",") <= max_values:
+    if len(significant) <= max_values and significant.count(b"{") + significant.count(b"[") <= max_depth:
         return  # counting those in strings too, still within both limits
     outside = _outside_strings(raw, max_values)
     containers = outside.count(b"{") + outside.count(b"[")

@@ -248,3 +248,11 @@ def test_a_payloads_object_is_held_to_the_same_limits() -> None:
     assert "over the limit of" in reason(orjson.dumps(event(payload=wide)))
     opaque = base64.b64encode(b"\x00\x01" + b"[{," * 50_000).decode()  # not JSON: bytes, kept as they are
     assert "args" not in parse(event(payload=opaque))
+
+
+def test_a_string_ending_in_a_backslash_does_not_hide_what_follows() -> None:
+    deep = b"[" * 200 + b"]" * 200
+    raw = orjson.dumps(event(source="C:\\", padding=[[] for _ in range(200)]))[:-1] + b',"x":' + deep + b"}"
+    assert b'\\\\"' in raw and "nested deeper than 128 levels" in reason(raw)
+    quoted = orjson.dumps(event(source='say "[[[["\\', padding=[[] for _ in range(200)]))
+    assert parse_event(quoted, max_bytes=MAX)["source"] == 'say "[[[["\\'
