@@ -17,6 +17,7 @@ from etl.pipeline.limits import MAX_JSON_VALUES
 # Every byte but those that open a container, separate values or start an escape, for bytes.translate to
 # delete: one pass that tells whether an event could break a limit at all.
 _NOT_SIGNIFICANT = bytes(b for b in range(256) if b not in b"{[,\\")
+_NOT_VALUES = bytes(b for b in range(256) if b not in b"{[,")
 # Every byte but brackets, for bytes.translate to delete; the brackets become one kind, "(" and ")".
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
 _ONE_KIND = bytes.maketrans(b"{}[]", b"()()")
@@ -31,23 +32,25 @@ def check_document(raw: bytes, *, max_depth: int, max_values: int = MAX_JSON_VAL
         raise BadEvent("a string holds a NUL character (\\u0000), which PostgreSQL cannot store")
     if len(significant) <= max_depth:
         return  # the usual event: too few brackets and commas to break a limit, even counting those in strings
-    if len(significant) <= max_values and significant.count(b"{") + significant.count(b"[") <= max_depth:
+    escapes = significant.count(b"\\")
+    if len(significant) - escapes <= max_values and significant.count(b"{") + significant.count(b"[") <= max_depth:
         return  # counting those in strings too, still within both limits
-    outside = _outside_strings(raw, max_values)
-    containers = outside.count(b"{") + outside.count(b"[")
-    values = containers + outside.count(b",")
+    outside = _outside_strings(raw, max_values, escapes=escapes > 0)
+    values = len(outside.translate(None, _NOT_VALUES))
     if values > max_values:
         raise BadEvent(f"event has {values} values in its objects and arrays, over the limit of {max_values}")
+    containers = outside.count(b"{") + outside.count(b"[")
     if containers > max_depth and _deeper_than(outside, max_depth):
         raise BadEvent(f"event is nested deeper than {max_depth} levels")
 
 
-def _outside_strings(raw: bytes, max_values: int) -> bytes:
+def _outside_strings(raw: bytes, max_values: int, *, escapes: bool) -> bytes:
     """``raw`` without its strings. Raises ``BadEvent`` when it has more strings than ``max_values`` allows
-    (a key and a value per member), before splitting it into that many pieces."""
+    (a key and a value per member), before splitting it into that many pieces. ``escapes``: whether ``raw``
+    holds a backslash at all."""
     # A backslash in valid JSON starts an escape of the next byte: drop escaped backslashes first, left to
     # right, and then every quote left after a backslash is escaped too.
-    plain = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    plain = raw.replace(b"\\\\", b"").replace(b'\\"', b"") if escapes else raw
     quotes = plain.count(b'"')
     if quotes > 4 * max_values:
         raise BadEvent(f"event has {quotes // 2} strings, over the limit of {2 * max_values}")
