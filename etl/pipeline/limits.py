@@ -29,6 +29,7 @@ UTF8_MAX_BYTES_PER_CHAR = 4
 MAX_ID_CHARS = 512
 # Metadata values that name a graph node or are part of a graph key (etl.sinks.graph.rows). Together in the
 # longest composed key (``uid:<host_id>:<uid>``), escaped, they stay far below GRAPH_KEY_BYTES.
+# (tests/unit/test_events.py checks these sums against the limits.)
 IDENTIFIER_KEYS = ("host_id", "uid", "pid", "container_id", "user")
 MAX_IDENTIFIER_BYTES = 256
 # ``type`` travels as a NATS header of every published event, beside being a graph property.
@@ -50,8 +51,3 @@ def key_bytes(*parts: str) -> int:
     escapes = sum(p.count(":") + p.count("%") for p in parts)
     return sum(len(p.encode("utf-8", "surrogatepass")) for p in parts) + 2 * escapes + len(parts) - 1
 
-
-# The graph's composed keys are ``uid:<host_id>:<uid>`` and ``<host_id>:<pid>:<source>``: with identifiers at
-# most MAX_IDENTIFIER_BYTES, only ``source`` can take the second over GRAPH_KEY_BYTES (checked per event).
-assert 3 * (len("uid") + 2 * MAX_IDENTIFIER_BYTES) + 2 < GRAPH_KEY_BYTES
-assert MAX_ID_CHARS * UTF8_MAX_BYTES_PER_CHAR <= INDEX_KEY_BYTES

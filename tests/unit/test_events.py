@@ -256,3 +256,14 @@ def test_a_string_ending_in_a_backslash_does_not_hide_what_follows() -> None:
     assert b'\\\\"' in raw and "nested deeper than 128 levels" in reason(raw)
     quoted = orjson.dumps(event(source='say "[[[["\\', padding=[[] for _ in range(200)]))
     assert parse_event(quoted, max_bytes=MAX)["source"] == 'say "[[[["\\'
+
+
+def test_the_bounds_keep_every_key_within_every_index() -> None:
+    from etl.pipeline import limits
+
+    assert limits.INDEX_KEY_BYTES <= min(limits.PG_BTREE_ITEM_BYTES, limits.GRAPH_KEY_BYTES)
+    assert limits.MAX_ID_CHARS * limits.UTF8_MAX_BYTES_PER_CHAR <= limits.INDEX_KEY_BYTES
+    assert limits.MAX_IDENTIFIER_BYTES <= limits.INDEX_KEY_BYTES
+    # The longest composed key but the Process key, every byte escaped: uid:<host_id>:<uid>.
+    widest = "%" * limits.MAX_IDENTIFIER_BYTES
+    assert limits.key_bytes("uid", widest, widest) < limits.GRAPH_KEY_BYTES
