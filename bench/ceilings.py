@@ -177,6 +177,6 @@ def enriched(payloads: Sequence[bytes]) -> list[Event]:
     from etl.pipeline.validate import validate_batch
     from etl.rdns.strategies import FakeResolver
 
-    good, _ = validate_batch(payloads, max_bytes=2**20)
+    good = [v.event for v in validate_batch(payloads, max_bytes=2**20)[0]]
     return enrich_batch(good, env="bench", resolver=FakeResolver(), now=datetime.now(timezone.utc))
 

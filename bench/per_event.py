@@ -41,7 +41,8 @@ _local = threading.local()
 
 @dramatiq.actor(queue_name="pe_enrich")
 def pe_enrich(raw: str) -> None:
-    good, bad = validate_batch([raw], max_bytes=app.settings.max_event_bytes)
+    valid, bad = validate_batch([raw], max_bytes=app.settings.max_event_bytes)
+    good = [v.event for v in valid]
     app.dead_letters().add(bad)
     for event in enrich_batch(good, env=app.settings.af_env, resolver=app.resolver, now=datetime.now(timezone.utc)):
         for actor in (pe_publish, pe_store, pe_merge):

@@ -48,7 +48,7 @@ def addresses(batches: Sequence[Batch]) -> set[str]:
     """Every host and peer address of the batches: what the DNS server must know."""
     found: set[str] = set()
     for texts, binary in batches:
-        good, _ = validate_batch(rawbatch.unpack(texts, binary), max_bytes=MAX_EVENT_BYTES)
+        good = [v.event for v in validate_batch(rawbatch.unpack(texts, binary), max_bytes=MAX_EVENT_BYTES)[0]]
         for event in good:
             found.add(event["metadata"]["host_ip"])
             peer = destination_of(event)
@@ -62,7 +62,7 @@ def run(batches: Sequence[Batch], resolver: Resolver) -> float:
     events = 0
     started = time.perf_counter()
     for texts, binary in batches:
-        good, _ = validate_batch(rawbatch.unpack(texts, binary), max_bytes=MAX_EVENT_BYTES)
+        good = [v.event for v in validate_batch(rawbatch.unpack(texts, binary), max_bytes=MAX_EVENT_BYTES)[0]]
         enriched = enrich_batch(good, env="bench", resolver=resolver, now=datetime.now(timezone.utc))
         events += len(enriched)
     return events / (time.perf_counter() - started)
@@ -75,7 +75,7 @@ def ptr_resolver(server: PtrServer) -> PtrResolver:
 def check_names(batches: Sequence[Batch], resolver: Resolver) -> None:
     """The ptr run really named things: a benchmark of nulls would prove nothing."""
     texts, binary = batches[0]
-    good, _ = validate_batch(rawbatch.unpack(texts, binary), max_bytes=MAX_EVENT_BYTES)
+    good = [v.event for v in validate_batch(rawbatch.unpack(texts, binary), max_bytes=MAX_EVENT_BYTES)[0]]
     enriched = enrich_batch(good, env="bench", resolver=resolver, now=datetime.now(timezone.utc))
     unnamed = [e["id"] for e in enriched if e["rdns"] is None or (destination_of(e) and e["dst_rdns"] is None)]
     if unnamed:

@@ -17,13 +17,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 import dramatiq
-import orjson
 
 from etl.app import App, load_app
 from etl.pipeline import rawbatch
 from etl.pipeline.enrich import enrich_batch as enrich_events
 from etl.pipeline.isolation import write_or_split
-from etl.pipeline.validate import validate_batch
+from etl.pipeline.limits import DEFAULT_NATS_MAX_PAYLOAD_BYTES
+from etl.pipeline.validate import as_message, encode_enriched, validate_batch
 from etl.runtime import gctune
 from etl.runtime.metrics import BATCH_SIZE, EVENTS, WRITE_SECONDS
 from etl.stages import ENRICH, SINK_STAGES, Stage
@@ -36,19 +36,27 @@ gctune.tune()
 
 
 @dramatiq.actor(queue_name=ENRICH.queue, actor_name=ENRICH.actor)
-def enrich_batch(raw: list[str], binary: list[int] | None = None) -> None:
-    """Validate and enrich one batch from the bridge, dead-letter bad events, fan out to the sink stages."""
-    good, bad = validate_batch(rawbatch.unpack(raw, binary or ()), max_bytes=app.settings.max_event_bytes)
+def enrich_batch(raw: list[str], binary: list[int] | None = None, max_payload: int | None = None) -> None:
+    """Validate and enrich one batch from the bridge, dead-letter bad events, fan out to the sink stages.
+
+    ``max_payload`` is the NATS server's, as the bridge read it from the server's INFO; a batch without it
+    (enqueued by ``etl dlq replay``, or before an upgrade) is held to NATS's default."""
+    valid, bad = validate_batch(rawbatch.unpack(raw, binary or ()), max_bytes=app.settings.max_event_bytes)
     BATCH_SIZE.labels(stage=ENRICH.name).observe(len(raw))
+    encoded: list[bytes] = []
+    if valid:
+        enriched = enrich_events([v.event for v in valid], env=app.settings.af_env, resolver=app.resolver,
+                                 now=datetime.now(timezone.utc))
+        encoded, oversized = encode_enriched(enriched, [v.raw for v in valid],
+                                             max_payload=max_payload or DEFAULT_NATS_MAX_PAYLOAD_BYTES)
+        bad += oversized
     app.dead_letters().add(bad)
-    if not good:
+    if not encoded:
         return
-    enriched = enrich_events(good, env=app.settings.af_env, resolver=app.resolver,
-                             now=datetime.now(timezone.utc))
-    encoded = orjson.Fragment(orjson.dumps(enriched))  # JSON once for every sink's message, not once each
+    message = as_message(encoded)  # JSON once for every sink's message, not once each
     for actor in SINK_ACTORS.values():
-        actor.send(encoded)
-    EVENTS.labels(stage=ENRICH.name).inc(len(enriched))
+        actor.send(message)
+    EVENTS.labels(stage=ENRICH.name).inc(len(encoded))
 
 
 def _sink_actor(stage: Stage) -> dramatiq.Actor[Any, Any]:

@@ -64,7 +64,12 @@ def main() -> int:
     broker = build_broker(settings)  # only to enqueue: the actors and their sinks live in the worker pools
     client = redis_client(settings)
     handoff = Handoff.from_settings(broker, settings)
-    bridge = Bridge(settings, handoff.raw, backlog=backlog_probe(client), ack_wait_s=settings.nats_ack_wait_s)
+
+    def enqueue(batch: list[bytes]) -> None:
+        # The bridge holds the one NATS connection whose INFO says what the publish pool's server accepts.
+        handoff.raw(batch, max_payload=bridge.max_payload)
+
+    bridge = Bridge(settings, enqueue, backlog=backlog_probe(client), ack_wait_s=settings.nats_ack_wait_s)
     redis_check = redis_reachable(client)
     health = HealthServer(settings.health_host, settings.health_port,
                           lambda: bridge.not_ready_reason() or redis_check()).start()

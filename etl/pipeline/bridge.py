@@ -166,6 +166,12 @@ class Bridge:
         return None
 
     @property
+    def max_payload(self) -> int | None:
+        """The NATS server's ``max_payload`` in bytes, from its INFO (as of the last (re)connection); ``None``
+        before the first connection. The enrich stage holds enriched events to it."""
+        return None if self._nc is None else self._nc.max_payload
+
+    @property
     def paused(self) -> bool:
         """Intake stopped because the Dramatiq queues are full (or their depth cannot be read)."""
         return self._gate is not None and self._gate.paused

@@ -20,7 +20,7 @@ from etl.rdns.strategies import Resolver
 Event = dict[str, Any]
 
 # Bump whenever what enrichment adds, or how, changes: stored events say which logic produced them.
-ENRICHMENT_VERSION = "3"
+ENRICHMENT_VERSION = "4"
 # Metadata keys ``context_<key>`` are the agent's context, flattened by the ingest's gRPC sender.
 CONTEXT_PREFIX = "context_"
 

@@ -4,43 +4,68 @@ This module is the only place that knows what a valid event is. The ingest write
 ``omitempty``, so an empty field is left out: every field but ``id`` and ``timestamp`` may be absent, and then
 means its empty value. A valid event is a JSON object with:
 
-- ``id``: a non-empty string of at most ``MAX_ID_CHARS`` characters with no control characters (it becomes a
-  NATS header and a primary key, so line breaks and the like cannot be carried);
+- ``id``: a non-empty string of at most ``MAX_ID_CHARS`` characters, every one printable, with no white space at
+  either end (it becomes a NATS header, where the ends would be stripped, and a primary key);
 - ``timestamp``: integer Unix milliseconds, or an ISO-8601 string with a zone (normalised to milliseconds);
-- ``type`` and ``source`` (absent: ``""``, which the parsed event then holds): strings, not null;
-- ``metadata`` (absent or null: ``{}``): an object whose values are strings or numbers;
-- ``payload`` (absent or null: none): base64 of bytes, or a JSON object. When the bytes (or the bytes of a
-  base64 string inside them) are a JSON object, that object is exposed as ``args``;
+- ``type`` (at most ``MAX_TYPE_CHARS``: it is also a header) and ``source`` (at most ``MAX_PROPERTY_CHARS``)
+  (absent: ``""``, which the parsed event then holds): strings, not null;
+- ``metadata`` (absent or null: ``{}``): an object whose keys have at most ``MAX_METADATA_KEY_CHARS`` characters
+  and whose values are strings of at most ``MAX_PROPERTY_CHARS`` or 64-bit integers or numbers; the identifiers
+  (``IDENTIFIER_KEYS``) at most ``MAX_IDENTIFIER_BYTES`` in UTF-8, and ``host_id``, ``pid`` and ``source``
+  together within a graph key (``GRAPH_KEY_BYTES``);
+- ``payload`` (absent or null: none): base64 of bytes, or a JSON object. A JSON object is moved to ``args`` (the
+  event no longer has ``payload``); bytes that are a JSON object (or base64 of one) stay, their object exposed
+  as ``args`` too. Bytes that begin with ``{`` are read as JSON, under the limits below;
 - ``context`` (absent or null: none): an object, the agent's own context, which enrichment extends (see
   ``etl.pipeline.enrich``); anything else is rejected rather than overwritten;
-- no deeper nesting than ``MAX_NESTING_DEPTH`` levels.
+- in the event and in its payload's object: no deeper nesting than ``MAX_NESTING_DEPTH`` levels, at most
+  ``MAX_JSON_VALUES`` values, and no NUL character in any string or key (checked on the raw bytes, before
+  parsing: ``etl.pipeline.scan``).
 
-Unknown top-level fields and unknown metadata keys are kept as they are.
+The limits are declared in ``etl.pipeline.limits``, where the sinks read them. Unknown top-level fields and
+unknown metadata keys are kept. After enrichment, the event must also fit the NATS server's ``max_payload``
+(``etl.pipeline.validate``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 
 from etl.errors import BadEvent
+from etl.pipeline.limits import (
+    GRAPH_KEY_BYTES,
+    IDENTIFIER_KEYS,
+    INT64_MAX,
+    INT64_MIN,
+    MAX_ID_CHARS,
+    MAX_IDENTIFIER_BYTES,
+    MAX_METADATA_KEY_CHARS,
+    MAX_NESTING_DEPTH,
+    MAX_PROPERTY_CHARS,
+    MAX_TYPE_CHARS,
+    UTF8_MAX_BYTES_PER_CHAR,
+    key_bytes,
+)
+from etl.pipeline.scan import check_document
 
 Event = dict[str, Any]
 
 KNOWN_METADATA_KEYS = ("host_id", "host_ip", "hostname", "pid", "uid", "user", "container_id", "binary_sha256")
-MAX_ID_CHARS = 512
-# The enriched event adds a level or two around the input; orjson cannot write more than 255.
-MAX_NESTING_DEPTH = 128
 # PostgreSQL's timestamptz ends in year 294276, Python's datetime in 9999: keep to what every sink can store.
 MIN_TIMESTAMP_MS = 0
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_STRING_LIMITS = {"type": MAX_TYPE_CHARS, "source": MAX_PROPERTY_CHARS}
+_JSON_WHITESPACE = b" \t\n\r"
+_SHORT_IDENTIFIER_CHARS = MAX_IDENTIFIER_BYTES // UTF8_MAX_BYTES_PER_CHAR
+# A source this short cannot take a Process key over GRAPH_KEY_BYTES, whatever the identifiers beside it: each
+# part is at most three bytes a character escaped, four in UTF-8.
+_SHORT_SOURCE_CHARS = (GRAPH_KEY_BYTES - 2 - 2 * 3 * MAX_IDENTIFIER_BYTES) // UTF8_MAX_BYTES_PER_CHAR
 
 
 def _type_name(value: object) -> str:
@@ -51,49 +76,42 @@ def _type_name(value: object) -> str:
 
 def parse_event(raw: bytes, *, max_bytes: int) -> Event:
     """Validate one raw event. Returns the event dict, normalised (``timestamp`` in ms, an absent ``type`` or
-    ``source`` as ``""``, ``metadata`` as ``{}``); raises ``BadEvent`` with a precise reason.
+    ``source`` as ``""``, ``metadata`` as ``{}``, an object payload as ``args``); raises ``BadEvent`` with a
+    precise reason.
 
-    ``max_bytes`` is checked before any parsing, so an oversized event costs nothing to reject.
+    ``max_bytes``, the nesting depth, the number of values and NUL characters are checked before any parsing,
+    so a hostile event costs a few passes over its bytes in C to reject.
     """
     if len(raw) > max_bytes:
         raise BadEvent(f"event is {len(raw)} bytes, over the limit MAX_EVENT_BYTES={max_bytes}")
+    check_document(raw, max_depth=MAX_NESTING_DEPTH)
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise BadEvent(f"not valid JSON: {e}") from None
     if not isinstance(event, dict):
         raise BadEvent(f"event must be a JSON object, got {_type_name(event)}")
-    _check_depth(raw, event)
     _check_id(event)
-    for name in ("type", "source"):
-        if name not in event:
-            event[name] = ""  # omitted by the ingest because it was empty
-        elif not isinstance(event[name], str):
-            raise BadEvent(f"field '{name}' must be a string, got {_type_name(event[name])}")
+    for name, limit in _STRING_LIMITS.items():
+        value = event.setdefault(name, "")  # absent: omitted by the ingest because it was empty
+        if not isinstance(value, str):
+            raise BadEvent(f"field '{name}' must be a string, got {_type_name(value)}")
+        if len(value) > limit:
+            raise BadEvent(f"field '{name}' is {len(value)} characters, over the limit of {limit}")
     event["timestamp"] = _timestamp_ms(event)
-    event["metadata"] = _metadata(event.get("metadata"))
+    event["metadata"] = _metadata(event.get("metadata"), event["source"])
     context = event.get("context")
     if context is not None and not isinstance(context, dict):
         raise BadEvent(f"field 'context' must be an object, got {_type_name(context)}")
-    args = _payload_args(event.get("payload"))
-    if args is not None:
-        event["args"] = args
+    payload = event.get("payload")
+    if isinstance(payload, dict):
+        # Carried once, as args (what the correlator reads); payload_bytes gives its bytes back.
+        event["args"] = event.pop("payload")
+    else:
+        args = _payload_args(payload)
+        if args is not None:
+            event["args"] = args
     return event
-
-
-def _check_depth(raw: bytes, event: Any, limit: int = MAX_NESTING_DEPTH) -> None:
-    """Nesting deeper than ``MAX_NESTING_DEPTH`` could not be serialised again downstream (orjson writes at most
-    255 levels): reject it here rather than fail the whole batch later. Only events with that many brackets at
-    all are walked, so ordinary events cost two byte counts."""
-    if raw.count(b"{") + raw.count(b"[") <= limit:
-        return
-    stack: list[tuple[Any, int]] = [(event, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > limit:
-            raise BadEvent(f"event is nested deeper than {MAX_NESTING_DEPTH} levels")
-        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def _check_id(event: Event) -> None:
@@ -104,8 +122,11 @@ def _check_id(event: Event) -> None:
         raise BadEvent(f"field 'id' must be a non-empty string, got {_type_name(value) if value != '' else 'empty'}")
     if len(value) > MAX_ID_CHARS:
         raise BadEvent(f"field 'id' is {len(value)} characters, over the limit of {MAX_ID_CHARS}")
-    if _CONTROL.search(value):
-        raise BadEvent("field 'id' contains a control character")
+    if not value.isprintable():
+        raise BadEvent(f"field 'id' contains a character that is not printable: {value[:64]!r}")
+    if value != value.strip():
+        # NATS strips header values: " evt-1" would be deduplicated as "evt-1".
+        raise BadEvent(f"field 'id' begins or ends with white space: {value[:64]!r}")
 
 
 def _timestamp_ms(event: Event) -> int:
@@ -135,23 +156,49 @@ def _iso_to_ms(text: str) -> int:
     return (parsed - _EPOCH) // timedelta(milliseconds=1)
 
 
-def _metadata(value: object) -> dict[str, Any]:
+def _metadata(value: object, source: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise BadEvent(f"field 'metadata' must be an object, got {_type_name(value)}")
     for key, item in value.items():
-        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-            # repr, cut short: the key is the sender's text and ends up in logs and terminals
-            raise BadEvent(f"metadata[{key[:64]!r}] must be a string or a number, got {_type_name(item)}")
+        # The common item, a short string under a short key, is checked inline: this runs for every item.
+        if len(key) > MAX_METADATA_KEY_CHARS or type(item) is not str or len(item) > MAX_PROPERTY_CHARS:
+            _check_metadata_item(key, item)
+    for key in IDENTIFIER_KEYS:
+        item = value.get(key)
+        if type(item) is str and len(item) > _SHORT_IDENTIFIER_CHARS:
+            size = len(item.encode("utf-8", "surrogatepass"))
+            if size > MAX_IDENTIFIER_BYTES:
+                raise BadEvent(f"metadata[{key!r}] is {size} bytes in UTF-8, over the limit of {MAX_IDENTIFIER_BYTES}")
+    host_id, pid = value.get("host_id"), value.get("pid")
+    if host_id not in (None, "") and pid not in (None, "") and len(source) > _SHORT_SOURCE_CHARS:
+        size = key_bytes(str(host_id), str(pid), source)
+        if size > GRAPH_KEY_BYTES:
+            raise BadEvent(f"metadata host_id and pid with source make a graph Process key of {size} bytes, "
+                           f"over the limit of {GRAPH_KEY_BYTES}")
     return value
+
+
+def _check_metadata_item(key: str, item: object) -> None:
+    # repr, cut short: the key is the sender's text and ends up in logs and terminals
+    if len(key) > MAX_METADATA_KEY_CHARS:
+        raise BadEvent(f"metadata key {key[:64]!r}... is {len(key)} characters, over the limit of "
+                       f"{MAX_METADATA_KEY_CHARS}")
+    if type(item) is str:
+        if len(item) > MAX_PROPERTY_CHARS:
+            raise BadEvent(f"metadata[{key[:64]!r}] is {len(item)} characters, over the limit of "
+                           f"{MAX_PROPERTY_CHARS}")
+    elif type(item) is int:
+        if not INT64_MIN <= item <= INT64_MAX:
+            raise BadEvent(f"metadata[{key[:64]!r}] {item} is out of the 64-bit integer range")
+    elif type(item) is not float:
+        raise BadEvent(f"metadata[{key[:64]!r}] must be a string or a number, got {_type_name(item)}")
 
 
 def _payload_args(payload: object) -> dict[str, Any] | None:
     if payload is None:
         return None
-    if isinstance(payload, dict):
-        return payload
     if not isinstance(payload, str):
         raise BadEvent(f"field 'payload' must be a base64 string or a JSON object, got {_type_name(payload)}")
     return _json_object(_b64decode(payload, "field 'payload' is not valid base64"), nested=True)
@@ -165,31 +212,34 @@ def _b64decode(text: str | bytes, reason: str) -> bytes:
 
 
 def _json_object(data: bytes, *, nested: bool) -> dict[str, Any] | None:
-    """The JSON object in ``data``, or in base64 inside it (one level), else ``None``: opaque bytes are fine."""
-    try:
-        decoded = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        if not nested:
-            return None
+    """The JSON object in ``data``, or in base64 inside it (one level), else ``None``: opaque bytes are fine.
+    Bytes that begin with ``{`` are taken as JSON, and checked like the event before they are parsed."""
+    if data.lstrip(_JSON_WHITESPACE)[:1] == b"{":
+        check_document(data, max_depth=MAX_NESTING_DEPTH - 1)  # args sit one level inside the event
         try:
-            inner = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
+            decoded = orjson.loads(data)
+        except orjson.JSONDecodeError:
             return None
-        return _json_object(inner, nested=False)
-    if not isinstance(decoded, dict):
+        return decoded if isinstance(decoded, dict) else None
+    if not nested:
         return None
-    _check_depth(data, decoded, MAX_NESTING_DEPTH - 1)  # args sit one level inside the event
-    return decoded
+    try:
+        inner = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return _json_object(inner, nested=False)
 
 
 def payload_bytes(event: Event) -> bytes | None:
-    """The payload's bytes: base64-decoded when a string, JSON when an object, ``None`` when absent.
+    """The payload's bytes: base64-decoded when a string; when the payload was an object (now ``args`` alone),
+    the JSON of ``args``; ``None`` when there is neither.
 
     Call only on events that passed ``parse_event``.
     """
     payload = event.get("payload")
     if payload is None:
-        return None
+        args = event.get("args")
+        return orjson.dumps(args) if isinstance(args, dict) else None
     if isinstance(payload, dict):
         return orjson.dumps(payload)
     return base64.b64decode(payload)

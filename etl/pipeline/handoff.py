@@ -30,11 +30,13 @@ class Handoff:
         return cls(broker, AofSync(broker.client, enabled=settings.redis_wait_aof,
                                    replicas=settings.redis_wait_replicas))
 
-    def raw(self, batch: list[bytes]) -> None:
+    def raw(self, batch: list[bytes], *, max_payload: int | None = None) -> None:
         """The bridge's hand-off: one message for a whole batch of raw NATS payloads, on disk in Redis before
-        this returns (so the bridge may ack NATS). Raises on any Redis failure; the bridge then naks."""
+        this returns (so the bridge may ack NATS). ``max_payload`` is the NATS server's, in bytes, for the enrich
+        stage to hold enriched events to (``None``: unknown, NATS's default). Raises on any Redis failure; the
+        bridge then naks."""
         texts, binary = rawbatch.pack(batch)
-        self.send(ENRICH, texts, binary)
+        self.send(ENRICH, texts, binary, max_payload)
         self._aof.wait()
 
     def to_stage(self, name: str, payloads: list[Any]) -> None:

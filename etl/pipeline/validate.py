@@ -1,26 +1,63 @@
-"""Splitting a raw batch into valid events and dead letters. Pure: no I/O."""
+"""The enrich stage's checks, pure (no I/O): a raw batch into valid events and dead letters, and the enriched
+events into the JSON every sink receives, less those the NATS server would refuse."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 from etl.errors import BadEvent
 from etl.pipeline.dlq import DeadLetter
 from etl.pipeline.events import parse_event
+from etl.pipeline.limits import PUBLISH_HEADER_ROOM_BYTES
 from etl.stages import ENRICH
 
 STAGE = ENRICH.name
 
 
-def validate_batch(raws: Sequence[str | bytes], *, max_bytes: int) -> tuple[list[dict[str, Any]], list[DeadLetter]]:
+class Valid(NamedTuple):
+    """A valid event and the raw bytes it was parsed from (for a dead letter after enrichment)."""
+
+    raw: bytes
+    event: dict[str, Any]
+
+
+def validate_batch(raws: Sequence[str | bytes], *, max_bytes: int) -> tuple[list[Valid], list[DeadLetter]]:
     """Parse each raw event; return the valid ones and a dead letter (with the precise reason) for each bad one."""
-    good: list[dict[str, Any]] = []
+    good: list[Valid] = []
     bad: list[DeadLetter] = []
     for raw in raws:
         data = raw.encode("utf-8") if isinstance(raw, str) else raw
         try:
-            good.append(parse_event(data, max_bytes=max_bytes))
+            good.append(Valid(data, parse_event(data, max_bytes=max_bytes)))
         except BadEvent as e:
             bad.append(DeadLetter.for_raw(STAGE, f"BadEvent: {e.reason}", data))
     return good, bad
+
+
+def encode_enriched(enriched: Sequence[dict[str, Any]], raws: Sequence[bytes], *,
+                    max_payload: int) -> tuple[list[bytes], list[DeadLetter]]:
+    """Each enriched event as JSON, and a dead letter (of its raw bytes, from ``raws``, in the same order) for
+    each that would not fit the NATS server's ``max_payload`` (bytes) with the publisher's headers.
+
+    Each event is encoded once here; the sinks' message is these pieces joined (``as_message``).
+    """
+    limit = max_payload - PUBLISH_HEADER_ROOM_BYTES
+    fits: list[bytes] = []
+    bad: list[DeadLetter] = []
+    for event, raw in zip(enriched, raws, strict=True):
+        data = orjson.dumps(event)
+        if len(data) <= limit:
+            fits.append(data)
+        else:
+            reason = (f"BadEvent: enriched event is {len(data)} bytes, over the NATS server's max_payload of "
+                      f"{max_payload} less {PUBLISH_HEADER_ROOM_BYTES} for headers")
+            bad.append(DeadLetter.for_raw(STAGE, reason, raw))
+    return fits, bad
+
+
+def as_message(encoded: Sequence[bytes]) -> orjson.Fragment:
+    """The JSON array of the encoded events, as one value a Dramatiq message carries without encoding it again."""
+    return orjson.Fragment(b"[" + b",".join(encoded) + b"]")

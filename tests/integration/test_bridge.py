@@ -171,11 +171,15 @@ def test_batch_closes_after_linger_without_reaching_max_size(make_settings: Call
 
     async def main() -> None:
         recorder = Recorder(asyncio.get_running_loop())
-        async with nats_client(settings) as (_, js), running(Bridge(settings, recorder)):
+        bridge = Bridge(settings, recorder)
+        assert bridge.max_payload is None  # not connected: unknown
+        async with nats_client(settings) as (nc, js), running(bridge):
             started = time.monotonic()
             await publish(js, settings.nats_subject_raw, ids(5))
             await recorder.wait_for(lambda: len(recorder.ids) >= 5)
             elapsed = time.monotonic() - started
+            # What the enrich stage holds enriched events to: the server's own, from its INFO.
+            assert bridge.max_payload == nc.max_payload
         assert recorder.batches == [ids(5)]
         assert linger_s <= elapsed < linger_s + 2.0
 

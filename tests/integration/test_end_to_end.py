@@ -5,6 +5,7 @@ published is accounted for."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import subprocess
 import sys
@@ -115,22 +116,24 @@ def test_events_without_their_empty_fields_are_stored_not_dead_lettered(settings
 
 
 def test_a_poison_event_is_isolated_and_only_it_is_dead_lettered(settings: Settings, pipeline: Pipeline) -> None:
+    """What the contract lets through but one sink refuses is found by that sink splitting its batch: here a peer
+    port past 65,535, which the graph cannot make an endpoint of (the event contract does not know ports)."""
     valid = [orjson.loads(raw) for raw in generate(99, hosts=5, seed=11)]
-    poison = dict(valid[40], id="poison-nul", source="/usr/bin/\u0000evil")
+    args = base64.b64encode(orjson.dumps({"dst_ip": "203.0.113.9", "dst_port": 70_000})).decode()
+    poison = dict(valid[40], id="poison-port", payload=args)
     events = valid + [poison]
     asyncio.run(publish_all(settings, [orjson.dumps(e) for e in events]))
 
     def done() -> bool:
         counts = report.collect(settings)
-        # PostgreSQL text cannot hold NUL, nor FalkorDB's query text (the graph sink refuses it on both backends).
-        return (counts.totals == {"published": len(events), "stored": len(valid), "merged": len(valid)}
-                and counts.dead_lettered == {"timescale": 1, "graph": 1} and not any(counts.queued.values()))
+        return (counts.totals == {"published": len(events), "stored": len(events), "merged": len(valid)}
+                and counts.dead_lettered == {"graph": 1} and not any(counts.queued.values()))
 
     wait_for(done, timeout_s=60, describe=lambda: f"{report.collect(settings)} alive={pipeline.alive()}")
     from etl.broker import redis_client
 
     for letter in DeadLetterStore(redis_client(settings), retention_s=3600).iter_all():
-        assert letter.event["id"] == "poison-nul" and letter.event["env"] == "test"
+        assert letter.event["id"] == "poison-port" and letter.event["env"] == "test"
         assert letter.reason.startswith("SinkDataError: ") and letter.attempts == 1
         assert letter.first_failure <= letter.last_failure
 

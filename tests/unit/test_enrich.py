@@ -155,8 +155,8 @@ def test_fake_mode_names_the_destination_too_and_off_nulls_it() -> None:
     assert enrich_batch(events, env="dev", resolver=OffResolver(), now=NOW)[0]["dst_rdns"] is None
 
 
-def test_enrichment_version_changed_with_host_id_and_context() -> None:
-    assert ENRICHMENT_VERSION == "3"
+def test_enrichment_version_changed_with_args_carried_once() -> None:
+    assert ENRICHMENT_VERSION == "4"
 
 
 @pytest.mark.parametrize(("mode", "kind"), [("off", OffResolver), ("fake", FakeResolver), ("ptr", PtrResolver)])

@@ -105,7 +105,7 @@ def test_null_metadata_and_payload_mean_none() -> None:
     (b"\xff\xfe{}", "not valid JSON"),
     (b"[1, 2]", "event must be a JSON object, got array"),
     (b"42", "event must be a JSON object, got integer"),
-    (b"[" * 5000 + b"]" * 5000, "not valid JSON"),
+    (b"[" * 5000 + b"]" * 5000, "nested deeper than 128 levels"),
 ])
 def test_non_objects_are_rejected(raw: bytes, expected: str) -> None:
     assert expected in reason(raw)
@@ -115,7 +115,7 @@ def test_non_objects_are_rejected(raw: bytes, expected: str) -> None:
     ({"id": ...}, "missing required field 'id'"),
     ({"id": ""}, "field 'id' must be a non-empty string, got empty"),
     ({"id": 7}, "field 'id' must be a non-empty string, got integer"),
-    ({"id": "a\nb"}, "field 'id' contains a control character"),
+    ({"id": "a\nb"}, "field 'id' contains a character that is not printable"),
     ({"id": "x" * 600}, "over the limit of 512"),
     ({"type": None}, "field 'type' must be a string, got null"),
     ({"type": ["exec"]}, "field 'type' must be a string, got array"),
@@ -160,3 +160,110 @@ def test_nesting_deeper_than_the_encoder_takes_is_rejected() -> None:
     assert "nested deeper than 128 levels" in reason(orjson.dumps(event(x={"n": nested})))
     deep_payload = base64.b64encode(b'{"a":' * 200 + b"1" + b"}" * 200).decode()
     assert "nested deeper" in reason(orjson.dumps(event(payload=deep_payload)))
+
+
+B64_ARGS_NUL = base64.b64encode(orjson.dumps({"dst_ip": "1.2.3.4\x00"})).decode()
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"id": "evt-1\u00a0"}, "field 'id' contains a character that is not printable"),
+    ({"id": "\u200bevt-1"}, "field 'id' contains a character that is not printable"),
+    ({"id": " evt-1"}, "field 'id' begins or ends with white space"),
+    ({"id": "evt-1 "}, "field 'id' begins or ends with white space"),
+    ({"type": "t\x00"}, "a string holds a NUL character"),
+    ({"source": "/bin/\x00sh"}, "a string holds a NUL character"),
+    ({"metadata": {"host_id": "h\x00"}}, "a string holds a NUL character"),
+    ({"metadata": {"k\x00": "v"}}, "a string holds a NUL character"),
+    ({"extra": [{"deep": "\x00"}]}, "a string holds a NUL character"),
+    ({"payload": {"cmd": "a\x00"}}, "a string holds a NUL character"),
+    ({"payload": B64_ARGS_NUL}, "a string holds a NUL character"),
+    ({"type": "t" * 257}, "field 'type' is 257 characters, over the limit of 256"),
+    ({"type": "t" * 900_000}, "field 'type' is 900000 characters, over the limit of 256"),
+    ({"source": "s" * 16_385}, "field 'source' is 16385 characters, over the limit of 16384"),
+    ({"metadata": {"k" * 257: "v"}}, "is 257 characters, over the limit of 256"),
+    ({"metadata": {"note": "n" * 16_385}}, "metadata['note'] is 16385 characters, over the limit of 16384"),
+    ({"metadata": {"host_id": "h" * 257}}, "metadata['host_id'] is 257 bytes in UTF-8, over the limit of 256"),
+    ({"metadata": {"host_id": "日" * 86}}, "metadata['host_id'] is 258 bytes in UTF-8, over the limit of 256"),
+    ({"metadata": {"container_id": "c" * 3000}}, "metadata['container_id'] is 3000 bytes"),
+    ({"metadata": {"user": "u" * 300}}, "metadata['user'] is 300 bytes"),
+    ({"metadata": {"seq": 2**63}}, "metadata['seq'] 9223372036854775808 is out of the 64-bit integer range"),
+    ({"metadata": {"seq": 2**64 - 1}}, "is out of the 64-bit integer range"),
+    ({"source": ":" * 1340}, "make a graph Process key of 4034 bytes, over the limit of 4000"),
+])
+def test_what_a_sink_would_refuse_is_rejected_with_its_reason(overrides: dict[str, object], expected: str) -> None:
+    assert expected in reason(orjson.dumps(event(**overrides)))
+
+
+def test_values_at_the_limits_are_accepted() -> None:
+    parsed = parse(event(type="t" * 256, source="/" * 3000, metadata={
+        "host_id": "日" * 85, "pid": "1", "k" * 256: "v" * 16_384, "seq": 2**63 - 1, "low": -(2**63)}))
+    assert parsed["metadata"]["seq"] == 2**63 - 1
+    beyond = parse_event(orjson.dumps(event())[:-1] + b',"metadata":{"n":-9223372036854775809}}', max_bytes=MAX)
+    assert isinstance(beyond["metadata"]["n"], float)  # past 64 bits, JSON numbers are read as floats
+    assert parse(event(id="evt 1"))["id"] == "evt 1"  # inner spaces are kept by NATS headers
+    # A NUL written as text, not as a character: an escaped backslash before "u0000".
+    assert parse(event(source="C:\\u0000"))["source"] == "C:\\u0000"
+    assert parse(event(source=":" * 1300, metadata={"host_id": "h"}))["source"] == ":" * 1300  # no pid: no key
+
+
+def test_an_object_payload_is_carried_once_as_args() -> None:
+    parsed = parse(event(payload=ARGS))
+    assert "payload" not in parsed and parsed["args"] == ARGS
+    assert orjson.loads(payload_bytes(parsed) or b"") == ARGS
+    big = {"blob": "x" * 600_000}
+    assert len(orjson.dumps(parse(event(payload=big)))) < 610_000
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"x":[' + b",".join([b"{}"] * 20_000) + b"]}",
+    b'{"x":[' + b",".join([b"[]"] * 20_000) + b"]}",
+    b'{"x":[' + b",".join([b"1"] * 20_000) + b"]}",
+    b"{" + b",".join(b'"k%d":1' % i for i in range(20_000)) + b"}",
+    b'{"x":[' + b",".join([b'"a"'] * 20_000) + b"]}",
+])
+def test_too_many_values_are_rejected_before_parsing(raw: bytes) -> None:
+    assert "over the limit of" in reason(raw)
+
+
+def test_brackets_commas_and_quotes_inside_strings_do_not_count() -> None:
+    tricky = "[{" * 50_000 + ',\\"' * 20_000 + "\\\\" * 10
+    parsed = parse(event(source="s", extra=tricky, metadata={"cmd": "[" * 200}))
+    assert parsed["extra"] == tricky
+
+
+@pytest.mark.parametrize("depth", [127, 128, 129, 300])
+def test_depth_is_exact_around_the_limit(depth: int) -> None:
+    nested = b"[" * (depth - 1) + b"1" + b"]" * (depth - 1)  # the event object itself is the first level
+    raw = orjson.dumps(event(padding=[[] for _ in range(200)]))[:-1] + b',"extra":' + nested + b"}"
+    if depth <= 128:
+        assert parse_event(raw, max_bytes=MAX)["id"]
+    else:
+        assert "nested deeper than 128 levels" in reason(raw)
+
+
+def test_a_payloads_object_is_held_to_the_same_limits() -> None:
+    deep = base64.b64encode(b'{"a":' * 200 + b"1" + b"}" * 200).decode()
+    assert "nested deeper than 127 levels" in reason(orjson.dumps(event(payload=deep)))
+    wide = base64.b64encode(b'{"a":[' + b",".join([b"{}"] * 20_000) + b"]}").decode()
+    assert "over the limit of" in reason(orjson.dumps(event(payload=wide)))
+    opaque = base64.b64encode(b"\x00\x01" + b"[{," * 50_000).decode()  # not JSON: bytes, kept as they are
+    assert "args" not in parse(event(payload=opaque))
+
+
+def test_a_string_ending_in_a_backslash_does_not_hide_what_follows() -> None:
+    deep = b"[" * 200 + b"]" * 200
+    raw = orjson.dumps(event(source="C:\\", padding=[[] for _ in range(200)]))[:-1] + b',"x":' + deep + b"}"
+    assert b'\\\\"' in raw and "nested deeper than 128 levels" in reason(raw)
+    quoted = orjson.dumps(event(source='say "[[[["\\', padding=[[] for _ in range(200)]))
+    assert parse_event(quoted, max_bytes=MAX)["source"] == 'say "[[[["\\'
+
+
+def test_the_bounds_keep_every_key_within_every_index() -> None:
+    from etl.pipeline import limits
+
+    assert limits.INDEX_KEY_BYTES <= min(limits.PG_BTREE_ITEM_BYTES, limits.GRAPH_KEY_BYTES)
+    assert limits.MAX_ID_CHARS * limits.UTF8_MAX_BYTES_PER_CHAR <= limits.INDEX_KEY_BYTES
+    assert limits.MAX_IDENTIFIER_BYTES <= limits.INDEX_KEY_BYTES
+    # The longest composed key but the Process key, every byte escaped: uid:<host_id>:<uid>.
+    widest = "%" * limits.MAX_IDENTIFIER_BYTES
+    assert limits.key_bytes("uid", widest, widest) < limits.GRAPH_KEY_BYTES

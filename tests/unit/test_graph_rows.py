@@ -343,3 +343,13 @@ def test_every_attempt_after_a_failed_one_is_counted_by_that_failures_code() -> 
     once.made = 1
     once.count_reruns()
     assert (reruns(deadlock), reruns(neo4j_backend.OTHER_FAILURE)) == (before[0] + 1, before[1] + 1)
+
+
+@pytest.mark.parametrize("parts", [("h", "1", "/bin/sh"), ("h:1", "1", "/a%b"), ("日", ":", "%"), ("", "", "")])
+def test_the_contracts_key_size_bounds_the_graphs_keys(parts: tuple[str, str, str]) -> None:
+    from etl.pipeline.limits import key_bytes
+
+    size = len(compose_key(*parts).encode())
+    assert key_bytes(*parts) >= size
+    if any(":" in p or "%" in p for p in parts):
+        assert key_bytes(*parts) == size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 
 from etl.pipeline import rawbatch
+from etl.pipeline.limits import DEFAULT_NATS_MAX_PAYLOAD_BYTES, PUBLISH_HEADER_ROOM_BYTES
 from etl.pipeline.validate import validate_batch
 
 
@@ -28,7 +29,7 @@ def test_bad_events_become_dead_letters_with_original_bytes() -> None:
     good_raw = b'{"id":"1","type":"t","source":"s","timestamp":5}'
     raws = rawbatch.unpack(*rawbatch.pack([good_raw, b"\xff\xfe", b"[]"]))
     good, bad = validate_batch(raws, max_bytes=1000)
-    assert [g["id"] for g in good] == ["1"]
+    assert [g.event["id"] for g in good] == ["1"] and good[0].raw == good_raw
     assert [b.stage for b in bad] == ["enrich", "enrich"]
     assert bad[0].raw_bytes() == b"\xff\xfe" and bad[0].event_encoding == "raw"
     assert "not valid JSON" in bad[0].reason
@@ -64,3 +65,29 @@ def test_the_shortcut_sees_every_character_header_value_would_change() -> None:
     changed = [c for c in map(chr, range(0x110000)) if c.isspace() or _CONTROL.match(c)]
     assert len(changed) > 40
     assert [hex(ord(c)) for c in changed if header_ready(f"a{c}b")] == []
+
+
+def test_enriched_events_over_max_payload_become_dead_letters_of_their_raw_bytes() -> None:
+    from etl.pipeline.validate import as_message, encode_enriched
+
+    small = {"id": "small", "metadata": {}}
+    big = {"id": "big", "metadata": {}, "args": {"blob": "x" * 600_000}}
+    encoded, bad = encode_enriched([small, big, small], [b"raw-small", b"raw-big", b"raw-small2"],
+                                   max_payload=512 * 1024)
+    assert [orjson.loads(e)["id"] for e in encoded] == ["small", "small"]
+    assert [(b.stage, b.raw_bytes()) for b in bad] == [("enrich", b"raw-big")]
+    assert "over the NATS server's max_payload of 524288" in bad[0].reason
+    assert orjson.loads(orjson.dumps(as_message(encoded))) == [small, small]
+    encoded, bad = encode_enriched([big], [b"raw-big"], max_payload=DEFAULT_NATS_MAX_PAYLOAD_BYTES)
+    assert len(encoded) == 1 and not bad
+
+
+def test_the_room_kept_for_headers_holds_the_largest_headers_the_contract_allows() -> None:
+    from etl.pipeline.limits import MAX_ID_CHARS, MAX_IDENTIFIER_BYTES, MAX_TYPE_CHARS
+    from etl.sinks.nats_publish import encode, publish_headers, wire_size
+
+    headers, extra = publish_headers("S" * 255)  # a long stream name
+    widest = {"id": "日" * MAX_ID_CHARS, "type": "日" * MAX_TYPE_CHARS, "timestamp": -(2**63),
+              "metadata": {"host_id": "h" * MAX_IDENTIFIER_BYTES}}
+    payload, values = encode(widest, extra)
+    assert wire_size((payload, values), headers) - len(payload) <= PUBLISH_HEADER_ROOM_BYTES

