@@ -35,7 +35,8 @@ from etl.errors import PermanentError
 from etl.natsio import hpub
 from etl.pipeline import rawbatch
 from etl.pipeline.enrich import enrich_batch
-from etl.pipeline.validate import validate_batch
+from etl.pipeline.limits import DEFAULT_NATS_MAX_PAYLOAD_BYTES
+from etl.pipeline.validate import as_message, encode_enriched, validate_batch
 from etl.rdns.hosts import ptr_address
 from etl.rdns.strategies import FakeResolver, fake_name
 from etl.sinks.copy_format import format_batch
@@ -90,15 +91,19 @@ def nats(stream: str | None) -> Callable[[list[Event]], object]:
 ENCODERS = [timescale, graph, nats(None), nats("ENRICHED")]
 
 
+def enrich_stage(raws: list[bytes]) -> list[Event]:
+    """What the enrich actor does to ``raws`` as one batch from the bridge: the events every sink's actor gets."""
+    texts, binary = rawbatch.pack(raws)
+    valid, _ = validate_batch(rawbatch.unpack(texts, binary), max_bytes=MAX_EVENT_BYTES)
+    enriched = enrich_batch([v.event for v in valid], env="fuzz", resolver=FakeResolver(), now=NOW)
+    encoded, _ = encode_enriched(enriched, [v.raw for v in valid], max_payload=DEFAULT_NATS_MAX_PAYLOAD_BYTES)
+    # The enrich actor's fan-out: one JSON message for every sink, decoded by the broker for each sink's actor.
+    return list(orjson.loads(orjson.dumps(as_message(encoded))))
+
+
 def through_the_pipeline(raws: list[bytes]) -> None:
     """Run ``raws`` as one batch through every pure stage; raise anything but a ``PermanentError`` of a sink."""
-    texts, binary = rawbatch.pack(raws)
-    good, _ = validate_batch(rawbatch.unpack(texts, binary), max_bytes=MAX_EVENT_BYTES)
-    if not good:
-        return
-    enriched = enrich_batch(good, env="fuzz", resolver=FakeResolver(), now=NOW)
-    # The enrich actor's fan-out: one JSON message for every sink, decoded by the broker for each sink's actor.
-    events = orjson.loads(orjson.dumps(enriched))
+    events = enrich_stage(raws)
     for encoder in ENCODERS:
         # The batch, then each event alone, as a sink's poison isolation would split it.
         for batch in (events, *([e] for e in events)):
@@ -242,8 +247,6 @@ def test_reverse_dns_takes_any_host_text(host: str) -> None:
 def test_the_generators_reach_every_encoder() -> None:
     """Events of the producers go all the way through: the fuzzing is not all stopped by validation."""
     raws = [encoded(to_json(grpc_event(), ascii_only=True)), orjson.dumps(visibility_event())]
-    texts, binary = rawbatch.pack(raws)
-    good, bad = validate_batch(rawbatch.unpack(texts, binary), max_bytes=MAX_EVENT_BYTES)
-    assert len(good) == 2 and not bad
-    events = orjson.loads(orjson.dumps(enrich_batch(good, env="fuzz", resolver=FakeResolver(), now=NOW)))
+    events = enrich_stage(raws)
+    assert len(events) == 2
     assert all(encoder(events) for encoder in ENCODERS)
