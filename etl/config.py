@@ -69,6 +69,9 @@ DEFAULT_RDNS_MIN_TTL_S = 60
 DEFAULT_RDNS_MAX_TTL_S = 86_400
 DEFAULT_RDNS_NEGATIVE_TTL_S = 30
 DEFAULT_REDIS_SENTINEL_MASTER = "etl"
+# The original AegisFlux's Neo4j password. A FalkorDB runs without one unless told otherwise (requirepass), so its
+# default is none: a local FalkorDB keeps working, and one with a password gets it from NEO4J_PASSWORD(_FILE).
+DEFAULT_NEO4J_PASSWORD = "password"
 # Dramatiq's TimeLimit interrupts an actor's thread once PROCESSING_TIMEOUT has passed (it looks once a second).
 # Every sink gives up this much earlier, so that the actor fails with the sink's own error (retried, and counted by
 # the sink's circuit breaker) and has time left to raise it.
@@ -171,8 +174,11 @@ class Settings:
         v.url(("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc", "falkor")),
         "graph database: `bolt://`, `neo4j://` (Neo4j) or `falkor://` (FalkorDB)")
     neo4j_user: str = setting("NEO4J_USER", "neo4j", v.text, "Neo4j user (FalkorDB takes its user from the URI)")
-    neo4j_password: str = setting("NEO4J_PASSWORD", "password", v.text,
-                                  "secret; a default one is refused in production (`AF_ENV`)", secret=True)
+    # None: the backend's default (``graph_password``).
+    neo4j_password: str | None = setting(
+        "NEO4J_PASSWORD", None, v.text, "secret: the graph database's password (FalkorDB's may be in `NEO4J_URI` "
+        "instead); a default one is refused in production (`AF_ENV`)", secret=True,
+        shown_default=f"`{DEFAULT_NEO4J_PASSWORD}` with Neo4j, none with FalkorDB")
     neo4j_tls_ca: str = setting(
         "NEO4J_TLS_CA", "", v.readable_file,
         "with a plain `bolt://`/`neo4j://` URI: encrypt and trust this CA (`+s` URIs choose TLS themselves)")
@@ -277,6 +283,14 @@ class Settings:
         return list(self.nats_urls)
 
     @property
+    def graph_password(self) -> str:
+        """The graph database's password: ``NEO4J_PASSWORD`` when set, else the backend's default:
+        ``DEFAULT_NEO4J_PASSWORD`` with Neo4j, none (empty) with FalkorDB."""
+        if self.neo4j_password is not None:
+            return self.neo4j_password
+        return "" if urlsplit(self.neo4j_uri).scheme == FALKOR_SCHEME else DEFAULT_NEO4J_PASSWORD
+
+    @property
     def sink_budget_s(self) -> float:
         """Seconds a sink may spend on one call (opening it, a write, a check) before it gives up with its own
         error: ``PROCESSING_TIMEOUT`` less ``SINK_TIME_MARGIN_S``, and at least ``MIN_SINK_BUDGET_SHARE`` of it.
@@ -317,32 +331,7 @@ class Settings:
         if self.rdns_mode == "ptr" and self.rdns_batch_budget_ms >= self.processing_timeout_s * 1000:
             raise ConfigError(f"RDNS_BATCH_BUDGET_MS ({self.rdns_batch_budget_ms}) must be less than "
                               f"PROCESSING_TIMEOUT ({self.processing_timeout_s} s)")
-        self._check_credentials()
-
-    def _check_credentials(self) -> None:
-        if self.redis_password and credentials.url_password(self.redis_url) is not None:
-            raise ConfigError("REDIS_PASSWORD is set and REDIS_URL carries a password too: give one of them")
-        if self.nats_password:
-            if any(credentials.url_password(url) is not None for url in self.nats_urls):
-                raise ConfigError("NATS_PASSWORD is set and NATS_URL carries a password too: give one of them")
-            if len({urlsplit(url).username for url in self.nats_urls}) > 1:
-                raise ConfigError("NATS_PASSWORD needs every URL of NATS_URL to name the same user, or none")
-        if credentials.is_production(self.af_env):
-            credentials.refuse_weak(self.passwords_in_use(), self.af_env)
-
-    def passwords_in_use(self) -> list[tuple[str, str]]:
-        """(what, password) for each password these settings send, ``what`` naming its variable: ``PG_PASSWORD``
-        (unless empty beside a client certificate, ``PG_SSLCERT``), ``NEO4J_PASSWORD`` with Neo4j (FalkorDB's
-        is in ``NEO4J_URI``), ``REDIS_PASSWORD`` and ``NATS_PASSWORD`` when set, and any a URL carries."""
-        found = [] if self.pg_sslcert and not self.pg_password else [("PG_PASSWORD", self.pg_password)]
-        if urlsplit(self.neo4j_uri).scheme != FALKOR_SCHEME:
-            found.append(("NEO4J_PASSWORD", self.neo4j_password))
-        found += [(var, value) for var, value in (("REDIS_PASSWORD", self.redis_password),
-                                                  ("NATS_PASSWORD", self.nats_password)) if value]
-        for var, urls in (("NATS_URL", self.nats_urls), ("REDIS_URL", (self.redis_url,)),
-                          ("NEO4J_URI", (self.neo4j_uri,))):
-            found += [(f"the password in {var}", pw) for pw in map(credentials.url_password, urls) if pw is not None]
-        return found
+        credentials.check(self)
 
     def to_env(self) -> dict[str, str]:
         """The settings as environment variables, secrets included: for starting child processes. A setting
