@@ -100,7 +100,7 @@ def _empty_graph(stack: Stack) -> None:
         except redis.ResponseError:
             pass  # no graph yet
         return
-    neo4jserver.empty_database(s.neo4j_uri, s.neo4j_user, s.neo4j_password)
+    neo4jserver.empty_database(s.neo4j_uri, s.neo4j_user, s.graph_password)
 
 
 async def _delete_streams(settings: Settings) -> None:

@@ -157,7 +157,7 @@ def _bare_merge_neo4j(settings: Settings, events: Sequence[Event], batch: int) -
     from neo4j import GraphDatabase
 
     rows = [as_lists(build_rows(chunk)) for chunk in batches(events, batch)]
-    with GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.neo4j_password)) as driver, \
+    with GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.graph_password)) as driver, \
             driver.session() as session:
         session.run("EXPLAIN " + MERGE_CYPHER, rows=rows[0]).consume()  # planned and cached before the clock
         start = time.monotonic()

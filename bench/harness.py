@@ -31,7 +31,7 @@ from typing import Any
 from bench import _servers, ceilings, e2e, load, neo4j, stages
 from bench.report import Row, cost_table, table, target, write_json
 from bench.stages import best
-from etl.config import DEFAULT_MAX_BATCH_SIZE as BATCH
+from etl.defaults import DEFAULT_MAX_BATCH_SIZE as BATCH
 from etl.pipeline.handoff import Handoff
 from etl.stages import ENRICH, SINK_STAGES
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import _servers, e2e, load
 from bench.sampling import Sampler
-from etl.config import DEFAULT_MAX_BATCH_SIZE
+from etl.defaults import DEFAULT_MAX_BATCH_SIZE
 
 SAMPLE_RATE_HZ = 200
 TOP = 14

@@ -1,80 +1,33 @@
 """Settings, declared once and parsed once from the environment at the edge of each process.
 
-Each field of ``Settings`` is declared with ``etl.envvalues.setting``: its environment variable, default, parser and
-help. ``from_env``, ``to_env``, the redacted view and the README's configuration table (``etl.settings_table``)
-all come from that one declaration. ``Settings.from_env()`` is the only reader of ``os.environ``. A bad value
-raises ``ConfigError`` with one line naming the variable, the value and what was expected; the CLI turns that into
-exit code 2. Lists are parsed into tuples here, never again where they are used. A secret (``secret=True``) may
-come from the file ``<VAR>_FILE`` names, and one that is empty or well known is refused when ``AF_ENV`` says
-production (``etl.credentials``).
+Each field of ``Settings`` is declared with ``etl.envvalues.setting``: its environment variable, default (the
+values and why: ``etl.defaults``), parser and help. ``from_env``, ``to_env``, the redacted view
+(``etl.settings_env``) and the README's configuration table (``etl.settings_table``) all come from that one
+declaration. ``Settings.from_env()`` is the only reader of ``os.environ``. A bad value raises ``ConfigError`` with
+one line naming the variable, the value and what was expected; the CLI turns that into exit code 2. Lists are
+parsed into tuples here, never again where they are used. A secret (``secret=True``) may come from the file
+``<VAR>_FILE`` names, and one that is empty or well known is refused when ``AF_ENV`` says production
+(``etl.credentials``).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from etl import credentials
+from etl import credentials, settings_env
+from etl import defaults as d
 from etl import envvalues as v
-from etl.envvalues import declaration, setting
+from etl.envvalues import setting
 from etl.errors import ConfigError
 from etl.sinks.graph.backend import FALKOR_SCHEME
 
-# Larger batches cut the CPU spent per event in every process (Redis round trips and fsyncs, Dramatiq messages,
-# transactions and graph queries are per batch); 500 against 100: docs/performance.md.
-DEFAULT_MAX_BATCH_SIZE = 500
-DEFAULT_BATCH_LINGER_MS = 50
-# One Dramatiq message carries a whole batch: this keeps it small for Redis whatever the events' sizes.
-DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024
-DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
-DEFAULT_PROCESSING_TIMEOUT_S = 30
-# PostgreSQL connections per worker process: Dramatiq's default thread count. bin/worker sets PG_POOL_SIZE from the
-# pool's own thread count (etl/pools.py), since each connection is opened at start and one thread uses one.
-DEFAULT_PG_POOL_SIZE = 8
-DEFAULT_RETRY_MAX = 8
-DEFAULT_RETRY_MIN_BACKOFF_MS = 500
-DEFAULT_RETRY_MAX_BACKOFF_MS = 60_000
-DEFAULT_DLQ_RETENTION_DAYS = 14
-# The dead-letter queue's share of Redis: far below a typical maxmemory, so that a flood of bad events can never
-# take the memory the queues need. Past either bound, dead letters are counted but not kept.
-DEFAULT_DLQ_MAX_BYTES = 128 * 1024 * 1024
-DEFAULT_DLQ_MAX_ENTRIES = 100_000
-# An entry whose event is larger keeps only its head, length and SHA-256; normal events are far smaller.
-DEFAULT_DLQ_ENTRY_MAX_BYTES = 64 * 1024
-# In batches: 40 of DEFAULT_MAX_BATCH_SIZE is the same 20,000 events per queue as 200 batches of 100 were.
-DEFAULT_MAX_QUEUE_DEPTH = 40
-DEFAULT_QUEUE_LOW_WATER_PERCENT = 50
-DEFAULT_BREAKER_FAILURES = 5
-DEFAULT_BREAKER_COOLDOWN_MS = 5_000
-DEFAULT_NATS_STREAM_REPLICAS = 1
-# Stream limits. Each stream's max_bytes is reserved from the NATS server's JetStream storage when it is created, so
-# the defaults stay small enough for a developer's machine; the raw stream's is the backlog a paused pipeline
-# can take. Enriched events are for downstream readers, not an archive.
-DEFAULT_RAW_STREAM_MAX_BYTES = 4 * 1024**3
-DEFAULT_ENRICHED_STREAM_MAX_BYTES = 1024**3
-DEFAULT_ENRICHED_STREAM_MAX_AGE_S = 7 * 24 * 3600
 # URL schemes nats-py lets one connection mix: TCP (plain or TLS) or WebSocket, not both.
 NATS_SCHEME_FAMILIES = (("nats", "tls"), ("ws", "wss"))
 RDNS_MODES = ("off", "fake", "ptr")
-DEFAULT_RDNS_TIMEOUT_MS = 500
-DEFAULT_RDNS_BATCH_BUDGET_MS = 1_000
-DEFAULT_RDNS_CACHE_SIZE = 100_000
-# Above what RDNS_CACHE_SIZE entries of ordinary addresses and names take, so that the entry limit governs them;
-# the byte bound is for long names (a PTR name may be written in up to about 1,000 characters).
-DEFAULT_RDNS_CACHE_BYTES = 64 * 1024 * 1024
-DEFAULT_RDNS_MIN_TTL_S = 60
-DEFAULT_RDNS_MAX_TTL_S = 86_400
-DEFAULT_RDNS_NEGATIVE_TTL_S = 30
-DEFAULT_REDIS_SENTINEL_MASTER = "etl"
-# Dramatiq's TimeLimit interrupts an actor's thread once PROCESSING_TIMEOUT has passed (it looks once a second).
-# Every sink gives up this much earlier, so that the actor fails with the sink's own error (retried, and counted by
-# the sink's circuit breaker) and has time left to raise it.
-SINK_TIME_MARGIN_S = 5.0
-# Under a short PROCESSING_TIMEOUT the margin shrinks: the sinks keep at least this share of it.
-MIN_SINK_BUDGET_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -99,22 +52,22 @@ class Settings:
     nats_enriched_stream: str = setting("NATS_ENRICHED_STREAM", "EVENTS_ENRICHED", v.optional(v.nats_name),
                                         "stream capturing the enriched subject; empty for core NATS publishing")
     nats_stream_replicas: int = setting(
-        "NATS_STREAM_REPLICAS", DEFAULT_NATS_STREAM_REPLICAS, v.stream_replicas,
+        "NATS_STREAM_REPLICAS", d.DEFAULT_NATS_STREAM_REPLICAS, v.stream_replicas,
         "replicas (1 to 5) of `NATS_STREAM` and `NATS_ENRICHED_STREAM` when the pipeline creates them; an existing "
         "stream is used as it is, with a warning if its replicas differ (see "
         "[docs/scaling.md](docs/scaling.md#running-against-a-nats-cluster))")
     nats_stream_max_bytes: int = setting(
-        "NATS_STREAM_MAX_BYTES", DEFAULT_RAW_STREAM_MAX_BYTES, v.non_negative_int,
+        "NATS_STREAM_MAX_BYTES", d.DEFAULT_RAW_STREAM_MAX_BYTES, v.non_negative_int,
         "bytes `NATS_STREAM` may hold (0: no limit); when full, JetStream refuses new events and keeps every one it "
         "accepted (see [docs/operations.md](docs/operations.md#when-the-raw-stream-is-full))")
     nats_stream_max_age_s: int = setting(
         "NATS_STREAM_MAX_AGE", 0, v.non_negative_int,
         "seconds `NATS_STREAM` keeps an event not yet taken by a bridge (0: no limit); older ones are deleted")
     nats_enriched_stream_max_bytes: int = setting(
-        "NATS_ENRICHED_STREAM_MAX_BYTES", DEFAULT_ENRICHED_STREAM_MAX_BYTES, v.non_negative_int,
+        "NATS_ENRICHED_STREAM_MAX_BYTES", d.DEFAULT_ENRICHED_STREAM_MAX_BYTES, v.non_negative_int,
         "bytes `NATS_ENRICHED_STREAM` may hold (0: no limit); when full, its oldest events are deleted")
     nats_enriched_stream_max_age_s: int = setting(
-        "NATS_ENRICHED_STREAM_MAX_AGE", DEFAULT_ENRICHED_STREAM_MAX_AGE_S, v.non_negative_int,
+        "NATS_ENRICHED_STREAM_MAX_AGE", d.DEFAULT_ENRICHED_STREAM_MAX_AGE_S, v.non_negative_int,
         "seconds `NATS_ENRICHED_STREAM` keeps an event (0: no limit). The four limits apply to existing streams too")
     nats_public_api: bool = setting(
         "ETL_NATS_PUBLIC_API", False, v.boolean, "use nats-py's public API instead of its private hooks on the hot "
@@ -143,7 +96,7 @@ class Settings:
         "comma-separated `host[:port]` of Redis Sentinels (port 26379 by default); when set, the master is found "
         "through them and followed across failovers, and `REDIS_URL` gives only the database, credentials and TLS",
         text=v.endpoints_text)
-    redis_sentinel_master: str = setting("REDIS_SENTINEL_MASTER", DEFAULT_REDIS_SENTINEL_MASTER, v.identifier,
+    redis_sentinel_master: str = setting("REDIS_SENTINEL_MASTER", d.DEFAULT_REDIS_SENTINEL_MASTER, v.identifier,
                                          "the master's name in the Sentinels' `sentinel monitor` line")
     redis_wait_replicas: int = setting(
         "REDIS_WAIT_REPLICAS", 0, v.non_negative_int,
@@ -163,16 +116,19 @@ class Settings:
     pg_sslcert: str = setting("PG_SSLCERT", "", v.readable_file, "libpq's client certificate file")
     pg_sslkey: str = setting("PG_SSLKEY", "", v.readable_file, "libpq's client key file")
     pg_pool_size: int = setting(
-        "PG_POOL_SIZE", DEFAULT_PG_POOL_SIZE, v.positive_int,
+        "PG_POOL_SIZE", d.DEFAULT_PG_POOL_SIZE, v.positive_int,
         "PostgreSQL connections per timescale worker process, all opened at start",
-        shown_default=f"the pool's threads + 1 (`bin/worker`), else `{DEFAULT_PG_POOL_SIZE}`")
+        shown_default=f"the pool's threads + 1 (`bin/worker`), else `{d.DEFAULT_PG_POOL_SIZE}`")
     neo4j_uri: str = setting(
         "NEO4J_URI", "bolt://localhost:7687",
         v.url(("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc", "falkor")),
         "graph database: `bolt://`, `neo4j://` (Neo4j) or `falkor://` (FalkorDB)")
     neo4j_user: str = setting("NEO4J_USER", "neo4j", v.text, "Neo4j user (FalkorDB takes its user from the URI)")
-    neo4j_password: str = setting("NEO4J_PASSWORD", "password", v.text,
-                                  "secret; a default one is refused in production (`AF_ENV`)", secret=True)
+    # None: the backend's default (``graph_password``).
+    neo4j_password: str | None = setting(
+        "NEO4J_PASSWORD", None, v.text, "secret: the graph database's password (FalkorDB's may be in `NEO4J_URI` "
+        "instead); a default one is refused in production (`AF_ENV`)", secret=True,
+        shown_default=f"`{d.DEFAULT_NEO4J_PASSWORD}` with Neo4j, none with FalkorDB")
     neo4j_tls_ca: str = setting(
         "NEO4J_TLS_CA", "", v.readable_file,
         "with a plain `bolt://`/`neo4j://` URI: encrypt and trust this CA (`+s` URIs choose TLS themselves)")
@@ -191,60 +147,60 @@ class Settings:
         "RDNS_NAMESERVERS", (), v.parse_nameservers,
         "`ptr`: comma-separated nameserver addresses, each with an optional port (`10.0.0.53`, `127.0.0.1:5353`, "
         "`[::1]:53`); empty: those of `/etc/resolv.conf`", text=v.endpoints_text, shown_default="(the system's)")
-    rdns_timeout_ms: int = setting("RDNS_TIMEOUT_MS", DEFAULT_RDNS_TIMEOUT_MS, v.positive_int,
+    rdns_timeout_ms: int = setting("RDNS_TIMEOUT_MS", d.DEFAULT_RDNS_TIMEOUT_MS, v.positive_int,
                                    "`ptr`: the longest one lookup may take, shared among the nameservers")
     rdns_batch_budget_ms: int = setting(
-        "RDNS_BATCH_BUDGET_MS", DEFAULT_RDNS_BATCH_BUDGET_MS, v.positive_int, "`ptr`: the longest a batch waits "
+        "RDNS_BATCH_BUDGET_MS", d.DEFAULT_RDNS_BATCH_BUDGET_MS, v.positive_int, "`ptr`: the longest a batch waits "
         "for DNS; what is unanswered by then is `null` (less than `PROCESSING_TIMEOUT`)")
-    rdns_cache_size: int = setting("RDNS_CACHE_SIZE", DEFAULT_RDNS_CACHE_SIZE, v.positive_int,
+    rdns_cache_size: int = setting("RDNS_CACHE_SIZE", d.DEFAULT_RDNS_CACHE_SIZE, v.positive_int,
                                    "`ptr`: addresses cached per worker process")
     rdns_cache_bytes: int = setting(
-        "RDNS_CACHE_BYTES", DEFAULT_RDNS_CACHE_BYTES, v.positive_int, "`ptr`: bytes the cache may hold per worker "
+        "RDNS_CACHE_BYTES", d.DEFAULT_RDNS_CACHE_BYTES, v.positive_int, "`ptr`: bytes the cache may hold per worker "
         "process (its addresses and names, plus a fixed overhead per entry)")
-    rdns_min_ttl_s: int = setting("RDNS_MIN_TTL_S", DEFAULT_RDNS_MIN_TTL_S, v.non_negative_int,
+    rdns_min_ttl_s: int = setting("RDNS_MIN_TTL_S", d.DEFAULT_RDNS_MIN_TTL_S, v.non_negative_int,
                                   "`ptr`: a name is cached at least this long, whatever its record's TTL")
-    rdns_max_ttl_s: int = setting("RDNS_MAX_TTL_S", DEFAULT_RDNS_MAX_TTL_S, v.positive_int,
+    rdns_max_ttl_s: int = setting("RDNS_MAX_TTL_S", d.DEFAULT_RDNS_MAX_TTL_S, v.positive_int,
                                   "`ptr`: and at most this long")
-    rdns_negative_ttl_s: int = setting("RDNS_NEGATIVE_TTL_S", DEFAULT_RDNS_NEGATIVE_TTL_S, v.positive_int,
+    rdns_negative_ttl_s: int = setting("RDNS_NEGATIVE_TTL_S", d.DEFAULT_RDNS_NEGATIVE_TTL_S, v.positive_int,
                                        "`ptr`: how long NXDOMAIN, SERVFAIL, no record or a timeout is cached")
-    max_batch_size: int = setting("MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, v.positive_int,
+    max_batch_size: int = setting("MAX_BATCH_SIZE", d.DEFAULT_MAX_BATCH_SIZE, v.positive_int,
                                   "events per batch (bridge)")
     max_batch_bytes: int = setting(
-        "MAX_BATCH_BYTES", DEFAULT_MAX_BATCH_BYTES, v.positive_int, "bytes of raw events per batch (bridge): a "
+        "MAX_BATCH_BYTES", d.DEFAULT_MAX_BATCH_BYTES, v.positive_int, "bytes of raw events per batch (bridge): a "
         "batch closes when one more message of its average size would pass this, so it passes it by at most one "
         "message")
-    batch_linger_ms: int = setting("BATCH_LINGER_MS", DEFAULT_BATCH_LINGER_MS, v.positive_int,
+    batch_linger_ms: int = setting("BATCH_LINGER_MS", d.DEFAULT_BATCH_LINGER_MS, v.positive_int,
                                    "how long the bridge waits to fill a batch after its first event")
-    max_event_bytes: int = setting("MAX_EVENT_BYTES", DEFAULT_MAX_EVENT_BYTES, v.positive_int,
+    max_event_bytes: int = setting("MAX_EVENT_BYTES", d.DEFAULT_MAX_EVENT_BYTES, v.positive_int,
                                    "larger events are dead-lettered without being parsed")
     processing_timeout_s: int = setting(
-        "PROCESSING_TIMEOUT", DEFAULT_PROCESSING_TIMEOUT_S, v.positive_int,
-        f"seconds one batch may take in any pool (Dramatiq's time limit); the sinks give up {SINK_TIME_MARGIN_S:g} s "
-        f"before it, but not before {MIN_SINK_BUDGET_SHARE:.0%} of it, with their own error")
-    retry_max: int = setting("RETRY_MAX", DEFAULT_RETRY_MAX, v.non_negative_int,
+        "PROCESSING_TIMEOUT", d.DEFAULT_PROCESSING_TIMEOUT_S, v.positive_int,
+        f"seconds one batch may take in any pool (Dramatiq's time limit); the sinks give up {d.SINK_TIME_MARGIN_S:g} s "
+        f"before it, but not before {d.MIN_SINK_BUDGET_SHARE:.0%} of it, with their own error")
+    retry_max: int = setting("RETRY_MAX", d.DEFAULT_RETRY_MAX, v.non_negative_int,
                              "retries of a transient failure before a batch is dead-lettered")
-    retry_min_backoff_ms: int = setting("RETRY_MIN_BACKOFF_MS", DEFAULT_RETRY_MIN_BACKOFF_MS, v.positive_int,
+    retry_min_backoff_ms: int = setting("RETRY_MIN_BACKOFF_MS", d.DEFAULT_RETRY_MIN_BACKOFF_MS, v.positive_int,
                                         "first retry delay; doubles each time, with jitter")
-    retry_max_backoff_ms: int = setting("RETRY_MAX_BACKOFF_MS", DEFAULT_RETRY_MAX_BACKOFF_MS, v.positive_int,
+    retry_max_backoff_ms: int = setting("RETRY_MAX_BACKOFF_MS", d.DEFAULT_RETRY_MAX_BACKOFF_MS, v.positive_int,
                                         "the longest retry delay")
-    dlq_retention_days: int = setting("DLQ_RETENTION_DAYS", DEFAULT_DLQ_RETENTION_DAYS, v.positive_int,
+    dlq_retention_days: int = setting("DLQ_RETENTION_DAYS", d.DEFAULT_DLQ_RETENTION_DAYS, v.positive_int,
                                       "how long dead letters are kept")
     dlq_max_bytes: int = setting(
-        "DLQ_MAX_BYTES", DEFAULT_DLQ_MAX_BYTES, v.positive_int, "bytes of Redis the dead-letter queue may hold; "
+        "DLQ_MAX_BYTES", d.DEFAULT_DLQ_MAX_BYTES, v.positive_int, "bytes of Redis the dead-letter queue may hold; "
         "past it, dead letters are counted but not kept (see [docs/operations.md](docs/operations.md))")
-    dlq_max_entries: int = setting("DLQ_MAX_ENTRIES", DEFAULT_DLQ_MAX_ENTRIES, v.positive_int,
+    dlq_max_entries: int = setting("DLQ_MAX_ENTRIES", d.DEFAULT_DLQ_MAX_ENTRIES, v.positive_int,
                                    "entries the dead-letter queue may hold; past it, the same")
     dlq_entry_max_bytes: int = setting(
-        "DLQ_ENTRY_MAX_BYTES", DEFAULT_DLQ_ENTRY_MAX_BYTES, v.positive_int, "a dead letter whose event is larger "
+        "DLQ_ENTRY_MAX_BYTES", d.DEFAULT_DLQ_ENTRY_MAX_BYTES, v.positive_int, "a dead letter whose event is larger "
         "keeps only its first KiB, its length and its SHA-256 (and cannot be replayed)")
-    max_queue_depth: int = setting("MAX_QUEUE_DEPTH", DEFAULT_MAX_QUEUE_DEPTH, v.positive_int,
+    max_queue_depth: int = setting("MAX_QUEUE_DEPTH", d.DEFAULT_MAX_QUEUE_DEPTH, v.positive_int,
                                    "messages (batches) in the deepest queue above which the bridge stops fetching")
     queue_low_water_percent: int = setting(
-        "QUEUE_LOW_WATER_PERCENT", DEFAULT_QUEUE_LOW_WATER_PERCENT, v.percent,
+        "QUEUE_LOW_WATER_PERCENT", d.DEFAULT_QUEUE_LOW_WATER_PERCENT, v.percent,
         "the bridge resumes when the deepest queue is below this share of `MAX_QUEUE_DEPTH`")
-    breaker_failures: int = setting("BREAKER_FAILURES", DEFAULT_BREAKER_FAILURES, v.positive_int,
+    breaker_failures: int = setting("BREAKER_FAILURES", d.DEFAULT_BREAKER_FAILURES, v.positive_int,
                                     "consecutive connection failures that open a sink's circuit breaker")
-    breaker_cooldown_ms: int = setting("BREAKER_COOLDOWN_MS", DEFAULT_BREAKER_COOLDOWN_MS, v.positive_int,
+    breaker_cooldown_ms: int = setting("BREAKER_COOLDOWN_MS", d.DEFAULT_BREAKER_COOLDOWN_MS, v.positive_int,
                                        "how long an open breaker waits before letting one probe through")
     health_host: str = setting("HEALTH_HOST", "0.0.0.0", v.text,
                                "address the health and metrics endpoints bind to")
@@ -277,22 +233,25 @@ class Settings:
         return list(self.nats_urls)
 
     @property
+    def graph_password(self) -> str:
+        """The graph database's password: ``NEO4J_PASSWORD`` when set, else the backend's default:
+        ``d.DEFAULT_NEO4J_PASSWORD`` with Neo4j, none (empty) with FalkorDB."""
+        if self.neo4j_password is not None:
+            return self.neo4j_password
+        return "" if urlsplit(self.neo4j_uri).scheme == FALKOR_SCHEME else d.DEFAULT_NEO4J_PASSWORD
+
+    @property
     def sink_budget_s(self) -> float:
         """Seconds a sink may spend on one call (opening it, a write, a check) before it gives up with its own
-        error: ``PROCESSING_TIMEOUT`` less ``SINK_TIME_MARGIN_S``, and at least ``MIN_SINK_BUDGET_SHARE`` of it.
+        error: ``PROCESSING_TIMEOUT`` less ``d.SINK_TIME_MARGIN_S``, and at least ``d.MIN_SINK_BUDGET_SHARE`` of it.
         Always shorter than the actors' time limit, so a sink reports a failure before Dramatiq interrupts it."""
         timeout_s = float(self.processing_timeout_s)
-        return max(timeout_s - SINK_TIME_MARGIN_S, timeout_s * MIN_SINK_BUDGET_SHARE)
+        return max(timeout_s - d.SINK_TIME_MARGIN_S, timeout_s * d.MIN_SINK_BUDGET_SHARE)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Parse ``environ`` (usually ``os.environ``). Raises ``ConfigError`` on the first bad value."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            declared = declaration(f)
-            raw = credentials.secret_value(environ, declared.var) if declared.secret else environ.get(declared.var)
-            if raw is not None:
-                values[f.name] = declared.parse(declared.var, raw)
+        values = settings_env.read_env(cls, environ)
         # AF_FAKE_RDNS=true predates RDNS_MODE and still means fake; an explicit RDNS_MODE wins. An empty one is
         # none: a compose file passes RDNS_MODE through only when set, and some Compose versions pass it empty.
         if not values.get("rdns_mode"):
@@ -317,58 +276,16 @@ class Settings:
         if self.rdns_mode == "ptr" and self.rdns_batch_budget_ms >= self.processing_timeout_s * 1000:
             raise ConfigError(f"RDNS_BATCH_BUDGET_MS ({self.rdns_batch_budget_ms}) must be less than "
                               f"PROCESSING_TIMEOUT ({self.processing_timeout_s} s)")
-        self._check_credentials()
-
-    def _check_credentials(self) -> None:
-        if self.redis_password and credentials.url_password(self.redis_url) is not None:
-            raise ConfigError("REDIS_PASSWORD is set and REDIS_URL carries a password too: give one of them")
-        if self.nats_password:
-            if any(credentials.url_password(url) is not None for url in self.nats_urls):
-                raise ConfigError("NATS_PASSWORD is set and NATS_URL carries a password too: give one of them")
-            if len({urlsplit(url).username for url in self.nats_urls}) > 1:
-                raise ConfigError("NATS_PASSWORD needs every URL of NATS_URL to name the same user, or none")
-        if credentials.is_production(self.af_env):
-            credentials.refuse_weak(self.passwords_in_use(), self.af_env)
-
-    def passwords_in_use(self) -> list[tuple[str, str]]:
-        """(what, password) for each password these settings send, ``what`` naming its variable: ``PG_PASSWORD``
-        (unless empty beside a client certificate, ``PG_SSLCERT``), ``NEO4J_PASSWORD`` with Neo4j (FalkorDB's
-        is in ``NEO4J_URI``), ``REDIS_PASSWORD`` and ``NATS_PASSWORD`` when set, and any a URL carries."""
-        found = [] if self.pg_sslcert and not self.pg_password else [("PG_PASSWORD", self.pg_password)]
-        if urlsplit(self.neo4j_uri).scheme != FALKOR_SCHEME:
-            found.append(("NEO4J_PASSWORD", self.neo4j_password))
-        found += [(var, value) for var, value in (("REDIS_PASSWORD", self.redis_password),
-                                                  ("NATS_PASSWORD", self.nats_password)) if value]
-        for var, urls in (("NATS_URL", self.nats_urls), ("REDIS_URL", (self.redis_url,)),
-                          ("NEO4J_URI", (self.neo4j_uri,))):
-            found += [(f"the password in {var}", pw) for pw in map(credentials.url_password, urls) if pw is not None]
-        return found
+        credentials.check(self)
 
     def to_env(self) -> dict[str, str]:
         """The settings as environment variables, secrets included: for starting child processes. A setting
         without a value (``None``) is left out."""
-        out: dict[str, str] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                declared = declaration(f)
-                out[declared.var] = declared.text(value)
-        return out
+        return settings_env.env_of(self)
 
     def redacted(self) -> dict[str, Any]:
         """The settings keyed by environment variable, with secrets hidden; a list as its variable's text."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            declared = declaration(f)
-            value = getattr(self, f.name)
-            if isinstance(value, tuple):
-                value = declared.text(value)
-            if declared.secret:
-                value = "***" if value else ""
-            elif isinstance(value, str) and "://" in value:
-                value = v.redact_url(value)
-            out[declared.var] = value
-        return out
+        return settings_env.redacted(self)
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
@@ -389,7 +306,6 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         exit_on_config_error(str(e))
 
 
-ENV_VARS: tuple[str, ...] = tuple(declaration(f).var for f in fields(Settings))
+ENV_VARS = settings_env.env_vars(Settings)
 # What ``from_env`` also reads: ``<VAR>_FILE`` of each secret.
-SECRET_FILE_VARS: tuple[str, ...] = tuple(credentials.file_var(declaration(f).var) for f in fields(Settings)
-                                          if declaration(f).secret)
+SECRET_FILE_VARS = settings_env.secret_file_vars(Settings)

@@ -1,18 +1,21 @@
 """Secrets: read from their variable or from a file it names, and refused in production when well known.
 
 Every setting declared ``secret=True`` (``etl.config``) may instead come from ``<VAR>_FILE``, the path of a file
-holding it (a Docker or Kubernetes secret): ``secret_value`` reads one. ``weak_secrets`` names the variables whose
-password is empty or well known, which ``Settings`` refuses when ``AF_ENV`` says production (``is_production``).
-Nothing here logs or returns a secret's value in a message.
+holding it (a Docker or Kubernetes secret): ``secret_value`` reads one. ``check`` refuses a password given twice
+(in a URL and in its own variable) and, when ``AF_ENV`` says production (``is_production``), any password the
+settings would send that is empty or well known (``passwords_in_use``). Nothing here logs or returns a secret's value
+in a message.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from etl.errors import ConfigError
+from etl.sinks.graph.backend import FALKOR_SCHEME
 
 FILE_SUFFIX = "_FILE"
 # A secret is a line, not a document: a bigger file is a wrong path (say, a log or /dev/zero).
@@ -82,3 +85,60 @@ def refuse_weak(passwords: Iterable[tuple[str, str]], af_env: str) -> None:
             kind = "empty" if not password.strip() else "a well-known default"
             raise ConfigError(f"{what} is {kind}, refused with AF_ENV={af_env.strip()} (production): "
                               "set a secret of your own")
+
+
+class SecretSettings(Protocol):
+    """What ``check`` reads of ``etl.config.Settings`` (which imports this module)."""
+
+    @property
+    def af_env(self) -> str: ...
+    @property
+    def pg_password(self) -> str: ...
+    @property
+    def pg_sslcert(self) -> str: ...
+    @property
+    def neo4j_uri(self) -> str: ...
+    @property
+    def neo4j_password(self) -> str | None: ...
+    @property
+    def graph_password(self) -> str: ...
+    @property
+    def redis_url(self) -> str: ...
+    @property
+    def redis_password(self) -> str: ...
+    @property
+    def nats_urls(self) -> tuple[str, ...]: ...
+    @property
+    def nats_password(self) -> str: ...
+
+
+def check(settings: SecretSettings) -> None:
+    """Raise ``ConfigError`` when a password is given both in a URL and in its own variable, or when
+    ``settings`` say production and a password they would send ``is_weak``."""
+    if settings.redis_password and url_password(settings.redis_url) is not None:
+        raise ConfigError("REDIS_PASSWORD is set and REDIS_URL carries a password too: give one of them")
+    if settings.nats_password:
+        if any(url_password(url) is not None for url in settings.nats_urls):
+            raise ConfigError("NATS_PASSWORD is set and NATS_URL carries a password too: give one of them")
+        if len({urlsplit(url).username for url in settings.nats_urls}) > 1:
+            raise ConfigError("NATS_PASSWORD needs every URL of NATS_URL to name the same user, or none")
+    if settings.neo4j_password and url_password(settings.neo4j_uri) is not None:
+        raise ConfigError("NEO4J_PASSWORD is set and NEO4J_URI carries a password too: give one of them")
+    if is_production(settings.af_env):
+        refuse_weak(passwords_in_use(settings), settings.af_env)
+
+
+def passwords_in_use(settings: SecretSettings) -> list[tuple[str, str]]:
+    """(what, password) for each password ``settings`` send, ``what`` naming its variable: ``PG_PASSWORD`` (unless
+    empty beside a client certificate, ``PG_SSLCERT``), the graph's ``NEO4J_PASSWORD`` (with FalkorDB only when
+    not empty: a FalkorDB without one takes none), ``REDIS_PASSWORD`` and ``NATS_PASSWORD`` when set, and any a
+    URL carries."""
+    s = settings
+    found = [] if s.pg_sslcert and not s.pg_password else [("PG_PASSWORD", s.pg_password)]
+    if s.graph_password or urlsplit(s.neo4j_uri).scheme != FALKOR_SCHEME:
+        found.append(("NEO4J_PASSWORD", s.graph_password))
+    found += [(var, value) for var, value in (("REDIS_PASSWORD", s.redis_password),
+                                              ("NATS_PASSWORD", s.nats_password)) if value]
+    for var, urls in (("NATS_URL", s.nats_urls), ("REDIS_URL", (s.redis_url,)), ("NEO4J_URI", (s.neo4j_uri,))):
+        found += [(f"the password in {var}", pw) for pw in map(url_password, urls) if pw is not None]
+    return found

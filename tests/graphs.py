@@ -69,7 +69,7 @@ class FalkorProbe:
 
         url = urlsplit(settings.neo4j_uri)
         self._db = FalkorDB(host=url.hostname, port=url.port, username=unquote(url.username or "") or None,
-                            password=unquote(url.password or "") or None)
+                            password=unquote(url.password or "") or settings.graph_password or None)
         self._graph = self._db.select_graph(settings.graph_name)
 
     def run(self, cypher: str, **params: Any) -> None:
@@ -98,7 +98,7 @@ class Neo4jProbe:
         from neo4j import GraphDatabase
 
         self._settings = settings
-        self._driver = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.neo4j_password))
+        self._driver = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.graph_password))
 
     def run(self, cypher: str, **params: Any) -> None:
         self._driver.execute_query(cypher, params)
@@ -115,7 +115,7 @@ class Neo4jProbe:
 
     def empty(self) -> None:
         """Empty the database: every node, relationship and constraint."""
-        neo4jserver.empty_database(self._settings.neo4j_uri, self._settings.neo4j_user, self._settings.neo4j_password)
+        neo4jserver.empty_database(self._settings.neo4j_uri, self._settings.neo4j_user, self._settings.graph_password)
         for (name,) in self.rows("SHOW CONSTRAINTS YIELD name"):
             self.run(f"DROP CONSTRAINT `{name}` IF EXISTS")
 

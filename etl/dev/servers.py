@@ -163,10 +163,16 @@ def _bin(package: str, *parts: str) -> str:
 
 
 def nats_server(data_dir: Path, port: int | None = None, monitor_port: int | None = None,
-                extra_args: Sequence[str] = ()) -> Server:
+                extra_args: Sequence[str] = (), *, max_store_bytes: int | None = None) -> Server:
     """NATS with JetStream, storing streams under ``data_dir``. Not started yet. ``extra_args`` go to the
-    server's command line (e.g. ``--tls ...`` or ``--auth TOKEN``)."""
+    server's command line (e.g. ``--tls ...`` or ``--auth TOKEN``). ``max_store_bytes`` is JetStream's file
+    storage, from which each stream's ``max_bytes`` is reserved (``None``: the server's default, 75% of the disk's
+    free space)."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    if max_store_bytes is not None:
+        config = data_dir / "nats.conf"
+        config.write_text(f"jetstream {{\n  max_file_store: {max_store_bytes}\n}}\n")
+        extra_args = ["-c", str(config), *extra_args]
     exe = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
     if exe is None:
         raise ServerError("nats-server not found; install requirements-dev.txt")

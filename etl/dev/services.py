@@ -28,6 +28,10 @@ COMPACT_TIMEOUT_S = 30.0
 HURRIED_STOP_TIMEOUT_S = 5.0
 FALKORDB, NEO4J = "falkordb", "neo4j"
 GRAPH_BACKENDS = (FALKORDB, NEO4J)  # the first is the default
+# JetStream storage of the local NATS. Each stream reserves its max_bytes from it when created; the server's own
+# default (75% of the disk's free space) would refuse the streams' default limits (etl.config) on a nearly full
+# disk. Here the disk itself is the limit, as before the streams had any.
+DEV_NATS_MAX_STORE_BYTES = 1024**4
 
 Say = Callable[[str], None]
 
@@ -49,7 +53,8 @@ class Servers:
         else:
             graph = devservers.redis_server(data_dir / "falkordb", ports.falkordb or None, falkordb=True,
                                             wait_loaded=False)
-        return cls(nats=devservers.nats_server(data_dir / "nats", ports.nats or None),
+        return cls(nats=devservers.nats_server(data_dir / "nats", ports.nats or None,
+                                               max_store_bytes=DEV_NATS_MAX_STORE_BYTES),
                    redis=devservers.redis_server(data_dir / "redis", ports.redis or None, wait_loaded=False),
                    graph=graph,
                    postgres=devservers.postgres_server(data_dir / "postgres", ports.postgres or None),

@@ -146,6 +146,38 @@ def url_credentials(urls: list[str]) -> dict[str, str]:
     return {"token": user} if password is None else {"user": user, "password": password}
 
 
+class _ConnectionLog:
+    """A client's callbacks: they log every disconnection, reconnection and asynchronous error, and keep why a
+    connect failed (a refused credential or certificate), since nats-py's own exception only says that no server
+    was left to try."""
+
+    def __init__(self, nc: Client, name: str, url: str) -> None:
+        self._nc, self._name, self._url = nc, name, url
+        self._extra = {"nats_client": name}
+        self.cause: str | None = None
+
+    def callbacks(self) -> dict[str, Any]:
+        """The callbacks as ``Client.connect``'s options."""
+        return {"error_cb": self.on_error, "disconnected_cb": self.on_disconnected,
+                "reconnected_cb": self.on_reconnected, "closed_cb": self.on_closed}
+
+    async def on_error(self, e: Exception) -> None:
+        # A connection reset says less than the error it follows or precedes.
+        if self.cause is None or not isinstance(e, ConnectionError):
+            self.cause = describe(e)
+        log.warning("NATS %s: %s", self._name, describe(e), extra=self._extra)
+
+    async def on_disconnected(self) -> None:
+        if not self._nc.is_closed:  # a close also reports a disconnection first
+            log.warning("NATS %s disconnected from %s; reconnecting", self._name, self._url, extra=self._extra)
+
+    async def on_reconnected(self) -> None:
+        log.info("NATS %s reconnected to %s", self._name, connected_url(self._nc) or self._url, extra=self._extra)
+
+    async def on_closed(self) -> None:
+        log.info("NATS %s connection closed", self._name, extra=self._extra)
+
+
 async def connect(settings: Settings, name: str) -> Client:
     """Connect to any server of ``settings.nats_url`` (a list of seeds), labelled ``name`` in the server's
     monitoring. Servers the cluster announces join the pool, so a reconnect also tries members not listed.
@@ -156,32 +188,13 @@ async def connect(settings: Settings, name: str) -> Client:
     """
     nc = Client()
     url = redact_url(settings.nats_url)
-    # Why a connect failed (a refused credential or certificate): nats-py's own exception only says that no
-    # server was left to try. A connection reset says less than the error it follows or precedes.
-    cause: list[str] = []
-
-    async def on_error(e: Exception) -> None:
-        if not cause or not isinstance(e, ConnectionError):
-            cause[:] = [describe(e)]
-        log.warning("NATS %s: %s", name, describe(e), extra={"nats_client": name})
-
-    async def on_disconnected() -> None:
-        if not nc.is_closed:  # a close also reports a disconnection first
-            log.warning("NATS %s disconnected from %s; reconnecting", name, url, extra={"nats_client": name})
-
-    async def on_reconnected() -> None:
-        log.info("NATS %s reconnected to %s", name, connected_url(nc) or url, extra={"nats_client": name})
-
-    async def on_closed() -> None:
-        log.info("NATS %s connection closed", name, extra={"nats_client": name})
-
+    events = _ConnectionLog(nc, name, url)
     attempt = nc.connect(
         servers=settings.nats_servers, name=name,
         connect_timeout=DEFAULT_CONNECT_TIMEOUT_S, reconnect_time_wait=DEFAULT_RECONNECT_WAIT_S,
         max_reconnect_attempts=INITIAL_CONNECT_RETRIES, ping_interval=DEFAULT_PING_INTERVAL_S,
         max_outstanding_pings=DEFAULT_MAX_OUTSTANDING_PINGS, drain_timeout=DEFAULT_DRAIN_TIMEOUT_S,
-        error_cb=on_error, disconnected_cb=on_disconnected, reconnected_cb=on_reconnected,
-        closed_cb=on_closed, **auth_options(settings),
+        **events.callbacks(), **auth_options(settings),
     )
     try:
         with unavailable_as(NatsUnavailable, f"cannot connect to NATS at {url}"):
@@ -189,8 +202,8 @@ async def connect(settings: Settings, name: str) -> Client:
             await asyncio.wait_for(attempt, CONNECT_BUDGET_S + DEFAULT_CONNECT_TIMEOUT_S)
     except NatsUnavailable as e:
         await nc.close()
-        if cause:
-            raise NatsUnavailable(f"{e} (cause: {cause[0]})") from e.__cause__
+        if events.cause is not None:
+            raise NatsUnavailable(f"{e} (cause: {events.cause})") from e.__cause__
         raise
     # nats-py reads this option on every reconnection: bounded for the first connect, unbounded from now on.
     nc.options["max_reconnect_attempts"] = RECONNECT_FOREVER

@@ -33,12 +33,8 @@ from typing import cast
 
 import redis
 
-from etl.config import (
-    DEFAULT_DLQ_ENTRY_MAX_BYTES,
-    DEFAULT_DLQ_MAX_BYTES,
-    DEFAULT_DLQ_MAX_ENTRIES,
-    Settings,
-)
+from etl.config import Settings
+from etl.defaults import DEFAULT_DLQ_ENTRY_MAX_BYTES, DEFAULT_DLQ_MAX_BYTES, DEFAULT_DLQ_MAX_ENTRIES
 from etl.pipeline import dlqscripts
 from etl.pipeline.deadletter import DeadLetter, decode, reason_type
 from etl.pipeline.dlqlog import DeadLetterLog

@@ -6,8 +6,10 @@ every wait is on the program's output, with a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import pty
 import re
@@ -19,6 +21,7 @@ import sys
 import termios
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,8 +31,13 @@ import pytest
 
 from etl.config import Settings
 from etl.dev import neo4jserver
+from etl.dev.ports import PortFlags
 from etl.dev.publish import MALFORMED_EVERY
 from etl.dev.servers import free_port
+from etl.dev.services import DEV_NATS_MAX_STORE_BYTES, Servers
+from etl.natsio import conn
+from etl.pipeline.bridge import ensure_raw_stream
+from etl.sinks.nats_publish import enriched_stream_limits
 from tests import graphs
 
 ETL = str(Path(sys.executable).parent / "etl")
@@ -242,6 +250,34 @@ def test_once_exits_when_the_events_are_accounted_for_on_the_ports_given(tmp_pat
     assert summary_counts(done.stdout) == {"stored": 199, "merged": 199, "published": 199, "dead": 1,
                                            "dead_enrich": 1}
     assert leftovers([], data_dir) == []
+
+
+async def create_streams(settings: Settings) -> None:
+    """The raw and enriched streams, as the bridge and the publish pool create them."""
+    nc = await conn.connect(settings, "test-streams")
+    try:
+        js = nc.jetstream()
+        await ensure_raw_stream(js, settings)
+        await conn.ensure_stream(js, settings.nats_enriched_stream, [settings.nats_subject_enriched],
+                                 kept=enriched_stream_limits(settings))
+    finally:
+        await conn.close(nc)
+
+
+def test_the_local_nats_has_room_for_the_streams_default_limits_whatever_the_disk(tmp_path: Path) -> None:
+    """Each stream reserves its max_bytes from JetStream's storage, which by default is 75% of the disk's free space:
+    on a fuller disk than this one the bridge would stop. The local default's NATS declares its storage instead."""
+    nats = Servers.create(tmp_path / "dev", PortFlags()).nats.start()
+    try:
+        settings = Settings.from_env({"NATS_URL": f"nats://127.0.0.1:{nats.port}"})  # the default limits
+        asyncio.run(create_streams(settings))
+        url = f"http://127.0.0.1:{nats.monitor_port}/jsz"  # type: ignore[attr-defined]
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            jsz = json.load(reply)
+    finally:
+        nats.stop()
+    assert jsz["config"]["max_storage"] == DEV_NATS_MAX_STORE_BYTES
+    assert jsz["reserved_storage"] == settings.nats_stream_max_bytes + settings.nats_enriched_stream_max_bytes > 0
 
 
 def test_a_port_in_use_is_named_by_its_flag(tmp_path: Path) -> None:

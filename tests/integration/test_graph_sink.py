@@ -441,7 +441,7 @@ def test_a_neo4j_write_waiting_on_a_lock_gives_up_within_the_budget(make_setting
     reset(settings)
     sink = GraphSink(settings)
     sink.write([event("seed", host_id="hz")])
-    holder = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.neo4j_password))
+    holder = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.graph_password))
     try:
         with holder.session() as session, session.begin_transaction() as tx:
             tx.run("MATCH (h:Host {host_id: 'hz'}) SET h.held = true").consume()
@@ -470,7 +470,7 @@ def test_a_neo4j_write_gives_up_at_its_deadline_not_a_request_later(
     sink = GraphSink(settings)
     sink.write([event("stored", host_id="h2")])
     batch = [event("new", host_id="h1"), event("stored", host_id="h2")]
-    holder = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.neo4j_password))
+    holder = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.graph_password))
     try:
         with holder.session() as creating, holder.session() as locking, ThreadPoolExecutor(1) as pool:
             creator = creating.begin_transaction()
@@ -508,7 +508,7 @@ def test_neo4j_deadlock_is_run_again_and_counted(make_settings: Callable[..., Se
     sink.write([event("seed-1", host_id="h1"), event("seed-2", host_id="h2"), event("seed-z", host_id="hz")])
     deadlock = "Neo.TransientError.Transaction.DeadlockDetected"
     before = reruns(deadlock)
-    holder = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.neo4j_password))
+    holder = GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.graph_password))
     try:
         with holder.session() as session, session.begin_transaction() as tx:
             # Both batches lock their first host, then wait for hz; once it is free, one of them takes it and

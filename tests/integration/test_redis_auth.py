@@ -76,7 +76,7 @@ def test_broker_handoff_worker_and_dead_letters_log_in_as_the_acl_user(
         try:
             message = next(consumer)
             assert message is not None, "the worker's consumer got nothing"
-            assert rawbatch.unpack(*message.args) == ['{"id": "acl-1"}']
+            assert rawbatch.unpack(*message.args[:2]) == ['{"id": "acl-1"}']
             consumer.ack(message)
         finally:
             consumer.close()
@@ -128,6 +128,21 @@ def test_graph_sink_writes_to_falkordb_with_its_password(
         assert sorted(r[0] for r in probe.rows("MATCH (e:Event) RETURN e.id")) == ["pw-1", "pw-2"]
     finally:
         probe.close()
+
+
+def test_graph_sink_takes_falkordbs_password_from_neo4j_password_file(
+        falkordb_with_password: devservers.Server, make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A Docker secret: the URI carries no password, NEO4J_PASSWORD_FILE names the file holding it."""
+    secret = tmp_path / "graph_password"
+    secret.write_text(f"{FALKOR_PASSWORD}\n")
+    settings = make_settings(NEO4J_URI=f"falkor://127.0.0.1:{falkordb_with_password.port}",
+                             NEO4J_PASSWORD_FILE=secret)
+    sink = GraphSink(settings)
+    try:
+        assert sink.write([graph_event("file-1")]) == 1
+        assert sink.count_events() == 1
+    finally:
+        sink.close()
 
 
 @pytest.mark.parametrize("userinfo", [f":{WRONG_PASSWORD}@", ""])

@@ -96,7 +96,10 @@ def test_which_af_env_values_mean_production(value: str, production: bool) -> No
     ({**STRONG, "REDIS_URL": "redis://etl:@r:6379/0"}, "the password in REDIS_URL is empty"),
     ({**STRONG, "REDIS_PASSWORD": "changeme"}, "REDIS_PASSWORD is a well-known default"),
     ({**STRONG, "NATS_URL": f"nats://a:{SECRET}@n1,nats://a:nats@n2"}, "the password in NATS_URL is a well-known"),
-    ({**STRONG, "NEO4J_URI": "falkor://:falkordb@g:6379"}, "the password in NEO4J_URI is a well-known"),
+    ({"PG_PASSWORD": STRONG["PG_PASSWORD"], "NEO4J_URI": "falkor://:falkordb@g:6379"},
+     "the password in NEO4J_URI is a well-known"),
+    ({**STRONG, "NEO4J_URI": "falkor://g:6379", "NEO4J_PASSWORD": "falkordb"}, "NEO4J_PASSWORD is a well-known"),
+    ({**STRONG, "NEO4J_URI": "bolt://g:7687", "NEO4J_PASSWORD": ""}, "NEO4J_PASSWORD is empty"),
 ])
 def test_production_refuses_an_empty_or_well_known_password_naming_its_variable(env: dict[str, str],
                                                                                 named: str) -> None:
@@ -123,6 +126,27 @@ def test_production_reads_a_weak_secret_from_its_file_too(tmp_path: Path) -> Non
     assert config_error({"AF_ENV": "prod", "PG_PASSWORD_FILE": str(path)}).startswith("PG_PASSWORD is a well-known")
 
 
+@pytest.mark.parametrize(("env", "sent"), [
+    ({}, "password"),  # the original AegisFlux's Neo4j default
+    ({"NEO4J_URI": "falkor://g:6379"}, ""),  # a local FalkorDB has none: nothing is sent
+    ({"NEO4J_URI": "falkor://g:6379", "NEO4J_PASSWORD": SECRET}, SECRET),
+    ({"NEO4J_URI": "bolt://g:7687", "NEO4J_PASSWORD": ""}, ""),
+])
+def test_the_graph_password_defaults_by_backend(env: dict[str, str], sent: str) -> None:
+    s = Settings.from_env(env)
+    assert s.graph_password == sent
+    assert Settings.from_env(s.to_env()).graph_password == sent, "a child process resolves it alike"
+
+
+def test_a_falkordb_password_from_its_file_is_checked_in_production(tmp_path: Path) -> None:
+    path = tmp_path / "pw"
+    path.write_text(f"{SECRET}\n")
+    env = {"PG_PASSWORD": STRONG["PG_PASSWORD"], "NEO4J_URI": "falkor://g:6379", "NEO4J_PASSWORD_FILE": str(path)}
+    assert Settings.from_env({**env, "AF_ENV": "prod"}).graph_password == SECRET
+    path.write_text("falkordb\n")
+    assert config_error({**env, "AF_ENV": "prod"}).startswith("NEO4J_PASSWORD is a well-known default")
+
+
 # --- passwords beside URLs ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -130,6 +154,7 @@ def test_production_reads_a_weak_secret_from_its_file_too(tmp_path: Path) -> Non
     ({"REDIS_PASSWORD": "a", "REDIS_URL": "redis://r/0?password=b"}, "REDIS_PASSWORD is set and REDIS_URL carries"),
     ({"NATS_PASSWORD": "a", "NATS_URL": "nats://u:b@n1"}, "NATS_PASSWORD is set and NATS_URL carries"),
     ({"NATS_PASSWORD": "a", "NATS_URL": "nats://u@n1,nats://v@n2"}, "NATS_PASSWORD needs every URL"),
+    ({"NEO4J_PASSWORD": "a", "NEO4J_URI": "falkor://:b@g:6379"}, "NEO4J_PASSWORD is set and NEO4J_URI carries"),
 ])
 def test_a_password_setting_and_one_in_its_url_are_an_error(env: dict[str, str], message: str) -> None:
     assert config_error(env).startswith(message)

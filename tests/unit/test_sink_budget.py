@@ -12,7 +12,8 @@ import redis
 from dramatiq.middleware import TimeLimit
 
 from etl.broker import build_broker, time_limit_ms
-from etl.config import MIN_SINK_BUDGET_SHARE, SINK_TIME_MARGIN_S, Settings
+from etl.config import Settings
+from etl.defaults import MIN_SINK_BUDGET_SHARE, SINK_TIME_MARGIN_S
 from etl.errors import SinkUnavailable, TransientError
 from etl.sinks import nats_publish, postgres
 from etl.sinks.graph import falkordb_backend, neo4j_backend

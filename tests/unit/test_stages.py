@@ -8,7 +8,7 @@ import pytest
 from etl import cli
 from etl.config import Settings
 from etl.middleware.circuit_breaker import SINK_QUEUES
-from etl.ops import status
+from etl.ops import dlq_commands, status
 from etl.ops.replay import plan
 from etl.pipeline.dlq import DeadLetter
 from etl.pools import dramatiq_command
@@ -49,7 +49,7 @@ def test_the_cli_offers_every_stage() -> None:
         return list(param.type.choices)
 
     assert choices(cli.health, "pool") == ["bridge", *NAMES]
-    assert choices(cli.dlq_replay, "stage") == list(NAMES) == choices(cli.dlq_list, "stage")
+    assert choices(dlq_commands.dlq_replay, "stage") == list(NAMES) == choices(dlq_commands.dlq_list, "stage")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,7 +1,8 @@
 """FalkorDB backend of the graph sink, over the official ``falkordb`` client (the Redis protocol).
 
-The graph is the key GRAPH_NAME; credentials, if any, come from NEO4J_URI (``falkor://user:pass@host:port``),
-not from NEO4J_USER/NEO4J_PASSWORD, which are Neo4j's.
+The graph is the key GRAPH_NAME. The user, if any, comes from NEO4J_URI (``falkor://user@host:port``; NEO4J_USER is
+Neo4j's), the password from NEO4J_PASSWORD (or its file) or from the URI (``falkor://user:pass@host:port``), not both.
+Without either, none is sent: FalkorDB's own default.
 
 Schema. A FalkorDB unique constraint needs an exact-match (range) index on its property first, and is built
 asynchronously: ``GRAPH.CONSTRAINT CREATE`` returns at once and the constraint goes from ``PENDING`` to
@@ -120,13 +121,14 @@ def query_timeout_left_ms(cap_ms: int, deadline: float, doing: str, *, now: floa
 def connect(settings: Settings) -> FalkorBackend:
     """Connect to the FalkorDB server NEO4J_URI names. Raises ``SinkUnavailable``."""
     url = urlsplit(settings.neo4j_uri)
+    password = unquote(url.password) if url.password else settings.graph_password
     with _translated("connect"):
         # The client asks the server for its mode (standalone, sentinel, cluster): this connects.
         db = FalkorDB(
             host=url.hostname or "localhost",
             port=url.port or DEFAULT_FALKOR_PORT,
             username=unquote(url.username) if url.username else None,
-            password=unquote(url.password) if url.password else None,
+            password=password or None,
             **client_options(settings),
         )
         timeout_ms = _capped_timeout_ms(db, query_timeout_ms(settings))

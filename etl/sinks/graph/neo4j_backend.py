@@ -147,7 +147,7 @@ def connect(settings: Settings) -> Neo4jBackend:
     with _translated("connect"):
         driver = GraphDatabase.driver(
             settings.neo4j_uri,
-            auth=(settings.neo4j_user, settings.neo4j_password),
+            auth=(settings.neo4j_user, settings.graph_password),
             **driver_options(settings),
             **tls_options(settings),
         )
