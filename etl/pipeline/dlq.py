@@ -106,20 +106,28 @@ class DeadLetterStore:
     def add(self, letters: Sequence[DeadLetter]) -> None:
         """Store ``letters`` within the bounds; an entry that exists already gets its count, attempts and last
         failure updated. Every dead letter is counted, kept or not (``etl_dead_letters_total``, the Redis
-        counters) and logged: one line per call, and a line at most once a minute while the queue is full."""
+        counters) and logged: one line per call, and a line at most once a minute while the queue is full.
+        Raises ``redis.RedisError`` when the letters could not be stored (nothing is counted then)."""
         if not letters:
             return
         bounded = [letter.bounded(self.limits.entry_max_bytes) for letter in letters]
         outcomes = self._store(bounded)
-        self._purge_now_and_then()
         self._log.record(bounded, outcomes)
+        self._purge_now_and_then()
 
     def _purge_now_and_then(self) -> None:
-        # Retention is enforced by whoever writes dead letters, at most once per PURGE_INTERVAL_S per process.
+        # Retention is enforced by whoever writes dead letters, at most once per PURGE_INTERVAL_S per process. It
+        # is housekeeping: the letters are stored and counted already, so a failure here must not fail the caller
+        # (its batch would be retried and its letters counted again); the next interval tries again.
         now = time.monotonic()
-        if now - self._last_purge >= PURGE_INTERVAL_S:
-            self._last_purge = now
+        if now - self._last_purge < PURGE_INTERVAL_S:
+            return
+        self._last_purge = now
+        try:
             self.purge()
+        except redis.RedisError as e:
+            log.warning("the periodic purge of the DLQ failed, retried in %.0f s: %s", PURGE_INTERVAL_S, e,
+                        extra={"error": f"{type(e).__name__}: {e}"})
 
     def stage_key(self, stage: str) -> str:
         return f"{self._prefix}:stage:{stage}"

@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from etl.dev import servers
 from etl.pipeline.dlq import DeadLetter, DeadLetterStore, Limits
@@ -60,6 +61,27 @@ def test_retention_is_enforced_by_writers_and_purge_by_age(redis_server: servers
     assert [e.reason for e in store.list()] == ["new"], "the writer purged what is past the retention"
     assert store.purge() == 0
     assert store.purge(older_than_s=300) == 1 and store.count() == 0
+
+
+def counted_in_metrics(stage: str, reason: str) -> float:
+    return REGISTRY.get_sample_value("etl_dead_letters_total", {"stage": stage, "reason": reason}) or 0.0
+
+
+def test_a_failing_purge_neither_fails_the_writer_nor_skips_its_metrics_and_logs(
+        redis_server: servers.Server, caplog: pytest.LogCaptureFixture) -> None:
+    store = store_on(redis_server.port, retention_s=3600)
+    # A stage index of the wrong type: the purge's removal fails on it with WRONGTYPE; storing does not touch it.
+    store.client.sadd(store.stages_key, "broken")
+    store.client.set(store.stage_key("broken"), "not a sorted set")
+    before = counted_in_metrics("enrich", "PurgeProbe")
+    old = DeadLetter.for_raw("enrich", "PurgeProbe: old", b"old", first_failure=time.time() - 7200)
+    with caplog.at_level(logging.WARNING, logger="etl.pipeline.dlq"):
+        store.add([old, DeadLetter.for_raw("enrich", "PurgeProbe: new", b"new")])  # the first add purges
+    assert counted_in_metrics("enrich", "PurgeProbe") == before + 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("dead-lettered 2 event(s)") for m in messages), messages
+    assert any("the periodic purge of the DLQ failed" in m and "WRONGTYPE" in m for m in messages), messages
+    assert sum(c.counted for c in store.summary()) == 2
 
 
 def test_dead_letters_survive_a_redis_restart(tmp_path: Path) -> None:
