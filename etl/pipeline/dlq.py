@@ -14,7 +14,8 @@ Layout in Redis (it survives restarts when Redis persists, see the README):
 - ``{prefix}:entries``: hash, entry id -> encoded entry;
 - ``{prefix}:by_time``: sorted set, entry id scored by last failure time (Unix seconds), for listing and expiry;
 - ``{prefix}:stage:{stage}``: the same, for one stage; the set ``{prefix}:stages`` names the stages that have one;
-- ``{prefix}:bytes``: the bytes the entries take (their values plus ``ENTRY_OVERHEAD_BYTES`` each);
+- ``{prefix}:bytes``: the bytes the entries take (their values plus ``ENTRY_OVERHEAD_BYTES`` each), summed again
+  from the entries by every purge;
 - ``{prefix}:counted`` and ``{prefix}:dropped``: hashes ``stage|reason type`` -> every dead letter, and those not
   kept; ``{prefix}:samples``: ``stage|reason type`` -> the id of an entry kept as its sample.
 
@@ -248,11 +249,21 @@ class DeadLetterStore:
         return removed
 
     def purge(self, *, older_than_s: float | None = None) -> int:
-        """Delete entries whose last failure is older than ``older_than_s`` (default: the retention)."""
+        """Delete entries whose last failure is older than ``older_than_s`` (default: the retention), then sum
+        the byte total again from the entries left (``recount``). Returns how many were deleted."""
         age = self.retention_s if older_than_s is None else older_than_s
         cutoff = time.time() - age
         ids = [i.decode() for i in _members(self.client.zrangebyscore(self.index_key, "-inf", cutoff))]
-        return self.remove(ids)
+        removed = self.remove(ids)
+        self.recount()
+        return removed
+
+    def recount(self) -> int:
+        """Set the byte total to what the entries take, summed in one script (one command per entry, so its cost
+        is bounded by ``DLQ_MAX_ENTRIES``), and return it. This heals a total that writers bypassing it left
+        wrong (an older version's, a manual ``DEL``): too high, it would keep the queue "full" for good."""
+        return int(self._scripts.recount(keys=[self.entries_key, self.bytes_key],
+                                         args=[dlqscripts.ENTRY_OVERHEAD_BYTES]))
 
 
 def counter_field(letter: DeadLetter) -> str:

@@ -171,6 +171,38 @@ def test_the_full_queue_is_logged_once_not_per_event(redis_server: servers.Serve
     assert len(caplog.records) == 2, "one line for the batch that was kept, one for the full queue"
 
 
+def test_a_total_left_too_high_by_writers_that_bypass_it_heals_at_the_next_purge(
+        redis_server: servers.Server) -> None:
+    store = bounded_store(redis_server.port, max_bytes=20 * (ENTRY_OVERHEAD_BYTES + 100))
+    store.add([DeadLetter.for_raw("enrich", "BadEvent: x", b"%090d" % i) for i in range(10)])
+    # What a process of the previous version does: it removes with a plain HDEL (the total keeps their bytes), and
+    # adds with HSETNX (the total never sees it).
+    gone = [letter.id for letter in store.list(limit=8)]
+    store.client.hdel(store.entries_key, *gone)
+    store.client.zrem(store.index_key, *gone)
+    store.client.hsetnx(store.entries_key, "legacy", orjson.dumps({"stage": "enrich", "reason": "BadEvent: y",
+                                                                   "event": "y", "id": "legacy"}))
+    store.client.incrby(store.bytes_key, 10**9)  # ... and any other drift, far past DLQ_MAX_BYTES
+    late = DeadLetter.for_raw("enrich", "BadEvent: x", b"late")
+    store.add([late])
+    assert store.get(late.id) is None, "dropped: the total says the queue is full"
+    store.purge()
+    assert store.used_bytes() == accounted_bytes(store)
+    store.add([late])
+    assert store.get(late.id) is not None, "stored again once the total was summed anew"
+    assert store.used_bytes() == accounted_bytes(store)
+
+
+def test_a_total_beside_a_deleted_hash_is_reset_at_once(redis_server: servers.Server) -> None:
+    store = bounded_store(redis_server.port, max_bytes=10 * (ENTRY_OVERHEAD_BYTES + 100))
+    store.add([DeadLetter.for_raw("enrich", "BadEvent: x", b"%090d" % i) for i in range(10)])
+    store.client.delete(store.entries_key)  # an operator's `DEL etl:dlq:entries`
+    fresh = [DeadLetter.for_raw("enrich", "BadEvent: x", b"fresh-%d" % i) for i in range(3)]
+    store.add(fresh)
+    assert all(store.get(letter.id) is not None for letter in fresh)
+    assert store.used_bytes() == accounted_bytes(store)
+
+
 def _write_concurrently(port: int, writer: int, letters: int) -> None:
     """A writer process: threads adding, merging and removing dead letters at once."""
     def work(thread: int) -> None:
