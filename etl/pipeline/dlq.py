@@ -20,7 +20,8 @@ Layout in Redis (it survives restarts when Redis persists, see the README):
   kept; ``{prefix}:samples``: ``stage|reason type`` -> the id of an entry kept as its sample.
 
 Entry ids are derived from the stage and the event, so the same failure delivered twice (at-least-once) is one
-entry whose ``occurrences`` grows, never two.
+entry whose ``occurrences`` grows, never two, and it is counted once: with what the sinks hold, the counters
+account for every event received. (One not kept cannot be recognised, so it is counted again if it comes back.)
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from etl.pipeline import dlqscripts
 from etl.pipeline.deadletter import DeadLetter, decode, reason_type
 from etl.pipeline.dlqlog import DeadLetterLog
 
-__all__ = ["DeadLetter", "DeadLetterStore", "Limits", "ReasonCount"]
+__all__ = ["DeadLetter", "DeadLetterStore", "Limits", "ReasonCount", "by_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,9 @@ class DeadLetterStore:
 
     def add(self, letters: Sequence[DeadLetter]) -> None:
         """Store ``letters`` within the bounds; an entry that exists already gets its count, attempts and last
-        failure updated. Every dead letter is counted, kept or not (``etl_dead_letters_total``, the Redis
-        counters) and logged: one line per call, and a line at most once a minute while the queue is full.
+        failure updated. Every dead letter is counted, kept or not (``etl_dead_letters_total`` every time, the
+        Redis counters once per entry, see ``summary``) and logged: one line per call, and a line at most once a
+        minute while the queue is full.
         Raises ``redis.RedisError`` when the letters could not be stored (nothing is counted then)."""
         if not letters:
             return
@@ -195,7 +197,8 @@ class DeadLetterStore:
                                       args=[dlqscripts.ENTRY_OVERHEAD_BYTES]))
 
     def summary(self) -> builtins.list[ReasonCount]:
-        """Every dead letter counted since the counters began, kept or not, by stage and reason type."""
+        """Every dead letter counted since the counters began (or were reset), kept or not, by stage and reason
+        type. The same event again at the same stage while its entry is kept is not counted again."""
         pipe = self.client.pipeline(transaction=True)
         pipe.hgetall(self.counted_key)
         pipe.hgetall(self.dropped_key)
@@ -264,6 +267,17 @@ class DeadLetterStore:
         wrong (an older version's, a manual ``DEL``): too high, it would keep the queue "full" for good."""
         return int(self._scripts.recount(keys=[self.entries_key, self.bytes_key],
                                          args=[dlqscripts.ENTRY_OVERHEAD_BYTES]))
+
+
+def by_stage(counts: Iterable[ReasonCount]) -> tuple[dict[str, int], dict[str, int]]:
+    """The counts of ``summary`` summed over reasons: dead letters counted by stage, and of those, how many were
+    not kept (each stage counted is a key of both)."""
+    counted: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    for c in counts:
+        counted[c.stage] = counted.get(c.stage, 0) + c.counted
+        dropped[c.stage] = dropped.get(c.stage, 0) + c.dropped
+    return counted, dropped
 
 
 def counter_field(letter: DeadLetter) -> str:

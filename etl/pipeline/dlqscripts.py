@@ -47,12 +47,12 @@ end
 _ADD = _ACCOUNTED + """
 local id, value, field = ARGV[1], ARGV[2], ARGV[5]
 local overhead = tonumber(ARGV[8])
-redis.call('HINCRBY', KEYS[6], field, 1)
 if redis.call('HEXISTS', KEYS[1], id) == 1 then
   redis.call('ZADD', KEYS[2], 'GT', ARGV[3], id)
   redis.call('ZADD', KEYS[3], 'GT', ARGV[3], id)
   return 0
 end
+redis.call('HINCRBY', KEYS[6], field, 1)
 local cost = string.len(value) + overhead
 local used = accounted(KEYS[1], KEYS[5], overhead)
 local sample = redis.call('HGET', KEYS[8], field)

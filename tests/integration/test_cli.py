@@ -39,6 +39,16 @@ def test_migrate_then_report(make_settings: Callable[..., Settings]) -> None:
     assert (counts["stored"], counts["merged"]) == (0, 0)
 
 
+def test_report_counts_every_dead_letter_kept_or_not(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(DLQ_MAX_ENTRIES=3)
+    store = DeadLetterStore.from_settings(redis_client(settings), settings)
+    store.add([DeadLetter.for_raw("enrich", f"BadEvent: {i}", b"%d" % i) for i in range(10)])
+    result = CliRunner().invoke(main, ["report"], env=settings.to_env())
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.output)
+    assert (counts["dead_lettered"], counts["dead_letters_not_kept"]) == ({"enrich": 10}, {"enrich": 7})
+
+
 def test_dlq_list_and_show(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
     letter = DeadLetter.for_raw("enrich", "BadEvent: not valid JSON", b"oops")
