@@ -192,7 +192,7 @@ class Settings:
                                    "entries the dead-letter queue may hold; past it, the same")
     dlq_entry_max_bytes: int = setting(
         "DLQ_ENTRY_MAX_BYTES", d.DEFAULT_DLQ_ENTRY_MAX_BYTES, v.positive_int, "a dead letter whose event is larger "
-        "keeps only its first KiB, its length and its SHA-256 (and cannot be replayed)")
+        "keeps only its first KiB (at most this many bytes), its length and its SHA-256 (and cannot be replayed)")
     max_queue_depth: int = setting("MAX_QUEUE_DEPTH", d.DEFAULT_MAX_QUEUE_DEPTH, v.positive_int,
                                    "messages (batches) in the deepest queue above which the bridge stops fetching")
     queue_low_water_percent: int = setting(

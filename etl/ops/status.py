@@ -2,9 +2,11 @@
 
 Totals come from the servers themselves (each sink stage's counter, ``etl.stages``), plus the raw stream's
 durable consumer: ``received`` is what the bridge took from JetStream and acked, ``lag`` what waits in the stream
-for a bridge. Breaker states and "bridge paused" live only in process memory, so they come from the ``/metrics``
-pages the caller names; when none answers they are unknown, and "paused" is also estimated from the queue depths
-as the bridge itself decides it. A server that cannot be read blanks its totals, its failure named after it.
+for a bridge; ``dead_lettered`` every dead letter counted, kept by the dead-letter queue or not (once full, it
+keeps only samples). Breaker states and "bridge paused" live only in process memory, so they come from the
+``/metrics`` pages the caller names; when none answers they are unknown, and "paused" is also estimated from the
+queue depths as the bridge itself decides it. A server that cannot be read blanks its totals, its failure named
+after it.
 
 ``collect`` is the only I/O here (plus the ``watch`` loop); rates, parsing and rendering are pure. Durations are
 seconds, times Unix seconds.
@@ -28,7 +30,7 @@ from etl.broker import redis_client
 from etl.config import Settings
 from etl.envvalues import is_http_url, redact_url
 from etl.pipeline.backlog import Backpressure, deepest, queue_depths
-from etl.pipeline.dlq import DeadLetterStore
+from etl.pipeline.dlq import DeadLetterStore, by_stage
 from etl.stages import NAMES, SINK_NAMES, SINK_STAGES
 
 T = TypeVar("T")
@@ -53,7 +55,8 @@ class Snapshot:
     delivered: int | None = None  # raw consumer: stream sequence of the last message delivered to a bridge
     lag: int | None = None  # raw consumer: messages in the stream not yet delivered (num_pending)
     ack_pending: int | None = None  # delivered to a bridge, not yet acked (num_ack_pending)
-    dead_letters: dict[str, int] | None = None  # by stage
+    dead_letters: dict[str, int] | None = None  # by stage, kept or not
+    dead_letters_not_kept: dict[str, int] | None = None  # by stage: of those, not kept (the queue was full)
     queues: dict[str, int] | None = None  # Dramatiq messages (batches) not yet acked, by queue
     breakers: dict[str, str | None] = field(default_factory=dict)  # sink -> closed / half-open / open
     bridge_paused: bool | None = None  # from etl_bridge_paused
@@ -126,7 +129,7 @@ def paused_estimate(depths: Mapping[str, int], pressure: Backpressure) -> bool |
 
 def rates(previous: Snapshot, current: Snapshot) -> dict[str, float | None]:
     """Per-second change of each stage total between two snapshots; ``None`` where a total is unknown or no time
-    passed. A total that went down (dead letters replayed, a stream purged) gives a negative rate."""
+    passed. A total that went down (dead-letter counters reset, a stream purged) gives a negative rate."""
     elapsed = current.taken_at - previous.taken_at
     out: dict[str, float | None] = {}
     for stage in STAGES:
@@ -175,12 +178,12 @@ async def _read_nats(settings: Settings) -> _NatsReading:
         await close(nc)
 
 
-def _read_redis(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
-    """Queue depths and dead letters by stage, over one client."""
+def _read_redis(settings: Settings) -> tuple[dict[str, int], tuple[dict[str, int], dict[str, int]]]:
+    """Queue depths, and dead letters by stage (counted, and not kept: ``by_stage``), over one client."""
     client = redis_client(settings)
     try:
         store = DeadLetterStore.from_settings(client, settings)
-        return queue_depths(client), store.counts_by_stage()
+        return queue_depths(client), by_stage(store.summary())
     finally:
         client.close()
 
@@ -216,13 +219,14 @@ def collect(settings: Settings, metrics_urls: Sequence[str] = (), *,
     errors: dict[str, str] = {}
     sinks = {stage.total: _guarded(errors, stage.server, partial(stage.count, settings)) for stage in SINK_STAGES}
     nats = _guarded(errors, "nats", lambda: asyncio.run(_read_nats(settings))) or _NatsReading()
-    depths, dead = _guarded(errors, "redis", lambda: _read_redis(settings)) or (None, None)
+    depths, (dead, not_kept) = _guarded(errors, "redis", lambda: _read_redis(settings)) or (None, (None, None))
     metrics, unreachable = fetch_metrics(metrics_urls)
     pressure = Backpressure.from_settings(settings)
     return Snapshot(
         taken_at=clock(),
         totals={"received": nats.received, **sinks, "dead_lettered": None if dead is None else sum(dead.values())},
-        delivered=nats.delivered, lag=nats.lag, ack_pending=nats.ack_pending, dead_letters=dead, queues=depths,
+        delivered=nats.delivered, lag=nats.lag, ack_pending=nats.ack_pending, dead_letters=dead,
+        dead_letters_not_kept=not_kept, queues=depths,
         breakers={s: _state_name(metrics.breakers.get(s)) if metrics else None for s in SINK_NAMES},
         bridge_paused=metrics.paused if metrics else None,
         paused_estimate=None if depths is None else paused_estimate(depths, pressure),
@@ -258,6 +262,11 @@ def _yes_no(value: bool | None) -> str:
     return UNKNOWN if value is None else "yes" if value else "no"
 
 
+def _not_kept(by_stage: Mapping[str, int] | None) -> str:
+    dropped = sum(by_stage.values()) if by_stage else 0
+    return f"  ({dropped} not kept: the DLQ was full)" if dropped else ""
+
+
 def _pairs(values: Mapping[str, object] | None, names: Iterable[str] = ()) -> str:
     if values is None:
         return UNKNOWN
@@ -272,7 +281,7 @@ def render(snapshot: Snapshot, stage_rates: Mapping[str, float | None], settings
     every = f"  every {interval_s:g}s, Ctrl-C to quit" if interval_s else ""
     sources = {"received": f"acked by the bridge on {settings.nats_stream}/{settings.nats_consumer}",
                **{s.total: s.counted_as(settings) for s in SINK_STAGES},
-               "dead_lettered": "entries in the dead-letter queue"}
+               "dead_lettered": "every dead letter, kept or not (`etl dlq list`)"}
     lines = [f"etl status  {when}{every}", "", f"{'stage':<14}{'total':>10}{'rate/s':>10}  counted as"]
     for stage in STAGES:
         name = stage.replace("_", "-")
@@ -283,7 +292,7 @@ def render(snapshot: Snapshot, stage_rates: Mapping[str, float | None], settings
         "",
         f"{'JetStream lag':<16}{_show(snapshot.lag)} waiting, {_show(snapshot.ack_pending)} awaiting ack",
         f"{'queues':<16}{_pairs(snapshot.queues)}  (deepest {_show(depth)}, pauses at {snapshot.high_water})",
-        f"{'dead letters':<16}{_pairs(snapshot.dead_letters, NAMES)}",
+        f"{'dead letters':<16}{_pairs(snapshot.dead_letters, NAMES)}{_not_kept(snapshot.dead_letters_not_kept)}",
         f"{'breakers':<16}{_pairs(snapshot.breakers)}",
         f"{'bridge paused':<16}{_yes_no(snapshot.bridge_paused)} (metrics)  "
         f"{_yes_no(snapshot.paused_estimate)} (estimated from queue depth)",

@@ -1,8 +1,9 @@
 """One dead letter, and how it is encoded in a Redis value. Pure: no I/O.
 
 An entry keeps its event as bytes: raw input as it came in (enrich), an enriched event as its JSON (a sink stage).
-An event larger than the store's per-entry limit keeps only its first ``TRUNCATED_HEAD_BYTES``, with its full
-length and SHA-256: enough to recognise it, not to replay it (``raw_bytes`` refuses).
+An event larger than the store's per-entry limit keeps only its first ``TRUNCATED_HEAD_BYTES`` (or fewer, the
+limit, when it is smaller), with its full length and SHA-256: enough to recognise it, not to replay it
+(``raw_bytes`` refuses).
 
 A value is ``\\x00``, the JSON header (every field but the event), a newline, then the event's bytes, so binary
 input costs its own size and no escaping. Values written before this format are one JSON object (``{...}``, the
@@ -104,10 +105,11 @@ class DeadLetter:
         return data if self.event_encoding == RAW else self.event
 
     def bounded(self, max_bytes: int) -> DeadLetter:
-        """This entry, or, when its event is over ``max_bytes``, a copy keeping only its head."""
+        """This entry, or, when its event is over ``max_bytes``, a copy keeping only its head: its first
+        ``TRUNCATED_HEAD_BYTES``, or ``max_bytes`` when that is smaller, so no entry keeps more than the limit."""
         if self.truncated or self.size <= max_bytes:
             return self
-        return replace(self, event=self.body()[:TRUNCATED_HEAD_BYTES], truncated=True)
+        return replace(self, event=self.body()[:min(TRUNCATED_HEAD_BYTES, max_bytes)], truncated=True)
 
     def header(self) -> dict[str, Any]:
         """Every field but the event."""

@@ -14,12 +14,14 @@ Layout in Redis (it survives restarts when Redis persists, see the README):
 - ``{prefix}:entries``: hash, entry id -> encoded entry;
 - ``{prefix}:by_time``: sorted set, entry id scored by last failure time (Unix seconds), for listing and expiry;
 - ``{prefix}:stage:{stage}``: the same, for one stage; the set ``{prefix}:stages`` names the stages that have one;
-- ``{prefix}:bytes``: the bytes the entries take (their values plus ``ENTRY_OVERHEAD_BYTES`` each);
+- ``{prefix}:bytes``: the bytes the entries take (their values plus ``ENTRY_OVERHEAD_BYTES`` each), summed again
+  from the entries by every purge;
 - ``{prefix}:counted`` and ``{prefix}:dropped``: hashes ``stage|reason type`` -> every dead letter, and those not
   kept; ``{prefix}:samples``: ``stage|reason type`` -> the id of an entry kept as its sample.
 
 Entry ids are derived from the stage and the event, so the same failure delivered twice (at-least-once) is one
-entry whose ``occurrences`` grows, never two.
+entry whose ``occurrences`` grows, never two, and it is counted once: with what the sinks hold, the counters
+account for every event received. (One not kept cannot be recognised, so it is counted again if it comes back.)
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from etl.pipeline import dlqscripts
 from etl.pipeline.deadletter import DeadLetter, decode, reason_type
 from etl.pipeline.dlqlog import DeadLetterLog
 
-__all__ = ["DeadLetter", "DeadLetterStore", "Limits", "ReasonCount"]
+__all__ = ["DeadLetter", "DeadLetterStore", "Limits", "ReasonCount", "by_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -101,21 +103,30 @@ class DeadLetterStore:
 
     def add(self, letters: Sequence[DeadLetter]) -> None:
         """Store ``letters`` within the bounds; an entry that exists already gets its count, attempts and last
-        failure updated. Every dead letter is counted, kept or not (``etl_dead_letters_total``, the Redis
-        counters) and logged: one line per call, and a line at most once a minute while the queue is full."""
+        failure updated. Every dead letter is counted, kept or not (``etl_dead_letters_total`` every time, the
+        Redis counters once per entry, see ``summary``) and logged: one line per call, and a line at most once a
+        minute while the queue is full.
+        Raises ``redis.RedisError`` when the letters could not be stored (nothing is counted then)."""
         if not letters:
             return
         bounded = [letter.bounded(self.limits.entry_max_bytes) for letter in letters]
         outcomes = self._store(bounded)
-        self._purge_now_and_then()
         self._log.record(bounded, outcomes)
+        self._purge_now_and_then()
 
     def _purge_now_and_then(self) -> None:
-        # Retention is enforced by whoever writes dead letters, at most once per PURGE_INTERVAL_S per process.
+        # Retention is enforced by whoever writes dead letters, at most once per PURGE_INTERVAL_S per process. It
+        # is housekeeping: the letters are stored and counted already, so a failure here must not fail the caller
+        # (its batch would be retried and its letters counted again); the next interval tries again.
         now = time.monotonic()
-        if now - self._last_purge >= PURGE_INTERVAL_S:
-            self._last_purge = now
+        if now - self._last_purge < PURGE_INTERVAL_S:
+            return
+        self._last_purge = now
+        try:
             self.purge()
+        except redis.RedisError as e:
+            log.warning("the periodic purge of the DLQ failed, retried in %.0f s: %s", PURGE_INTERVAL_S, e,
+                        extra={"error": f"{type(e).__name__}: {e}"})
 
     def stage_key(self, stage: str) -> str:
         return f"{self._prefix}:stage:{stage}"
@@ -182,7 +193,8 @@ class DeadLetterStore:
                                       args=[dlqscripts.ENTRY_OVERHEAD_BYTES]))
 
     def summary(self) -> builtins.list[ReasonCount]:
-        """Every dead letter counted since the counters began, kept or not, by stage and reason type."""
+        """Every dead letter counted since the counters began (or were reset), kept or not, by stage and reason
+        type. The same event again at the same stage while its entry is kept is not counted again."""
         pipe = self.client.pipeline(transaction=True)
         pipe.hgetall(self.counted_key)
         pipe.hgetall(self.dropped_key)
@@ -236,11 +248,32 @@ class DeadLetterStore:
         return removed
 
     def purge(self, *, older_than_s: float | None = None) -> int:
-        """Delete entries whose last failure is older than ``older_than_s`` (default: the retention)."""
+        """Delete entries whose last failure is older than ``older_than_s`` (default: the retention), then sum
+        the byte total again from the entries left (``recount``). Returns how many were deleted."""
         age = self.retention_s if older_than_s is None else older_than_s
         cutoff = time.time() - age
         ids = [i.decode() for i in _members(self.client.zrangebyscore(self.index_key, "-inf", cutoff))]
-        return self.remove(ids)
+        removed = self.remove(ids)
+        self.recount()
+        return removed
+
+    def recount(self) -> int:
+        """Set the byte total to what the entries take, summed in one script (one command per entry, so its cost
+        is bounded by ``DLQ_MAX_ENTRIES``), and return it. This heals a total that writers bypassing it left
+        wrong (an older version's, a manual ``DEL``): too high, it would keep the queue "full" for good."""
+        return int(self._scripts.recount(keys=[self.entries_key, self.bytes_key],
+                                         args=[dlqscripts.ENTRY_OVERHEAD_BYTES]))
+
+
+def by_stage(counts: Iterable[ReasonCount]) -> tuple[dict[str, int], dict[str, int]]:
+    """The counts of ``summary`` summed over reasons: dead letters counted by stage, and of those, how many were
+    not kept (each stage counted is a key of both)."""
+    counted: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    for c in counts:
+        counted[c.stage] = counted.get(c.stage, 0) + c.counted
+        dropped[c.stage] = dropped.get(c.stage, 0) + c.dropped
+    return counted, dropped
 
 
 def counter_field(letter: DeadLetter) -> str:

@@ -2,7 +2,10 @@
 whatever number of processes and threads write at once.
 
 Every script first makes sure the byte total exists: a queue written before it (by an older version) has its
-entries summed once, inside the same script, so no writer can race the migration.
+entries summed once, inside the same script, so no writer can race the migration. A total beside an empty hash is
+set to 0 at once. Writers that bypass the total (a process of an older version during a rolling upgrade, a manual
+``DEL`` or ``HDEL``) can still leave it wrong, so ``recount`` sums the entries again from scratch: every purge runs
+it (see ``DeadLetterStore.purge``), which is what heals a total that would otherwise keep the queue "full".
 """
 
 from __future__ import annotations
@@ -19,15 +22,23 @@ EXISTED = 0
 DROPPED = -1
 
 _ACCOUNTED = """
-local function accounted(entries, total_key, overhead)
-  local total = redis.call('GET', total_key)
-  if total then return tonumber(total) end
+local function recount(entries, total_key, overhead)
   local sum = 0
   for _, id in ipairs(redis.call('HKEYS', entries)) do
     sum = sum + redis.call('HSTRLEN', entries, id) + overhead
   end
   redis.call('SET', total_key, sum)
   return sum
+end
+local function accounted(entries, total_key, overhead)
+  local total = redis.call('GET', total_key)
+  if not total then return recount(entries, total_key, overhead) end
+  total = tonumber(total)
+  if total ~= 0 and redis.call('HLEN', entries) == 0 then
+    redis.call('SET', total_key, 0)
+    return 0
+  end
+  return total
 end
 """
 
@@ -36,12 +47,12 @@ end
 _ADD = _ACCOUNTED + """
 local id, value, field = ARGV[1], ARGV[2], ARGV[5]
 local overhead = tonumber(ARGV[8])
-redis.call('HINCRBY', KEYS[6], field, 1)
 if redis.call('HEXISTS', KEYS[1], id) == 1 then
   redis.call('ZADD', KEYS[2], 'GT', ARGV[3], id)
   redis.call('ZADD', KEYS[3], 'GT', ARGV[3], id)
   return 0
 end
+redis.call('HINCRBY', KEYS[6], field, 1)
 local cost = string.len(value) + overhead
 local used = accounted(KEYS[1], KEYS[5], overhead)
 local sample = redis.call('HGET', KEYS[8], field)
@@ -93,6 +104,11 @@ _USED = _ACCOUNTED + """
 return accounted(KEYS[1], KEYS[2], tonumber(ARGV[1]))
 """
 
+# KEYS: entries, bytes. ARGV: overhead. The total summed from the entries, whatever it was.
+_RECOUNT = _ACCOUNTED + """
+return recount(KEYS[1], KEYS[2], tonumber(ARGV[1]))
+"""
+
 
 class Scripts:
     """The scripts registered on one client (redis-py loads each once, then calls it by its SHA)."""
@@ -102,3 +118,4 @@ class Scripts:
         self.replace = client.register_script(_REPLACE)
         self.remove = client.register_script(_REMOVE)
         self.used = client.register_script(_USED)
+        self.recount = client.register_script(_RECOUNT)

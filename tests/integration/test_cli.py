@@ -39,6 +39,16 @@ def test_migrate_then_report(make_settings: Callable[..., Settings]) -> None:
     assert (counts["stored"], counts["merged"]) == (0, 0)
 
 
+def test_report_counts_every_dead_letter_kept_or_not(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(DLQ_MAX_ENTRIES=3)
+    store = DeadLetterStore.from_settings(redis_client(settings), settings)
+    store.add([DeadLetter.for_raw("enrich", f"BadEvent: {i}", b"%d" % i) for i in range(10)])
+    result = CliRunner().invoke(main, ["report"], env=settings.to_env())
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.output)
+    assert (counts["dead_lettered"], counts["dead_letters_not_kept"]) == ({"enrich": 10}, {"enrich": 7})
+
+
 def test_dlq_list_and_show(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
     letter = DeadLetter.for_raw("enrich", "BadEvent: not valid JSON", b"oops")
@@ -68,6 +78,18 @@ def test_dlq_list_sums_up_what_was_counted_and_what_was_not_kept(make_settings: 
     assert purged.exit_code == 0 and "purged 4" in purged.output and store.summary() == []
 
 
+def test_dlq_purge_leaves_the_byte_total_exact(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    store = DeadLetterStore.from_settings(redis_client(settings), settings)
+    store.add([DeadLetter.for_raw("enrich", "BadEvent: x", b"%d" % i) for i in range(5)])
+    exact = store.used_bytes()
+    for args in (["dlq", "purge"], ["dlq", "purge", "--older-than", "1d"], ["dlq", "purge", "--counters"]):
+        store.client.incrby(store.bytes_key, 12345)  # drift left by a writer that bypassed the total
+        purged = CliRunner().invoke(main, args, env=settings.to_env())
+        assert purged.exit_code == 0 and "purged 0" in purged.output, purged.output
+        assert store.used_bytes() == exact, args
+
+
 def test_dlq_replay_refuses_a_truncated_entry(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(DLQ_ENTRY_MAX_BYTES=100)
     store = DeadLetterStore.from_settings(redis_client(settings), settings)
@@ -80,4 +102,4 @@ def test_dlq_replay_refuses_a_truncated_entry(make_settings: Callable[..., Setti
     assert left.exit_code == 0 and "replayed 0 dead letter(s); 1 truncated entries cannot be replayed" in left.output
     assert store.count() == 1
     shown = json.loads(runner.invoke(main, ["dlq", "show", cut.id], env=settings.to_env()).output)
-    assert (shown["truncated"], shown["size"], len(shown["event"])) == (True, 5000, 1024)
+    assert (shown["truncated"], shown["size"], len(shown["event"])) == (True, 5000, 100), "the head within the limit"

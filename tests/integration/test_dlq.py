@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from etl.dev import servers
 from etl.pipeline.dlq import DeadLetter, DeadLetterStore, Limits
@@ -50,6 +51,7 @@ def test_the_same_failure_twice_is_one_entry(redis_server: servers.Server) -> No
     merged = store.get(first.id)
     assert store.count() == 1 and merged is not None
     assert (merged.occurrences, merged.attempts, merged.first_failure, merged.last_failure) == (2, 2, 10.0, 20.0)
+    assert [c.counted for c in store.summary()] == [1], "one event, counted once: the counters add up with the sinks"
 
 
 def test_retention_is_enforced_by_writers_and_purge_by_age(redis_server: servers.Server) -> None:
@@ -60,6 +62,27 @@ def test_retention_is_enforced_by_writers_and_purge_by_age(redis_server: servers
     assert [e.reason for e in store.list()] == ["new"], "the writer purged what is past the retention"
     assert store.purge() == 0
     assert store.purge(older_than_s=300) == 1 and store.count() == 0
+
+
+def counted_in_metrics(stage: str, reason: str) -> float:
+    return REGISTRY.get_sample_value("etl_dead_letters_total", {"stage": stage, "reason": reason}) or 0.0
+
+
+def test_a_failing_purge_neither_fails_the_writer_nor_skips_its_metrics_and_logs(
+        redis_server: servers.Server, caplog: pytest.LogCaptureFixture) -> None:
+    store = store_on(redis_server.port, retention_s=3600)
+    # A stage index of the wrong type: the purge's removal fails on it with WRONGTYPE; storing does not touch it.
+    store.client.sadd(store.stages_key, "broken")
+    store.client.set(store.stage_key("broken"), "not a sorted set")
+    before = counted_in_metrics("enrich", "PurgeProbe")
+    old = DeadLetter.for_raw("enrich", "PurgeProbe: old", b"old", first_failure=time.time() - 7200)
+    with caplog.at_level(logging.WARNING, logger="etl.pipeline.dlq"):
+        store.add([old, DeadLetter.for_raw("enrich", "PurgeProbe: new", b"new")])  # the first add purges
+    assert counted_in_metrics("enrich", "PurgeProbe") == before + 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("dead-lettered 2 event(s)") for m in messages), messages
+    assert any("the periodic purge of the DLQ failed" in m and "WRONGTYPE" in m for m in messages), messages
+    assert sum(c.counted for c in store.summary()) == 2
 
 
 def test_dead_letters_survive_a_redis_restart(tmp_path: Path) -> None:
@@ -149,13 +172,45 @@ def test_the_full_queue_is_logged_once_not_per_event(redis_server: servers.Serve
     assert len(caplog.records) == 2, "one line for the batch that was kept, one for the full queue"
 
 
+def test_a_total_left_too_high_by_writers_that_bypass_it_heals_at_the_next_purge(
+        redis_server: servers.Server) -> None:
+    store = bounded_store(redis_server.port, max_bytes=20 * (ENTRY_OVERHEAD_BYTES + 100))
+    store.add([DeadLetter.for_raw("enrich", "BadEvent: x", b"%090d" % i) for i in range(10)])
+    # What a process of the previous version does: it removes with a plain HDEL (the total keeps their bytes), and
+    # adds with HSETNX (the total never sees it).
+    gone = [letter.id for letter in store.list(limit=8)]
+    store.client.hdel(store.entries_key, *gone)
+    store.client.zrem(store.index_key, *gone)
+    store.client.hsetnx(store.entries_key, "legacy", orjson.dumps({"stage": "enrich", "reason": "BadEvent: y",
+                                                                   "event": "y", "id": "legacy"}))
+    store.client.incrby(store.bytes_key, 10**9)  # ... and any other drift, far past DLQ_MAX_BYTES
+    late = DeadLetter.for_raw("enrich", "BadEvent: x", b"late")
+    store.add([late])
+    assert store.get(late.id) is None, "dropped: the total says the queue is full"
+    store.purge()
+    assert store.used_bytes() == accounted_bytes(store)
+    store.add([late])
+    assert store.get(late.id) is not None, "stored again once the total was summed anew"
+    assert store.used_bytes() == accounted_bytes(store)
+
+
+def test_a_total_beside_a_deleted_hash_is_reset_at_once(redis_server: servers.Server) -> None:
+    store = bounded_store(redis_server.port, max_bytes=10 * (ENTRY_OVERHEAD_BYTES + 100))
+    store.add([DeadLetter.for_raw("enrich", "BadEvent: x", b"%090d" % i) for i in range(10)])
+    store.client.delete(store.entries_key)  # an operator's `DEL etl:dlq:entries`
+    fresh = [DeadLetter.for_raw("enrich", "BadEvent: x", b"fresh-%d" % i) for i in range(3)]
+    store.add(fresh)
+    assert all(store.get(letter.id) is not None for letter in fresh)
+    assert store.used_bytes() == accounted_bytes(store)
+
+
 def _write_concurrently(port: int, writer: int, letters: int) -> None:
     """A writer process: threads adding, merging and removing dead letters at once."""
     def work(thread: int) -> None:
         store = bounded_store_no_flush(port)
         for i in range(letters):
             store.add([DeadLetter.for_raw("enrich", "BadEvent: x", b"w%d-t%d-%d" % (writer, thread, i) * (i % 7 + 1)),
-                       DeadLetter.for_raw("enrich", "BadEvent: x", b"shared-%d" % (i % 10))])
+                       DeadLetter.for_raw("enrich", "Shared: x", b"shared-%d" % (i % 10))])
             if i % 5 == 0:
                 store.remove([store.list(limit=1)[0].id])
 
@@ -176,8 +231,11 @@ def test_the_byte_total_stays_exact_with_many_writers(redis_server: servers.Serv
         list(pool.map(_write_concurrently, [redis_server.port] * 3, range(3), [60] * 3))
     store = bounded_store_no_flush(redis_server.port)
     assert store.used_bytes() == accounted_bytes(store) <= 40_000 + 2 * (ENTRY_OVERHEAD_BYTES + 1024)
-    assert sum(c.counted for c in store.summary()) == 3 * 4 * 60 * 2
-    assert store.summary()[0].dropped > 0, "the bound was reached"
+    counts = {c.reason: c for c in store.summary()}
+    assert counts["BadEvent"].counted == 3 * 4 * 60, "every distinct letter counted once"
+    # A shared letter is counted when it is new: stored, or dropped; again only once its entry was removed.
+    assert 10 <= counts["Shared"].counted <= 3 * 4 * 60
+    assert counts["BadEvent"].dropped > 0, "the bound was reached"
     store.purge(older_than_s=0)
     assert store.count() == 0 and store.used_bytes() == 0
 

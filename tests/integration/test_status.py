@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from etl.broker import redis_client
 from etl.config import Settings
 from etl.dev.generator import generate
 from etl.dev.servers import free_port
@@ -28,6 +29,7 @@ from etl.dev.stack import migrate
 from etl.dev.supervisor import Pipeline
 from etl.ops import report
 from etl.ops.status import CLEAR_SCREEN
+from etl.pipeline.dlq import DeadLetterStore
 from etl.stages import GRAPH, QUEUES, SINK_NAMES
 from tests.integration.accounting import publish_all
 from tests.waiting import wait_for
@@ -36,6 +38,7 @@ VALID = 300
 MALFORMED = [b"not json %d" % i for i in range(3)] + [
     b'{"id": "null-type-%d", "type": null, "source": "s", "timestamp": 1}' % i for i in range(2)]
 RECEIVED = VALID + len(MALFORMED)
+DLQ_MAX_ENTRIES = 2
 STATUS = [sys.executable, "-m", "etl.cli", "status"]
 CTRL_C = b"\x03"
 EXIT_PROMPTLY_S = 5.0
@@ -44,7 +47,8 @@ TERMINAL_ROWS, TERMINAL_COLUMNS = 40, 120
 
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(MAX_BATCH_SIZE=50, BATCH_LINGER_MS=20)
+    # A dead-letter queue too small for the malformed events: status counts them all, kept or not.
+    return make_settings(MAX_BATCH_SIZE=50, BATCH_LINGER_MS=20, DLQ_MAX_ENTRIES=DLQ_MAX_ENTRIES)
 
 
 @pytest.fixture
@@ -88,6 +92,9 @@ def test_once_json_reports_totals_lag_dead_letters_and_queues(settings: Settings
                                 "dead_lettered": len(MALFORMED)}
     assert (status["delivered"], status["lag"], status["ack_pending"]) == (RECEIVED, 0, 0)
     assert status["dead_letters"] == {"enrich": len(MALFORMED)}
+    with redis_client(settings) as client:
+        kept = DeadLetterStore.from_settings(client, settings).count()
+    assert kept < len(MALFORMED) and status["dead_letters_not_kept"] == {"enrich": len(MALFORMED) - kept}
     assert status["queues"] == {queue: 0 for queue in QUEUES}
     assert status["rates"] == {stage: 0.0 for stage in status["totals"]}, "an idle pipeline: nothing moves"
     assert status["breakers"] == {sink: "closed" for sink in SINK_NAMES}
@@ -150,6 +157,7 @@ def test_refreshing_view_in_a_terminal_exits_0_on_ctrl_c(settings: Settings, pip
         assert "JetStream lag   0 waiting, 0 awaiting ack" in second
         assert "breakers        publish closed  timescale closed  graph closed" in second
         assert "bridge paused   no (metrics)  no (estimated from queue depth)" in second
+        assert "not kept: the DLQ was full" in second
 
         os.write(master, CTRL_C)
         started = time.monotonic()

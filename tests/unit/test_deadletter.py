@@ -59,18 +59,26 @@ def test_entries_in_the_old_json_form_still_read() -> None:
     assert sink.event == {"id": "e"} and plan([sink], batch_size=1)[0].payloads == [{"id": "e"}]
 
 
-def test_the_full_queue_is_reported_at_most_once_a_minute_with_the_count() -> None:
-    said: list[int] = []
+def test_the_full_queue_is_reported_at_most_once_a_minute_with_the_count_and_its_span() -> None:
+    said: list[tuple[int, float]] = []
     now = [1000.0]
-    notice = FullNotice(said.append, interval_s=60, clock=lambda: now[0])
+    notice = FullNotice(lambda n, s: said.append((n, round(s, 2))), interval_s=60, clock=lambda: now[0])
     notice.note(0)
     assert said == []
     notice.note(3)
     for _ in range(500):
         now[0] += 0.05
         notice.note(2)
-    assert said == [3]
+    assert said == [(3, 0.0)]
     now[0] += 60
     notice.note(1)
-    assert said == [3, 1001]
+    assert said == [(3, 0.0), (1001, 84.95)], "from the first not yet reported, 85 s ago: not 'the last minute'"
+    now[0] += 600
+    notice.note(4)
+    assert said[-1] == (4, 0.0), "after a quiet spell, the span starts with the first new one"
+
+
+def test_an_entry_limit_below_the_head_cuts_the_head_to_it() -> None:
+    letter = DeadLetter.for_raw("enrich", "BadEvent: not valid JSON", b"\x01" * 5000).bounded(100)
+    assert letter.truncated and letter.event == b"\x01" * 100 and letter.size == 5000
 
