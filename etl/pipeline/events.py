@@ -15,12 +15,13 @@ means its empty value. A valid event is a JSON object with:
   together within a graph key (``GRAPH_KEY_BYTES``);
 - ``payload`` (absent or null: none): base64 of bytes, or a JSON object. A JSON object is moved to ``args`` (the
   event no longer has ``payload``); bytes that are a JSON object (or base64 of one) stay, their object exposed
-  as ``args`` too. Bytes that begin with ``{`` are read as JSON, under the limits below;
+  as ``args`` too, when it keeps to the limits below; other bytes (a deeper object, one with a NUL, text that is
+  not JSON at all) stay as opaque bytes, without ``args``;
 - ``context`` (absent or null: none): an object, the agent's own context, which enrichment extends (see
   ``etl.pipeline.enrich``); anything else is rejected rather than overwritten;
-- in the event and in its payload's object: no deeper nesting than ``MAX_NESTING_DEPTH`` levels, at most
-  ``MAX_JSON_VALUES`` values, and no NUL character in any string or key (checked on the raw bytes, before
-  parsing: ``etl.pipeline.scan``).
+- in the event and in the object read from its payload's bytes: no deeper nesting than ``MAX_NESTING_DEPTH``
+  levels, at most ``MAX_JSON_VALUES`` values, and no NUL character in any string or key (checked on the raw
+  bytes, before parsing: ``etl.pipeline.scan``).
 
 The limits are declared in ``etl.pipeline.limits``, where the sinks read them. Unknown top-level fields and
 unknown metadata keys are kept. After enrichment, the event must also fit the NATS server's ``max_payload``
@@ -213,12 +214,15 @@ def _b64decode(text: str | bytes, reason: str) -> bytes:
 
 def _json_object(data: bytes, *, nested: bool) -> dict[str, Any] | None:
     """The JSON object in ``data``, or in base64 inside it (one level), else ``None``: opaque bytes are fine.
-    Bytes that begin with ``{`` are taken as JSON, and checked like the event before they are parsed."""
+
+    Bytes that begin with ``{`` are read as JSON when they are a JSON object within the event's limits (checked
+    before parsing); any other bytes, ``{`` first or not, are the agent's own and stay opaque: never a reason to
+    refuse the event."""
     if data.lstrip(_JSON_WHITESPACE)[:1] == b"{":
-        check_document(data, max_depth=MAX_NESTING_DEPTH - 1)  # args sit one level inside the event
         try:
+            check_document(data, max_depth=MAX_NESTING_DEPTH - 1)  # args sit one level inside the event
             decoded = orjson.loads(data)
-        except orjson.JSONDecodeError:
+        except (BadEvent, orjson.JSONDecodeError):
             return None
         return decoded if isinstance(decoded, dict) else None
     if not nested:

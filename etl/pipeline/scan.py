@@ -5,8 +5,10 @@ document of empty objects would cost both at full size. Here every step is a ``b
 ``replace``, ``split``, ``translate``), each a pass in C over at most the document; no Python code runs per byte
 or per value of the document.
 
-The counts are exact for valid JSON. For invalid JSON they may be wrong, and the document is then refused
-either here or by the parser: it is refused in both cases, only the reason may differ.
+The counts are exact for valid JSON. For bytes that are not valid JSON they may be wrong, and a refusal then
+only means "not a JSON document within the limits". For an event that is the same outcome as the parser's (it is
+refused either way, only the reason may differ); a payload's bytes need not be JSON at all, and ones refused
+here are kept as opaque bytes (``etl.pipeline.events``).
 """
 
 from __future__ import annotations
