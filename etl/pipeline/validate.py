@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from etl.errors import BadEvent
-from etl.pipeline.dlq import DeadLetter
+from etl.pipeline.deadletter import DeadLetter
 from etl.pipeline.events import parse_event
 from etl.pipeline.limits import PUBLISH_HEADER_ROOM_BYTES
 from etl.stages import ENRICH

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import orjson
 
 from etl.pipeline import rawbatch
@@ -91,3 +95,11 @@ def test_the_room_kept_for_headers_holds_the_largest_headers_the_contract_allows
               "metadata": {"host_id": "h" * MAX_IDENTIFIER_BYTES}}
     payload, values = encode(widest, extra)
     assert wire_size((payload, values), headers) - len(payload) <= PUBLISH_HEADER_ROOM_BYTES
+
+
+def test_the_enrich_checks_load_no_server_client() -> None:
+    """The module is pure: importing it loads no client of Redis (nor of any other server)."""
+    code = "import sys, etl.pipeline.validate; print(sorted({'redis', 'nats', 'psycopg2'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out.strip() == "[]"
