@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -51,12 +52,13 @@ PUBLISH_WINDOW = 32  # publishes awaiting their ack at once
 MEMORY_POLL_S = 0.1
 BREAKDOWN = ("used_memory_dataset", "mem_clients_normal", "mem_aof_buffer")
 SETTLE_TIMEOUT_S = 900
-# The shapes of hostile events, each rejected by enrichment today.
-SHAPES = ("control bytes", "control character in id", "bad timestamp")
+# The shapes of hostile events, each rejected by enrichment today, and the reason type each is counted by.
+SHAPES = {"control bytes": "BadEvent/json", "control character in id": "BadEvent/id",
+          "bad timestamp": "BadEvent/timestamp"}
 
 
 def hostile(i: int) -> bytes:
-    """The ``i``-th hostile event: about ``HOSTILE_BYTES``, distinct, of shape ``SHAPES[i % 3]``."""
+    """The ``i``-th hostile event: about ``HOSTILE_BYTES``, distinct, of the ``i % 3``-th shape of ``SHAPES``."""
     shape = i % len(SHAPES)
     if shape == 0:  # not JSON at all: control bytes, which JSON escapes to six times their size
         head = b"%08d" % i
@@ -148,15 +150,18 @@ def settled(settings: Settings, store: DeadLetterStore, memory: MemoryWatch) -> 
 
 
 def check_counted(store: DeadLetterStore, enrich_metrics_port: int, max_bytes: int) -> None:
-    """Every hostile event counted once, kept or not, in Redis and in the enrich pool's metrics; the queue within
-    its bound, every entry cut to its head."""
+    """Every hostile event counted once, by its shape's reason type, kept or not, in Redis and in the enrich pool's
+    metrics; the queue within its bound, every entry cut to its head."""
     summary = store.summary()
-    assert [(c.stage, c.reason) for c in summary] == [("enrich", "BadEvent")], summary
-    assert summary[0].counted == HOSTILE, summary
-    assert summary[0].dropped > 0 and summary[0].counted - summary[0].dropped == store.count()
-    assert value(enrich_metrics_port, "etl_dead_letters_total", stage="enrich", reason="BadEvent") == HOSTILE
-    assert value(enrich_metrics_port, "etl_dead_letters_dropped_total", stage="enrich", reason="BadEvent") == (
-        summary[0].dropped)
+    reasons = list(SHAPES.values())
+    expected = Counter(reasons[i % len(reasons)] for i in range(HOSTILE))
+    assert {(c.stage, c.reason, c.counted) for c in summary} == {("enrich", r, n) for r, n in expected.items()}
+    dropped = sum(c.dropped for c in summary)
+    assert dropped > 0 and HOSTILE - dropped == store.count(), summary
+    for c in summary:
+        assert value(enrich_metrics_port, "etl_dead_letters_total", stage="enrich", reason=c.reason) == c.counted
+        assert (value(enrich_metrics_port, "etl_dead_letters_dropped_total", stage="enrich", reason=c.reason)
+                or 0) == c.dropped
     assert store.used_bytes() <= DLQ_MAX_BYTES + max_bytes
     assert all(e.truncated and e.size == HOSTILE_BYTES for e in store.iter_all())
 

@@ -7,7 +7,7 @@ import base64
 import orjson
 import pytest
 
-from etl.errors import BadEvent
+from etl.errors import BadEvent, Violation
 from etl.pipeline.events import parse_event, payload_bytes
 from tests.producers import GRPC_ARGS, OMISSIBLE, VISIBILITY_ARGS, grpc_event, visibility_event, without
 
@@ -138,6 +138,36 @@ def test_non_objects_are_rejected(raw: bytes, expected: str) -> None:
 ])
 def test_contract_violations_have_precise_reasons(overrides: dict[str, object], expected: str) -> None:
     assert expected in reason(orjson.dumps(event(**overrides)))
+
+
+@pytest.mark.parametrize(("overrides", "violation"), [
+    ({"id": "a\nb"}, Violation.ID),
+    ({"timestamp": "yesterday"}, Violation.TIMESTAMP),
+    ({"context": "dev"}, Violation.FIELD),
+    ({"payload": "!!not base64!!"}, Violation.FIELD),
+    ({"type": "t" * 257}, Violation.LENGTH),
+    ({"metadata": {"k" * 257: "v"}}, Violation.LENGTH),
+    ({"metadata": {"seq": 2**63}}, Violation.INTEGER),
+    ({"metadata": {"host_id": "h" * 257}}, Violation.KEY),
+    ({"source": ":" * 1340}, Violation.KEY),
+    ({"source": "/bin/\x00sh"}, Violation.NUL),
+    ({"x": [[[]] * 20_000]}, Violation.VALUES),
+])
+def test_each_refusal_names_the_rule_it_breaks(overrides: dict[str, object], violation: Violation) -> None:
+    with pytest.raises(BadEvent) as info:
+        parse_event(orjson.dumps(event(**overrides)), max_bytes=MAX)
+    assert info.value.violation is violation
+    assert info.value.reason_type == f"BadEvent/{violation.value}"
+
+
+@pytest.mark.parametrize(("raw", "violation"), [
+    (b"x" * 2000, Violation.SIZE), (b"not json", Violation.JSON), (b"[1]", Violation.JSON),
+    (b"[" * 200 + b"]" * 200, Violation.DEPTH),
+])
+def test_a_document_refused_whole_names_its_rule(raw: bytes, violation: Violation) -> None:
+    with pytest.raises(BadEvent) as info:
+        parse_event(raw, max_bytes=1000)
+    assert info.value.violation is violation
 
 
 def test_size_limit_is_checked_before_parsing() -> None:

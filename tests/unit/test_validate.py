@@ -41,6 +41,25 @@ def test_bad_events_become_dead_letters_with_original_bytes() -> None:
     assert bad[0].id != bad[1].id
 
 
+def test_each_rule_of_the_contract_is_its_own_reason_type() -> None:
+    """Dead letters are counted and sampled by reason type: two events that break different rules are two
+    kinds, each labelled by a value of the small fixed set ``Violation``."""
+    from etl.errors import Violation
+    from etl.pipeline.deadletter import reason_type
+    from etl.pipeline.validate import encode_enriched
+
+    good = {"id": "e", "type": "t", "source": "s", "timestamp": 5}
+    raws = [b"{", orjson.dumps({**good, "type": "t\x00"}), b"[" * 200 + b"]" * 200, b"x" * 2000,
+            orjson.dumps({**good, "metadata": {"seq": 2**63}}), orjson.dumps({**good, "id": " e"})]
+    _, bad = validate_batch(raws, max_bytes=1000)
+    _, oversized = encode_enriched([{**good, "blob": "b" * 2000}], [b"raw"], max_payload=1024)
+    types = [reason_type(letter.reason) for letter in (*bad, *oversized)]
+    assert types == ["BadEvent/json", "BadEvent/nul", "BadEvent/depth", "BadEvent/size", "BadEvent/integer",
+                     "BadEvent/id", "BadEvent/max_payload"]
+    assert {t.split("/")[1] for t in types} <= {v.value for v in Violation}
+    assert bad[1].reason.startswith("BadEvent/nul: a string holds a NUL character")
+
+
 def test_header_values_cannot_carry_line_breaks() -> None:
     from etl.sinks.nats_publish import HEADER_NAMES, encode
 
