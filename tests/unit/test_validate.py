@@ -106,14 +106,18 @@ def test_enriched_events_over_max_payload_become_dead_letters_of_their_raw_bytes
 
 
 def test_the_room_kept_for_headers_holds_the_largest_headers_the_contract_allows() -> None:
-    from etl.pipeline.limits import MAX_ID_CHARS, MAX_IDENTIFIER_BYTES, MAX_TYPE_CHARS
+    from etl.pipeline.limits import MAX_ID_CHARS, MAX_IDENTIFIER_BYTES, MAX_TYPE_CHARS, PUBLISH_HEADER_OVERHEAD_BYTES
     from etl.sinks.nats_publish import encode, publish_headers, wire_size
 
-    headers, extra = publish_headers("S" * 255)  # a long stream name
-    widest = {"id": "日" * MAX_ID_CHARS, "type": "日" * MAX_TYPE_CHARS, "timestamp": -(2**63),
+    headers, extra = publish_headers("S" * 64)  # the longest stream name NATS_ENRICHED_STREAM takes
+    widest = {"id": "😀" * MAX_ID_CHARS, "type": "😀" * MAX_TYPE_CHARS, "timestamp": -(2**63),
               "metadata": {"host_id": "h" * MAX_IDENTIFIER_BYTES}}
     payload, values = encode(widest, extra)
     assert wire_size((payload, values), headers) - len(payload) <= PUBLISH_HEADER_ROOM_BYTES
+    # The publisher's quick check: beyond the values the payload holds too, headers add at most the overhead.
+    shared = sum(len(v.encode()) for v in values[:-1])
+    assert shared <= len(payload)
+    assert wire_size((payload, values), headers) - len(payload) - shared <= PUBLISH_HEADER_OVERHEAD_BYTES
 
 
 def test_the_enrich_checks_load_no_server_client() -> None:
