@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from etl.errors import SinkDataError
+from etl.pipeline.peers import MAX_SCOPE_ID_CHARS, MAX_SCOPED_ADDRESS_CHARS
 from etl.sinks.graph.endpoints import Endpoint, endpoint_of
 from etl.sinks.graph.rows import build_row, build_rows
 
@@ -38,6 +39,16 @@ def flow(event_id: str = "e1", timestamp: int = 1_000, host_id: str | None = "h1
 )
 def test_the_endpoint_is_the_destination_keyed_by_address_and_port(args: dict[str, Any], expected: Endpoint) -> None:
     assert endpoint_of(flow(**args)) == expected
+
+
+def test_an_address_with_the_longest_scope_id_is_canonical_and_longer_text_is_kept_as_sent() -> None:
+    scope = "e" * MAX_SCOPE_ID_CHARS
+    scoped = f"FFFF:FFFF:FFFF:FFFF:FFFF:FFFF:255.255.255.255%{scope}"
+    assert len(scoped) == MAX_SCOPED_ADDRESS_CHARS
+    canonical = f"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%{scope}"
+    assert endpoint_of(flow(dst_ip=scoped)) == Endpoint(canonical, canonical, None, None)
+    longer = scoped + "e"
+    assert endpoint_of(flow(dst_ip=longer)) == Endpoint(f"[{longer}]", longer, None, None)
 
 
 def test_an_event_without_a_destination_has_no_endpoint() -> None:
