@@ -50,7 +50,6 @@ Row = dict[str, Any]
 # indexes, and both servers store integers in 64 bits (FalkorDB also cannot carry NUL in query text). The
 # limits are the event contract's (etl.pipeline.limits), which refuses such events before they get here; the
 # checks below stay for events from elsewhere (a replayed dead letter of an older version).
-MAX_KEY_BYTES = GRAPH_KEY_BYTES
 
 _EVENT_FIELDS = ("type", "source", "timestamp", "env", "rdns", "dst_rdns")
 _METADATA_FIELDS = ("host_id", "uid", "pid", "container_id", "host_ip", "hostname", "user", "binary_sha256",
@@ -111,15 +110,15 @@ def _text(event_id: str, field: str, value: Any) -> str | None:
 
 
 def _check_key_sizes(row: Row) -> None:
-    """Raise ``SinkDataError`` when a key of ``row`` is over ``MAX_KEY_BYTES`` in UTF-8."""
+    """Raise ``SinkDataError`` when a key of ``row`` is over ``GRAPH_KEY_BYTES`` in UTF-8."""
     for field in _KEY_FIELDS:
         value = row[field]
         # Only a key that might be too long is encoded: this runs for every key of every event.
-        if value is not None and len(value) * UTF8_MAX_BYTES_PER_CHAR > MAX_KEY_BYTES:
+        if value is not None and len(value) * UTF8_MAX_BYTES_PER_CHAR > GRAPH_KEY_BYTES:
             size = len(value.encode("utf-8", "surrogatepass"))
-            if size > MAX_KEY_BYTES:
+            if size > GRAPH_KEY_BYTES:
                 raise SinkDataError(f"event {row['id'][:64]!r}: its {field} is {size} bytes in UTF-8, "
-                                    f"over the {MAX_KEY_BYTES} a graph key may have")
+                                    f"over the {GRAPH_KEY_BYTES} a graph key may have")
 
 
 def build_row(event: Event) -> Row:
