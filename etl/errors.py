@@ -36,6 +36,13 @@ class SinkDataError(PermanentError):
     """A sink rejected the data itself (a constraint, a type, a value out of range)."""
 
 
+class PeerDataError(SinkDataError):
+    """The graph cannot key the peer an event's decoded payload (``args``) names: a port that is not one, a
+    protocol that is not text, an address or protocol too long for a graph key or property. The event contract
+    does not read ``args``, the agent's own payload: only the graph does (``etl.sinks.graph.endpoints``), so only
+    the graph refuses such an event, and the other sinks store it."""
+
+
 class Violation(str, Enum):
     """Which rule of the event contract (``etl.pipeline.events``) an event breaks: a small fixed set, so that dead
     letters are counted and sampled by it with a bounded number of labels."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from etl.errors import SinkDataError
+from etl.errors import PeerDataError
 from etl.pipeline.peers import MAX_SCOPED_ADDRESS_CHARS, PORT_KEYS, PROTOCOL_KEYS, destination_of, first_of
 
 MAX_PORT = 65_535
@@ -82,7 +82,7 @@ _CACHEABLE = (str, int, type(None))
 def endpoint_of(event: dict[str, Any]) -> Endpoint | None:
     """The network endpoint ``event`` talks to, or ``None`` when its ``args`` name no peer address.
 
-    Raises ``SinkDataError`` for a port that is not a number from 0 to ``MAX_PORT`` (as an integer or decimal
+    Raises ``PeerDataError`` for a port that is not a number from 0 to ``MAX_PORT`` (as an integer or decimal
     text) or a protocol that is neither text nor a number.
     """
     peer = destination_of(event)
@@ -95,4 +95,4 @@ def endpoint_of(event: dict[str, Any]) -> Endpoint | None:
     try:
         return (_cached_endpoint if cacheable else _endpoint)(peer, port_key, port, protocol_key, protocol)
     except ValueError as e:
-        raise SinkDataError(f"event {str(event.get('id'))[:64]!r}: {e}") from None
+        raise PeerDataError(f"event {str(event.get('id'))[:64]!r}: {e}") from None
