@@ -9,6 +9,8 @@ enter our code, so the rest of the pipeline decides on the *kind* of failure, ne
 
 from __future__ import annotations
 
+from enum import Enum
+
 
 class EtlError(Exception):
     """Base of every error the pipeline raises on purpose."""
@@ -34,9 +36,40 @@ class SinkDataError(PermanentError):
     """A sink rejected the data itself (a constraint, a type, a value out of range)."""
 
 
-class BadEvent(PermanentError):
-    """An incoming event breaks the event contract. ``reason`` says precisely how."""
+class PeerDataError(SinkDataError):
+    """The graph cannot key the peer an event's decoded payload (``args``) names: a port that is not one, a
+    protocol that is not text, an address or protocol too long for a graph key or property. The event contract
+    does not read ``args``, the agent's own payload: only the graph does (``etl.sinks.graph.endpoints``), so only
+    the graph refuses such an event, and the other sinks store it."""
 
-    def __init__(self, reason: str) -> None:
+
+class Violation(str, Enum):
+    """Which rule of the event contract (``etl.pipeline.events``) an event breaks: a small fixed set, so that dead
+    letters are counted and sampled by it with a bounded number of labels."""
+
+    SIZE = "size"  # the raw event is over MAX_EVENT_BYTES
+    JSON = "json"  # not JSON, or not a JSON object
+    DEPTH = "depth"  # nested deeper than MAX_NESTING_DEPTH
+    VALUES = "values"  # more values or strings than MAX_JSON_VALUES allows
+    NUL = "nul"  # a NUL character in a string or key
+    ID = "id"  # no id, or not a non-empty printable string within its length, without spaces at its ends
+    TIMESTAMP = "timestamp"  # none, or not Unix ms or ISO-8601 with a zone within the years sinks store
+    FIELD = "field"  # a field or a metadata value of the wrong type, or a payload that is not base64
+    LENGTH = "length"  # type, source, or a metadata key or value, longer than its bound in characters
+    INTEGER = "integer"  # a metadata integer outside 64 bits
+    KEY = "key"  # an identifier, or the graph key they make, over its bound in bytes
+    MAX_PAYLOAD = "max_payload"  # enriched, over the NATS server's max_payload
+
+
+class BadEvent(PermanentError):
+    """An incoming event breaks the event contract. ``reason`` says precisely how, ``violation`` which rule."""
+
+    def __init__(self, violation: Violation, reason: str) -> None:
         super().__init__(reason)
+        self.violation = violation
         self.reason = reason
+
+    @property
+    def reason_type(self) -> str:
+        """``BadEvent/<violation>``: what dead letters are counted and sampled by (``deadletter.reason_type``)."""
+        return f"{type(self).__name__}/{self.violation.value}"

@@ -153,5 +153,6 @@ def entry_id(stage: str, sha256_hex: str) -> str:
 
 
 def reason_type(reason: str) -> str:
-    """The bounded part of a reason, for counters and labels: the exception type name before the colon."""
+    """The bounded part of a reason, for counters, samples and labels: the text before the colon, an exception's
+    type name, or ``BadEvent/<violation>`` for the event contract's (``etl.errors.Violation``)."""
     return reason.split(":", 1)[0][:64]

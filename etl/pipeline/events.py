@@ -15,12 +15,13 @@ means its empty value. A valid event is a JSON object with:
   together within a graph key (``GRAPH_KEY_BYTES``);
 - ``payload`` (absent or null: none): base64 of bytes, or a JSON object. A JSON object is moved to ``args`` (the
   event no longer has ``payload``); bytes that are a JSON object (or base64 of one) stay, their object exposed
-  as ``args`` too. Bytes that begin with ``{`` are read as JSON, under the limits below;
+  as ``args`` too, when it keeps to the limits below; other bytes (a deeper object, one with a NUL, text that is
+  not JSON at all) stay as opaque bytes, without ``args``;
 - ``context`` (absent or null: none): an object, the agent's own context, which enrichment extends (see
   ``etl.pipeline.enrich``); anything else is rejected rather than overwritten;
-- in the event and in its payload's object: no deeper nesting than ``MAX_NESTING_DEPTH`` levels, at most
-  ``MAX_JSON_VALUES`` values, and no NUL character in any string or key (checked on the raw bytes, before
-  parsing: ``etl.pipeline.scan``).
+- in the event and in the object read from its payload's bytes: no deeper nesting than ``MAX_NESTING_DEPTH``
+  levels, at most ``MAX_JSON_VALUES`` values, and no NUL character in any string or key (checked on the raw
+  bytes, before parsing: ``etl.pipeline.scan``).
 
 The limits are declared in ``etl.pipeline.limits``, where the sinks read them. Unknown top-level fields and
 unknown metadata keys are kept. After enrichment, the event must also fit the NATS server's ``max_payload``
@@ -36,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from etl.errors import BadEvent
+from etl.errors import BadEvent, Violation
 from etl.pipeline.limits import (
     GRAPH_KEY_BYTES,
     IDENTIFIER_KEYS,
@@ -83,26 +84,26 @@ def parse_event(raw: bytes, *, max_bytes: int) -> Event:
     so a hostile event costs a few passes over its bytes in C to reject.
     """
     if len(raw) > max_bytes:
-        raise BadEvent(f"event is {len(raw)} bytes, over the limit MAX_EVENT_BYTES={max_bytes}")
+        raise BadEvent(Violation.SIZE, f"event is {len(raw)} bytes, over the limit MAX_EVENT_BYTES={max_bytes}")
     check_document(raw, max_depth=MAX_NESTING_DEPTH)
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        raise BadEvent(f"not valid JSON: {e}") from None
+        raise BadEvent(Violation.JSON, f"not valid JSON: {e}") from None
     if not isinstance(event, dict):
-        raise BadEvent(f"event must be a JSON object, got {_type_name(event)}")
+        raise BadEvent(Violation.JSON, f"event must be a JSON object, got {_type_name(event)}")
     _check_id(event)
     for name, limit in _STRING_LIMITS.items():
         value = event.setdefault(name, "")  # absent: omitted by the ingest because it was empty
         if not isinstance(value, str):
-            raise BadEvent(f"field '{name}' must be a string, got {_type_name(value)}")
+            raise BadEvent(Violation.FIELD, f"field '{name}' must be a string, got {_type_name(value)}")
         if len(value) > limit:
-            raise BadEvent(f"field '{name}' is {len(value)} characters, over the limit of {limit}")
+            raise BadEvent(Violation.LENGTH, f"field '{name}' is {len(value)} characters, over the limit of {limit}")
     event["timestamp"] = _timestamp_ms(event)
     event["metadata"] = _metadata(event.get("metadata"), event["source"])
     context = event.get("context")
     if context is not None and not isinstance(context, dict):
-        raise BadEvent(f"field 'context' must be an object, got {_type_name(context)}")
+        raise BadEvent(Violation.FIELD, f"field 'context' must be an object, got {_type_name(context)}")
     payload = event.get("payload")
     if isinstance(payload, dict):
         # Carried once, as args (what the correlator reads); payload_bytes gives its bytes back.
@@ -116,33 +117,33 @@ def parse_event(raw: bytes, *, max_bytes: int) -> Event:
 
 def _check_id(event: Event) -> None:
     if "id" not in event:
-        raise BadEvent("missing required field 'id'")
+        raise BadEvent(Violation.ID, "missing required field 'id'")
     value = event["id"]
     if not isinstance(value, str) or not value:
-        raise BadEvent(f"field 'id' must be a non-empty string, got {_type_name(value) if value != '' else 'empty'}")
+        got = _type_name(value) if value != "" else "empty"
+        raise BadEvent(Violation.ID, f"field 'id' must be a non-empty string, got {got}")
     if len(value) > MAX_ID_CHARS:
-        raise BadEvent(f"field 'id' is {len(value)} characters, over the limit of {MAX_ID_CHARS}")
+        raise BadEvent(Violation.ID, f"field 'id' is {len(value)} characters, over the limit of {MAX_ID_CHARS}")
     if not value.isprintable():
-        raise BadEvent(f"field 'id' contains a character that is not printable: {value[:64]!r}")
+        raise BadEvent(Violation.ID, f"field 'id' contains a character that is not printable: {value[:64]!r}")
     if value != value.strip():
         # NATS strips header values: " evt-1" would be deduplicated as "evt-1".
-        raise BadEvent(f"field 'id' begins or ends with white space: {value[:64]!r}")
+        raise BadEvent(Violation.ID, f"field 'id' begins or ends with white space: {value[:64]!r}")
 
 
 def _timestamp_ms(event: Event) -> int:
     if "timestamp" not in event:
-        raise BadEvent("missing required field 'timestamp'")
+        raise BadEvent(Violation.TIMESTAMP, "missing required field 'timestamp'")
     value = event["timestamp"]
     if isinstance(value, int) and not isinstance(value, bool):
         ms = value
     elif isinstance(value, str):
         ms = _iso_to_ms(value)
     else:
-        raise BadEvent(
-            f"field 'timestamp' must be integer Unix milliseconds or an ISO-8601 string, got {_type_name(value)}"
-        )
+        raise BadEvent(Violation.TIMESTAMP, "field 'timestamp' must be integer Unix milliseconds or an ISO-8601 "
+                                            f"string, got {_type_name(value)}")
     if not MIN_TIMESTAMP_MS <= ms <= MAX_TIMESTAMP_MS:
-        raise BadEvent(f"field 'timestamp' {ms} is out of range (Unix ms between 1970 and 9999)")
+        raise BadEvent(Violation.TIMESTAMP, f"field 'timestamp' {ms} is out of range (Unix ms between 1970 and 9999)")
     return ms
 
 
@@ -150,9 +151,9 @@ def _iso_to_ms(text: str) -> int:
     try:
         parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError:
-        raise BadEvent(f"field 'timestamp' is not an ISO-8601 time: {text[:64]!r}") from None
+        raise BadEvent(Violation.TIMESTAMP, f"field 'timestamp' is not an ISO-8601 time: {text[:64]!r}") from None
     if parsed.tzinfo is None:
-        raise BadEvent(f"field 'timestamp' has no time zone: {text[:64]!r}")
+        raise BadEvent(Violation.TIMESTAMP, f"field 'timestamp' has no time zone: {text[:64]!r}")
     return (parsed - _EPOCH) // timedelta(milliseconds=1)
 
 
@@ -160,7 +161,7 @@ def _metadata(value: object, source: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise BadEvent(f"field 'metadata' must be an object, got {_type_name(value)}")
+        raise BadEvent(Violation.FIELD, f"field 'metadata' must be an object, got {_type_name(value)}")
     for key, item in value.items():
         # The common item, a short string under a short key, is checked inline: this runs for every item.
         if len(key) > MAX_METADATA_KEY_CHARS or type(item) is not str or len(item) > MAX_PROPERTY_CHARS:
@@ -170,37 +171,39 @@ def _metadata(value: object, source: str) -> dict[str, Any]:
         if type(item) is str and len(item) > _SHORT_IDENTIFIER_CHARS:
             size = len(item.encode("utf-8", "surrogatepass"))
             if size > MAX_IDENTIFIER_BYTES:
-                raise BadEvent(f"metadata[{key!r}] is {size} bytes in UTF-8, over the limit of {MAX_IDENTIFIER_BYTES}")
+                raise BadEvent(Violation.KEY, f"metadata[{key!r}] is {size} bytes in UTF-8, over the limit of "
+                                              f"{MAX_IDENTIFIER_BYTES}")
     host_id, pid = value.get("host_id"), value.get("pid")
     if host_id not in (None, "") and pid not in (None, "") and len(source) > _SHORT_SOURCE_CHARS:
         size = key_bytes(str(host_id), str(pid), source)
         if size > GRAPH_KEY_BYTES:
-            raise BadEvent(f"metadata host_id and pid with source make a graph Process key of {size} bytes, "
-                           f"over the limit of {GRAPH_KEY_BYTES}")
+            raise BadEvent(Violation.KEY, "metadata host_id and pid with source make a graph Process key of "
+                                          f"{size} bytes, over the limit of {GRAPH_KEY_BYTES}")
     return value
 
 
 def _check_metadata_item(key: str, item: object) -> None:
     # repr, cut short: the key is the sender's text and ends up in logs and terminals
     if len(key) > MAX_METADATA_KEY_CHARS:
-        raise BadEvent(f"metadata key {key[:64]!r}... is {len(key)} characters, over the limit of "
-                       f"{MAX_METADATA_KEY_CHARS}")
+        raise BadEvent(Violation.LENGTH, f"metadata key {key[:64]!r}... is {len(key)} characters, over the limit of "
+                                         f"{MAX_METADATA_KEY_CHARS}")
     if type(item) is str:
         if len(item) > MAX_PROPERTY_CHARS:
-            raise BadEvent(f"metadata[{key[:64]!r}] is {len(item)} characters, over the limit of "
-                           f"{MAX_PROPERTY_CHARS}")
+            raise BadEvent(Violation.LENGTH, f"metadata[{key[:64]!r}] is {len(item)} characters, over the limit of "
+                                             f"{MAX_PROPERTY_CHARS}")
     elif type(item) is int:
         if not INT64_MIN <= item <= INT64_MAX:
-            raise BadEvent(f"metadata[{key[:64]!r}] {item} is out of the 64-bit integer range")
+            raise BadEvent(Violation.INTEGER, f"metadata[{key[:64]!r}] {item} is out of the 64-bit integer range")
     elif type(item) is not float:
-        raise BadEvent(f"metadata[{key[:64]!r}] must be a string or a number, got {_type_name(item)}")
+        raise BadEvent(Violation.FIELD, f"metadata[{key[:64]!r}] must be a string or a number, got {_type_name(item)}")
 
 
 def _payload_args(payload: object) -> dict[str, Any] | None:
     if payload is None:
         return None
     if not isinstance(payload, str):
-        raise BadEvent(f"field 'payload' must be a base64 string or a JSON object, got {_type_name(payload)}")
+        raise BadEvent(Violation.FIELD, "field 'payload' must be a base64 string or a JSON object, got "
+                                        f"{_type_name(payload)}")
     return _json_object(_b64decode(payload, "field 'payload' is not valid base64"), nested=True)
 
 
@@ -208,17 +211,20 @@ def _b64decode(text: str | bytes, reason: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise BadEvent(reason) from None
+        raise BadEvent(Violation.FIELD, reason) from None
 
 
 def _json_object(data: bytes, *, nested: bool) -> dict[str, Any] | None:
     """The JSON object in ``data``, or in base64 inside it (one level), else ``None``: opaque bytes are fine.
-    Bytes that begin with ``{`` are taken as JSON, and checked like the event before they are parsed."""
+
+    Bytes that begin with ``{`` are read as JSON when they are a JSON object within the event's limits (checked
+    before parsing); any other bytes, ``{`` first or not, are the agent's own and stay opaque: never a reason to
+    refuse the event."""
     if data.lstrip(_JSON_WHITESPACE)[:1] == b"{":
-        check_document(data, max_depth=MAX_NESTING_DEPTH - 1)  # args sit one level inside the event
         try:
+            check_document(data, max_depth=MAX_NESTING_DEPTH - 1)  # args sit one level inside the event
             decoded = orjson.loads(data)
-        except orjson.JSONDecodeError:
+        except (BadEvent, orjson.JSONDecodeError):
             return None
         return decoded if isinstance(decoded, dict) else None
     if not nested:

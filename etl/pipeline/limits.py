@@ -40,9 +40,14 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # NATS's default max_payload, for when the server's own (from its INFO) is not known.
 DEFAULT_NATS_MAX_PAYLOAD_BYTES = 1024 * 1024
-# Room kept within max_payload for the headers the publisher adds (etl.sinks.nats_publish.HEADER_NAMES: id,
-# host_id, type and timestamp, at most their bounds above, and the stream's name).
-PUBLISH_HEADER_ROOM_BYTES = 8 * 1024
+# What the publisher's headers (etl.sinks.nats_publish.HEADER_NAMES) add to a message beyond the values they
+# share with its payload: their names and separators, and the stream's name (a NATS name of at most 64
+# characters), with room to spare.
+PUBLISH_HEADER_OVERHEAD_BYTES = 1024
+# Room kept within max_payload for the headers: id, type and host_id at their bounds above, the timestamp (a 64-bit
+# integer's text) and the overhead.
+PUBLISH_HEADER_ROOM_BYTES = ((MAX_ID_CHARS + MAX_TYPE_CHARS) * UTF8_MAX_BYTES_PER_CHAR + MAX_IDENTIFIER_BYTES
+                             + len(str(INT64_MIN)) + PUBLISH_HEADER_OVERHEAD_BYTES)
 
 
 def key_bytes(*parts: str) -> int:

@@ -1,9 +1,18 @@
 """The peer of a network event: where its decoded payload (``args``) names the address, port and protocol it
-talks to. Reverse DNS names the address (``dst_rdns``); the graph keys the endpoint by all three."""
+talks to. Reverse DNS names the address (``dst_rdns``); the graph keys the endpoint by all three.
+
+Also how long an IP address's text can be, so that reverse DNS and the graph bound agents' text before they
+parse it as an address."""
 
 from __future__ import annotations
 
 from typing import Any
+
+# The longest text of an IP address: eight groups of four hex digits, or six and a dotted IPv4 tail.
+MAX_ADDRESS_CHARS = 45
+# An IPv6 scope id names an interface: at most 15 characters on Linux (IFNAMSIZ, less its NUL), or its index.
+MAX_SCOPE_ID_CHARS = 15
+MAX_SCOPED_ADDRESS_CHARS = MAX_ADDRESS_CHARS + len("%") + MAX_SCOPE_ID_CHARS
 
 # In order of preference.
 DESTINATION_KEYS = ("dst_ip", "remote_ip")

@@ -5,13 +5,15 @@ document of empty objects would cost both at full size. Here every step is a ``b
 ``replace``, ``split``, ``translate``), each a pass in C over at most the document; no Python code runs per byte
 or per value of the document.
 
-The counts are exact for valid JSON. For invalid JSON they may be wrong, and the document is then refused
-either here or by the parser: it is refused in both cases, only the reason may differ.
+The counts are exact for valid JSON. For bytes that are not valid JSON they may be wrong, and a refusal then
+only means "not a JSON document within the limits". For an event that is the same outcome as the parser's (it is
+refused either way, only the reason may differ); a payload's bytes need not be JSON at all, and ones refused
+here are kept as opaque bytes (``etl.pipeline.events``).
 """
 
 from __future__ import annotations
 
-from etl.errors import BadEvent
+from etl.errors import BadEvent, Violation
 from etl.pipeline.limits import MAX_JSON_VALUES
 
 # Every byte but those that open a container, separate values or start an escape, for bytes.translate to
@@ -29,7 +31,7 @@ def check_document(raw: bytes, *, max_depth: int, max_values: int = MAX_JSON_VAL
     values in its objects and arrays, or holds a NUL character (``\\u0000``) in any string or key."""
     significant = raw.translate(None, _NOT_SIGNIFICANT)
     if b"\\" in significant and _NUL_ESCAPE in raw and _NUL_ESCAPE in raw.replace(b"\\\\", b""):
-        raise BadEvent("a string holds a NUL character (\\u0000), which PostgreSQL cannot store")
+        raise BadEvent(Violation.NUL, "a string holds a NUL character (\\u0000), which PostgreSQL cannot store")
     if len(significant) <= max_depth:
         return  # the usual event: too few brackets and commas to break a limit, even counting those in strings
     escapes = significant.count(b"\\")
@@ -38,10 +40,11 @@ def check_document(raw: bytes, *, max_depth: int, max_values: int = MAX_JSON_VAL
     outside = _outside_strings(raw, max_values, escapes=escapes > 0)
     values = len(outside.translate(None, _NOT_VALUES))
     if values > max_values:
-        raise BadEvent(f"event has {values} values in its objects and arrays, over the limit of {max_values}")
+        raise BadEvent(Violation.VALUES, f"event has {values} values in its objects and arrays, over the limit of "
+                                         f"{max_values}")
     containers = outside.count(b"{") + outside.count(b"[")
     if containers > max_depth and _deeper_than(outside, max_depth):
-        raise BadEvent(f"event is nested deeper than {max_depth} levels")
+        raise BadEvent(Violation.DEPTH, f"event is nested deeper than {max_depth} levels")
 
 
 def _outside_strings(raw: bytes, max_values: int, *, escapes: bool) -> bytes:
@@ -53,7 +56,7 @@ def _outside_strings(raw: bytes, max_values: int, *, escapes: bool) -> bytes:
     plain = raw.replace(b"\\\\", b"").replace(b'\\"', b"") if escapes else raw
     quotes = plain.count(b'"')
     if quotes > 4 * max_values:
-        raise BadEvent(f"event has {quotes // 2} strings, over the limit of {2 * max_values}")
+        raise BadEvent(Violation.VALUES, f"event has {quotes // 2} strings, over the limit of {2 * max_values}")
     return b"".join(plain.split(b'"')[::2])
 
 

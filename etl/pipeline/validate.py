@@ -8,8 +8,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from etl.errors import BadEvent
-from etl.pipeline.dlq import DeadLetter
+from etl.errors import BadEvent, Violation
+from etl.pipeline.deadletter import DeadLetter
 from etl.pipeline.events import parse_event
 from etl.pipeline.limits import PUBLISH_HEADER_ROOM_BYTES
 from etl.stages import ENRICH
@@ -33,7 +33,7 @@ def validate_batch(raws: Sequence[str | bytes], *, max_bytes: int) -> tuple[list
         try:
             good.append(Valid(data, parse_event(data, max_bytes=max_bytes)))
         except BadEvent as e:
-            bad.append(DeadLetter.for_raw(STAGE, f"BadEvent: {e.reason}", data))
+            bad.append(_dead_letter(e, data))
     return good, bad
 
 
@@ -52,10 +52,15 @@ def encode_enriched(enriched: Sequence[dict[str, Any]], raws: Sequence[bytes], *
         if len(data) <= limit:
             fits.append(data)
         else:
-            reason = (f"BadEvent: enriched event is {len(data)} bytes, over the NATS server's max_payload of "
-                      f"{max_payload} less {PUBLISH_HEADER_ROOM_BYTES} for headers")
-            bad.append(DeadLetter.for_raw(STAGE, reason, raw))
+            bad.append(_dead_letter(BadEvent(Violation.MAX_PAYLOAD, (
+                f"enriched event is {len(data)} bytes, over the NATS server's max_payload of {max_payload} less "
+                f"{PUBLISH_HEADER_ROOM_BYTES} for headers")), raw))
     return fits, bad
+
+
+def _dead_letter(error: BadEvent, raw: bytes) -> DeadLetter:
+    """A dead letter of ``raw`` whose reason begins with the bounded ``BadEvent/<violation>`` it is counted by."""
+    return DeadLetter.for_raw(STAGE, f"{error.reason_type}: {error.reason}", raw)
 
 
 def as_message(encoded: Sequence[bytes]) -> orjson.Fragment:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 
+from etl.pipeline.peers import MAX_ADDRESS_CHARS
+
 # The longest a DNS name can be written, without its final dot.
 MAX_HOST_CHARS = 253
-# The longest IP address text: eight groups of four hex digits, or six and a dotted IPv4 tail.
-MAX_ADDRESS_CHARS = 45
 
 
 def bounded_host(value: str) -> str | None:

@@ -32,6 +32,7 @@ from etl.errors import SinkDataError, SinkUnavailable
 from etl.natsio import conn, hpub, internals
 from etl.natsio.js_acks import AckInbox
 from etl.natsio.stream_limits import StreamLimits
+from etl.pipeline.limits import PUBLISH_HEADER_OVERHEAD_BYTES
 from etl.sinks.base import Event, inner_timeout_s
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,6 @@ JS_ERR_MESSAGE_TOO_LARGE = 10054
 # name as Nats-Expected-Stream.
 HEADER_NAMES = ("Nats-Msg-Id", "x-host-id", "x-event-type", "x-timestamp")
 EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
-# Every header value but the stream's name is also in the payload, so headers add at most the payload's size
-# and this much more (names, separators, the stream's name): an exact size is needed only for big payloads.
-_HEADER_ROOM = 1024
 
 # (JSON payload, header values in the order of the sink's header names)
 Message = internals.Message
@@ -183,7 +181,10 @@ class NatsPublisher:
         nc = self._connected()
         limit = nc.max_payload
         for message in messages:
-            if 2 * len(message[0]) + _HEADER_ROOM > limit and (size := wire_size(message, self._headers)) > limit:
+            # Every header value but the stream's name is also in the payload, so the headers add at most the
+            # payload's size and their overhead: an exact size is needed only for big payloads.
+            if (2 * len(message[0]) + PUBLISH_HEADER_OVERHEAD_BYTES > limit
+                    and (size := wire_size(message, self._headers)) > limit):
                 raise SinkDataError(f"event {message[1][0]!r} is {size} bytes with headers, over the server's "
                                     f"max_payload of {limit}")
         with conn.unavailable_as(SinkUnavailable, f"cannot publish to {self._subject}"):

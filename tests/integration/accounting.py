@@ -189,9 +189,9 @@ def check_dead_letters(settings: Settings, bad: list[bytes], *,
     letters = dead_letters(settings)
     assert sorted((letter.size, letter.sha256) for letter in letters) == sorted(map(digest, bad))
     assert {letter.raw_bytes() for letter in letters if not letter.truncated} <= set(bad)
-    assert all(letter.stage == "enrich" and letter.reason.startswith("BadEvent: ") for letter in letters), [
+    assert all(letter.stage == "enrich" and letter.reason.startswith("BadEvent/") for letter in letters), [
         (letter.stage, letter.reason) for letter in letters if letter.stage != "enrich"
-        or not letter.reason.startswith("BadEvent: ")][:5]
+        or not letter.reason.startswith("BadEvent/")][:5]
     joined = " | ".join(letter.reason for letter in letters)
     for expected in reasons:
         assert expected in joined

@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from etl.dev import servers
 from etl.pipeline.dlq import DeadLetter, DeadLetterStore, Limits
 from etl.pipeline.dlqscripts import ENTRY_OVERHEAD_BYTES
+from etl.pipeline.validate import validate_batch
 
 
 def store_on(port: int, db: int = 3, retention_s: float = 10**10) -> DeadLetterStore:
@@ -159,6 +160,22 @@ def test_a_full_queue_keeps_counting_and_keeps_a_sample_per_stage_and_reason(red
     bytes_bound.add([DeadLetter.for_raw("enrich", "BadEvent: x", b"%050d" % i) for i in range(40)])
     assert 1 < bytes_bound.count() < 40 and bytes_bound.used_bytes() <= bytes_bound.limits.max_bytes
     assert bytes_bound.summary()[0].counted == 40
+
+
+def test_a_full_queue_keeps_a_sample_of_each_rule_the_contract_refuses(redis_server: servers.Server) -> None:
+    """Contract failures are counted and sampled by the rule they break, not as one kind: once the queue is
+    full of events that are not JSON, an event with a NUL and one nested too deep still get a sample each."""
+    store = bounded_store(redis_server.port, max_entries=5)
+    good = {"id": "e", "type": "t", "source": "s", "timestamp": 5}
+    not_json = [b"not json %d" % i for i in range(8)]
+    nul = [orjson.dumps({**good, "id": f"n{i}", "type": "t\x00"}) for i in range(3)]
+    deep = [b'{"x":' + b"[" * 200 + b"%d" % i + b"]" * 200 + b"}" for i in range(3)]
+    for raws in (not_json, nul, deep):
+        store.add(validate_batch(raws, max_bytes=10_000)[1])
+    assert {(c.reason, c.counted, c.dropped) for c in store.summary()} == {
+        ("BadEvent/json", 8, 3), ("BadEvent/nul", 3, 2), ("BadEvent/depth", 3, 2)}
+    kept = [letter.reason.split(":")[0] for letter in store.list()]
+    assert sorted(kept) == ["BadEvent/depth"] + ["BadEvent/json"] * 5 + ["BadEvent/nul"]
 
 
 def test_the_full_queue_is_logged_once_not_per_event(redis_server: servers.Server,

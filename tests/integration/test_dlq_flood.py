@@ -18,6 +18,7 @@ import asyncio
 import base64
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from etl.pipeline.limits import MAX_NESTING_DEPTH
 from tests.graphs import FALKORDB
 from tests.integration.accounting import by_id, check_graph, check_postgres
 from tests.integration.faults_support import Stack, start_stack
-from tests.integration.test_health_metrics import samples
+from tests.integration.test_health_metrics import value
 from tests.waiting import wait_for
 
 VALID = 20_000
@@ -100,16 +101,18 @@ def _enriched_too_large(i: int) -> bytes:  # valid as it comes in; too large for
     return _padded(head, tail=b"}", fill=b" ")
 
 
-# Each shape breaks a different rule of the contract; together, every kind of check enrichment makes: the JSON
-# itself, a field, the scan before parsing (a NUL, depth, values) and the enriched event's size.
-SHAPES: tuple[Callable[[int], bytes], ...] = (_control_bytes, _control_character_in_id, _bad_timestamp,
-                                              _nul_in_metadata, _nested_too_deep, _too_many_values,
-                                              _enriched_too_large)
+# Each shape breaks a different rule of the contract, and is counted by it; together, every kind of check
+# enrichment makes: the JSON itself, a field, the scan before parsing (a NUL, depth, values) and the enriched
+# event's size.
+SHAPES: tuple[tuple[Callable[[int], bytes], str], ...] = (
+    (_control_bytes, "BadEvent/json"), (_control_character_in_id, "BadEvent/id"),
+    (_bad_timestamp, "BadEvent/timestamp"), (_nul_in_metadata, "BadEvent/nul"), (_nested_too_deep, "BadEvent/depth"),
+    (_too_many_values, "BadEvent/values"), (_enriched_too_large, "BadEvent/max_payload"))
 
 
 def hostile(i: int) -> bytes:
     """The ``i``-th hostile event: exactly ``HOSTILE_BYTES``, distinct, of shape ``SHAPES[i % len(SHAPES)]``."""
-    return SHAPES[i % len(SHAPES)](i)
+    return SHAPES[i % len(SHAPES)][0](i)
 
 
 def flood(valid: list[bytes]) -> Iterator[bytes]:
@@ -191,22 +194,18 @@ def settled(settings: Settings, store: DeadLetterStore, memory: MemoryWatch) -> 
     return probe
 
 
-def enrich_metric_total(port: int, name: str) -> float:
-    """The sum of metric ``name`` over every reason, for stage ``enrich``."""
-    return sum(v for (metric, labels), v in samples(port).items()
-               if metric == name and dict(labels).get("stage") == "enrich")
-
-
 def check_counted(store: DeadLetterStore, enrich_metrics_port: int, max_bytes: int) -> None:
-    """Every hostile event counted once, kept or not, in Redis and in the enrich pool's metrics; the queue within
-    its bound, every entry cut to its head. Reasons are not named: only that all were dead-lettered at enrich."""
+    """Every hostile event counted once, by the rule its shape breaks, kept or not, in Redis and in the enrich
+    pool's metrics; the queue within its bound (plus a sample per reason), every entry cut to its head."""
     summary = store.summary()
-    assert {c.stage for c in summary} == {"enrich"}, summary
-    counted, dropped = sum(c.counted for c in summary), sum(c.dropped for c in summary)
-    assert counted == HOSTILE, summary
-    assert dropped > 0 and counted - dropped == store.count(), (summary, store.count())
-    assert enrich_metric_total(enrich_metrics_port, "etl_dead_letters_total") == HOSTILE
-    assert enrich_metric_total(enrich_metrics_port, "etl_dead_letters_dropped_total") == dropped
+    expected = Counter(SHAPES[i % len(SHAPES)][1] for i in range(HOSTILE))
+    assert {(c.stage, c.reason, c.counted) for c in summary} == {("enrich", r, n) for r, n in expected.items()}
+    dropped = sum(c.dropped for c in summary)
+    assert dropped > 0 and HOSTILE - dropped == store.count(), summary
+    for c in summary:
+        assert value(enrich_metrics_port, "etl_dead_letters_total", stage="enrich", reason=c.reason) == c.counted
+        assert (value(enrich_metrics_port, "etl_dead_letters_dropped_total", stage="enrich", reason=c.reason)
+                or 0) == c.dropped
     assert store.used_bytes() <= DLQ_MAX_BYTES + len(summary) * max_bytes
     assert all(e.truncated and e.size == HOSTILE_BYTES for e in store.iter_all())
 

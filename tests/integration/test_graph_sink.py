@@ -20,12 +20,13 @@ from prometheus_client import REGISTRY
 from etl.config import Settings
 from etl.dev import servers
 from etl.errors import SinkDataError, SinkUnavailable, TransientError
+from etl.pipeline.limits import GRAPH_KEY_BYTES
 from etl.sinks.base import write_deadline
 from etl.sinks.graph import neo4j_backend
 from etl.sinks.graph import sink as graph_sink
 from etl.sinks.graph.backend import KeyConflict
 from etl.sinks.graph.cypher import CREATE_CYPHER, MERGE_CYPHER, NODE_KEYS
-from etl.sinks.graph.rows import MAX_KEY_BYTES, as_lists, build_rows
+from etl.sinks.graph.rows import as_lists, build_rows
 from etl.sinks.graph.sink import GraphSink, connect_backend
 from tests.graphs import (
     FALKORDB,
@@ -371,8 +372,8 @@ def test_a_key_too_long_for_an_index_is_a_data_error_and_stores_nothing(sink: Gr
     # Neo4j refuses an index entry past about 8 KiB, and FalkorDB crashes past 4 KiB: the sink refuses such a key
     # on both backends alike, and takes one just under the limit.
     with pytest.raises(SinkDataError, match="host_id"):
-        sink.write([alice("e1"), event("e2", host_id="h" * (MAX_KEY_BYTES + 1))])
-    assert sink.write([alice("e1"), event("e2", host_id="日" * (MAX_KEY_BYTES // 3))]) == 2
+        sink.write([alice("e1"), event("e2", host_id="h" * (GRAPH_KEY_BYTES + 1))])
+    assert sink.write([alice("e1"), event("e2", host_id="日" * (GRAPH_KEY_BYTES // 3))]) == 2
     assert counts(probe)["Host"] == 2
 
 

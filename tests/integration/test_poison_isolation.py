@@ -21,9 +21,9 @@ from etl.dev.generator import generate
 from etl.errors import SinkDataError
 from etl.pipeline.enrich import enrich_batch
 from etl.pipeline.isolation import write_or_split
+from etl.pipeline.limits import GRAPH_KEY_BYTES
 from etl.rdns.strategies import FakeResolver
 from etl.sinks.base import Sink
-from etl.sinks.graph.rows import MAX_KEY_BYTES
 from etl.sinks.graph.sink import GraphSink
 from etl.sinks.nats_publish import NatsPublisher
 from etl.sinks.timescale import TimescaleSink
@@ -118,7 +118,7 @@ def test_graph_isolates_every_value_a_graph_refuses(graph: GraphSink) -> None:
               poison_for(t, id="huge", metadata={"hostname": "h" * 100_000}),
               poison_for(t, id="list-of-maps", metadata={"user": [{"name": "alice"}]}),
               poison_for(t, id="map", metadata={"hostname": {"fqdn": "db-1"}}),
-              poison_for(t, id="key", metadata={"host_id": "h" * (MAX_KEY_BYTES + 1)})]
+              poison_for(t, id="key", metadata={"host_id": "h" * (GRAPH_KEY_BYTES + 1)})]
     _, rejected = drain(graph, with_poison(poison))
     assert sorted(e["id"] for e in rejected) == ["huge", "key", "list-of-maps", "map", "nul", "range"]
     assert graph.count_events() == 94

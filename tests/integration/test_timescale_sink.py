@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 import psycopg2
 import pytest
 from psycopg2 import sql
@@ -17,6 +18,7 @@ from psycopg2 import sql
 from etl.config import Settings
 from etl.dev import servers
 from etl.errors import SinkDataError, SinkUnavailable, TransientError
+from etl.pipeline.events import parse_event
 from etl.sinks.postgres import statement_timeout_ms, translate_error
 from etl.sinks.timescale import APPLICATION_NAME, TimescaleSink
 from tests.waiting import wait_for
@@ -178,6 +180,19 @@ def test_nul_in_text_is_a_data_error_and_nothing_is_stored(sink: TimescaleSink, 
         sink.write([make_event(3, metadata={"user": "nul\x00"})])
     assert count(settings) == 0
     assert sink.write([make_event(1)]) == 1  # the pooled connections still work
+
+
+def test_payload_bytes_the_contract_keeps_opaque_are_stored_as_they_are(sink: TimescaleSink,
+                                                                         settings: Settings) -> None:
+    """Bytes that begin with "{" but are no JSON object within the contract's limits (a NUL escape, a NUL, deep
+    nesting) stay the event's opaque payload: the events are parsed as enrich does, then stored."""
+    opaque = [b"{not json \\u0000", orjson.dumps({"dst_ip": "1.2.3.4\x00"}), b'{"a":' * 200 + b"1" + b"}" * 200]
+    raws = [orjson.dumps({**make_event(i), "payload": base64.b64encode(data).decode()})
+            for i, data in enumerate(opaque)]
+    events = [parse_event(raw, max_bytes=len(raw)) for raw in raws]
+    assert [e["args"] for e in events] == [None] * len(opaque)  # make_event's own, not read from the payload
+    assert sink.write(events) == len(opaque)
+    assert [bytes(row[0]) for row in query(settings, "SELECT payload FROM {table} ORDER BY id")] == opaque
 
 
 def test_timestamp_out_of_range_is_a_data_error(sink: TimescaleSink) -> None:

@@ -10,9 +10,9 @@ import pytest
 
 from etl.config import Settings
 from etl.pipeline.enrich import ENRICHMENT_VERSION, enrich_batch, format_time, host_of
-from etl.pipeline.peers import destination_of
+from etl.pipeline.peers import MAX_ADDRESS_CHARS, destination_of
 from etl.rdns import strategies
-from etl.rdns.hosts import MAX_ADDRESS_CHARS, MAX_HOST_CHARS, ptr_address
+from etl.rdns.hosts import MAX_HOST_CHARS, ptr_address
 from etl.rdns.ptr import PtrResolver
 from etl.rdns.strategies import FakeResolver, OffResolver, fake_name, resolver_for
 

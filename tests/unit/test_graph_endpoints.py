@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from etl.errors import SinkDataError
+from etl.errors import PeerDataError, SinkDataError
+from etl.pipeline.peers import MAX_SCOPE_ID_CHARS, MAX_SCOPED_ADDRESS_CHARS
 from etl.sinks.graph.endpoints import Endpoint, endpoint_of
 from etl.sinks.graph.rows import build_row, build_rows
 
@@ -40,6 +41,16 @@ def test_the_endpoint_is_the_destination_keyed_by_address_and_port(args: dict[st
     assert endpoint_of(flow(**args)) == expected
 
 
+def test_an_address_with_the_longest_scope_id_is_canonical_and_longer_text_is_kept_as_sent() -> None:
+    scope = "e" * MAX_SCOPE_ID_CHARS
+    scoped = f"FFFF:FFFF:FFFF:FFFF:FFFF:FFFF:255.255.255.255%{scope}"
+    assert len(scoped) == MAX_SCOPED_ADDRESS_CHARS
+    canonical = f"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%{scope}"
+    assert endpoint_of(flow(dst_ip=scoped)) == Endpoint(canonical, canonical, None, None)
+    longer = scoped + "e"
+    assert endpoint_of(flow(dst_ip=longer)) == Endpoint(f"[{longer}]", longer, None, None)
+
+
 def test_an_event_without_a_destination_has_no_endpoint() -> None:
     assert endpoint_of(flow(dst_port=443)) is None
     assert endpoint_of({"id": "e", "metadata": {}}) is None
@@ -48,18 +59,31 @@ def test_an_event_without_a_destination_has_no_endpoint() -> None:
 
 @pytest.mark.parametrize("port", [-1, 65_536, "http", "4 43", "\u0664\u0664\u0663", 1.5, True, [443]])
 def test_a_port_that_is_not_one_is_a_data_error(port: Any) -> None:
-    with pytest.raises(SinkDataError, match="dst_port must be a port number"):
+    with pytest.raises(PeerDataError, match="dst_port must be a port number"):
         endpoint_of(flow(dst_ip="10.0.0.1", dst_port=port))
 
 
 def test_a_protocol_that_is_not_text_is_a_data_error() -> None:
-    with pytest.raises(SinkDataError, match="protocol must be"):
+    with pytest.raises(PeerDataError, match="protocol must be"):
         endpoint_of(flow(dst_ip="10.0.0.1", protocol={"name": "tcp"}))
 
 
 def test_an_endpoint_key_too_long_for_an_index_is_a_data_error() -> None:
-    with pytest.raises(SinkDataError, match="endpoint_id"):
+    with pytest.raises(PeerDataError, match="endpoint_id"):
         build_row(flow(dst_ip="x" * 5_000))
+
+
+@pytest.mark.parametrize("args", [{"dst_ip": "x" * 20_000}, {"dst_ip": "10.0.0.1", "protocol": "p" * 20_000}])
+def test_a_peer_longer_than_a_property_is_refused_as_the_peers_fault(args: dict[str, Any]) -> None:
+    """The payload's peer is the graph's alone to read: its refusals are a kind of their own."""
+    with pytest.raises(PeerDataError):
+        build_row(flow(**args))
+
+
+def test_other_refusals_are_not_the_peers() -> None:
+    with pytest.raises(SinkDataError) as info:
+        build_row(flow(dst_ip="10.0.0.1", host_id="h" * 5_000))
+    assert not isinstance(info.value, PeerDataError)
 
 
 def test_a_row_carries_its_endpoint() -> None:

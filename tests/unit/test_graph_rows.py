@@ -16,6 +16,7 @@ from neo4j import exceptions as neo
 
 from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
+from etl.pipeline.limits import GRAPH_KEY_BYTES
 from etl.sinks.graph import falkordb_backend, neo4j_backend
 from etl.sinks.graph.backend import KeyConflict
 from etl.sinks.graph.cypher import (
@@ -27,7 +28,7 @@ from etl.sinks.graph.cypher import (
     NODE_KEYS,
     positional,
 )
-from etl.sinks.graph.rows import MAX_KEY_BYTES, ROW_FIELDS, as_lists, build_row, build_rows, compose_key, process_keys
+from etl.sinks.graph.rows import ROW_FIELDS, as_lists, build_row, build_rows, compose_key, process_keys
 from etl.sinks.graph.sink import GraphSink
 
 
@@ -140,11 +141,11 @@ def test_values_no_graph_can_store_are_rejected(field: str, value: Any) -> None:
 
 @pytest.mark.parametrize(
     ("event_fields", "metadata", "key"),
-    [({"id": "e" * (MAX_KEY_BYTES + 1)}, {}, "id"),
-     ({}, {"host_id": "日" * (MAX_KEY_BYTES // 3 + 1)}, "host_id"),
-     ({}, {"container_id": "c" * (MAX_KEY_BYTES + 1)}, "container_id"),
-     ({}, {"user": "u" * (MAX_KEY_BYTES - 4)}, "user_key"),  # "name:" makes it one byte too long
-     ({"source": "/" + "s" * MAX_KEY_BYTES}, {"host_id": "h", "pid": "1"}, "process_key")],
+    [({"id": "e" * (GRAPH_KEY_BYTES + 1)}, {}, "id"),
+     ({}, {"host_id": "日" * (GRAPH_KEY_BYTES // 3 + 1)}, "host_id"),
+     ({}, {"container_id": "c" * (GRAPH_KEY_BYTES + 1)}, "container_id"),
+     ({}, {"user": "u" * (GRAPH_KEY_BYTES - 4)}, "user_key"),  # "name:" makes it one byte too long
+     ({"source": "/" + "s" * GRAPH_KEY_BYTES}, {"host_id": "h", "pid": "1"}, "process_key")],
 )
 def test_keys_longer_than_an_index_takes_are_rejected(event_fields: dict[str, Any], metadata: dict[str, Any],
                                                        key: str) -> None:
@@ -153,8 +154,8 @@ def test_keys_longer_than_an_index_takes_are_rejected(event_fields: dict[str, An
 
 
 def test_keys_up_to_the_limit_are_kept() -> None:
-    row = build_row({**event(), "id": "e" * MAX_KEY_BYTES, "metadata": {"host_id": "日" * (MAX_KEY_BYTES // 3)}})
-    assert len(row["id"]) == MAX_KEY_BYTES and len(row["host_id"].encode()) <= MAX_KEY_BYTES
+    row = build_row({**event(), "id": "e" * GRAPH_KEY_BYTES, "metadata": {"host_id": "日" * (GRAPH_KEY_BYTES // 3)}})
+    assert len(row["id"]) == GRAPH_KEY_BYTES and len(row["host_id"].encode()) <= GRAPH_KEY_BYTES
 
 
 def test_metadata_values_must_be_scalars() -> None:

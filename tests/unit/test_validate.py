@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import orjson
 
 from etl.pipeline import rawbatch
@@ -35,6 +39,25 @@ def test_bad_events_become_dead_letters_with_original_bytes() -> None:
     assert "not valid JSON" in bad[0].reason
     assert bad[1].raw_bytes() == b"[]" and "got array" in bad[1].reason
     assert bad[0].id != bad[1].id
+
+
+def test_each_rule_of_the_contract_is_its_own_reason_type() -> None:
+    """Dead letters are counted and sampled by reason type: two events that break different rules are two
+    kinds, each labelled by a value of the small fixed set ``Violation``."""
+    from etl.errors import Violation
+    from etl.pipeline.deadletter import reason_type
+    from etl.pipeline.validate import encode_enriched
+
+    good = {"id": "e", "type": "t", "source": "s", "timestamp": 5}
+    raws = [b"{", orjson.dumps({**good, "type": "t\x00"}), b"[" * 200 + b"]" * 200, b"x" * 2000,
+            orjson.dumps({**good, "metadata": {"seq": 2**63}}), orjson.dumps({**good, "id": " e"})]
+    _, bad = validate_batch(raws, max_bytes=1000)
+    _, oversized = encode_enriched([{**good, "blob": "b" * 2000}], [b"raw"], max_payload=1024)
+    types = [reason_type(letter.reason) for letter in (*bad, *oversized)]
+    assert types == ["BadEvent/json", "BadEvent/nul", "BadEvent/depth", "BadEvent/size", "BadEvent/integer",
+                     "BadEvent/id", "BadEvent/max_payload"]
+    assert {t.split("/")[1] for t in types} <= {v.value for v in Violation}
+    assert bad[1].reason.startswith("BadEvent/nul: a string holds a NUL character")
 
 
 def test_header_values_cannot_carry_line_breaks() -> None:
@@ -83,11 +106,23 @@ def test_enriched_events_over_max_payload_become_dead_letters_of_their_raw_bytes
 
 
 def test_the_room_kept_for_headers_holds_the_largest_headers_the_contract_allows() -> None:
-    from etl.pipeline.limits import MAX_ID_CHARS, MAX_IDENTIFIER_BYTES, MAX_TYPE_CHARS
+    from etl.pipeline.limits import MAX_ID_CHARS, MAX_IDENTIFIER_BYTES, MAX_TYPE_CHARS, PUBLISH_HEADER_OVERHEAD_BYTES
     from etl.sinks.nats_publish import encode, publish_headers, wire_size
 
-    headers, extra = publish_headers("S" * 255)  # a long stream name
-    widest = {"id": "日" * MAX_ID_CHARS, "type": "日" * MAX_TYPE_CHARS, "timestamp": -(2**63),
+    headers, extra = publish_headers("S" * 64)  # the longest stream name NATS_ENRICHED_STREAM takes
+    widest = {"id": "😀" * MAX_ID_CHARS, "type": "😀" * MAX_TYPE_CHARS, "timestamp": -(2**63),
               "metadata": {"host_id": "h" * MAX_IDENTIFIER_BYTES}}
     payload, values = encode(widest, extra)
     assert wire_size((payload, values), headers) - len(payload) <= PUBLISH_HEADER_ROOM_BYTES
+    # The publisher's quick check: beyond the values the payload holds too, headers add at most the overhead.
+    shared = sum(len(v.encode()) for v in values[:-1])
+    assert shared <= len(payload)
+    assert wire_size((payload, values), headers) - len(payload) - shared <= PUBLISH_HEADER_OVERHEAD_BYTES
+
+
+def test_the_enrich_checks_load_no_server_client() -> None:
+    """The module is pure: importing it loads no client of Redis (nor of any other server)."""
+    code = "import sys, etl.pipeline.validate; print(sorted({'redis', 'nats', 'psycopg2'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out.strip() == "[]"

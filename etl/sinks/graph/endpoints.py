@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from etl.errors import SinkDataError
-from etl.pipeline.peers import PORT_KEYS, PROTOCOL_KEYS, destination_of, first_of
+from etl.errors import PeerDataError
+from etl.pipeline.peers import MAX_SCOPED_ADDRESS_CHARS, PORT_KEYS, PROTOCOL_KEYS, destination_of, first_of
 
 MAX_PORT = 65_535
-# Longer than any IP address with a sensible scope id: kept as sent, and out of the cache.
-MAX_IP_CHARS = 64
 _CACHE_SIZE = 4_096
 
 
@@ -63,7 +61,9 @@ def _protocol(key: str, value: Any) -> str | None:
 
 
 def _endpoint(peer: str, port_key: str, port_value: Any, protocol_key: str, protocol_value: Any) -> Endpoint:
-    canonical = canonical_ip(peer) if len(peer) <= MAX_IP_CHARS else None
+    # Unlike reverse DNS, the graph keeps a scope id: it tells apart link-local peers on different interfaces.
+    # Longer text is no address: kept as sent, and out of the cache.
+    canonical = canonical_ip(peer) if len(peer) <= MAX_SCOPED_ADDRESS_CHARS else None
     ip = peer if canonical is None else canonical
     port = _port(port_key, port_value)
     protocol = _protocol(protocol_key, protocol_value)
@@ -82,7 +82,7 @@ _CACHEABLE = (str, int, type(None))
 def endpoint_of(event: dict[str, Any]) -> Endpoint | None:
     """The network endpoint ``event`` talks to, or ``None`` when its ``args`` name no peer address.
 
-    Raises ``SinkDataError`` for a port that is not a number from 0 to ``MAX_PORT`` (as an integer or decimal
+    Raises ``PeerDataError`` for a port that is not a number from 0 to ``MAX_PORT`` (as an integer or decimal
     text) or a protocol that is neither text nor a number.
     """
     peer = destination_of(event)
@@ -91,8 +91,8 @@ def endpoint_of(event: dict[str, Any]) -> Endpoint | None:
     args = event["args"]
     port_key, port = first_of(args, PORT_KEYS)
     protocol_key, protocol = first_of(args, PROTOCOL_KEYS)
-    cacheable = len(peer) <= MAX_IP_CHARS and type(port) in _CACHEABLE and type(protocol) in _CACHEABLE
+    cacheable = len(peer) <= MAX_SCOPED_ADDRESS_CHARS and type(port) in _CACHEABLE and type(protocol) in _CACHEABLE
     try:
         return (_cached_endpoint if cacheable else _endpoint)(peer, port_key, port, protocol_key, protocol)
     except ValueError as e:
-        raise SinkDataError(f"event {str(event.get('id'))[:64]!r}: {e}") from None
+        raise PeerDataError(f"event {str(event.get('id'))[:64]!r}: {e}") from None

@@ -33,7 +33,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from etl.errors import SinkDataError
+from etl.errors import PeerDataError, SinkDataError
 from etl.pipeline.limits import (
     GRAPH_KEY_BYTES,
     INT64_MAX,
@@ -50,7 +50,6 @@ Row = dict[str, Any]
 # indexes, and both servers store integers in 64 bits (FalkorDB also cannot carry NUL in query text). The
 # limits are the event contract's (etl.pipeline.limits), which refuses such events before they get here; the
 # checks below stay for events from elsewhere (a replayed dead letter of an older version).
-MAX_KEY_BYTES = GRAPH_KEY_BYTES
 
 _EVENT_FIELDS = ("type", "source", "timestamp", "env", "rdns", "dst_rdns")
 _METADATA_FIELDS = ("host_id", "uid", "pid", "container_id", "host_ip", "hostname", "user", "binary_sha256",
@@ -111,15 +110,17 @@ def _text(event_id: str, field: str, value: Any) -> str | None:
 
 
 def _check_key_sizes(row: Row) -> None:
-    """Raise ``SinkDataError`` when a key of ``row`` is over ``MAX_KEY_BYTES`` in UTF-8."""
+    """Raise ``SinkDataError`` when a key of ``row`` is over ``GRAPH_KEY_BYTES`` in UTF-8 (``PeerDataError`` for
+    the endpoint's, which comes from the payload)."""
     for field in _KEY_FIELDS:
         value = row[field]
         # Only a key that might be too long is encoded: this runs for every key of every event.
-        if value is not None and len(value) * UTF8_MAX_BYTES_PER_CHAR > MAX_KEY_BYTES:
+        if value is not None and len(value) * UTF8_MAX_BYTES_PER_CHAR > GRAPH_KEY_BYTES:
             size = len(value.encode("utf-8", "surrogatepass"))
-            if size > MAX_KEY_BYTES:
-                raise SinkDataError(f"event {row['id'][:64]!r}: its {field} is {size} bytes in UTF-8, "
-                                    f"over the {MAX_KEY_BYTES} a graph key may have")
+            if size > GRAPH_KEY_BYTES:
+                error = PeerDataError if field == "endpoint_id" else SinkDataError
+                raise error(f"event {row['id'][:64]!r}: its {field} is {size} bytes in UTF-8, over the "
+                            f"{GRAPH_KEY_BYTES} a graph key may have")
 
 
 def build_row(event: Event) -> Row:
@@ -161,16 +162,20 @@ def build_row(event: Event) -> Row:
 
 
 def _endpoint_fields(event_id: str, event: Event) -> Row:
-    """The row's endpoint fields (see ``etl.sinks.graph.endpoints``), then the batch fields' defaults."""
+    """The row's endpoint fields (see ``etl.sinks.graph.endpoints``), then the batch fields' defaults. Raises
+    ``PeerDataError`` for a peer the graph cannot store."""
     endpoint = endpoint_of(event)
     if endpoint is None:
         return _NO_ENDPOINT
     ip, protocol = endpoint.ip, endpoint.protocol
     plain = protocol is None or (len(protocol) <= MAX_PROPERTY_CHARS and "\x00" not in protocol)
-    return {"endpoint_id": endpoint.endpoint_id,
-            "dst_ip": ip if "\x00" not in ip and len(ip) <= MAX_PROPERTY_CHARS else _scalar(event_id, "dst_ip", ip),
-            "dst_port": endpoint.port, "protocol": protocol if plain else _scalar(event_id, "protocol", protocol),
-            **_BATCH_DEFAULTS}
+    try:
+        return {"endpoint_id": endpoint.endpoint_id,
+                "dst_ip": ip if "\x00" not in ip and len(ip) <= MAX_PROPERTY_CHARS else _scalar(event_id, "dst_ip", ip),
+                "dst_port": endpoint.port, "protocol": protocol if plain else _scalar(event_id, "protocol", protocol),
+                **_BATCH_DEFAULTS}
+    except SinkDataError as e:
+        raise PeerDataError(str(e)) from None
 
 
 def build_rows(events: Sequence[Event]) -> list[Row]:
