@@ -134,7 +134,7 @@ def test_a_poison_event_is_isolated_and_only_it_is_dead_lettered(settings: Setti
 
     for letter in DeadLetterStore(redis_client(settings), retention_s=3600).iter_all():
         assert letter.event["id"] == "poison-port" and letter.event["env"] == "test"
-        assert letter.reason.startswith("SinkDataError: ") and letter.attempts == 1
+        assert letter.reason.startswith("PeerDataError: ") and letter.attempts == 1
         assert letter.first_failure <= letter.last_failure
 
 
