@@ -19,6 +19,8 @@ means its empty value. A valid event is a JSON object with:
   not JSON at all) stay as opaque bytes, without ``args``;
 - ``context`` (absent or null: none): an object, the agent's own context, which enrichment extends (see
   ``etl.pipeline.enrich``); anything else is rejected rather than overwritten;
+- no ``args``: that field is the payload's object, set here and nowhere else, so one sent by the agent is
+  rejected rather than overwritten or taken for a payload;
 - in the event and in the object read from its payload's bytes: no deeper nesting than ``MAX_NESTING_DEPTH``
   levels, at most ``MAX_JSON_VALUES`` values, and no NUL character in any string or key (checked on the raw
   bytes, before parsing: ``etl.pipeline.scan``).
@@ -104,15 +106,23 @@ def parse_event(raw: bytes, *, max_bytes: int) -> Event:
     context = event.get("context")
     if context is not None and not isinstance(context, dict):
         raise BadEvent(Violation.FIELD, f"field 'context' must be an object, got {_type_name(context)}")
+    _set_args(event)
+    return event
+
+
+def _set_args(event: Event) -> None:
+    """``args``, the payload's object, set here and nowhere else: the agent's own is refused."""
+    if "args" in event:
+        raise BadEvent(Violation.FIELD, "field 'args' is set by the pipeline from 'payload'; send the object as "
+                                        "'payload' instead")
     payload = event.get("payload")
     if isinstance(payload, dict):
         # Carried once, as args (what the correlator reads); payload_bytes gives its bytes back.
         event["args"] = event.pop("payload")
-    else:
-        args = _payload_args(payload)
-        if args is not None:
-            event["args"] = args
-    return event
+        return
+    args = _payload_args(payload)
+    if args is not None:
+        event["args"] = args
 
 
 def _check_id(event: Event) -> None:
@@ -237,8 +247,8 @@ def _json_object(data: bytes, *, nested: bool) -> dict[str, Any] | None:
 
 
 def payload_bytes(event: Event) -> bytes | None:
-    """The payload's bytes: base64-decoded when a string; when the payload was an object (now ``args`` alone),
-    the JSON of ``args``; ``None`` when there is neither.
+    """The payload's bytes: base64-decoded when a string; when the payload was an object (now ``args`` alone:
+    ``parse_event`` refuses an ``args`` of the agent's own), the JSON of ``args``; ``None`` when there is neither.
 
     Call only on events that passed ``parse_event``.
     """

@@ -112,3 +112,23 @@ def test_the_enrich_stage_holds_events_to_the_max_payload_the_bridge_passes(
              timeout_s=60, describe=lambda: str(report.collect(settings)))
     [letter] = dead_letters(settings)
     assert letter.stage == "enrich" and "over the NATS server's max_payload of 262144" in letter.reason
+
+
+def test_an_agents_own_args_is_refused_at_enrich_not_stored_as_its_payload(
+        make_settings: Callable[..., Settings], start_pipeline: Callable[..., Pipeline]) -> None:
+    """``args`` is the payload's object, set by the pipeline: an event that brings its own is dead-lettered at
+    enrich with its reason, rather than have the graph read a peer from it and the events table store it as the
+    payload."""
+    settings = make_settings()
+    start_pipeline(settings)
+    template = orjson.loads(next(iter(generate(1, hosts=1, seed=14))))
+    ok = {**template, "id": "ok"}
+    forged = {key: value for key, value in template.items() if key != "payload"}
+    forged.update(id="own-args", args={"dst_ip": "198.51.100.7", "dst_port": 22})
+    asyncio.run(publish_all(settings, [orjson.dumps(ok), orjson.dumps(forged)]))
+
+    wait_for(lambda: report.collect(settings).totals["stored"] == 1 and dead_letters(settings),
+             timeout_s=60, describe=lambda: str(report.collect(settings)))
+    [letter] = dead_letters(settings)
+    assert letter.stage == "enrich" and letter.reason.startswith("BadEvent/field: field 'args' is set by the pipeline")
+    check_postgres(settings, by_id([orjson.dumps(ok)]))

@@ -135,6 +135,8 @@ def test_non_objects_are_rejected(raw: bytes, expected: str) -> None:
     ({"context": "dev"}, "field 'context' must be an object, got string"),
     ({"context": ["dev", "web"]}, "field 'context' must be an object, got array"),
     ({"payload": "!!not base64!!"}, "field 'payload' is not valid base64"),
+    ({"args": {"dst_ip": "10.0.0.5"}}, "field 'args' is set by the pipeline from 'payload'"),
+    ({"args": None, "payload": None}, "field 'args' is set by the pipeline from 'payload'"),
 ])
 def test_contract_violations_have_precise_reasons(overrides: dict[str, object], expected: str) -> None:
     assert expected in reason(orjson.dumps(event(**overrides)))
@@ -145,6 +147,7 @@ def test_contract_violations_have_precise_reasons(overrides: dict[str, object], 
     ({"timestamp": "yesterday"}, Violation.TIMESTAMP),
     ({"context": "dev"}, Violation.FIELD),
     ({"payload": "!!not base64!!"}, Violation.FIELD),
+    ({"args": {"dst_port": 443}}, Violation.FIELD),
     ({"type": "t" * 257}, Violation.LENGTH),
     ({"metadata": {"k" * 257: "v"}}, Violation.LENGTH),
     ({"metadata": {"seq": 2**63}}, Violation.INTEGER),
