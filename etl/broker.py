@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 REDIS_SOCKET_TIMEOUT_S = 10.0
 REDIS_CONNECT_TIMEOUT_S = 5.0
 AOF_SYNC_TIMEOUT_MS = 5_000
+# Written before each WAITAOF (see AofSync): a counter of durability checks, nothing reads it.
+AOF_BARRIER_KEY = "etl:aof-barrier"
 # A worker that has not talked to Redis for this long is dead, and the messages it had fetched go back to their
 # queue. Live workers poll (and so heartbeat) about every second; Dramatiq's default is a minute.
 HEARTBEAT_TIMEOUT_MS = 15_000
@@ -79,14 +81,18 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 class AofSync:
     """Waits until Redis has written its append-only file to disk (``WAITAOF``), and with ``replicas`` until that
-    many replicas have too.
+    many replicas have too, for every write Redis applied before the wait began, whoever sent it.
+
+    ``WAITAOF`` waits for the writes of its own connection only, and a pooled client may send it on another
+    connection than the batch's, or the bridge's check may cover batches other threads enqueued: so each wait
+    first writes a counter (``AOF_BARRIER_KEY``) on the same connection. Redis applies writes one at a time, so
+    that write is on disk only once every earlier one is, and one wait covers them all (group commit).
 
     The bridge acks NATS only after this, so a Redis crash right after the ack cannot lose the batch: either
     Redis has it on disk, or NATS still has it; with ``replicas`` (``REDIS_WAIT_REPLICAS``) the same holds when a
     replica is promoted in the master's place. Where AOF is off, a warning is logged once and the local disk is
     not awaited (durability then rests on Redis alone; see the README). With ``appendfsync always`` the wait is
-    immediate; with ``everysec`` it can take up to a second per batch, which is why ``REDIS_WAIT_AOF`` can turn it
-    off.
+    immediate; with ``everysec`` it takes up to a second, shared by every batch enqueued meanwhile.
     """
 
     def __init__(self, client: redis.Redis, *, enabled: bool = True, replicas: int = 0,
@@ -103,8 +109,10 @@ class AofSync:
             return
         local_wanted = 1 if self._enabled else 0
         try:
-            local, replicas = self._client.execute_command("WAITAOF", local_wanted, self._replicas,
-                                                           self._timeout_ms)
+            with self._client.pipeline(transaction=False) as pipe:  # one connection for both commands
+                pipe.incr(AOF_BARRIER_KEY)
+                pipe.execute_command("WAITAOF", local_wanted, self._replicas, self._timeout_ms)
+                _, (local, replicas) = pipe.execute()
         except redis.ResponseError as e:
             if "appendonly" not in str(e).lower():
                 raise TransientError(f"Redis WAITAOF failed: {e}") from e

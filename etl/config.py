@@ -171,6 +171,14 @@ class Settings:
         "message")
     batch_linger_ms: int = setting("BATCH_LINGER_MS", d.DEFAULT_BATCH_LINGER_MS, v.positive_int,
                                    "how long the bridge waits to fill a batch after its first event")
+    bridge_max_unacked: int = setting(
+        "BRIDGE_MAX_UNACKED", d.DEFAULT_BRIDGE_MAX_UNACKED, v.positive_int,
+        "events a bridge replica holds taken from NATS and not yet acked (enqueued, waiting for Redis's disk): it "
+        "fetches no more at this bound; lower means less memory and fewer redeliveries after a crash, higher more "
+        "throughput with `appendfsync everysec`")
+    bridge_max_unacked_bytes: int = setting(
+        "BRIDGE_MAX_UNACKED_BYTES", d.DEFAULT_BRIDGE_MAX_UNACKED_BYTES, v.positive_int,
+        "and the same bound in bytes of raw events")
     max_event_bytes: int = setting("MAX_EVENT_BYTES", d.DEFAULT_MAX_EVENT_BYTES, v.positive_int,
                                    "larger events are dead-lettered without being parsed")
     processing_timeout_s: int = setting(

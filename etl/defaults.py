@@ -10,6 +10,11 @@ DEFAULT_BATCH_LINGER_MS = 50
 # One Dramatiq message carries a whole batch: this keeps it small for Redis whatever the events' sizes.
 DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+# Un-acked events a bridge replica holds while Redis writes them to disk: with `appendfsync everysec` a check waits
+# up to a second, so the bound is what one replica can take in about a second at full speed. The bytes bound keeps
+# the replica's memory small whatever the events' sizes.
+DEFAULT_BRIDGE_MAX_UNACKED = 20_000
+DEFAULT_BRIDGE_MAX_UNACKED_BYTES = 64 * 1024 * 1024
 DEFAULT_PROCESSING_TIMEOUT_S = 30
 # PostgreSQL connections per worker process: Dramatiq's default thread count. bin/worker sets PG_POOL_SIZE from the
 # pool's own thread count (etl/pools.py), since each connection is opened at start and one thread uses one.

@@ -67,9 +67,10 @@ def main() -> int:
 
     def enqueue(batch: list[bytes]) -> None:
         # The bridge holds the one NATS connection whose INFO says what the publish pool's server accepts.
-        handoff.raw(batch, max_payload=bridge.max_payload)
+        handoff.enqueue_raw(batch, max_payload=bridge.max_payload)
 
-    bridge = Bridge(settings, enqueue, backlog=backlog_probe(client), ack_wait_s=settings.nats_ack_wait_s)
+    bridge = Bridge(settings, enqueue, sync=handoff.sync, backlog=backlog_probe(client),
+                    ack_wait_s=settings.nats_ack_wait_s)
     redis_check = redis_reachable(client)
     health = HealthServer(settings.health_host, settings.health_port,
                           lambda: bridge.not_ready_reason() or redis_check()).start()

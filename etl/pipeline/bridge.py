@@ -3,13 +3,15 @@
 Every replica pulls from one durable JetStream consumer, so the server load-balances messages between them and
 no message goes to two replicas at once. A batch closes at ``max_batch_size`` messages, at about
 ``max_batch_bytes``, or ``batch_linger_ms`` after its first message, whichever comes first. It is handed to the
-injected ``enqueue`` in a worker thread, and acknowledged only after ``enqueue`` returned: a crash at any point
-leaves the batch un-acked, and NATS redelivers it after ``ack_wait``. Delivery is at-least-once; every sink write
-is idempotent.
+injected ``enqueue`` in a worker thread, one batch at a time, then waits for the injected ``sync`` (Redis has it on
+disk), and is acknowledged only after both returned: a crash at any point leaves the batch un-acked, and NATS
+redelivers it after ``ack_wait``. Delivery is at-least-once; every sink write is idempotent. One ``sync`` covers
+every batch enqueued before it started (group commit, ``etl.pipeline.ackwindow``), so batches go on being
+enqueued while one waits for the disk.
 
-Backpressure: a replica holds at most two batches: one being enqueued and acked, and the next being collected
-meanwhile; while ``enqueue`` blocks, no third is fetched. The server
-caps un-acked messages over all replicas at ``max_ack_pending``. Dramatiq itself never refuses a message, so
+Backpressure: a replica holds at most ``BRIDGE_MAX_UNACKED`` events (and ``BRIDGE_MAX_UNACKED_BYTES``) taken and not
+yet acked; at the bound it fetches no more until a ``sync`` settles some. The server caps un-acked messages over
+all replicas at ``max_ack_pending``. Dramatiq itself never refuses a message, so
 before each batch the bridge reads the injected ``backlog`` (the deepest Dramatiq queue, in messages) and, at
 ``MAX_QUEUE_DEPTH``, stops fetching until it is down to the low-water mark (``etl.pipeline.backlog.Backpressure``).
 Meanwhile events wait in JetStream, durably, not in memory. Durations are seconds inside this module.
@@ -22,7 +24,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import nats.errors
 import nats.js.errors
@@ -36,20 +38,22 @@ from etl.errors import ConfigError
 from etl.natsio import conn, internals
 from etl.natsio.pull import ConsumerGone, PullFetcher
 from etl.natsio.stream_limits import StreamLimits
+from etl.pipeline.ackwindow import AckWindow
 from etl.pipeline.backlog import DEFAULT_BACKLOG_POLL_S, Backlog, BacklogGate, Backpressure
-from etl.runtime.metrics import BATCH_SIZE, CONSUMER_ACK_PENDING, CONSUMER_LAG, EVENTS, RETRIES
+from etl.runtime.metrics import BATCH_SIZE, BRIDGE_UNACKED, CONSUMER_ACK_PENDING, CONSUMER_LAG, EVENTS, RETRIES
 
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[list[bytes]], None]
+# Blocks until every batch enqueued before the call is on disk; raises when that cannot be confirmed.
+Sync = Callable[[], None]
 
 # Far above one enqueue (a single Redis round trip): un-acked messages come back only after a crash or hang.
 DEFAULT_ACK_WAIT_S = 60.0
-# The server delivers at most this many batches' worth of un-acked messages over all replicas together. Each
-# replica holds up to two batches at a time, so up to five replicas work at full speed in parallel; the bound
-# keeps a stalled replica from hoarding the stream (whatever it holds waits ack_wait before another replica
-# gets it).
-MAX_ACK_PENDING_BATCHES = 10
+# The server delivers at most this many replicas' worth (BRIDGE_MAX_UNACKED each) of un-acked messages over all
+# replicas together: so many work at full speed in parallel, and a stalled replica cannot hoard the stream
+# (whatever it holds waits ack_wait before another replica gets it).
+MAX_ACK_PENDING_REPLICAS = 5
 UNLIMITED_DELIVERIES = -1
 # Raw events are a work queue: the stream keeps each one until the bridge acked it, and never ages one out.
 RAW_STREAM_RETENTION = js_api.RetentionPolicy.WORK_QUEUE
@@ -78,8 +82,13 @@ def consumer_config(settings: Settings, ack_wait_s: float = DEFAULT_ACK_WAIT_S) 
         ack_policy=js_api.AckPolicy.EXPLICIT,
         ack_wait=ack_wait_s,
         max_deliver=UNLIMITED_DELIVERIES,
-        max_ack_pending=MAX_ACK_PENDING_BATCHES * settings.max_batch_size,
+        max_ack_pending=max_ack_pending(settings),
     )
+
+
+def max_ack_pending(settings: Settings) -> int:
+    """The consumer's bound on messages delivered and not acked, over all replicas."""
+    return MAX_ACK_PENDING_REPLICAS * max(settings.bridge_max_unacked, settings.max_batch_size)
 
 
 async def ensure_raw_stream(js: JetStreamContext, settings: Settings) -> js_api.StreamInfo:
@@ -109,6 +118,18 @@ def _check_consumer(info: js_api.ConsumerInfo, settings: Settings) -> None:
                     settings.nats_consumer, config.filter_subject, settings.nats_subject_raw)
 
 
+async def _raise_ack_pending(js: JetStreamContext, info: js_api.ConsumerInfo, settings: Settings) -> None:
+    """Raise the consumer's ``max_ack_pending`` to what ``BRIDGE_MAX_UNACKED`` needs (a consumer made by an older
+    version allowed two batches per replica), so that it does not cap what a replica holds for group commit."""
+    wanted = max_ack_pending(settings)
+    current = info.config.max_ack_pending
+    if current is None or current < 0 or current >= wanted:
+        return
+    await js.add_consumer(settings.nats_stream, config=info.config.evolve(max_ack_pending=wanted))
+    log.info("NATS consumer %s: max_ack_pending raised from %d to %d (BRIDGE_MAX_UNACKED)", settings.nats_consumer,
+             current, wanted)
+
+
 class Bridge:
     """One bridge replica: ``await run()`` until ``stop()``. Counters and ``ready`` feed metrics, probes."""
 
@@ -117,6 +138,7 @@ class Bridge:
         settings: Settings,
         enqueue: Enqueue,
         *,
+        sync: Sync | None = None,
         ack_wait_s: float = DEFAULT_ACK_WAIT_S,
         nak_delay_s: float = DEFAULT_NAK_DELAY_S,
         idle_fetch_s: float = DEFAULT_IDLE_FETCH_S,
@@ -127,6 +149,8 @@ class Bridge:
         self._settings = settings
         internals.apply_settings(settings)
         self._enqueue = enqueue
+        self._sync = sync
+        self._window: AckWindow[Msg] = AckWindow(settings.bridge_max_unacked, settings.bridge_max_unacked_bytes)
         # Held while a batch is enqueued and while the gate reads the backlog (see _enqueue_landing).
         self._enqueue_lock = threading.Lock()
         self._gate = None if backlog is None else BacklogGate(backlog, Backpressure.from_settings(settings),
@@ -211,28 +235,34 @@ class Bridge:
             await self._shutdown(nc)
 
     async def _bridge_batches(self, js: JetStreamContext) -> None:
-        """The main loop: the next batch is collected while the last one is enqueued and acked. On ``stop()`` the
-        batches in hand are finished; on cancellation, one being enqueued is abandoned un-acked (redelivered)."""
+        """The main loop: the next batch is collected while the last one is enqueued, and batches enqueued wait
+        for their durability check meanwhile (``_commit``). On ``stop()`` every batch in hand is settled; on
+        cancellation, those not acked yet are abandoned (redelivered after ``ack_wait``)."""
         handing: asyncio.Task[None] | None = None
+        committing = asyncio.create_task(self._commit())
         try:
             while not self._stopping.is_set():
                 if self._gate is not None:
                     await self._gate.wait_for_room(self._stopping, in_flight=lambda: int(self._landing))
+                await self._window.wait_for_room(self._stopping)
                 batch = await self._collect()
                 if handing is not None:
                     await handing
                     handing = None
                 if batch:
+                    self._window.hold(batch)
+                    BRIDGE_UNACKED.set(self._window.events)
                     self._landing = True
                     handing = asyncio.create_task(self._hand_over(batch))
                 if self._consumer_lost and not self._stopping.is_set():
                     await self._rebind(js)
             if handing is not None:
                 await handing
-        except BaseException:
+            await self._window.drained()
+        finally:
             if handing is not None:
                 handing.cancel()
-            raise
+            committing.cancel()
 
     async def _report_lag(self, js: JetStreamContext) -> None:
         """Export the consumer's lag every ``LAG_REPORT_INTERVAL_S``: what waits in JetStream, and what is out."""
@@ -252,7 +282,9 @@ class Bridge:
         what = f"cannot bind NATS consumer {s.nats_consumer}"
         with conn.unavailable_as(conn.NatsUnavailable, what):
             try:
-                _check_consumer(await js.consumer_info(s.nats_stream, s.nats_consumer), s)
+                info = await js.consumer_info(s.nats_stream, s.nats_consumer)
+                _check_consumer(info, s)
+                await _raise_ack_pending(js, info, s)
             except nats.js.errors.NotFoundError:
                 await js.add_consumer(s.nats_stream, config=consumer_config(s, self._ack_wait_s))
                 log.info("created NATS consumer %s on %s", s.nats_consumer, s.nats_stream)
@@ -319,24 +351,53 @@ class Bridge:
         return []
 
     async def _hand_over(self, batch: list[Msg]) -> None:
-        """Enqueue the batch, then ack it; nak it for redelivery if enqueue raised."""
+        """Enqueue the batch, then leave it to ``_commit`` (or ack it at once without a ``sync``); nak it for
+        redelivery if enqueue raised."""
         try:
             await asyncio.to_thread(self._enqueue_landing, [m.data for m in batch])
         except Exception as e:  # noqa: BLE001 - enqueue is injected; any failure means "not taken"
-            self.enqueue_failures += 1
-            RETRIES.labels(stage="bridge").inc()
-            self._failure_streak += 1
-            log.warning("enqueue of %d message(s) failed, nak'ed for redelivery: %r", len(batch), e,
-                        extra={"events": len(batch)})
-            await self._settle(batch, ack=False)
-            await self._sleep(self._backoff_s())
+            await self._failed([batch], "enqueue", e)
             return
         self._failure_streak = 0
         self.batches += 1
         self.messages_enqueued += len(batch)
         EVENTS.labels(stage="received").inc(len(batch))
         BATCH_SIZE.labels(stage="bridge").observe(len(batch))
-        await self._settle(batch, ack=True)
+        if self._sync is None:
+            await self._settle_all([batch], ack=True)
+        else:
+            self._window.enqueued(batch)
+
+    async def _commit(self) -> None:
+        """Forever: wait for enqueued batches, confirm with one ``sync`` that Redis has them all on disk, ack them
+        all (nak them if it failed). Batches enqueued meanwhile wait for the next ``sync``."""
+        while True:
+            group = await self._window.next_group()
+            try:
+                if self._sync is not None:
+                    await asyncio.to_thread(self._sync)
+            except Exception as e:  # noqa: BLE001 - sync is injected; any failure means "not on disk"
+                await self._failed(group, "durability check", e)
+                continue
+            await self._settle_all(group, ack=True)
+
+    async def _failed(self, group: Sequence[Sequence[Msg]], what: str, error: Exception) -> None:
+        """Nak ``group`` for redelivery after ``what`` failed, then back off."""
+        events = sum(len(b) for b in group)
+        self.enqueue_failures += 1
+        RETRIES.labels(stage="bridge").inc()
+        self._failure_streak += 1
+        log.warning("%s of %d message(s) failed, nak'ed for redelivery: %r", what, events, error,
+                    extra={"events": events})
+        await self._settle_all(group, ack=False)
+        await self._sleep(self._backoff_s())
+
+    async def _settle_all(self, group: Sequence[Sequence[Msg]], *, ack: bool) -> None:
+        """Settle ``group``'s batches as one, then stop holding them."""
+        await self._settle([m for batch in group for m in batch], ack=ack)
+        for batch in group:
+            self._window.release(batch)
+        BRIDGE_UNACKED.set(self._window.events)
 
     def _enqueue_landing(self, payloads: list[bytes]) -> None:
         """In a worker thread: enqueue, then stop counting the batch as on its way (landed, or never will), both
@@ -347,7 +408,7 @@ class Bridge:
             finally:
                 self._landing = False
 
-    async def _settle(self, batch: list[Msg], *, ack: bool) -> None:
+    async def _settle(self, batch: Sequence[Msg], *, ack: bool) -> None:
         """Ack (or nak) every message without waiting for each, then one flush for the whole batch.
 
         An ack is fire-and-forget in NATS; the flush's PONG proves the server has read them all. If that

@@ -18,7 +18,7 @@ from etl.stages import ENRICH, Stage, stage
 
 
 class Handoff:
-    """Enqueues batches on ``broker``; raw batches wait for Redis's disk (``aof``) before ``raw`` returns."""
+    """Enqueues batches on ``broker``; ``sync`` waits for Redis's disk (``aof``)."""
 
     def __init__(self, broker: RedisBroker, aof: AofSync) -> None:
         self._broker = broker
@@ -31,12 +31,21 @@ class Handoff:
                                    replicas=settings.redis_wait_replicas))
 
     def raw(self, batch: list[bytes], *, max_payload: int | None = None) -> None:
-        """The bridge's hand-off: one message for a whole batch of raw NATS payloads, on disk in Redis before
-        this returns (so the bridge may ack NATS). ``max_payload`` is the NATS server's, in bytes, for the enrich
-        stage to hold enriched events to (``None``: unknown, NATS's default). Raises on any Redis failure; the
-        bridge then naks."""
+        """``enqueue_raw`` then ``sync``: the batch is on disk in Redis when this returns."""
+        self.enqueue_raw(batch, max_payload=max_payload)
+        self.sync()
+
+    def enqueue_raw(self, batch: list[bytes], *, max_payload: int | None = None) -> None:
+        """The bridge's hand-off: one message for a whole batch of raw NATS payloads. ``max_payload`` is the NATS
+        server's, in bytes, for the enrich stage to hold enriched events to (``None``: unknown, NATS's default).
+        Raises on any Redis failure; the bridge then naks."""
         texts, binary = rawbatch.pack(batch)
         self.send(ENRICH, texts, binary, max_payload)
+
+    def sync(self) -> None:
+        """Return once every batch enqueued before the call (by any process) is on Redis's disk, as
+        ``REDIS_WAIT_AOF`` and ``REDIS_WAIT_REPLICAS`` ask: the bridge may then ack them on NATS. Raises
+        ``TransientError`` when that is not confirmed in time, or on any Redis failure."""
         self._aof.wait()
 
     def to_stage(self, name: str, payloads: list[Any]) -> None:

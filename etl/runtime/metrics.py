@@ -24,6 +24,9 @@ BREAKER_STATE = Gauge("etl_circuit_breaker_state", "Circuit breaker per sink: 0 
                       ["sink"], multiprocess_mode="livemax")
 BRIDGE_PAUSED = Gauge("etl_bridge_paused", "1 while the bridge stopped fetching because the queues are full",
                       multiprocess_mode="livemax")
+BRIDGE_UNACKED = Gauge("etl_bridge_unacked_events", "Events a bridge took from NATS and has not acked yet: being "
+                       "enqueued or waiting for Redis's disk (bounded by BRIDGE_MAX_UNACKED)",
+                       multiprocess_mode="livesum")
 QUEUE_DEPTH = Gauge("etl_queue_depth", "Messages not yet acked in each Dramatiq queue", ["queue"],
                     multiprocess_mode="livemax")
 CONSUMER_LAG = Gauge("etl_consumer_lag", "Raw events in JetStream not yet delivered to any bridge",

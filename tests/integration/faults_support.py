@@ -95,13 +95,14 @@ class Stack:
             server.stop()
 
 
-def start_stack(root: Path, graph_backend: str = FALKORDB) -> Stack:
+def start_stack(root: Path, graph_backend: str = FALKORDB, appendfsync: str = "always") -> Stack:
     """Start the four servers on free ports with their data under ``root``, the graph server of
-    ``graph_backend``. Raises ``ServerError`` (a test on Neo4j skips or fails without Java, see
-    ``neo4j_server_or_skip``)."""
+    ``graph_backend``, the broker's Redis fsyncing its AOF as ``appendfsync`` says. Raises ``ServerError`` (a test on
+    Neo4j skips or fails without Java, see ``neo4j_server_or_skip``)."""
     graph = (devservers.redis_server(root / "falkordb", falkordb=True) if graph_backend == FALKORDB
              else neo4j_server_or_skip(root / "neo4j"))
-    stack = Stack(nats=devservers.nats_server(root / "nats"), redis=devservers.redis_server(root / "redis"),
+    broker = devservers.redis_server(root / "redis", extra_args=["--appendfsync", appendfsync])
+    stack = Stack(nats=devservers.nats_server(root / "nats"), redis=broker,
                   graph=graph, postgres=devservers.postgres_server(root / "postgres", durable=False),
                   graph_backend=graph_backend)
     try:

@@ -20,10 +20,11 @@ from nats.js.api import ConsumerInfo, StorageType
 from etl.config import Settings
 from etl.pipeline.bridge import (
     DEFAULT_ACK_WAIT_S,
-    MAX_ACK_PENDING_BATCHES,
     RAW_STREAM_RETENTION,
     Bridge,
+    consumer_config,
     ensure_raw_stream,
+    max_ack_pending,
 )
 
 WAIT_S = 20.0
@@ -367,9 +368,29 @@ def test_restart_binds_to_the_existing_stream_and_consumer(make_settings: Callab
         assert stream.config.subjects == [other_subject, settings.nats_subject_raw]
         assert info.created == created
         assert info.config.ack_wait == DEFAULT_ACK_WAIT_S
-        assert info.config.max_ack_pending == MAX_ACK_PENDING_BATCHES * 10
+        assert info.config.max_ack_pending == max_ack_pending(settings)
         assert info.config.max_deliver == -1
         assert info.config.filter_subject == settings.nats_subject_raw
+
+    asyncio.run(main())
+
+
+def test_raises_the_ack_pending_bound_of_an_older_consumer(make_settings: Callable[..., Settings]) -> None:
+    # An older version made the consumer with room for two batches per replica: group commit needs more.
+    settings = make_settings(MAX_BATCH_SIZE=10, BATCH_LINGER_MS=20)
+
+    async def main() -> None:
+        recorder = Recorder(asyncio.get_running_loop())
+        async with nats_client(settings) as (_, js):
+            await ensure_raw_stream(js, settings)
+            await js.add_consumer(settings.nats_stream, config=consumer_config(settings).evolve(max_ack_pending=100))
+            created = (await consumer(js, settings)).created
+            async with running(Bridge(settings, recorder)):
+                await publish(js, settings.nats_subject_raw, ids(5))
+                await recorder.wait_for(lambda: len(recorder.ids) >= 5)
+            info = await consumer(js, settings)
+        assert info.config.max_ack_pending == max_ack_pending(settings) > 100
+        assert info.created == created  # the same consumer, updated: its position is kept
 
     asyncio.run(main())
 
