@@ -90,7 +90,7 @@ class Settings:
         "REDIS_PASSWORD", "", v.text, "secret: the password of the user `REDIS_URL` names (else of Redis's "
         "`default` user); instead of one in the URL", secret=True)
     redis_wait_aof: bool = setting("REDIS_WAIT_AOF", True, v.boolean, "wait for Redis to write each batch to its "
-                                   "AOF before acking NATS (see Reliability)")
+                                   "AOF before acking NATS (see Reliability); one wait covers many batches")
     redis_sentinels: tuple[tuple[str, int], ...] = setting(
         "REDIS_SENTINELS", (), v.parse_sentinels,
         "comma-separated `host[:port]` of Redis Sentinels (port 26379 by default); when set, the master is found "
