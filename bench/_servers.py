@@ -1,9 +1,10 @@
 """The local default's real servers for a benchmark, and a clean slate between two measurements.
 
-One ``Stack`` per graph backend measured: NATS with JetStream, Redis with AOF (``appendfsync always``),
-PostgreSQL with fsync on and the graph server (FalkorDB with AOF, or Neo4j), exactly as ``etl dev`` runs them
-(``etl.dev.services.Servers``), with data in a temporary directory. ``reset`` empties every server, so each
-measurement starts from the same empty state.
+One ``Stack`` per graph backend measured: NATS with JetStream, Redis with AOF (``appendfsync always`` unless
+asked otherwise), PostgreSQL with fsync on and the graph server (FalkorDB with AOF, or Neo4j), exactly as
+``etl dev`` runs them (``etl.dev.services.Servers``), with data in a temporary directory. ``reset`` empties every
+server, so each measurement starts from the same empty state; ``set_appendfsync`` changes the queues' Redis's
+fsync policy between two measurements, so both policies are measured on one server, interleaved.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from nats.js.errors import NotFoundError
 from etl.config import Settings
 from etl.dev import neo4jserver
 from etl.dev.ports import PortFlags
+from etl.dev.servers import APPENDFSYNC_POLICIES, DEFAULT_APPENDFSYNC
 from etl.dev.services import FALKORDB, Servers
 from etl.natsio.conn import connect
 
@@ -47,10 +49,12 @@ class Stack:
         return out
 
 
-def start(root: Path, say: object = print, graph_backend: str = FALKORDB) -> Stack:
-    """Start the four servers under ``root``, the graph on ``graph_backend``; raises
-    ``etl.dev.servers.ServerError`` (``etl.dev.neo4jserver.JavaMissing`` for Neo4j without Java)."""
-    servers = Servers.create(root / "data", PortFlags(), graph_backend)
+def start(root: Path, say: object = print, graph_backend: str = FALKORDB,
+          appendfsync: str = DEFAULT_APPENDFSYNC) -> Stack:
+    """Start the four servers under ``root``, the graph on ``graph_backend``, the queues' Redis fsyncing as
+    ``appendfsync`` says; raises ``etl.dev.servers.ServerError`` (``etl.dev.neo4jserver.JavaMissing`` for Neo4j
+    without Java)."""
+    servers = Servers.create(root / "data", PortFlags(), graph_backend, appendfsync)
     servers.start(say)  # type: ignore[arg-type]
     env = {**servers.env(), **BENCH_ENV}
     return Stack(root, servers, env)
@@ -73,6 +77,16 @@ def stop_graph(stack: Stack) -> None:
 def stop(stack: Stack | None) -> None:
     if stack is not None:
         stack.servers.stop(lambda _: None, hurried=True)
+
+
+def set_appendfsync(stack: Stack, policy: str) -> None:
+    """Make the queues' Redis fsync its AOF as ``policy`` says (``CONFIG SET``, which Redis applies at once, as
+    if started with it); raises ``ValueError`` for a policy that is not one of ``APPENDFSYNC_POLICIES``."""
+    if policy not in APPENDFSYNC_POLICIES:
+        raise ValueError(f"appendfsync {policy!r}: one of {', '.join(APPENDFSYNC_POLICIES)}")
+    with redis.Redis(host="127.0.0.1", port=stack.servers.redis.port) as client:
+        client.config_set("appendfsync", policy)
+        assert client.config_get("appendfsync") == {"appendfsync": policy}
 
 
 def reset(stack: Stack) -> None:

@@ -3,6 +3,9 @@
 A change that should not move throughput (a refactor) is judged against the noise of this machine: each round runs
 one end-to-end run (``bench.e2e``, fresh servers, the default pools) in BEFORE, then one in AFTER, so drift in the
 machine's load hits both alike. Prints each run's events/s, then the median of each and AFTER's ratio to BEFORE.
+
+Both sides publish the same events, generated here once (``--shape``, the producers' by default) and read from a
+file, whatever generator each checkout has; without duplicates, which a checkout before them would wait for.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+from bench import load
+from etl.dev.corpus import SHAPES
 
 DEFAULT_EVENTS = 100_000
 DEFAULT_ROUNDS = 3
@@ -29,7 +36,8 @@ root = Path(tempfile.mkdtemp(prefix="etl-compare-"))
 stack = _servers.start(root / "servers", lambda *args: None)
 try:
     os.environ.update(stack.env)
-    run = e2e.run(stack, load.events(int(sys.argv[1]), seed=1), e2e.Shape(int(sys.argv[2])), "e2e", root / "logs")
+    payloads = Path(sys.argv[1]).read_bytes().splitlines()
+    run = e2e.run(stack, payloads, e2e.Shape(int(sys.argv[2])), "e2e", root / "logs")
     print(json.dumps({"rate": run.rate, "complete": run.complete}))
 finally:
     _servers.stop(stack)
@@ -37,10 +45,10 @@ finally:
 """
 
 
-def one_run(checkout: Path, events: int) -> float:
-    """events/s of one end-to-end run in ``checkout``. Raises ``RuntimeError`` when the run fails or is
-    incomplete."""
-    done = subprocess.run([sys.executable, "-c", _ONE_RUN, str(events), str(BATCH)], cwd=checkout,
+def one_run(checkout: Path, corpus: Path) -> float:
+    """events/s of one end-to-end run in ``checkout`` of the events in ``corpus`` (one a line). Raises
+    ``RuntimeError`` when the run fails or is incomplete."""
+    done = subprocess.run([sys.executable, "-c", _ONE_RUN, str(corpus), str(BATCH)], cwd=checkout,
                           env={**os.environ, "PYTHONPATH": str(checkout)}, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT_S)
     lines = done.stdout.strip().splitlines()
@@ -58,13 +66,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("after", type=Path)
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS)
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
+    parser.add_argument("--shape", choices=SHAPES, default=SHAPES[0])
     opts = parser.parse_args(argv)
-    rates: dict[str, list[float]] = {"before": [], "after": []}
-    for round_no in range(1, opts.rounds + 1):
-        for label, checkout in (("before", opts.before), ("after", opts.after)):
-            rate = one_run(checkout.resolve(), opts.events)
-            rates[label].append(rate)
-            print(f"round {round_no} {label:<6} {rate:>9,.0f} events/s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="etl-compare-") as tmp:
+        corpus = Path(tmp) / "events"
+        corpus.write_bytes(b"\n".join(load.events(opts.events, seed=1, shape=opts.shape, duplicate_every=0)))
+        rates: dict[str, list[float]] = {"before": [], "after": []}
+        for round_no in range(1, opts.rounds + 1):
+            for label, checkout in (("before", opts.before), ("after", opts.after)):
+                rate = one_run(checkout.resolve(), corpus)
+                rates[label].append(rate)
+                print(f"round {round_no} {label:<6} {rate:>9,.0f} events/s", flush=True)
     before, after = statistics.median(rates["before"]), statistics.median(rates["after"])
     print(f"median: before {before:,.0f}, after {after:,.0f} events/s; after/before {after / before:.3f}")
     return 0

@@ -2,7 +2,8 @@
 ``events.raw``, done when every event is in PostgreSQL, in the graph and on ``events.enriched``.
 
 Each run starts from empty servers and fresh processes, publishes a warm-up burst (processes started, sinks
-open), then times from the first publish of the measured events until the last is in all three sinks.
+open), then times from the first publish of the measured events until the last is in all three sinks. Its rate
+counts every event published, duplicates included (each sink holds a duplicate once).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import psutil
 
 from bench import _servers, load
 from bench.sampling import Costs, Sampler
+from etl.dev import corpus
 from etl.dev.supervisor import Pipeline
 
 WARMUP_EVENTS = 200
@@ -43,16 +45,22 @@ class RunResult:
 @dataclass(frozen=True)
 class Shape:
     """How the pipeline runs: events per batch, processes per pool (``None``: each pool's default, from
-    ``etl/pools.py``), and which actors (per event or batched)."""
+    ``etl/pools.py``), and which actors (per event or batched); or, ``seed_style``, the one-event-at-a-time
+    service instead (``bench.seed_style``)."""
 
     batch: int
     processes: int | None = None
     per_event: bool = False
+    seed_style: bool = False
 
     def pipeline(self, stack: _servers.Stack, log_dir: Path) -> Pipeline:
         env = {**stack.env, "MAX_BATCH_SIZE": str(self.batch)}
         if self.processes is not None:
             env["WORKER_PROCESSES"] = str(self.processes)
+        if self.seed_style:
+            from bench.seed_style import SeedStylePipeline
+
+            return SeedStylePipeline(env, log_dir)
         if self.per_event:
             from bench.per_event import PerEventPipeline
 
@@ -67,28 +75,31 @@ def processes_of(stack: _servers.Stack, pipeline: Pipeline) -> dict[str, psutil.
 
 
 def run(stack: _servers.Stack, payloads: Sequence[bytes], shape: Shape, label: str, log_dir: Path,
-        *, latency_s: float = 0.0) -> RunResult:
+        *, latency_s: float = 0.0, corpus_shape: str = corpus.PRODUCERS) -> RunResult:
     """One end-to-end run at full speed; with ``latency_s``, then the fixed-rate latency runs (fractions of the
-    rate just measured) on the same processes. Raises ``RuntimeError`` when the warm-up does not get through."""
+    rate just measured, events of ``corpus_shape``) on the same processes. Raises ``RuntimeError`` when the
+    warm-up does not get through."""
     _servers.reset(stack)
     pipeline = shape.pipeline(stack, log_dir / label).start()
     try:
-        return asyncio.run(_measure(stack, pipeline, payloads, label, latency_s))
+        return asyncio.run(_measure(stack, pipeline, payloads, label, latency_s, corpus_shape))
     finally:
         pipeline.stop()
 
 
 async def _measure(stack: _servers.Stack, pipeline: Pipeline, payloads: Sequence[bytes], label: str,
-                   latency_s: float) -> RunResult:
+                   latency_s: float, corpus_shape: str) -> RunResult:
     settings = stack.settings
     nc, js = await load.open_js(settings)
     counts = load.SinkCounts(settings, js)
     try:
-        await load.publish(js, settings.nats_subject_raw, load.events(WARMUP_EVENTS, seed=7))
-        if await counts.wait(WARMUP_EVENTS, WARMUP_TIMEOUT_S) is None:
-            raise RuntimeError(f"{label}: warm-up not through: {await counts.all()}; bridge log:\n"
-                               f"{pipeline.log_tail('bridge-0')}")
-        total = WARMUP_EVENTS + len(payloads)
+        warm = load.events(WARMUP_EVENTS, seed=7, shape=corpus_shape)
+        await load.publish(js, settings.nats_subject_raw, warm)
+        if await counts.wait(load.distinct(warm), WARMUP_TIMEOUT_S) is None:
+            first = "bridge-0" if "bridge-0" in pipeline.procs else next(iter(pipeline.procs))
+            raise RuntimeError(f"{label}: warm-up not through: {await counts.all()}; {first} log:\n"
+                               f"{pipeline.log_tail(first)}")
+        total = load.distinct(warm) + load.distinct(payloads)
         with Sampler(lambda: processes_of(stack, pipeline), stack.servers.redis.port) as sampler:
             start = time.monotonic()
             await load.blast(nc, js, settings.nats_stream, settings.nats_subject_raw, payloads)
@@ -98,7 +109,7 @@ async def _measure(stack: _servers.Stack, pipeline: Pipeline, payloads: Sequence
         assert sampler.costs is not None
         result = RunResult(label, len(payloads), end - start, published, sampler.costs, done is not None)
         if done is not None and latency_s:
-            result.latencies = await _latencies(settings, js, counts, total, result.rate, latency_s)
+            result.latencies = await _latencies(settings, js, counts, total, result.rate, latency_s, corpus_shape)
         return result
     finally:
         counts.close()
@@ -106,13 +117,13 @@ async def _measure(stack: _servers.Stack, pipeline: Pipeline, payloads: Sequence
 
 
 async def _latencies(settings: object, js: object, counts: load.SinkCounts, total: int, max_rate: float,
-                     seconds: float) -> dict[str, dict[str, float]]:
+                     seconds: float, corpus_shape: str) -> dict[str, dict[str, float]]:
     """Publish at each of ``LATENCY_FRACTIONS`` of ``max_rate`` for ``seconds``; publish-to-row percentiles."""
     out = {}
     for fraction in LATENCY_FRACTIONS:
         prefix = f"lat{int(fraction * 100)}"
         sent = await load.publish_at(js, settings.nats_subject_raw, fraction * max_rate, seconds,  # type: ignore[attr-defined]
-                                     seed=int(fraction * 100), prefix=prefix)
+                                     seed=int(fraction * 100), prefix=prefix, shape=corpus_shape)
         total += sent
         complete = await counts.wait(total, MIN_TIMEOUT_S) is not None
         ms = counts.latencies_ms(prefix)

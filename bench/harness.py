@@ -1,15 +1,19 @@
 """``bench/run``: throughput, latency, cost and scaling of the pipeline, beside baselines from the same run.
 
-    bench/run                    # 100,000 events (about six minutes here)
-    bench/run --quick            # 5,000 events, about a minute
-    bench/run --events 50000 --json out.json
+    bench/run                    # 100,000 events
+    bench/run --quick            # 5,000 events, two rounds
+    bench/run --events 50000 --shape simple --json out.json
 
 Starts the local default's real servers (NATS, Redis, PostgreSQL, FalkorDB) in a temporary directory, then
 measures, each from empty servers: the raw ceilings (``bench.ceilings``), each stage alone (``bench.stages``), both
-the best of ``REPEATS`` runs,
-the per-event baseline and the pipeline end to end (``bench.e2e``) with its latency at fixed rates, its scaling
-and a ten times longer run for memory; then the graph's figures again on a local Neo4j (``bench.neo4j``), when
-Java is there. Prints a table and writes everything to JSON.
+the best of ``REPEATS`` runs; the pipeline end to end (``bench.e2e``) with the queues' Redis on ``appendfsync
+everysec`` and on ``always``, interleaved over ``--rounds`` rounds (``bench.durability``), with latency at fixed
+rates; the per-event baseline, the scaling and a ten times longer run for memory, on ``always``; then the graph's
+figures again on a local Neo4j (``bench.neo4j``), when Java is there. Prints a table and writes everything to JSON.
+
+The events are the producers' shape (``etl.dev.corpus``: duplicates included, which the end-to-end runs publish
+and the sinks hold once); the ceilings and the stages alone take them without their duplicates, since they count
+what they write. ``--shape simple`` measures the one flat shape of the runs before.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import _servers, ceilings, e2e, load, neo4j, stages
-from bench.report import Row, cost_table, table, target, write_json
+from bench import _servers, ceilings, durability, e2e, load, neo4j, stages
+from bench.report import Row, cost_table, cpu_table, table, target, write_json
 from bench.stages import best
 from etl.defaults import DEFAULT_MAX_BATCH_SIZE as BATCH
+from etl.dev.corpus import SHAPES
 from etl.pipeline.handoff import Handoff
 from etl.stages import ENRICH, SINK_STAGES
 
@@ -44,6 +49,10 @@ FLAT_RATIO = 1.25
 # A ceiling or a stage alone runs for a second or two, where a neighbour's burst on this shared machine moves one
 # run by 20 %; each is run this many times and its best run kept, on both sides of a ratio alike.
 REPEATS = 3
+ROUNDS = 3  # of everysec against always; --quick runs QUICK_ROUNDS
+QUICK_ROUNDS = 2
+SEED_STYLE = "seed-style service"
+SEED_STYLE_SHARE = 5  # its run takes this many times the per-event baseline's events, being faster than that shape
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,8 @@ class Options:
     json_path: Path
     memory_factor: int
     keep: bool
+    shape: str = SHAPES[0]
+    rounds: int = ROUNDS
 
     @property
     def latency_s(self) -> float:
@@ -77,9 +88,14 @@ def parse(argv: list[str]) -> Options:
     parser.add_argument("--memory-factor", type=int, default=MEMORY_FACTOR,
                         help="the memory run is this many times longer than the main one (0: skip it)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    parser.add_argument("--shape", choices=SHAPES, default=SHAPES[0], help="the events' shape (default %(default)s)")
+    parser.add_argument("--rounds", type=int, help=f"rounds of everysec against always (default {ROUNDS}, "
+                                                   f"{QUICK_ROUNDS} with --quick)")
     args = parser.parse_args(argv)
     events = args.events or (QUICK_EVENTS if args.quick else DEFAULT_EVENTS)
-    return Options(max(BATCH, events // BATCH * BATCH), args.quick, args.json, args.memory_factor, args.keep)
+    rounds = args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS)
+    return Options(max(BATCH, events // BATCH * BATCH), args.quick, args.json, args.memory_factor, args.keep,
+                   args.shape, max(1, rounds))
 
 
 def say(text: str) -> None:
@@ -129,34 +145,44 @@ def measure_stages(stack: _servers.Stack, payloads: list[bytes], events: list[di
     return out, every
 
 
-def run_e2e(stack: _servers.Stack, opts: Options, payloads: list[bytes], logs: Path) -> dict[str, e2e.RunResult]:
+def run_e2e(stack: _servers.Stack, opts: Options, payloads: list[bytes],
+            logs: Path) -> tuple[dict[str, e2e.RunResult], durability.Durability]:
     runs: dict[str, e2e.RunResult] = {}
 
-    def one(label: str, events: list[bytes], shape: e2e.Shape, **kw: Any) -> None:
-        runs[label] = result = e2e.run(stack, events, shape, label, logs, **kw)
+    def one(label: str, events: list[bytes], shape: e2e.Shape, **kw: Any) -> e2e.RunResult:
+        runs[label] = result = e2e.run(stack, events, shape, label, logs, corpus_shape=opts.shape, **kw)
         say(f"{label}: {result.events:,} events in {result.seconds:.1f}s = {result.rate:,.0f} events/s"
             f"{'' if result.complete else ' (INCOMPLETE)'}")
+        return result
 
-    one("e2e", payloads, e2e.Shape(BATCH), latency_s=opts.latency_s)
+    rounds = durability.measure(stack, opts.rounds, lambda label, **kw: one(label, payloads, e2e.Shape(BATCH), **kw),
+                                opts.latency_s)
     one("per-event baseline", payloads[:opts.scaled(1)], e2e.Shape(batch=1, per_event=True))
+    one(SEED_STYLE, payloads[:opts.scaled(1) * SEED_STYLE_SHARE], e2e.Shape(batch=1, seed_style=True))
     one("2 processes per pool", payloads[:opts.scaled(BATCH)], e2e.Shape(BATCH, processes=2))
     for batch in BATCH_SIZES:
         if batch != BATCH:
             one(f"batch {batch}", payloads[:opts.scaled(batch)], e2e.Shape(batch=batch))
     if opts.memory_factor:
-        longer = load.events(opts.events * opts.memory_factor, seed=3)
+        longer = load.events(opts.events * opts.memory_factor, seed=3, shape=opts.shape)
         one(f"{opts.memory_factor}x longer", longer, e2e.Shape(BATCH))
-    return runs
+    return runs, rounds
 
 
 def rows(ceil: dict[str, float], st: dict[str, stages.StageResult], runs: dict[str, e2e.RunResult],
-         opts: Options) -> list[Row]:
+         rounds: durability.Durability, opts: Options) -> list[Row]:
     main, pe = runs["e2e"], runs["per-event baseline"]
+    always = rounds.median(durability.ALWAYS)
     out = [
-        target(Row("end to end, all three sinks", main.rate, "ev/s"), at_least=10_000, label=">=10k"),
-        target(Row("end to end vs per-event shape", main.rate, "ev/s", "per-event baseline", pe.rate), 10,
+        target(Row(f"end to end, all sinks, always (median of {opts.rounds})", always, "ev/s"),
+               at_least=10_000, label=">=10k"),
+        *durability.rows(rounds),
+        target(Row("end to end vs per-event shape", always, "ev/s", "per-event baseline", pe.rate), 10,
                label=">=10x"),
         Row("per-event baseline, end to end", pe.rate, "ev/s"),
+        Row("end to end, everysec vs seed-style service", rounds.median(durability.EVERYSEC), "ev/s", SEED_STYLE,
+            runs[SEED_STYLE].rate),
+        Row("seed-style one-event-at-a-time service", runs[SEED_STYLE].rate, "ev/s"),
         target(Row("stage: bridge (process, real enqueue)", st["bridge"].rate, "ev/s", "nats-py fetch+ack",
                    ceil["nats_fetch_ack"]), 0.8, label=">=0.8"),
         Row("stage: enrich pool", st["enrich"].rate, "ev/s"),
@@ -169,19 +195,20 @@ def rows(ceil: dict[str, float], st: dict[str, stages.StageResult], runs: dict[s
     ]
     for name, rate in ceil.items():
         out.append(Row(f"raw ceiling: {name}", rate, "ev/s"))
-    out += latency_rows(main)
+    out += latency_rows(main, durability.ALWAYS) + latency_rows(runs[durability.MAIN_LABEL[durability.EVERYSEC]],
+                                                                durability.EVERYSEC)
     for label, run in runs.items():
-        if label not in ("e2e", "per-event baseline") and "longer" not in label:
+        if not label.startswith("e2e") and label not in ("per-event baseline", SEED_STYLE) and "longer" not in label:
             out.append(Row(f"scaling: {label}", run.rate, "ev/s", f"e2e (batch {BATCH}, pool defaults)", main.rate))
     out += memory_rows(runs, opts)
     return out
 
 
-def latency_rows(main: e2e.RunResult) -> list[Row]:
+def latency_rows(main: e2e.RunResult, policy: str) -> list[Row]:
     out = []
     for fraction, lat in main.latencies.items():
         for p in ("p50", "p95", "p99"):
-            row = Row(f"latency {p} at {fraction} of max ({lat['rate']:,} ev/s)", lat[f"{p}_ms"], "ms")
+            row = Row(f"latency {p} at {fraction}, {policy} ({lat['rate']:,} ev/s)", lat[f"{p}_ms"], "ms")
             if fraction == "50%" and p == "p99":
                 row = target(row, below=1000, label="<1s")
             out.append(row)
@@ -227,11 +254,13 @@ def main(argv: list[str]) -> int:
     try:
         stack = _servers.start(root / "servers", say)
         os.environ.update(stack.env)
-        payloads = load.events(opts.events, seed=1)
-        enriched = ceilings.enriched(payloads)
-        ceil, info["ceiling_runs"] = measure_ceilings(stack, payloads, enriched, BATCH, opts.repeats)
-        st, info["stage_runs"] = measure_stages(stack, payloads, enriched, BATCH, root / "logs", opts.repeats)
-        runs = run_e2e(stack, opts, payloads, root / "logs")
+        payloads = load.events(opts.events, seed=1, shape=opts.shape)
+        distinct = load.unique(payloads)
+        info.update(shape=opts.shape, distinct_events=len(distinct), rounds=opts.rounds)
+        enriched = ceilings.enriched(distinct)
+        ceil, info["ceiling_runs"] = measure_ceilings(stack, distinct, enriched, BATCH, opts.repeats)
+        st, info["stage_runs"] = measure_stages(stack, distinct, enriched, BATCH, root / "logs", opts.repeats)
+        runs, rounds = run_e2e(stack, opts, payloads, root / "logs")
         neo = neo4j.measure(stack, payloads, enriched, BATCH, root / "logs", opts.repeats, say)
     finally:
         _servers.stop(stack)
@@ -241,27 +270,33 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(root, ignore_errors=True)
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     info["seconds"] = round(time.monotonic() - started, 1)
-    report(opts, info, ceil, st, runs, neo)
+    report(opts, info, ceil, st, runs, rounds, neo)
     return 0
 
 
 def report(opts: Options, info: dict[str, Any], ceil: dict[str, float], st: dict[str, stages.StageResult],
-           runs: dict[str, e2e.RunResult], neo: neo4j.Neo4jResult | None) -> None:
-    table_rows = rows(ceil, st, runs, opts) + neo4j.rows(neo, runs["e2e"])
+           runs: dict[str, e2e.RunResult], rounds: durability.Durability, neo: neo4j.Neo4jResult | None) -> None:
+    table_rows = rows(ceil, st, runs, rounds, opts) + neo4j.rows(neo, runs["e2e"])
     main_costs = runs["e2e"].costs
     print(f"\n{info['command']}: {info['machine']}, load average at start {info['machine']['load_average']}, "
           f"at end {info['load_average_end']}; {info['seconds']:.0f}s\n")
     print(table(table_rows))
     print(f"\nraw ceilings and stages alone: the best of {opts.repeats} run(s) each (every run is in the JSON)")
-    print(f"\ncost of the end-to-end run ({runs['e2e'].events:,} events):\n")
+    print(f"\ncost of the end-to-end run, always ({runs['e2e'].events:,} events):\n")
     print(cost_table(main_costs.per_1000(runs["e2e"].events), main_costs.peak_rss_mib, main_costs.redis_peak_used_mib))
+    columns = {"e2e everysec": durability.MAIN_LABEL[durability.EVERYSEC],
+               "e2e always": durability.MAIN_LABEL[durability.ALWAYS], "per-event shape": "per-event baseline",
+               "seed-style": SEED_STYLE}
+    print("\nCPU per event of every process, servers included (µs; the first round's runs):\n")
+    print(cpu_table({column: runs[label].costs.per_1000(runs[label].events) for column, label in columns.items()
+                     if label in runs}))
     data = {**info, "table": [r.as_dict() for r in table_rows], "ceilings": ceil,
             "stages": {k: {"rate": v.rate, "events": v.events, "seconds": v.seconds, "cpu_s": v.costs.cpu_s,
                            "cpu_s_per_1000": v.costs.per_1000(v.events)} for k, v in st.items()},
             "runs": {k: {**{f: getattr(v, f) for f in ("events", "seconds", "publish_seconds", "complete")},
                          "rate": v.rate, "latencies": v.latencies, "costs": asdict(v.costs),
                          "cpu_s_per_1000": v.costs.per_1000(v.events)} for k, v in runs.items()},
-            "neo4j": neo4j.as_json(neo)}
+            "durability": rounds.as_json(), "neo4j": neo4j.as_json(neo)}
     write_json(opts.json_path, data)
     print(f"\nwritten to {opts.json_path}")
 

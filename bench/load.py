@@ -1,10 +1,11 @@
-"""Load for the benchmarks: realistic events published at full speed or at a fixed rate, and the counts in
-every sink that tell when they have all arrived."""
+"""Load for the benchmarks: events shaped as the producers send them (``etl.dev.corpus``; ``--shape simple`` for
+the one flat shape) published at full speed or at a fixed rate, and the counts in every sink that tell when they
+have all arrived. A corpus of the producers' shape holds duplicates, which every sink holds once: wait for
+``distinct`` events, not for as many as were published."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Sequence
 
@@ -15,13 +16,14 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from etl.config import Settings
-from etl.dev.generator import generate, make_hosts, sample_event
+from etl.dev import corpus
 from etl.natsio.conn import connect
 from etl.natsio.internals import publish_plain
 from etl.pipeline.bridge import ensure_raw_stream
 from etl.sinks.graph.sink import GraphSink
 
 HOSTS = 50
+LATENCY_TEMPLATES = 5000  # events of the corpus's shape a fixed-rate run cycles through, built before it starts
 PUBLISH_WINDOW = 2000  # JetStream publishes in flight before waiting for their acks
 MAX_UNSTORED = 20_000  # core publishes sent and not yet stored by the stream, at most
 TICK_S = 0.01
@@ -29,11 +31,23 @@ STORE_TIMEOUT_S = 30.0
 POLL_S = 0.1
 
 
-def events(count: int, *, seed: int) -> list[bytes]:
-    """``count`` realistic raw events (``etl.dev.generator``), generated before any clock starts. Ids carry the
-    second of ``base_ms``, which ``seed`` moves by a thousand seconds: two seeds never share an id."""
+def events(count: int, *, seed: int, shape: str = corpus.PRODUCERS, duplicate_every: int | None = None) -> list[bytes]:
+    """``count`` raw events of ``shape`` (``etl.dev.corpus``; duplicates at the shape's own rate unless
+    ``duplicate_every`` says), generated before any clock starts. Ids carry the time of ``base_ms`` or are drawn
+    from ``seed``, which moves ``base_ms`` by a thousand seconds: two seeds never share an id."""
     base_ms = int(time.time() * 1000) + seed * 1_000_000
-    return list(generate(count, hosts=HOSTS, seed=seed, base_ms=base_ms))
+    return list(corpus.generate(count, shape=shape, hosts=HOSTS, seed=seed, base_ms=base_ms,
+                                duplicate_every=duplicate_every))
+
+
+def distinct(payloads: Sequence[bytes]) -> int:
+    """How many events each sink holds once ``payloads`` are all through: a duplicate is the same bytes again."""
+    return len(set(payloads))
+
+
+def unique(payloads: Sequence[bytes]) -> list[bytes]:
+    """``payloads`` without their duplicates, in order: for the measurements that count every event they write."""
+    return list(dict.fromkeys(payloads))
 
 
 async def open_js(settings: Settings) -> tuple[Client, JetStreamContext]:
@@ -81,18 +95,17 @@ async def blast(nc: Client, js: JetStreamContext, stream: str, subject: str, pay
 
 
 async def publish_at(js: JetStreamContext, subject: str, rate: float, duration_s: float, *, seed: int,
-                     prefix: str) -> int:
-    """Publish ``rate`` events/s for ``duration_s``; each event's ``timestamp`` is its publish time (ms), so the
-    sinks' own clocks give its latency. Returns how many were published."""
-    rng = random.Random(seed)
-    hosts = make_hosts(HOSTS, rng)
+                     prefix: str, shape: str = corpus.PRODUCERS) -> int:
+    """Publish ``rate`` distinct events/s of ``shape`` for ``duration_s``; each event's ``timestamp`` is its
+    publish time (ms), so the sinks' own clocks give its latency. Returns how many were published."""
+    templates = list(corpus.events(LATENCY_TEMPLATES, shape=shape, hosts=HOSTS, seed=seed))
     start = time.monotonic()
     sent = 0
     pending: list[asyncio.Future[object]] = []
     while (elapsed := time.monotonic() - start) < duration_s:
         due = int(rate * elapsed) - sent
         for _ in range(max(0, due)):
-            event = sample_event(sent, hosts[sent % HOSTS], rng, 0)
+            event = dict(templates[sent % LATENCY_TEMPLATES])
             event["id"] = f"{prefix}-{sent}"
             event["timestamp"] = int(time.time() * 1000)
             pending.append(await js.publish_async(subject, orjson.dumps(event)))

@@ -24,6 +24,7 @@ import orjson
 import psycopg2
 
 from etl import actors
+from etl.broker import AofSync
 from etl.dev.supervisor import Pipeline
 from etl.pipeline.enrich import enrich_batch
 from etl.pipeline.events import payload_bytes
@@ -73,11 +74,19 @@ def pe_merge(event: dict[str, Any]) -> None:
     app.sinks.get("graph").write([event])
 
 
+def _aof() -> AofSync:
+    aof = getattr(_local, "aof", None)
+    if aof is None:
+        aof = _local.aof = AofSync(app.broker.client, enabled=app.settings.redis_wait_aof,
+                                   replicas=app.settings.redis_wait_replicas)
+    return aof
+
+
 def enqueue_each(batch: list[bytes]) -> None:
     """The per-event hand-off: one message per event, then the same wait for Redis's AOF as the real bridge."""
     for raw in batch:
         pe_enrich.send(raw.decode("utf-8"))
-    actors._aof.wait()  # noqa: SLF001 - the same durability as the batched bridge
+    _aof().wait()  # the same durability as the batched bridge
 
 
 class PerEventPipeline(Pipeline):

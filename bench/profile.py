@@ -67,13 +67,14 @@ async def drive(stack: _servers.Stack, pipeline: object, payloads: list[bytes], 
     settings = stack.settings
     nc, js = await load.open_js(settings)
     counts = load.SinkCounts(settings, js)
-    await load.publish(js, settings.nats_subject_raw, load.events(e2e.WARMUP_EVENTS, seed=7))
-    await counts.wait(e2e.WARMUP_EVENTS, e2e.WARMUP_TIMEOUT_S)
+    warm = load.events(e2e.WARMUP_EVENTS, seed=7)
+    await load.publish(js, settings.nats_subject_raw, warm)
+    await counts.wait(load.distinct(warm), e2e.WARMUP_TIMEOUT_S)
     spies = {name: spy(p.pid, out / f"{name}.txt", gil=gil) for name, p in pipeline.procs.items()}  # type: ignore[attr-defined]
     with Sampler(lambda: e2e.processes_of(stack, pipeline), stack.servers.redis.port) as sampler:  # type: ignore[arg-type]
         start = time.monotonic()
         await load.blast(nc, js, settings.nats_stream, settings.nats_subject_raw, payloads)
-        await counts.wait(e2e.WARMUP_EVENTS + len(payloads), 600)
+        await counts.wait(load.distinct(warm) + load.distinct(payloads), 600)
         seconds = time.monotonic() - start
     for proc in spies.values():
         proc.send_signal(signal.SIGINT)

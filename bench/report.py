@@ -71,6 +71,24 @@ def cost_table(cpu_per_1000: dict[str, float], peak_rss: dict[str, float], redis
     return "\n".join(lines)
 
 
+def cpu_table(per_1000_by_run: dict[str, dict[str, float]]) -> str:
+    """CPU per event in µs, one row per process (servers included) and one column per run, with the totals."""
+    runs = list(per_1000_by_run)
+    processes = list(dict.fromkeys(p for costs in per_1000_by_run.values() for p in costs))
+    width = max(12, *map(len, runs))
+    lines = [f"| {'process':<22} | " + " | ".join(f"{run:>{width}}" for run in runs) + " |",
+             f"|{'-' * 24}|" + "|".join("-" * (width + 2) for _ in runs) + "|"]
+
+    def cell(value: float | None) -> str:
+        return f"{'':>{width}}" if value is None else f"{value * 1000:>{width}.1f}"
+
+    for process in [*processes, "total"]:
+        values = [sum(costs.values()) if process == "total" else costs.get(process)
+                  for costs in per_1000_by_run.values()]
+        lines.append(f"| {process:<22} | " + " | ".join(map(cell, values)) + " |")
+    return "\n".join(lines)
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -13,6 +13,7 @@ from etl import config as settings_module
 from etl import stages
 from etl.config import Settings
 from etl.dev import neo4jserver
+from etl.dev.corpus import SHAPES
 from etl.dev.services import GRAPH_BACKENDS, NEO4J
 from etl.envvalues import redact_url
 from etl.errors import TransientError
@@ -103,6 +104,8 @@ def report_cmd() -> None:
 @click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Events per second (0: as fast as JetStream takes them).")
 @click.option("--hosts", type=click.IntRange(min=1), default=10, show_default=True, help="Distinct sample hosts.")
+@click.option("--shape", type=click.Choice(SHAPES), default=SHAPES[0], show_default=True,
+              help="The sample events' shape: as the producers send them (one in 100 sent twice), or one simple shape.")
 @click.option("--no-generate", is_flag=True, help="Generate nothing; wait for events from outside.")
 @click.option("--once", is_flag=True, help="Stop when the generated events are all accounted for.")
 @click.option("--nats-port", type=click.IntRange(0, 65535), default=0, help="NATS client port (0: a free one).")
@@ -122,7 +125,7 @@ def report_cmd() -> None:
                    f"{', '.join(stages.NAMES)} (0: free ones).")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="On stop, seconds to wait for the queues to drain (what is left is processed on the next start).")
-def dev(data_dir: Path, clean: bool, count: int, rate: float, hosts: int, no_generate: bool, once: bool,
+def dev(data_dir: Path, clean: bool, count: int, rate: float, hosts: int, shape: str, no_generate: bool, once: bool,
         nats_port: int, redis_port: int, graph: str, falkordb_port: int, neo4j_port: int, postgres_port: int,
         bridge_health_port: int, metrics_port_base: int, drain_timeout: float) -> None:
     """Run the whole pipeline locally: its own NATS, Redis, PostgreSQL and graph server (FalkorDB, or Neo4j with
@@ -137,7 +140,7 @@ def dev(data_dir: Path, clean: bool, count: int, rate: float, hosts: int, no_gen
         _require_neo4j_toolchain()
     ports = PortFlags(nats=nats_port, redis=redis_port, falkordb=falkordb_port, neo4j=neo4j_port,
                       postgres=postgres_port, bridge_health=bridge_health_port, metrics_base=metrics_port_base)
-    options = DevOptions(data_dir=data_dir.resolve(), clean=clean, count=count, rate=rate, hosts=hosts,
+    options = DevOptions(data_dir=data_dir.resolve(), clean=clean, count=count, rate=rate, hosts=hosts, shape=shape,
                          generate=not no_generate, once=once, ports=ports, graph_backend=graph,
                          drain_timeout_s=drain_timeout)
     size = shutil.get_terminal_size()

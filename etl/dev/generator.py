@@ -1,7 +1,8 @@
-"""Realistic sample events for the local default and the benchmarks, plus a few malformed ones.
+"""The simple shape of sample events, plus a few malformed ones; the hosts and values the producers' shape
+(``etl.dev.producers``) shares. ``etl.dev.corpus`` chooses between the two.
 
 Deterministic for a given seed: typed ``process``, ``connect`` and ``file`` events from a set of hosts, each
-with its users, processes and containers, and base64 JSON payloads.
+with its users, processes and containers, and base64 JSON payloads, all in one flat shape.
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ def sample_event(seq: int, host: Host, rng: random.Random, base_ms: int) -> dict
             "timestamp": base_ms + seq, "metadata": metadata, "payload": _b64(_payload(kind, rng))}
 
 
+def malformed_event(seq: int, malformed_every: int, base_ms: int) -> bytes:
+    """The malformed event at position ``seq``: each of ``MALFORMED`` in turn, distinct by ``base_ms + seq``."""
+    template = MALFORMED[(seq // malformed_every) % len(MALFORMED)]
+    return template.format(seq=base_ms + seq).encode("utf-8", "surrogateescape")
+
+
 def generate(count: int, *, hosts: int = 10, seed: int = 1, base_ms: int = 1_704_110_400_000,
              malformed_every: int = 0) -> Iterator[bytes]:
     """``count`` raw events; when ``malformed_every`` > 0, every n-th is malformed instead."""
@@ -77,8 +84,7 @@ def generate(count: int, *, hosts: int = 10, seed: int = 1, base_ms: int = 1_704
     host_list = make_hosts(hosts, rng)
     for seq in range(count):
         if malformed_every and seq % malformed_every == malformed_every - 1:
-            template = MALFORMED[(seq // malformed_every) % len(MALFORMED)]
-            yield template.format(seq=base_ms + seq).encode("utf-8", "surrogateescape")
+            yield malformed_event(seq, malformed_every, base_ms)
         else:
             yield orjson.dumps(sample_event(seq, rng.choice(host_list), rng, base_ms))
 

@@ -27,19 +27,22 @@ class Sent:
     sent: int = 0
     malformed: int = 0
     total: int = 0
+    duplicates: int = 0  # events sent again (the same id): each sink holds them once
     finished: bool = False
     error: str | None = None
     enabled: bool = True
 
     @property
     def valid(self) -> int:
-        return self.sent - self.malformed
+        """The distinct valid events sent: what each sink holds or dead-letters in the end."""
+        return self.sent - self.malformed - self.duplicates
 
     def describe(self) -> str:
         if not self.enabled:
             return "generator off: waiting for events from outside"
         state = f"stopped: {self.error}" if self.error else "done" if self.finished else "sending"
-        return f"generated {self.sent}/{self.total} ({self.malformed} malformed), {state}"
+        duplicates = f", {self.duplicates} duplicates" if self.duplicates else ""
+        return f"generated {self.sent}/{self.total} ({self.malformed} malformed{duplicates}), {state}"
 
 
 def unaccounted(baseline: Snapshot, now: Snapshot, sent: Sent) -> int | None:

@@ -1,7 +1,8 @@
 """The sample-event generator of the local default, publishing from a thread of its own so progress keeps showing.
 
-Events come from ``etl.dev.generator``; a few are malformed on purpose, so the dead-letter queue has something in it.
-Each is published to the raw subject through JetStream, and counted once JetStream acknowledged it.
+Events come from ``etl.dev.corpus``, in the producers' shape by default; a few are malformed on purpose, so the
+dead-letter queue has something in it, and the producers' shape repeats a few, as a producer's retry does. Each is
+published to the raw subject through JetStream, and counted once JetStream acknowledged it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 from etl.config import Settings
-from etl.dev.generator import generate
+from etl.dev.corpus import PRODUCERS, default_duplicate_every, duplicates_in, generate
 from etl.dev.progress import Sent
 
 MALFORMED_EVERY = 200  # one malformed event in this many (or one in ``count``, for fewer events)
@@ -27,18 +28,22 @@ def malformed_every(count: int) -> int:
     return min(MALFORMED_EVERY, count) if count >= 2 else 0
 
 
-def sample_events(count: int, hosts: int) -> Iterator[bytes]:
-    """``count`` raw events from ``hosts`` hosts. Ids carry the start second, so each run adds new events."""
+def sample_events(count: int, hosts: int, shape: str = PRODUCERS) -> Iterator[bytes]:
+    """``count`` raw events of ``shape`` from ``hosts`` hosts. The seed and the ids follow the start time, so each
+    run adds new events."""
     now_ms = int(time.time() * 1000)
-    return generate(count, hosts=hosts, seed=now_ms, base_ms=now_ms, malformed_every=malformed_every(count))
+    return generate(count, shape=shape, hosts=hosts, seed=now_ms, base_ms=now_ms,
+                    malformed_every=malformed_every(count))
 
 
 class Generator:
-    """Publishes ``count`` sample events at ``rate`` per second (0: as fast as JetStream acknowledges)."""
+    """Publishes ``count`` sample events of ``shape`` at ``rate`` per second (0: as fast as JetStream
+    acknowledges)."""
 
-    def __init__(self, settings: Settings, *, count: int, hosts: int, rate: float) -> None:
-        self._settings, self._count, self._hosts, self._rate = settings, count, hosts, rate
+    def __init__(self, settings: Settings, *, count: int, hosts: int, rate: float, shape: str = PRODUCERS) -> None:
+        self._settings, self._count, self._hosts, self._rate, self._shape = settings, count, hosts, rate, shape
         self._every = malformed_every(count)
+        self._duplicate_every = default_duplicate_every(shape)
         self._stop = threading.Event()
         self._sent = 0
         self._error: str | None = None
@@ -57,6 +62,7 @@ class Generator:
     def progress(self) -> Sent:
         sent = self._sent
         return Sent(sent=sent, malformed=sent // self._every if self._every else 0, total=self._count,
+                    duplicates=duplicates_in(sent, self._duplicate_every, self._every),
                     finished=self._thread.ident is not None and not self._thread.is_alive(), error=self._error)
 
     def _run(self) -> None:
@@ -69,7 +75,7 @@ class Generator:
         from etl.natsio.conn import close, connect
         from etl.pipeline.bridge import ensure_raw_stream
 
-        events = sample_events(self._count, self._hosts)
+        events = sample_events(self._count, self._hosts, self._shape)
         nc = await connect(self._settings, name="etl-dev-generator")
         try:
             js = nc.jetstream()

@@ -45,9 +45,11 @@ class Servers:
     graph_backend: str = FALKORDB
 
     @classmethod
-    def create(cls, data_dir: Path, ports: PortFlags, graph_backend: str = FALKORDB) -> Servers:
+    def create(cls, data_dir: Path, ports: PortFlags, graph_backend: str = FALKORDB,
+               appendfsync: str = devservers.DEFAULT_APPENDFSYNC) -> Servers:
         """The four servers, not started yet, on the ports asked for (free ones for 0); the graph server is
-        ``graph_backend``'s. Raises ``neo4jserver.JavaMissing`` for Neo4j without Java or Maven."""
+        ``graph_backend``'s; the queues' Redis fsyncs its AOF as ``appendfsync`` says. Raises
+        ``neo4jserver.JavaMissing`` for Neo4j without Java or Maven."""
         if graph_backend == NEO4J:
             graph = neo4jserver.neo4j_server(data_dir / "neo4j", ports.neo4j or None)
         else:
@@ -55,7 +57,8 @@ class Servers:
                                             wait_loaded=False)
         return cls(nats=devservers.nats_server(data_dir / "nats", ports.nats or None,
                                                max_store_bytes=DEV_NATS_MAX_STORE_BYTES),
-                   redis=devservers.redis_server(data_dir / "redis", ports.redis or None, wait_loaded=False),
+                   redis=devservers.redis_server(data_dir / "redis", ports.redis or None, appendfsync=appendfsync,
+                                                 wait_loaded=False),
                    graph=graph,
                    postgres=devservers.postgres_server(data_dir / "postgres", ports.postgres or None),
                    graph_backend=graph_backend)

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from etl.config import Settings
 from etl.dev import servers as devservers
+from etl.dev.corpus import PRODUCERS
 from etl.dev.ports import BRIDGE, Endpoints, PortFlags, describe
 from etl.dev.progress import Progress, Sent, idle, summary, unaccounted
 from etl.dev.publish import Generator
@@ -51,6 +52,7 @@ class DevOptions:
     count: int = 2000
     rate: float = 0.0
     hosts: int = 10
+    shape: str = PRODUCERS  # one of etl.dev.corpus.SHAPES
     generate: bool = True
     once: bool = False
     ports: PortFlags = field(default_factory=PortFlags)
@@ -84,7 +86,8 @@ class Stack:
         self.baseline = status.collect(settings)  # before any process runs: this run's events count from here
         self._start_pipeline({**env, "HEALTH_HOST": "127.0.0.1"}, ports)
         if options.generate and options.count:
-            self.generator = Generator(settings, count=options.count, hosts=options.hosts, rate=options.rate)
+            self.generator = Generator(settings, count=options.count, hosts=options.hosts, rate=options.rate,
+                                       shape=options.shape)
             self.generator.start()
         else:
             self.say(f"not generating: waiting for events published to {settings.nats_subject_raw} on "

@@ -31,8 +31,9 @@ import pytest
 
 from etl.config import Settings
 from etl.dev import neo4jserver
+from etl.dev.corpus import DUPLICATE_EVERY, duplicates_in
 from etl.dev.ports import PortFlags
-from etl.dev.publish import MALFORMED_EVERY
+from etl.dev.publish import malformed_every
 from etl.dev.servers import free_port
 from etl.dev.services import DEV_NATS_MAX_STORE_BYTES, Servers
 from etl.natsio import conn
@@ -156,6 +157,15 @@ def leftovers(pids: list[psutil.Process], data_dir: Path) -> list[str]:
     return left
 
 
+def expected(sent: int, count: int) -> dict[str, int]:
+    """The summary's counts after ``sent`` of ``count`` events generated (the producers' shape): each sink holds
+    every valid event once, duplicates included, and the malformed ones are dead-lettered at enrich."""
+    every = malformed_every(count)
+    malformed = sent // every if every else 0
+    valid = sent - malformed - duplicates_in(sent, DUPLICATE_EVERY, every)
+    return {"stored": valid, "merged": valid, "published": valid, "dead": malformed, "dead_enrich": malformed}
+
+
 def run_until_accounted(terminals: list[Terminal], data_dir: Path, count: int) -> tuple[Terminal, list[psutil.Process]]:
     term = Terminal("--data-dir", str(data_dir), "--count", str(count), "--rate", "0")
     terminals.append(term)
@@ -191,7 +201,8 @@ def test_ctrl_c_stops_everything_and_a_restart_carries_the_counts_on(tmp_path: P
     seen = subprocess.run([ETL, "status", "--once", "--json", "--interval", "0.1"], env=env, capture_output=True,
                           text=True, timeout=30)
     assert seen.returncode == 0, seen.stderr
-    assert '"stored": 498' in seen.stdout and '"metrics_unreachable": []' in seen.stdout, seen.stdout
+    stored = expected(500, 500)["stored"]
+    assert f'"stored": {stored}' in seen.stdout and '"metrics_unreachable": []' in seen.stdout, seen.stdout
 
     # One stack per data directory.
     second_stack = subprocess.run([ETL, "dev", "--data-dir", str(data_dir), "--once"], capture_output=True,
@@ -199,7 +210,7 @@ def test_ctrl_c_stops_everything_and_a_restart_carries_the_counts_on(tmp_path: P
     assert second_stack.returncode == 1 and "another etl dev is running" in second_stack.stdout
 
     before = stop_with_ctrl_c(first)
-    assert before == {"stored": 498, "merged": 498, "published": 498, "dead": 2, "dead_enrich": 2}
+    assert before == expected(500, 500)
     assert leftovers(pids, data_dir) == []
     # The graph's AOF was rewritten as a snapshot on the way out, so the next start need not replay every write.
     tails = list((data_dir / "falkordb" / "appendonlydir").glob("*.incr.aof"))
@@ -207,7 +218,7 @@ def test_ctrl_c_stops_everything_and_a_restart_carries_the_counts_on(tmp_path: P
 
     again, pids = run_until_accounted(terminals, data_dir, 300)
     after = stop_with_ctrl_c(again)
-    assert after == {"stored": 498 + 299, "merged": 498 + 299, "published": 498 + 299, "dead": 3, "dead_enrich": 3}
+    assert after == {key: n + expected(300, 300)[key] for key, n in before.items()}
     assert leftovers(pids, data_dir) == []
 
 
@@ -230,10 +241,7 @@ def test_a_second_ctrl_c_hurries_the_shutdown_and_the_next_start_finishes_the_wo
     done = subprocess.run([ETL, "dev", "--data-dir", str(data_dir), "--once", "--count", "0"], capture_output=True,
                           text=True, timeout=START_TIMEOUT_S + SETTLE_TIMEOUT_S)
     assert done.returncode == 0, done.stdout + done.stderr
-    malformed = sent // MALFORMED_EVERY
-    valid = sent - malformed
-    assert summary_counts(done.stdout) == {"stored": valid, "merged": valid, "published": valid, "dead": malformed,
-                                           "dead_enrich": malformed}
+    assert summary_counts(done.stdout) == expected(sent, 5000)
     assert leftovers([], data_dir) == []
 
 
@@ -247,8 +255,7 @@ def test_once_exits_when_the_events_are_accounted_for_on_the_ports_given(tmp_pat
     assert f"nats://127.0.0.1:{nats}" in done.stdout
     assert f"http://127.0.0.1:{bridge}/healthz" in done.stdout
     assert "all 200 generated events accounted for" in done.stdout
-    assert summary_counts(done.stdout) == {"stored": 199, "merged": 199, "published": 199, "dead": 1,
-                                           "dead_enrich": 1}
+    assert summary_counts(done.stdout) == expected(200, 200)
     assert leftovers([], data_dir) == []
 
 
@@ -298,7 +305,7 @@ def test_after_a_kill_9_nothing_is_left_running_and_the_next_start_loses_nothing
     data_dir = tmp_path / "dev"
     term = Terminal("--data-dir", str(data_dir), "--count", "3000", "--rate", "0")
     terminals.append(term)
-    term.wait_for(r"generated 3000/3000 \(\d+ malformed\), done", START_TIMEOUT_S + SETTLE_TIMEOUT_S)
+    term.wait_for(r"generated 3000/3000 \(\d+ malformed, \d+ duplicates\), done", START_TIMEOUT_S + SETTLE_TIMEOUT_S)
     pids = term.descendants()
     assert len(pids) >= 8, "four servers, the bridge and four pools"
     os.kill(term.proc.pid, signal.SIGKILL)  # no chance to stop anything itself
@@ -313,10 +320,7 @@ def test_after_a_kill_9_nothing_is_left_running_and_the_next_start_loses_nothing
     done = subprocess.run([ETL, "dev", "--data-dir", str(data_dir), "--once", "--count", "0"], capture_output=True,
                           text=True, timeout=START_TIMEOUT_S + SETTLE_TIMEOUT_S)
     assert done.returncode == 0, done.stdout + done.stderr
-    malformed = 3000 // MALFORMED_EVERY
-    assert summary_counts(done.stdout) == {"stored": 3000 - malformed, "merged": 3000 - malformed,
-                                           "published": 3000 - malformed, "dead": malformed,
-                                           "dead_enrich": malformed}
+    assert summary_counts(done.stdout) == expected(3000, 3000)
 
 
 def neo4j_built_or_skip() -> None:
@@ -347,7 +351,9 @@ def graph_query_command(text: str) -> list[str]:
 def test_once_on_neo4j_accounts_for_every_event_and_leaves_them_in_neo4j(tmp_path: Path) -> None:
     neo4j_built_or_skip()
     data_dir = tmp_path / "dev"
-    done = subprocess.run([ETL, "dev", "--data-dir", str(data_dir), "--graph", "neo4j", "--once", "--count", "200"],
+    # The simple shape, whose ids name their position; the producers' shape is the other tests'.
+    done = subprocess.run([ETL, "dev", "--data-dir", str(data_dir), "--graph", "neo4j", "--once", "--count", "200",
+                           "--shape", "simple"],
                           capture_output=True, text=True, timeout=NEO4J_RUN_TIMEOUT_S)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all 200 generated events accounted for" in done.stdout

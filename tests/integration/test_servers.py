@@ -36,6 +36,19 @@ def test_redis_answers_with_aof(redis_server: devservers.Server) -> None:
     client = redis.Redis(port=redis_server.port)
     assert client.ping()
     assert client.config_get("appendonly")["appendonly"] == "yes"
+    assert client.config_get("appendfsync")["appendfsync"] == devservers.DEFAULT_APPENDFSYNC == "always"
+
+
+@pytest.mark.parametrize("policy", ["everysec", "no"])
+def test_redis_fsyncs_its_aof_as_asked(tmp_path: Path, policy: str) -> None:
+    server = devservers.redis_server(tmp_path / "redis", appendfsync=policy).start()
+    try:
+        with redis.Redis(port=server.port) as client:
+            assert client.config_get("appendfsync") == {"appendfsync": policy}
+    finally:
+        server.stop()
+    with pytest.raises(ValueError, match="appendfsync 'sometimes'"):
+        devservers.redis_server(tmp_path / "other", appendfsync="sometimes")
 
 
 def test_falkordb_runs_cypher(falkordb_server: devservers.Server) -> None:

@@ -33,10 +33,13 @@ def test_sent_describes_the_generator_state() -> None:
     stopped = Sent(sent=7, total=200, finished=True, error="NatsUnavailable: no servers")
     assert stopped.describe() == "generated 7/200 (0 malformed), stopped: NatsUnavailable: no servers"
     assert Sent(enabled=False).describe() == "generator off: waiting for events from outside"
+    assert Sent(sent=400, malformed=2, duplicates=4, total=400).describe() == (
+        "generated 400/400 (2 malformed, 4 duplicates), sending")
 
 
-def test_valid_events_are_those_sent_that_are_not_malformed() -> None:
+def test_valid_events_are_those_sent_that_are_not_malformed_nor_sent_before() -> None:
     assert Sent(sent=200, malformed=3).valid == 197
+    assert Sent(sent=200, malformed=3, duplicates=2).valid == 195
 
 
 # --- unaccounted ---
@@ -52,6 +55,11 @@ def after(published: int, stored: int, merged: int, dead: dict[str, int]) -> Sna
 def test_all_accounted_for_when_every_sink_holds_every_valid_event_of_this_run() -> None:
     now = after(98, 98, 98, {"enrich": 4, "graph": 3})
     assert unaccounted(BASELINE, now, Sent(sent=100, malformed=2, finished=True)) == 0
+
+
+def test_each_sink_holds_a_duplicate_once_and_that_accounts_for_it() -> None:
+    now = after(96, 96, 96, {"enrich": 4, "graph": 3})
+    assert unaccounted(BASELINE, now, Sent(sent=100, malformed=2, duplicates=2, finished=True)) == 0
 
 
 def test_the_sink_furthest_behind_counts() -> None:

@@ -1,5 +1,5 @@
-"""The sample events of ``etl dev`` and the benchmarks (``etl.dev.generator``), and how the local generator
-(``etl.dev.publish``) mixes in malformed ones and keeps to its rate."""
+"""The simple shape of sample events (``etl.dev.generator``), and how the local generator (``etl.dev.publish``)
+mixes in malformed ones and duplicates and keeps to its rate. The producers' shape: ``test_corpus.py``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 
 from etl.config import Settings
 from etl.dev import publish
+from etl.dev.corpus import PRODUCERS, SHAPES, SIMPLE
+from etl.dev.corpus import generate as generate_corpus
 from etl.dev.generator import USERS, generate
 from etl.dev.publish import CHUNK, MALFORMED_EVERY, Generator, malformed_every
 from etl.errors import BadEvent
@@ -102,20 +104,32 @@ def test_one_malformed_in_200_and_at_least_one_from_two_events(count: int, every
     assert malformed_every(count) == every
 
 
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("count", [1, 2, 3, 199, 200, 201, 1000])
-def test_the_sample_has_the_malformed_events_the_help_promises(count: int) -> None:
-    malformed = sum(map(is_malformed, publish.sample_events(count, hosts=5)))
+def test_the_sample_has_the_malformed_events_the_help_promises(count: int, shape: str) -> None:
+    malformed = sum(map(is_malformed, publish.sample_events(count, hosts=5, shape=shape)))
     assert malformed == (0 if count < 2 else max(1, count // MALFORMED_EVERY))
 
 
-def test_the_malformed_count_reported_matches_what_was_published() -> None:
-    # Sent.malformed is computed from the number sent, and must equal the malformed events among them
+def test_the_sample_is_of_the_producers_shape_unless_asked() -> None:
+    [simple] = publish.sample_events(1, hosts=1, shape=SIMPLE)
+    [producers] = publish.sample_events(1, hosts=1)
+    assert simple.startswith(b'{"id":"event-') and not producers.startswith(b'{"id":"event-')
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_malformed_and_duplicate_counts_reported_match_what_was_published(shape: str) -> None:
+    # Sent.malformed and Sent.duplicates are computed from the number sent, and must equal those among them
     count = 1000
-    raw = list(generate(count, seed=4, malformed_every=malformed_every(count)))
-    generator = Generator(Settings(), count=count, hosts=5, rate=0)
-    for published in (0, 1, 199, 200, 201, 450, 1000):
+    raw = list(generate_corpus(count, shape=shape, seed=4, malformed_every=malformed_every(count)))
+    generator = Generator(Settings(), count=count, hosts=5, rate=0, shape=shape)
+    for published in (0, 1, 50, 51, 199, 200, 201, 450, 1000):
         generator._sent = published
-        assert generator.progress().malformed == sum(map(is_malformed, raw[:published]))
+        progress = generator.progress()
+        assert progress.malformed == sum(map(is_malformed, raw[:published]))
+        assert progress.duplicates == published - len(set(raw[:published])) == progress.sent - progress.malformed - (
+            progress.valid)
+    assert (generator.progress().duplicates > 0) == (shape == PRODUCERS)
 
 
 def test_a_generator_not_started_is_not_finished() -> None:
