@@ -1,0 +1,164 @@
+"""What the soak reads at each tick, from the servers and the pipeline's own metrics pages.
+
+Every count it turns into events/s must keep growing while retention removes old events, so each sink's is read
+where it is cumulative:
+
+- PostgreSQL: the rows whose ``created_at`` (the inserting transaction's start) falls in the tick's window, which
+  ends ``SETTLE_S`` before the tick so that a transaction still running at the window's end is counted in it;
+  the same rows give the window's latency, ``created_at`` minus the ``timestamp`` the publisher set.
+- the enriched stream: its last sequence number (``max_age`` deletes messages, never sequence numbers);
+- the graph: the graph pool's ``etl_events_total{stage="graph"}``; Event nodes are only counted, as a size.
+
+Published events are the raw stream's last sequence number. The blocking reads run in a thread, so that the
+publisher sharing the event loop keeps its rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg2
+import redis
+from falkordb import FalkorDB
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench import _servers, e2e, load
+from bench.sampling import MIB, Group
+from bench.soak_summary import Sample
+from etl.dev.supervisor import Pipeline
+from etl.stages import GRAPH
+
+SETTLE_S = 3.0
+SCRAPE_TIMEOUT_S = 2.0
+RETENTION_WORD = "retention"  # any metric whose name holds it is recorded, whatever the retention code calls it
+_LATENCY_SQL = ('SELECT floor(extract(epoch FROM created_at) * 1000 - "timestamp")::bigint, count(*) '
+                'FROM "{table}" WHERE created_at >= to_timestamp(%s) AND created_at < to_timestamp(%s) GROUP BY 1')
+
+
+def scrape(ports: Mapping[str, int]) -> dict[str, float]:
+    """Every sample of every ``/metrics`` page on ``ports``, by name and labels (``name{k="v"}``); the largest
+    value any page reports (a counter is incremented in one pool only). A page that does not answer is left out."""
+    out: dict[str, float] = {}
+    for port in ports.values():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=SCRAPE_TIMEOUT_S) as page:
+                text = page.read().decode()
+        except OSError:
+            continue
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                key = f"{s.name}{{{labels}}}" if labels else s.name
+                out[key] = max(out.get(key, -math.inf), float(s.value))
+    return out
+
+
+class Cumulative:
+    """A count that only grows, read at each tick: its rate since the last successful read."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float] | None = None
+
+    def rate(self, value: float | None, now: float) -> float:
+        """Events/s since the previous read; NaN for the first read or a missing value (the next read then
+        covers the gap)."""
+        if value is None:
+            return math.nan
+        last, self._last = self._last, (value, now)
+        if last is None or now <= last[1]:
+            return math.nan
+        return round((value - last[0]) / (now - last[1]), 1)
+
+
+class Probe:
+    """Opens its connections at construction; ``await start()`` before publishing, ``await sample(phase)`` at
+    each tick, ``close()`` at the end."""
+
+    def __init__(self, stack: _servers.Stack, pipeline: Pipeline, js: JetStreamContext) -> None:
+        self._settings = s = stack.settings
+        self._js = js
+        self._pg = psycopg2.connect(host="127.0.0.1", port=s.pg_port, dbname=s.pg_db, user="postgres")
+        self._pg.autocommit = True
+        self._redis = redis.Redis(host="127.0.0.1", port=stack.servers.redis.port)
+        assert stack.servers.falkordb is not None, "the soak runs on FalkorDB"
+        self._graph = FalkorDB(host="127.0.0.1", port=stack.servers.falkordb.port).select_graph(s.graph_name)
+        self._counts = load.SinkCounts(s, js)
+        self._groups = {label: Group(proc, with_children=not label.startswith("bench"))
+                        for label, proc in e2e.processes_of(stack, pipeline).items()}
+        self._ports = dict(pipeline.ports)
+        self._published, self._enriched, self._graph_events = Cumulative(), Cumulative(), Cumulative()
+        self._cut = self._started = self._last = time.time()
+
+    def close(self) -> None:
+        self._counts.close()
+        self._pg.close()
+        self._redis.close()
+
+    async def start(self) -> None:
+        """Read every cumulative count once: the soak's rates count from here."""
+        await self.sample("start")
+        self._cut = self._started = self._last = time.time()
+
+    async def sample(self, phase: str, *, final: bool = False) -> Sample:
+        """One tick. ``final``: the PostgreSQL window runs up to now (the pipeline is idle, nothing is in flight)."""
+        now = time.time()
+        raw_seq, raw_backlog = await self._stream(self._settings.nats_stream)
+        enriched_seq, enriched_messages = await self._stream(self._settings.nats_enriched_stream)
+        blocking = await asyncio.to_thread(self._blocking, now if final else now - SETTLE_S)
+        metrics, (rows, window_s, hist) = blocking["metrics"], blocking["window"]
+        rates = {"published": self._published.rate(raw_seq, now), "enriched": self._enriched.rate(enriched_seq, now),
+                 "graph": self._graph_events.rate(metrics.get(f'etl_events_total{{stage="{GRAPH.name}"}}'), now),
+                 "timescale": round(rows / window_s, 1) if window_s > 0 else math.nan}
+        sizes = {**blocking["sizes"], "enriched_messages": enriched_messages or 0.0, "raw_backlog": raw_backlog or 0.0}
+        sample = Sample(t_s=round(now - self._started, 2), dt_s=round(now - self._last, 2), phase=phase,
+                        rates=rates, rss_mib=blocking["rss"], cpu_s=blocking["cpu"], sizes=sizes,
+                        retention={k: v for k, v in metrics.items() if RETENTION_WORD in k}, latency_hist=hist)
+        self._last = now
+        return sample
+
+    def _blocking(self, cut: float) -> dict[str, Any]:
+        rss, cpu = self._processes()
+        return {"window": self._window(cut), "metrics": scrape(self._ports), "rss": rss, "cpu": cpu,
+                "sizes": self._sizes()}
+
+    def _window(self, cut: float) -> tuple[int, float, dict[int, int]]:
+        """(rows stored, window length in s, latency histogram in ms) of ``[previous cut, cut)``."""
+        start, self._cut = self._cut, max(self._cut, cut)
+        with self._pg.cursor() as cur:
+            cur.execute(_LATENCY_SQL.format(table=self._settings.pg_table), (start, self._cut))
+            hist = {int(ms): int(n) for ms, n in cur.fetchall()}
+        return sum(hist.values()), self._cut - start, hist
+
+    def _processes(self) -> tuple[dict[str, float], dict[str, float]]:
+        rss, cpu = {}, {}
+        for label, group in self._groups.items():
+            used = group.cpu_used_s()
+            group.sample()
+            rss[label] = round(group.rss[-1] / MIB, 1)
+            cpu[label] = round(group.cpu_used_s() - used, 3)
+            del group.rss[:-1]  # the samples keep the series; the group need not
+        return rss, cpu
+
+    def _sizes(self) -> dict[str, float]:
+        with self._pg.cursor() as cur:
+            cur.execute(f'SELECT count(*) FROM "{self._settings.pg_table}"')
+            rows = int(cur.fetchone()[0])
+        nodes = int(self._graph.ro_query("MATCH (n) RETURN count(n)").result_set[0][0])
+        used = int(self._redis.info("memory")["used_memory"])
+        return {"table_rows": float(rows), "event_nodes": float(self._counts.merged()), "nodes": float(nodes),
+                "redis_used_mib": round(used / MIB, 1)}
+
+    async def _stream(self, stream: str) -> tuple[float | None, float | None]:
+        """(last sequence number, messages held) of ``stream``; both None before it exists."""
+        try:
+            state = (await self._js.stream_info(stream)).state
+        except NotFoundError:
+            return None, None
+        return float(state.last_seq), float(state.messages)
