@@ -9,6 +9,7 @@ import pytest
 
 from bench.soak import Options, finite
 from bench.soak_charts import write_charts
+from bench.soak_probe import Cumulative
 from bench.soak_summary import (
     DRAIN,
     SOAK,
@@ -52,6 +53,7 @@ def test_a_histograms_percentile_is_the_nearest_rank() -> None:
     hist = {1: 50, 2: 45, 10: 4, 2000: 1}
     assert [hist_percentile(hist, p) for p in (50, 95, 99, 100)] == [1.0, 2.0, 10.0, 2000.0]
     assert hist_percentile({7: 1}, 99) == 7.0
+    assert hist_percentile({1: 1, 2: 1, 3: 1}, 50) == 2.0  # rank 1.5 is rounded up: the second value
     assert math.isnan(hist_percentile({}, 50))
 
 
@@ -102,7 +104,7 @@ def test_a_decline_of_more_than_ten_percent_in_the_last_three_minutes_fails() ->
 
 
 def test_the_drain_after_publishing_is_not_a_decline() -> None:
-    samples = run(15) + [sample(180 + i, rate=0.0, phase=DRAIN) for i in range(3)]
+    samples = run(15) + [sample(180 + i, rate=0.0, phase=DRAIN) for i in range(12)]  # a minute of nothing
     assert passed(verdict(samples, RULES, retention_active=True))
 
 
@@ -214,3 +216,11 @@ def test_the_charts_are_written(tmp_path: object) -> None:
     assert [p.name for p in paths] == ["soak-throughput.png", "soak-latency.png", "soak-memory.png",
                                        "soak-sizes.png", "soak-redis.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+
+
+def test_a_cumulative_counts_rate_covers_a_missed_read() -> None:
+    count = Cumulative()
+    assert math.isnan(count.rate(100.0, now=10.0))  # the first read only sets the start
+    assert count.rate(600.0, now=15.0) == 100.0
+    assert math.isnan(count.rate(None, now=20.0))  # a page that did not answer
+    assert count.rate(1600.0, now=25.0) == 100.0  # over the ten seconds since the last read
