@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import math
 import os
 import platform
@@ -65,6 +66,16 @@ class Options:
     env: dict[str, str]
     appendfsync: str | None
     keep: bool
+    shape: str | None = None
+
+    def corpus(self) -> dict[str, str]:
+        """The keyword that picks ``bench.load``'s corpus shape, when one was asked for. Raises ``ConfigError``
+        when this checkout's ``bench/load.py`` has no shapes."""
+        if self.shape is None:
+            return {}
+        if "shape" not in inspect.signature(load.publish_at).parameters:
+            raise ConfigError(f"--shape {self.shape}: this checkout's bench/load.py has only one shape")
+        return {"shape": self.shape}
 
     def pipeline_env(self) -> dict[str, str]:
         """The retention settings (the enriched stream's ``max_age`` too, in seconds), then ``--env``."""
@@ -88,6 +99,7 @@ def parse(argv: list[str]) -> Options:
                         help="one more setting for the pipeline's processes (repeatable)")
     parser.add_argument("--appendfsync", choices=("always", "everysec"),
                         help="Redis's appendfsync for the run (default: the local default's, always)")
+    parser.add_argument("--shape", help="the corpus's shape, passed to bench/load.py (default: its own)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
     args = parser.parse_args(argv)
     try:
@@ -96,7 +108,7 @@ def parse(argv: list[str]) -> Options:
     except ValueError as e:
         parser.error(f"{e}")
     return Options(args.minutes, args.fraction, args.rate, args.retention, args.interval, args.calibrate_events,
-                   args.out, env, args.appendfsync, args.keep)
+                   args.out, env, args.appendfsync, args.keep, args.shape)
 
 
 def retention_declared() -> list[str]:
@@ -105,9 +117,10 @@ def retention_declared() -> list[str]:
     return [name for name in RETENTION_SETTINGS if name in declared]
 
 
-def calibrate(stack: _servers.Stack, events: int, logs: Path) -> float:
+def calibrate(stack: _servers.Stack, opts: Options, logs: Path) -> float:
     """The end-to-end maximum, events/s, as ``bench/run`` measures it. Raises ``RuntimeError`` if incomplete."""
-    result = e2e.run(stack, load.events(events, seed=1), e2e.Shape(BATCH), "max-rate", logs)
+    payloads = load.events(opts.calibrate_events, seed=1, **opts.corpus())
+    result = e2e.run(stack, payloads, e2e.Shape(BATCH), "max-rate", logs)
     if not result.complete:
         raise RuntimeError(f"the maximum-rate run did not complete: {result.events:,} events, {result.seconds:.0f} s")
     say(f"maximum: {result.events:,} events in {result.seconds:.1f} s = {result.rate:,.0f} events/s")
@@ -138,7 +151,7 @@ async def _soak(stack: _servers.Stack, pipeline: Pipeline, rate: float, opts: Op
         await probe.start()
         say(f"publishing {rate:,.0f} events/s for {opts.minutes:g} min, a sample every {opts.interval_s:g} s")
         publisher = asyncio.create_task(load.publish_at(js, settings.nats_subject_raw, rate, opts.minutes * 60,
-                                                        seed=PUBLISH_SEED, prefix="soak"))
+                                                        seed=PUBLISH_SEED, prefix="soak", **opts.corpus()))
         samples = await _sample_while(publisher, probe, opts.interval_s)
         say(f"published {publisher.result():,} events; draining")
         return samples + await _drain(probe, opts.interval_s)
@@ -218,8 +231,9 @@ def main(argv: list[str]) -> int:
                             "python": platform.python_version(), "revision": git_revision(), "batch": BATCH}
     stack = None
     try:
+        opts.corpus()  # refused before any server starts
         stack = start_stack(root, opts)
-        max_rate = None if opts.rate else calibrate(stack, opts.calibrate_events, root / "logs")
+        max_rate = None if opts.rate else calibrate(stack, opts, root / "logs")
         rate = opts.rate or (max_rate or 0.0) * opts.fraction
         samples = soak(stack, opts, rate, root / "logs")
     except (ConfigError, RuntimeError) as e:
@@ -247,7 +261,8 @@ def report(opts: Options, info: dict[str, Any], samples: list[Sample]) -> None:
     retention = retention_info(opts, samples)
     rules = Rules()
     checks = verdict(samples, rules, retention["active"])
-    data = {**info, "minutes": opts.minutes, "fraction": opts.fraction, "interval_s": opts.interval_s,
+    data = {**info, "shape": opts.shape or "bench/load.py's default", "minutes": opts.minutes,
+            "fraction": opts.fraction, "interval_s": opts.interval_s,
             "appendfsync": opts.appendfsync or "always", "retention": retention,
             "summary": summary(samples, checks, rules), "samples": [s.as_json() for s in samples]}
     opts.out_dir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +276,7 @@ def report(opts: Options, info: dict[str, Any], samples: list[Sample]) -> None:
           f"{info['load_average_end']} at the end")
     print(f"retention: {'ACTIVE' if retention['active'] else 'NOT active'} (declared: "
           f"{', '.join(retention['declared']) or 'none'}; asked {opts.retention}; metrics seen: "
-          f"{', '.join(retention['metrics']) or 'none'})")
+          f"{', '.join(sorted({m.split('{')[0] for m in retention['metrics']})) or 'none'})")
     print(f"latency over the run: p50 {lat['p50']:,.0f} ms, p95 {lat['p95']:,.0f} ms, p99 {lat['p99']:,.0f} ms "
           f"({lat['events']:,.0f} events)")
     print(f"rules: {rules.text()}\n")

@@ -20,7 +20,7 @@ import math
 import time
 import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import psycopg2
 import redis
@@ -38,8 +38,11 @@ from etl.stages import GRAPH
 SETTLE_S = 3.0
 SCRAPE_TIMEOUT_S = 2.0
 RETENTION_WORD = "retention"  # any metric whose name holds it is recorded, whatever the retention code calls it
-_LATENCY_SQL = ('SELECT floor(extract(epoch FROM created_at) * 1000 - "timestamp")::bigint, count(*) '
-                'FROM "{table}" WHERE created_at >= to_timestamp(%s) AND created_at < to_timestamp(%s) GROUP BY 1')
+# One scan of the table gives both its row count and the window's latencies: rows outside the window fall into
+# the NULL group. A second scan, or an index on created_at, would cost PostgreSQL more than the pipeline's writes.
+_TABLE_SQL = ('SELECT CASE WHEN created_at >= to_timestamp(%s) AND created_at < to_timestamp(%s) '
+              'THEN floor(extract(epoch FROM created_at) * 1000 - "timestamp")::bigint END, count(*) '
+              'FROM "{table}" GROUP BY 1')
 
 
 def scrape(ports: Mapping[str, int]) -> dict[str, float]:
@@ -77,6 +80,17 @@ class Cumulative:
         return round((value - last[0]) / (now - last[1]), 1)
 
 
+@dataclass(frozen=True)
+class _Read:
+    window_rows: int
+    window_s: float
+    hist: dict[int, int]
+    metrics: dict[str, float]
+    rss: dict[str, float]
+    cpu: dict[str, float]
+    sizes: dict[str, float]
+
+
 class Probe:
     """Opens its connections at construction; ``await start()`` before publishing, ``await sample(phase)`` at
     each tick, ``close()`` at the end."""
@@ -111,30 +125,33 @@ class Probe:
         now = time.time()
         raw_seq, raw_backlog = await self._stream(self._settings.nats_stream)
         enriched_seq, enriched_messages = await self._stream(self._settings.nats_enriched_stream)
-        blocking = await asyncio.to_thread(self._blocking, now if final else now - SETTLE_S)
-        metrics, (rows, window_s, hist) = blocking["metrics"], blocking["window"]
+        read = await asyncio.to_thread(self._read, now if final else now - SETTLE_S)
         rates = {"published": self._published.rate(raw_seq, now), "enriched": self._enriched.rate(enriched_seq, now),
-                 "graph": self._graph_events.rate(metrics.get(f'etl_events_total{{stage="{GRAPH.name}"}}'), now),
-                 "timescale": round(rows / window_s, 1) if window_s > 0 else math.nan}
-        sizes = {**blocking["sizes"], "enriched_messages": enriched_messages or 0.0, "raw_backlog": raw_backlog or 0.0}
+                 "graph": self._graph_events.rate(read.metrics.get(f'etl_events_total{{stage="{GRAPH.name}"}}'), now),
+                 "timescale": round(read.window_rows / read.window_s, 1) if read.window_s > 0 else math.nan}
+        sizes = {**read.sizes, "enriched_messages": enriched_messages or 0.0, "raw_backlog": raw_backlog or 0.0}
         sample = Sample(t_s=round(now - self._started, 2), dt_s=round(now - self._last, 2), phase=phase,
-                        rates=rates, rss_mib=blocking["rss"], cpu_s=blocking["cpu"], sizes=sizes,
-                        retention={k: v for k, v in metrics.items() if RETENTION_WORD in k}, latency_hist=hist)
+                        rates=rates, rss_mib=read.rss, cpu_s=read.cpu, sizes=sizes, latency_hist=read.hist,
+                        retention={k: v for k, v in read.metrics.items() if RETENTION_WORD in k})
         self._last = now
         return sample
 
-    def _blocking(self, cut: float) -> dict[str, Any]:
+    def _read(self, cut: float) -> _Read:
+        """Everything a tick reads with blocking clients, the PostgreSQL window ending at ``cut``."""
+        rows, window_rows, window_s, hist = self._table(cut)
         rss, cpu = self._processes()
-        return {"window": self._window(cut), "metrics": scrape(self._ports), "rss": rss, "cpu": cpu,
-                "sizes": self._sizes()}
+        return _Read(window_rows, window_s, hist, scrape(self._ports), rss, cpu,
+                     {**self._graph_and_redis(), "table_rows": float(rows)})
 
-    def _window(self, cut: float) -> tuple[int, float, dict[int, int]]:
-        """(rows stored, window length in s, latency histogram in ms) of ``[previous cut, cut)``."""
+    def _table(self, cut: float) -> tuple[int, int, float, dict[int, int]]:
+        """(rows in the table, rows stored in ``[previous cut, cut)``, that window's length in s, the window's
+        latency histogram in ms)."""
         start, self._cut = self._cut, max(self._cut, cut)
         with self._pg.cursor() as cur:
-            cur.execute(_LATENCY_SQL.format(table=self._settings.pg_table), (start, self._cut))
-            hist = {int(ms): int(n) for ms, n in cur.fetchall()}
-        return sum(hist.values()), self._cut - start, hist
+            cur.execute(_TABLE_SQL.format(table=self._settings.pg_table), (start, self._cut))
+            groups = cur.fetchall()
+        hist = {int(ms): int(n) for ms, n in groups if ms is not None}
+        return sum(int(n) for _, n in groups), sum(hist.values()), self._cut - start, hist
 
     def _processes(self) -> tuple[dict[str, float], dict[str, float]]:
         rss, cpu = {}, {}
@@ -146,13 +163,10 @@ class Probe:
             del group.rss[:-1]  # the samples keep the series; the group need not
         return rss, cpu
 
-    def _sizes(self) -> dict[str, float]:
-        with self._pg.cursor() as cur:
-            cur.execute(f'SELECT count(*) FROM "{self._settings.pg_table}"')
-            rows = int(cur.fetchone()[0])
+    def _graph_and_redis(self) -> dict[str, float]:
         nodes = int(self._graph.ro_query("MATCH (n) RETURN count(n)").result_set[0][0])
         used = int(self._redis.info("memory")["used_memory"])
-        return {"table_rows": float(rows), "event_nodes": float(self._counts.merged()), "nodes": float(nodes),
+        return {"event_nodes": float(self._counts.merged()), "nodes": float(nodes),
                 "redis_used_mib": round(used / MIB, 1)}
 
     async def _stream(self, stream: str) -> tuple[float | None, float | None]:
