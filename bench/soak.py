@@ -41,6 +41,7 @@ from etl.defaults import DEFAULT_MAX_BATCH_SIZE as BATCH
 from etl.dev.supervisor import Pipeline
 from etl.envvalues import declaration
 from etl.errors import ConfigError
+from etl.sinks.nats_publish import DEFAULT_DUPLICATE_WINDOW_S
 
 DEFAULT_MINUTES = 15.0
 DEFAULT_FRACTION = 0.75
@@ -78,9 +79,12 @@ class Options:
         return {"shape": self.shape}
 
     def pipeline_env(self) -> dict[str, str]:
-        """The retention settings (the enriched stream's ``max_age`` too, in seconds), then ``--env``."""
-        return {**dict.fromkeys(RETENTION_SETTINGS, self.retention),
-                "NATS_ENRICHED_STREAM_MAX_AGE": str(duration_s(self.retention)), **self.env}
+        """The retention settings (the enriched stream's ``max_age`` too, in seconds, at least the publish sink's
+        duplicate window), then ``--env``."""
+        # JetStream refuses a stream whose max age is under its duplicate window (the publish sink's, 2 minutes).
+        max_age_s = max(duration_s(self.retention), math.ceil(DEFAULT_DUPLICATE_WINDOW_S))
+        return {**dict.fromkeys(RETENTION_SETTINGS, self.retention), "NATS_ENRICHED_STREAM_MAX_AGE": str(max_age_s),
+                **self.env}
 
 
 def parse(argv: list[str]) -> Options:
@@ -145,8 +149,8 @@ async def _soak(stack: _servers.Stack, pipeline: Pipeline, rate: float, opts: Op
     try:
         await load.publish(js, settings.nats_subject_raw, load.events(e2e.WARMUP_EVENTS, seed=7))
         if await counts.wait(e2e.WARMUP_EVENTS, e2e.WARMUP_TIMEOUT_S) is None:
-            raise RuntimeError(f"warm-up not through: {await counts.all()}; bridge log:\n"
-                               f"{pipeline.log_tail('bridge-0')}")
+            raise RuntimeError(f"warm-up not through: (rows, Event nodes, enriched) {await counts.all()}; "
+                               f"the processes' logs are in {pipeline.log_dir} (--keep keeps them)")
         probe = Probe(stack, pipeline, js)
         await probe.start()
         say(f"publishing {rate:,.0f} events/s for {opts.minutes:g} min, a sample every {opts.interval_s:g} s")

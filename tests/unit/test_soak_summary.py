@@ -4,6 +4,7 @@ summary, on made-up samples. The soak itself (``bench/soak``) is not part of the
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -202,17 +203,24 @@ def test_json_has_no_nan() -> None:
     assert finite({"a": [math.nan, 1.0], "b": {"c": math.nan}}) == {"a": [None, 1.0], "b": {"c": None}}
 
 
+def options(retention: str, env: dict[str, str]) -> Options:
+    return Options(15, 0.75, None, retention, 5.0, 1000, Path("."), env, None, False)
+
+
 def test_the_pipeline_gets_the_retention_settings_and_the_enriched_streams_max_age() -> None:
-    opts = Options(15, 0.75, None, "2m", 5.0, 1000, __import__("pathlib").Path("."), {"GRAPH_RETENTION": "1m"},
-                   None, False)
-    assert opts.pipeline_env() == {"GRAPH_RETENTION": "1m", "TIMESCALE_RETENTION": "2m",
-                                   "NATS_ENRICHED_STREAM_MAX_AGE": "120"}
+    assert options("5m", {"GRAPH_RETENTION": "1m"}).pipeline_env() == {
+        "GRAPH_RETENTION": "1m", "TIMESCALE_RETENTION": "5m", "NATS_ENRICHED_STREAM_MAX_AGE": "300"}
 
 
-def test_the_charts_are_written(tmp_path: object) -> None:
+def test_the_enriched_streams_max_age_is_never_under_the_publish_sinks_duplicate_window() -> None:
+    # JetStream refuses such a stream, and every publish batch failed with it.
+    assert options("1m", {}).pipeline_env()["NATS_ENRICHED_STREAM_MAX_AGE"] == "120"
+
+
+def test_the_charts_are_written(tmp_path: Path) -> None:
     samples = run(2) + [sample(24, rate=0.0, phase=DRAIN)]
     samples[3].rates["graph"] = math.nan  # a missed read is a gap
-    paths = write_charts(samples, tmp_path, 1000.0)  # type: ignore[arg-type]
+    paths = write_charts(samples, tmp_path, 1000.0)
     assert [p.name for p in paths] == ["soak-throughput.png", "soak-latency.png", "soak-memory.png",
                                        "soak-sizes.png", "soak-redis.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
