@@ -1,4 +1,5 @@
-"""The soak's PNG charts, over the run's minutes: events/s, latency, RSS per process, sizes, Redis memory."""
+"""The soak's PNG charts, over the run's minutes: events/s, latency, RSS and PSS per process, sizes, Redis
+memory."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def _chart(path: Path, title: str, ylabel: str, samples: Sequence[Sample], lines
 
 
 def write_charts(samples: Sequence[Sample], out_dir: Path, rate: float) -> list[Path]:
-    """Five PNGs named ``soak-*.png`` in ``out_dir``; returns their paths. ``rate``: the publish rate asked for."""
+    """Six PNGs named ``soak-*.png`` in ``out_dir``; returns their paths. ``rate``: the publish rate asked for."""
     out_dir.mkdir(parents=True, exist_ok=True)
     kept = [s for s in samples if s.dt_s > 0]
     labels = list(dict.fromkeys(label for s in kept for label in s.rss_mib))
@@ -65,6 +66,8 @@ def write_charts(samples: Sequence[Sample], out_dir: Path, rate: float) -> list[
                target=(1000.0, "p99 target"), log=True),
         _chart(out_dir / f"{PREFIX}memory.png", "RSS per process (with its children)", "MiB", kept,
                {label: _series(kept, "rss_mib", label) for label in labels}),
+        _chart(out_dir / f"{PREFIX}pss.png", "PSS per process (with its children): shared pages as their share",
+               "MiB", kept, {label: _series(kept, "pss_mib", label) for label in labels}),
         _chart(out_dir / f"{PREFIX}sizes.png", "Graph and table size", "count", kept,
                {name: _series(kept, "sizes", key) for key, name in
                 (("event_nodes", "graph Event nodes"), ("nodes", "graph nodes, all"),

@@ -3,8 +3,8 @@
 Every count it turns into events/s must keep growing while retention removes old events, so each sink's is read
 where it is cumulative:
 
-- PostgreSQL: the rows whose ``created_at`` (the inserting transaction's start) falls in the tick's window, which
-  ends ``SETTLE_S`` before the tick so that a transaction still running at the window's end is counted in it;
+- PostgreSQL: the rows whose ``created_at`` (the inserting transaction's start) falls in the tick's interval moved
+  ``SETTLE_S`` earlier, so that a transaction still running at the interval's end is counted in it;
   the same rows give the window's latency, ``created_at`` minus the ``timestamp`` the publisher set.
 - the enriched stream: its last sequence number (``max_age`` deletes messages, never sequence numbers);
 - the graph: the graph pool's ``etl_events_total{stage="graph"}``; Event nodes are only counted, as a size.
@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import psutil
 import psycopg2
 import redis
 from falkordb import FalkorDB
@@ -63,6 +64,14 @@ def scrape(ports: Mapping[str, int]) -> dict[str, float]:
     return out
 
 
+def _pss(proc: psutil.Process) -> int:
+    """Proportional set size in bytes: each page shared with other processes counted as its share; 0 once gone."""
+    try:
+        return int(proc.memory_full_info().pss)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0
+
+
 class Cumulative:
     """A count that only grows, read at each tick: its rate since the last successful read."""
 
@@ -83,10 +92,10 @@ class Cumulative:
 @dataclass(frozen=True)
 class _Read:
     window_rows: int
-    window_s: float
     hist: dict[int, int]
     metrics: dict[str, float]
     rss: dict[str, float]
+    pss: dict[str, float]
     cpu: dict[str, float]
     sizes: dict[str, float]
 
@@ -108,7 +117,8 @@ class Probe:
                         for label, proc in e2e.processes_of(stack, pipeline).items()}
         self._ports = dict(pipeline.ports)
         self._published, self._enriched, self._graph_events = Cumulative(), Cumulative(), Cumulative()
-        self._cut = self._started = self._last = time.time()
+        self._started = self._last = time.time()
+        self._cut = self._started - SETTLE_S
 
     def close(self) -> None:
         self._counts.close()
@@ -116,9 +126,10 @@ class Probe:
         self._redis.close()
 
     async def start(self) -> None:
-        """Read every cumulative count once: the soak's rates count from here."""
+        """Read every cumulative count once: the soak's rates, its clock and its windows count from here."""
         await self.sample("start")
-        self._cut = self._started = self._last = time.time()
+        # From the start sample's time: the warm-up's rows, stored just before, are not the soak's.
+        self._started = self._cut = self._last
 
     async def sample(self, phase: str, *, final: bool = False) -> Sample:
         """One tick. ``final``: the PostgreSQL window runs up to now (the pipeline is idle, nothing is in flight)."""
@@ -126,42 +137,45 @@ class Probe:
         raw_seq, raw_backlog = await self._stream(self._settings.nats_stream)
         enriched_seq, enriched_messages = await self._stream(self._settings.nats_enriched_stream)
         read = await asyncio.to_thread(self._read, now if final else now - SETTLE_S)
+        dt = now - self._last
+        # The table's window is the tick's, SETTLE_S earlier (the last one runs up to now): its rows over the tick's
+        # length, so that rate times length is the rows stored, as for the other sinks.
         rates = {"published": self._published.rate(raw_seq, now), "enriched": self._enriched.rate(enriched_seq, now),
                  "graph": self._graph_events.rate(read.metrics.get(f'etl_events_total{{stage="{GRAPH.name}"}}'), now),
-                 "timescale": round(read.window_rows / read.window_s, 1) if read.window_s > 0 else math.nan}
+                 "timescale": round(read.window_rows / dt, 1) if dt > 0 else math.nan}
         sizes = {**read.sizes, "enriched_messages": enriched_messages or 0.0, "raw_backlog": raw_backlog or 0.0}
-        sample = Sample(t_s=round(now - self._started, 2), dt_s=round(now - self._last, 2), phase=phase,
+        sample = Sample(t_s=round(now - self._started, 3), dt_s=round(dt, 3), phase=phase,
                         rates=rates, rss_mib=read.rss, cpu_s=read.cpu, sizes=sizes, latency_hist=read.hist,
-                        retention={k: v for k, v in read.metrics.items() if RETENTION_WORD in k})
+                        retention={k: v for k, v in read.metrics.items() if RETENTION_WORD in k}, pss_mib=read.pss)
         self._last = now
         return sample
 
     def _read(self, cut: float) -> _Read:
         """Everything a tick reads with blocking clients, the PostgreSQL window ending at ``cut``."""
-        rows, window_rows, window_s, hist = self._table(cut)
-        rss, cpu = self._processes()
-        return _Read(window_rows, window_s, hist, scrape(self._ports), rss, cpu,
+        rows, hist = self._table(cut)
+        rss, pss, cpu = self._processes()
+        return _Read(sum(hist.values()), hist, scrape(self._ports), rss, pss, cpu,
                      {**self._graph_and_redis(), "table_rows": float(rows)})
 
-    def _table(self, cut: float) -> tuple[int, int, float, dict[int, int]]:
-        """(rows in the table, rows stored in ``[previous cut, cut)``, that window's length in s, the window's
-        latency histogram in ms)."""
+    def _table(self, cut: float) -> tuple[int, dict[int, int]]:
+        """(rows in the table, latency histogram in ms of the rows stored in ``[previous cut, cut)``)."""
         start, self._cut = self._cut, max(self._cut, cut)
         with self._pg.cursor() as cur:
             cur.execute(_TABLE_SQL.format(table=self._settings.pg_table), (start, self._cut))
             groups = cur.fetchall()
-        hist = {int(ms): int(n) for ms, n in groups if ms is not None}
-        return sum(int(n) for _, n in groups), sum(hist.values()), self._cut - start, hist
+        return sum(int(n) for _, n in groups), {int(ms): int(n) for ms, n in groups if ms is not None}
 
-    def _processes(self) -> tuple[dict[str, float], dict[str, float]]:
-        rss, cpu = {}, {}
+    def _processes(self) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        """RSS and PSS in MiB, and CPU seconds since the last tick, of each process with its children."""
+        rss, pss, cpu = {}, {}, {}
         for label, group in self._groups.items():
             used = group.cpu_used_s()
             group.sample()
             rss[label] = round(group.rss[-1] / MIB, 1)
             cpu[label] = round(group.cpu_used_s() - used, 3)
             del group.rss[:-1]  # the samples keep the series; the group need not
-        return rss, cpu
+            pss[label] = round(sum(_pss(proc) for proc in group.members()) / MIB, 1)
+        return rss, pss, cpu
 
     def _graph_and_redis(self) -> dict[str, float]:
         nodes = int(self._graph.ro_query("MATCH (n) RETURN count(n)").result_set[0][0])

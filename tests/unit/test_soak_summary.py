@@ -37,7 +37,8 @@ def sample(i: int, *, rate: float = 1000.0, hist: dict[int, int] | None = None, 
     """The ``i``-th tick of a run sampled every ``INTERVAL_S``: every sink stored ``rate`` events/s."""
     return Sample(t_s=(i + 1) * INTERVAL_S, dt_s=INTERVAL_S, phase=phase,
                   rates={"published": rate, "timescale": rate, "graph": rate, "enriched": rate},
-                  rss_mib={"worker-graph": rss, "bench (publisher)": 50.0 + i}, cpu_s={"worker-graph": 1.0},
+                  rss_mib={"worker-graph": rss + i, "bench (publisher)": 50.0 + i}, cpu_s={"worker-graph": 1.0},
+                  pss_mib={"worker-graph": rss, "bench (publisher)": 50.0 + i},
                   sizes={"redis_used_mib": redis_mib, "event_nodes": event_nodes, "table_rows": event_nodes},
                   latency_hist=hist if hist is not None else {50: 90, 120: 9, 300: 1})
 
@@ -104,6 +105,14 @@ def test_a_decline_of_more_than_ten_percent_in_the_last_three_minutes_fails() ->
     assert passed(verdict(samples, RULES, retention_active=True))
 
 
+def test_the_first_sample_while_publishing_starts_is_not_the_rate_to_hold() -> None:
+    samples = run(15)
+    samples[0].rates["timescale"] = 100.0  # its table window was short; publishing was just starting
+    for s in samples[-36:]:
+        s.rates["timescale"] = 880.0  # 0.88 of the rate held; 0.90 of a mean that counted the first sample
+    assert check(verdict(samples, RULES, retention_active=True), "timescale events/s held").passed is False
+
+
 def test_the_drain_after_publishing_is_not_a_decline() -> None:
     samples = run(15) + [sample(180 + i, rate=0.0, phase=DRAIN) for i in range(12)]  # a minute of nothing
     assert passed(verdict(samples, RULES, retention_active=True))
@@ -132,9 +141,16 @@ def test_memory_flat_is_the_last_thirds_median_against_the_middle_thirds() -> No
     assert growth([999.0, 10, 10, 11, 10, 12, 13]) == (10, 12.5)  # thirds of 2: [10, 11, 10] and [12, 13]
     leaking = [sample(i, rss=100.0 + i) for i in range(180)]  # 1 MiB a tick: the last third is 60 MiB above
     checks = verdict(leaking, RULES, retention_active=True)
-    assert check(checks, "RSS worker-graph flat").passed is False
+    assert check(checks, "PSS worker-graph flat").passed is False
     warming = [sample(i, rss=min(100.0 + i, 150.0)) for i in range(180)]  # grows while warming up, then flat
-    assert check(verdict(warming, RULES, retention_active=True), "RSS worker-graph flat").passed is True
+    assert check(verdict(warming, RULES, retention_active=True), "PSS worker-graph flat").passed is True
+
+
+def test_memory_is_judged_by_pss_not_by_rss() -> None:
+    # Every sample's RSS is a MiB above the last (sample() adds i): shared pages touched by more processes.
+    checks = verdict(run(15), RULES, retention_active=True)
+    assert check(checks, "PSS worker-graph flat").passed is True
+    assert not [c for c in checks if c.name.startswith("RSS")]
 
 
 def test_a_small_process_may_grow_by_a_few_mib() -> None:
@@ -146,7 +162,7 @@ def test_a_small_process_may_grow_by_a_few_mib() -> None:
 
 def test_the_benchmarks_own_process_is_not_judged() -> None:
     names = [c.name for c in verdict(run(15), RULES, retention_active=True)]
-    assert "RSS worker-graph flat" in names
+    assert "PSS worker-graph flat" in names
     assert not [n for n in names if "bench" in n]
 
 
@@ -172,16 +188,17 @@ def test_no_check_made_is_not_a_pass() -> None:
 
 def test_the_summary() -> None:
     samples = run(15)
-    for s in samples[:36]:
+    for s in samples[1:36]:
         s.rates["published"] = 1100.0
     result = summary(samples, verdict(samples, RULES, retention_active=True), RULES)
     assert result["verdict"] == "PASS"
     assert result["events_per_s"]["published"]["first"] == pytest.approx(1100.0)
     assert result["events_per_s"]["published"]["last"] == pytest.approx(1000.0)
-    assert result["events_per_s"]["published"]["mean"] == pytest.approx(1000.0 + 100.0 * 36 / 180)
+    assert result["events_per_s"]["published"]["mean"] == pytest.approx(1000.0 + 100.0 * 35 / 180, abs=0.1)
     assert result["latency_ms"] == {"p50": 50.0, "p95": 120.0, "p99": 120.0, "max": 300.0, "events": 18000.0}
     assert result["peak_rss_mib"]["bench (publisher)"] == 229.0
-    assert result["events"] == {"published": 900_000 + 100 * 36 * 5, "timescale": 900_000, "graph": 900_000,
+    assert result["peak_pss_mib"]["worker-graph"] == 100.0
+    assert result["events"] == {"published": 900_000 + 100 * 35 * 5, "timescale": 900_000, "graph": 900_000,
                                 "enriched": 900_000}
 
 
@@ -222,7 +239,7 @@ def test_the_charts_are_written(tmp_path: Path) -> None:
     samples[3].rates["graph"] = math.nan  # a missed read is a gap
     paths = write_charts(samples, tmp_path, 1000.0)
     assert [p.name for p in paths] == ["soak-throughput.png", "soak-latency.png", "soak-memory.png",
-                                       "soak-sizes.png", "soak-redis.png"]
+                                       "soak-pss.png", "soak-sizes.png", "soak-redis.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
 
 
