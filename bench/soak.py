@@ -2,7 +2,7 @@
 
     bench/soak                          # measure the maximum, then 15 minutes at 75 % of it, retention 2m
     bench/soak --minutes 2              # a short check that everything runs
-    bench/soak --rate 4000 --retention 5m --env GRAPH_RETENTION_INTERVAL=10s
+    bench/soak --rate 4000 --retention 5m --env RETENTION_INTERVAL=15s
 
 Starts the local default's real servers and the real bridge and worker pools (as ``bench/run`` does), measures
 the end-to-end maximum on a fresh pipeline (``--rate`` skips that), then, from empty servers, publishes at
@@ -108,9 +108,11 @@ def parse(argv: list[str]) -> Options:
     args = parser.parse_args(argv)
     try:
         duration_s(args.retention)
-        env = dict(item.split("=", 1) for item in args.env)
     except ValueError as e:
-        parser.error(f"{e}")
+        parser.error(f"--retention: {e}")
+    if bad := [item for item in args.env if "=" not in item]:
+        parser.error(f"--env takes NAME=VALUE, not {bad[0]!r}")
+    env = dict(item.split("=", 1) for item in args.env)
     return Options(args.minutes, args.fraction, args.rate, args.retention, args.interval, args.calibrate_events,
                    args.out, env, args.appendfsync, args.keep, args.shape)
 

@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import _servers, e2e, load
 from bench.sampling import MIB, Group
-from bench.soak_summary import Sample
+from bench.soak_summary import BENCH_LABEL, Sample
 from etl.dev.supervisor import Pipeline
 from etl.stages import GRAPH
 
@@ -113,7 +113,7 @@ class Probe:
         assert stack.servers.falkordb is not None, "the soak runs on FalkorDB"
         self._graph = FalkorDB(host="127.0.0.1", port=stack.servers.falkordb.port).select_graph(s.graph_name)
         self._counts = load.SinkCounts(s, js)
-        self._groups = {label: Group(proc, with_children=not label.startswith("bench"))
+        self._groups = {label: Group(proc, with_children=not label.startswith(BENCH_LABEL))
                         for label, proc in e2e.processes_of(stack, pipeline).items()}
         self._ports = dict(pipeline.ports)
         self._published, self._enriched, self._graph_events = Cumulative(), Cumulative(), Cumulative()
