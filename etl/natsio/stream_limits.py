@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 NO_LIMIT_BYTES = -1  # JetStream's value for "no max_bytes"
 AGE_TOLERANCE_S = 0.001  # max_age goes through nanoseconds on the wire
+# JetStream's duplicate window when a stream sets none. The server refuses a window longer than max_age, so a
+# shorter max_age brings the window down with it (ids are then deduplicated for max_age only).
+DEFAULT_DUPLICATE_WINDOW_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,11 @@ class StreamLimits:
 
     def config_fields(self) -> dict[str, Any]:
         """The ``StreamConfig`` fields for these limits."""
-        return {"max_bytes": self.max_bytes or NO_LIMIT_BYTES, "max_age": float(self.max_age_s),
-                "discard": self.discard}
+        fields: dict[str, Any] = {"max_bytes": self.max_bytes or NO_LIMIT_BYTES, "max_age": float(self.max_age_s),
+                                  "discard": self.discard}
+        if 0 < self.max_age_s < DEFAULT_DUPLICATE_WINDOW_S:
+            fields["duplicate_window"] = float(self.max_age_s)
+        return fields
 
 
 def limit_changes(have: StreamConfig, held_bytes: int, want: StreamLimits) -> tuple[dict[str, Any], str | None]:
@@ -51,6 +57,9 @@ def limit_changes(have: StreamConfig, held_bytes: int, want: StreamLimits) -> tu
             changes["max_bytes"] = wanted["max_bytes"]
     if abs((have.max_age or 0.0) - wanted["max_age"]) > AGE_TOLERANCE_S:
         changes["max_age"] = wanted["max_age"]
+    window = wanted.get("duplicate_window")
+    if window is not None and (have.duplicate_window or DEFAULT_DUPLICATE_WINDOW_S) > window + AGE_TOLERANCE_S:
+        changes["duplicate_window"] = window
     if (have.discard or DiscardPolicy.OLD) != want.discard:
         changes["discard"] = want.discard
     return changes, held_back

@@ -15,6 +15,7 @@ from etl.errors import ConfigError
 from etl.natsio.conn import connect, ensure_stream
 from etl.ops import report
 from etl.pipeline.bridge import ensure_raw_stream
+from etl.sinks.nats_publish import NatsPublisher
 from tests.integration.accounting import Events, check_accounting, sample_events
 from tests.waiting import wait_for
 
@@ -121,3 +122,26 @@ def test_a_limit_the_server_has_no_room_for_is_a_configuration_error(make_settin
 
     with pytest.raises(ConfigError, match="insufficient storage.*lower NATS_STREAM_MAX_BYTES"):
         asyncio.run(scenario())
+
+
+def test_an_enriched_stream_younger_than_the_duplicate_window_takes_events(
+        make_settings: Callable[..., Settings]) -> None:
+    # JetStream refuses a stream whose max_age is under its duplicate window (two minutes unless set).
+    settings = make_settings(NATS_ENRICHED_STREAM_MAX_AGE=30)
+    sink = NatsPublisher(settings)
+    sink.open()
+    try:
+        assert sink.write([{"id": "short-lived", "type": "t", "timestamp": 1, "metadata": {}, "args": {}}]) == 1
+    finally:
+        sink.close()
+
+    async def enriched() -> StreamInfo:
+        nc = await connect(settings, name="test-check")
+        try:
+            return await nc.jetstream().stream_info(settings.nats_enriched_stream)
+        finally:
+            await nc.close()
+
+    info = asyncio.run(enriched())
+    assert (info.config.max_age, info.config.duplicate_window) == (30, 30)
+    assert info.state.messages == 1
