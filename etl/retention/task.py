@@ -57,7 +57,10 @@ class RetentionTask:
                 for expiry in self._expiries:
                     if self._stopping.is_set():
                         break
-                    self.run_once(expiry)
+                    try:
+                        self.run_once(expiry)
+                    except Exception:  # noqa: BLE001 - a bug must not end retention for the process's life
+                        log.exception("retention of %s failed unexpectedly", expiry.sink, extra={"sink": expiry.sink})
         finally:
             for expiry in self._expiries:
                 expiry.close()
