@@ -24,11 +24,13 @@ JITTER_SHARE = 0.1
 
 
 class Expiry(Protocol):
-    """What one sink's retention removes. ``sink`` labels its metrics and logs; ``lease_key`` names the data it
-    removes from (its graph, its table), so one run at a time touches it; ``retention_s`` is how old, by event
-    time, an event may get; ``batch`` the most one ``remove_before`` removes."""
+    """What one sink's retention removes. ``sink`` labels its metrics and logs, ``removes`` names what it counts
+    (``Event nodes``, ``rows``); ``lease_key`` names the data it removes from (its graph, its table), so one run at
+    a time touches it; ``retention_s`` is how old, by event time, an event may get; ``batch`` the most one
+    ``remove_before`` removes."""
 
     sink: str
+    removes: str
     lease_key: str
     retention_s: int
     batch: int

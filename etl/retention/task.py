@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import redis
 
+from etl.envvalues import duration_text
 from etl.errors import EtlError
 from etl.retention.runs import Expiry, Run, cutoff_s, expire, lease_ms, next_delay_s, run_budget_s
 from etl.runtime.metrics import RETENTION_LAST_RUN, RETENTION_LAST_RUN_SECONDS, RETENTION_REMOVED
@@ -81,7 +82,8 @@ class RetentionTask:
         RETENTION_LAST_RUN.labels(sink=expiry.sink).set(time.time())
         RETENTION_LAST_RUN_SECONDS.labels(sink=expiry.sink).set(run.seconds)
         if run.removed:
-            log.info("retention removed %d %s older than %ds in %.2fs (%d statements%s)", run.removed, expiry.sink,
-                     expiry.retention_s, run.seconds, run.statements, "" if run.complete else ", more next time",
+            log.info("retention removed %d %s older than %s from %s in %.2fs (%d statements%s)", run.removed,
+                     expiry.removes, duration_text(expiry.retention_s), expiry.sink, run.seconds, run.statements,
+                     "" if run.complete else ", more next time",
                      extra={"sink": expiry.sink, "removed": run.removed, "seconds": round(run.seconds, 3)})
         return run

@@ -130,6 +130,7 @@ class TableExpiry:
     batch and made again after a failure. One thread at a time."""
 
     sink = "timescale"
+    removes = "rows"
 
     def __init__(self, settings: Settings, connect: Callable[..., Any] = psycopg2.connect) -> None:
         self._settings = settings

@@ -61,6 +61,7 @@ class FakeExpiry:
     """Holds ``expired`` events and removes up to ``batch`` per call; the clock moves ``step_s`` per call."""
 
     sink = "fake"
+    removes = "events"
     lease_key = "fake"
     retention_s = 60
 

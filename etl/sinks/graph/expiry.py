@@ -19,6 +19,7 @@ class GraphExpiry:
     """The graph's ``etl.retention.runs.Expiry``. Connects at its first batch; one thread at a time."""
 
     sink = "graph"
+    removes = "Event nodes"
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
