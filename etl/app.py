@@ -15,6 +15,7 @@ from etl.errors import ConfigError
 from etl.middleware.circuit_breaker import CircuitBreakers
 from etl.middleware.dead_letters import DeadLetterOnFailure, FailureClock
 from etl.middleware.prometheus import PoolMetrics
+from etl.middleware.retention import RetentionOnBoot
 from etl.pipeline.dlq import DeadLetterStore
 from etl.rdns.strategies import Resolver, resolver_for
 from etl.runtime.logs import setup_logging
@@ -58,7 +59,7 @@ def build_app(settings: Settings) -> App:
         before_retry_decision=[FailureClock(), CircuitBreakers(failures=settings.breaker_failures,
                                                                cooldown_s=settings.breaker_cooldown_ms / 1000)],
         after_retry_decision=[DeadLetterOnFailure(lambda: app.dead_letters(), failed_events),
-                              CloseSinksOnShutdown(sinks)],
+                              CloseSinksOnShutdown(sinks), RetentionOnBoot(settings)],
     )
     app = App(settings, broker, sinks, resolver_for(settings))
     return app

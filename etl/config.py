@@ -109,6 +109,16 @@ class Settings:
     pg_password: str = setting("PG_PASSWORD", "password", v.text,
                                "secret; a default one is refused in production (`AF_ENV`)", secret=True)
     pg_table: str = setting("PG_TABLE", "events", v.identifier, "table name (an identifier)")
+    timescale_retention_s: int = setting(
+        "TIMESCALE_RETENTION", 0, v.duration, "how long rows are kept, by their event time (`30d`, `12h`, `90m`; "
+        "empty or `0`: forever): a TimescaleDB retention policy, or on plain PostgreSQL deleted in batches (see "
+        "[docs/operations.md](docs/operations.md#retention))", text=v.duration_text)
+    timescale_compress_after_s: int = setting(
+        "TIMESCALE_COMPRESS_AFTER", 0, v.duration, "TimescaleDB only: chunks whose rows are older than this are "
+        "compressed by a policy (empty or `0`: none)", text=v.duration_text)
+    timescale_retention_batch: int = setting(
+        "TIMESCALE_RETENTION_BATCH", d.DEFAULT_TIMESCALE_RETENTION_BATCH, v.positive_int,
+        "plain PostgreSQL: rows one retention statement deletes")
     pg_sslmode: str = setting(
         "PG_SSLMODE", "prefer", v.choice("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
         "libpq's `sslmode`: `disable`, `allow`, `prefer`, `require`, `verify-ca`, `verify-full`")
@@ -133,6 +143,16 @@ class Settings:
         "NEO4J_TLS_CA", "", v.readable_file,
         "with a plain `bolt://`/`neo4j://` URI: encrypt and trust this CA (`+s` URIs choose TLS themselves)")
     graph_name: str = setting("GRAPH_NAME", "events", v.identifier, "FalkorDB graph name (an identifier)")
+    graph_retention_s: int = setting(
+        "GRAPH_RETENTION", 0, v.duration, "how long Event nodes are kept, by their event time (`30d`, `12h`, "
+        "`90m`; empty or `0`: forever); older ones and their relationships are removed, the other nodes stay (see "
+        "[docs/operations.md](docs/operations.md#retention))", text=v.duration_text)
+    graph_retention_batch: int = setting("GRAPH_RETENTION_BATCH", d.DEFAULT_GRAPH_RETENTION_BATCH, v.positive_int,
+                                         "Event nodes one retention statement removes")
+    retention_interval_s: int = setting(
+        "RETENTION_INTERVAL", d.DEFAULT_RETENTION_INTERVAL_S, v.positive_duration,
+        "how often the graph and timescale pools remove expired data (one replica at a time), each run for at most "
+        "half of it", text=v.duration_text)
     af_env: str = setting(
         "AF_ENV", "dev", v.text, "the `env` added to every event; `prod` or `production` (also `prod-eu`, ...) is "
         "production, where an empty or default password stops the process ([docs/operations.md]"

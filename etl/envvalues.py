@@ -30,6 +30,9 @@ _NEXT_URL = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 _URL_HEAD = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*:/*")
 # A query parameter that carries a secret (redis-py takes ``?password=``), up to its value's end.
 _SECRET_PARAM = re.compile(r"((?:^|[&;])[^=&;]*(?:pass|pwd|token|secret|auth|cred)[^=&;]*)=[^&;#]*", re.IGNORECASE)
+# A duration: a whole number and a unit (``90s``, ``15m``, ``12h``, ``30d``), or a bare number of seconds.
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+DURATION_UNITS_S = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}  # largest first: how ``duration_text`` writes one
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 DECLARATION = "etl.setting"  # the key of a field's metadata holding its ``Declaration``
@@ -209,6 +212,32 @@ def stream_replicas(name: str, raw: str) -> int:
     if value > MAX_NATS_STREAM_REPLICAS:
         raise ConfigError(f"{name} must be from 1 to {MAX_NATS_STREAM_REPLICAS}, got {raw!r}")
     return value
+
+
+def duration(name: str, raw: str) -> int:
+    """A duration in whole seconds: ``<n><unit>`` with unit ``s``, ``m``, ``h`` or ``d`` (``30d``, ``12h``,
+    ``90m``), or a bare number of seconds; empty is 0 (none)."""
+    found = _DURATION.match(raw.lower()) if raw.strip() else None
+    if raw.strip() and found is None:
+        raise ConfigError(f"{name} must be a duration such as 90s, 15m, 12h or 30d (or seconds), got {raw!r}")
+    return int(found.group(1)) * DURATION_UNITS_S[found.group(2) or "s"] if found else 0
+
+
+def positive_duration(name: str, raw: str) -> int:
+    """``duration``, more than 0 seconds."""
+    value = duration(name, raw)
+    if value <= 0:
+        raise ConfigError(f"{name} must be a duration of at least 1s, got {raw!r}")
+    return value
+
+
+def duration_text(seconds: int) -> str:
+    """Seconds as a duration's text, in the largest unit that divides them (``2592000`` -> ``30d``); ``0`` for
+    none."""
+    for unit, size in DURATION_UNITS_S.items():
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return "0"
 
 
 def text(name: str, raw: str) -> str:

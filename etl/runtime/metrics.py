@@ -52,3 +52,13 @@ RDNS_BUDGET_EXHAUSTED = Counter("etl_rdns_budget_exhausted_total",
 RDNS_CACHE_ENTRIES = Gauge("etl_rdns_cache_entries", "Entries in the reverse-DNS cache", multiprocess_mode="livesum")
 RDNS_CACHE_BYTES = Gauge("etl_rdns_cache_bytes", "Bytes the reverse-DNS cache holds, as it counts them",
                          multiprocess_mode="livesum")
+# Retention (etl.retention): what it removed, and when it last ran. A stale last run means retention is failing
+# (its warnings say why) or not running.
+RETENTION_REMOVED = Counter("etl_retention_removed_total",
+                            "Expired events removed by retention, by sink: Event nodes (graph) or rows (timescale)",
+                            ["sink"])
+RETENTION_LAST_RUN = Gauge("etl_retention_last_run_timestamp_seconds",
+                           "Unix time the last successful retention run of a sink ended", ["sink"],
+                           multiprocess_mode="max")
+RETENTION_LAST_RUN_SECONDS = Gauge("etl_retention_last_run_seconds", "How long the last retention run of a sink "
+                                   "took", ["sink"], multiprocess_mode="mostrecent")

@@ -38,6 +38,7 @@ from psycopg2 import sql
 
 from etl.config import Settings
 from etl.errors import EtlError, SinkUnavailable
+from etl.sinks import timescale_retention
 from etl.sinks.base import Event, time_left_s, write_deadline
 from etl.sinks.copy_format import COLUMNS, format_batch
 from etl.sinks.postgres import (
@@ -143,7 +144,8 @@ class TimescaleSink:
 
     def migrate(self) -> None:
         """Create the table, its index and (with TimescaleDB) the hypertable, if missing, and add the columns a
-        table made by an older version lacks (``dst_rdns``). Idempotent.
+        table made by an older version lacks (``dst_rdns``); then what retention needs (``_retention_schema``).
+        Idempotent.
 
         Concurrent callers in other processes wait on an advisory lock. Raises ``SinkUnavailable``,
         ``TransientError`` or ``SinkDataError`` as ``write`` does.
@@ -160,7 +162,28 @@ class TimescaleSink:
             cur.execute(sql.SQL(_CREATE_INDEX).format(table=table, index=index))
             if hypertable:
                 cur.execute(_CREATE_HYPERTABLE, (table.as_string(conn),))
+            self._retention_schema(cur, hypertable)
             conn.commit()
+
+    def _retention_schema(self, cur: psycopg2.extensions.cursor, hypertable: bool) -> None:
+        """TimescaleDB's policies as the settings say; on plain PostgreSQL, the index retention's batches use."""
+        if hypertable:
+            # Not run in this project's tests (no extension): a policy statement a server refuses is logged, and
+            # the sink opens without it rather than not at all.
+            cur.execute("SAVEPOINT etl_policies")
+            try:
+                timescale_retention.apply_policies(cur, self._settings)
+            except psycopg2.DatabaseError as e:
+                if (e.pgcode or "")[:2] in SESSION_FAILURE_CLASSES:
+                    raise
+                cur.execute("ROLLBACK TO SAVEPOINT etl_policies")
+                log.warning("TimescaleDB retention and compression policies of %s not applied: %s", self._table,
+                            describe_error(e))
+            return
+        if self._settings.timescale_retention_s:
+            timescale_retention.create_time_index(cur, self._table)
+        if self._settings.timescale_compress_after_s:
+            log.warning("TIMESCALE_COMPRESS_AFTER needs TimescaleDB: %s is not compressed", self._table)
 
     def _enable_timescaledb(self, cur: psycopg2.extensions.cursor) -> bool:
         """True when the timescaledb extension is (now) installed; otherwise logs the fallback once."""

@@ -41,6 +41,11 @@ class GraphBackend(Protocol):
         one transaction, ending by ``deadline``; return its ``created`` column. Raises ``KeyConflict`` when the
         statement would break a unique constraint (and then writes nothing), and like ``GraphSink.write``."""
 
+    def expire(self, statement: str, cutoff_ms: int, deadline: float) -> int:
+        """Run the retention ``statement`` (``expire_events_cypher``) with ``$cutoff`` = ``cutoff_ms`` in one
+        transaction, ending by ``deadline``; return its ``removed`` column (0 when there is no graph yet, which it
+        does not create). Raises ``SinkUnavailable`` or ``TransientError`` (also when no time is left)."""
+
     def count_events(self) -> int:
         """How many Event nodes the graph holds (:data:`COUNT_EVENTS_CYPHER`)."""
 

@@ -29,9 +29,10 @@ NODE_KEYS: tuple[tuple[str, str], ...] = (
     ("Container", "container_id"),
     ("NetworkEndpoint", "endpoint_id"),
 )
-# (label, property): a plain index each, for the decision service's lookups (Host.id) and for finding hosts and
-# endpoints by name or address.
+# (label, property): a plain index each, for the decision service's lookups (Host.id), for finding hosts and
+# endpoints by name or address, and for retention's range scan of old events (Event.timestamp).
 NODE_INDEXES: tuple[tuple[str, str], ...] = (
+    ("Event", "timestamp"),
     ("Host", "id"),
     ("Host", "rdns"),
     ("NetworkEndpoint", "ip"),
@@ -158,6 +159,17 @@ CREATE_CYPHER = positional(NAMED_CREATE_CYPHER)
 MERGE_CYPHER = positional(NAMED_MERGE_CYPHER)
 
 COUNT_EVENTS_CYPHER = "MATCH (e:Event) RETURN count(e) AS events"
+
+
+def expire_events_cypher(limit: int) -> str:
+    """The retention statement: at most ``limit`` Event nodes whose ``timestamp`` (event time, ms since the epoch)
+    is before ``$cutoff``, found through the Event.timestamp index, removed with their relationships; returns
+    ``removed``, how many. Context nodes and COMMUNICATES stay: only an Event's own relationships go with it.
+    ``limit`` is written into the text (a positive int, never data)."""
+    if limit <= 0:
+        raise ValueError(f"the retention batch must be positive, got {limit}")
+    return (f"MATCH (e:Event) WHERE e.timestamp < $cutoff WITH e LIMIT {int(limit)} "
+            "DETACH DELETE e RETURN count(e) AS removed")
 
 
 @dataclass(frozen=True)

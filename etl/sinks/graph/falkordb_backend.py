@@ -284,6 +284,15 @@ class FalkorBackend:
         with _translated("write"):
             return int(self._run(self._graph.query, statement, "rows", rows, timeout_ms)[0][0])
 
+    def expire(self, statement: str, cutoff_ms: int, deadline: float) -> int:
+        """Run the retention ``statement`` with ``$cutoff`` = ``cutoff_ms``; its ``removed`` column. A graph not
+        made yet is left so (a write query would make it). Raises like ``write_rows``, but never ``KeyConflict``."""
+        timeout_ms = query_timeout_left_ms(self._query_timeout_ms, deadline, "expire")
+        with _translated("expire"):
+            if not self._db.connection.exists(self._graph.name):
+                return 0
+            return int(self._graph.query(statement, {"cutoff": cutoff_ms}, timeout=timeout_ms).result_set[0][0])
+
     def _run(self, send: Any, statement: str, name: str, values: list[Any], timeout_ms: int) -> list[list[Any]]:
         """``statement`` with ``$name`` = ``values``, sent by ``send`` (the graph's query or ro_query) with the
         parameter header orjson writes, or the client's when a value needs escaping, and the server-side

@@ -214,6 +214,11 @@ def _write_batch(tx: ManagedTransaction, attempts: _Attempts, statement: str, ro
     return int(record["created"])
 
 
+def _expire(tx: ManagedTransaction, attempts: _Attempts, statement: str, cutoff_ms: int) -> int:
+    attempts.start()
+    return int(tx.run(statement, cutoff=cutoff_ms).single(strict=True)["removed"])
+
+
 def _read_keys(tx: ManagedTransaction, attempts: _Attempts, statement: str, keys: list[str]) -> list[str]:
     attempts.start()
     return [record["key"] for record in tx.run(statement, keys=keys)]
@@ -279,6 +284,18 @@ class Neo4jBackend:
                 return int(session.execute_write(write, attempts, statement, rows))
         finally:
             attempts.count_reruns()  # deadlocks on hub nodes, run again by the driver: nothing else shows them
+
+    def expire(self, statement: str, cutoff_ms: int, deadline: float) -> int:
+        """Run the retention ``statement`` with ``$cutoff`` = ``cutoff_ms`` in one managed transaction, ending by
+        ``deadline`` (``time.monotonic()`` seconds); its ``removed`` column. The driver runs it again after a
+        deadlock with a writer (both lock the Host an Event hangs from).
+
+        Raises ``SinkUnavailable``, ``TransientError`` (also when no time is left) or ``SinkDataError``.
+        """
+        attempts = _Attempts(deadline, self._attempt_s, "expire")
+        expire = unit_of_work(timeout=attempts.timeout_s)(_expire)
+        with _translated("expire"), self._session(attempts) as session:
+            return int(session.execute_write(expire, attempts, statement, cutoff_ms))
 
     def count_events(self) -> int:
         with _translated("count"), self._driver.session() as session:
