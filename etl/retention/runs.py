@@ -1,7 +1,9 @@
 """One retention run, and the schedule of runs: pure logic, no I/O of its own.
 
 A run removes one batch after another (each its own statement and transaction) until a batch comes back short
-(nothing older is left), its time budget is spent, or the worker is stopping. Runs come every
+(nothing older is left), its time budget is spent, or the worker is stopping. After each statement it waits as long
+again (``PAUSE_FACTOR``): FalkorDB runs one write at a time per graph, and back-to-back deletions would hold the
+sink's writes back for the whole run. Runs come every
 ``RETENTION_INTERVAL``, jittered so that replicas spread out, and each takes a lease for ``LEASE_SHARE`` of the
 interval first: one run at a time across every process and replica, at most one per interval. A run's budget,
 ``RUN_BUDGET_SHARE`` of the interval, ends well before its lease, so runs never overlap; a run cut short by its
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 RUN_BUDGET_SHARE = 0.5
+# The pause after a statement, as a multiple of the time it took: the writes get the graph at least half the time.
+PAUSE_FACTOR = 1.0
 # Shorter than the shortest jittered interval (1 - JITTER_SHARE), so a lone process finds its own lease gone at its
 # next run; longer than a run's budget, with room for the statement running when the budget ends.
 LEASE_SHARE = 0.8
@@ -56,13 +60,16 @@ class Run:
 
 def expire(expiry: Expiry, cutoff_s: float, budget_s: float, *, stopping: Callable[[], bool] = lambda: False,
            removed_now: Callable[[int], None] = lambda count: None,
-           clock: Callable[[], float] = time.monotonic) -> Run:
+           clock: Callable[[], float] = time.monotonic,
+           pause: Callable[[float], object] = time.sleep) -> Run:
     """Remove batches of events older than ``cutoff_s`` (Unix seconds) until one comes back short, ``budget_s``
-    seconds have passed (measured by ``clock``) or ``stopping()``; each batch's count goes to ``removed_now`` as it
-    is removed (a later failure does not undo it). Raises what ``remove_before`` raises."""
+    seconds have passed (measured by ``clock``, pauses included) or ``stopping()``; each batch's count goes to
+    ``removed_now`` as it is removed (a later failure does not undo it). Between statements, ``pause`` (seconds)
+    for ``PAUSE_FACTOR`` times the last one's duration. Raises what ``remove_before`` raises."""
     start = clock()
     removed = statements = 0
     while True:
+        began = clock()
         count = expiry.remove_before(cutoff_s)
         removed_now(count)
         removed += count
@@ -71,6 +78,7 @@ def expire(expiry: Expiry, cutoff_s: float, budget_s: float, *, stopping: Callab
             return Run(removed, statements, clock() - start, complete=True)
         if clock() - start >= budget_s or stopping():
             return Run(removed, statements, clock() - start, complete=False)
+        pause((clock() - began) * PAUSE_FACTOR)
 
 
 def cutoff_s(now_s: float, retention_s: int) -> float:

@@ -74,7 +74,7 @@ class RetentionTask:
                 return None
             counter = RETENTION_REMOVED.labels(sink=expiry.sink)
             run = expire(expiry, cutoff_s(time.time(), expiry.retention_s), run_budget_s(self._interval_s),
-                         stopping=self._stopping.is_set, removed_now=counter.inc)
+                         stopping=self._stopping.is_set, removed_now=counter.inc, pause=self._stopping.wait)
         except (EtlError, redis.RedisError) as e:
             log.warning("retention of %s failed, tried again in %gs: %s", expiry.sink, self._interval_s, e,
                         extra={"sink": expiry.sink})

@@ -84,13 +84,19 @@ def run_fake(expired: int, batch: int, budget_s: float, **options: object) -> tu
     clock = [100.0]
     fake = FakeExpiry(expired, batch, clock)
     counted: list[int] = []
-    run = expire(fake, 1234.5, budget_s, clock=lambda: clock[0], removed_now=counted.append, **options)  # type: ignore[arg-type]
+
+    def pause(seconds: float) -> None:
+        clock[0] += seconds
+
+    run = expire(fake, 1234.5, budget_s, clock=lambda: clock[0], removed_now=counted.append,  # type: ignore[arg-type]
+                 pause=pause, **options)
     return run, fake, counted
 
 
 def test_a_run_goes_on_until_a_batch_comes_back_short() -> None:
     run, fake, counted = run_fake(expired=25, batch=10, budget_s=100)
-    assert run == Run(removed=25, statements=3, seconds=3.0, complete=True)
+    # Each statement takes a second, and is followed by a pause as long (PAUSE_FACTOR) but for the last.
+    assert run == Run(removed=25, statements=3, seconds=5.0, complete=True)
     assert counted == [10, 10, 5] and fake.cutoffs == [1234.5] * 3
 
 
@@ -100,7 +106,7 @@ def test_a_full_last_batch_takes_one_more_statement_to_know_it_is_done() -> None
 
 
 def test_a_run_ends_at_its_budget_with_work_left() -> None:
-    run, fake, _ = run_fake(expired=100, batch=10, budget_s=2.5)
+    run, fake, _ = run_fake(expired=100, batch=10, budget_s=4.5)
     assert (run.removed, run.statements, run.complete, fake.expired) == (30, 3, False, 70)
 
 
