@@ -149,8 +149,9 @@ async def _soak(stack: _servers.Stack, pipeline: Pipeline, rate: float, opts: Op
     counts = load.SinkCounts(settings, js)
     probe = None
     try:
-        await load.publish(js, settings.nats_subject_raw, load.events(e2e.WARMUP_EVENTS, seed=7))
-        if await counts.wait(e2e.WARMUP_EVENTS, e2e.WARMUP_TIMEOUT_S) is None:
+        warm = load.events(e2e.WARMUP_EVENTS, seed=7)  # the default shape has duplicates: count distinct ids
+        await load.publish(js, settings.nats_subject_raw, warm)
+        if await counts.wait(load.distinct(warm), e2e.WARMUP_TIMEOUT_S) is None:
             raise RuntimeError(f"warm-up not through: (rows, Event nodes, enriched) {await counts.all()}; "
                                f"the processes' logs are in {pipeline.log_dir} (--keep keeps them)")
         probe = Probe(stack, pipeline, js)
