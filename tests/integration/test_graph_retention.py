@@ -4,10 +4,8 @@ metrics, take turns through their Redis lease, and never stall the sink's writes
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -20,7 +18,9 @@ from etl.retention.runs import expire
 from etl.retention.task import RetentionTask
 from etl.sinks.graph.expiry import GraphExpiry
 from etl.sinks.graph.sink import GraphSink
-from tests.graphs import Probe, open_probe
+from tests.graphs import Probe
+from tests.integration import graph_fixtures
+from tests.integration.retention_support import expiring_in_background
 
 DAY_MS = 86_400_000
 MAX_WRITES = 500
@@ -59,20 +59,8 @@ def settings(make_settings: Callable[..., Settings], graph_env: dict[str, str]) 
     return make_settings(**graph_env, GRAPH_RETENTION="1d", GRAPH_RETENTION_BATCH="10", RETENTION_INTERVAL="1m")
 
 
-@pytest.fixture
-def probe(settings: Settings) -> Iterator[Probe]:
-    p = open_probe(settings)
-    yield p
-    p.drop()
-    p.close()
-
-
-@pytest.fixture
-def sink(settings: Settings, probe: Probe) -> Iterator[GraphSink]:
-    s = GraphSink(settings)
-    s.open()
-    yield s
-    s.close()
+# The graph suites' fixtures, on this module's settings (pytest finds them by these names).
+probe, sink = graph_fixtures.probe, graph_fixtures.sink
 
 
 @pytest.fixture
@@ -151,20 +139,7 @@ def test_writes_go_on_while_a_large_expiry_runs(settings: Settings, make_setting
     for start in range(0, len(old), 500):
         sink.write(old[start:start + 500])
     big = GraphExpiry(make_settings(**graph_env, GRAPH_RETENTION="1d", GRAPH_RETENTION_BATCH="200"))
-    expiring = threading.Event()
-    finished: list[float] = []
-
-    def expire_all() -> Any:
-        expiring.set()
-        try:
-            return expire(big, time.time() - big.retention_s, budget_s=120)
-        finally:
-            finished.append(time.monotonic())
-            big.close()
-
-    with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(expire_all)
-        expiring.wait(10)
+    with expiring_in_background(big) as (running, finished):
         written_at = []
         while not running.done() and len(written_at) < MAX_WRITES:
             sink.write([event(f"new-{len(written_at)}-{j}", now_ms(), f"h{j % 20}") for j in range(20)])

@@ -4,10 +4,8 @@ their event time, new rows stay, runs are counted, and inserts go on while a lar
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg2
@@ -22,6 +20,7 @@ from etl.retention.runs import expire
 from etl.retention.task import RetentionTask
 from etl.sinks.timescale import TimescaleSink
 from etl.sinks.timescale_retention import TableExpiry
+from tests.integration.retention_support import expiring_in_background
 
 DAY_MS = 86_400_000
 MAX_WRITES = 1000
@@ -132,20 +131,7 @@ def test_inserts_go_on_while_a_large_deletion_runs(sink: TimescaleSink, settings
         sink.write([event(f"old-{i}", now_ms() - 2 * DAY_MS - i) for i in range(start, start + 10_000)])
     big = TableExpiry(make_settings(TIMESCALE_RETENTION="1d", TIMESCALE_RETENTION_BATCH="5000",
                                     PG_TABLE=settings.pg_table))
-    deleting = threading.Event()
-    finished: list[float] = []
-
-    def delete_all() -> Any:
-        deleting.set()
-        try:
-            return expire(big, time.time() - big.retention_s, budget_s=120)
-        finally:
-            finished.append(time.monotonic())
-            big.close()
-
-    with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(delete_all)
-        deleting.wait(10)
+    with expiring_in_background(big) as (running, _):
         took: list[float] = []
         while not running.done() and len(took) < MAX_WRITES:
             started = time.monotonic()
