@@ -43,6 +43,10 @@ def can_connect(settings: Settings) -> bool:
     return connect_error(settings) is None
 
 
+# How a refused TLS 1.3 client may learn it, when the server's alert has not reached it first.
+CLOSED_BY_SERVER = ("Broken pipe", "Connection reset by peer")
+
+
 def assert_refused(settings: Settings, *reasons: str) -> None:
     """The connect fails with one line giving the server's reason (one of ``reasons``)."""
     error = connect_error(settings)
@@ -100,10 +104,12 @@ def test_nats_mutual_tls_needs_the_client_certificate(tmp_path: Path) -> None:
         env = {"NATS_URL": f"tls://127.0.0.1:{server.port}", "NATS_TLS_CA": str(pki["ca"])}
         client = {"NATS_TLS_CERT": str(pki["client_cert"]), "NATS_TLS_KEY": str(pki["client_key"])}
         assert connect_error(Settings.from_env({**env, **client})) is None
-        assert_refused(Settings.from_env(env), "certificate required")
+        # In TLS 1.3 the client's side of the handshake ends before the server checks its certificate: the
+        # server's alert may come first, or the client's next write may find the connection closed.
+        assert_refused(Settings.from_env(env), "certificate required", *CLOSED_BY_SERVER)
         # The server's own certificate is not one for a client (its extended key usage is server auth only).
         assert_refused(Settings.from_env({**env, "NATS_TLS_CERT": str(pki["cert"]), "NATS_TLS_KEY": str(pki["key"])}),
-                       "bad certificate", "unsupported certificate")
+                       "bad certificate", "unsupported certificate", *CLOSED_BY_SERVER)
     finally:
         server.stop()
 
