@@ -53,13 +53,12 @@ class Settings:
                                         "stream capturing the enriched subject; empty for core NATS publishing")
     nats_stream_replicas: int = setting(
         "NATS_STREAM_REPLICAS", d.DEFAULT_NATS_STREAM_REPLICAS, v.stream_replicas,
-        "replicas (1 to 5) of `NATS_STREAM` and `NATS_ENRICHED_STREAM` when the pipeline creates them; an existing "
-        "stream is used as it is, with a warning if its replicas differ (see "
-        "[docs/scaling.md](docs/scaling.md#running-against-a-nats-cluster))")
+        "replicas (1 to 5) of the streams the pipeline creates "
+        "([docs/scaling.md](docs/scaling.md#running-against-a-nats-cluster))")
     nats_stream_max_bytes: int = setting(
         "NATS_STREAM_MAX_BYTES", d.DEFAULT_RAW_STREAM_MAX_BYTES, v.non_negative_int,
-        "bytes `NATS_STREAM` may hold (0: no limit); when full, JetStream refuses new events and keeps every one it "
-        "accepted (see [docs/operations.md](docs/operations.md#when-the-raw-stream-is-full))")
+        "bytes `NATS_STREAM` may hold (0: no limit); when full, new events are refused "
+        "([docs/operations.md](docs/operations.md#when-the-raw-stream-is-full))")
     nats_stream_max_age_s: int = setting(
         "NATS_STREAM_MAX_AGE", 0, v.non_negative_int,
         "seconds `NATS_STREAM` keeps an event not yet taken by a bridge (0: no limit); older ones are deleted")
@@ -93,8 +92,7 @@ class Settings:
                                    "AOF before acking NATS (see Reliability); one wait covers many batches")
     redis_sentinels: tuple[tuple[str, int], ...] = setting(
         "REDIS_SENTINELS", (), v.parse_sentinels,
-        "comma-separated `host[:port]` of Redis Sentinels (port 26379 by default); when set, the master is found "
-        "through them and followed across failovers, and `REDIS_URL` gives only the database, credentials and TLS",
+        "comma-separated `host[:port]` of Redis Sentinels (port 26379 unless given), which find the master",
         text=v.endpoints_text)
     redis_sentinel_master: str = setting("REDIS_SENTINEL_MASTER", d.DEFAULT_REDIS_SENTINEL_MASTER, v.identifier,
                                          "the master's name in the Sentinels' `sentinel monitor` line")
@@ -110,9 +108,8 @@ class Settings:
                                "secret; a default one is refused in production (`AF_ENV`)", secret=True)
     pg_table: str = setting("PG_TABLE", "events", v.identifier, "table name (an identifier)")
     timescale_retention_s: int = setting(
-        "TIMESCALE_RETENTION", 0, v.duration, "how long rows are kept, by their event time (`30d`, `12h`, `90m`; "
-        "empty or `0`: forever): a TimescaleDB retention policy, or on plain PostgreSQL deleted in batches (see "
-        "[docs/operations.md](docs/operations.md#retention))", text=v.duration_text)
+        "TIMESCALE_RETENTION", 0, v.duration, "how long rows are kept by event time (`30d`, `12h`; `0`: "
+        "forever; [retention](docs/operations.md#retention))", text=v.duration_text)
     timescale_compress_after_s: int = setting(
         "TIMESCALE_COMPRESS_AFTER", 0, v.duration, "TimescaleDB only: chunks whose rows are older than this are "
         "compressed by a policy (empty or `0`: none)", text=v.duration_text)
@@ -144,15 +141,13 @@ class Settings:
         "with a plain `bolt://`/`neo4j://` URI: encrypt and trust this CA (`+s` URIs choose TLS themselves)")
     graph_name: str = setting("GRAPH_NAME", "events", v.identifier, "FalkorDB graph name (an identifier)")
     graph_retention_s: int = setting(
-        "GRAPH_RETENTION", 0, v.duration, "how long Event nodes are kept, by their event time (`30d`, `12h`, "
-        "`90m`; empty or `0`: forever); older ones and their relationships are removed, the other nodes stay (see "
-        "[docs/operations.md](docs/operations.md#retention))", text=v.duration_text)
+        "GRAPH_RETENTION", 0, v.duration, "how long Event nodes are kept by event time; other nodes stay "
+        "([retention](docs/operations.md#retention))", text=v.duration_text)
     graph_retention_batch: int = setting("GRAPH_RETENTION_BATCH", d.DEFAULT_GRAPH_RETENTION_BATCH, v.positive_int,
                                          "Event nodes one retention statement removes")
     retention_interval_s: int = setting(
         "RETENTION_INTERVAL", d.DEFAULT_RETENTION_INTERVAL_S, v.positive_duration,
-        "how often the graph and timescale pools remove expired data (one replica at a time), each run for at most "
-        "half of it", text=v.duration_text)
+        "how often the graph and timescale pools remove expired data, one replica at a time", text=v.duration_text)
     af_env: str = setting(
         "AF_ENV", "dev", v.text, "the `env` added to every event; `prod` or `production` (also `prod-eu`, ...) is "
         "production, where an empty or default password stops the process ([docs/operations.md]"
@@ -186,16 +181,14 @@ class Settings:
     max_batch_size: int = setting("MAX_BATCH_SIZE", d.DEFAULT_MAX_BATCH_SIZE, v.positive_int,
                                   "events per batch (bridge)")
     max_batch_bytes: int = setting(
-        "MAX_BATCH_BYTES", d.DEFAULT_MAX_BATCH_BYTES, v.positive_int, "bytes of raw events per batch (bridge): a "
-        "batch closes when one more message of its average size would pass this, so it passes it by at most one "
-        "message")
+        "MAX_BATCH_BYTES", d.DEFAULT_MAX_BATCH_BYTES, v.positive_int, "bytes of raw events per batch (bridge), passed "
+        "by at most one message")
     batch_linger_ms: int = setting("BATCH_LINGER_MS", d.DEFAULT_BATCH_LINGER_MS, v.positive_int,
                                    "how long the bridge waits to fill a batch after its first event")
     bridge_max_unacked: int = setting(
         "BRIDGE_MAX_UNACKED", d.DEFAULT_BRIDGE_MAX_UNACKED, v.positive_int,
-        "events a bridge replica holds taken from NATS and not yet acked (enqueued, waiting for Redis's disk): it "
-        "fetches no more at this bound; lower means less memory and fewer redeliveries after a crash, higher more "
-        "throughput with `appendfsync everysec`")
+        "events a bridge replica holds un-acked (enqueued, waiting for Redis's disk); higher helps `appendfsync "
+        "everysec`, lower saves memory")
     bridge_max_unacked_bytes: int = setting(
         "BRIDGE_MAX_UNACKED_BYTES", d.DEFAULT_BRIDGE_MAX_UNACKED_BYTES, v.positive_int,
         "and the same bound in bytes of raw events")
