@@ -214,7 +214,7 @@ def test_the_compose_redis_requires_the_password_of_its_secret(tmp_path: Path) -
         url = f"redis://127.0.0.1:{port}/0"
         client = redis_client(Settings.from_env({"REDIS_URL": url,
                                                  "REDIS_PASSWORD_FILE": str(tmp_path / "redis_password")}))
-        assert client.ping() and client.config_get("appendfsync") == {"appendfsync": "always"}
+        assert client.ping() and client.config_get("appendfsync") == {"appendfsync": "everysec"}
         client.close()
         with pytest.raises(redis.AuthenticationError):
             redis_client(Settings.from_env({"REDIS_URL": url})).ping()
