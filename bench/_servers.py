@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +79,15 @@ def stop_graph(stack: Stack) -> None:
 def stop(stack: Stack | None) -> None:
     if stack is not None:
         stack.servers.stop(lambda _: None, hurried=True)
+
+
+def stop_and_clean(stack: Stack | None, root: Path, *, keep: bool, say: Callable[[str], object]) -> None:
+    """Stop ``stack``'s servers, then delete ``root`` (their data and the logs), or say where it is with ``keep``."""
+    stop(stack)
+    if keep:
+        say(f"kept {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def set_appendfsync(stack: Stack, policy: str) -> None:

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -263,11 +262,7 @@ def main(argv: list[str]) -> int:
         runs, rounds = run_e2e(stack, opts, payloads, root / "logs")
         neo = neo4j.measure(stack, payloads, enriched, BATCH, root / "logs", opts.repeats, say)
     finally:
-        _servers.stop(stack)
-        if opts.keep:
-            say(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        _servers.stop_and_clean(stack, root, keep=opts.keep, say=say)
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     info["seconds"] = round(time.monotonic() - started, 1)
     report(opts, info, ceil, st, runs, rounds, neo)

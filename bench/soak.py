@@ -19,7 +19,6 @@ import inspect
 import math
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -247,11 +246,7 @@ def main(argv: list[str]) -> int:
         print(f"bench/soak: {e}", file=sys.stderr)
         return 2
     finally:
-        _servers.stop(stack)
-        if opts.keep:
-            say(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        _servers.stop_and_clean(stack, root, keep=opts.keep, say=say)
     info.update(load_average_end=[round(x, 2) for x in os.getloadavg()],
                 max_rate=None if max_rate is None else round(max_rate), rate=round(rate))
     report(opts, info, samples)

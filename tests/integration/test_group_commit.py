@@ -48,6 +48,15 @@ async def acked_count(js: object, settings: Settings) -> int:
     return int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
 
 
+async def all_acked(js: object, settings: Settings, count: int) -> None:
+    """Wait until the first ``count`` messages of the stream are acked."""
+
+    async def acked() -> bool:
+        return await acked_count(js, settings) == count
+
+    await eventually(acked)
+
+
 def test_one_check_settles_every_batch_enqueued_while_it_waited(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(MAX_BATCH_SIZE=10, BATCH_LINGER_MS=20)
     published = ids(200)
@@ -62,11 +71,7 @@ def test_one_check_settles_every_batch_enqueued_while_it_waited(make_settings: C
             assert await acked_count(js, settings) == 0
             assert sync.calls == 1
             sync.gate.set()
-
-            async def all_acked() -> bool:
-                return await acked_count(js, settings) == 200
-
-            await eventually(all_acked)
+            await all_acked(js, settings, 200)
         assert Counter(recorder.ids) == Counter(published)
         assert len(recorder.batches) >= 20
         assert sync.calls <= 3  # the held one, then one for all the batches enqueued meanwhile (and a late one)
@@ -92,11 +97,7 @@ def test_a_replica_holds_at_most_its_bound_unacked(make_settings: Callable[..., 
                 await asyncio.sleep(0.05)
             sync.gate.set()
             await recorder.wait_for(lambda: len(recorder.ids) == 300)
-
-            async def all_acked() -> bool:
-                return await acked_count(js, settings) == 300
-
-            await eventually(all_acked)
+            await all_acked(js, settings, 300)
         assert Counter(recorder.ids) == Counter(published)
 
     asyncio.run(main())
@@ -112,11 +113,7 @@ def test_a_failed_check_redelivers_its_whole_group(make_settings: Callable[..., 
         bridge = Bridge(settings, recorder, sync=sync, nak_delay_s=0.1)
         async with nats_client(settings) as (_, js), running(bridge):
             await publish(js, settings.nats_subject_raw, published)
-
-            async def all_acked() -> bool:
-                return await acked_count(js, settings) == 100
-
-            await eventually(all_acked)
+            await all_acked(js, settings, 100)
         # What the failed checks covered came back and was enqueued again: every event at least once.
         assert set(recorder.ids) == set(published)
         assert len(recorder.ids) > len(published)
