@@ -19,7 +19,7 @@ from etl.config import Settings
 from etl.dev import corpus
 from etl.natsio.conn import connect
 from etl.natsio.internals import publish_plain
-from etl.pipeline.bridge import ensure_raw_stream
+from etl.pipeline.rawstream import ensure_raw_stream
 from etl.sinks.graph.sink import GraphSink
 
 HOSTS = 50

@@ -46,7 +46,7 @@ from etl.dev.services import Servers
 from etl.dev.supervisor import Pipeline
 from etl.natsio.conn import connect
 from etl.pipeline.backlog import queue_depths
-from etl.pipeline.bridge import ensure_raw_stream
+from etl.pipeline.rawstream import ensure_raw_stream
 from etl.sinks.migrate import migrate
 from etl.stages import GRAPH, QUEUES, TIMESCALE
 

@@ -73,7 +73,7 @@ class Generator:
 
     async def _publish(self) -> None:
         from etl.natsio.conn import close, connect
-        from etl.pipeline.bridge import ensure_raw_stream
+        from etl.pipeline.rawstream import ensure_raw_stream
 
         events = sample_events(self._count, self._hosts, self._shape)
         nc = await connect(self._settings, name="etl-dev-generator")

@@ -24,9 +24,9 @@ from etl.config import Settings
 from etl.dev.generator import generate
 from etl.natsio.conn import connect
 from etl.ops import report
-from etl.pipeline.bridge import ensure_raw_stream
 from etl.pipeline.dlq import DeadLetter, DeadLetterStore
 from etl.pipeline.peers import destination_of
+from etl.pipeline.rawstream import ensure_raw_stream
 from etl.rdns.strategies import fake_name
 from tests.graphs import open_probe
 

@@ -25,7 +25,7 @@ from etl.dev import servers as devservers
 from etl.dev.supervisor import Pipeline
 from etl.natsio.conn import UNAVAILABLE_ERRORS, connect
 from etl.ops import report
-from etl.pipeline.bridge import consumer_config, ensure_raw_stream
+from etl.pipeline.rawstream import consumer_config, ensure_raw_stream
 from etl.stages import QUEUES, TIMESCALE
 from tests.graphs import FALKORDB, graph_env, neo4j_server_or_skip
 from tests.waiting import wait_for

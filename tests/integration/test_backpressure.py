@@ -29,7 +29,8 @@ from etl.broker import build_broker
 from etl.config import Settings
 from etl.pipeline import rawbatch
 from etl.pipeline.backlog import deepest, queue_depths
-from etl.pipeline.bridge import Bridge, ensure_raw_stream
+from etl.pipeline.bridge import Bridge
+from etl.pipeline.rawstream import ensure_raw_stream
 from etl.stages import ENRICH, GRAPH, PUBLISH, QUEUES, TIMESCALE
 
 EVENTS = 5000

@@ -18,10 +18,10 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo, StorageType
 
 from etl.config import Settings
-from etl.pipeline.bridge import (
+from etl.pipeline.bridge import Bridge
+from etl.pipeline.rawstream import (
     DEFAULT_ACK_WAIT_S,
     RAW_STREAM_RETENTION,
-    Bridge,
     consumer_config,
     ensure_raw_stream,
     max_ack_pending,

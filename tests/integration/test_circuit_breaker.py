@@ -32,7 +32,7 @@ from etl.dev.supervisor import Pipeline
 from etl.errors import SinkUnavailable
 from etl.natsio.conn import connect
 from etl.ops import report
-from etl.pipeline.bridge import ensure_raw_stream
+from etl.pipeline.rawstream import ensure_raw_stream
 from etl.stages import TIMESCALE
 from tests.waiting import wait_for
 

@@ -37,7 +37,7 @@ from etl.dev.publish import malformed_every
 from etl.dev.servers import free_port
 from etl.dev.services import DEV_NATS_MAX_STORE_BYTES, Servers
 from etl.natsio import conn
-from etl.pipeline.bridge import ensure_raw_stream
+from etl.pipeline.rawstream import ensure_raw_stream
 from etl.sinks.nats_publish import enriched_stream_limits
 from tests import graphs
 

@@ -32,9 +32,9 @@ from etl.dev.stack import migrate
 from etl.dev.supervisor import Pipeline
 from etl.natsio.conn import connect
 from etl.ops import report
-from etl.pipeline.bridge import ensure_raw_stream
 from etl.pipeline.dlq import DeadLetterStore
 from etl.pipeline.limits import MAX_NESTING_DEPTH
+from etl.pipeline.rawstream import ensure_raw_stream
 from tests.graphs import FALKORDB
 from tests.integration.accounting import by_id, check_graph, check_postgres
 from tests.integration.faults_support import Stack, start_stack

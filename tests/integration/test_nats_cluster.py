@@ -21,7 +21,7 @@ from etl.dev import servers
 from etl.dev.supervisor import Pipeline
 from etl.errors import ConfigError
 from etl.natsio.conn import UNAVAILABLE_ERRORS, NatsUnavailable, connect, ensure_stream
-from etl.pipeline.bridge import ensure_raw_stream
+from etl.pipeline.rawstream import ensure_raw_stream
 from etl.stages import TIMESCALE
 from tests.integration.accounting import (
     GENERATED_REASONS,

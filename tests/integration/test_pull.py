@@ -13,7 +13,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 import etl.natsio.pull
 from etl.config import Settings
 from etl.natsio.pull import ConsumerGone, PullFetcher
-from etl.pipeline.bridge import ensure_raw_stream
+from etl.pipeline.rawstream import ensure_raw_stream
 
 ACK_WAIT_S = 60.0
 

@@ -14,7 +14,7 @@ from etl.config import Settings
 from etl.errors import ConfigError
 from etl.natsio.conn import connect, ensure_stream
 from etl.ops import report
-from etl.pipeline.bridge import ensure_raw_stream
+from etl.pipeline.rawstream import ensure_raw_stream
 from etl.sinks.nats_publish import NatsPublisher
 from tests.integration.accounting import Events, check_accounting, sample_events
 from tests.waiting import wait_for
