@@ -18,6 +18,7 @@ from etl.broker import redis_client
 from etl.config import Settings
 from etl.retention.runs import expire
 from etl.retention.task import RetentionTask
+from etl.sinks import timescale_schema
 from etl.sinks.timescale import TimescaleSink
 from etl.sinks.timescale_retention import TableExpiry
 from tests.integration.retention_support import expiring_in_background
@@ -153,7 +154,7 @@ def test_policies_a_server_refuses_leave_the_migration_standing(sink: TimescaleS
     conn = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, user=settings.pg_user, dbname=settings.pg_db)
     try:
         with conn.cursor() as cur:
-            sink._retention_schema(cur, hypertable=True)  # noqa: SLF001
+            timescale_schema.retention_schema(cur, settings, hypertable=True)
             cur.execute("SELECT 1")
             assert cur.fetchone() == (1,)
         conn.commit()

@@ -20,7 +20,8 @@ from etl.dev import servers
 from etl.errors import SinkDataError, SinkUnavailable, TransientError
 from etl.pipeline.events import parse_event
 from etl.sinks.postgres import statement_timeout_ms, translate_error
-from etl.sinks.timescale import APPLICATION_NAME, TimescaleSink
+from etl.sinks.timescale import TimescaleSink
+from etl.sinks.timescale_pool import APPLICATION_NAME
 from tests.waiting import wait_for
 
 BASE_MS = 1704110400000  # 2024-01-01T12:00:00Z
@@ -116,7 +117,7 @@ def test_migrate_is_idempotent_and_logs_the_plain_table(
 ) -> None:
     sink = TimescaleSink(settings, pool_size=2)
     try:
-        with caplog.at_level(logging.WARNING, logger="etl.sinks.timescale"):
+        with caplog.at_level(logging.WARNING, logger="etl.sinks.timescale_schema"):
             sink.open()
             assert len(caplog.records) == 1
             sink.migrate()
