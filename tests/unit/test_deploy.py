@@ -58,7 +58,8 @@ PROMETHEUS_OWN = {"up": set()}
 OPERATOR_QUESTIONS = ("etl_events_total", "etl_dead_letters_total", "etl_batch_size_bucket",
                       "etl_sink_write_seconds_bucket", "etl_queue_depth", "etl_bridge_paused",
                       "etl_circuit_breaker_state", "dramatiq_message_retries_total", "dramatiq_message_errors_total",
-                      "etl_consumer_lag")
+                      "etl_consumer_lag", "etl_bridge_unacked_events", "etl_retention_removed_total",
+                      "etl_retention_last_run_timestamp_seconds", "etl_retention_last_run_seconds")
 _INTERPOLATION = re.compile(r"(?<!\$)\$(?:\{(?P<braced>[A-Za-z_]\w*)(?P<op>:?[-?])?(?P<arg>[^}]*)\}"
                             r"|(?P<bare>[A-Za-z_]\w*))")
 
