@@ -1,10 +1,10 @@
 """Retention of the events table: ``TIMESCALE_RETENTION`` and ``TIMESCALE_COMPRESS_AFTER``.
 
-With TimescaleDB (the table is a hypertable, see ``etl.sinks.timescale_schema``), the server does it: ``migrate`` brings a
-retention policy (whole chunks older than the retention are dropped) and a compression policy to the settings, by
-``policy_changes``, and the retention task leaves the table alone. On plain PostgreSQL, ``TableExpiry`` deletes the
-rows whose ``"time"`` (event time) is older, a bounded batch per statement and transaction, found through an index
-on ``"time"`` that ``migrate`` makes there; there is no compression.
+With TimescaleDB (the table is a hypertable, see ``etl.sinks.timescale_schema``), the server does it: ``migrate``
+brings a retention policy (whole chunks older than the retention are dropped) and a compression policy to the
+settings, by ``policy_changes``, and the retention task leaves the table alone. On plain PostgreSQL, ``TableExpiry``
+deletes the rows whose ``"time"`` (event time) is older, a bounded batch per statement and transaction, found
+through an index on ``"time"`` that ``migrate`` makes there; there is no compression.
 """
 
 from __future__ import annotations
