@@ -3,11 +3,11 @@
 A run removes one batch after another (each its own statement and transaction) until a batch comes back short
 (nothing older is left), its time budget is spent, or the worker is stopping. After each statement it waits as long
 again (``PAUSE_FACTOR``): FalkorDB runs one write at a time per graph, and back-to-back deletions would hold the
-sink's writes back for the whole run. Runs come every
-``RETENTION_INTERVAL``, jittered so that replicas spread out, and each takes a lease for ``LEASE_SHARE`` of the
-interval first: one run at a time across every process and replica, at most one per interval. A run's budget,
-``RUN_BUDGET_SHARE`` of the interval, ends well before its lease, so runs never overlap; a run cut short by its
-budget goes on at the next interval.
+sink's writes back for the whole run. Runs come every ``RETENTION_INTERVAL``, jittered so that replicas spread out,
+and each takes a lease for ``LEASE_SHARE`` of the interval first: one run at a time across every process and
+replica. A run's budget, ``RUN_BUDGET_SHARE`` of the interval, ends well before its lease, so runs never overlap; a
+run cut short by its budget is followed at once by the next, under the same process's renewed lease
+(``etl.retention.task``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Protocol
 RUN_BUDGET_SHARE = 0.5
 # The pause after a statement, as a multiple of the time it took: the writes get the graph at least half the time.
 PAUSE_FACTOR = 1.0
-# Shorter than the shortest jittered interval (1 - JITTER_SHARE), so a lone process finds its own lease gone at its
-# next run; longer than a run's budget, with room for the statement running when the budget ends.
+# Shorter than the shortest jittered interval (1 - JITTER_SHARE), so that the lease of a process that died is free
+# by the others' next runs; longer than a run's budget, with room for the statement running when the budget ends.
 LEASE_SHARE = 0.8
 JITTER_SHARE = 0.1
 

@@ -21,6 +21,7 @@ from etl.sinks.graph.sink import GraphSink
 from tests.graphs import Probe
 from tests.integration import graph_fixtures
 from tests.integration.retention_support import expiring_in_background
+from tests.waiting import wait_for
 
 DAY_MS = 86_400_000
 MAX_WRITES = 500
@@ -131,6 +132,32 @@ def test_a_run_is_counted_and_one_process_runs_at_a_time(
     assert sample("etl_retention_last_run_timestamp_seconds", "graph") >= started
     assert sample("etl_retention_last_run_seconds", "graph") == pytest.approx(run.seconds)
     assert len(event_ids(probe)) == 3
+
+
+def jumping_clock(step_s: float = 1000.0) -> Callable[[], float]:
+    """A clock that moves ``step_s`` at each reading: every run spends its budget at its first statement."""
+    now = [0.0]
+
+    def read() -> float:
+        now[0] += step_s
+        return now[0]
+    return read
+
+
+def test_a_task_behind_goes_on_at_once_under_its_own_lease(
+        sink: GraphSink, probe: Probe, expiry: GraphExpiry, settings: Settings, lease_redis: redis.Redis) -> None:
+    _, new = old_and_new(sink, old=35, new=3)
+    # One statement per run, runs a minute apart: only going on at once removes the 35 (four runs) in time.
+    task = RetentionTask([expiry], lease_redis, settings.retention_interval_s, clock=jumping_clock())
+    other = RetentionTask([], lease_redis, settings.retention_interval_s)
+    task.start()
+    try:
+        wait_for(lambda: event_ids(probe) == new, timeout_s=20, describe=lambda: f"{len(event_ids(probe))} left")
+        assert other.run_once(expiry) is None  # the lease stays with the task that is running
+    finally:
+        assert task.stop()
+    assert task.run_once(expiry) is not None  # renewed, not waiting for its own lease to expire
+    assert other.run_once(expiry) is None
 
 
 def test_writes_go_on_while_a_large_expiry_runs(settings: Settings, make_settings: Callable[..., Settings],
