@@ -44,7 +44,7 @@ DEFAULT_ENRICHED_STREAM_MAX_AGE_S = 7 * 24 * 3600
 # Retention (etl.retention): how often a pool looks for expired data, and how much one statement removes. A batch
 # is one statement and one transaction, short enough that the graph server's writer (FalkorDB runs one write at a
 # time per graph) or the table's inserts are never held for long; PostgreSQL rows are far cheaper than graph nodes.
-DEFAULT_RETENTION_INTERVAL_S = 60
+DEFAULT_RETENTION_INTERVAL_S = 10
 DEFAULT_GRAPH_RETENTION_BATCH = 2_000
 DEFAULT_TIMESCALE_RETENTION_BATCH = 10_000
 DEFAULT_RDNS_TIMEOUT_MS = 500

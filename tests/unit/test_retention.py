@@ -52,7 +52,7 @@ def test_retention_settings() -> None:
     assert Settings.from_env(s.to_env()) == s
     assert s.to_env()["GRAPH_RETENTION"] == "30d"
     defaults = Settings.from_env({})
-    assert (defaults.graph_retention_s, defaults.timescale_retention_s, defaults.retention_interval_s) == (0, 0, 60)
+    assert (defaults.graph_retention_s, defaults.timescale_retention_s, defaults.retention_interval_s) == (0, 0, 10)
     with pytest.raises(ConfigError, match="RETENTION_INTERVAL must be a duration of at least 1s"):
         Settings.from_env({"RETENTION_INTERVAL": "0"})
 
