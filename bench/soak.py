@@ -200,7 +200,9 @@ def progress(s: Sample) -> str:
     lat = s.latency_ms
     return (f"{s.phase} {s.t_s:6.0f}s  ev/s: {rates}  p50/p99 {lat['p50']:,.0f}/{lat['p99']:,.0f} ms  "
             f"Event nodes {s.sizes['event_nodes']:,.0f}  rows {s.sizes['table_rows']:,.0f}  "
-            f"Redis {s.sizes['redis_used_mib']:,.1f} MiB")
+            f"Redis {s.sizes['redis_used_mib']:,.1f} MiB  cores busy {s.machine_cores.get('busy', math.nan):.2f} "
+            f"(outside the soak {s.machine_cores.get('outside', math.nan):.2f}, "
+            f"stolen {s.machine_cores.get('steal', math.nan):.2f})")
 
 
 def finite(value: Any) -> Any:

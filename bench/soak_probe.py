@@ -119,6 +119,7 @@ class Probe:
         self._published, self._enriched, self._graph_events = Cumulative(), Cumulative(), Cumulative()
         self._started = self._last = time.time()
         self._cut = self._started - SETTLE_S
+        self._machine = psutil.cpu_times()
 
     def close(self) -> None:
         self._counts.close()
@@ -146,7 +147,8 @@ class Probe:
         sizes = {**read.sizes, "enriched_messages": enriched_messages or 0.0, "raw_backlog": raw_backlog or 0.0}
         sample = Sample(t_s=round(now - self._started, 3), dt_s=round(dt, 3), phase=phase,
                         rates=rates, rss_mib=read.rss, cpu_s=read.cpu, sizes=sizes, latency_hist=read.hist,
-                        retention={k: v for k, v in read.metrics.items() if RETENTION_WORD in k}, pss_mib=read.pss)
+                        retention={k: v for k, v in read.metrics.items() if RETENTION_WORD in k}, pss_mib=read.pss,
+                        machine_cores=self._machine_cores(dt, sum(read.cpu.values())))
         self._last = now
         return sample
 
@@ -176,6 +178,17 @@ class Probe:
             del group.rss[:-1]  # the samples keep the series; the group need not
             pss[label] = round(sum(_pss(proc) for proc in group.members()) / MIB, 1)
         return rss, pss, cpu
+
+    def _machine_cores(self, dt: float, ours_s: float) -> dict[str, float]:
+        """Cores the machine spent since the last tick: busy (all but idle and I/O wait), stolen, and busy outside
+        the soak's processes (``ours_s`` CPU seconds)."""
+        before, self._machine = self._machine, psutil.cpu_times()
+        spent = {name: getattr(self._machine, name) - getattr(before, name) for name in before._fields}
+        busy = sum(spent.values()) - spent["idle"] - spent.get("iowait", 0.0)
+        if dt <= 0:
+            return {}
+        return {"busy": round(busy / dt, 2), "steal": round(spent.get("steal", 0.0) / dt, 2),
+                "outside": round(max(0.0, busy - ours_s) / dt, 2)}
 
     def _graph_and_redis(self) -> dict[str, float]:
         nodes = int(self._graph.ro_query("MATCH (n) RETURN count(n)").result_set[0][0])

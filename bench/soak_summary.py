@@ -57,6 +57,10 @@ class Sample:
     sizes: dict[str, float]  # event_nodes, nodes, table_rows, enriched_messages, redis_used_mib
     retention: dict[str, float] = field(default_factory=dict)  # every metric whose name says retention
     pss_mib: dict[str, float] = field(default_factory=dict)  # as rss_mib, each shared page counted as its share
+    # The whole machine's CPU in the window, in cores: busy, stolen by the hypervisor, and busy beyond the CPU time
+    # of the processes in cpu_s (the kernel's interrupt work, and any other process): a window made slow by
+    # something else on the machine shows here.
+    machine_cores: dict[str, float] = field(default_factory=dict)
     latency_hist: dict[int, int] = field(default_factory=dict)
 
     @property
