@@ -1,5 +1,6 @@
-"""What the package declares, held to what it needs: ``pyproject.toml``'s dependency ranges and ``requirements.txt``'s
-exact lock of them and of everything they pull in. Read from the files and the installed packages' metadata."""
+"""What the package declares, held to what it needs: ``pyproject.toml``'s dependency ranges, ``requirements.txt``'s
+exact lock of them and of everything they pull in, and the version ``etl --version`` reads back. Read from the files
+and the installed packages' metadata; ``tests/integration/test_package.py`` installs the wheel for real."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import tomllib
+from click.testing import CliRunner
 from packaging.requirements import Requirement
 from packaging.utils import NormalizedName, canonicalize_name
+
+from etl import version
+from etl.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,3 +77,12 @@ def test_the_lock_holds_exactly_what_the_declared_dependencies_need() -> None:
     installed = {name: metadata.version(name) for name in here}
     assert installed == {name: pinned_version(req) for name, req in here.items()}, "bin/setup installs the lock"
 
+
+def test_the_version_is_read_from_the_installed_metadata_of_this_project() -> None:
+    assert version.DISTRIBUTION == project()["name"]
+    result = CliRunner().invoke(main, ["--version"])
+    assert (result.exit_code, result.output) == (0, f"etl, version {project()['version']}\n")
+
+
+def test_the_version_of_a_tree_never_installed_says_so() -> None:
+    assert version.installed_version("aegisflux-etl-never-installed") == version.NOT_INSTALLED
