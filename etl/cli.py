@@ -18,6 +18,7 @@ from etl.dev.services import GRAPH_BACKENDS, NEO4J
 from etl.envvalues import redact_url
 from etl.errors import TransientError
 from etl.ops.dlq_commands import dlq
+from etl.version import installed_version
 
 # What is asked for needs a tool this machine lacks: like a bad setting (etl.config), nothing started, exit 2.
 EXIT_TOOLS_MISSING = 2
@@ -47,6 +48,7 @@ class Commands(click.Group):
 
 
 @click.group(cls=Commands)
+@click.version_option(installed_version(), prog_name="etl")
 def main() -> None:
     """Security event enrichment pipeline."""
 
