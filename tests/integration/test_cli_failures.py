@@ -10,15 +10,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import psycopg2
 import pytest
 from click.testing import CliRunner
+from psycopg2 import sql
 
 from etl.cli import main
 from etl.config import Settings
 from etl.dev.servers import free_port
 from etl.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from etl.sinks.postgres import connection_params
 
 HIDDEN = "Hidden-pw-4q"
 # Every command that talks to a server, with its arguments.
@@ -31,9 +34,10 @@ def run_etl(args: tuple[str, ...], env: dict[str, str]) -> subprocess.CompletedP
 
 
 def assert_one_line(done: subprocess.CompletedProcess[str], exit_code: int, *named: str,
-                    warned: str | None = None) -> str:
+                    warned: str | None = None, prefix: str = "error: ") -> str:
     """The command ended with ``exit_code`` and one line on stderr holding each of ``named``; returns the line.
-    ``warned``: the command logs one warning holding it first (``etl migrate``'s fallback to a plain table)."""
+    ``warned``: the command logs one warning holding it first (``etl migrate``'s fallback to a plain table);
+    ``prefix``: how the line starts."""
     assert "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.splitlines()
     if warned is not None:
@@ -41,7 +45,7 @@ def assert_one_line(done: subprocess.CompletedProcess[str], exit_code: int, *nam
         lines = lines[1:]
     assert len(lines) == 1, done.stderr
     assert done.returncode == exit_code, done.stderr
-    assert lines[0].startswith("error: "), lines[0]
+    assert lines[0].startswith(prefix), lines[0]
     for text in named:
         assert text in lines[0], lines[0]
     assert HIDDEN not in done.stderr + done.stdout
@@ -94,6 +98,46 @@ def test_a_table_not_created_yet_counts_zero(make_settings: Callable[..., Settin
     done = run_etl(("report",), make_settings().to_env())
     assert done.returncode == EXIT_OK and done.stderr == "", done.stderr
     assert '"stored": 0' in done.stdout
+
+
+@pytest.fixture
+def role_without_rights(make_settings: Callable[..., Settings]) -> Iterator[Settings]:
+    """Settings logging in as a role that may connect but not read the events table, which exists."""
+    admin = make_settings()
+    role, table = sql.Identifier(f"etl_noread_{admin.pg_table[-8:]}"), sql.Identifier(admin.pg_table)
+    conn = psycopg2.connect(**connection_params(admin))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+            cur.execute(sql.SQL("CREATE TABLE {} (id TEXT)").format(table))
+        yield make_settings(PG_USER=role.string)
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP TABLE {}").format(table))
+            cur.execute(sql.SQL("DROP ROLE {}").format(role))
+    finally:
+        conn.close()
+
+
+def test_a_table_the_role_may_not_read_is_one_line(role_without_rights: Settings) -> None:
+    done = run_etl(("report",), role_without_rights.to_env())
+    assert_one_line(done, EXIT_FAILURE, f"timescale table {role_without_rights.pg_table}", "permission denied")
+
+
+def test_health_and_status_name_what_they_cannot_reach(make_settings: Callable[..., Settings]) -> None:
+    """Already so before the command group did it: checked here with the others, so that every command is."""
+    port = free_port()
+    closed = {"HEALTH_PORT": str(port), "METRICS_PORT": str(port)}
+    for pool in ("bridge", "enrich"):
+        line = assert_one_line(run_etl(("health", "--pool", pool), make_settings(**closed).to_env()), EXIT_FAILURE,
+                               prefix=f"{pool}: unhealthy: ")
+        assert "Connection refused" in line, line
+    env = make_settings(**{k: v for server in NAMED for k, v in down(server, port).items()}).to_env()
+    done = run_etl(("status", "--once", "--interval", "0.1"), env)
+    assert (done.returncode, done.stderr) == (EXIT_FAILURE, ""), done.stderr
+    shown = [line for line in done.stdout.splitlines() if line.startswith("! ")]
+    assert sorted(line.split(":")[0] for line in shown) == ["! graph", "! nats", "! postgresql", "! redis"], shown
+    assert HIDDEN not in done.stdout
 
 
 def test_help_lists_the_exit_codes() -> None:
