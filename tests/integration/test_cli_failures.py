@@ -59,25 +59,26 @@ def down(server: str, port: int) -> dict[str, str]:
         "nats": {"NATS_URL": f"nats://etl:{HIDDEN}@127.0.0.1:{port}"},
         "postgresql": {"PG_PORT": str(port), "PG_PASSWORD": HIDDEN},
         "graph": {"NEO4J_URI": f"falkor://:{HIDDEN}@127.0.0.1:{port}"},
+        "neo4j": {"NEO4J_URI": f"bolt://127.0.0.1:{port}", "NEO4J_PASSWORD": HIDDEN},
     }[server]
 
 
 # What names the server in the line: its URL, credentials redacted, or its address.
 NAMED = {"redis": "redis://etl:***@127.0.0.1:{port}/0", "nats": "127.0.0.1:{port}",
-         "postgresql": "port {port}", "graph": "127.0.0.1:{port}"}
+         "postgresql": "port {port}", "graph": "127.0.0.1:{port}", "neo4j": "127.0.0.1:{port}"}
 
 
 @pytest.mark.parametrize(("args", "server"), [
     *((args, "redis") for args in DLQ_COMMANDS),
     (("report",), "redis"), (("report",), "nats"), (("report",), "postgresql"), (("report",), "graph"),
-    (("migrate",), "postgresql"), (("migrate",), "graph"),
+    (("report",), "neo4j"), (("migrate",), "postgresql"), (("migrate",), "graph"), (("migrate",), "neo4j"),
 ])
 def test_a_server_nobody_listens_for_is_one_line(args: tuple[str, ...], server: str,
                                                  make_settings: Callable[..., Settings]) -> None:
     port = free_port()
     done = run_etl(args, make_settings(**down(server, port)).to_env())
     # The test servers' PostgreSQL has no TimescaleDB: `etl migrate` says so before it reaches the graph.
-    warned = "TimescaleDB" if args == ("migrate",) and server == "graph" else None
+    warned = "TimescaleDB" if args == ("migrate",) and server in ("graph", "neo4j") else None
     assert_one_line(done, EXIT_FAILURE, NAMED[server].format(port=port), warned=warned)
 
 
@@ -132,12 +133,20 @@ def test_health_and_status_name_what_they_cannot_reach(make_settings: Callable[.
         line = assert_one_line(run_etl(("health", "--pool", pool), make_settings(**closed).to_env()), EXIT_FAILURE,
                                prefix=f"{pool}: unhealthy: ")
         assert "Connection refused" in line, line
-    env = make_settings(**{k: v for server in NAMED for k, v in down(server, port).items()}).to_env()
+    env = make_settings(**{k: v for server in ("redis", "nats", "postgresql", "graph")
+                           for k, v in down(server, port).items()}).to_env()
     done = run_etl(("status", "--once", "--interval", "0.1"), env)
     assert (done.returncode, done.stderr) == (EXIT_FAILURE, ""), done.stderr
     shown = [line for line in done.stdout.splitlines() if line.startswith("! ")]
     assert sorted(line.split(":")[0] for line in shown) == ["! graph", "! nats", "! postgresql", "! redis"], shown
     assert HIDDEN not in done.stdout
+
+
+@pytest.mark.parametrize("scheme", ["bolt", "neo4j+s"])
+def test_credentials_in_a_neo4j_uri_are_a_configuration_error_that_hides_them(scheme: str) -> None:
+    """The Neo4j driver refuses them, repeating the URI with the password: refused before, by name only."""
+    done = run_etl(("migrate",), {"NEO4J_URI": f"{scheme}://neo4j:{HIDDEN}@127.0.0.1:7687"})
+    assert_one_line(done, EXIT_CONFIG, "NEO4J_URI carries credentials", prefix="configuration error: ")
 
 
 def test_help_lists_the_exit_codes() -> None:
