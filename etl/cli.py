@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -16,12 +17,10 @@ from etl.dev import neo4jserver
 from etl.dev.corpus import SHAPES
 from etl.dev.services import GRAPH_BACKENDS, NEO4J
 from etl.envvalues import redact_url
-from etl.errors import TransientError
+from etl.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from etl.ops.dlq_commands import dlq
+from etl.ops.failures import EXIT_CODES_HELP, failure_of
 from etl.version import installed_version
-
-# What is asked for needs a tool this machine lacks: like a bad setting (etl.config), nothing started, exit 2.
-EXIT_TOOLS_MISSING = 2
 
 
 def load_settings() -> Settings:
@@ -29,28 +28,26 @@ def load_settings() -> Settings:
 
 
 class Commands(click.Group):
-    """The command group: a server that cannot be reached or refuses our credentials ends a command with one
-    line naming it (credentials redacted) and exit code 1, not a driver's traceback."""
+    """The command group: any command that a server fails (unreachable, a password refused, a table missing) or a
+    setting fails ends with one line on stderr and its exit code (``etl.ops.failures``), not a traceback."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except TransientError as e:  # NATS, a sink: already one line naming the server
-            raise click.ClickException(str(e)) from e
         except Exception as e:
-            import redis  # here: commands that never touch Redis do not load it
-
-            if not isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+            failure = failure_of(e, lambda: redact_url(load_settings().redis_url))
+            if failure is None:
                 raise
-            # A refused password (redis.AuthenticationError) is a ConnectionError; its text holds no secret.
-            where = redact_url(load_settings().redis_url)
-            raise click.ClickException(f"cannot use Redis at {where}: {type(e).__name__}: {e}") from e
+            click.echo(failure.message, err=True)
+            ctx.exit(failure.exit_code)
 
 
-@click.group(cls=Commands)
+@click.group(cls=Commands, epilog=EXIT_CODES_HELP)
 @click.version_option(installed_version(), prog_name="etl")
 def main() -> None:
     """Security event enrichment pipeline."""
+    # What a command logs on its way (a sink's fallback) shows before its output or its failure line, marked so.
+    logging.basicConfig(format="%(levelname)s: %(message)s")
 
 
 @main.command()
@@ -85,7 +82,7 @@ def health(pool: str) -> None:
         client.close()
     if reason is not None:
         click.echo(f"{pool}: unhealthy: {reason}", err=True)
-        raise SystemExit(1)
+        raise SystemExit(EXIT_FAILURE)
     click.echo(f"{pool}: healthy")
 
 
@@ -152,12 +149,12 @@ def dev(data_dir: Path, clean: bool, count: int, rate: float, hosts: int, shape:
 
 def _require_neo4j_toolchain() -> None:
     """Before anything starts: where Java or Maven is missing, end with one line on stderr saying what to install,
-    and exit code ``EXIT_TOOLS_MISSING``."""
+    and exit code ``EXIT_CONFIG``: like a bad setting, nothing started."""
     try:
         neo4jserver.toolchain()
     except neo4jserver.JavaMissing as e:
         click.echo(f"error: {e}", err=True)
-        raise SystemExit(EXIT_TOOLS_MISSING) from None
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 @main.command(name="status")
@@ -175,8 +172,6 @@ def status_cmd(interval: float, once: bool, as_json: bool, metrics_urls: tuple[s
     With --once, exit code 1 when a server could not be read (its fields are null). Metrics that do not answer
     only make their fields unknown.
     """
-    import logging
-
     from etl.ops import status
 
     settings = load_settings()
@@ -189,7 +184,7 @@ def status_cmd(interval: float, once: bool, as_json: bool, metrics_urls: tuple[s
     if once:
         snapshot, rates = status.measure(settings, urls, interval)
         click.echo(status.to_json(snapshot, rates, indent=2) if as_json else status.render(snapshot, rates, settings))
-        raise SystemExit(1 if snapshot.errors else 0)
+        raise SystemExit(EXIT_FAILURE if snapshot.errors else EXIT_OK)
     terminal = sys.stdout.isatty()
     try:
         status.watch(settings, urls, interval, click.echo, as_json=as_json, clear=terminal)

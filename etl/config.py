@@ -22,7 +22,7 @@ from etl import credentials, settings_env
 from etl import defaults as d
 from etl import envvalues as v
 from etl.envvalues import setting
-from etl.errors import ConfigError
+from etl.errors import EXIT_CONFIG, ConfigError
 from etl.sinks.graph.backend import FALKOR_SCHEME
 
 # URL schemes nats-py lets one connection mix: TCP (plain or TLS) or WebSocket, not both.
@@ -316,7 +316,7 @@ class Settings:
 def exit_on_config_error(message: str) -> NoReturn:
     """The one way a process reports a bad setting: one line on stderr, exit code 2, no traceback."""
     sys.stderr.write(f"configuration error: {message}\n")
-    raise SystemExit(2)
+    raise SystemExit(EXIT_CONFIG)
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:

@@ -113,8 +113,8 @@ class SecretSettings(Protocol):
 
 
 def check(settings: SecretSettings) -> None:
-    """Raise ``ConfigError`` when a password is given both in a URL and in its own variable, or when
-    ``settings`` say production and a password they would send ``is_weak``."""
+    """Raise ``ConfigError`` when a password is given both in a URL and in its own variable, when a Neo4j URI
+    carries credentials, or when ``settings`` say production and a password they would send ``is_weak``."""
     if settings.redis_password and url_password(settings.redis_url) is not None:
         raise ConfigError("REDIS_PASSWORD is set and REDIS_URL carries a password too: give one of them")
     if settings.nats_password:
@@ -122,6 +122,11 @@ def check(settings: SecretSettings) -> None:
             raise ConfigError("NATS_PASSWORD is set and NATS_URL carries a password too: give one of them")
         if len({urlsplit(url).username for url in settings.nats_urls}) > 1:
             raise ConfigError("NATS_PASSWORD needs every URL of NATS_URL to name the same user, or none")
+    graph_uri = urlsplit(settings.neo4j_uri)
+    if graph_uri.scheme != FALKOR_SCHEME and "@" in graph_uri.netloc:
+        # The Neo4j driver refuses them with an error that repeats the URI, password and all.
+        raise ConfigError("NEO4J_URI carries credentials, which Neo4j does not take from its URI: give them in "
+                          "NEO4J_USER and NEO4J_PASSWORD")
     if settings.neo4j_password and url_password(settings.neo4j_uri) is not None:
         raise ConfigError("NEO4J_PASSWORD is set and NEO4J_URI carries a password too: give one of them")
     if is_production(settings.af_env):

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from enum import Enum
 
+# How a process or an ``etl`` command ends; ``etl --help`` lists them.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # it could not do its work: a server unreachable, a password refused, a table missing...
+EXIT_CONFIG = 2  # a bad setting or command line, or a tool missing: nothing was started
+
 
 class EtlError(Exception):
     """Base of every error the pipeline raises on purpose."""

@@ -155,6 +155,7 @@ class _ConnectionLog:
         self._nc, self._name, self._url = nc, name, url
         self._extra = {"nats_client": name}
         self.cause: str | None = None
+        self.connected = False  # set once the first connect succeeded
 
     def callbacks(self) -> dict[str, Any]:
         """The callbacks as ``Client.connect``'s options."""
@@ -165,7 +166,10 @@ class _ConnectionLog:
         # A connection reset says less than the error it follows or precedes.
         if self.cause is None or not isinstance(e, ConnectionError):
             self.cause = describe(e)
-        log.warning("NATS %s: %s", self._name, describe(e), extra=self._extra)
+        # Until the first connect succeeds, the cause goes into the NatsUnavailable ``connect`` raises: a warning per
+        # attempt would only repeat it (and make a failed `etl` command several lines).
+        level = logging.WARNING if self.connected else logging.DEBUG
+        log.log(level, "NATS %s: %s", self._name, describe(e), extra=self._extra)
 
     async def on_disconnected(self) -> None:
         if not self._nc.is_closed:  # a close also reports a disconnection first
@@ -205,6 +209,7 @@ async def connect(settings: Settings, name: str) -> Client:
         if events.cause is not None:
             raise NatsUnavailable(f"{e} (cause: {events.cause})") from e.__cause__
         raise
+    events.connected = True
     # nats-py reads this option on every reconnection: bounded for the first connect, unbounded from now on.
     nc.options["max_reconnect_attempts"] = RECONNECT_FOREVER
     log.info("NATS %s connected to %s", name, connected_url(nc) or url, extra={"nats_client": name})

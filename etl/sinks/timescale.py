@@ -42,6 +42,7 @@ from etl.sinks.postgres import (
     copy_timeout_ms,
     local_timeout_ms,
     statement_timeout_ms,
+    translate_error,
 )
 from etl.sinks.timescale_pool import Connection, ConnectionPool
 
@@ -155,17 +156,21 @@ class TimescaleSink:
 
 def count_stored(settings: Settings) -> int:
     """Rows in the events table (0 before it exists), read without the sink's migration: looking must not write.
-    Raises ``psycopg2.Error`` when PostgreSQL cannot be read."""
-    conn = psycopg2.connect(**connection_params(settings), connect_timeout=DEFAULT_CONNECT_TIMEOUT_S)
+    Raises what ``translate_error`` makes of a driver error: ``SinkUnavailable`` when PostgreSQL cannot be reached
+    or refuses the login, ``TransientError`` for another failure (no right to read the table...)."""
     try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s)", (settings.pg_table,))
-            row = cur.fetchone()
-            if row is None or row[0] is None:
-                return 0
-            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(settings.pg_table)))
-            result = cur.fetchone()
-            return int(result[0]) if result else 0
-    finally:
-        conn.close()
+        conn = psycopg2.connect(**connection_params(settings), connect_timeout=DEFAULT_CONNECT_TIMEOUT_S)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass(%s)", (settings.pg_table,))
+                row = cur.fetchone()
+                if row is None or row[0] is None:
+                    return 0
+                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(settings.pg_table)))
+                result = cur.fetchone()
+                return int(result[0]) if result else 0
+        finally:
+            conn.close()
+    except psycopg2.Error as e:
+        raise translate_error(e, settings.pg_table) from e
 

@@ -19,7 +19,7 @@ import redis
 from etl.broker import build_broker, redis_client
 from etl.config import Settings
 from etl.dev import servers as devservers
-from etl.errors import ConfigError, SinkUnavailable
+from etl.errors import EXIT_FAILURE, ConfigError, SinkUnavailable
 from etl.pipeline import rawbatch
 from etl.pipeline.dlq import DeadLetter, DeadLetterStore
 from etl.pipeline.handoff import Handoff
@@ -98,15 +98,37 @@ def test_redis_refuses_a_client_without_the_acl_user(acl_redis: devservers.Serve
             {"REDIS_URL": redis_url(acl_redis, f"{REDIS_USER}:{WRONG_PASSWORD}")})), bad).raw([b"{}"])
 
 
-def test_a_wrong_redis_password_is_one_line_without_the_password(acl_redis: devservers.Server) -> None:
-    url = redis_url(acl_redis, f"{REDIS_USER}:{WRONG_PASSWORD}")
-    done = subprocess.run([sys.executable, "-m", "etl.cli", "dlq", "list"], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "REDIS_URL": url, "PYTHONPATH": os.getcwd()})
-    assert done.returncode == 1, done.stderr
+def run_etl(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "etl.cli", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env, "PYTHONPATH": os.getcwd()})
+
+
+def assert_refused_in_one_line(done: subprocess.CompletedProcess[str], *named: str) -> None:
+    assert done.returncode == EXIT_FAILURE and "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert "invalid username-password pair" in lines[0] and f"{REDIS_USER}:***@" in lines[0], lines[0]
+    assert all(text in lines[0] for text in named), lines[0]
     assert WRONG_PASSWORD not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("args", [["dlq", "list"], ["dlq", "replay", "--all"], ["report"]])
+def test_a_wrong_redis_password_is_one_line_without_the_password(args: list[str],
+                                                                 acl_redis: devservers.Server) -> None:
+    url = redis_url(acl_redis, f"{REDIS_USER}:{WRONG_PASSWORD}")
+    assert_refused_in_one_line(run_etl(args, {"REDIS_URL": url}), "invalid username-password pair",
+                               f"{REDIS_USER}:***@")
+
+
+@pytest.mark.parametrize("args", [["migrate"], ["report"]])
+def test_a_wrong_falkordb_password_is_one_line_without_the_password(
+        args: list[str], falkordb_with_password: devservers.Server, make_settings: Callable[..., Settings]) -> None:
+    uri = f"falkor://:{WRONG_PASSWORD}@127.0.0.1:{falkordb_with_password.port}"
+    done = run_etl(args, make_settings(NEO4J_URI=uri).to_env())
+    if args == ["migrate"]:  # the test PostgreSQL has no TimescaleDB: migrate says so before it reaches the graph
+        warning, _, rest = done.stderr.partition("\n")
+        assert warning.startswith("WARNING: TimescaleDB"), done.stderr
+        done = subprocess.CompletedProcess(done.args, done.returncode, done.stdout, rest)
+    assert_refused_in_one_line(done, "FalkorDB", "password")
 
 
 def graph_event(event_id: str) -> dict[str, object]:
