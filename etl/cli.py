@@ -16,7 +16,7 @@ from etl.dev import neo4jserver
 from etl.dev.corpus import SHAPES
 from etl.dev.services import GRAPH_BACKENDS, NEO4J
 from etl.envvalues import redact_url
-from etl.errors import TransientError
+from etl.errors import SinkMisconfigured, TransientError
 from etl.ops.dlq_commands import dlq
 
 # What is asked for needs a tool this machine lacks: like a bad setting (etl.config), nothing started, exit 2.
@@ -34,7 +34,7 @@ class Commands(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except TransientError as e:  # NATS, a sink: already one line naming the server
+        except (TransientError, SinkMisconfigured) as e:  # NATS, a sink: already one line naming the server
             raise click.ClickException(str(e)) from e
         except Exception as e:
             import redis  # here: commands that never touch Redis do not load it
