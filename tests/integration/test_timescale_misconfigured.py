@@ -22,8 +22,10 @@ from etl.cli import main
 from etl.config import Settings
 from etl.dev import servers
 from etl.errors import SinkMisconfigured
+from etl.sinks.registry import Sinks
 from etl.sinks.timescale import TimescaleSink
 from tests.integration.test_timescale_sink import make_event
+from tests.waiting import wait_for
 
 SCHEMA_LOGGER = "etl.sinks.timescale_schema"
 _CONTROL = """comment = 'a stand-in for TimescaleDB whose install fails (tests only)'
@@ -213,3 +215,28 @@ def test_etl_migrate_names_the_refusal_in_one_line(server: servers.Server, datab
         "Error: timescale table events: the server refuses the sink, not retried: permission denied for schema "
         "public (SQLSTATE 42501 insufficient_privilege)")
     assert "Traceback" not in result.output
+
+
+def test_a_sink_that_fails_to_open_keeps_no_connection(
+    server: servers.Server, database: str, settings_for: Callable[..., Settings]
+) -> None:
+    user = role(server, database)
+    sinks = Sinks({"timescale": lambda: TimescaleSink(settings_for(PG_USER=user))})
+    # What the timescale actor does for each batch until the sink opens. The error outlives the call, as it does
+    # in a worker (Dramatiq keeps it with the message), and its traceback with it: the sink must not hold its
+    # connections until that is collected.
+    with pytest.raises(SinkMisconfigured) as caught:
+        sinks.get("timescale")
+
+    def sessions() -> int:
+        conn = admin(server)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (user,))
+                row = cur.fetchone()
+                return int(row[0]) if row else -1
+        finally:
+            conn.close()
+
+    wait_for(lambda: sessions() == 0, timeout_s=5, describe=lambda: f"{sessions()} sessions left")
+    assert "permission denied for schema public" in str(caught.value)
