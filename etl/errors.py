@@ -41,6 +41,12 @@ class SinkDataError(PermanentError):
     """A sink rejected the data itself (a constraint, a type, a value out of range)."""
 
 
+class SinkMisconfigured(PermanentError):
+    """A sink's server refuses what the sink needs of it, whatever the data: a privilege, a writable database, a
+    table of the sink's shape. Retrying cannot help until an operator fixes the server or the settings, so the
+    batch is dead-lettered at once, with the server's reason, to be replayed after the fix."""
+
+
 class PeerDataError(SinkDataError):
     """The graph cannot key the peer an event's decoded payload (``args``) names: a port that is not one, a
     protocol that is not text, an address or protocol too long for a graph key or property. The event contract

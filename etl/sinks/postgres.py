@@ -6,7 +6,9 @@ Driver errors are translated by SQLSTATE class where there is one:
 
 - a connection refused, dropped or timed out, a statement timeout -> ``SinkUnavailable``;
 - a deadlock or serialization failure -> ``TransientError``;
-- a value the server rejects (a NUL character, a timestamp out of range, a constraint) -> ``SinkDataError``.
+- a value the server rejects (a NUL character, a timestamp out of range, a constraint) -> ``SinkDataError``;
+- what no retry fixes, whatever the batch: a privilege missing, a read-only server or database, a table or column
+  not as the sink made it -> ``SinkMisconfigured``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import psycopg2.pool
 from psycopg2 import errorcodes
 
 from etl.config import Settings
-from etl.errors import EtlError, SinkDataError, SinkUnavailable, TransientError
+from etl.errors import EtlError, SinkDataError, SinkMisconfigured, SinkUnavailable, TransientError
 from etl.sinks.base import connect_timeout_s, request_timeout_s
 
 DEFAULT_CONNECT_TIMEOUT_S = 5
@@ -39,6 +41,10 @@ STATEMENT_TIMEOUT_GRACE_S = 0.1
 _UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58"})  # connection, resources, operator, system
 _RETRY_CLASSES = frozenset({"40"})  # transaction rollback: serialization failure, deadlock
 _DATA_CLASSES = frozenset({"22", "23", "54"})  # data exception, integrity, program limit (a value too big)
+# Syntax or access rule (a privilege, a table or column missing or of another type), no schema to create in; and a
+# read-only server (a standby) or default_transaction_read_only. Retried, each would fail the same way forever.
+_MISCONFIGURED_CLASSES = frozenset({"42", "3F"})
+_MISCONFIGURED_CODES = frozenset({errorcodes.READ_ONLY_SQL_TRANSACTION})
 _UNAVAILABLE_TYPES = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.pool.PoolError)
 _HEALTHY_AFTER = _RETRY_CLASSES | _DATA_CLASSES  # the statement failed, the session is fine
 SESSION_FAILURE_CLASSES = frozenset({"08", "40", "57"})  # the session, not the statement, failed
@@ -101,6 +107,8 @@ def translate_error(exc: psycopg2.Error, table: str) -> EtlError:
     where = f"timescale table {table}"
     if code[:2] in _RETRY_CLASSES:
         return TransientError(f"{where}: transaction rolled back, retry: {describe_error(exc)}")
+    if code[:2] in _MISCONFIGURED_CLASSES or code in _MISCONFIGURED_CODES:
+        return SinkMisconfigured(f"{where}: the server refuses the sink, not retried: {describe_error(exc)}")
     if code[:2] in _DATA_CLASSES or isinstance(exc, (psycopg2.DataError, psycopg2.IntegrityError)):
         return SinkDataError(f"{where}: the server rejected the batch: {describe_error(exc)}")
     if code[:2] in _UNAVAILABLE_CLASSES or isinstance(exc, _UNAVAILABLE_TYPES):
@@ -109,7 +117,7 @@ def translate_error(exc: psycopg2.Error, table: str) -> EtlError:
 
 
 def describe_error(exc: psycopg2.Error) -> str:
-    """A driver error in one line: the server's message, its SQLSTATE and name, and where it happened."""
+    """A driver error in one line: the server's message, its SQLSTATE and name, its hint, and where it happened."""
     diag = exc.diag
     lines = str(exc).strip().splitlines()
     text = diag.message_primary or (lines[0] if lines else type(exc).__name__)
@@ -118,6 +126,8 @@ def describe_error(exc: psycopg2.Error) -> str:
             text += f" (SQLSTATE {exc.pgcode} {errorcodes.lookup(exc.pgcode).lower()})"
         except KeyError:
             text += f" (SQLSTATE {exc.pgcode})"
+    if diag.message_hint:  # e.g. TimescaleDB's, naming shared_preload_libraries
+        text += f"; hint: {diag.message_hint.strip().splitlines()[0]}"
     if diag.context:
         text += f"; at {diag.context.strip().splitlines()[0]}"
     return text

@@ -35,14 +35,20 @@ class Sinks:
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Sink:
-        """The opened sink ``name``. Raises whatever ``open`` raises (a ``SinkUnavailable`` is retried)."""
+        """The opened sink ``name``. Raises whatever ``open`` raises (a ``SinkUnavailable`` is retried), having
+        closed the sink: the next call builds a new one."""
         sink = self._open.get(name)
         if sink is not None:
             return sink
         with self._lock:
             if name not in self._open:
                 sink = self._factories[name]()
-                sink.open()
+                try:
+                    sink.open()
+                except BaseException:
+                    # Each batch tries again: a sink that failed to open must not keep its connections meanwhile.
+                    _close(name, sink)
+                    raise
                 self._open[name] = sink
                 log.info("opened sink %s", name, extra={"sink": name})
             return self._open[name]
@@ -50,11 +56,15 @@ class Sinks:
     def close_all(self) -> None:
         with self._lock:
             for name, sink in self._open.items():
-                try:
-                    sink.close()
-                except Exception:  # noqa: BLE001 - closing must go on for the others
-                    log.exception("closing sink %s failed", name)
+                _close(name, sink)
             self._open.clear()
+
+
+def _close(name: str, sink: Sink) -> None:
+    try:
+        sink.close()
+    except Exception:  # noqa: BLE001 - what called for the close must go on
+        log.exception("closing sink %s failed", name)
 
 
 class CloseSinksOnShutdown(Middleware):

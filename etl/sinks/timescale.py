@@ -86,13 +86,17 @@ class TimescaleSink:
         self.migrate()
 
     def migrate(self) -> None:
-        """Apply the schema (``timescale_schema.migrate``) in one transaction. Idempotent.
+        """Apply the schema: the TimescaleDB extension, then the rest in one transaction
+        (``timescale_schema``). Idempotent.
 
         Concurrent callers in other processes wait on an advisory lock. Raises ``SinkUnavailable``,
-        ``TransientError`` or ``SinkDataError`` as ``write`` does.
+        ``TransientError`` or ``SinkDataError`` as ``write`` does, ``SinkMisconfigured`` when the server refuses
+        the schema (a privilege, a read-only server, a table of that name with other columns).
         """
+        with self._pool.borrow() as conn:  # a session that CREATE EXTENSION ended is discarded by the pool
+            hypertable = timescale_schema.enable_timescaledb(conn, self._settings.pg_table)
         with self._pool.borrow() as conn, conn.cursor() as cur:
-            timescale_schema.migrate(cur, self._settings)
+            timescale_schema.migrate(cur, self._settings, hypertable=hypertable)
             conn.commit()
 
     def write(self, events: Sequence[Event]) -> int:

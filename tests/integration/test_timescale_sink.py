@@ -17,7 +17,7 @@ from psycopg2 import sql
 
 from etl.config import Settings
 from etl.dev import servers
-from etl.errors import SinkDataError, SinkUnavailable, TransientError
+from etl.errors import SinkDataError, SinkMisconfigured, SinkUnavailable, TransientError
 from etl.pipeline.events import parse_event
 from etl.sinks.postgres import statement_timeout_ms, translate_error
 from etl.sinks.timescale import TimescaleSink
@@ -368,7 +368,10 @@ def test_concurrent_overlapping_batches_store_each_id_once(sink: TimescaleSink, 
         ("22021", SinkDataError),  # character_not_in_repertoire
         ("22008", SinkDataError),  # datetime_field_overflow
         ("23502", SinkDataError),  # not_null_violation
-        ("42P01", TransientError),  # undefined_table: unexpected, retried
+        ("42P01", SinkMisconfigured),  # undefined_table: dropped after the sink made it
+        ("42501", SinkMisconfigured),  # insufficient_privilege
+        ("25006", SinkMisconfigured),  # read_only_sql_transaction: a standby, or default_transaction_read_only
+        ("XX000", TransientError),  # internal_error: unexpected, retried
     ],
 )
 def test_error_translation(settings: Settings, sqlstate: str, expected: type[Exception]) -> None:
