@@ -212,7 +212,7 @@ def test_etl_migrate_names_the_refusal_in_one_line(server: servers.Server, datab
     result = CliRunner().invoke(main, ["migrate"], env=env)
     assert result.exit_code == 1, result.output
     assert result.output.splitlines()[-1] == (
-        "Error: timescale table events: the server refuses the sink, not retried: permission denied for schema "
+        "error: timescale table events: the server refuses the sink, not retried: permission denied for schema "
         "public (SQLSTATE 42501 insufficient_privilege)")
     assert "Traceback" not in result.output
 
