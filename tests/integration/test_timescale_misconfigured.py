@@ -141,16 +141,22 @@ def test_a_failing_timescaledb_extension_leaves_a_plain_table_and_one_warning(
     assert relkind(server, database, "events") == (0, "r")
 
 
+def refused_at_open(settings: Settings, reason: str) -> None:
+    """Opening a sink on ``settings`` raises ``SinkMisconfigured`` matching ``reason``; the sink is closed after."""
+    sink = TimescaleSink(settings)
+    try:
+        with pytest.raises(SinkMisconfigured, match=reason):
+            sink.open()
+    finally:
+        sink.close()
+
+
 def test_no_privilege_to_create_the_table_is_misconfigured(
     server: servers.Server, database: str, settings_for: Callable[..., Settings]
 ) -> None:
     # Since PostgreSQL 15 only the database owner may create in schema public.
-    sink = TimescaleSink(settings_for(PG_USER=role(server, database)))
-    try:
-        with pytest.raises(SinkMisconfigured, match=r"permission denied for schema public \(SQLSTATE 42501"):
-            sink.open()
-    finally:
-        sink.close()
+    refused_at_open(settings_for(PG_USER=role(server, database)),
+                    r"permission denied for schema public \(SQLSTATE 42501")
 
 
 def test_a_read_only_server_is_misconfigured(
@@ -159,12 +165,7 @@ def test_a_read_only_server_is_misconfigured(
     # What a hot standby answers too; here the role's default makes every transaction read-only.
     user = role(server, database, "GRANT CREATE ON SCHEMA public TO {role}",
                 "ALTER ROLE {role} SET default_transaction_read_only = on")
-    sink = TimescaleSink(settings_for(PG_USER=user))
-    try:
-        with pytest.raises(SinkMisconfigured, match=r"read-only transaction \(SQLSTATE 25006"):
-            sink.open()
-    finally:
-        sink.close()
+    refused_at_open(settings_for(PG_USER=user), r"read-only transaction \(SQLSTATE 25006")
 
 
 def test_a_table_of_the_same_name_with_other_columns_is_misconfigured_and_left_alone(
