@@ -24,9 +24,11 @@ ANNOTATIONS = {"summary", "description"}
 ALERTED = {"up", "etl_dead_letters_total", "etl_circuit_breaker_state", "etl_bridge_paused", "etl_consumer_lag",
            "etl_queue_depth", "dramatiq_messages_total", "etl_sink_write_seconds_bucket"}
 PROMTOOL_TIMEOUT_S = 60
-_LABEL_REPLACE = re.compile(r'label_replace\(.*?,\s*"(\w+)",\s*"[^"]*",\s*"(\w+)"', re.S)
+_AGGREGATION = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)\s*\(")
+_LABEL_REPLACE = re.compile(r"\blabel_replace\s*\(")
 _MATCHING = re.compile(r"\b(?:on|ignoring)\s*\(([^)]*)\)")
 _TEMPLATE_LABEL = re.compile(r"\$labels\.(\w+)")
+_SERIES = re.compile(r"^(?P<name>[A-Za-z_:][\w:]*)\{(?P<labels>[^}]*)\}$")
 
 
 def alert_rules() -> list[dict[str, Any]]:
@@ -36,34 +38,74 @@ def alert_rules() -> list[dict[str, Any]]:
     return rules
 
 
-def labels_of(expr: str) -> tuple[set[str], set[str]]:
-    """The labels an expression may use (its metrics' own, job, instance, le on buckets, label_replace's new ones)
-    and the labels its result can carry (its by() sets and new labels when it aggregates, else all of them)."""
+def label_set(text: str) -> set[str]:
+    return {label.strip() for label in text.split(",") if label.strip()}
+
+
+def inside(expr: str, start: int) -> str:
+    """The text from ``start`` (just after an opening parenthesis) to its closing one."""
+    depth, i = 1, start
+    while depth:
+        depth += {"(": 1, ")": -1}.get(expr[i], 0)
+        i += 1
+    return expr[start:i - 1]
+
+
+def series_labels(name: str) -> set[str]:
+    """The labels a series of ours carries once scraped: its own, and the target's job and instance."""
     known = known_metrics()
-    names, grouping = promql_metrics_and_grouping(expr)
-    assert names and names <= known.keys(), f"unknown metric {names - known.keys()} in {expr}"
-    available = set().union(*(known[n] for n in names)) | {"job", "instance"}
-    available |= {"le"} if any(n.endswith("_bucket") for n in names) else set()
-    replaced = {}
-    for new, source in _LABEL_REPLACE.findall(expr):
-        assert source in available, f"label_replace reads no label {source} in {expr}"
-        replaced[new] = source
-    available |= replaced.keys()
-    return available, (grouping | replaced.keys()) if grouping else available
+    assert name in known, f"no metric {name} is exported"
+    return known[name] | {"job", "instance"} | ({"le"} if name.endswith("_bucket") else set())
+
+
+def scope(expr: str) -> set[str]:
+    """The labels the series an expression reads may carry: each metric's (``series_labels``) and those the
+    ``label_replace`` calls in it add, whose source label must be on the series they read.
+
+    Raises ``AssertionError`` naming an unknown metric or a label_replace source that is not there."""
+    names, _ = promql_metrics_and_grouping(expr)
+    labels = set().union(*(series_labels(name) for name in names))
+    for call in _LABEL_REPLACE.finditer(expr):
+        series, new, _, source, _ = (arg.strip().strip('"') for arg in inside(expr, call.end()).rsplit(",", 4))
+        assert source in scope(series), f"label_replace reads no label {source} of {series}"
+        labels.add(new)
+    return labels
+
+
+def check_labels(expr: str) -> set[str]:
+    """Check that each aggregation groups by labels its operand has, and that vector matching uses labels the
+    expression has; return the labels the result can carry."""
+    result: set[str] = set()
+    for aggregation in _AGGREGATION.finditer(expr):
+        grouping = label_set(aggregation[1])
+        operand = inside(expr, aggregation.end())
+        assert grouping <= scope(operand), f"no label {grouping - scope(operand)} on {operand}"
+        result |= grouping
+    for matching in _MATCHING.finditer(expr):
+        assert label_set(matching[1]) <= scope(expr), f"no label {label_set(matching[1]) - scope(expr)} in {expr}"
+    replaced = {inside(expr, c.end()).rsplit(",", 4)[1].strip().strip('"') for c in _LABEL_REPLACE.finditer(expr)}
+    return result | replaced if result else scope(expr)
 
 
 def test_every_metric_and_label_the_alert_rules_use_exists() -> None:
     used = set()
     for rule in alert_rules():
-        expr = rule["expr"]
-        available, result = labels_of(expr)
-        _, grouping = promql_metrics_and_grouping(expr)
-        matching = {label.strip() for labels in _MATCHING.findall(expr) for label in labels.split(",")}
-        assert grouping | matching <= available, f"{rule['alert']}: no label {(grouping | matching) - available}"
+        result = check_labels(rule["expr"])
         templated = set(_TEMPLATE_LABEL.findall(" ".join(rule["annotations"].values())))
         assert templated <= result, f"{rule['alert']}: the alert has no label {templated - result}"
-        used |= promql_metrics_and_grouping(expr)[0]
+        used |= promql_metrics_and_grouping(rule["expr"])[0]
     assert ALERTED <= used, f"no alert reads {ALERTED - used}"
+
+
+def test_the_rules_tests_feed_series_as_the_code_exports_them() -> None:
+    """Otherwise promtool could pass on a label the code never sets."""
+    for test in yaml.safe_load(ALERTS_TEST_FILE.read_text())["tests"]:
+        for series in test["input_series"]:
+            m = _SERIES.match(series["series"])
+            assert m, series["series"]
+            labels = {pair.partition("=")[0].strip() for pair in m["labels"].split(",")}
+            exported = series_labels(m["name"])
+            assert labels <= exported, f"{series['series']}: no label {labels - exported}"
 
 
 def test_every_alert_has_a_severity_a_summary_a_description_and_a_runbook_line() -> None:
