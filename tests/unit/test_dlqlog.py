@@ -79,8 +79,8 @@ def test_the_log_says_each_window_once_by_its_timer_and_the_rest_at_shutdown(
         caplog: pytest.LogCaptureFixture) -> None:
     dlq_log = DeadLetterLog(max_bytes=1000, max_entries=10, interval_s=0.2)
     caplog.set_level(logging.WARNING, logger="etl.pipeline.dlq")
-    for _ in range(3):  # three batches, one window
-        letters = bad("enrich", "BadEvent/json: not valid JSON", 50, tag=str(_))
+    for batch in range(3):  # three batches, one window
+        letters = bad("enrich", "BadEvent/json: not valid JSON", 50, tag=str(batch))
         dlq_log.record(letters, [0] * len(letters))
     assert summary_lines(caplog) == [], "nothing per batch"
     [line] = wait_for(lambda: summary_lines(caplog), timeout_s=10)
