@@ -19,7 +19,7 @@ from etl.middleware.retention import RetentionOnBoot
 from etl.pipeline.dlq import DeadLetterStore
 from etl.rdns.strategies import Resolver, resolver_for
 from etl.runtime.logs import setup_logging
-from etl.runtime.workerenv import is_worker_process, process_name
+from etl.runtime.workerenv import is_worker_process, service_name
 from etl.sinks.registry import CloseSinksOnShutdown, Sinks, sink_factories
 from etl.stages import ENRICH
 
@@ -70,7 +70,7 @@ def load_app() -> App:
     settings = load_settings(os.environ)
     if is_worker_process():
         # Dramatiq configured its own log format before importing us; ours replaces it.
-        setup_logging(settings.log_level, settings.log_format, process=process_name())
+        setup_logging(settings.log_level, settings.log_format, service=service_name())
     try:
         app = build_app(settings)
     except ConfigError as e:  # e.g. RDNS_MODE=ptr with no nameserver to ask

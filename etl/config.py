@@ -232,7 +232,7 @@ class Settings:
     log_level: str = setting("LOG_LEVEL", "INFO", v.choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True),
                              "`DEBUG`, `INFO`, `WARNING` or `ERROR`")
     log_format: str = setting("LOG_FORMAT", "auto", v.choice("auto", "json", "text"),
-                              "`json` (one object per line), `text`, or `auto`: text in a terminal, JSON otherwise")
+                              "`json` (ECS, one object per line), `text`, `auto`: text in a terminal, JSON otherwise")
     status_metrics_urls: tuple[str, ...] = setting(
         "STATUS_METRICS_URLS", (), v.http_urls,
         "for `etl status`: comma-separated `/metrics` URLs to read breaker and pause states from", text=v.urls_text)

@@ -56,7 +56,7 @@ def main() -> int:
     settings = load_settings(os.environ)
     from etl.runtime.logs import setup_logging
 
-    setup_logging(settings.log_level, settings.log_format, process="bridge")
+    setup_logging(settings.log_level, settings.log_format, service="bridge")
     from etl.ops.health import HealthServer
     from etl.pipeline.bridge import Bridge, run_until_signalled
     from etl.pipeline.handoff import Handoff

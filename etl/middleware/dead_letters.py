@@ -35,7 +35,8 @@ class FailureClock(Middleware):
 
 
 class DeadLetterOnFailure(Middleware):
-    """Writes every event of a failed message to the dead-letter store, with the stage and the reason."""
+    """Writes every event of a failed message to the dead-letter store, with the stage and the reason; flushes
+    the store's log when the worker shuts down."""
 
     def __init__(self, store: Callable[[], DeadLetterStore], unpack: Unpacker) -> None:
         self._store = store
@@ -50,6 +51,11 @@ class DeadLetterOnFailure(Middleware):
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         if message.failed:
             self._dead_letter(message, "skipped: message exceeded its age limit")
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # After the worker threads have finished their messages: the dead-letter log's last summary, which would
+        # otherwise wait for a timer that dies with the process.
+        self._store().flush_log()
 
     def _dead_letter(self, message: dramatiq.MessageProxy, reason: str) -> None:
         now = time.time()

@@ -74,6 +74,13 @@ def metrics_handler(directory: str) -> type[BoundedHandler]:
 
 def serve_pool_metrics() -> int:
     """Dramatiq's fork function: serve the pool's metrics until the process is stopped. Returns the exit code."""
+    from etl.config import load_settings
+    from etl.runtime.logs import setup_logging
+    from etl.runtime.workerenv import service_name
+
+    # Forked from Dramatiq's parent process, which never loads etl.actors: its lines would be in Dramatiq's format.
+    settings = load_settings(os.environ)
+    setup_logging(settings.log_level, settings.log_format, service=service_name())
     config = exposition_config(_dramatiq_module())
     # prometheus_client picks its storage when first imported: the multiprocess directory, as in the workers.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = config.directory

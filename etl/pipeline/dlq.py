@@ -104,8 +104,8 @@ class DeadLetterStore:
     def add(self, letters: Sequence[DeadLetter]) -> None:
         """Store ``letters`` within the bounds; an entry that exists already gets its count, attempts and last
         failure updated. Every dead letter is counted, kept or not (``etl_dead_letters_total`` every time, the
-        Redis counters once per entry, see ``summary``) and logged: one line per call, and a line at most once a
-        minute while the queue is full.
+        Redis counters once per entry, see ``summary``) and logged: a summary line per stage and reason type per
+        window of ``dlqlog.SUMMARY_INTERVAL_S``, and a line at most once a minute while the queue is full.
         Raises ``redis.RedisError`` when the letters could not be stored (nothing is counted then)."""
         if not letters:
             return
@@ -113,6 +113,10 @@ class DeadLetterStore:
         outcomes = self._store(bounded)
         self._log.record(bounded, outcomes)
         self._purge_now_and_then()
+
+    def flush_log(self) -> None:
+        """Log the dead letters counted and not yet in a line: call it when the process shuts down."""
+        self._log.flush()
 
     def _purge_now_and_then(self) -> None:
         # Retention is enforced by whoever writes dead letters, at most once per PURGE_INTERVAL_S per process. It

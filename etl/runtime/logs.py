@@ -1,7 +1,8 @@
 """Logging for every process: one JSON object per line on stdout, or readable text in a terminal.
 
-JSON lines carry ``time``, ``level``, ``logger`` and ``message``, plus whatever context the call passed in
-``extra`` (pool, stage, sink, batch size, event id, error). The formatter is python-json-logger's.
+JSON lines follow the Elastic Common Schema (``@timestamp``, ``log.level``, ``message``, ``log.logger``,
+``service.name``, ``service.instance.id``, ``error.*``; see ``etl.runtime.ecslog``), plus whatever context the call
+passed in ``extra`` (pool, stage, sink, batch size, event id, error).
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ import logging
 import sys
 from typing import TextIO
 
-from pythonjsonlogger.json import JsonFormatter
+from etl.runtime.ecslog import EcsJsonFormatter
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-JSON_FIELDS = "%(levelname)s %(name)s %(message)s"
 # Records of these loggers are chatty at INFO and say nothing an operator needs.
 QUIET_LOGGERS = ("neo4j", "nats.aio.client")
 
@@ -53,17 +53,15 @@ def resolve_format(log_format: str, stream: TextIO) -> str:
     return "text" if stream.isatty() else "json"
 
 
-def setup_logging(level: str, log_format: str, *, process: str, stream: TextIO | None = None) -> None:
+def setup_logging(level: str, log_format: str, *, service: str, stream: TextIO | None = None) -> None:
     """Replace the root handlers with one that writes ``level`` and above to ``stream`` (stdout).
 
-    ``process`` (``bridge``, ``worker-timescale``, ...) is added to every JSON record.
+    ``service`` (``bridge``, ``worker-timescale``, ...) is every JSON line's ``service.name``.
     """
     out = stream or sys.stdout
     handler = logging.StreamHandler(out)
     if resolve_format(log_format, out) == "json":
-        handler.setFormatter(JsonFormatter(
-            JSON_FIELDS, rename_fields={"levelname": "level", "name": "logger"},
-            static_fields={"process": process}, timestamp="time"))
+        handler.setFormatter(EcsJsonFormatter(service))
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(_DramatiqLogFilter())

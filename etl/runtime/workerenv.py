@@ -25,8 +25,9 @@ def prepare() -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
 
 
-def process_name() -> str:
-    """``worker-<queues>`` under Dramatiq (from its ``--queues``), else the program's name."""
+def service_name() -> str:
+    """The name every log line gives its process (ECS ``service.name``): ``worker-<queues>`` under Dramatiq (from
+    its ``--queues``), else the program's name."""
     args = sys.argv[1:]
     if is_worker_process():
         for flag in ("--queues", "-Q"):

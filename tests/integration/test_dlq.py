@@ -79,9 +79,10 @@ def test_a_failing_purge_neither_fails_the_writer_nor_skips_its_metrics_and_logs
     old = DeadLetter.for_raw("enrich", "PurgeProbe: old", b"old", first_failure=time.time() - 7200)
     with caplog.at_level(logging.WARNING, logger="etl.pipeline.dlq"):
         store.add([old, DeadLetter.for_raw("enrich", "PurgeProbe: new", b"new")])  # the first add purges
+        store.flush_log()
     assert counted_in_metrics("enrich", "PurgeProbe") == before + 2
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith("dead-lettered 2 event(s)") for m in messages), messages
+    assert any(m.startswith("dead-lettered 2 event(s) at enrich for PurgeProbe") for m in messages), messages
     assert any("the periodic purge of the DLQ failed" in m and "WRONGTYPE" in m for m in messages), messages
     assert sum(c.counted for c in store.summary()) == 2
 
@@ -184,9 +185,13 @@ def test_the_full_queue_is_logged_once_not_per_event(redis_server: servers.Serve
     with caplog.at_level(logging.WARNING, logger="etl.pipeline.dlq"):
         for batch in range(20):
             store.add([DeadLetter.for_raw("enrich", "BadEvent: x", b"%d-%d" % (batch, i)) for i in range(50)])
-    full = [r for r in caplog.records if "the DLQ is full" in r.getMessage()]
-    assert len(full) == 1 and "45 dead letters not kept" in full[0].getMessage(), [r.getMessage() for r in full]
-    assert len(caplog.records) == 2, "one line for the batch that was kept, one for the full queue"
+        full = [r.getMessage() for r in caplog.records if "the DLQ is full" in r.getMessage()]
+        assert full == [full[0]] and "45 dead letters not kept" in full[0], full
+        store.flush_log()
+    lines = [r.getMessage() for r in caplog.records if r.name == "etl.pipeline.dlq"]
+    assert len(lines) == 3, "the full queue at once, then at shutdown its summary and what was not yet reported"
+    assert lines[1].startswith("dead-lettered 5 event(s) at enrich for BadEvent"), lines
+    assert "the DLQ is full, 950 dead letters not kept" in lines[2], lines
 
 
 def test_a_total_left_too_high_by_writers_that_bypass_it_heals_at_the_next_purge(

@@ -1,14 +1,18 @@
-"""Log lines: one JSON object each, with the context the call passed."""
+"""Log lines: one JSON object each, in ECS field names, with the context the call passed."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import os
+import re
+import socket
 from collections.abc import Iterator
 
 import pytest
 
+from etl.runtime.ecslog import ECS_VERSION
 from etl.runtime.logs import resolve_format, setup_logging
 
 
@@ -21,9 +25,9 @@ def restore_root_logger() -> Iterator[None]:
     root.setLevel(level)
 
 
-def test_json_lines_carry_time_level_logger_message_and_context() -> None:
+def test_json_lines_follow_ecs_and_keep_the_context() -> None:
     out = io.StringIO()
-    setup_logging("INFO", "json", process="worker-graph", stream=out)
+    setup_logging("INFO", "json", service="worker-graph", stream=out)
     log = logging.getLogger("etl.test")
     log.info("wrote %d events", 100, extra={"sink": "graph", "events": 100})
     log.debug("not shown")
@@ -31,14 +35,22 @@ def test_json_lines_carry_time_level_logger_message_and_context() -> None:
         raise ValueError("bad")
     except ValueError:
         log.exception("failed", extra={"event_id": "e1"})
+    log.warning("retrying", extra={"error": "SinkUnavailable: refused", "stage": "graph"})
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert len(lines) == 2
-    first, second = lines
-    assert {k: first[k] for k in ("level", "logger", "message", "process", "sink", "events")} == {
-        "level": "INFO", "logger": "etl.test", "message": "wrote 100 events", "process": "worker-graph",
-        "sink": "graph", "events": 100}
-    assert first["time"].endswith("+00:00")
-    assert second["event_id"] == "e1" and "ValueError: bad" in second["exc_info"]
+    assert len(lines) == 3
+    first, second, third = lines
+    assert list(first)[:3] == ["@timestamp", "log.level", "message"], "the ECS logging spec's order"
+    assert {k: first[k] for k in ("log.level", "message", "log", "service", "ecs", "sink", "events")} == {
+        "log.level": "INFO", "message": "wrote 100 events", "log": {"logger": "etl.test"},
+        "service": {"name": "worker-graph", "instance": {"id": f"{socket.gethostname()}:{os.getpid()}"}},
+        "ecs": {"version": ECS_VERSION}, "sink": "graph", "events": 100}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["@timestamp"]), first["@timestamp"]
+    assert not {"time", "level", "logger", "process", "exc_info", "error"} & set(first)
+    assert second["event_id"] == "e1" and second["log.level"] == "ERROR"
+    assert {k: second["error"][k] for k in ("type", "message")} == {"type": "ValueError", "message": "bad"}
+    trace = second["error"]["stack_trace"]
+    assert trace.startswith("Traceback") and "ValueError: bad" in trace
+    assert third["error"] == {"message": "SinkUnavailable: refused"} and third["stage"] == "graph"
 
 
 def test_text_in_a_terminal_json_elsewhere() -> None:
@@ -55,7 +67,7 @@ def test_dramatiq_lines_never_carry_a_batch() -> None:
     import dramatiq
 
     out = io.StringIO()
-    setup_logging("INFO", "json", process="worker-timescale", stream=out)
+    setup_logging("INFO", "json", service="worker-timescale", stream=out)
     message = dramatiq.Message(queue_name="timescale", actor_name="store_batch",
                                args=([{"id": "e1", "payload": "SECRET"}] * 3,), kwargs={}, options={})
     logging.getLogger("dramatiq.worker.WorkerThread").error("Failed to process message %s with unhandled exception.",

@@ -1,0 +1,113 @@
+"""The logs of the real processes (bridge, enrich pool): ECS fields naming each process by its own PID, and a
+flood of bad events logged as one summary line per stage and reason, with ids, including what was counted just
+before the pool stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import psutil
+
+from etl.broker import redis_client
+from etl.config import Settings
+from etl.dev.supervisor import Pipeline
+from etl.ops import report
+from etl.pipeline.dlq import DeadLetterStore
+from etl.pipeline.dlqlog import SUMMARY_FIRST_IDS, SUMMARY_INTERVAL_S
+from tests.integration.accounting import publish_all
+from tests.waiting import wait_for
+
+NOT_JSON = 300
+WITH_NUL = 120
+TOO_DEEP = 80
+WAIT_S = 60.0
+GOOD = {"id": "e", "type": "t", "source": "s", "timestamp": 5}
+
+
+def not_json(n: int) -> list[bytes]:
+    return [b"not json %d" % i for i in range(n)]
+
+
+def with_nul(n: int) -> list[bytes]:
+    return [orjson.dumps({**GOOD, "id": f"nul-{i}", "type": "t\x00"}) for i in range(n)]
+
+
+def too_deep(n: int) -> list[bytes]:
+    return [b'{"x":' + b"[" * 200 + b"%d" % i + b"]" * 200 + b"}" for i in range(n)]
+
+
+def json_lines(pipeline: Pipeline, name: str) -> list[dict[str, Any]]:
+    """The process's JSON lines (the Dramatiq parent process writes its own few in text)."""
+    text = (pipeline.log_dir / f"{name}.log").read_text(errors="replace")
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def summaries(pipeline: Pipeline) -> list[dict[str, Any]]:
+    return [line for line in json_lines(pipeline, "worker-enrich") if line["message"].startswith("dead-lettered")]
+
+
+def summed(lines: list[dict[str, Any]]) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for line in lines:
+        total[line["reason"]] += line["events"]
+    return total
+
+
+def pid_of(line: dict[str, Any]) -> int:
+    return int(line["service"]["instance"]["id"].rpartition(":")[2])
+
+
+def counted(settings: Settings, n: int) -> Callable[[], bool]:
+    return lambda: report.dead_letter_counts(settings).get("enrich", 0) >= n
+
+
+def test_a_flood_of_bad_events_is_one_summary_line_per_reason_from_the_process_that_counted_it(
+        make_settings: Callable[..., Settings], start_pipeline: Callable[..., Pipeline]) -> None:
+    settings = make_settings(MAX_BATCH_SIZE=50, BATCH_LINGER_MS=100, WORKER_PROCESSES=2)
+    pipeline = start_pipeline(settings, pools=("enrich",))
+    asyncio.run(publish_all(settings, not_json(NOT_JSON) + with_nul(WITH_NUL)))
+    wait_for(counted(settings, NOT_JSON + WITH_NUL), timeout_s=WAIT_S, describe=lambda: pipeline.log_tail("bridge-0"))
+
+    expected = {"BadEvent/json": NOT_JSON, "BadEvent/nul": WITH_NUL}
+    lines = wait_for(lambda: summaries(pipeline) if summed(summaries(pipeline)) == expected else None,
+                     timeout_s=SUMMARY_INTERVAL_S + WAIT_S, describe=lambda: pipeline.log_tail("worker-enrich"))
+    per_process = Counter((line["service"]["instance"]["id"], line["reason"]) for line in lines)
+    assert set(per_process.values()) == {1}, f"one line per process and reason, not one per batch: {per_process}"
+    store = DeadLetterStore(redis_client(settings), retention_s=3600)
+    for line in lines:
+        assert line["stage"] == "enrich" and line["error"]["message"].startswith(line["reason"]), line
+        assert len(line["dead_letter_ids"]) == SUMMARY_FIRST_IDS, line
+        assert all(store.get(entry) is not None for entry in line["dead_letter_ids"]), line
+
+    workers = {child.pid for child in psutil.Process(pipeline.procs["worker-enrich"].pid).children()}
+    for line in lines:
+        assert line["log.level"] == "WARNING" and line["log"]["logger"] == "etl.pipeline.dlq", line
+        assert line["service"]["name"] == "worker-enrich" and line["ecs"]["version"], line
+        assert line["service"]["instance"]["id"].startswith(f"{socket.gethostname()}:"), line
+        assert pid_of(line) in workers, (line, workers)
+    [exposition] = [line for line in json_lines(pipeline, "worker-enrich")
+                    if line["log"]["logger"] == "etl.middleware.exposition"]
+    assert pid_of(exposition) in workers, "the metrics process is forked from Dramatiq's parent too"
+    [bridge] = json_lines(pipeline, "bridge-0")[:1]
+    assert bridge["service"] == {"name": "bridge",
+                                 "instance": {"id": f"{socket.gethostname()}:{pipeline.procs['bridge-0'].pid}"}}
+    assert bridge["@timestamp"].endswith("Z") and {"log.level", "message", "log"} <= set(bridge), bridge
+
+
+def test_dead_letters_counted_just_before_the_pool_stops_are_in_its_last_lines(
+        make_settings: Callable[..., Settings], start_pipeline: Callable[..., Pipeline]) -> None:
+    settings = make_settings(MAX_BATCH_SIZE=20, BATCH_LINGER_MS=100, WORKER_PROCESSES=1)
+    pipeline = start_pipeline(settings, pools=("enrich",))
+    asyncio.run(publish_all(settings, too_deep(TOO_DEEP)))
+    wait_for(counted(settings, TOO_DEEP), timeout_s=WAIT_S, describe=lambda: pipeline.log_tail("worker-enrich"))
+    codes = pipeline.stop()
+    assert set(codes.values()) == {0}, {name: pipeline.log_tail(name) for name in codes}
+    lines = summaries(pipeline)
+    assert summed(lines) == {"BadEvent/depth": TOO_DEEP}, [line["message"] for line in lines]
+    assert len(lines) <= 2, "a window closed by its timer and the rest at shutdown, at most"
