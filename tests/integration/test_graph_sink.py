@@ -6,6 +6,7 @@ Each test reads the graph back through the backend's own client (a "probe"), not
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -350,6 +351,38 @@ def test_concurrent_overlapping_batches_store_each_node_once(settings: Settings,
     assert found == {"Event": 60, "Host": 2, "User": 6, "Process": expected_processes, "Container": 4,
                      "NetworkEndpoint": 3, "relationships": 60 * 5 + flows}
     assert probe.rows("MATCH ()-[c:COMMUNICATES]->() RETURN sum(c.count)") == [[60]]
+
+
+def test_each_writer_thread_has_its_own_neo4j_driver(make_settings: Callable[..., Settings],
+                                                     neo4j_server: servers.Server,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Bolt connection passes between threads (see ``etl.sinks.graph.neo4j_drivers``): four threads writing
+    through one sink make four drivers, one each, and reuse it; closing the sink closes them all."""
+    made: list[tuple[int, Any]] = []
+    real_driver = neo4j_backend.GraphDatabase.driver
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        made.append((threading.get_ident(), real_driver(*args, **kwargs)))
+        return made[-1][1]
+
+    settings = make_settings(**graph_env(NEO4J, neo4j_server))
+    reset(settings)
+    monkeypatch.setattr(neo4j_backend.GraphDatabase, "driver", counted)
+    sink = GraphSink(settings)
+    sink.open()  # the opening thread's driver
+    barrier = threading.Barrier(4)
+
+    def write_twice(n: int) -> int:
+        barrier.wait()
+        return sink.write([event(f"a{n}", host_id="shared")]) + sink.write([event(f"b{n}", host_id="shared")])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert sum(pool.map(write_twice, range(4))) == 8
+    sink.close()
+
+    assert len(made) == 5 == len({thread for thread, _ in made})
+    with pytest.raises(Exception, match="closed"):
+        made[1][1].session()
 
 
 def test_events_are_created_only_once_their_keys_are_enforced(settings: Settings, probe: Probe) -> None:

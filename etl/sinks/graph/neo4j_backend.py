@@ -41,6 +41,7 @@ from etl.runtime.metrics import GRAPH_WRITE_RERUNS
 from etl.sinks.base import connect_timeout_s, request_timeout_s
 from etl.sinks.graph.backend import KeyConflict
 from etl.sinks.graph.cypher import COUNT_EVENTS_CYPHER, HOST_ID_MIGRATION_CYPHER, NODE_INDEXES, NODE_KEYS
+from etl.sinks.graph.neo4j_drivers import ThreadDrivers
 
 CONNECT_TIMEOUT_S = 5.0
 # One attempt's share of the sink's budget: the rest is for the connection it waits for, or for attempts after it.
@@ -143,21 +144,21 @@ def driver_options(settings: Settings) -> dict[str, Any]:
 
 
 def connect(settings: Settings) -> Neo4jBackend:
-    """Create the driver and check the server answers. Raises ``SinkUnavailable``."""
-    with _translated("connect"):
-        driver = GraphDatabase.driver(
-            settings.neo4j_uri,
-            auth=(settings.neo4j_user, settings.graph_password),
-            **driver_options(settings),
-            **tls_options(settings),
-        )
+    """Make this thread's driver and check the server answers (each other thread makes its own when it first
+    calls, see ``etl.sinks.graph.neo4j_drivers``). Raises ``SinkUnavailable``."""
+
+    def make() -> Driver:
+        return GraphDatabase.driver(settings.neo4j_uri, auth=(settings.neo4j_user, settings.graph_password),
+                                    **driver_options(settings), **tls_options(settings))
+
+    drivers = ThreadDrivers(make)
     try:
         with _translated("connect"):
-            driver.verify_connectivity()
+            drivers.current().verify_connectivity()
     except BaseException:
-        driver.close()
+        drivers.close()
         raise
-    return Neo4jBackend(driver, attempt_s=attempt_timeout_s(settings),
+    return Neo4jBackend(drivers, attempt_s=attempt_timeout_s(settings),
                         acquisition_s=driver_options(settings)["connection_acquisition_timeout"])
 
 
@@ -229,19 +230,20 @@ def _count_events(tx: ManagedTransaction) -> int:
 
 
 class Neo4jBackend:
-    """One Neo4j database. Thread-safe: the driver is shared, each call opens its own session.
+    """One Neo4j database. Thread-safe: each thread has its own driver (``ThreadDrivers``), each call its own
+    session.
 
     ``attempt_s`` is an attempt's server-side timeout, in seconds, when the write's deadline is further away;
     ``acquisition_s`` the driver's longest wait for a connection (``connection_acquisition_timeout``).
     """
 
-    def __init__(self, driver: Driver, *, attempt_s: float, acquisition_s: float) -> None:
-        self._driver = driver
+    def __init__(self, drivers: ThreadDrivers, *, attempt_s: float, acquisition_s: float) -> None:
+        self._drivers = drivers
         self._attempt_s = attempt_s
         self._acquisition_s = acquisition_s
 
     def _session(self, attempts: _Attempts) -> Session:
-        return self._driver.session(connection_acquisition_timeout=min(self._acquisition_s, attempts.wait_s))
+        return self._drivers.current().session(connection_acquisition_timeout=min(self._acquisition_s, attempts.wait_s))
 
     def ensure_schema(self) -> None:
         """Create the uniqueness constraints and indexes IF NOT EXISTS, one per transaction (schema and data never
@@ -249,7 +251,7 @@ class Neo4jBackend:
 
         Raises ``SinkUnavailable``, ``TransientError`` or ``SinkDataError``.
         """
-        with _translated("create schema"), self._driver.session() as session:
+        with _translated("create schema"), self._drivers.current().session() as session:
             for statement in [*schema_statements(), HOST_ID_MIGRATION_CYPHER]:
                 session.execute_write(_run_statement, statement)
 
@@ -298,14 +300,14 @@ class Neo4jBackend:
             return int(session.execute_write(expire, attempts, statement, cutoff_ms))
 
     def count_events(self) -> int:
-        with _translated("count"), self._driver.session() as session:
+        with _translated("count"), self._drivers.current().session() as session:
             return int(session.execute_read(_count_events))
 
     def check(self) -> None:
         """Raise ``SinkUnavailable`` unless the server answers."""
         with _translated("check"):
-            self._driver.verify_connectivity()
+            self._drivers.current().verify_connectivity()
 
     def close(self) -> None:
-        """Close the driver and its pool. Safe to call twice."""
-        self._driver.close()
+        """Close every thread's driver and its pool. Safe to call twice."""
+        self._drivers.close()
