@@ -558,3 +558,11 @@ def test_grafana_provisions_the_dashboard_on_the_prometheus_of_the_stack() -> No
                                             ("a/${B:-p w}", "a/p w"), ("$${A#x/}", "${A#x/}")])
 def test_resolve_applies_compose_defaults(text: str, expected: str) -> None:
     assert resolve(text) == expected
+
+
+def test_log_rotation_is_declared_once_and_given_to_every_service() -> None:
+    """One ``x-logging`` block, merged into every service (``test_compose_config`` checks the result)."""
+    text = COMPOSE_FILE.read_text()
+    assert text.count("driver: json-file") == 1 and text.count("&logging") == 1
+    for name, service in compose()["services"].items():
+        assert service.get("logging") == compose()["x-logging"], name
