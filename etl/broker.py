@@ -19,7 +19,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from etl.config import Settings
-from etl.errors import PermanentError, TransientError
+from etl.errors import PermanentError, RedisFull, TransientError
 from etl.runtime.redis_durability import DurableRedisBroker, PatientRetries
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class AofSync:
 
     def wait(self) -> None:
         """Raises ``TransientError`` if the write is not on disk (on ``replicas`` replicas' disks too) within the
-        timeout."""
+        timeout: ``RedisFull`` if Redis, at ``maxmemory``, refused it."""
         if not self._enabled and not self._replicas:
             return
         local_wanted = 1 if self._enabled else 0
@@ -113,6 +113,9 @@ class AofSync:
                 pipe.incr(AOF_BARRIER_KEY)
                 pipe.execute_command("WAITAOF", local_wanted, self._replicas, self._timeout_ms)
                 _, (local, replicas) = pipe.execute()
+        except redis.exceptions.OutOfMemoryError as e:
+            # The barrier is a write: a full Redis refuses it, and the wait would not cover the batch.
+            raise RedisFull(f"Redis WAITAOF failed: {e}") from e
         except redis.ResponseError as e:
             if "appendonly" not in str(e).lower():
                 raise TransientError(f"Redis WAITAOF failed: {e}") from e

@@ -33,6 +33,11 @@ class PermanentError(EtlError):
     """A failure that will not succeed on retry."""
 
 
+class RedisFull(TransientError):
+    """Redis refuses writes: its memory is at ``maxmemory``, and ``noeviction`` keeps it from making room. A write
+    succeeds again once memory is freed (dead letters purged, ``maxmemory`` raised); the bridge waits for that."""
+
+
 class SinkUnavailable(TransientError):
     """A sink's server cannot be reached or timed out."""
 

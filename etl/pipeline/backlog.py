@@ -106,16 +106,19 @@ class Backpressure:
 
 class BacklogGate:
     """Holds intake while ``Backpressure`` says so: reads ``probe`` before each batch, and every ``poll_s``
-    seconds while paused. Sets the ``BRIDGE_PAUSED`` gauge and logs each transition.
+    seconds while paused. Sets the ``BRIDGE_PAUSED`` gauge, to 1 also while ``held_elsewhere()`` (the bridge waits
+    for a full Redis: ``etl.pipeline.commit``), and logs each transition.
     """
 
     def __init__(self, probe: Backlog, pressure: Backpressure, *, poll_s: float = DEFAULT_BACKLOG_POLL_S,
-                 lock: AbstractContextManager[Any] | None = None) -> None:
+                 lock: AbstractContextManager[Any] | None = None,
+                 held_elsewhere: Callable[[], bool] = lambda: False) -> None:
         self._probe = probe
         self._pressure = pressure
         self._poll_s = poll_s
         self._lock = lock or nullcontext()
         self._probe_failing = False
+        self._held_elsewhere = held_elsewhere
         BRIDGE_PAUSED.set(int(pressure.paused))
 
     @property
@@ -155,7 +158,7 @@ class BacklogGate:
             elif was_paused and not paused:
                 log.info("bridge resumed: the deepest Dramatiq queue is down to %d message(s)", depth,
                          extra={"depth": depth})
-        BRIDGE_PAUSED.set(int(paused))
+        BRIDGE_PAUSED.set(int(paused or self._held_elsewhere()))
         return paused
 
     def _read_both(self, in_flight: Callable[[], int]) -> tuple[int, int]:

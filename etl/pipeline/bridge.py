@@ -11,7 +11,9 @@ yet acked; at the bound it fetches no more until a ``sync`` settles some. The se
 all replicas at ``max_ack_pending``. Dramatiq itself never refuses a message, so
 before each batch the bridge reads the injected ``backlog`` (the deepest Dramatiq queue, in messages) and, at
 ``MAX_QUEUE_DEPTH``, stops fetching until it is down to the low-water mark (``etl.pipeline.backlog.Backpressure``).
-Meanwhile events wait in JetStream, durably, not in memory. Durations are seconds inside this module.
+Meanwhile events wait in JetStream, durably, not in memory. A Redis at ``maxmemory`` refuses writes: the bridge
+then pauses too, holding the batch in hand until Redis takes it (``etl.pipeline.commit``). Durations are seconds
+inside this module.
 """
 
 from __future__ import annotations
@@ -58,10 +60,12 @@ class Bridge:
         internals.apply_settings(settings)
         self._window: AckWindow[Msg] = AckWindow(settings.bridge_max_unacked, settings.bridge_max_unacked_bytes)
         self._stopping = asyncio.Event()
-        self._commit = GroupCommit(self._window, enqueue, sync, self._sleep, nak_delay_s=nak_delay_s)
+        self._commit = GroupCommit(self._window, enqueue, sync, self._sleep, nak_delay_s=nak_delay_s,
+                                   stopping=self._stopping, ack_wait_s=ack_wait_s)
         self._collector = Collector(settings, self._stopping, self._sleep, idle_fetch_s=idle_fetch_s)
-        self._gate = None if backlog is None else BacklogGate(backlog, Backpressure.from_settings(settings),
-                                                              poll_s=backlog_poll_s, lock=self._commit.enqueue_lock)
+        self._gate = None if backlog is None else BacklogGate(
+            backlog, Backpressure.from_settings(settings), poll_s=backlog_poll_s, lock=self._commit.enqueue_lock,
+            held_elsewhere=lambda: self._commit.redis_full)
         self._ack_wait_s = ack_wait_s
         self._name = name
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -105,8 +109,9 @@ class Bridge:
 
     @property
     def paused(self) -> bool:
-        """Intake stopped because the Dramatiq queues are full (or their depth cannot be read)."""
-        return self._gate is not None and self._gate.paused
+        """Intake stopped because the Dramatiq queues are full (or their depth cannot be read), or Redis is at
+        ``maxmemory`` and refuses the batch in hand."""
+        return self._commit.redis_full or (self._gate is not None and self._gate.paused)
 
     def stop(self) -> None:
         """Ask ``run`` to finish the batch in hand and return. Safe from any thread and in signal handlers."""
@@ -155,8 +160,9 @@ class Bridge:
                 await self._window.wait_for_room(self._stopping)
                 batch = await self._collector.collect()
                 if handing is not None:
+                    self._commit.waiting = batch
                     await handing
-                    handing = None
+                    handing, self._commit.waiting = None, ()
                 if batch:
                     self._commit.hold(batch)
                     handing = asyncio.create_task(self._commit.hand_over(batch))

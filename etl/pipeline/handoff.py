@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from etl.broker import AofSync
 from etl.config import Settings
+from etl.errors import RedisFull
 from etl.pipeline import rawbatch
 from etl.stages import ENRICH, Stage, stage
 
@@ -58,6 +60,11 @@ class Handoff:
             self.send(target, payloads)
 
     def send(self, target: Stage, *args: Any) -> None:
-        """One message to ``target``'s actor, as ``actor.send(*args)`` would enqueue it."""
-        self._broker.enqueue(dramatiq.Message(queue_name=target.queue, actor_name=target.actor, args=args,
-                                              kwargs={}, options={}))
+        """One message to ``target``'s actor, as ``actor.send(*args)`` would enqueue it. Raises ``RedisFull`` when
+        Redis is at ``maxmemory``, else whatever the broker raises."""
+        message: dramatiq.Message[Any] = dramatiq.Message(queue_name=target.queue, actor_name=target.actor,
+                                                          args=args, kwargs={}, options={})
+        try:
+            self._broker.enqueue(message)
+        except redis.exceptions.OutOfMemoryError as e:
+            raise RedisFull(f"Redis refuses the batch: {e}") from e

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,47 @@ def test_test_deploys_resolution_of_the_compose_file_is_composes_own(empty_env_f
     services = resolved({}, empty_env_file)["services"]
     for name, service in our_services().items():
         assert environment(service) == container_env(services[name]), name
+
+
+# --- bounded resources ----------------------------------------------------------------------------------------------
+
+REDIS_UNITS = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+NEO4J_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+NEO4J_MEMORY = ("NEO4J_server_memory_heap_max__size", "NEO4J_server_memory_pagecache_size")
+
+
+def size_bytes(text: str, units: dict[str, int]) -> int:
+    """A size as Redis or Neo4j reads it (each with its own units), in bytes."""
+    number, unit = re.fullmatch(r"(\d+)([a-z]*)", text.lower()).groups()  # type: ignore[union-attr]
+    return int(number) * units[unit]
+
+
+def memory_limit(service: dict[str, Any]) -> int:
+    """A resolved service's memory limit in bytes (Compose renders it in bytes)."""
+    return int(service["deploy"]["resources"]["limits"]["memory"])
+
+
+def test_every_service_has_a_memory_limit_and_rotated_logs(empty_env_file: Path) -> None:
+    for name, service in resolved({}, empty_env_file)["services"].items():
+        assert memory_limit(service) > 0, name
+        logging = service.get("logging", {})
+        assert logging.get("driver") == "json-file", f"{name}: logs without rotation"
+        assert {"max-size", "max-file"} <= logging.get("options", {}).keys(), name
+
+
+def test_redis_refuses_writes_below_its_limit_with_room_for_a_fork(empty_env_file: Path) -> None:
+    """Full, Redis must refuse writes (the bridge then pauses), not be killed: maxmemory with noeviction, and at
+    most half its limit, since the fork that rewrites the AOF may copy every page the queues change meanwhile."""
+    redis = resolved({}, empty_env_file)["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    maxmemory = size_bytes(command[command.index("--maxmemory") + 1], REDIS_UNITS)
+    assert 0 < 2 * maxmemory < memory_limit(redis)
+
+
+def test_neo4j_heap_and_page_cache_are_set_within_its_limit(empty_env_file: Path) -> None:
+    neo4j = resolved({}, empty_env_file)["services"]["neo4j"]
+    env = container_env(neo4j)
+    assert env["NEO4J_server_memory_heap_initial__size"] == env["NEO4J_server_memory_heap_max__size"]
+    # The JVM needs memory of its own beyond both (threads, metaspace, direct buffers): a quarter of the limit.
+    assert sum(size_bytes(env[var], NEO4J_UNITS) for var in NEO4J_MEMORY) <= 0.75 * memory_limit(neo4j)

@@ -558,3 +558,13 @@ def test_grafana_provisions_the_dashboard_on_the_prometheus_of_the_stack() -> No
                                             ("a/${B:-p w}", "a/p w"), ("$${A#x/}", "${A#x/}")])
 def test_resolve_applies_compose_defaults(text: str, expected: str) -> None:
     assert resolve(text) == expected
+
+
+def test_every_service_has_a_memory_limit_and_the_one_log_rotation() -> None:
+    """One ``x-logging`` block, given to every service, and a limit on each; ``test_compose_config`` checks them
+    as Docker Compose renders them, and sizes them against each other."""
+    text = COMPOSE_FILE.read_text()
+    assert text.count("driver: json-file") == 1 and text.count("&logging") == 1
+    for name, service in compose()["services"].items():
+        assert service.get("logging") == compose()["x-logging"], name
+        assert re.fullmatch(r"\d+[mg]", str(service["deploy"]["resources"]["limits"]["memory"])), name

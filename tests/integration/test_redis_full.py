@@ -1,0 +1,176 @@
+"""A full Redis, as compose runs it (``maxmemory`` with ``noeviction``): it refuses every write, with
+``OOM command not allowed``. The real bridge and pools run against a Redis of their own, which the test fills
+past its ``maxmemory`` with a ballast key. The bridge must pause (``etl_bridge_paused`` 1, one log line), stay
+up, ack nothing and dead-letter nothing; once the ballast is deleted it must resume by itself, and every event
+be stored, merged and published exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from etl.broker import build_broker
+from etl.config import Settings
+from etl.dev import servers as devservers
+from etl.dev.generator import generate
+from etl.dev.supervisor import Pipeline
+from etl.errors import RedisFull, TransientError
+from etl.natsio.conn import connect
+from etl.ops import report
+from etl.pipeline.backlog import queue_depths
+from etl.pipeline.handoff import Handoff
+from etl.stages import ENRICH
+from tests.integration.accounting import by_id, check_enriched_stream, check_graph, check_postgres, publish_all
+from tests.integration.faults_support import raw_consumer, wait_settled, wait_stored
+from tests.waiting import wait_for
+
+WARM_UP = 100
+HELD = 1000
+BALLAST_BYTES = 16 * 1024 * 1024
+# Room left once the ballast is deleted: far more than the held events take in the queues.
+ROOM_BYTES = BALLAST_BYTES // 2
+# Short, so that the pause outlasts it: the held messages must be kept alive, not redelivered.
+ACK_WAIT_S = 1
+# The bridge's attempts Redis refused before the pause is judged: with backoffs of 0.1, 0.2, 0.4 s and then
+# half ACK_WAIT_S, longer than ACK_WAIT_S.
+REFUSALS = 6
+PAUSED_LINE = "bridge paused: Redis refuses writes"
+RESUMED_LINE = "bridge resumed"
+FAILED_LINE = "nak'ed for redelivery"
+WAIT_S = 60.0
+FETCH_TIMEOUT_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def small_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devservers.Server]:
+    server = devservers.redis_server(tmp_path_factory.mktemp("full-redis"),
+                                     extra_args=["--maxmemory-policy", "noeviction"]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings], small_redis: devservers.Server) -> Settings:
+    return make_settings(REDIS_URL=f"redis://127.0.0.1:{small_redis.port}/0", MAX_BATCH_SIZE=50,
+                         BATCH_LINGER_MS=20, RETRY_MIN_BACKOFF_MS=100, RETRY_MAX_BACKOFF_MS=2000,
+                         NATS_ACK_WAIT=ACK_WAIT_S)
+
+
+def bridge_metric(pipeline: Pipeline, series: str) -> float:
+    """One series as the bridge's ``/metrics`` serves it (0 when absent)."""
+    url = f"http://127.0.0.1:{pipeline.ports['bridge-0']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(rf"^{re.escape(series)} (\S+)$", text, flags=re.M)
+    return float(found[1]) if found else 0.0
+
+
+def bridge_paused(pipeline: Pipeline) -> float:
+    return bridge_metric(pipeline, "etl_bridge_paused")
+
+
+def bridge_retries(pipeline: Pipeline) -> float:
+    return bridge_metric(pipeline, 'etl_retries_total{stage="bridge"}')
+
+
+def bridge_log(pipeline: Pipeline) -> str:
+    return Path(pipeline.log_dir / "bridge-0.log").read_text(errors="replace")
+
+
+async def another_replica_fetches(settings: Settings) -> int:
+    """What a second bridge replica would be given now: one message, nak'ed at once. Returns its delivery count,
+    more than 1 when it is a held message redelivered (JetStream redelivers expired messages first)."""
+    nc = await connect(settings, name="test-replica")
+    try:
+        sub = await nc.jetstream().pull_subscribe_bind(consumer=settings.nats_consumer, stream=settings.nats_stream)
+        (msg,) = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
+        await msg.nak()
+        return int(msg.metadata.num_delivered)
+    finally:
+        await nc.close()
+
+
+def fill(client: redis.Redis) -> None:
+    """Add a ballast, then set ``maxmemory`` below what Redis holds, by less than the ballast."""
+    # Padded by Redis from a one-byte write: a SET of the whole value would leave a client query buffer of its
+    # size, which Redis frees a moment later, counted in used_memory meanwhile.
+    client.setrange("ballast", BALLAST_BYTES - 1, b"\0")
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", used - BALLAST_BYTES + ROOM_BYTES)
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.set("probe", b"x")
+
+
+def test_a_full_redis_pauses_the_bridge_until_memory_is_freed(settings: Settings, small_redis: devservers.Server,
+                                                              start_pipeline: Callable[..., Pipeline]) -> None:
+    client = redis.Redis(port=small_redis.port)
+    client.config_set("maxmemory", 0)
+    events = list(generate(WARM_UP + HELD, hosts=10, seed=18))
+    pipeline = start_pipeline(settings)
+    try:
+        asyncio.run(publish_all(settings, events[:WARM_UP]))
+        wait_stored(settings, pipeline, at_least=WARM_UP)
+        wait_settled(settings, pipeline, timeout_s=WAIT_S)
+
+        redelivered = raw_consumer(settings).num_redelivered
+        fill(client)
+        asyncio.run(publish_all(settings, events[WARM_UP:]))
+        wait_for(lambda: bridge_retries(pipeline) >= REFUSALS, timeout_s=WAIT_S,
+                 describe=lambda: f"retries={bridge_retries(pipeline)} log={bridge_log(pipeline)[-2000:]}")
+        # Paused, once, and nothing given up on: all held events still in JetStream, none acked or dead-lettered.
+        assert all(pipeline.alive().values()), {name: pipeline.log_tail(name) for name in pipeline.procs}
+        assert bridge_paused(pipeline) == 1
+        log = bridge_log(pipeline)
+        assert log.count(PAUSED_LINE) == 1 and FAILED_LINE not in log, log[-3000:]
+        consumer = raw_consumer(settings)
+        assert consumer.ack_floor is not None and consumer.ack_floor.stream_seq == WARM_UP
+        assert int(consumer.num_pending or 0) + int(consumer.num_ack_pending or 0) == HELD
+        assert consumer.num_redelivered == redelivered, "held events were redelivered: not kept alive"
+        assert asyncio.run(another_replica_fetches(settings)) == 1, "a held message expired: not kept alive"
+        assert not any(report.dead_letter_counts(settings).values()), report.dead_letter_counts(settings)
+        assert report.sink_totals(settings)["stored"] == WARM_UP
+
+        client.delete("ballast")
+        counts = wait_settled(settings, pipeline, timeout_s=WAIT_S)
+        assert (counts.totals["stored"], counts.totals["merged"], counts.totals["published"]) == (
+            WARM_UP + HELD,) * 3, counts
+        assert not any(counts.dead_lettered.values()), counts
+        expected = by_id(events)
+        check_postgres(settings, expected)
+        check_graph(settings, expected)
+        check_enriched_stream(settings, expected)
+        assert bridge_paused(pipeline) == 0
+        assert bridge_log(pipeline).count(RESUMED_LINE) == 1
+    finally:
+        client.config_set("maxmemory", 0)
+        client.delete("ballast")
+        client.close()
+
+
+def test_a_full_redis_is_a_typed_transient_error_at_enqueue_and_at_the_durability_check(
+        settings: Settings, small_redis: devservers.Server) -> None:
+    client = redis.Redis(port=small_redis.port)
+    broker = build_broker(settings)
+    handoff = Handoff.from_settings(broker, settings)
+    try:
+        client.flushdb()
+        fill(client)
+        with pytest.raises(RedisFull, match="maxmemory"):
+            handoff.enqueue_raw([b'{"id": "refused"}'])
+        with pytest.raises(RedisFull, match="maxmemory"):
+            handoff.sync()
+        assert issubclass(RedisFull, TransientError)
+        client.delete("ballast")
+        handoff.raw([b'{"id": "taken"}'])
+        assert queue_depths(client)[ENRICH.queue] == 1
+    finally:
+        client.config_set("maxmemory", 0)
+        client.delete("ballast")
+        client.close()
+        broker.close()
