@@ -59,6 +59,8 @@ def main() -> int:
     setup_logging(settings.log_level, settings.log_format, process="bridge")
     from etl.ops.health import HealthServer
     from etl.pipeline.bridge import Bridge, run_until_signalled
+    from etl.pipeline.dlq import DeadLetterStore
+    from etl.pipeline.dlqgauge import StoredDeadLettersGauge
     from etl.pipeline.handoff import Handoff
 
     broker = build_broker(settings)  # only to enqueue: the actors and their sinks live in the worker pools
@@ -74,10 +76,12 @@ def main() -> int:
     redis_check = redis_reachable(client)
     health = HealthServer(settings.health_host, settings.health_port,
                           lambda: bridge.not_ready_reason() or redis_check()).start()
+    dead_letters = StoredDeadLettersGauge(DeadLetterStore.from_settings(client, settings)).start()
     gctune.tune()  # after start-up, like the worker pools (etl.actors)
     try:
         run_until_signalled(bridge)
     finally:
+        dead_letters.stop()
         health.stop()
         client.close()
         broker.close()

@@ -13,6 +13,10 @@ DEAD_LETTERS = Counter("etl_dead_letters_total", "Events dead-lettered, by stage
 DEAD_LETTERS_DROPPED = Counter("etl_dead_letters_dropped_total",
                                "Dead letters counted but not kept because the dead-letter queue was full, by stage "
                                "and reason type (also counted in etl_dead_letters_total)", ["stage", "reason"])
+# What the dead-letter queue holds now (replay, purge and retention lower it), read from the store by the bridge
+# (etl.pipeline.dlqgauge): the counter above only says what happened.
+DEAD_LETTERS_STORED = Gauge("etl_dead_letters_stored", "Entries in the dead-letter queue now (etl dlq list)",
+                            multiprocess_mode="livemax")
 RETRIES = Counter("etl_retries_total", "Batches scheduled for a retry, by sink or stage", ["stage"])
 BATCH_SIZE = Histogram("etl_batch_size", "Events per batch, by stage", ["stage"],
                        buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))

@@ -11,14 +11,20 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from etl.broker import redis_client
 from etl.config import Settings
 from etl.dev import servers as devservers
 from etl.dev.generator import generate
 from etl.dev.stack import migrate
 from etl.dev.supervisor import Pipeline
 from etl.ops import report
+from etl.pipeline.dlq import DeadLetterStore
+from etl.pipeline.dlqgauge import DEFAULT_DLQ_GAUGE_INTERVAL_S
 from tests.integration.accounting import publish_all
 from tests.waiting import wait_for
+
+# Time for the bridge's next read of the dead-letter queue, with room for a loaded machine.
+DLQ_GAUGE_WAIT_S = 3 * DEFAULT_DLQ_GAUGE_INTERVAL_S
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -105,8 +111,23 @@ def test_metrics_move_when_events_flow(make_settings: Callable[..., Settings], t
             wait_for(lambda p=port, s=stage: value(p, "etl_events_total", stage=s) == 294, timeout_s=20)
             assert (value(port, "etl_sink_write_seconds_count", sink=stage) or 0) > 0
             assert value(port, "etl_circuit_breaker_state", sink=stage) == 0
+        check_dead_letters_stored(settings, bridge, expected=6)
     finally:
         pipeline.stop()
+
+
+def check_dead_letters_stored(settings: Settings, bridge_port: int, *, expected: int) -> None:
+    """The bridge exports what the dead-letter queue holds now: ``expected`` entries, then none once purged
+    (from outside the pipeline, as ``etl dlq purge`` does), which no counter of dead letters would show."""
+    def stored() -> float | None:
+        return value(bridge_port, "etl_dead_letters_stored")
+
+    wait_for(lambda: stored() == expected, timeout_s=DLQ_GAUGE_WAIT_S, describe=lambda: f"gauge {stored()}")
+    with redis_client(settings) as client:
+        store = DeadLetterStore.from_settings(client, settings)
+        assert store.count() == expected
+        assert store.purge(older_than_s=0) == expected
+    wait_for(lambda: stored() == 0, timeout_s=DLQ_GAUGE_WAIT_S, describe=lambda: f"gauge {stored()}")
 
 
 def test_health_command_for_each_process(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
