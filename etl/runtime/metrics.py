@@ -17,7 +17,8 @@ DEAD_LETTERS_DROPPED = Counter("etl_dead_letters_dropped_total",
 # (etl.pipeline.dlqgauge): the counter above only says what happened.
 DEAD_LETTERS_STORED = Gauge("etl_dead_letters_stored", "Entries in the dead-letter queue now (etl dlq list)",
                             multiprocess_mode="livemax")
-RETRIES = Counter("etl_retries_total", "Batches scheduled for a retry, by sink or stage", ["stage"])
+RETRIES = Counter("etl_retries_total", "Batches scheduled for a retry, by stage: the bridge's or a pool's",
+                  ["stage"])
 BATCH_SIZE = Histogram("etl_batch_size", "Events per batch, by stage", ["stage"],
                        buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))
 WRITE_SECONDS = Histogram("etl_sink_write_seconds", "Time to write one batch to a sink", ["sink"],

@@ -25,6 +25,8 @@ from tests.waiting import wait_for
 
 # Time for the bridge's next read of the dead-letter queue, with room for a loaded machine.
 DLQ_GAUGE_WAIT_S = 3 * DEFAULT_DLQ_GAUGE_INTERVAL_S
+# Retries seen before PostgreSQL comes back: more than one batch's first failure.
+RETRIES_SEEN = 3
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -128,6 +130,44 @@ def check_dead_letters_stored(settings: Settings, bridge_port: int, *, expected:
         assert store.count() == expected
         assert store.purge(older_than_s=0) == expected
     wait_for(lambda: stored() == 0, timeout_s=DLQ_GAUGE_WAIT_S, describe=lambda: f"gauge {stored()}")
+
+
+@pytest.fixture
+def private_postgres(tmp_path: Path) -> Iterator[devservers.Server]:
+    """A PostgreSQL of this test's own, so stopping it disturbs no other test."""
+    server = devservers.postgres_server(tmp_path / "postgres", durable=False).start()
+    devservers.ensure_database(server.port, "aegisflux")
+    yield server
+    server.stop()
+
+
+def test_a_sinks_transient_failure_counts_retries_for_its_stage(make_settings: Callable[..., Settings],
+                                                                 tmp_path: Path,
+                                                                 private_postgres: devservers.Server) -> None:
+    """PostgreSQL down: each timescale batch fails with ``SinkUnavailable`` (transient) and is scheduled for a retry,
+    counted in ``etl_retries_total{stage="timescale"}`` by the timescale pool; no other stage counts one."""
+    # The breaker never opens (it would delay batches without a retry) and the retries outlast the outage.
+    settings = make_settings(PG_PORT=private_postgres.port, MAX_BATCH_SIZE=50, BREAKER_FAILURES=1_000_000,
+                             RETRY_MAX=1_000, RETRY_MIN_BACKOFF_MS=100, RETRY_MAX_BACKOFF_MS=200)
+    migrate(settings)
+    pipeline = Pipeline(settings.to_env(), tmp_path / "logs").start()
+    try:
+        wait_for(lambda: get(pipeline.ports["bridge-0"], "/readyz")[0] == 200, timeout_s=20)
+        timescale = pipeline.ports["worker-timescale"]
+        wait_for(lambda: get(timescale, "/metrics")[0] == 200, timeout_s=20)
+        assert value(timescale, "etl_retries_total", stage="timescale") is None
+        private_postgres.stop()
+        asyncio.run(publish_all(settings, list(generate(100, hosts=5, seed=7))))
+        wait_for(lambda: (value(timescale, "etl_retries_total", stage="timescale") or 0) >= RETRIES_SEEN,
+                 timeout_s=30, describe=lambda: f"{value(timescale, 'etl_retries_total', stage='timescale')} retries")
+        private_postgres.start()
+        wait_for(lambda: report.collect(settings).totals["stored"] == 100, timeout_s=60,
+                 describe=lambda: pipeline.log_tail("worker-timescale"))
+        for pool in ("enrich", "graph", "publish"):
+            assert value(pipeline.ports[f"worker-{pool}"], "etl_retries_total", stage=pool) is None, pool
+        assert report.dead_letter_counts(settings) == {}
+    finally:
+        assert all(code == 0 for code in pipeline.stop().values())
 
 
 def test_health_command_for_each_process(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
