@@ -560,7 +560,7 @@ def test_grafana_provisions_the_dashboard_on_the_prometheus_of_the_stack() -> No
 DASHBOARD_SCOPE = {"job": "$job", "instance": "$instance"}
 # What an operator asks of the dashboard besides OPERATOR_QUESTIONS: how long a batch takes per pool, the retries
 # waiting, every retry scheduled by stage, what the dead-letter queue holds, the consumer's pending acks.
-REPLICA_QUESTIONS = ("dramatiq_message_duration_milliseconds_bucket", "dramatiq_delayed_messages_inprogress",
+REPLICA_QUESTIONS = ("dramatiq_message_duration_milliseconds_bucket", "etl_queue_delayed",
                      "etl_retries_total", "etl_dead_letters_stored", "etl_consumer_ack_pending", "up")
 _AGGREGATIONS = re.compile(r"\b(?:sum|min|max|avg|count|group|topk|bottomk|quantile|stddev|stdvar)\b")
 _PROMQL_TOKEN = re.compile(r'\{[^}]*\}|\[[^]]*\]|"(?:[^"\\]|\\.)*"'
