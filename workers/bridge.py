@@ -13,25 +13,18 @@ from etl.broker import build_broker, redis_client
 from etl.config import load_settings
 from etl.pipeline.backlog import Backlog, deepest, queue_depths
 from etl.runtime import gctune
-from etl.runtime.metrics import QUEUE_DEPTH
 
 log = logging.getLogger("workers.bridge")
 REDIS_PING_CACHE_S = 1.0
 
 
 def backlog_probe(client: redis.Redis) -> Backlog:
-    """The bridge's backlog: the deepest Dramatiq queue, read in one round trip that also sets the depth gauges.
+    """The bridge's backlog: the deepest Dramatiq queue, read in one round trip (the depth gauges are set apart, by
+    ``etl.pipeline.redisgauges``, also while the bridge has nothing to take).
 
     The probe raises ``redis.RedisError`` when Redis does not answer; the bridge then holds its intake.
     """
-
-    def probe() -> int:
-        depths = queue_depths(client)
-        for queue, depth in depths.items():
-            QUEUE_DEPTH.labels(queue=queue).set(depth)
-        return deepest(depths)
-
-    return probe
+    return lambda: deepest(queue_depths(client))
 
 
 def redis_reachable(client: redis.Redis) -> Callable[[], str | None]:
@@ -59,7 +52,9 @@ def main() -> int:
     setup_logging(settings.log_level, settings.log_format, service="bridge")
     from etl.ops.health import HealthServer
     from etl.pipeline.bridge import Bridge, run_until_signalled
+    from etl.pipeline.dlq import DeadLetterStore
     from etl.pipeline.handoff import Handoff
+    from etl.pipeline.redisgauges import RedisGauges
 
     broker = build_broker(settings)  # only to enqueue: the actors and their sinks live in the worker pools
     client = redis_client(settings)
@@ -74,10 +69,12 @@ def main() -> int:
     redis_check = redis_reachable(client)
     health = HealthServer(settings.health_host, settings.health_port,
                           lambda: bridge.not_ready_reason() or redis_check()).start()
+    gauges = RedisGauges(client, DeadLetterStore.from_settings(client, settings)).start()
     gctune.tune()  # after start-up, like the worker pools (etl.actors)
     try:
         run_until_signalled(bridge)
     finally:
+        gauges.stop()
         health.stop()
         client.close()
         broker.close()

@@ -45,8 +45,21 @@ PERCENT = 100
 DEFAULT_BACKLOG_POLL_S = 0.2
 
 
-def queue_depths(client: redis.Redis, queues: Iterable[str] = QUEUES) -> dict[str, int]:
-    """Messages not yet acked in each queue: waiting, in flight and delayed, in one pipelined round trip.
+@dataclass(frozen=True)
+class QueueBacklog:
+    """A queue's messages not yet acked: ``ready`` (waiting or in flight) and ``delayed`` (in its delay queue:
+    retries waiting for their backoff, batches an open breaker put off)."""
+
+    ready: int
+    delayed: int
+
+    @property
+    def depth(self) -> int:
+        return self.ready + self.delayed
+
+
+def queue_backlogs(client: redis.Redis, queues: Iterable[str] = QUEUES) -> dict[str, QueueBacklog]:
+    """Each queue's backlog, in one pipelined round trip.
 
     Raises ``redis.RedisError`` (e.g. ``redis.ConnectionError``) when Redis does not answer.
     """
@@ -56,7 +69,15 @@ def queue_depths(client: redis.Redis, queues: Iterable[str] = QUEUES) -> dict[st
         pipe.hlen(MESSAGES_KEY.format(queue=queue))
         pipe.hlen(DELAYED_MESSAGES_KEY.format(queue=queue))
     values = pipe.execute()
-    return {queue: int(values[2 * i]) + int(values[2 * i + 1]) for i, queue in enumerate(names)}
+    return {queue: QueueBacklog(int(values[2 * i]), int(values[2 * i + 1])) for i, queue in enumerate(names)}
+
+
+def queue_depths(client: redis.Redis, queues: Iterable[str] = QUEUES) -> dict[str, int]:
+    """Messages not yet acked in each queue: waiting, in flight and delayed, in one pipelined round trip.
+
+    Raises ``redis.RedisError`` (e.g. ``redis.ConnectionError``) when Redis does not answer.
+    """
+    return {queue: backlog.depth for queue, backlog in queue_backlogs(client, queues).items()}
 
 
 def deepest(depths: Mapping[str, int]) -> int:

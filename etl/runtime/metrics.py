@@ -13,7 +13,12 @@ DEAD_LETTERS = Counter("etl_dead_letters_total", "Events dead-lettered, by stage
 DEAD_LETTERS_DROPPED = Counter("etl_dead_letters_dropped_total",
                                "Dead letters counted but not kept because the dead-letter queue was full, by stage "
                                "and reason type (also counted in etl_dead_letters_total)", ["stage", "reason"])
-RETRIES = Counter("etl_retries_total", "Batches scheduled for a retry, by sink or stage", ["stage"])
+# What the dead-letter queue holds now (replay, purge and retention lower it), read from the store by the bridge
+# (etl.pipeline.redisgauges): the counter above only says what happened.
+DEAD_LETTERS_STORED = Gauge("etl_dead_letters_stored", "Entries in the dead-letter queue now (etl dlq list)",
+                            multiprocess_mode="livemax")
+RETRIES = Counter("etl_retries_total", "Batches scheduled for a retry, by stage: the bridge's or a pool's",
+                  ["stage"])
 BATCH_SIZE = Histogram("etl_batch_size", "Events per batch, by stage", ["stage"],
                        buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))
 WRITE_SECONDS = Histogram("etl_sink_write_seconds", "Time to write one batch to a sink", ["sink"],
@@ -29,6 +34,11 @@ BRIDGE_UNACKED = Gauge("etl_bridge_unacked_events", "Events a bridge took from N
                        multiprocess_mode="livesum")
 QUEUE_DEPTH = Gauge("etl_queue_depth", "Messages not yet acked in each Dramatiq queue", ["queue"],
                     multiprocess_mode="livemax")
+# Dramatiq's own dramatiq_delayed_messages_inprogress counts up under the delay queue's name and down under the
+# queue's, in whichever process, so it drifts: this one reads Redis, as etl_queue_depth does.
+QUEUE_DELAYED = Gauge("etl_queue_delayed", "Messages of each Dramatiq queue in its delay queue: retries waiting for "
+                      "their backoff, batches an open breaker put off (counted in etl_queue_depth too)", ["queue"],
+                      multiprocess_mode="livemax")
 CONSUMER_LAG = Gauge("etl_consumer_lag", "Raw events in JetStream not yet delivered to any bridge",
                      multiprocess_mode="livemax")
 CONSUMER_ACK_PENDING = Gauge("etl_consumer_ack_pending", "Raw events delivered to bridges and not yet acked",

@@ -4,7 +4,8 @@
   connection error: a fetch whose reply the outage cut leaves them in this live worker's ack set, where
   Dramatiq's maintenance (which only rescues *dead* workers' messages) would never look.
 - ``PatientRetries`` waits for Redis to come back before re-enqueueing a failed message, instead of letting the
-  failure escape and the message be acked, i.e. lost.
+  failure escape and the message be acked, i.e. lost. It counts each retry it schedules in ``etl_retries_total``,
+  by stage: every pool's retries pass here, so this is the one place that counts them.
 - ``patiently`` is that wait, for any Redis write that is safe to repeat (an enqueue, a dead letter).
 """
 
@@ -18,8 +19,11 @@ from typing import Any, TypeVar
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import q_name
 from dramatiq.errors import BrokerConnectionError, ConnectionClosed
 from dramatiq.middleware import Retries
+
+from etl.runtime.metrics import RETRIES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,7 +93,8 @@ class DurableRedisBroker(RedisBroker):
 
 
 class _PatientEnqueue:
-    """The two broker calls ``Retries`` makes, with its enqueue waiting for Redis."""
+    """The two broker calls ``Retries`` makes, with its enqueue waiting for Redis. ``Retries`` enqueues only to
+    schedule a retry, so an enqueue that returned is a retry scheduled: counted, by the message's stage."""
 
     def __init__(self, broker: dramatiq.Broker) -> None:
         self._broker = broker
@@ -98,11 +103,14 @@ class _PatientEnqueue:
         return self._broker.get_actor(actor_name)
 
     def enqueue(self, message: dramatiq.Message, *, delay: int | None = None) -> dramatiq.Message:
-        return patiently(lambda: self._broker.enqueue(message, delay=delay), "re-enqueue a failed message")
+        enqueued = patiently(lambda: self._broker.enqueue(message, delay=delay), "re-enqueue a failed message")
+        RETRIES.labels(stage=q_name(message.queue_name)).inc()
+        return enqueued
 
 
 class PatientRetries(Retries):
-    """Dramatiq's ``Retries``, except that re-enqueueing a failed message waits for Redis instead of failing."""
+    """Dramatiq's ``Retries``, except that re-enqueueing a failed message waits for Redis instead of failing, and
+    each retry scheduled is counted in ``etl_retries_total``."""
 
     def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, *,
                               result: Any = None, exception: BaseException | None = None) -> None:

@@ -28,7 +28,7 @@ from prometheus_client import REGISTRY
 from etl.broker import build_broker
 from etl.config import Settings
 from etl.pipeline import rawbatch
-from etl.pipeline.backlog import deepest, queue_depths
+from etl.pipeline.backlog import QueueBacklog, deepest, queue_backlogs, queue_depths
 from etl.pipeline.bridge import Bridge
 from etl.pipeline.rawstream import ensure_raw_stream
 from etl.stages import ENRICH, GRAPH, PUBLISH, QUEUES, TIMESCALE
@@ -315,8 +315,10 @@ def test_queue_depths_count_waiting_in_flight_and_delayed_messages(broker: Redis
         while next(consumer) is None:  # one message in flight: fetched, not acked
             assert time.monotonic() < deadline
         depths = queue_depths(broker.client)
+        backlogs = queue_backlogs(broker.client)
     finally:
         consumer.close()
     assert depths == {ENRICH.queue: 3, PUBLISH.queue: 0, TIMESCALE.queue: 0, GRAPH.queue: 2}
+    assert (backlogs[ENRICH.queue], backlogs[GRAPH.queue]) == (QueueBacklog(3, 0), QueueBacklog(1, 1))
     assert list(depths) == list(QUEUES)
     assert deepest(depths) == 3

@@ -11,14 +11,23 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from etl.broker import redis_client
 from etl.config import Settings
 from etl.dev import servers as devservers
 from etl.dev.generator import generate
 from etl.dev.stack import migrate
 from etl.dev.supervisor import Pipeline
 from etl.ops import report
+from etl.pipeline.dlq import DeadLetterStore
+from etl.pipeline.redisgauges import DEFAULT_REDIS_GAUGES_INTERVAL_S
+from etl.stages import QUEUES
 from tests.integration.accounting import publish_all
 from tests.waiting import wait_for
+
+# Time for the bridge's next read of the queues and the dead letters, with room for a loaded machine.
+GAUGE_WAIT_S = 3 * DEFAULT_REDIS_GAUGES_INTERVAL_S
+# Retries seen before PostgreSQL comes back: more than one batch's first failure.
+RETRIES_SEEN = 3
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -105,8 +114,69 @@ def test_metrics_move_when_events_flow(make_settings: Callable[..., Settings], t
             wait_for(lambda p=port, s=stage: value(p, "etl_events_total", stage=s) == 294, timeout_s=20)
             assert (value(port, "etl_sink_write_seconds_count", sink=stage) or 0) > 0
             assert value(port, "etl_circuit_breaker_state", sink=stage) == 0
+        # Read again while the bridge has nothing to take: the depths drop to 0 rather than keep the last read.
+        wait_for(lambda: all(value(bridge, "etl_queue_depth", queue=q) == 0 for q in QUEUES), timeout_s=GAUGE_WAIT_S,
+                 describe=lambda: str({q: value(bridge, "etl_queue_depth", queue=q) for q in QUEUES}))
+        check_dead_letters_stored(settings, bridge, expected=6)
     finally:
         pipeline.stop()
+
+
+def check_dead_letters_stored(settings: Settings, bridge_port: int, *, expected: int) -> None:
+    """The bridge exports what the dead-letter queue holds now: ``expected`` entries, then none once purged
+    (from outside the pipeline, as ``etl dlq purge`` does), which no counter of dead letters would show."""
+    def stored() -> float | None:
+        return value(bridge_port, "etl_dead_letters_stored")
+
+    wait_for(lambda: stored() == expected, timeout_s=GAUGE_WAIT_S, describe=lambda: f"gauge {stored()}")
+    with redis_client(settings) as client:
+        store = DeadLetterStore.from_settings(client, settings)
+        assert store.count() == expected
+        assert store.purge(older_than_s=0) == expected
+    wait_for(lambda: stored() == 0, timeout_s=GAUGE_WAIT_S, describe=lambda: f"gauge {stored()}")
+
+
+@pytest.fixture
+def private_postgres(tmp_path: Path) -> Iterator[devservers.Server]:
+    """A PostgreSQL of this test's own, so stopping it disturbs no other test."""
+    server = devservers.postgres_server(tmp_path / "postgres", durable=False).start()
+    devservers.ensure_database(server.port, "aegisflux")
+    yield server
+    server.stop()
+
+
+def test_a_sinks_transient_failure_counts_retries_for_its_stage(make_settings: Callable[..., Settings],
+                                                                 tmp_path: Path,
+                                                                 private_postgres: devservers.Server) -> None:
+    """PostgreSQL down: each timescale batch fails with ``SinkUnavailable`` (transient) and is scheduled for a retry,
+    counted in ``etl_retries_total{stage="timescale"}`` by the timescale pool; no other stage counts one. The
+    bridge's ``etl_queue_delayed`` shows the retries waiting."""
+    # The breaker never opens (it would delay batches without a retry) and the retries outlast the outage.
+    settings = make_settings(PG_PORT=private_postgres.port, MAX_BATCH_SIZE=50, BREAKER_FAILURES=1_000_000,
+                             RETRY_MAX=1_000, RETRY_MIN_BACKOFF_MS=100, RETRY_MAX_BACKOFF_MS=200)
+    migrate(settings)
+    pipeline = Pipeline(settings.to_env(), tmp_path / "logs").start()
+    try:
+        bridge = pipeline.ports["bridge-0"]
+        wait_for(lambda: get(bridge, "/readyz")[0] == 200, timeout_s=20)
+        timescale = pipeline.ports["worker-timescale"]
+        wait_for(lambda: get(timescale, "/metrics")[0] == 200, timeout_s=20)
+        assert value(timescale, "etl_retries_total", stage="timescale") is None
+        private_postgres.stop()
+        asyncio.run(publish_all(settings, list(generate(100, hosts=5, seed=7))))
+        wait_for(lambda: (value(timescale, "etl_retries_total", stage="timescale") or 0) >= RETRIES_SEEN,
+                 timeout_s=30, describe=lambda: f"{value(timescale, 'etl_retries_total', stage='timescale')} retries")
+        # The bridge sees the retries wait in the timescale queue's delay queue.
+        wait_for(lambda: (value(bridge, "etl_queue_delayed", queue="timescale") or 0) > 0, timeout_s=30)
+        private_postgres.start()
+        wait_for(lambda: report.collect(settings).totals["stored"] == 100, timeout_s=60,
+                 describe=lambda: pipeline.log_tail("worker-timescale"))
+        wait_for(lambda: value(bridge, "etl_queue_delayed", queue="timescale") == 0, timeout_s=30)
+        for pool in ("enrich", "graph", "publish"):
+            assert value(pipeline.ports[f"worker-{pool}"], "etl_retries_total", stage=pool) is None, pool
+        assert report.dead_letter_counts(settings) == {}
+    finally:
+        assert all(code == 0 for code in pipeline.stop().values())
 
 
 def test_health_command_for_each_process(make_settings: Callable[..., Settings], tmp_path: Path) -> None:

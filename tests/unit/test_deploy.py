@@ -554,6 +554,88 @@ def test_grafana_provisions_the_dashboard_on_the_prometheus_of_the_stack() -> No
     assert prometheus_mounts["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
 
 
+# --- the dashboard's variables, and what each replica shows ------------------------------------------------------
+
+# Every query keeps to the replicas the dashboard's variables select: label -> the matcher's value.
+DASHBOARD_SCOPE = {"job": "$job", "instance": "$instance"}
+# What an operator asks of the dashboard besides OPERATOR_QUESTIONS: how long a batch takes per pool, the retries
+# waiting, every retry scheduled by stage, what the dead-letter queue holds, the consumer's pending acks.
+REPLICA_QUESTIONS = ("dramatiq_message_duration_milliseconds_bucket", "etl_queue_delayed",
+                     "etl_retries_total", "etl_dead_letters_stored", "etl_consumer_ack_pending", "up")
+_AGGREGATIONS = re.compile(r"\b(?:sum|min|max|avg|count|group|topk|bottomk|quantile|stddev|stdvar)\b")
+_PROMQL_TOKEN = re.compile(r'\{[^}]*\}|\[[^]]*\]|"(?:[^"\\]|\\.)*"'
+                           r"|\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"
+                           r"|(?<![\w.])[A-Za-z_:][\w:]*")
+_MATCHER = re.compile(r'\s*([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+
+
+def vector_selectors(expr: str) -> list[tuple[str, dict[str, str]]]:
+    """Each metric an expression selects, with its label matchers (label -> value)."""
+    found = []
+    for token in _PROMQL_TOKEN.finditer(expr):
+        name, rest = token.group(), expr[token.end():]
+        if not re.fullmatch(r"[A-Za-z_:][\w:]*", name) or name.lower() in _PROMQL_KEYWORDS:
+            continue
+        if re.match(r"\s*(?:(?:by|without)\s*\([^)]*\)\s*)?\(", rest):
+            continue  # a function or an aggregation
+        braces = re.match(r"\{([^}]*)\}", rest)
+        matchers = dict(_MATCHER.findall(braces[1])) if braces else {}
+        found.append((name, matchers))
+    return found
+
+
+def dashboard_exprs() -> list[tuple[dict[str, Any], str]]:
+    return [(panel, t["expr"]) for panel in dashboard()["panels"] for t in panel["targets"]]
+
+
+def test_the_dashboard_selects_replicas_with_job_and_instance_variables() -> None:
+    variables = dashboard()["templating"]["list"]
+    assert [v["name"] for v in variables] == list(DASHBOARD_SCOPE)
+    panel_sources = {panel["datasource"]["uid"] for panel in dashboard()["panels"]}
+    known = known_metrics()
+    for variable in variables:
+        name = variable["name"]
+        assert variable["type"] == "query" and {variable["datasource"]["uid"]} == panel_sources, name
+        # "All" as a regex, so replicas found after the dashboard loaded are shown too.
+        assert variable["includeAll"] and variable["multi"] and variable["allValue"] == ".*", name
+        query = variable["query"]["query"]
+        call = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
+        assert call and call[2] == name, query
+        ((metric, matchers),) = vector_selectors(call[1])
+        assert metric in known, query
+        # The replicas offered are those of the services selected.
+        assert matchers == ({"job": "$job"} if name == "instance" else {}), query
+
+
+def test_every_dashboard_query_keeps_to_the_selected_replicas() -> None:
+    known = known_metrics()
+    for _, expr in dashboard_exprs():
+        selectors = vector_selectors(expr)
+        assert selectors, expr
+        for metric, matchers in selectors:
+            assert {k: matchers.get(k) for k in DASHBOARD_SCOPE} == DASHBOARD_SCOPE, f"{metric} in {expr}"
+            labels = known[metric] | set(DASHBOARD_SCOPE) | ({"le"} if metric.endswith("_bucket") else set())
+            assert matchers.keys() <= labels, f"no label {matchers.keys() - labels} on {metric} in {expr}"
+        assert set(re.findall(r"\$(\w+)", expr)) <= DASHBOARD_SCOPE.keys(), expr
+
+
+def test_the_dashboard_shows_each_replica_batch_durations_retries_dead_letters_stored_and_acks() -> None:
+    exprs = dashboard_exprs()
+    shown = {metric: [(panel, expr) for panel, expr in exprs if metric in promql_metrics_and_grouping(expr)[0]]
+             for metric in REPLICA_QUESTIONS}
+    assert all(shown.values()), f"no panel shows {[m for m, panels in shown.items() if not panels]}"
+    # One replica of two down shows: 'up' of each replica, not summed by service.
+    assert any(promql_metrics_and_grouping(e)[0] == {"up"} and ("instance" in promql_metrics_and_grouping(e)[1]
+                                                                  or not _AGGREGATIONS.search(e))
+               for _, e in shown["up"]), [e for _, e in shown["up"]]
+    assert any({"le", "queue_name"} <= promql_metrics_and_grouping(e)[1]
+               for _, e in shown["dramatiq_message_duration_milliseconds_bucket"]), "batch duration per pool"
+    assert any("stage" in promql_metrics_and_grouping(e)[1] for _, e in shown["etl_retries_total"])
+    # The consumer's pending acks have a panel of their own.
+    assert any({m for t in panel["targets"] for m in promql_metrics_and_grouping(t["expr"])[0]}
+               == {"etl_consumer_ack_pending"} for panel, _ in shown["etl_consumer_ack_pending"])
+
+
 @pytest.mark.parametrize("text, expected", [("${A:-x}", "x"), ("${A-}", ""), ("${A}", ""), ("$$A", "$A"),
                                             ("a/${B:-p w}", "a/p w"), ("$${A#x/}", "${A#x/}")])
 def test_resolve_applies_compose_defaults(text: str, expected: str) -> None:
