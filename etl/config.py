@@ -38,7 +38,7 @@ class Settings:
     nats_urls: tuple[str, ...] = setting(
         "NATS_URL", ("nats://127.0.0.1:4222",), v.url_list(NATS_SCHEME_FAMILIES),
         "NATS server, or comma-separated seeds of one cluster (`nats://n1:4222,nats://n2:4222`; all `nats`/`tls` "
-        "or all `ws`/`wss`); credentials in each URL are redacted in output", text=v.urls_text)
+        "or all `ws`/`wss`); credentials in each URL are redacted in output", text=v.urls_text, essential=True)
     nats_stream: str = setting("NATS_STREAM", "EVENTS", v.nats_name,
                                "JetStream stream capturing the raw subject (created if missing)")
     nats_subject_raw: str = setting("NATS_SUBJECT_RAW", "events.raw", v.subject, "where agents publish")
@@ -73,7 +73,7 @@ class Settings:
         "paths: slower, for ruling the hooks out (see [docs/operations.md](docs/operations.md))")
     nats_password: str = setting(
         "NATS_PASSWORD", "", v.text, "secret: the password of the user `NATS_URL` names (`nats://etl@nats:4222`), "
-        "or a token when it names none; instead of one in the URL", secret=True)
+        "or a token when it names none; instead of one in the URL", secret=True, essential=True)
     nats_creds: str = setting("NATS_CREDS", "", v.readable_file, "a NATS credentials file (JWT and NKey)")
     nats_tls_ca: str = setting("NATS_TLS_CA", "", v.readable_file,
                                "CA file that verifies the NATS server; TLS is also used for a `tls://` URL")
@@ -82,12 +82,12 @@ class Settings:
     nats_tls_key: str = setting("NATS_TLS_KEY", "", v.readable_file,
                                 "client key for mutual TLS (with `NATS_TLS_CERT`)")
     redis_url: str = setting("REDIS_URL", "redis://127.0.0.1:6379/0", v.url(("redis", "rediss", "unix")),
-                             "Redis behind the Dramatiq queues and the dead-letter queue")
+                             "Redis behind the Dramatiq queues and the dead-letter queue", essential=True)
     redis_tls_ca: str = setting("REDIS_TLS_CA", "", v.readable_file,
                                 "CA file that verifies Redis (and its Sentinels' master) over `rediss://`")
     redis_password: str = setting(
         "REDIS_PASSWORD", "", v.text, "secret: the password of the user `REDIS_URL` names (else of Redis's "
-        "`default` user); instead of one in the URL", secret=True)
+        "`default` user); instead of one in the URL", secret=True, essential=True)
     redis_wait_aof: bool = setting("REDIS_WAIT_AOF", True, v.boolean, "wait for Redis to write each batch to its "
                                    "AOF before acking NATS (see Reliability); one wait covers many batches")
     redis_sentinels: tuple[tuple[str, int], ...] = setting(
@@ -100,16 +100,16 @@ class Settings:
         "REDIS_WAIT_REPLICAS", 0, v.non_negative_int,
         "replicas that must also have each batch on disk (`WAITAOF`) before the bridge acks NATS; `1` with "
         "Sentinel, so a failover loses no acked batch (see [docs/scaling.md](docs/scaling.md))")
-    pg_host: str = setting("PG_HOST", "localhost", v.text, "PostgreSQL / TimescaleDB host")
-    pg_port: int = setting("PG_PORT", 5432, v.positive_int, "PostgreSQL port")
-    pg_db: str = setting("PG_DB", "aegisflux", v.text, "database")
-    pg_user: str = setting("PG_USER", "postgres", v.text, "user")
+    pg_host: str = setting("PG_HOST", "localhost", v.text, "PostgreSQL / TimescaleDB host", essential=True)
+    pg_port: int = setting("PG_PORT", 5432, v.positive_int, "PostgreSQL port", essential=True)
+    pg_db: str = setting("PG_DB", "aegisflux", v.text, "database", essential=True)
+    pg_user: str = setting("PG_USER", "postgres", v.text, "user", essential=True)
     pg_password: str = setting("PG_PASSWORD", "password", v.text,
-                               "secret; a default one is refused in production (`AF_ENV`)", secret=True)
+                               "secret; a default one is refused in production (`AF_ENV`)", secret=True, essential=True)
     pg_table: str = setting("PG_TABLE", "events", v.identifier, "table name (an identifier)")
     timescale_retention_s: int = setting(
         "TIMESCALE_RETENTION", 0, v.duration, "how long rows are kept by event time (`30d`, `12h`; `0`: "
-        "forever; [retention](docs/operations.md#retention))", text=v.duration_text)
+        "forever; [retention](docs/operations.md#retention))", text=v.duration_text, essential=True)
     timescale_compress_after_s: int = setting(
         "TIMESCALE_COMPRESS_AFTER", 0, v.duration, "TimescaleDB only: chunks whose rows are older than this are "
         "compressed by a policy (empty or `0`: none)", text=v.duration_text)
@@ -129,20 +129,21 @@ class Settings:
     neo4j_uri: str = setting(
         "NEO4J_URI", "bolt://localhost:7687",
         v.url(("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc", "falkor")),
-        "graph database: `bolt://`, `neo4j://` (Neo4j) or `falkor://` (FalkorDB)")
-    neo4j_user: str = setting("NEO4J_USER", "neo4j", v.text, "Neo4j user (FalkorDB takes its user from the URI)")
+        "graph database: `bolt://`, `neo4j://` (Neo4j) or `falkor://` (FalkorDB)", essential=True)
+    neo4j_user: str = setting("NEO4J_USER", "neo4j", v.text, "Neo4j user (FalkorDB takes its user from the URI)",
+                              essential=True)
     # None: the backend's default (``graph_password``).
     neo4j_password: str | None = setting(
         "NEO4J_PASSWORD", None, v.text, "secret: the graph database's password (FalkorDB's may be in `NEO4J_URI` "
         "instead); a default one is refused in production (`AF_ENV`)", secret=True,
-        shown_default=f"`{d.DEFAULT_NEO4J_PASSWORD}` with Neo4j, none with FalkorDB")
+        shown_default=f"`{d.DEFAULT_NEO4J_PASSWORD}` with Neo4j, none with FalkorDB", essential=True)
     neo4j_tls_ca: str = setting(
         "NEO4J_TLS_CA", "", v.readable_file,
         "with a plain `bolt://`/`neo4j://` URI: encrypt and trust this CA (`+s` URIs choose TLS themselves)")
     graph_name: str = setting("GRAPH_NAME", "events", v.identifier, "FalkorDB graph name (an identifier)")
     graph_retention_s: int = setting(
         "GRAPH_RETENTION", 0, v.duration, "how long Event nodes are kept by event time; other nodes stay "
-        "([retention](docs/operations.md#retention))", text=v.duration_text)
+        "([retention](docs/operations.md#retention))", text=v.duration_text, essential=True)
     graph_retention_batch: int = setting("GRAPH_RETENTION_BATCH", d.DEFAULT_GRAPH_RETENTION_BATCH, v.positive_int,
                                          "Event nodes one retention statement removes")
     retention_interval_s: int = setting(
@@ -151,11 +152,11 @@ class Settings:
     af_env: str = setting(
         "AF_ENV", "dev", v.text, "the `env` added to every event; `prod` or `production` (also `prod-eu`, ...) is "
         "production, where an empty or default password stops the process ([docs/operations.md]"
-        "(docs/operations.md#secrets))")
+        "(docs/operations.md#secrets))", essential=True)
     # Its default is "fake" when AF_FAKE_RDNS is true (see ``from_env``).
     rdns_mode: str = setting(
         "RDNS_MODE", "off", v.optional(v.choice(*RDNS_MODES)), "reverse DNS of `rdns` and `dst_rdns`: `off` "
-        "(null), `fake` (`host-N.local`) or `ptr` (real PTR lookups, see Reverse DNS)")
+        "(null), `fake` (`host-N.local`) or `ptr` (real PTR lookups, see Reverse DNS)", essential=True)
     fake_rdns: bool = setting("AF_FAKE_RDNS", False, v.boolean, "`true` means `RDNS_MODE=fake` when `RDNS_MODE` "
                               "is not set or empty (kept for compatibility)")
     rdns_nameservers: tuple[tuple[str, int], ...] = setting(
@@ -197,7 +198,7 @@ class Settings:
     processing_timeout_s: int = setting(
         "PROCESSING_TIMEOUT", d.DEFAULT_PROCESSING_TIMEOUT_S, v.positive_int,
         f"seconds one batch may take in any pool (Dramatiq's time limit); the sinks give up {d.SINK_TIME_MARGIN_S:g} s "
-        f"before it, but not before {d.MIN_SINK_BUDGET_SHARE:.0%} of it, with their own error")
+        f"before it, but not before {d.MIN_SINK_BUDGET_SHARE:.0%} of it, with their own error", essential=True)
     retry_max: int = setting("RETRY_MAX", d.DEFAULT_RETRY_MAX, v.non_negative_int,
                              "retries of a transient failure before a batch is dead-lettered")
     retry_min_backoff_ms: int = setting("RETRY_MIN_BACKOFF_MS", d.DEFAULT_RETRY_MIN_BACKOFF_MS, v.positive_int,
@@ -230,7 +231,7 @@ class Settings:
     metrics_port: int = setting("METRICS_PORT", 9191, v.port_number,
                                 "a worker pool's `/metrics` (served by Dramatiq's main process)")
     log_level: str = setting("LOG_LEVEL", "INFO", v.choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True),
-                             "`DEBUG`, `INFO`, `WARNING` or `ERROR`")
+                             "`DEBUG`, `INFO`, `WARNING` or `ERROR`", essential=True)
     log_format: str = setting("LOG_FORMAT", "auto", v.choice("auto", "json", "text"),
                               "`json` (ECS, one object per line), `text`, `auto`: text in a terminal, JSON otherwise")
     status_metrics_urls: tuple[str, ...] = setting(

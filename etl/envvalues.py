@@ -55,12 +55,15 @@ class Declaration:
     text: Callable[[Any], str] = value_text
     # The README's default column, where the value alone would mislead.
     shown_default: str | None = None
+    # Listed in the README's short table too (most deployments set it), not only in docs/configuration.md.
+    essential: bool = False
 
 
 def setting(var: str, default: Any, parse: Parser, help: str, *, secret: bool = False,
-            text: Callable[[Any], str] = value_text, shown_default: str | None = None) -> Any:
+            text: Callable[[Any], str] = value_text, shown_default: str | None = None, essential: bool = False) -> Any:
     """A dataclass field read from ``var`` by ``parse`` (which raises ``ConfigError``), ``default`` when unset."""
-    return field(default=default, metadata={DECLARATION: Declaration(var, parse, help, secret, text, shown_default)})
+    declared = Declaration(var, parse, help, secret, text, shown_default, essential)
+    return field(default=default, metadata={DECLARATION: declared})
 
 
 def declaration(f: Field[Any]) -> Declaration:
