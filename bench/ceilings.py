@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -178,5 +178,5 @@ def enriched(payloads: Sequence[bytes]) -> list[Event]:
     from etl.rdns.strategies import FakeResolver
 
     good = [v.event for v in validate_batch(payloads, max_bytes=2**20)[0]]
-    return enrich_batch(good, env="bench", resolver=FakeResolver(), now=datetime.now(timezone.utc))
+    return enrich_batch(good, env="bench", resolver=FakeResolver(), now=datetime.now(UTC))
 

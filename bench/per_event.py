@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ def pe_enrich(raw: str) -> None:
     valid, bad = validate_batch([raw], max_bytes=app.settings.max_event_bytes)
     good = [v.event for v in valid]
     app.dead_letters().add(bad)
-    for event in enrich_batch(good, env=app.settings.af_env, resolver=app.resolver, now=datetime.now(timezone.utc)):
+    for event in enrich_batch(good, env=app.settings.af_env, resolver=app.resolver, now=datetime.now(UTC)):
         for actor in (pe_publish, pe_store, pe_merge):
             actor.send(event)
 

@@ -21,7 +21,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from etl.config import Settings
 from etl.dev.generator import generate
@@ -63,7 +63,7 @@ def run(batches: Sequence[Batch], resolver: Resolver) -> float:
     started = time.perf_counter()
     for texts, binary in batches:
         good = [v.event for v in validate_batch(rawbatch.unpack(texts, binary), max_bytes=MAX_EVENT_BYTES)[0]]
-        enriched = enrich_batch(good, env="bench", resolver=resolver, now=datetime.now(timezone.utc))
+        enriched = enrich_batch(good, env="bench", resolver=resolver, now=datetime.now(UTC))
         events += len(enriched)
     return events / (time.perf_counter() - started)
 
@@ -76,7 +76,7 @@ def check_names(batches: Sequence[Batch], resolver: Resolver) -> None:
     """The ptr run really named things: a benchmark of nulls would prove nothing."""
     texts, binary = batches[0]
     good = [v.event for v in validate_batch(rawbatch.unpack(texts, binary), max_bytes=MAX_EVENT_BYTES)[0]]
-    enriched = enrich_batch(good, env="bench", resolver=resolver, now=datetime.now(timezone.utc))
+    enriched = enrich_batch(good, env="bench", resolver=resolver, now=datetime.now(UTC))
     unnamed = [e["id"] for e in enriched if e["rdns"] is None or (destination_of(e) and e["dst_rdns"] is None)]
     if unnamed:
         raise SystemExit(f"ptr left {len(unnamed)} events without a name, e.g. {unnamed[:3]}")

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from etl.config import Settings
@@ -58,7 +58,7 @@ class OneAtATime:
         for letter in bad:
             log.warning("bad event dropped: %s", letter)
         events = enrich_batch([v.event for v in valid], env=self._settings.af_env, resolver=self._resolver,
-                              now=datetime.now(timezone.utc))
+                              now=datetime.now(UTC))
         for sink in self._sinks:
             sink.write(events)
 

@@ -13,7 +13,7 @@ from etl.runtime import workerenv
 workerenv.prepare()
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
@@ -46,7 +46,7 @@ def enrich_batch(raw: list[str], binary: list[int] | None = None, max_payload: i
     encoded: list[bytes] = []
     if valid:
         enriched = enrich_events([v.event for v in valid], env=app.settings.af_env, resolver=app.resolver,
-                                 now=datetime.now(timezone.utc))
+                                 now=datetime.now(UTC))
         encoded, oversized = encode_enriched(enriched, [v.raw for v in valid],
                                              max_payload=max_payload or DEFAULT_NATS_MAX_PAYLOAD_BYTES)
         bad += oversized

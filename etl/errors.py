@@ -9,7 +9,7 @@ enter our code, so the rest of the pipeline decides on the *kind* of failure, ne
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 # How a process or an ``etl`` command ends; ``etl --help`` lists them.
 EXIT_OK = 0
@@ -59,7 +59,7 @@ class PeerDataError(SinkDataError):
     the graph refuses such an event, and the other sinks store it."""
 
 
-class Violation(str, Enum):
+class Violation(StrEnum):
     """Which rule of the event contract (``etl.pipeline.events``) an event breaks: a small fixed set, so that dead
     letters are counted and sampled by it with a bounded number of labels."""
 

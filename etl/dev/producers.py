@@ -20,7 +20,7 @@ import base64
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -38,7 +38,7 @@ NETWORK_KINDS = frozenset({"net_connect", "connect"})
 CONTEXT_TAGS = ("[dev web]", "[prod db]", "[prod web edge]", "[ci]")
 KERNELS = ("6.1.0-18-amd64", "6.6.8", "5.15.0-91-generic")
 SENSOR_VERSIONS = ("1.4.2", "1.5.0")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Event = dict[str, Any]
 

@@ -156,7 +156,7 @@ class BacklogGate:
         while not stopping.is_set() and await self._read(in_flight):
             try:
                 await asyncio.wait_for(stopping.wait(), timeout=self._poll_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _read(self, in_flight: Callable[[], int]) -> bool:

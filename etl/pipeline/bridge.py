@@ -192,7 +192,7 @@ class Bridge:
         """Sleep ``seconds``, or less if ``stop()`` is called meanwhile."""
         try:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _drop_subscription(self) -> None:

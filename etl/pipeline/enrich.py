@@ -10,7 +10,7 @@ the later wins.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from etl.pipeline.peers import destination_of
@@ -46,7 +46,7 @@ def peer_of(event: Event) -> str | None:
 
 def format_time(now: datetime) -> str:
     """ISO-8601 UTC with milliseconds, e.g. ``2024-01-01T12:00:00.123Z``. ``now`` must be timezone-aware."""
-    utc = now.astimezone(timezone.utc)
+    utc = now.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 

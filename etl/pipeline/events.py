@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -62,7 +62,7 @@ KNOWN_METADATA_KEYS = ("host_id", "host_ip", "hostname", "pid", "uid", "user", "
 # PostgreSQL's timestamptz ends in year 294276, Python's datetime in 9999: keep to what every sink can store.
 MIN_TIMESTAMP_MS = 0
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STRING_LIMITS = {"type": MAX_TYPE_CHARS, "source": MAX_PROPERTY_CHARS}
 _JSON_WHITESPACE = b" \t\n\r"
 _SHORT_IDENTIFIER_CHARS = MAX_IDENTIFIER_BYTES // UTF8_MAX_BYTES_PER_CHAR

@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pythonjsonlogger.core import merge_record_extra
@@ -33,7 +33,7 @@ CONTEXT_ERROR = "error"
 
 def timestamp(created: float) -> str:
     """``created`` (Unix seconds) as ISO 8601 in UTC with milliseconds, e.g. ``2026-12-06T15:54:08.123Z``."""
-    return datetime.fromtimestamp(created, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(created, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def instance_id(host: str, record: logging.LogRecord) -> str:

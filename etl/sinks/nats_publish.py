@@ -253,7 +253,7 @@ class NatsPublisher:
         future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, self._timeout_s), loop)
         try:
             return future.result(self._budget_s)
-        except (asyncio.TimeoutError, concurrent.futures.TimeoutError) as e:
+        except (TimeoutError, concurrent.futures.TimeoutError) as e:
             future.cancel()
             raise SinkUnavailable(f"NATS did not answer within {self._timeout_s:g}s") from e
 

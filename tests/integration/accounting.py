@@ -75,7 +75,7 @@ async def read_enriched(settings: Settings) -> list[EnrichedMessage]:
         while True:
             try:
                 msgs = await sub.fetch(ENRICHED_FETCH, timeout=ENRICHED_IDLE_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return out
             for msg in msgs:
                 out.append((orjson.loads(msg.data), dict(msg.headers or {})))

@@ -74,7 +74,7 @@ class Recorder:
             assert remaining > 0, "condition not met in time"
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 

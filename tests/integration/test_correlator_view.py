@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats
@@ -21,7 +21,7 @@ from tests.producers import GRPC_ARGS, OMISSIBLE, VISIBILITY_ARGS, grpc_event, v
 
 CORRELATOR_QUEUE = "correlator"
 WAIT_S = 60.0
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC
 
 import orjson
 import psycopg2
@@ -141,7 +142,7 @@ def test_a_poison_event_is_isolated_and_only_it_is_dead_lettered(settings: Setti
 def test_dead_letters_replay_to_their_stage_once_the_cause_is_fixed(settings: Settings, pipeline: Pipeline) -> None:
     """A raw event rejected at enrich and an enriched event that a sink gave up on (say, after an outage that
     outlasted the retries) go back to where they failed, and land."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from etl.broker import redis_client
     from etl.pipeline.dlq import DeadLetter
@@ -150,7 +151,7 @@ def test_dead_letters_replay_to_their_stage_once_the_cause_is_fixed(settings: Se
 
     raw_a, raw_b = generate(2, hosts=2, seed=21)
     enriched_b = enrich_batch([orjson.loads(raw_b)], env="test", resolver=FakeResolver(),
-                              now=datetime.now(timezone.utc))[0]
+                              now=datetime.now(UTC))[0]
     store = DeadLetterStore(redis_client(settings), retention_s=3600)
     store.add([DeadLetter.for_raw("enrich", "BadEvent: event is too big (since raised)", raw_a),
                DeadLetter("timescale", "SinkUnavailable: connection refused", enriched_b, attempts=9)])

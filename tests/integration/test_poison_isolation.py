@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterator
+from datetime import UTC
 from typing import Any
 
 import orjson
@@ -33,10 +34,10 @@ Event = dict[str, Any]
 
 
 def good_events(n: int) -> list[Event]:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     raw = [orjson.loads(r) for r in generate(n, hosts=5, seed=3)]
-    return enrich_batch(raw, env="test", resolver=FakeResolver(), now=datetime.now(timezone.utc))
+    return enrich_batch(raw, env="test", resolver=FakeResolver(), now=datetime.now(UTC))
 
 
 def drain(sink: Sink, batch: list[Event]) -> tuple[int, list[Event]]:

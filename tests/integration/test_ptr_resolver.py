@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import REGISTRY
@@ -22,7 +22,7 @@ from tests.waiting import wait_for
 SERVFAIL_NET = "192.0.2.0/24"
 # Bounds on elapsed time are generous: the machine is shared and the tests run beside real servers.
 SLACK_S = 1.0
-NOW = datetime(2024, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def metric(name: str, **labels: str) -> float:

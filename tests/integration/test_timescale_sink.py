@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -83,12 +83,12 @@ def test_batch_lands_with_every_column(sink: TimescaleSink, settings: Settings) 
                                      metadata->>'enriched_at', metadata->>'uid', payload, created_at
                               FROM {table} ORDER BY id""")
     first = rows[0]
-    assert first[:8] == ("event-0", datetime(2024, 1, 1, 12, tzinfo=timezone.utc), BASE_MS, "connect",
+    assert first[:8] == ("event-0", datetime(2024, 1, 1, 12, tzinfo=UTC), BASE_MS, "connect",
                          "/usr/bin/psql", "host-000", "dev", None)
     assert first[8:10] == ("2024-01-01T12:00:00.123Z", "1001")
     assert bytes(first[10]) == PAYLOAD
     assert first[11] is not None
-    assert rows[1][1] == datetime(2024, 1, 1, 12, 0, 0, 1000, tzinfo=timezone.utc)  # +1 ms
+    assert rows[1][1] == datetime(2024, 1, 1, 12, 0, 0, 1000, tzinfo=UTC)  # +1 ms
     assert rows[1][7] == "host-3.local"
     assert bytes(rows[1][10]) == b'{"cmd":"ls"}'
     assert rows[2][10] is None

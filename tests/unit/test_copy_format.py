@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import struct
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -23,7 +23,7 @@ from etl.sinks.copy_format import (
     timestamptz_ms,
 )
 
-PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def field(encoded: bytes) -> bytes | None:
@@ -102,7 +102,7 @@ def test_text_refuses_other_types_and_bad_unicode() -> None:
 
 @pytest.mark.parametrize("ms", [0, 946_684_800_000, 1704110400123, 253_402_300_799_999, -1])
 def test_timestamptz_is_microseconds_from_2000(ms: int) -> None:
-    expected = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)
+    expected = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
     assert as_time(field(timestamptz_ms(ms))) == expected
 
 
@@ -134,7 +134,7 @@ def test_event_row_has_every_column_in_order() -> None:
     [row] = parse(format_batch([event()]))
     values = dict(zip(COLUMNS, row, strict=True))
     assert values["id"] == b"event-1"
-    assert as_time(values["time"]) == datetime(2024, 1, 1, 12, 0, 0, 123000, tzinfo=timezone.utc)
+    assert as_time(values["time"]) == datetime(2024, 1, 1, 12, 0, 0, 123000, tzinfo=UTC)
     assert struct.unpack("!q", values["timestamp"] or b"") == (1704110400123,)
     assert (values["type"], values["source"]) == (b"connect", b"/usr/bin/psql")
     assert values["host_id"] == b"host-001"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -49,7 +49,7 @@ def is_grpc(event: dict[str, Any]) -> bool:
 
 
 def test_every_event_passes_the_contract_and_enrichment(parsed: list[dict[str, Any]]) -> None:
-    enriched = enrich_batch(parsed, env="test", resolver=FakeResolver(), now=datetime.now(timezone.utc))
+    enriched = enrich_batch(parsed, env="test", resolver=FakeResolver(), now=datetime.now(UTC))
     assert len(enriched) == len(parsed) == 5000 - duplicates_in(5000, DUPLICATE_EVERY)
     assert all(isinstance(e["args"], dict) and e["host_id"] for e in enriched)  # every payload is a JSON object
     network = [e for e in enriched if "dst_ip" in e["args"]]

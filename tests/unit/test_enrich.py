@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -16,7 +16,7 @@ from etl.rdns.hosts import MAX_HOST_CHARS, ptr_address
 from etl.rdns.ptr import PtrResolver
 from etl.rdns.strategies import FakeResolver, OffResolver, fake_name, resolver_for
 
-NOW = datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+NOW = datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(("host", "name"), [

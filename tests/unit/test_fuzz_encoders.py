@@ -22,7 +22,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from etl.sinks.graph.rows import as_lists, build_rows, process_keys
 from etl.sinks.nats_publish import encode, publish_headers, wire_size
 from tests.producers import grpc_event, visibility_event
 
-NOW = datetime(2024, 1, 1, 12, tzinfo=timezone.utc)
+NOW = datetime(2024, 1, 1, 12, tzinfo=UTC)
 MAX_EVENT_BYTES = 1024 * 1024
 # A few seconds in the suite. The deadline is per example, generous for a shared machine.
 FUZZ = settings(max_examples=100, deadline=2000, database=None,

@@ -4,12 +4,12 @@ and the installed packages' metadata; ``tests/integration/test_package.py`` inst
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from click.testing import CliRunner
 from packaging.requirements import Requirement
 from packaging.utils import NormalizedName, canonicalize_name
