@@ -208,6 +208,8 @@ def test_dead_letters_that_filled_redis_can_be_listed_shown_and_purged(settings:
         assert listed.exit_code == 0 and f"entries kept: {count} " in listed.output, listed.output
         shown = runner.invoke(main, ["dlq", "show", letters[0].id], env=settings.to_env())
         assert shown.exit_code == 0 and letters[0].id in shown.output, shown.output
+        with pytest.raises(redis.exceptions.OutOfMemoryError):  # only what reads or removes may pass
+            store.add([DeadLetter.for_raw("enrich", "BadEvent: not valid JSON", b"new")])
 
         purged = runner.invoke(main, ["dlq", "purge", "--older-than", "1d"], env=settings.to_env())
         assert purged.exit_code == 0 and f"purged {count // 3} " in purged.output, purged.output
