@@ -6,6 +6,12 @@ entries summed once, inside the same script, so no writer can race the migration
 set to 0 at once. Writers that bypass the total (a process of an older version during a rolling upgrade, a manual
 ``DEL`` or ``HDEL``) can still leave it wrong, so ``recount`` sums the entries again from scratch: every purge runs
 it (see ``DeadLetterStore.purge``), which is what heals a total that would otherwise keep the queue "full".
+
+The scripts that only read or remove (``remove``, ``used``, ``recount``) declare ``allow-oom`` (Redis 7's script
+flags), so that a Redis full at ``maxmemory`` with ``noeviction`` still runs them: ``etl dlq list`` and
+``etl dlq purge`` are how an operator frees memory the dead letters hold. Their only writes are the byte total, a
+single number, which a purge shrinks with the entries. ``add`` and ``replace`` grow the queue and stay unflagged,
+so a full Redis refuses them.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import redis
 # What Redis spends on an entry besides its value: the hash field, the id in two sorted sets. Counted in the
 # byte total so that DLQ_MAX_BYTES bounds many small entries as well as a few large ones.
 ENTRY_OVERHEAD_BYTES = 256
+
+# The first line of a script that may run on a full Redis (Redis 7 or later reads the flags from it).
+_MAY_RUN_WHEN_FULL = "#!lua flags=allow-oom\n"
 
 # Outcomes of ``add``.
 STORED = 1
@@ -82,7 +91,7 @@ return 1
 """
 
 # KEYS: entries, by_time, bytes, every stage index. ARGV: overhead, ids...
-_REMOVE = _ACCOUNTED + """
+_REMOVE = _MAY_RUN_WHEN_FULL + _ACCOUNTED + """
 local overhead = tonumber(ARGV[1])
 accounted(KEYS[1], KEYS[3], overhead)
 local removed = 0
@@ -100,12 +109,12 @@ return removed
 """
 
 # KEYS: entries, bytes. ARGV: overhead.
-_USED = _ACCOUNTED + """
+_USED = _MAY_RUN_WHEN_FULL + _ACCOUNTED + """
 return accounted(KEYS[1], KEYS[2], tonumber(ARGV[1]))
 """
 
 # KEYS: entries, bytes. ARGV: overhead. The total summed from the entries, whatever it was.
-_RECOUNT = _ACCOUNTED + """
+_RECOUNT = _MAY_RUN_WHEN_FULL + _ACCOUNTED + """
 return recount(KEYS[1], KEYS[2], tonumber(ARGV[1]))
 """
 

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from click.testing import CliRunner
 
-from etl.broker import build_broker
+from etl.broker import build_broker, redis_client
+from etl.cli import main
 from etl.config import Settings
 from etl.dev import servers as devservers
 from etl.dev.generator import generate
@@ -24,6 +27,7 @@ from etl.errors import RedisFull, TransientError
 from etl.natsio.conn import connect
 from etl.ops import report
 from etl.pipeline.backlog import queue_depths
+from etl.pipeline.dlq import SECONDS_PER_DAY, DeadLetter, DeadLetterStore
 from etl.pipeline.handoff import Handoff
 from etl.stages import ENRICH
 from tests.integration.accounting import by_id, check_enriched_stream, check_graph, check_postgres, publish_all
@@ -44,6 +48,7 @@ PAUSED_LINE = "bridge paused: Redis refuses writes"
 RESUMED_LINE = "bridge resumed"
 FAILED_LINE = "nak'ed for redelivery"
 WAIT_S = 60.0
+LETTER_BYTES = 8 * 1024
 FETCH_TIMEOUT_S = 5.0
 
 
@@ -101,8 +106,13 @@ def fill(client: redis.Redis) -> None:
     # Padded by Redis from a one-byte write: a SET of the whole value would leave a client query buffer of its
     # size, which Redis frees a moment later, counted in used_memory meanwhile.
     client.setrange("ballast", BALLAST_BYTES - 1, b"\0")
+    cap_below_use(client, freeable_bytes=BALLAST_BYTES)
+
+
+def cap_below_use(client: redis.Redis, *, freeable_bytes: int) -> None:
+    """Set ``maxmemory`` below what Redis holds, so that freeing ``freeable_bytes`` leaves ``ROOM_BYTES``."""
     used = int(client.info("memory")["used_memory"])
-    client.config_set("maxmemory", used - BALLAST_BYTES + ROOM_BYTES)
+    client.config_set("maxmemory", used - freeable_bytes + ROOM_BYTES)
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         client.set("probe", b"x")
 
@@ -174,3 +184,42 @@ def test_a_full_redis_is_a_typed_transient_error_at_enqueue_and_at_the_durabilit
         client.delete("ballast")
         client.close()
         broker.close()
+
+
+def test_dead_letters_that_filled_redis_can_be_listed_shown_and_purged(settings: Settings,
+                                                                     small_redis: devservers.Server) -> None:
+    client = redis.Redis(port=small_redis.port)
+    store = DeadLetterStore.from_settings(redis_client(settings), settings)
+    count = BALLAST_BYTES // LETTER_BYTES
+    # A third failed two days ago: purging them alone leaves Redis full.
+    old = time.time() - 2 * SECONDS_PER_DAY
+    letters = [DeadLetter.for_raw("enrich", "BadEvent: not valid JSON", b"%06d" % i + b"x" * LETTER_BYTES,
+                                  **({"first_failure": old, "last_failure": old} if i < count // 3 else {}))
+               for i in range(count)]
+    runner = CliRunner()
+    try:
+        client.flushdb()
+        for start in range(0, count, 500):
+            store.add(letters[start:start + 500])
+        cap_below_use(client, freeable_bytes=BALLAST_BYTES)
+        # The byte total gone (a manual DEL): listing must sum it again, a write, on the full Redis.
+        client.delete(store.bytes_key)
+        listed = runner.invoke(main, ["dlq", "list", "--limit", "1"], env=settings.to_env())
+        assert listed.exit_code == 0 and f"entries kept: {count} " in listed.output, listed.output
+        shown = runner.invoke(main, ["dlq", "show", letters[0].id], env=settings.to_env())
+        assert shown.exit_code == 0 and letters[0].id in shown.output, shown.output
+        with pytest.raises(redis.exceptions.OutOfMemoryError):  # only what reads or removes may pass
+            store.add([DeadLetter.for_raw("enrich", "BadEvent: not valid JSON", b"new")])
+
+        purged = runner.invoke(main, ["dlq", "purge", "--older-than", "1d"], env=settings.to_env())
+        assert purged.exit_code == 0 and f"purged {count // 3} " in purged.output, purged.output
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            client.set("probe", b"x")
+        purged = runner.invoke(main, ["dlq", "purge", "--older-than", "0s"], env=settings.to_env())
+        assert purged.exit_code == 0 and f"purged {count - count // 3} " in purged.output, purged.output
+        assert store.count() == 0 and store.used_bytes() == 0
+        client.set("probe", b"x")  # memory freed: Redis takes writes again
+    finally:
+        client.config_set("maxmemory", 0)
+        client.flushdb()
+        client.close()
