@@ -89,7 +89,8 @@ class Settings:
         "REDIS_PASSWORD", "", v.text, "secret: the password of the user `REDIS_URL` names (else of Redis's "
         "`default` user); instead of one in the URL", secret=True, essential=True)
     redis_wait_aof: bool = setting("REDIS_WAIT_AOF", True, v.boolean, "wait for Redis to write each batch to its "
-                                   "AOF before acking NATS (see Reliability); one wait covers many batches")
+                                   "AOF before acking NATS ([reliability](README.md#reliability)); one wait covers "
+                                   "many batches")
     redis_sentinels: tuple[tuple[str, int], ...] = setting(
         "REDIS_SENTINELS", (), v.parse_sentinels,
         "comma-separated `host[:port]` of Redis Sentinels (port 26379 unless given), which find the master",
@@ -156,7 +157,8 @@ class Settings:
     # Its default is "fake" when AF_FAKE_RDNS is true (see ``from_env``).
     rdns_mode: str = setting(
         "RDNS_MODE", "off", v.optional(v.choice(*RDNS_MODES)), "reverse DNS of `rdns` and `dst_rdns`: `off` "
-        "(null), `fake` (`host-N.local`) or `ptr` (real PTR lookups, see Reverse DNS)", essential=True)
+        "(null), `fake` (`host-N.local`) or `ptr` (real PTR lookups: [reverse DNS](README.md#reverse-dns))",
+        essential=True)
     fake_rdns: bool = setting("AF_FAKE_RDNS", False, v.boolean, "`true` means `RDNS_MODE=fake` when `RDNS_MODE` "
                               "is not set or empty (kept for compatibility)")
     rdns_nameservers: tuple[tuple[str, int], ...] = setting(

@@ -9,6 +9,7 @@ table; ``python -m etl.settings_table --write .`` puts each table between its do
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
@@ -26,7 +27,10 @@ NO_DEFAULT = "(none)"
 NOTE = f"<!-- generated from etl/config.py: {REGENERATE} -->"
 # Each document with a table, from the repository's root, and whether it lists only the essential settings.
 DOCUMENTS = {"README.md": True, "docs/configuration.md": False}
-DOCS = "docs/"  # the help texts link from the root (``docs/x.md``); from a document in there, ``x.md``
+DOCS = "docs/"
+# The help texts link from the repository's root (``docs/x.md``, ``README.md#y``); from a document in ``docs/``,
+# ``x.md`` and ``../README.md#y``.
+_ROOT_LINK = re.compile(r"\]\((?!https?:|#)([^)]+)\)")
 
 
 def _cell(text: str) -> str:
@@ -52,7 +56,12 @@ def generated_section(*, essential_only: bool = False, in_docs: bool = False) ->
     """What goes between a document's markers: a note saying how to regenerate it, then its table, whose links
     are made relative to ``docs/`` when the document is in there (``in_docs``)."""
     table = markdown_table(essential_only=essential_only)
-    return f"{NOTE}\n{table.replace('](' + DOCS, '](') if in_docs else table}"
+    return f"{NOTE}\n{_ROOT_LINK.sub(_from_docs, table) if in_docs else table}"
+
+
+def _from_docs(link: re.Match[str]) -> str:
+    target = link.group(1)
+    return f"]({target.removeprefix(DOCS) if target.startswith(DOCS) else '../' + target})"
 
 
 def section(text: str) -> str:

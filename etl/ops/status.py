@@ -91,8 +91,8 @@ def parse_metrics(text: str) -> ProcessMetrics:
     value. Raises ``ValueError`` when the text is not the Prometheus format.
 
     Every process that imports ``etl.runtime.metrics`` exports ``etl_bridge_paused`` (an unlabelled gauge starts at
-    0), so it is believed only from a page that also has ``etl_queue_depth`` samples: the bridge sets those in the same
-    probe that decides whether it pauses.
+    0), so it is believed only from a page that also has ``etl_queue_depth`` samples: only the bridge exports those
+    (its ``RedisGauges`` thread, ``etl.pipeline.redisgauges``).
     """
     breakers: dict[str, int] = {}
     paused: bool | None = None

@@ -18,12 +18,13 @@ import redis
 
 from etl.pipeline.backlog import queue_backlogs
 from etl.pipeline.dlq import DeadLetterStore
+from etl.pipeline.rawstream import LAG_REPORT_INTERVAL_S
 from etl.runtime.metrics import DEAD_LETTERS_STORED, QUEUE_DELAYED, QUEUE_DEPTH
 
 log = logging.getLogger(__name__)
 
-# As often as the bridge reports the consumer's lag (etl.pipeline.rawstream), well within a scrape interval.
-DEFAULT_REDIS_GAUGES_INTERVAL_S = 5.0
+# As often as the bridge reports the consumer's lag, well within a scrape interval.
+DEFAULT_REDIS_GAUGES_INTERVAL_S = LAG_REPORT_INTERVAL_S
 STOP_TIMEOUT_S = 5.0
 
 

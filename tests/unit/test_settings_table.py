@@ -72,3 +72,12 @@ def test_writing_the_table_replaces_only_what_is_between_the_markers() -> None:
 def test_a_readme_without_markers_is_refused() -> None:
     with pytest.raises(ValueError, match="settings:start"):
         with_table("# no table here\n")
+
+
+def test_links_to_the_readme_from_docs_go_up_one_level(tmp_path: Path) -> None:
+    for name in DOCUMENTS:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"{START_MARKER}\n{END_MARKER}\n")
+    main(["--write", str(tmp_path)])
+    assert "](../README.md#reliability)" in (tmp_path / "docs/configuration.md").read_text()
+    assert "](README.md#reverse-dns)" in (tmp_path / "README.md").read_text()
