@@ -148,42 +148,6 @@ def test_without_the_breaker_opening_the_same_outage_dead_letters_everything(
     assert outcome.sink.attempts_while_down == IN_PROCESS_MESSAGES * (RETRY_MAX + 1)
 
 
-IDLE_COOLDOWN_MS = 1500
-
-
-def test_a_breaker_that_gets_no_further_message_reports_half_open_once_its_cooldown_has_passed(
-        make_settings: Callable[..., Settings]) -> None:
-    """The worker takes exactly the failures that open the breaker, then nothing: it must not report open for ever."""
-    # No retries: nothing comes back to the worker after the failures that open the breaker.
-    app = build_app(make_settings(BREAKER_FAILURES=BREAKER_FAILURES, BREAKER_COOLDOWN_MS=IDLE_COOLDOWN_MS,
-                                  RETRY_MAX=0))
-    sink = SwitchableSink()
-
-    @dramatiq.actor(broker=app.broker, queue_name=TIMESCALE.queue, actor_name="idle_store")
-    def store(events: list[dict[str, Any]]) -> None:
-        sink.write(events)
-
-    for i in range(BREAKER_FAILURES):
-        store.send([{"id": f"event-{i}"}])
-    worker = dramatiq.Worker(app.broker, worker_threads=1, worker_timeout=50)
-    worker.start()
-    try:
-        wait_for(lambda: sink.attempts_while_down == BREAKER_FAILURES and breaker_state(TIMESCALE.queue) == State.OPEN,
-                 timeout_s=WAIT_S, interval_s=0.05)
-        opened_at = time.monotonic()
-        wait_for(lambda: breaker_state(TIMESCALE.queue) == State.HALF_OPEN, timeout_s=WAIT_S,
-                 describe=lambda: f"the breaker still reports {breaker_state(TIMESCALE.queue)}")
-        assert time.monotonic() - opened_at > IDLE_COOLDOWN_MS / 1000 / 2, "not long before the cool-down"
-        assert sink.attempts_while_down == BREAKER_FAILURES, "no probe was sent"
-        sink.down = False
-        store.send([{"id": "after"}])  # the probe slot is free: this message goes through and closes the breaker
-        app.broker.join(TIMESCALE.queue, timeout=int(WAIT_S * 1000))
-        assert sink.written == ["after"] and breaker_state(TIMESCALE.queue) == State.CLOSED
-    finally:
-        worker.stop()
-        app.broker.close()
-
-
 # --- the whole pipeline, in real processes, with a private PostgreSQL that goes down ---------------------------
 
 BEFORE_OUTAGE = 100
