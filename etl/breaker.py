@@ -8,7 +8,8 @@ No I/O and no clock of its own: the caller injects ``clock`` (monotonic seconds)
 - HALF_OPEN: when the cool-down has passed, the next call is the one probe; everyone else is refused until the
   probe reports. A success closes the breaker; a connection failure opens it again, for twice the previous
   cool-down (``COOLDOWN_GROWTH``), up to ``max_cooldown_s``; a probe that ended neither way (``release``) frees
-  the slot for the next caller.
+  the slot for the next caller. ``allow`` notices the end of a cool-down when it is called; ``expire`` lets a
+  caller with a timer move the state on time without sending a probe, so an idle breaker does not stay OPEN.
 
 Only connection failures count (server down, unreachable, timed out). A call that failed for another reason, such
 as a rejected event, is reported with ``release``: it says nothing reliable about the server, because several
@@ -75,7 +76,8 @@ class CircuitBreaker:
 
     @property
     def state(self) -> State:
-        """The state as of the last call; OPEN turns HALF_OPEN only when ``allow`` is called after the cool-down."""
+        """The state as of the last call; OPEN turns HALF_OPEN when ``allow`` or ``expire`` is called after the
+        cool-down."""
         with self._lock:
             return self._state
 
@@ -102,6 +104,20 @@ class CircuitBreaker:
             if self._probe_since is not None and now - self._probe_since < self._probe_timeout_s:
                 return self._base_cooldown_s  # the probe's verdict is pending
             self._probe_since = now
+            return None
+
+    def expire(self) -> float | None:
+        """Ends a cool-down that has passed: OPEN turns HALF_OPEN, the probe slot stays free for the next ``allow``.
+
+        Returns the seconds of cool-down left (> 0) while the breaker stays OPEN, None in any other state.
+        """
+        with self._lock:
+            if self._state is not State.OPEN:
+                return None
+            left = self._open_until - self._clock()
+            if left > 0:
+                return left
+            self._move_to(State.HALF_OPEN)
             return None
 
     def record_success(self) -> None:

@@ -10,6 +10,10 @@ between delivers the batch twice, which the idempotent sinks absorb; nothing is 
 Only attempts count: success closes, ``SinkUnavailable`` is a connection failure, anything else releases a probe
 slot without a verdict (see ``etl.breaker``). Transitions are logged and exported as ``etl_circuit_breaker_state``.
 Each worker process has its own breakers, so a dead server sees at most one probe per process per cool-down.
+
+An opening arms a daemon timer for its cool-down, which calls ``expire``: a process that gets no further message
+of that queue reports half-open once the cool-down has passed, rather than open for ever. Timers are armed by
+transitions, so always in the worker process that owns the breaker, and cancelled at worker shutdown.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ class CircuitBreakers(Middleware):
         self._announced: set[str] = set()
         self._lock = threading.Lock()
         self._attempt = threading.local()  # the breaker the current thread's message went through, if any
+        # One cool-down timer per open breaker. Lock order: a breaker's lock, then this one (_on_change runs with
+        # the breaker's held); a timer calls the breaker without holding this one.
+        self._timers: dict[str, threading.Timer] = {}
+        self._timers_lock = threading.Lock()
+        self._stopped = False
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         """Let the message through, or delay it without spending a retry and raise ``SkipMessage``."""
@@ -91,6 +100,33 @@ class CircuitBreakers(Middleware):
         if breaker is not None:
             breaker.release()
 
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Cancel the cool-down timers: the worker threads are done, so no transition arms a new one."""
+        with self._timers_lock:
+            self._stopped = True
+            timers, self._timers = list(self._timers.values()), {}
+        for timer in timers:
+            timer.cancel()
+
+    def _arm(self, name: str, delay_s: float | None) -> None:
+        """Replace the cool-down timer of breaker ``name`` with one firing in ``delay_s`` seconds (None: none)."""
+        with self._timers_lock:
+            old = self._timers.pop(name, None)
+            if old is not None:
+                old.cancel()
+            if delay_s is None or self._stopped:
+                return
+            timer = threading.Timer(delay_s, self._expire, args=(self._breakers[name],))
+            timer.daemon = True  # never holds up the process's exit
+            timer.name = f"breaker-{name}"
+            self._timers[name] = timer
+            timer.start()
+
+    def _expire(self, breaker: CircuitBreaker) -> None:
+        left_s = breaker.expire()
+        if left_s is not None:  # the timer woke early, or is a stale one after a newer opening
+            self._arm(breaker.name, left_s)
+
     def _breaker_for(self, queue_name: str) -> CircuitBreaker | None:
         """The breaker of a sink queue (None for other queues); its metric is published on first use."""
         queue = q_name(queue_name)
@@ -105,12 +141,13 @@ class CircuitBreakers(Middleware):
     def _on_change(self, name: str, old: State, new: State) -> None:
         """Log a transition (a warning when opening) and export it. Runs with the breaker's lock held."""
         BREAKER_STATE.labels(sink=name).set(int(new))
+        self._arm(name, self._breakers[name].cooldown_s if new is State.OPEN else None)
         extra = {"sink": name, "breaker": new.name}
         if new is State.OPEN:
             why = "its probe failed" if old is State.HALF_OPEN else f"{self._failures} connection failures in a row"
             log.warning("circuit breaker %s opened after %s: failing fast for %.1fs", name, why,
                         self._breakers[name].cooldown_s, extra=extra)
         elif new is State.HALF_OPEN:
-            log.info("circuit breaker %s half-open: letting one probe through", name, extra=extra)
+            log.info("circuit breaker %s half-open: the next message probes the server", name, extra=extra)
         else:
             log.info("circuit breaker %s closed: the server answered again", name, extra=extra)

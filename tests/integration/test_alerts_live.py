@@ -1,5 +1,6 @@
 """The shipped alert rules on a real Prometheus server scraping the live pipeline's endpoints: PostgreSQL stops while
-events flow, and the Prometheus HTTP API shows the breaker alert go pending, then firing.
+events flow, and the Prometheus HTTP API shows the breaker alert go pending, then firing; PostgreSQL restarts, and
+once the events are stored the alert leaves firing: no worker process keeps reporting its breaker open.
 
 Prometheus comes from Debian's ``prometheus`` package (``tests/support/prometheus.py``): without it the test skips
 with one line, on CI it fails.
@@ -8,6 +9,7 @@ with one line, on CI it fails.
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,8 @@ POLL_S = 0.2
 BEFORE_OUTAGE = 100
 DURING_OUTAGE = 300
 WAIT_S = 60.0
+# The rule reads the maximum over the last minute: an alert leaves firing a minute after the last open sample.
+RESOLVE_WAIT_S = 60.0 + WAIT_S
 
 
 @pytest.fixture
@@ -93,7 +97,14 @@ def targets_up(server: devservers.Server) -> dict[str, str]:
     return {t["labels"]["job"]: t["health"] for t in api(server, "/api/v1/targets")["activeTargets"]}
 
 
-def test_a_postgres_outage_sets_the_breaker_alert_pending_then_firing(
+def breaker_states(server: devservers.Server) -> dict[str, str]:
+    """The last scraped ``etl_circuit_breaker_state`` of the timescale sink, by job."""
+    query = urllib.parse.quote(f'etl_circuit_breaker_state{{sink="{TIMESCALE.name}"}}')
+    result = api(server, f"/api/v1/query?query={query}")["result"]
+    return {r["metric"]["job"]: r["value"][1] for r in result}
+
+
+def test_a_postgres_outage_sets_the_breaker_alert_pending_then_firing_until_it_recovers(
         settings: Settings, pipeline: Pipeline, private_postgres: devservers.Server,
         prometheus: devservers.Server) -> None:
     wait_for(lambda: set(targets_up(prometheus).values()) == {"up"}, timeout_s=WAIT_S,
@@ -125,3 +136,6 @@ def test_a_postgres_outage_sets_the_breaker_alert_pending_then_firing(
     private_postgres.start()
     counts = wait_settled(settings, pipeline, timeout_s=WAIT_S)
     assert counts.totals["stored"] == BEFORE_OUTAGE + DURING_OUTAGE and counts.dead_lettered == {}
+    wait_for(lambda: alert_states(prometheus, ALERT) == [], timeout_s=RESOLVE_WAIT_S, interval_s=1.0,
+             describe=lambda: f"{describe()}\nlast scraped breaker states: {breaker_states(prometheus)}")
+    assert breaker_states(prometheus)[pool] in ("0", "1"), "closed, or half-open in a process that got no batch"

@@ -110,6 +110,45 @@ def test_after_the_cooldown_exactly_one_probe_goes_through(
     assert transitions[-1] == ("timescale", State.OPEN, State.HALF_OPEN)
 
 
+def test_expire_turns_open_half_open_once_the_cooldown_has_passed_without_taking_the_probe(
+        breaker: CircuitBreaker, clock: FakeClock, transitions: list[tuple[str, State, State]]) -> None:
+    trip(breaker)
+    clock.advance(COOLDOWN_S - 0.5)
+    assert breaker.expire() == 0.5, "still open: the cool-down left"
+    assert breaker.state is State.OPEN
+    clock.advance(0.5)
+    assert breaker.expire() is None
+    assert breaker.state is State.HALF_OPEN
+    assert transitions[-1] == ("timescale", State.OPEN, State.HALF_OPEN)
+    assert breaker.expire() is None and len(transitions) == 2, "once"
+    assert breaker.allow() is None, "the probe slot is still free: the next caller probes"
+    assert breaker.allow() == COOLDOWN_S
+
+
+def test_expire_leaves_closed_and_half_open_alone(breaker: CircuitBreaker, clock: FakeClock,
+                                                  transitions: list[tuple[str, State, State]]) -> None:
+    clock.advance(COOLDOWN_S * 10)
+    assert breaker.expire() is None and breaker.state is State.CLOSED
+    trip(breaker)
+    clock.advance(COOLDOWN_S)
+    assert breaker.allow() is None, "the probe is out"
+    assert breaker.expire() is None
+    assert breaker.state is State.HALF_OPEN and breaker.allow() == COOLDOWN_S, "still the one probe"
+    assert [new for _, _, new in transitions] == [State.OPEN, State.HALF_OPEN]
+
+
+def test_expire_waits_for_the_grown_cooldown_after_a_failed_probe(breaker: CircuitBreaker, clock: FakeClock,
+                                                                  ) -> None:
+    trip(breaker)
+    clock.advance(COOLDOWN_S)
+    assert breaker.expire() is None
+    assert breaker.allow() is None
+    breaker.record_failure()
+    assert breaker.expire() == 2 * COOLDOWN_S
+    clock.advance(2 * COOLDOWN_S)
+    assert breaker.expire() is None and breaker.state is State.HALF_OPEN
+
+
 def test_a_successful_probe_closes_the_breaker(
         breaker: CircuitBreaker, clock: FakeClock, transitions: list[tuple[str, State, State]]) -> None:
     trip(breaker)
