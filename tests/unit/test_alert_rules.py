@@ -24,6 +24,10 @@ ANNOTATIONS = {"summary", "description"}
 ALERTED = {"up", "etl_dead_letters_total", "etl_circuit_breaker_state", "etl_bridge_paused", "etl_consumer_lag",
            "etl_queue_depth", "dramatiq_messages_total", "etl_sink_write_seconds_bucket"}
 PROMTOOL_TIMEOUT_S = 60
+# A near miss is checked silent this long after the rule's `for:` has elapsed, its series starting at 0.
+SILENT_AFTER_FOR_S = 300
+_UNIT_S = {"s": 1, "m": 60, "h": 3600}
+_DURATION = re.compile(r"(\d+)([smh])")
 _AGGREGATION = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)\s*\(")
 _LABEL_REPLACE = re.compile(r"\blabel_replace\s*\(")
 _MATCHING = re.compile(r"\b(?:on|ignoring)\s*\(([^)]*)\)")
@@ -117,14 +121,38 @@ def test_every_alert_has_a_severity_a_summary_a_description_and_a_runbook_line()
         assert re.search(rf"^\| `{name}` \|", readme, flags=re.M), f"no runbook row for {name} in the README"
 
 
+def duration_s(text: str) -> int:
+    """A Prometheus duration such as ``90s``, ``10m`` or ``1h``, in seconds."""
+    return sum(int(n) * _UNIT_S[unit] for n, unit in _DURATION.findall(text))
+
+
+def series_span_s(values: str, interval_s: int) -> int:
+    """How far (seconds) a promtool input series runs: ``'a+bxN'`` is N + 1 samples, ``'_xN'`` N gaps."""
+    count = 0
+    for token in values.split():
+        head, times, n = token.rpartition("x") if "x" in token else (token, "", "")
+        count += int(n) + (0 if head == "_" else 1) if times else 1
+    return (count - 1) * interval_s
+
+
+def silent_late_enough(test: dict[str, Any], evaluation: dict[str, Any], rule: dict[str, Any]) -> bool:
+    """Whether ``evaluation`` expects ``rule`` silent well after its ``for:`` could have elapsed, while every input
+    series of ``test`` still runs: silence inside ``for:``, or once the series ran out, proves nothing."""
+    at_s = duration_s(evaluation["eval_time"])
+    interval_s = duration_s(test.get("interval", "1m"))
+    return (not evaluation.get("exp_alerts") and at_s >= duration_s(rule.get("for", "0s")) + SILENT_AFTER_FOR_S
+            and all(series_span_s(s["values"], interval_s) >= at_s for s in test["input_series"]))
+
+
 def test_every_alert_is_tested_firing_and_silent() -> None:
     tests = yaml.safe_load(ALERTS_TEST_FILE.read_text())
     assert tests["rule_files"] == [ALERTS_FILE.name]
-    evals = [e for test in tests["tests"] for e in test["alert_rule_test"]]
     for rule in alert_rules():
-        mine = [e for e in evals if e["alertname"] == rule["alert"]]
-        assert any(e.get("exp_alerts") for e in mine), f"{rule['alert']} is never expected to fire"
-        assert any(not e.get("exp_alerts") for e in mine), f"{rule['alert']} is never expected to stay silent"
+        mine = [(test, e) for test in tests["tests"] for e in test["alert_rule_test"]
+                if e["alertname"] == rule["alert"]]
+        assert any(e.get("exp_alerts") for _, e in mine), f"{rule['alert']} is never expected to fire"
+        assert any(silent_late_enough(test, e, rule) for test, e in mine), (
+            f"{rule['alert']} is never expected silent {SILENT_AFTER_FOR_S} s after its for: on series still running")
 
 
 def test_the_compose_prometheus_loads_the_rules() -> None:
