@@ -31,6 +31,7 @@ _DURATION = re.compile(r"(\d+)([smh])")
 _AGGREGATION = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)\s*\(")
 _LABEL_REPLACE = re.compile(r"\blabel_replace\s*\(")
 _MATCHING = re.compile(r"\b(?:on|ignoring)\s*\(([^)]*)\)")
+_JOB_ABSENT_TERM = re.compile(r'label_replace\(absent\(up\{job="([^"]+)"\} == 1\), "job", "([^"]+)", "", ""\)')
 _TEMPLATE_LABEL = re.compile(r"\$labels\.(\w+)")
 _SERIES = re.compile(r"^(?P<name>[A-Za-z_:][\w:]*)\{(?P<labels>[^}]*)\}$")
 
@@ -64,14 +65,15 @@ def series_labels(name: str) -> set[str]:
 
 def scope(expr: str) -> set[str]:
     """The labels the series an expression reads may carry: each metric's (``series_labels``) and those the
-    ``label_replace`` calls in it add, whose source label must be on the series they read.
+    ``label_replace`` calls in it add, whose source label must be on the series they read (or be ``""``: the new
+    label is then a constant).
 
     Raises ``AssertionError`` naming an unknown metric or a label_replace source that is not there."""
     names, _ = promql_metrics_and_grouping(expr)
     labels = set().union(*(series_labels(name) for name in names))
     for call in _LABEL_REPLACE.finditer(expr):
         series, new, _, source, _ = (arg.strip().strip('"') for arg in inside(expr, call.end()).rsplit(",", 4))
-        assert source in scope(series), f"label_replace reads no label {source} of {series}"
+        assert source in scope(series) | {""}, f"label_replace reads no label {source} of {series}"
         labels.add(new)
     return labels
 
@@ -99,6 +101,16 @@ def test_every_metric_and_label_the_alert_rules_use_exists() -> None:
         assert templated <= result, f"{rule['alert']}: the alert has no label {templated - result}"
         used |= promql_metrics_and_grouping(rule["expr"])[0]
     assert ALERTED <= used, f"no alert reads {ALERTED - used}"
+
+
+def test_the_job_absent_alert_covers_every_scraped_job() -> None:
+    """A job added to prometheus.yml and not to EtlJobAbsent would vanish unnoticed; each term labels its own job."""
+    jobs = [c["job_name"] for c in yaml.safe_load(PROMETHEUS_FILE.read_text())["scrape_configs"]]
+    expr = next(rule["expr"] for rule in alert_rules() if rule["alert"] == "EtlJobAbsent")
+    terms = _JOB_ABSENT_TERM.findall(expr)
+    assert len(terms) == expr.count("absent("), f"a term of EtlJobAbsent is not in the usual form: {expr}"
+    assert all(selected == labelled for selected, labelled in terms), terms
+    assert sorted(selected for selected, _ in terms) == sorted(jobs)
 
 
 def test_the_rules_tests_feed_series_as_the_code_exports_them() -> None:
