@@ -13,8 +13,16 @@ from typing import Any
 import pytest
 import yaml
 
+from etl.runtime.metrics import BRIDGE_PAUSED
 from tests.support.prometheus import binary
-from tests.unit.test_deploy import PROMETHEUS_FILE, README, compose, known_metrics, promql_metrics_and_grouping
+from tests.unit.test_deploy import (
+    PROMETHEUS_FILE,
+    README,
+    compose,
+    dashboard,
+    known_metrics,
+    promql_metrics_and_grouping,
+)
 
 ALERTS_FILE = PROMETHEUS_FILE.parent / "alerts.yml"
 ALERTS_TEST_FILE = PROMETHEUS_FILE.parent / "alerts_test.yml"
@@ -165,6 +173,21 @@ def test_every_alert_is_tested_firing_and_silent() -> None:
         assert any(e.get("exp_alerts") for _, e in mine), f"{rule['alert']} is never expected to fire"
         assert any(silent_late_enough(test, e, rule) for test, e in mine), (
             f"{rule['alert']} is never expected silent {SILENT_AFTER_FOR_S} s after its for: on series still running")
+
+
+def test_every_text_that_explains_a_bridge_pause_names_both_causes() -> None:
+    """The bridge pauses for a queue at MAX_QUEUE_DEPTH or for a Redis that refuses writes: an operator told of one
+    cause only looks in the wrong place."""
+    rule = next(rule for rule in alert_rules() if rule["alert"] == "EtlBridgePaused")
+    runbook = re.search(r"^\| `EtlBridgePaused` \|.*$", README.read_text(), flags=re.M)
+    # The panels that show the pause alone (the one that plots it next to the breakers points there).
+    panels = {p["title"]: p.get("description", "") for p in dashboard()["panels"]
+              if p["targets"] and all("etl_bridge_paused" in t["expr"] for t in p["targets"])}
+    texts = {"alert": rule["annotations"]["description"], "runbook": runbook[0] if runbook else "",
+             "metric help": BRIDGE_PAUSED.describe()[0].documentation, **panels}
+    assert panels
+    for where, text in texts.items():
+        assert "queue" in text and "Redis" in text, f"the {where} names one cause of a pause only: {text}"
 
 
 def test_the_compose_prometheus_loads_the_rules() -> None:
