@@ -27,8 +27,8 @@ WRITE_SECONDS = Histogram("etl_sink_write_seconds", "Time to write one batch to 
 # processes (the worst breaker), counters and histograms add up.
 BREAKER_STATE = Gauge("etl_circuit_breaker_state", "Circuit breaker per sink: 0 closed, 1 half-open, 2 open",
                       ["sink"], multiprocess_mode="livemax")
-BRIDGE_PAUSED = Gauge("etl_bridge_paused", "1 while the bridge stopped fetching because the queues are full",
-                      multiprocess_mode="livemax")
+BRIDGE_PAUSED = Gauge("etl_bridge_paused", "1 while the bridge fetches nothing: a queue is at MAX_QUEUE_DEPTH, or "
+                      "Redis refuses writes or cannot be reached", multiprocess_mode="livemax")
 BRIDGE_UNACKED = Gauge("etl_bridge_unacked_events", "Events a bridge took from NATS and has not acked yet: being "
                        "enqueued or waiting for Redis's disk (bounded by BRIDGE_MAX_UNACKED)",
                        multiprocess_mode="livesum")
