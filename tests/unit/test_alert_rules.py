@@ -15,14 +15,9 @@ import yaml
 
 from etl.runtime.metrics import BRIDGE_PAUSED
 from tests.support.prometheus import binary
-from tests.unit.test_deploy import (
-    PROMETHEUS_FILE,
-    README,
-    compose,
-    dashboard,
-    known_metrics,
-    promql_metrics_and_grouping,
-)
+from tests.support.promql import known_metrics, promql_metrics_and_grouping
+from tests.unit.test_dashboard import dashboard
+from tests.unit.test_deploy import PROMETHEUS_FILE, README, compose
 
 ALERTS_FILE = PROMETHEUS_FILE.parent / "alerts.yml"
 ALERTS_TEST_FILE = PROMETHEUS_FILE.parent / "alerts_test.yml"

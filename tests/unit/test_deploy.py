@@ -1,13 +1,12 @@
 """The Dockerfile, docker-compose.yml and deploy/ stay in step with the code, without Docker.
 
 Nothing here builds or runs an image. What is checked is what drifts when the code changes under the deployment
-files: the commands they run, the queues they name, the environment they set, the ports they expect and the
-metrics the dashboard queries.
+files: the commands they run, the queues they name, the environment they set and the ports they expect. The
+dashboard's queries are checked in ``test_dashboard.py``, the alert rules in ``test_alert_rules.py``.
 """
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib
 import importlib.util
@@ -19,17 +18,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
-import dramatiq.middleware.prometheus as dramatiq_prometheus
-import prometheus_client
 import pytest
 import yaml
 from dramatiq.cli import make_argument_parser
-from prometheus_client.metrics import MetricWrapperBase
 
 from etl import cli
 from etl.config import ENV_VARS, SECRET_FILE_VARS, Settings
 from etl.pools import dramatiq_command
-from etl.runtime import metrics
 from etl.stages import BY_NAME, QUEUES, STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +32,6 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 README = ROOT / "README.md"
 PROMETHEUS_FILE = ROOT / "deploy/prometheus/prometheus.yml"
-GRAFANA_DIR = ROOT / "deploy/grafana"
 # Where Docker mounts a service's secrets, and where the compose file takes each secret's file from.
 SECRETS_MOUNT = "/run/secrets/"
 SECRETS_SOURCE = "${SECRETS_DIR:-./secrets}/"
@@ -53,13 +47,6 @@ NEEDS = {"bridge": {"nats", "redis"}, "enrich": {"redis"}, "publish": {"redis", 
          "timescale": {"redis", "timescaledb", "migrate"}, "graph": {"redis", "neo4j", "migrate"},
          "etl migrate": {"timescaledb", "neo4j"}}
 ONE_SHOT = "migrate"
-# Series Prometheus records itself for every target.
-PROMETHEUS_OWN = {"up": set()}
-OPERATOR_QUESTIONS = ("etl_events_total", "etl_dead_letters_total", "etl_batch_size_bucket",
-                      "etl_sink_write_seconds_bucket", "etl_queue_depth", "etl_bridge_paused",
-                      "etl_circuit_breaker_state", "dramatiq_message_retries_total", "dramatiq_message_errors_total",
-                      "etl_consumer_lag", "etl_bridge_unacked_events", "etl_retention_removed_total",
-                      "etl_retention_last_run_timestamp_seconds", "etl_retention_last_run_seconds")
 _INTERPOLATION = re.compile(r"(?<!\$)\$(?:\{(?P<braced>[A-Za-z_]\w*)(?P<op>:?[-?])?(?P<arg>[^}]*)\}"
                             r"|(?P<bare>[A-Za-z_]\w*))")
 
@@ -478,162 +465,6 @@ def test_the_image_installs_the_pinned_requirements_and_the_whole_package() -> N
     assert include, "pyproject.toml names its packages"
     for pattern in re.findall(r'"([^"]+)"', include[1]):
         assert pattern.rstrip("*") in copies, f"the image lacks package {pattern}"
-
-
-# --- the dashboard ------------------------------------------------------------------------------------------------
-
-def exposed(kind: str, name: str) -> set[str]:
-    """The series names a ``prometheus_client`` metric of this kind and name exposes."""
-    registry = prometheus_client.CollectorRegistry()
-    getattr(prometheus_client, kind)(name, "doc", registry=registry)
-    return {sample.name for family in registry.collect() for sample in family.samples}
-
-
-def known_metrics() -> dict[str, set[str]]:
-    """Every series name our processes expose -> its label names: ours, Dramatiq's, Prometheus's own."""
-    known = dict(PROMETHEUS_OWN)
-    for obj in vars(metrics).values():
-        if isinstance(obj, MetricWrapperBase):
-            for series in exposed(type(obj).__name__, obj._name):
-                known[series] = set(obj._labelnames)
-    source = ast.parse(Path(dramatiq_prometheus.__file__).read_text())
-    for call in ast.walk(source):
-        if isinstance(call, ast.Call) and getattr(call.func, "attr", "") in ("Counter", "Gauge", "Histogram"):
-            name, labels = ast.literal_eval(call.args[0]), ast.literal_eval(call.args[2])
-            for series in exposed(call.func.attr, name):
-                known[series] = set(labels)
-    return known
-
-
-_PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-                    "offset", "inf", "nan"}
-
-
-def promql_metrics_and_grouping(expr: str) -> tuple[set[str], set[str]]:
-    """The metric names an expression selects, and the label names it groups by."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    expr = re.sub(r"\{[^}]*\}|\[[^]]*\]", "", expr)
-    grouping = {label.strip() for labels in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
-                for label in labels.split(",") if label.strip()}
-    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    names = {m.group() for m in re.finditer(r"(?<![\w.])[A-Za-z_:][\w:]*", expr)
-             if not expr[m.end():].lstrip().startswith("(") and m.group().lower() not in _PROMQL_KEYWORDS}
-    return names, grouping
-
-
-def dashboard() -> dict[str, Any]:
-    return json.loads((GRAFANA_DIR / "dashboards/etl.json").read_text())
-
-
-def test_every_metric_and_label_the_dashboard_queries_exists() -> None:
-    known = known_metrics()
-    exprs = [t["expr"] for panel in dashboard()["panels"] for t in panel["targets"]]
-    assert exprs
-    for expr in exprs:
-        names, grouping = promql_metrics_and_grouping(expr)
-        assert names and names <= known.keys(), f"unknown metric {names - known.keys()} in {expr}"
-        labels = set().union(*(known[n] for n in names)) | {"job", "instance"}
-        labels |= {"le"} if any(n.endswith("_bucket") for n in names) else set()
-        assert grouping <= labels, f"no label {grouping - labels} on {names} in {expr}"
-    for metric in OPERATOR_QUESTIONS:
-        assert any(metric in promql_metrics_and_grouping(e)[0] for e in exprs), f"no panel shows {metric}"
-
-
-def test_grafana_provisions_the_dashboard_on_the_prometheus_of_the_stack() -> None:
-    (source,) = yaml.safe_load((GRAFANA_DIR / "provisioning/datasources/prometheus.yml").read_text())["datasources"]
-    assert url_port(source["url"]) == ("prometheus", 9090)
-    uids = {panel["datasource"]["uid"] for panel in dashboard()["panels"]}
-    uids |= {t["datasource"]["uid"] for panel in dashboard()["panels"] for t in panel["targets"]}
-    assert uids == {source["uid"]}
-    services = compose()["services"]
-    mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"])
-    (provider,) = yaml.safe_load((GRAFANA_DIR / "provisioning/dashboards/etl.yml").read_text())["providers"]
-    assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
-    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
-    prometheus_mounts = dict(v.split(":")[:2] for v in services["prometheus"]["volumes"])
-    assert prometheus_mounts["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
-
-
-# --- the dashboard's variables, and what each replica shows ------------------------------------------------------
-
-# Every query keeps to the replicas the dashboard's variables select: label -> the matcher's value.
-DASHBOARD_SCOPE = {"job": "$job", "instance": "$instance"}
-# What an operator asks of the dashboard besides OPERATOR_QUESTIONS: how long a batch takes per pool, the retries
-# waiting, every retry scheduled by stage, what the dead-letter queue holds, the consumer's pending acks.
-REPLICA_QUESTIONS = ("dramatiq_message_duration_milliseconds_bucket", "etl_queue_delayed",
-                     "etl_retries_total", "etl_dead_letters_stored", "etl_consumer_ack_pending", "up")
-_AGGREGATIONS = re.compile(r"\b(?:sum|min|max|avg|count|group|topk|bottomk|quantile|stddev|stdvar)\b")
-_PROMQL_TOKEN = re.compile(r'\{[^}]*\}|\[[^]]*\]|"(?:[^"\\]|\\.)*"'
-                           r"|\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"
-                           r"|(?<![\w.])[A-Za-z_:][\w:]*")
-_MATCHER = re.compile(r'\s*([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
-
-
-def vector_selectors(expr: str) -> list[tuple[str, dict[str, str]]]:
-    """Each metric an expression selects, with its label matchers (label -> value)."""
-    found = []
-    for token in _PROMQL_TOKEN.finditer(expr):
-        name, rest = token.group(), expr[token.end():]
-        if not re.fullmatch(r"[A-Za-z_:][\w:]*", name) or name.lower() in _PROMQL_KEYWORDS:
-            continue
-        if re.match(r"\s*(?:(?:by|without)\s*\([^)]*\)\s*)?\(", rest):
-            continue  # a function or an aggregation
-        braces = re.match(r"\{([^}]*)\}", rest)
-        matchers = dict(_MATCHER.findall(braces[1])) if braces else {}
-        found.append((name, matchers))
-    return found
-
-
-def dashboard_exprs() -> list[tuple[dict[str, Any], str]]:
-    return [(panel, t["expr"]) for panel in dashboard()["panels"] for t in panel["targets"]]
-
-
-def test_the_dashboard_selects_replicas_with_job_and_instance_variables() -> None:
-    variables = dashboard()["templating"]["list"]
-    assert [v["name"] for v in variables] == list(DASHBOARD_SCOPE)
-    panel_sources = {panel["datasource"]["uid"] for panel in dashboard()["panels"]}
-    known = known_metrics()
-    for variable in variables:
-        name = variable["name"]
-        assert variable["type"] == "query" and {variable["datasource"]["uid"]} == panel_sources, name
-        # "All" as a regex, so replicas found after the dashboard loaded are shown too.
-        assert variable["includeAll"] and variable["multi"] and variable["allValue"] == ".*", name
-        query = variable["query"]["query"]
-        call = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
-        assert call and call[2] == name, query
-        ((metric, matchers),) = vector_selectors(call[1])
-        assert metric in known, query
-        # The replicas offered are those of the services selected.
-        assert matchers == ({"job": "$job"} if name == "instance" else {}), query
-
-
-def test_every_dashboard_query_keeps_to_the_selected_replicas() -> None:
-    known = known_metrics()
-    for _, expr in dashboard_exprs():
-        selectors = vector_selectors(expr)
-        assert selectors, expr
-        for metric, matchers in selectors:
-            assert {k: matchers.get(k) for k in DASHBOARD_SCOPE} == DASHBOARD_SCOPE, f"{metric} in {expr}"
-            labels = known[metric] | set(DASHBOARD_SCOPE) | ({"le"} if metric.endswith("_bucket") else set())
-            assert matchers.keys() <= labels, f"no label {matchers.keys() - labels} on {metric} in {expr}"
-        assert set(re.findall(r"\$(\w+)", expr)) <= DASHBOARD_SCOPE.keys(), expr
-
-
-def test_the_dashboard_shows_each_replica_batch_durations_retries_dead_letters_stored_and_acks() -> None:
-    exprs = dashboard_exprs()
-    shown = {metric: [(panel, expr) for panel, expr in exprs if metric in promql_metrics_and_grouping(expr)[0]]
-             for metric in REPLICA_QUESTIONS}
-    assert all(shown.values()), f"no panel shows {[m for m, panels in shown.items() if not panels]}"
-    # One replica of two down shows: 'up' of each replica, not summed by service.
-    assert any(promql_metrics_and_grouping(e)[0] == {"up"} and ("instance" in promql_metrics_and_grouping(e)[1]
-                                                                  or not _AGGREGATIONS.search(e))
-               for _, e in shown["up"]), [e for _, e in shown["up"]]
-    assert any({"le", "queue_name"} <= promql_metrics_and_grouping(e)[1]
-               for _, e in shown["dramatiq_message_duration_milliseconds_bucket"]), "batch duration per pool"
-    assert any("stage" in promql_metrics_and_grouping(e)[1] for _, e in shown["etl_retries_total"])
-    # The consumer's pending acks have a panel of their own.
-    assert any({m for t in panel["targets"] for m in promql_metrics_and_grouping(t["expr"])[0]}
-               == {"etl_consumer_ack_pending"} for panel, _ in shown["etl_consumer_ack_pending"])
 
 
 @pytest.mark.parametrize("text, expected", [("${A:-x}", "x"), ("${A-}", ""), ("${A}", ""), ("$$A", "$A"),
