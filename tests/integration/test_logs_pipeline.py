@@ -1,10 +1,12 @@
-"""The logs of the real processes (bridge, enrich pool): ECS fields naming each process by its own PID, and a
-flood of bad events logged as one summary line per stage and reason, with ids, including what was counted just
-before the pool stopped, which only the flush at shutdown can say."""
+"""The logs of the real processes (bridge, enrich and graph pools): ECS fields naming each process by its own
+PID, and dead letters, a flood of bad events or poison events isolated at a sink, logged as one summary line per
+stage and reason, with ids, including what was counted just before the pool stopped, which only the flush at
+shutdown can say."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import time
@@ -18,6 +20,7 @@ import psutil
 
 from etl.broker import redis_client
 from etl.config import Settings
+from etl.dev.generator import generate
 from etl.dev.supervisor import Pipeline
 from etl.ops import report
 from etl.pipeline.dlq import DeadLetterStore
@@ -29,6 +32,7 @@ NOT_JSON = 300
 WITH_NUL = 120
 TOO_DEEP = 80
 WAIT_S = 60.0
+POISON = 7
 GOOD = {"id": "e", "type": "t", "source": "s", "timestamp": 5}
 
 
@@ -42,6 +46,11 @@ def with_nul(n: int) -> list[bytes]:
 
 def too_deep(n: int) -> list[bytes]:
     return [b'{"x":' + b"[" * 200 + b"%d" % i + b"]" * 200 + b"}" for i in range(n)]
+
+
+def peer_port(port: int) -> str:
+    """A payload whose peer port the graph cannot make an endpoint of, though the event contract lets it by."""
+    return base64.b64encode(orjson.dumps({"dst_ip": "203.0.113.9", "dst_port": port})).decode()
 
 
 def json_lines(pipeline: Pipeline, name: str) -> list[dict[str, Any]]:
@@ -126,3 +135,26 @@ def test_dead_letters_counted_just_before_the_pool_stops_are_in_its_last_lines(
     assert stop_asked < timer_due, f"the machine was too slow to tell the flush from the timer: {stop_asked=}"
     assert [stop_asked <= written_at(line) < timer_due for line in lines] == [True], (
         "one line, written by the flush at shutdown", stop_asked, timer_due, lines)
+
+
+def test_poison_events_isolated_at_a_sink_are_one_summary_line_not_an_error_each(
+        make_settings: Callable[..., Settings], start_pipeline: Callable[..., Pipeline]) -> None:
+    """Isolation splits a batch down to single events at a sink, and each poison event fails as a message of its
+    own: the dead-letter summary is its line, not one ERROR per event from us or from Dramatiq."""
+    settings = make_settings(MAX_BATCH_SIZE=100, BATCH_LINGER_MS=200, WORKER_PROCESSES=1)
+    pipeline = start_pipeline(settings, pools=("enrich", "graph"))
+    valid = [orjson.loads(raw) for raw in generate(96, hosts=5, seed=7)]
+    poison = [dict(valid[10 * i], id=f"poison-{i}", payload=peer_port(70_000 + i)) for i in range(POISON)]
+    asyncio.run(publish_all(settings, [orjson.dumps(e) for e in valid + poison]))
+    wait_for(lambda: report.dead_letter_counts(settings).get("graph", 0) >= POISON, timeout_s=WAIT_S,
+             describe=lambda: pipeline.log_tail("worker-graph"))
+    codes = pipeline.stop()
+    assert set(codes.values()) == {0}, {name: pipeline.log_tail(name) for name in codes}
+
+    lines = json_lines(pipeline, "worker-graph")
+    [summary] = [line for line in lines if line["message"].startswith("dead-lettered")]
+    assert (summary["stage"], summary["reason"], summary["events"]) == ("graph", "PeerDataError", POISON), summary
+    assert len(summary["dead_letter_ids"]) == SUMMARY_FIRST_IDS, summary
+    loud = Counter((line["log.level"], line["log"]["logger"]) for line in lines if line["log.level"] != "INFO")
+    split = ("WARNING", "etl.pipeline.isolation")  # one per batch split, not per event
+    assert set(loud) - {split} == {("WARNING", "etl.pipeline.dlq")}, "no ERROR nor WARNING per failed message"
