@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from etl.pipeline.deadletter import DeadLetter, reason_type
 from etl.pipeline.dlqscripts import DROPPED
@@ -122,17 +123,36 @@ class FullNotice:
             self._emit(pending, self._last - self._since)
 
 
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+# Starts a timer that calls its function once, after a delay in seconds.
+StartTimer = Callable[[float, Callable[[], None]], Timer]
+
+
+def start_daemon_timer(delay_s: float, function: Callable[[], None]) -> Timer:
+    """A started ``threading.Timer`` that does not keep the process alive: ``flush`` says what it would have."""
+    timer = threading.Timer(delay_s, function)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 class DeadLetterLog:
     """Counts and logs the outcome of every ``DeadLetterStore.add`` (thread-safe): the metrics at once, the lines
-    as a summary per window, closed by a daemon timer that exists only while a window is open."""
+    as a summary per window, closed by a timer (``start_timer``) that exists only while a window is open. ``clock``
+    (seconds) and ``start_timer`` are for tests to replace."""
 
-    def __init__(self, *, max_bytes: int, max_entries: int, interval_s: float = SUMMARY_INTERVAL_S) -> None:
+    def __init__(self, *, max_bytes: int, max_entries: int, interval_s: float = SUMMARY_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic, start_timer: StartTimer = start_daemon_timer) -> None:
         self._max_bytes = max_bytes
         self._max_entries = max_entries
-        self._full = FullNotice(self._say_full)
-        self._summary = Summary(interval_s=interval_s)
+        self._full = FullNotice(self._say_full, clock=clock)
+        self._summary = Summary(interval_s=interval_s, clock=clock)
+        self._start_timer = start_timer
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
+        self._timer: Timer | None = None
 
     def record(self, letters: Sequence[DeadLetter], outcomes: Sequence[int]) -> None:
         kept: list[DeadLetter] = []
@@ -160,9 +180,7 @@ class DeadLetterLog:
 
     def _arm(self) -> None:
         # Called with the lock held, when a window is open.
-        self._timer = threading.Timer(self._summary.due_in() or 0.0, self._close_window)
-        self._timer.daemon = True
-        self._timer.start()
+        self._timer = self._start_timer(self._summary.due_in() or 0.0, self._close_window)
 
     def _close_window(self) -> None:
         with self._lock:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
+from etl.errors import SinkDataError
 from etl.runtime.ecslog import EcsJsonFormatter
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -27,12 +29,31 @@ def _describe_message(arg: object) -> object:
     return arg
 
 
+def _is_data_error(record: logging.LogRecord) -> bool:
+    return record.exc_info is not None and isinstance(record.exc_info[1], SinkDataError)
+
+
+# Dramatiq's lines that repeat once per message where a line of ours says it once, keyed by format and the level
+# Dramatiq logs them at, with the test a record must pass to go to DEBUG. Should Dramatiq reword one, it comes back
+# at its own level: tests/integration/test_logs_pipeline.py would see it.
+_PER_MESSAGE: dict[tuple[str, int], Callable[[logging.LogRecord], bool]] = {
+    # Every message our circuit breaker delays, i.e. one per batch per cool-down during an outage: the breaker
+    # logs its own transitions.
+    ("Message %s was skipped.", logging.WARNING): lambda record: True,
+    # A sink refusing an event's data: isolation splits the batch down to single events, so every poison event
+    # fails as a message of its own. The dead-letter summary names its stage, reason and id.
+    ("Failed to process message %s with unhandled exception.", logging.ERROR): _is_data_error,
+    # Every message that fails for good is dead-lettered, so it is in the dead-letter summary.
+    ("Retries exceeded for message %r.", logging.WARNING): lambda record: True,
+}
+
+
 class _DramatiqLogFilter(logging.Filter):
     """Dramatiq's log lines, made fit for ours.
 
     - A message is printed with its arguments, i.e. a whole batch of events; we print its actor, id and size.
-    - "Message ... was skipped." comes for every message our circuit breaker delays: one line per batch per
-      cool-down during an outage. The breaker logs its own transitions; these go to DEBUG.
+    - The lines in ``_PER_MESSAGE`` would repeat for each message where a line of ours says the same once: they go
+      to DEBUG.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -40,7 +61,8 @@ class _DramatiqLogFilter(logging.Filter):
             return True
         if isinstance(record.args, tuple):
             record.args = tuple(_describe_message(a) for a in record.args)
-        if record.msg == "Message %s was skipped." and record.levelno == logging.WARNING:
+        demote = _PER_MESSAGE.get((str(record.msg), record.levelno))
+        if demote is not None and demote(record):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger().isEnabledFor(logging.DEBUG)
         return True

@@ -1,14 +1,18 @@
-"""The logs of the real processes (bridge, enrich pool): ECS fields naming each process by its own PID, and a
-flood of bad events logged as one summary line per stage and reason, with ids, including what was counted just
-before the pool stopped."""
+"""The logs of the real processes (bridge, enrich and graph pools): ECS fields naming each process by its own
+PID, and dead letters, a flood of bad events or poison events isolated at a sink, logged as one summary line per
+stage and reason, with ids, including what was counted just before the pool stopped, which only the flush at
+shutdown can say."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -16,6 +20,7 @@ import psutil
 
 from etl.broker import redis_client
 from etl.config import Settings
+from etl.dev.generator import generate
 from etl.dev.supervisor import Pipeline
 from etl.ops import report
 from etl.pipeline.dlq import DeadLetterStore
@@ -27,6 +32,7 @@ NOT_JSON = 300
 WITH_NUL = 120
 TOO_DEEP = 80
 WAIT_S = 60.0
+POISON = 7
 GOOD = {"id": "e", "type": "t", "source": "s", "timestamp": 5}
 
 
@@ -40,6 +46,11 @@ def with_nul(n: int) -> list[bytes]:
 
 def too_deep(n: int) -> list[bytes]:
     return [b'{"x":' + b"[" * 200 + b"%d" % i + b"]" * 200 + b"}" for i in range(n)]
+
+
+def peer_port(port: int) -> str:
+    """A payload whose peer port the graph cannot make an endpoint of, though the event contract lets it by."""
+    return base64.b64encode(orjson.dumps({"dst_ip": "203.0.113.9", "dst_port": port})).decode()
 
 
 def json_lines(pipeline: Pipeline, name: str) -> list[dict[str, Any]]:
@@ -100,14 +111,50 @@ def test_a_flood_of_bad_events_is_one_summary_line_per_reason_from_the_process_t
     assert bridge["@timestamp"].endswith("Z") and {"log.level", "message", "log"} <= set(bridge), bridge
 
 
+def written_at(line: dict[str, Any]) -> float:
+    """The line's ``@timestamp`` in Unix seconds (it has milliseconds)."""
+    return datetime.fromisoformat(line["@timestamp"]).timestamp()
+
+
 def test_dead_letters_counted_just_before_the_pool_stops_are_in_its_last_lines(
         make_settings: Callable[..., Settings], start_pipeline: Callable[..., Pipeline]) -> None:
+    """Only the flush at shutdown can write a line after the stop was asked for and before the window's timer
+    could fire: the window opened after ``published``, so its timer is not due before ``published`` plus the
+    interval."""
     settings = make_settings(MAX_BATCH_SIZE=20, BATCH_LINGER_MS=100, WORKER_PROCESSES=1)
     pipeline = start_pipeline(settings, pools=("enrich",))
+    published = time.time()
     asyncio.run(publish_all(settings, too_deep(TOO_DEEP)))
     wait_for(counted(settings, TOO_DEEP), timeout_s=WAIT_S, describe=lambda: pipeline.log_tail("worker-enrich"))
+    stop_asked = time.time()
     codes = pipeline.stop()
     assert set(codes.values()) == {0}, {name: pipeline.log_tail(name) for name in codes}
     lines = summaries(pipeline)
     assert summed(lines) == {"BadEvent/depth": TOO_DEEP}, [line["message"] for line in lines]
-    assert len(lines) <= 2, "a window closed by its timer and the rest at shutdown, at most"
+    timer_due = published + SUMMARY_INTERVAL_S
+    assert stop_asked < timer_due, f"the machine was too slow to tell the flush from the timer: {stop_asked=}"
+    assert [stop_asked <= written_at(line) < timer_due for line in lines] == [True], (
+        "one line, written by the flush at shutdown", stop_asked, timer_due, lines)
+
+
+def test_poison_events_isolated_at_a_sink_are_one_summary_line_not_an_error_each(
+        make_settings: Callable[..., Settings], start_pipeline: Callable[..., Pipeline]) -> None:
+    """Isolation splits a batch down to single events at a sink, and each poison event fails as a message of its
+    own: the dead-letter summary is its line, not one ERROR per event from us or from Dramatiq."""
+    settings = make_settings(MAX_BATCH_SIZE=100, BATCH_LINGER_MS=200, WORKER_PROCESSES=1)
+    pipeline = start_pipeline(settings, pools=("enrich", "graph"))
+    valid = [orjson.loads(raw) for raw in generate(96, hosts=5, seed=7)]
+    poison = [dict(valid[10 * i], id=f"poison-{i}", payload=peer_port(70_000 + i)) for i in range(POISON)]
+    asyncio.run(publish_all(settings, [orjson.dumps(e) for e in valid + poison]))
+    wait_for(lambda: report.dead_letter_counts(settings).get("graph", 0) >= POISON, timeout_s=WAIT_S,
+             describe=lambda: pipeline.log_tail("worker-graph"))
+    codes = pipeline.stop()
+    assert set(codes.values()) == {0}, {name: pipeline.log_tail(name) for name in codes}
+
+    lines = json_lines(pipeline, "worker-graph")
+    [summary] = [line for line in lines if line["message"].startswith("dead-lettered")]
+    assert (summary["stage"], summary["reason"], summary["events"]) == ("graph", "PeerDataError", POISON), summary
+    assert len(summary["dead_letter_ids"]) == SUMMARY_FIRST_IDS, summary
+    loud = Counter((line["log.level"], line["log"]["logger"]) for line in lines if line["log.level"] != "INFO")
+    split = ("WARNING", "etl.pipeline.isolation")  # one per batch split, not per event
+    assert set(loud) - {split} == {("WARNING", "etl.pipeline.dlq")}, "no ERROR nor WARNING per failed message"

@@ -4,6 +4,7 @@ counted left unsaid at shutdown."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 
@@ -75,25 +76,81 @@ def summary_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.getMessage().startswith("dead-lettered")]
 
 
+class Timers:
+    """Timers that fire when the test says so, against a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.pending: list[tuple[float, Callable[[], None]]] = []
+        self.cancelled = 0
+
+    def start(self, delay_s: float, function: Callable[[], None]) -> Timers:
+        self.pending.append((self.now + delay_s, function))
+        return self
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+        self.pending.clear()
+
+    def fire(self) -> None:
+        """Move the clock to the first pending timer and call it."""
+        due, function = self.pending.pop(0)
+        self.now = max(self.now, due)
+        function()
+
+
 def test_the_log_says_each_window_once_by_its_timer_and_the_rest_at_shutdown(
         caplog: pytest.LogCaptureFixture) -> None:
-    dlq_log = DeadLetterLog(max_bytes=1000, max_entries=10, interval_s=0.2)
+    timers = Timers()
+    dlq_log = DeadLetterLog(max_bytes=1000, max_entries=10, interval_s=10, clock=lambda: timers.now,
+                            start_timer=timers.start)
     caplog.set_level(logging.WARNING, logger="etl.pipeline.dlq")
-    for batch in range(3):  # three batches, one window
+    for batch in range(3):  # three batches, one window, one timer
+        timers.now = float(batch)
         letters = bad("enrich", "BadEvent/json: not valid JSON", 50, tag=str(batch))
         dlq_log.record(letters, [0] * len(letters))
     assert summary_lines(caplog) == [], "nothing per batch"
-    [line] = wait_for(lambda: summary_lines(caplog), timeout_s=10)
+    assert [due for due, _ in timers.pending] == [10.0]
+    timers.fire()
+    [line] = summary_lines(caplog)
     assert line.events == 150 and line.stage == "enrich" and line.reason == "BadEvent/json"
     assert len(line.dead_letter_ids) == SUMMARY_FIRST_IDS
-    assert "dead-lettered 150 event(s) at enrich for BadEvent/json" in line.getMessage()
+    assert "dead-lettered 150 event(s) at enrich for BadEvent/json in 10 s" in line.getMessage()
+    assert timers.pending == [], "no window open, no timer"
 
     caplog.clear()
+    timers.now = 50.0
     letters = bad("graph", "SinkDataError: too long", 4)
     dlq_log.record(letters, [0, 0, DROPPED, 0])
+    timers.now = 52.0
     dlq_log.flush()
+    assert timers.cancelled == 1, "the window's timer is cancelled: it would say the window again"
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 2 and "dead-lettered 3 event(s) at graph for SinkDataError" in messages[1], messages
+    assert len(messages) == 2 and "dead-lettered 3 event(s) at graph for SinkDataError in 2 s" in messages[1], messages
     assert "the DLQ is full, 1 dead letters not kept" in messages[0]
     dlq_log.flush()
     assert len(caplog.records) == 2, "a flush says each dead letter once"
+
+
+def test_a_timer_woken_early_waits_for_the_rest_of_the_window(caplog: pytest.LogCaptureFixture) -> None:
+    timers = Timers()
+    dlq_log = DeadLetterLog(max_bytes=1000, max_entries=10, interval_s=10, clock=lambda: timers.now,
+                            start_timer=timers.start)
+    caplog.set_level(logging.WARNING, logger="etl.pipeline.dlq")
+    letters = bad("timescale", "SinkDataError: NUL", 2)
+    dlq_log.record(letters, [0, 0])
+    _, close = timers.pending.pop()
+    timers.now = 9.5
+    close()
+    assert summary_lines(caplog) == [] and [due for due, _ in timers.pending] == [10.0]
+    timers.fire()
+    assert [line.events for line in summary_lines(caplog)] == [2]
+
+
+def test_the_real_timer_closes_the_window(caplog: pytest.LogCaptureFixture) -> None:
+    dlq_log = DeadLetterLog(max_bytes=1000, max_entries=10, interval_s=0.2)
+    caplog.set_level(logging.WARNING, logger="etl.pipeline.dlq")
+    letters = bad("enrich", "BadEvent/json: not valid JSON", 50)
+    dlq_log.record(letters, [0] * len(letters))  # one call, so one window however slow the machine
+    [line] = wait_for(lambda: summary_lines(caplog), timeout_s=30)
+    assert line.events == 50

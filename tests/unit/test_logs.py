@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from etl.errors import SinkDataError, SinkMisconfigured
 from etl.runtime.ecslog import ECS_VERSION
 from etl.runtime.logs import resolve_format, setup_logging
 
@@ -77,3 +78,35 @@ def test_dramatiq_lines_never_carry_a_batch() -> None:
     assert "SECRET" not in line["message"]
     assert line["message"] == (f"Failed to process message store_batch({message.message_id}, 3 item(s)) "
                                "with unhandled exception.")
+
+
+def failure(exception: Exception, level: str = "INFO") -> list[dict[str, object]]:
+    """The JSON lines of Dramatiq failing a message with ``exception``, then giving up on it."""
+    import dramatiq
+
+    out = io.StringIO()
+    setup_logging(level, "json", service="worker-graph", stream=out)
+    message = dramatiq.Message(queue_name="graph", actor_name="merge_batch", args=([{"id": "e1"}],), kwargs={},
+                               options={})
+    try:
+        raise exception
+    except Exception:
+        logging.getLogger("dramatiq.worker.WorkerThread").error(
+            "Failed to process message %s with unhandled exception.", message, exc_info=True)
+    logging.getLogger("dramatiq.middleware.retries.PatientRetries").warning(
+        "Retries exceeded for message %r.", message.message_id)
+    return [json.loads(x) for x in out.getvalue().splitlines()]
+
+
+def test_a_poison_event_is_no_dramatiq_line_of_its_own_the_dead_letter_summary_is() -> None:
+    assert failure(SinkDataError("event 'e1': a NUL byte")) == []
+    lines = failure(SinkDataError("event 'e1': a NUL byte"), level="DEBUG")
+    assert [line["log.level"] for line in lines] == ["DEBUG", "DEBUG"]
+    assert lines[0]["error"]["type"].endswith("SinkDataError"), "kept whole at DEBUG, traceback and all"
+
+
+def test_a_failure_not_about_the_data_stays_an_error() -> None:
+    [line] = failure(SinkMisconfigured("permission denied for table events"))
+    assert line["log.level"] == "ERROR" and line["error"]["type"].endswith("SinkMisconfigured")
+    [line] = failure(ValueError("a bug"))
+    assert line["log.level"] == "ERROR"
