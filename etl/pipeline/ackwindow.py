@@ -33,6 +33,8 @@ class AckWindow(Generic[M]):
         self._max_bytes = max_bytes
         self.events = 0
         self.bytes = 0
+        # Every batch held, by identity: what must be kept from redelivery while the bridge pauses.
+        self._held: dict[int, Sequence[M]] = {}
         self._committing: list[Sequence[M]] = []
         self._changed = asyncio.Event()
 
@@ -43,14 +45,20 @@ class AckWindow(Generic[M]):
 
     def hold(self, batch: Sequence[M]) -> None:
         """Count ``batch`` as held, from its hand-over on."""
+        self._held[id(batch)] = batch
         self.events += len(batch)
         self.bytes += sum(len(m.data) for m in batch)
 
     def release(self, batch: Sequence[M]) -> None:
         """``batch`` is settled (acked or nak'ed): no longer held."""
+        del self._held[id(batch)]
         self.events -= len(batch)
         self.bytes -= sum(len(m.data) for m in batch)
         self._wake()
+
+    def held(self) -> list[M]:
+        """Every message held: being handed over, waiting for a durability check, or being checked."""
+        return [m for batch in self._held.values() for m in batch]
 
     def enqueued(self, batch: Sequence[M]) -> None:
         """``batch`` is in Redis: it waits for the next durability check."""

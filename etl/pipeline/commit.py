@@ -84,7 +84,7 @@ class GroupCommit:
         redelivery if enqueue raised."""
         payloads = [m.data for m in batch]
         try:
-            await self._while_full(lambda: asyncio.to_thread(self._enqueue_landing, payloads), batch)
+            await self._while_full(lambda: asyncio.to_thread(self._enqueue_landing, payloads))
         except Exception as e:  # noqa: BLE001 - enqueue is injected; any failure means "not taken"
             await self._failed([batch], "enqueue", e)
             return
@@ -105,7 +105,7 @@ class GroupCommit:
             group = await self._window.next_group()
             try:
                 if self._sync is not None:
-                    await self._while_full(self._synced, [m for b in group for m in b])
+                    await self._while_full(self._synced)
             except Exception as e:  # noqa: BLE001 - sync is injected; any failure means "not on disk"
                 await self._failed(group, "durability check", e)
                 continue
@@ -120,10 +120,11 @@ class GroupCommit:
         """Paused: Redis refused a batch or its durability check for want of memory, and has not taken it yet."""
         return self._refused > 0
 
-    async def _while_full(self, attempt: Callable[[], Awaitable[None]], held: Sequence[Msg]) -> None:
-        """Run ``attempt``; while it raises ``RedisFull``, pause and run it again after a backoff, keeping ``held``
-        from being redelivered meanwhile. Raises what ``attempt`` raises otherwise, and ``RedisFull`` once stopping.
-        """
+    async def _while_full(self, attempt: Callable[[], Awaitable[None]]) -> None:
+        """Run ``attempt``; while it raises ``RedisFull``, pause and run it again after a backoff, keeping every
+        message the window holds, and the batch waiting, from being redelivered meanwhile: not only the batch or
+        group ``attempt`` is for, since batches enqueued before the pause wait in the window for the next check.
+        Raises what ``attempt`` raises otherwise, and ``RedisFull`` once stopping."""
         streak, taken = 0, False
         try:
             while True:
@@ -137,8 +138,8 @@ class GroupCommit:
                     streak += 1
                     RETRIES.labels(stage="bridge").inc()
                     if streak == 1:
-                        self._pause(e, len(held))
-                await self._keep_alive([*held, *self.waiting])
+                        self._pause(e, self._window.events)
+                await self._keep_alive([*self._window.held(), *self.waiting])
                 await self._sleep(min(backoff_s(streak), self._keep_alive_s))
         finally:
             if streak:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner
+from nats.aio.msg import Msg
 
 from etl.broker import build_broker, redis_client
 from etl.cli import main
@@ -26,7 +28,10 @@ from etl.dev.supervisor import Pipeline
 from etl.errors import RedisFull, TransientError
 from etl.natsio.conn import connect
 from etl.ops import report
+from etl.pipeline import rawstream
+from etl.pipeline.ackwindow import AckWindow
 from etl.pipeline.backlog import queue_depths
+from etl.pipeline.commit import GroupCommit
 from etl.pipeline.dlq import SECONDS_PER_DAY, DeadLetter, DeadLetterStore
 from etl.pipeline.handoff import Handoff
 from etl.stages import ENRICH
@@ -49,6 +54,7 @@ RESUMED_LINE = "bridge resumed"
 FAILED_LINE = "nak'ed for redelivery"
 WAIT_S = 60.0
 LETTER_BYTES = 8 * 1024
+BATCH = 20
 FETCH_TIMEOUT_S = 5.0
 
 
@@ -222,4 +228,72 @@ def test_dead_letters_that_filled_redis_can_be_listed_shown_and_purged(settings:
     finally:
         client.config_set("maxmemory", 0)
         client.flushdb()
+        client.close()
+
+
+async def _poll(probe: Callable[[], bool], *, timeout_s: float, describe: Callable[[], str]) -> None:
+    """``wait_for`` without blocking the event loop the code under test runs on."""
+    deadline = time.monotonic() + timeout_s
+    while not probe():
+        assert time.monotonic() < deadline, f"condition not met within {timeout_s}s. {describe()}"
+        await asyncio.sleep(0.05)
+
+
+async def _pause_with_batches_in_the_window(settings: Settings, client: redis.Redis) -> int:
+    """Batch 0 enqueued and its durability check started; batches 1 and 2 enqueued meanwhile, waiting in the
+    window for the next check; then Redis fills, and the check is refused for longer than ``ACK_WAIT_S``. Returns
+    the delivery count of what another replica is given then (one message is left in the stream for it)."""
+    batches = [[*generate(BATCH, hosts=3, seed=seed)] for seed in range(3)]
+    await publish_all(settings, [e for batch in batches for e in batch] + [b'{"id": "left for another replica"}'])
+    nc = await connect(settings, name="test-bridge")
+    broker = build_broker(settings)
+    handoff = Handoff.from_settings(broker, settings)
+    checks: list[float] = []
+    first_check = threading.Event()
+
+    def sync() -> None:  # the real check, the first one held back until the later batches are in the window
+        checks.append(time.monotonic())
+        first_check.wait(timeout=WAIT_S)
+        handoff.sync()
+
+    window: AckWindow[Msg] = AckWindow(max_events=10_000, max_bytes=1 << 30)
+    commit = GroupCommit(window, handoff.enqueue_raw, sync, asyncio.sleep, ack_wait_s=ACK_WAIT_S)
+    commit.nc = nc
+    committing = asyncio.create_task(commit.run())
+    try:
+        fetcher = await rawstream.bind(nc, nc.jetstream(), settings, ACK_WAIT_S)
+        for i in range(3):
+            batch = await fetcher.fetch(BATCH, timeout_s=FETCH_TIMEOUT_S)
+            assert len(batch) == BATCH
+            commit.hold(batch)
+            await commit.hand_over(batch)
+            if i == 0:
+                await _poll(lambda: bool(checks), timeout_s=WAIT_S, describe=lambda: "no durability check")
+        fill(client)
+        first_check.set()
+        # Refused for longer than the ack wait: the held messages must have been kept alive meanwhile.
+        await _poll(lambda: len(checks) >= REFUSALS, timeout_s=WAIT_S, describe=lambda: f"{len(checks)} checks")
+        assert commit.redis_full and window.events == 3 * BATCH
+        delivered = await another_replica_fetches(settings)
+        client.delete("ballast")
+        await _poll(lambda: window.events == 0, timeout_s=WAIT_S, describe=lambda: f"{window.events} held")
+        return delivered
+    finally:
+        committing.cancel()
+        await nc.close()
+        broker.close()
+
+
+def test_a_pause_keeps_alive_the_batches_waiting_for_the_next_durability_check(
+        settings: Settings, small_redis: devservers.Server) -> None:
+    client = redis.Redis(port=small_redis.port)
+    try:
+        client.flushdb()
+        assert asyncio.run(_pause_with_batches_in_the_window(settings, client)) == 1, "a held message expired"
+        consumer = raw_consumer(settings)
+        assert consumer.ack_floor is not None and consumer.ack_floor.stream_seq == 3 * BATCH
+        assert consumer.num_redelivered == 0
+    finally:
+        client.config_set("maxmemory", 0)
+        client.delete("ballast")
         client.close()
