@@ -104,6 +104,15 @@ def postgres_server(server_root: Path) -> Iterator[devservers.Server]:
     server.stop()
 
 
+@pytest.fixture
+def private_postgres(tmp_path: Path) -> Iterator[devservers.Server]:
+    """A PostgreSQL of this test's own, so stopping it disturbs no other test."""
+    server = devservers.postgres_server(tmp_path / "postgres", durable=False).start()
+    devservers.ensure_database(server.port, "aegisflux")
+    yield server
+    server.stop()
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 

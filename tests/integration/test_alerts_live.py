@@ -44,15 +44,6 @@ RESOLVE_WAIT_S = 60.0 + WAIT_S
 
 
 @pytest.fixture
-def private_postgres(tmp_path: Path) -> Iterator[devservers.Server]:
-    """A PostgreSQL of this test's own, so stopping it disturbs no other test."""
-    server = devservers.postgres_server(tmp_path / "postgres", durable=False).start()
-    devservers.ensure_database(server.port, "aegisflux")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def settings(make_settings: Callable[..., Settings], private_postgres: devservers.Server) -> Settings:
     return make_settings(PG_PORT=private_postgres.port, MAX_BATCH_SIZE=10, BATCH_LINGER_MS=20, BREAKER_FAILURES=3,
                          BREAKER_COOLDOWN_MS=500, RETRY_MAX=4, RETRY_MIN_BACKOFF_MS=50, RETRY_MAX_BACKOFF_MS=100)

@@ -28,15 +28,12 @@ from tests.integration.test_circuit_breaker import (
     WAIT_S,
     SwitchableSink,
     breaker_state,
-    private_postgres,
     publish,
     stop_fast,
     waiting_in_redis,
 )
 from tests.integration.test_health_metrics import value
 from tests.waiting import wait_for
-
-__all__ = ["private_postgres"]  # a fixture of this module too
 
 IDLE_COOLDOWN_MS = 1500
 

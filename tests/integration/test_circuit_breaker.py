@@ -13,9 +13,8 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -158,15 +157,6 @@ OUTAGE_S = 6.0
 TIMESCALE_THREADS = TIMESCALE.pool.processes * TIMESCALE.pool.threads  # the pool's default, all its processes
 OPENED = re.compile(r"circuit breaker timescale opened after (\d+ connection failures in a row|its probe failed)")
 PG_STOP_TIMEOUT_S = 15.0
-
-
-@pytest.fixture
-def private_postgres(tmp_path: Path) -> Iterator[devservers.Server]:
-    """A PostgreSQL of this test's own, so stopping it disturbs no other test."""
-    server = devservers.postgres_server(tmp_path / "postgres", durable=False).start()
-    devservers.ensure_database(server.port, "aegisflux")
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -136,15 +136,6 @@ def check_dead_letters_stored(settings: Settings, bridge_port: int, *, expected:
     wait_for(lambda: stored() == 0, timeout_s=GAUGE_WAIT_S, describe=lambda: f"gauge {stored()}")
 
 
-@pytest.fixture
-def private_postgres(tmp_path: Path) -> Iterator[devservers.Server]:
-    """A PostgreSQL of this test's own, so stopping it disturbs no other test."""
-    server = devservers.postgres_server(tmp_path / "postgres", durable=False).start()
-    devservers.ensure_database(server.port, "aegisflux")
-    yield server
-    server.stop()
-
-
 def test_a_sinks_transient_failure_counts_retries_for_its_stage(make_settings: Callable[..., Settings],
                                                                  tmp_path: Path,
                                                                  private_postgres: devservers.Server) -> None:

@@ -38,15 +38,6 @@ def small_redis(tmp_path: Path) -> Iterator[devservers.Server]:
     server.stop()
 
 
-@pytest.fixture
-def private_postgres(tmp_path: Path) -> Iterator[devservers.Server]:
-    """A PostgreSQL of this test's own, so stopping it disturbs no other test."""
-    server = devservers.postgres_server(tmp_path / "postgres", durable=False).start()
-    devservers.ensure_database(server.port, "aegisflux")
-    yield server
-    server.stop()
-
-
 def timescale_log(pipeline: Pipeline) -> str:
     return Path(pipeline.log_dir / "worker-timescale.log").read_text(errors="replace")
 
