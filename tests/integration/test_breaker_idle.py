@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
 
 import dramatiq
 
@@ -26,10 +25,10 @@ from etl.stages import TIMESCALE
 from tests.integration.test_circuit_breaker import (
     BREAKER_FAILURES,
     WAIT_S,
-    SwitchableSink,
     breaker_state,
     publish,
     stop_fast,
+    switchable_store,
     waiting_in_redis,
 )
 from tests.integration.test_health_metrics import value
@@ -44,12 +43,7 @@ def test_a_breaker_that_gets_no_further_message_reports_half_open_once_its_coold
     # No retries: nothing comes back to the worker after the failures that open the breaker.
     app = build_app(make_settings(BREAKER_FAILURES=BREAKER_FAILURES, BREAKER_COOLDOWN_MS=IDLE_COOLDOWN_MS,
                                   RETRY_MAX=0))
-    sink = SwitchableSink()
-
-    @dramatiq.actor(broker=app.broker, queue_name=TIMESCALE.queue, actor_name="idle_store")
-    def store(events: list[dict[str, Any]]) -> None:
-        sink.write(events)
-
+    sink, store = switchable_store(app, "idle_store")
     for i in range(BREAKER_FAILURES):
         store.send([{"id": f"event-{i}"}])
     worker = dramatiq.Worker(app.broker, worker_threads=1, worker_timeout=50)

@@ -88,15 +88,22 @@ class Outcome:
     dead_letters: dict[str, int]
 
 
-def run_outage(settings: Settings) -> Outcome:
-    """Send messages to a switched-off sink through the real middleware, hold the outage, switch it on, drain."""
-    app = build_app(settings)
+def switchable_store(app: Any, actor_name: str) -> tuple[SwitchableSink, dramatiq.Actor[..., None]]:
+    """A sink that can be switched off, behind an actor on the timescale queue of ``app``'s broker (so its
+    breaker and retries apply)."""
     sink = SwitchableSink()
 
-    @dramatiq.actor(broker=app.broker, queue_name=TIMESCALE.queue, actor_name="switchable_store")
+    @dramatiq.actor(broker=app.broker, queue_name=TIMESCALE.queue, actor_name=actor_name)
     def store(events: list[dict[str, Any]]) -> None:
         sink.write(events)
 
+    return sink, store
+
+
+def run_outage(settings: Settings) -> Outcome:
+    """Send messages to a switched-off sink through the real middleware, hold the outage, switch it on, drain."""
+    app = build_app(settings)
+    sink, store = switchable_store(app, "switchable_store")
     for i in range(IN_PROCESS_MESSAGES):
         store.send([{"id": f"event-{i}"}])
     worker = dramatiq.Worker(app.broker, worker_threads=IN_PROCESS_THREADS, worker_timeout=50)
