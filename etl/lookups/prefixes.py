@@ -29,6 +29,7 @@ V = TypeVar("V")
 
 Address = str | ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = str | ipaddress.IPv4Network | ipaddress.IPv6Network
+NetworkKey = tuple[int, int, int]  # (family 4 or 6, first address as an integer, prefix length): see network_key
 
 BITS = {4: 32, 6: 128}
 NO_PREFIX = -1  # the label of a range that no prefix covers
@@ -63,7 +64,7 @@ def address_key(ip: Address) -> tuple[int, int]:
     return _unmap(int(ip))
 
 
-def _parse_network(text: str) -> tuple[int, int, int] | None:
+def _parse_network(text: str) -> NetworkKey | None:
     """``(family, first, length)`` of a plain ``address/length`` string, without building ``ipaddress`` objects
     (ten times faster on a million lines); ``None`` for anything unusual, which ``ipaddress`` then judges."""
     address, _, length_text = text.partition("/")
@@ -82,7 +83,7 @@ def _parse_network(text: str) -> tuple[int, int, int] | None:
     return None
 
 
-def network_key(net: Network) -> tuple[int, int, int]:
+def network_key(net: Network) -> NetworkKey:
     """``(family, first address as an integer, prefix length)``; an IPv4-mapped network as IPv4.
 
     Raises ``ValueError`` for a string that is not a network, or one with host bits set.
@@ -169,9 +170,13 @@ class PrefixTable(Generic[V]):
         Raises ``ValueError`` (from ``network_key``) on the first entry that is not a network: a caller that
         skips bad lines validates them with ``network_key`` first.
         """
-        latest: dict[tuple[int, int, int], V] = {}
-        for net, value in entries:
-            latest[network_key(net)] = value
+        return cls.from_keys((network_key(net), value) for net, value in entries)
+
+    @classmethod
+    def from_keys(cls, entries: Iterable[tuple[NetworkKey, V]]) -> PrefixTable[V]:
+        """Like ``build``, from networks already parsed by ``network_key``: for a loader that parsed them to tell
+        a malformed line from a good one, so that no network is parsed twice."""
+        latest = dict(entries)  # the last value declared for a network wins
         values: list[V] = []
         parents = array("i")
         ranges: dict[int, _Ranges] = {}
