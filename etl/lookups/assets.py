@@ -31,7 +31,7 @@ from functools import cache
 from pathlib import Path
 
 from etl.errors import LookupFileError
-from etl.lookups.prefixes import Address, NetworkKey, PrefixTable, network_key
+from etl.lookups.prefixes import Address, Network, NetworkKey, PrefixTable, network_key
 
 ASSET_COLUMNS = ("cidr", "site", "owner", "criticality")
 INTERNAL_NETWORKS = (
@@ -87,7 +87,7 @@ class AssetInventory:
         self.skipped_lines = skipped_lines
 
     @classmethod
-    def build(cls, entries: Iterable[tuple[str, Asset]], skipped_lines: tuple[int, ...] = ()) -> AssetInventory:
+    def build(cls, entries: Iterable[tuple[Network, Asset]], skipped_lines: tuple[int, ...] = ()) -> AssetInventory:
         """From ``(cidr, asset)`` pairs; ``ValueError`` on a cidr that is not a network (see ``parse_rows``)."""
         return cls(PrefixTable.build(entries), skipped_lines)
 

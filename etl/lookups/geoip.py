@@ -65,6 +65,17 @@ def _integer(record: Any, *path: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _query(ip: Address) -> tuple[int, Address]:
+    """The family of ``ip`` and the form to ask a reader: the string itself when the reader parses it the same
+    way (the common case, and the fastest), else an ``ipaddress`` object. An IPv4-mapped address is asked as the
+    IPv4 address it carries: a database holds IPv4 data under its IPv4 subtree, not always under ::ffff:0:0/96 as
+    well. ``ValueError`` if ``ip`` is not an address."""
+    family, value = address_key(ip)
+    if isinstance(ip, str) and ("." not in ip if family == 6 else ":" not in ip) and "%" not in ip:
+        return family, ip
+    return family, ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value)
+
+
 class _Database:
     """One open ``.mmdb`` file. Lookups of an address of a family the database does not hold answer ``None``."""
 
@@ -80,15 +91,11 @@ class _Database:
             raise LookupFileError(self.path, f"not a readable MaxMind database: {e}") from e
         self._has_ipv6 = self._reader.metadata().ip_version == 6
 
-    def get(self, ip: Address) -> Any:
-        """The record for ``ip``, or ``None``. ``ValueError`` if ``ip`` is not an address; ``LookupFileError`` if
-        the database's data turn out to be corrupt."""
-        family, value = address_key(ip)
+    def get(self, family: int, query: Address) -> Any:
+        """The record for ``query`` (an address of ``family``, as ``_query`` makes it), or ``None``. Raises
+        ``LookupFileError`` if the database's data turn out to be corrupt."""
         if family == 6 and not self._has_ipv6:
             return None
-        # An IPv4-mapped address is asked as the IPv4 address it carries: a database holds IPv4 data under its
-        # IPv4 subtree, not always under ::ffff:0:0/96 as well.
-        query = ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value)
         try:
             return self._reader.get(query)
         except maxminddb.InvalidDatabaseError as e:
@@ -126,8 +133,9 @@ class GeoIp:
     def lookup(self, ip: Address) -> Geo:
         """What the databases hold for ``ip``; ``UNKNOWN`` when neither knows it. ``ValueError`` if ``ip`` is not
         an address."""
-        place = self._city.get(ip) if self._city is not None else None
-        network = self._asn.get(ip) if self._asn is not None else None
+        family, query = _query(ip)
+        place = self._city.get(family, query) if self._city is not None else None
+        network = self._asn.get(family, query) if self._asn is not None else None
         if place is None and network is None:
             return UNKNOWN
         return Geo(

@@ -3,6 +3,7 @@ and a file that is no database refused with a typed error."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,8 +61,12 @@ def geoip(city: Path, asn: Path, mode: int) -> Iterator[GeoIp]:
     ("2001:db8:2::1", Geo(None, None, None)),
     ("8.8.8.8", UNKNOWN),
     ("2001:db8:3::1", UNKNOWN),
+    ("2001:db8:1::1%eth0", Geo("DE", None, None)),  # a zone id, which the readers do not parse
+    (ipaddress.IPv4Address("198.51.100.7"), Geo("NL", 64500, "Example Transit B.V.")),
+    (ipaddress.IPv6Address("::ffff:198.51.100.7"), Geo("NL", 64500, "Example Transit B.V.")),
+    (ipaddress.IPv6Address("2001:db8:1::1"), Geo("DE", None, None)),
 ])
-def test_lookups(geoip: GeoIp, ip: str, expected: Geo) -> None:
+def test_lookups(geoip: GeoIp, ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address, expected: Geo) -> None:
     assert geoip.lookup(ip) == expected
 
 
