@@ -31,7 +31,7 @@ from functools import cache
 from pathlib import Path
 
 from etl.errors import LookupFileError
-from etl.lookups.prefixes import Address, Network, NetworkKey, PrefixTable, network_key
+from etl.lookups.prefixes import Address, Network, NetworkKey, PrefixTable, address_key, network_key
 
 ASSET_COLUMNS = ("cidr", "site", "owner", "criticality")
 INTERNAL_NETWORKS = (
@@ -70,7 +70,7 @@ def _internal_ranges() -> PrefixTable[bool]:
 
 def is_internal_range(ip: Address) -> bool:
     """Whether ``ip`` lies in one of ``INTERNAL_NETWORKS``. ``ValueError`` if it is not an address."""
-    return _internal_ranges().most_specific(ip) is not None
+    return _internal_ranges().most_specific_key(address_key(ip)) is not None
 
 
 class AssetInventory:
@@ -97,10 +97,11 @@ class AssetInventory:
     def lookup(self, ip: Address) -> Asset:
         """The asset of the most specific listed prefix holding ``ip``, else an unlisted one, internal or external
         by its range. ``ValueError`` if ``ip`` is not an address."""
-        listed = self._table.most_specific(ip)
+        key = address_key(ip)
+        listed = self._table.most_specific_key(key)
         if listed is not None:
             return listed
-        return UNLISTED_INTERNAL if is_internal_range(ip) else UNLISTED_EXTERNAL
+        return UNLISTED_INTERNAL if _internal_ranges().most_specific_key(key) is not None else UNLISTED_EXTERNAL
 
 
 def _column_positions(header: list[str]) -> dict[str, int]:

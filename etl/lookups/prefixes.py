@@ -200,19 +200,25 @@ class PrefixTable(Generic[V]):
     def __len__(self) -> int:
         return len(self._values)
 
-    def _node(self, ip: Address) -> int:
-        family, value = address_key(ip)
-        return self._ranges[family].label(value)
-
     def most_specific(self, ip: Address) -> V | None:
         """The value of the longest prefix that contains ``ip``, or ``None``. ``ValueError`` if ``ip`` is not an
         address."""
-        node = self._node(ip)
-        return None if node == NO_PREFIX else self._values[node]
+        return self.most_specific_key(address_key(ip))
 
     def covering(self, ip: Address) -> tuple[V, ...]:
-        """The values of every prefix that contains ``ip``, the most specific first; empty when none does."""
-        node, found = self._node(ip), []
+        """The values of every prefix that contains ``ip``, the most specific first; empty when none does.
+        ``ValueError`` if ``ip`` is not an address."""
+        return self.covering_key(address_key(ip))
+
+    def most_specific_key(self, key: tuple[int, int]) -> V | None:
+        """``most_specific`` of an address already parsed by ``address_key``: a caller asking several tables about
+        one address parses it once."""
+        node = self._ranges[key[0]].label(key[1])
+        return None if node == NO_PREFIX else self._values[node]
+
+    def covering_key(self, key: tuple[int, int]) -> tuple[V, ...]:
+        """``covering`` of an address already parsed by ``address_key``."""
+        node, found = self._ranges[key[0]].label(key[1]), []
         while node != NO_PREFIX:
             found.append(self._values[node])
             node = self._parents[node]

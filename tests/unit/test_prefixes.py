@@ -145,3 +145,9 @@ def test_random_nested_tables_agree_with_a_slow_reference(seed: int) -> None:
 def test_the_fast_network_parser_agrees_with_ipaddress(text: str) -> None:
     net = ipaddress.ip_network(text.strip())
     assert network_key(text) == network_key(net)
+
+
+def test_a_parsed_key_answers_as_its_address_does() -> None:
+    for ip in ("10.1.2.3", "::ffff:10.1.9.9", "192.0.2.1", "2001:db8::1"):
+        assert NESTED.most_specific_key(address_key(ip)) == NESTED.most_specific(ip)
+        assert NESTED.covering_key(address_key(ip)) == NESTED.covering(ip)
