@@ -121,10 +121,11 @@ class _Sweep:
     """Cuts one family's sorted prefixes into labelled ranges, and records each prefix's enclosing prefix."""
 
     def __init__(self, bits: int, parents: array[int]) -> None:
-        self.top = (1 << bits) - 1
+        self.bits = bits
+        self.top = (1 << bits) - 1  # the family's last address
         self.parents = parents
-        self.ends: list[int] = []  # of the open prefixes, by node: only read for the ones on the stack
-        self.stack: list[int] = []
+        self.stack: list[int] = []  # the open prefixes (nodes), each enclosing the next
+        self.ends: list[int] = []  # their last addresses, in step with the stack
         self.starts: list[int] = []
         self.labels = array("i")
 
@@ -144,11 +145,12 @@ class _Sweep:
             if end < self.top:
                 self.mark(end + 1, self.stack[-1] if self.stack else NO_PREFIX)
 
-    def add(self, node: int, first: int, length: int, bits: int) -> None:
+    def add(self, node: int, first: int, length: int) -> None:
+        """Open prefix ``node``; prefixes come sorted by first address, then length, so an enclosing one first."""
         self.close_before(first)
         self.parents.append(self.stack[-1] if self.stack else NO_PREFIX)
         self.stack.append(node)
-        self.ends.append(first | ((1 << (bits - length)) - 1))
+        self.ends.append(first | ((1 << (self.bits - length)) - 1))
         self.mark(first, node)
 
 
@@ -189,7 +191,7 @@ class PrefixTable(Generic[V]):
         for family, bits in BITS.items():
             sweep = _Sweep(bits, parents)
             for packed in sorted(latest[family]):
-                sweep.add(len(values), packed >> LENGTH_BITS, packed & LENGTH_MASK, bits)
+                sweep.add(len(values), packed >> LENGTH_BITS, packed & LENGTH_MASK)
                 values.append(latest[family][packed])
             del latest[family]
             sweep.close_before(sweep.top + 1)
