@@ -1,0 +1,5 @@
+"""Lookup tables that add context to an event: pure data structures and the loaders that fill them from files.
+
+One concept a module: ``prefixes`` (an immutable CIDR table), ``assets`` (the asset inventory), ``geoip``
+(country and network operator from MaxMind databases). Nothing here reads settings: callers pass the paths.
+"""
