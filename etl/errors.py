@@ -89,3 +89,14 @@ class BadEvent(PermanentError):
     def reason_type(self) -> str:
         """``BadEvent/<violation>``: what dead letters are counted and sampled by (``deadletter.reason_type``)."""
         return f"{type(self).__name__}/{self.violation.value}"
+
+
+class LookupFileError(EtlError):
+    """A lookup file (an indicator feed, an asset inventory, a GeoIP database) cannot be read or parsed at all.
+    A malformed line inside a readable file is skipped and counted instead; this error is for the whole file, so
+    that whoever loads it keeps the table it already has."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
