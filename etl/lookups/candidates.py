@@ -9,7 +9,6 @@ the agent's: at most ``MAX_SCAN_STRINGS`` strings, ``MAX_SCAN_CHARS`` characters
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any
 
@@ -19,10 +18,10 @@ from etl.pipeline.peers import destination_of
 MAX_SCAN_STRINGS = 64
 MAX_SCAN_CHARS = 4096
 MAX_DOMAINS = 16
-# Labels of letters, digits, '-' and '_', the last a top-level domain as etl.lookups.feeds.values reads one. Each
-# label's length is bounded, and a name cannot begin inside a longer word, so a scan is linear in the text.
-_DOMAIN = re.compile(r"(?<![\w.-])(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?\.)+"
-                     r"(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})(?![\w-])", re.IGNORECASE)
+# Labels of letters, digits, '-' and '_', the last a top-level domain as etl.lookups.feeds.values reads one, not
+# inside a longer word. Looser than a feed's domain (a label may end in '-'): a candidate only needs to find what
+# the index holds, and this form is the cheaper to scan. Labels are bounded, so a scan is linear in the text.
+_DOMAIN = re.compile(r"(?<![\w.-])(?:[a-z0-9_-]{1,63}\.)+(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})(?![\w-])", re.IGNORECASE)
 
 
 class Field(StrEnum):
@@ -52,39 +51,49 @@ def binary_hash(event: Event) -> str | None:
     return value.strip().lower() if isinstance(value, str) and value else None
 
 
-def _strings(value: Any, budget: list[int]) -> Iterator[str]:
-    """The strings in ``value`` (nested objects and arrays included), while ``budget[0]`` lasts."""
-    if isinstance(value, str):
-        if budget[0] > 0:
-            budget[0] -= 1
-            yield value[:MAX_SCAN_CHARS]
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item, budget)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item, budget)
+def _dotted_strings(args: dict[str, Any]) -> list[str]:
+    """The strings in ``args`` (nested objects and arrays included, after their siblings) that hold a dot, the
+    first ``MAX_SCAN_CHARS`` of each; at most ``MAX_SCAN_STRINGS`` strings looked at. A loop over a stack rather
+    than recursion or a generator: this runs for every event, and most strings are passed over at a glance."""
+    found: list[str] = []
+    budget, todo = MAX_SCAN_STRINGS, [args.values()]
+    while todo:
+        for value in todo.pop():
+            kind = type(value)
+            if kind is str:
+                if "." in value and not value.replace(".", "").isdigit():  # an IPv4 address or a version: no name
+                    found.append(value if len(value) <= MAX_SCAN_CHARS else value[:MAX_SCAN_CHARS])
+                budget -= 1
+                if budget == 0:
+                    return found
+            elif kind is dict:
+                todo.append(value.values())
+            elif kind is list:
+                todo.append(value)
+    return found
 
 
-def _payload_texts(event: Event) -> Iterator[str]:
+def _payload_text(event: Event) -> str:
+    """The text the payload's domains are looked for in: ``args``' dotted strings a line each (one regular
+    expression call an event, not one a string), or an opaque payload's first bytes."""
     args = event.get("args")
     if isinstance(args, dict):
-        yield from _strings(args, [MAX_SCAN_STRINGS])
-    elif event.get("payload") is not None:
-        data = payload_bytes(event)
-        if data:
-            yield data[:MAX_SCAN_CHARS].decode("latin-1")
+        return "\n".join(_dotted_strings(args))
+    if event.get("payload") is None:
+        return ""
+    data = payload_bytes(event)
+    return data[:MAX_SCAN_CHARS].decode("latin-1") if data else ""
 
 
 def domains(event: Event) -> list[str]:
-    """The distinct domain names the payload holds, in lower case, at most ``MAX_DOMAINS``, in order of appearance.
+    """The distinct domain names the payload holds, in lower case, at most ``MAX_DOMAINS`` (the first found).
     Only names with a dot and an alphabetic last label: ``file.txt`` is one, which the index simply does not hold."""
+    text = _payload_text(event)
+    if not text:
+        return []
     found: dict[str, None] = {}
-    for text in _payload_texts(event):
-        if "." not in text:
-            continue
-        for match in _DOMAIN.finditer(text):
-            found[match.group().lower()] = None
-            if len(found) >= MAX_DOMAINS:
-                return list(found)
+    for match in _DOMAIN.finditer(text):
+        found[match.group().lower()] = None
+        if len(found) >= MAX_DOMAINS:
+            break
     return list(found)

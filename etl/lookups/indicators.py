@@ -32,6 +32,11 @@ from etl.pipeline.events import Event
 
 # Tag numbers: one ``(source, severity)`` pair's index in ``IndicatorIndex._tags``, or several, in order added.
 Tags = int | tuple[int, ...]
+# An address's hits, remembered: a worker sees the same hosts and peers in event after event. Emptied when full,
+# which bounds it without the bookkeeping of an LRU.
+MAX_CACHED_ADDRESSES = 16_384
+# What an address matched: the indicator's type and value, and its tags.
+_Hit = tuple[IndicatorType, str, Tags]
 # Keeps IPv6 integers apart from IPv4 ones in one dict: ``::1`` is not ``0.0.0.1``.
 _V6_FLAG = 1 << 128
 
@@ -91,9 +96,10 @@ class _Builder:
 
 
 class IndicatorIndex:
-    """Immutable once built, so one index may be shared by threads and swapped whole on reload."""
+    """Immutable once built, so one index may be shared by threads and swapped whole on reload. (Its cache of
+    address lookups changes, but only by whole-entry dict operations, which the GIL makes atomic.)"""
 
-    __slots__ = ("_tags", "_addresses", "_domains", "_hashes", "_networks")
+    __slots__ = ("_tags", "_addresses", "_domains", "_hashes", "_networks", "_address_cache")
 
     def __init__(self, builder: _Builder) -> None:
         self._tags = [(source, severity) for source, severity in builder.tag_numbers]
@@ -102,6 +108,7 @@ class IndicatorIndex:
         self._hashes = builder.hashes
         self._networks: PrefixTable[tuple[str, Tags]] = PrefixTable.build(
             (net, (net, tags)) for net, tags in builder.networks.items())
+        self._address_cache: dict[str, tuple[_Hit, ...]] = {}
 
     @classmethod
     def build(cls, indicators: Iterable[Indicator]) -> IndicatorIndex:
@@ -123,18 +130,29 @@ class IndicatorIndex:
         numbers = (tags,) if isinstance(tags, int) else tags
         return [Match(kind, value, *self._tags[n], field, observed) for n in numbers]
 
-    def _address_matches(self, field: Field, text: str) -> list[Match]:
+    def _lookup_address(self, text: str) -> tuple[_Hit, ...]:
         try:
             key = _address_int(text)
         except ValueError:
-            return []
-        found = []
+            return ()
+        found: list[_Hit] = []
         tags = self._addresses.get(key)
         if tags is not None:
-            found += self._matches(IndicatorType.IP, str(address(text.split("%", 1)[0])), tags, field, text)
+            found.append((IndicatorType.IP, str(address(text.split("%", 1)[0])), tags))
         if len(self._networks):
-            for net, net_tags in self._networks.covering(text):
-                found += self._matches(IndicatorType.CIDR, net, net_tags, field, text)
+            found += ((IndicatorType.CIDR, net, net_tags) for net, net_tags in self._networks.covering(text))
+        return tuple(found)
+
+    def _address_matches(self, field: Field, text: str) -> list[Match]:
+        hits = self._address_cache.get(text)
+        if hits is None:
+            hits = self._lookup_address(text)
+            if len(self._address_cache) >= MAX_CACHED_ADDRESSES:
+                self._address_cache.clear()
+            self._address_cache[text] = hits
+        found: list[Match] = []
+        for kind, value, tags in hits:
+            found += self._matches(kind, value, tags, field, text)
         return found
 
     def _domain_matches(self, name: str) -> list[Match]:

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
-from etl.lookups.candidates import MAX_DOMAINS, Field, domains
+from etl.lookups import indicators
+from etl.lookups.candidates import MAX_DOMAINS, MAX_SCAN_STRINGS, Field, domains
 from etl.lookups.feeds import load_feeds
 from etl.lookups.feeds.values import Indicator, IndicatorType, indicator
 from etl.lookups.indicators import IndicatorIndex, Match
@@ -108,3 +110,18 @@ def test_the_domains_scanned_are_bounded() -> None:
     assert domains(ev) == names[:MAX_DOMAINS]
     assert index("evil.com").match(ev) == []
     assert domains(event(args={"path": "/etc/passwd", "n": "1.2.3.4", "f": "report.v2.pdf-"})) == []
+    # Only the first MAX_SCAN_STRINGS strings are looked at, nested ones included.
+    def args(strings: int) -> dict[str, Any]:
+        return {**{f"k{i}": "x" for i in range(strings)}, "nested": {"q": ["evil.com"]}}
+
+    assert domains(event(args=args(MAX_SCAN_STRINGS))) == []
+    assert domains(event(args=args(MAX_SCAN_STRINGS - 1))) == ["evil.com"]
+
+
+def test_address_lookups_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(indicators, "MAX_CACHED_ADDRESSES", 2)
+    idx = index("192.0.2.1", "10.0.0.0/8")
+    for host in ("192.0.2.1", "10.0.0.1", "192.0.2.1", "11.0.0.1", "10.0.0.1"):
+        assert [m.value for m in idx.match(event({"host_ip": host}))] == {
+            "192.0.2.1": ["192.0.2.1"], "10.0.0.1": ["10.0.0.0/8"], "11.0.0.1": []}[host]
+    assert len(idx._address_cache) == 2  # emptied once, when the third address came
