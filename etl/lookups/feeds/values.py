@@ -85,6 +85,8 @@ def infer_type(text: str) -> IndicatorType:
         return IndicatorType.SHA256
     if "/" in text:
         return IndicatorType.CIDR
+    if ":" not in text and text[-1:].isalpha():  # a name's last label: no address ends so, and parsing one is slow
+        return IndicatorType.DOMAIN
     try:
         address(text)
     except ValueError:
