@@ -99,7 +99,8 @@ def test_an_empty_table_finds_nothing() -> None:
     assert table.covering("2001:db8::1") == ()
 
 
-@pytest.mark.parametrize("bad", ["10.0.0.1/8", "10.0.0.0/33", "not a network", "2001:db8::/129"])
+@pytest.mark.parametrize("bad", ["10.0.0.1/8", "10.0.0.0/33", "10.0.0.0/", "10.0.0.0/-1", "not a network",
+                                 "2001:db8::/129", "2001:db8::1/64"])
 def test_a_network_that_is_not_one_is_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         PrefixTable.build([(bad, 1)])
@@ -137,3 +138,16 @@ def test_random_nested_tables_agree_with_a_slow_reference(seed: int) -> None:
     for net in networks:
         for ip in (net.network_address, net.broadcast_address, net.network_address - 1, net.broadcast_address + 1):
             assert table.covering(str(ip)) == reference(networks, str(ip)), (networks, ip)
+
+
+@pytest.mark.parametrize("text", ["10.0.0.0/8", " 10.1.0.0/16 ", "192.0.2.7", "2001:db8::/32", "::/0", "::1",
+                                  "::ffff:10.0.0.0/104", "0.0.0.0/0", "255.255.255.255/32"])
+def test_the_fast_network_parser_agrees_with_ipaddress(text: str) -> None:
+    net = ipaddress.ip_network(text.strip())
+    assert network_key(text) == network_key(net)
+
+
+def test_a_parsed_key_answers_as_its_address_does() -> None:
+    for ip in ("10.1.2.3", "::ffff:10.1.9.9", "192.0.2.1", "2001:db8::1"):
+        assert NESTED.most_specific_key(address_key(ip)) == NESTED.most_specific(ip)
+        assert NESTED.covering_key(address_key(ip)) == NESTED.covering(ip)
