@@ -55,9 +55,9 @@ class Match:
     observed: str
 
 
-def _address_int(text: str) -> int:
-    """One integer for an IPv4 or IPv6 address; ``ValueError`` when ``text`` is not one."""
-    family, value = address_key(text)
+def _address_int(key: tuple[int, int]) -> int:
+    """One integer for an address parsed by ``address_key``, whichever its family."""
+    family, value = key
     return value if family == 4 else value | _V6_FLAG
 
 
@@ -84,7 +84,7 @@ class _Builder:
         tag = self.tag_numbers.setdefault(pair, len(self.tag_numbers))
         value = indicator.value
         if indicator.type is IndicatorType.IP:
-            key = _address_int(value)
+            key = _address_int(address_key(value))
             self.addresses[key] = _with(self.addresses.get(key), tag)
         elif indicator.type is IndicatorType.DOMAIN:
             self.domains[value] = _with(self.domains.get(value), tag)
@@ -132,15 +132,15 @@ class IndicatorIndex:
 
     def _lookup_address(self, text: str) -> tuple[_Hit, ...]:
         try:
-            key = _address_int(text)
+            key = address_key(text)
         except ValueError:
             return ()
         found: list[_Hit] = []
-        tags = self._addresses.get(key)
+        tags = self._addresses.get(_address_int(key))
         if tags is not None:
             found.append((IndicatorType.IP, str(address(text.split("%", 1)[0])), tags))
         if len(self._networks):
-            found += ((IndicatorType.CIDR, net, net_tags) for net, net_tags in self._networks.covering(text))
+            found += ((IndicatorType.CIDR, net, net_tags) for net, net_tags in self._networks.covering_key(key))
         return tuple(found)
 
     def _address_matches(self, field: Field, text: str) -> list[Match]:
