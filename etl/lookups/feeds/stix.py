@@ -39,7 +39,7 @@ class _Listener(InspectionListener):
         super().__init__()
         self.comparison_and = False
 
-    def exitComparisonExpressionAnd(self, ctx: Any) -> None:  # noqa: N802 (the listener's name)
+    def exitComparisonExpressionAnd(self, ctx: Any) -> None:  # the name the library calls
         self.comparison_and = self.comparison_and or bool(ctx.AND())
 
 
