@@ -1,5 +1,7 @@
 """Lookup tables that add context to an event: pure data structures and the loaders that fill them from files.
 
 One concept a module: ``prefixes`` (an immutable CIDR table), ``assets`` (the asset inventory), ``geoip``
-(country and network operator from MaxMind databases). Nothing here reads settings: callers pass the paths.
+(country and network operator from MaxMind databases), ``feeds`` (indicator feeds read from files), ``candidates``
+(what of an event is looked up) and ``indicators`` (the index they are matched in). Nothing here reads settings:
+callers pass the paths.
 """

@@ -1,0 +1,130 @@
+"""What an indicator is, and its value in the one canonical form both feeds and events are compared in.
+
+Canonical forms: an address as ``ipaddress`` writes it (an IPv4-mapped IPv6 address as its IPv4 address, so that
+``::ffff:192.0.2.1`` and ``192.0.2.1`` are one indicator); a CIDR as ``ipaddress`` writes it (one with host bits
+set, ``10.1.2.3/8``, is refused, as ``etl.lookups.prefixes`` refuses it: a typo there would widen or narrow what
+the feed meant); a domain in lower case, IDNA (punycode) for non-ASCII, without the trailing dot; a SHA-256 in
+lower-case hex.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Severity of an indicator whose feed gives none (plain lists, STIX bundles).
+DEFAULT_SEVERITY = "unknown"
+MAX_DOMAIN_CHARS = 253  # RFC 1035, without the trailing dot
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+# A top-level domain is letters (or punycode): what tells ``999.1.2.3``, a bad address, from a name.
+_TOP_LABEL = re.compile(r"[a-z]{2,63}|xn--[a-z0-9-]{1,59}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class IndicatorType(StrEnum):
+    """The kinds of value a feed can name: what the event's candidates are compared against."""
+
+    IP = "ip"
+    CIDR = "cidr"
+    DOMAIN = "domain"
+    SHA256 = "sha256"
+
+
+@dataclass(frozen=True, slots=True)
+class Indicator:
+    """One line of a feed, normalised: ``value`` is canonical for its ``type``."""
+
+    type: IndicatorType
+    value: str
+    source: str
+    severity: str
+
+
+class BadValue(ValueError):
+    """A feed's value that is not an indicator of any (or of the declared) type."""
+
+
+def address(text: str) -> IPAddress:
+    """``text`` as an address, an IPv4-mapped IPv6 address as IPv4; ``ValueError`` when it is not one."""
+    parsed = ipaddress.ip_address(text)
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return parsed.ipv4_mapped
+    return parsed
+
+
+def network(text: str) -> IPNetwork:
+    """``text`` as a network; ``ValueError`` when it is not one, or has host bits set."""
+    return ipaddress.ip_network(text)
+
+
+def domain(text: str) -> str:
+    """``text`` as a canonical domain name; ``BadValue`` when it is not a name of at least two labels, the last a
+    top-level domain."""
+    name = text.strip().rstrip(".").lower()
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise BadValue(f"not a domain name: {text[:64]!r}") from None
+    labels = name.split(".")
+    if (len(name) > MAX_DOMAIN_CHARS or len(labels) < 2 or not _TOP_LABEL.fullmatch(labels[-1])
+            or not all(_LABEL.fullmatch(label) for label in labels)):
+        raise BadValue(f"not a domain name: {text[:64]!r}")
+    return name
+
+
+def infer_type(text: str) -> IndicatorType:
+    """The type a bare value has: 64 hex digits are a SHA-256, then an address, a CIDR, else a domain (which
+    ``normalise`` then checks)."""
+    if _SHA256.fullmatch(text):
+        return IndicatorType.SHA256
+    if "/" in text:
+        return IndicatorType.CIDR
+    if ":" not in text and text[-1:].isalpha():  # a name's last label: no address ends so, and parsing one is slow
+        return IndicatorType.DOMAIN
+    try:
+        address(text)
+    except ValueError:
+        return IndicatorType.DOMAIN
+    return IndicatorType.IP
+
+
+def normalise(kind: IndicatorType, text: str) -> str:
+    """``text`` in the canonical form of ``kind``; ``BadValue`` when it is not a value of that type."""
+    text = text.strip()
+    try:
+        if kind is IndicatorType.IP:
+            return str(address(text))
+        if kind is IndicatorType.CIDR:
+            return str(network(text))
+    except ValueError:
+        raise BadValue(f"not an {kind.value} value: {text[:64]!r}") from None
+    if kind is IndicatorType.SHA256:
+        if not _SHA256.fullmatch(text):
+            raise BadValue(f"not a SHA-256: {text[:64]!r}")
+        return text.lower()
+    return domain(text)
+
+
+def indicator(text: str, source: str, severity: str = "", declared: str = "") -> Indicator:
+    """An ``Indicator`` from a feed's fields; ``declared`` (a type's name, or empty to infer it) must agree with
+    the value. Raises ``BadValue``."""
+    text = text.strip()
+    if not text:
+        raise BadValue("empty value")
+    inferred = infer_type(text)
+    if declared.strip():
+        try:
+            kind = IndicatorType(declared.strip().lower())
+        except ValueError:
+            raise BadValue(f"unknown type {declared[:32]!r}") from None
+        if kind is not inferred:
+            raise BadValue(f"{text[:64]!r} is not of type {kind.value}")
+    else:
+        kind = inferred
+    return Indicator(kind, normalise(kind, text), source, severity.strip().lower() or DEFAULT_SEVERITY)

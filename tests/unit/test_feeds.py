@@ -1,0 +1,146 @@
+"""Indicator feeds read from real files in each format: what they yield, what they skip and count, what is fatal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from etl.errors import LookupFileError
+from etl.lookups.feeds import load_feed, load_feeds
+from etl.lookups.feeds.values import DEFAULT_SEVERITY, BadValue, Indicator, IndicatorType, indicator
+
+HASH = "AB" * 32
+T = IndicatorType
+
+
+def triples(indicators: list[Indicator]) -> list[tuple[str, str, str, str]]:
+    return [(i.type.value, i.value, i.source, i.severity) for i in indicators]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("text", "kind", "canonical"), [
+    ("192.0.2.1", T.IP, "192.0.2.1"),
+    ("::FFFF:192.0.2.1", T.IP, "192.0.2.1"),
+    ("2001:DB8:0:0::1", T.IP, "2001:db8::1"),
+    ("198.51.100.0/24", T.CIDR, "198.51.100.0/24"),
+    ("2001:DB8::/32", T.CIDR, "2001:db8::/32"),
+    (" Evil.Example.COM. ", T.DOMAIN, "evil.example.com"),
+    ("bücher.example", T.DOMAIN, "xn--bcher-kva.example"),
+    (HASH, T.SHA256, HASH.lower()),
+])
+def test_a_value_s_type_is_inferred_and_its_form_made_canonical(text: str, kind: IndicatorType, canonical: str) -> None:
+    found = indicator(text, "feed")
+    assert (found.type, found.value, found.severity) == (kind, canonical, DEFAULT_SEVERITY)
+
+
+@pytest.mark.parametrize(("text", "declared"), [
+    ("localhost", ""),  # one label: not a domain an indicator can name
+    ("evil..com", ""),
+    ("10.0.0.1/8", ""),  # host bits set: a typo would widen the network
+    ("300.1.1.1/8", ""),
+    ("192.0.2.1", "domain"),  # the declared type disagrees with the value
+    ("evil.com", "url"),
+    ("", ""),
+])
+def test_a_bad_value_is_refused(text: str, declared: str) -> None:
+    with pytest.raises(BadValue):
+        indicator(text, "feed", declared=declared)
+
+
+def test_a_plain_list_infers_types_ignores_comments_and_counts_bad_lines(tmp_path: Path) -> None:
+    path = write(tmp_path / "blocklist.txt", f"# a comment\n192.0.2.1\n\nEVIL.com.  # trailing\nnot a value\n"
+                                             f"{HASH}\n10.0.0.0/8\n999.1.2.3\n")
+    report = load_feed(path)
+    assert triples(report.indicators) == [
+        ("ip", "192.0.2.1", "blocklist.txt", "unknown"), ("domain", "evil.com", "blocklist.txt", "unknown"),
+        ("sha256", HASH.lower(), "blocklist.txt", "unknown"), ("cidr", "10.0.0.0/8", "blocklist.txt", "unknown")]
+    assert (report.skipped, report.bad_lines) == (2, [5, 8])
+
+
+def test_csv_reads_its_columns_in_any_order_and_counts_bad_rows(tmp_path: Path) -> None:
+    path = write(tmp_path / "intel.csv", "severity,value,type,source\n"
+                                         "HIGH,192.0.2.1,ip,acme\n"
+                                         "low,Evil.COM,,\n"  # type inferred, source the file's name
+                                         "high,192.0.2.0/24,ip,acme\n"  # declared ip, is a CIDR
+                                         "high,one,two\n"  # a column short
+                                         "\n"
+                                         "medium,2001:db8::/32,cidr,acme\n")
+    report = load_feed(path)
+    assert triples(report.indicators) == [("ip", "192.0.2.1", "acme", "high"),
+                                          ("domain", "evil.com", "intel.csv", "low"),
+                                          ("cidr", "2001:db8::/32", "acme", "medium")]
+    assert (report.skipped, report.bad_lines) == (2, [4, 5])
+
+
+def test_json_lines_read_objects_and_count_lines_that_are_not_one(tmp_path: Path) -> None:
+    lines = [orjson.dumps({"type": "sha256", "value": HASH, "source": "vt", "severity": "critical"}).decode(),
+             "[1, 2]", "{not json", orjson.dumps({"value": 5}).decode(),
+             orjson.dumps({"value": "bad.example.org", "source": "x"}).decode()]
+    report = load_feed(write(tmp_path / "intel.jsonl", "\n".join(lines) + "\n"))
+    assert triples(report.indicators) == [("sha256", HASH.lower(), "vt", "critical"),
+                                          ("domain", "bad.example.org", "x", "unknown")]
+    assert (report.skipped, report.bad_lines) == (3, [2, 3, 4])
+
+
+def stix_indicator(pattern: str, **extra: object) -> dict[str, object]:
+    return {"type": "indicator", "spec_version": "2.1", "id": "indicator--x", "pattern": pattern,
+            "pattern_type": "stix", "valid_from": "2026-01-01T00:00:00Z", **extra}
+
+
+def test_a_stix_bundle_yields_each_supported_comparison_and_counts_the_rest(tmp_path: Path) -> None:
+    objects = [
+        stix_indicator("[ipv4-addr:value = '198.51.100.0/24']"),
+        stix_indicator("[ipv6-addr:value = '2001:DB8::/32' OR ipv6-addr:value = '2001:db8::1']"),
+        stix_indicator("[domain-name:value = 'Evil.Example.COM'] OR [file:hashes.'SHA-256' = '" + HASH + "']"),
+        stix_indicator("[ipv4-addr:value ISSUBSET '203.0.113.0/24']"),
+        {"type": "identity", "id": "identity--y", "name": "not an indicator"},
+        stix_indicator("[url:value = 'http://evil.example.com/']"),  # another object type: unsupported
+        stix_indicator("[ipv4-addr:value = '192.0.2.9' AND domain-name:value = 'x.example']"),  # AND: unsupported
+        stix_indicator("[ipv4-addr:value = '192.0.2.9'] FOLLOWEDBY [ipv4-addr:value = '192.0.2.8']"),
+        stix_indicator("[domain-name:value LIKE '%.example']"),  # operator: unsupported
+        stix_indicator("[ipv4-addr:value = '192.0.2.10'", ),  # does not parse: malformed
+        stix_indicator("[ipv4-addr:value = '2001:db8::1']"),  # the wrong family: malformed
+        stix_indicator("[ipv4-addr:value = '192.0.2.11']", revoked=True),  # revoked: not an indicator any more
+        {"type": "indicator", "id": "indicator--z"},  # no pattern: malformed
+    ]
+    path = write(tmp_path / "bundle.json", orjson.dumps({"type": "bundle", "id": "bundle--1", "objects": objects})
+                 .decode())
+    report = load_feed(path)
+    assert triples(report.indicators) == [
+        ("cidr", "198.51.100.0/24", "bundle.json", "unknown"), ("cidr", "2001:db8::/32", "bundle.json", "unknown"),
+        ("ip", "2001:db8::1", "bundle.json", "unknown"), ("domain", "evil.example.com", "bundle.json", "unknown"),
+        ("sha256", HASH.lower(), "bundle.json", "unknown"), ("cidr", "203.0.113.0/24", "bundle.json", "unknown")]
+    assert (report.unsupported, report.skipped, report.bad_lines) == (4, 3, [10, 11, 13])
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("bundle.json", "{not json"),
+    ("bundle.json", '{"type": "indicator", "pattern": "[ipv4-addr:value = \'192.0.2.1\']"}'),
+    ("intel.csv", "ip,source\n192.0.2.1,x\n"),  # no value column: no row can be read
+    ("list.txt", b"\xff\xfe\x00bad".decode("latin-1")),
+])
+def test_a_file_that_cannot_be_parsed_at_all_is_a_typed_error(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(LookupFileError) as caught:
+        load_feed(path)
+    assert caught.value.path == str(path)
+
+
+def test_directories_are_read_recursively_in_name_order_and_a_missing_path_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "feeds" / "sub").mkdir(parents=True)
+    write(tmp_path / "feeds" / "b.txt", "192.0.2.2\n")
+    write(tmp_path / "feeds" / "sub" / "a.txt", "192.0.2.3\n")
+    write(tmp_path / "feeds" / "a.txt", "192.0.2.1\n")
+    write(tmp_path / "feeds" / ".hidden.txt", "192.0.2.9\n")
+    single = write(tmp_path / "one.csv", "value\n192.0.2.4\n")
+    reports = load_feeds([tmp_path / "feeds", single])
+    assert [r.indicators[0].value for r in reports] == ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
+    with pytest.raises(LookupFileError, match="no such file"):
+        load_feeds([tmp_path / "missing"])
