@@ -2,6 +2,7 @@
 
 One concept a module: ``prefixes`` (an immutable CIDR table), ``assets`` (the asset inventory), ``geoip``
 (country and network operator from MaxMind databases), ``feeds`` (indicator feeds read from files), ``candidates``
-(what of an event is looked up) and ``indicators`` (the index they are matched in). Nothing here reads settings:
+(what of an event is looked up), ``indicators`` (the index they are matched in) and ``tables`` (one
+snapshot of them all, what a batch is enriched with). Nothing here reads settings:
 callers pass the paths.
 """

@@ -1,0 +1,28 @@
+"""The lookup tables one batch is enriched with, taken together: an immutable snapshot.
+
+A worker holds one ``LookupTables`` at a time and replaces it whole when a file changes, so a batch reads every
+table from one snapshot: it never sees a new feed beside an old inventory half-way through. ``None`` is a table
+that is not configured; ``EMPTY`` is the snapshot of a pipeline with no lookup files at all, which still
+classifies each address as internal or external (``etl.lookups.assets``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from etl.lookups.assets import AssetInventory
+from etl.lookups.geoip import GeoIp
+from etl.lookups.indicators import IndicatorIndex
+
+
+@dataclass(frozen=True, slots=True)
+class LookupTables:
+    """The indicator index (``INTEL_PATHS``), the asset inventory (``ASSETS_PATH``) and the GeoIP databases
+    (``GEOIP_CITY_PATH``, ``GEOIP_ASN_PATH``) in use; each ``None`` when not configured."""
+
+    indicators: IndicatorIndex | None = None
+    assets: AssetInventory | None = None
+    geoip: GeoIp | None = None
+
+
+EMPTY = LookupTables()
