@@ -33,12 +33,18 @@ class Field(StrEnum):
     BINARY = "metadata.binary_sha256"
 
 
+def host_address(event: Event) -> str | None:
+    """``metadata.host_ip`` stripped, as sent (not yet checked to be an address); ``None`` when absent or empty."""
+    host = event.get("metadata", {}).get("host_ip")
+    return host.strip() if isinstance(host, str) and host else None
+
+
 def addresses(event: Event) -> list[tuple[Field, str]]:
     """The event's host and destination addresses, as sent (not yet checked to be addresses)."""
     found = []
-    host = event.get("metadata", {}).get("host_ip")
-    if isinstance(host, str) and host:
-        found.append((Field.HOST, host.strip()))
+    host = host_address(event)
+    if host is not None:
+        found.append((Field.HOST, host))
     peer = destination_of(event)
     if peer:
         found.append((Field.DESTINATION, peer))
