@@ -47,6 +47,12 @@ class LiveLookups:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the first load happened (``start``, or a first ``current``); at once when nothing is
+        configured."""
+        return self._snapshot is not None
+
     def current(self) -> LookupTables:
         """The tables to enrich a batch with. Before ``start`` (a process that serves the enrich queue without the
         worker's boot, as a test's), the first call loads them, and callers wait for that load."""
