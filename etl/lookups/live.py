@@ -78,10 +78,17 @@ class LiveLookups:
     def check(self) -> list[str]:
         """Check every table's files once, reloading and swapping in each that changed; the names of those
         swapped."""
+        swapped = []
         with self._lock:
-            return [source.name for source in self._sources if self._check_one(source)]
+            for source in self._sources:
+                if self._check_one(source):
+                    # At once, not after the other tables: a slow feed does not hold up an inventory update.
+                    self._snapshot = snapshot(self._tables)
+                    swapped.append(source.name)
+        return swapped
 
     def _load_first(self) -> LookupTables:
+        """Every table, then one snapshot of them all: a batch waiting for the first load never gets part of it."""
         with self._lock:
             if self._snapshot is None:
                 for source in self._sources:
@@ -97,7 +104,8 @@ class LiveLookups:
                 log.exception("checking the lookup files failed unexpectedly")
 
     def _check_one(self, source: TableSource) -> bool:
-        """Load ``source`` if its files changed since last tried, and swap it in; whether it was swapped."""
+        """Load ``source`` if its files changed since last tried, into the tables the next snapshot is made of;
+        whether it was loaded."""
         watch = self._watches[source.name]
         before = source.signature()
         if not watch.due(before):
@@ -114,7 +122,6 @@ class LiveLookups:
                      source.name, extra={"table": source.name})
             return False
         self._tables[source.name] = loaded.table
-        self._snapshot = snapshot(self._tables)
         _report_loaded(source, loaded, before, time.monotonic() - started)
         return True
 

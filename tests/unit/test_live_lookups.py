@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from dramatiq.brokers.stub import StubBroker
 from prometheus_client import REGISTRY
 
 from etl.lookups.live import LiveLookups
-from etl.lookups.sources import Loaded, TableSource, load_intel, table_sources
+from etl.lookups.sources import Loaded, TableSource, load_intel, load_inventory, table_sources
 from etl.lookups.tables import LookupTables
 from etl.middleware.lookups import LookupsOnBoot
 from tests.support.mmdb import city_record, write_mmdb
@@ -166,6 +167,26 @@ def test_a_load_during_which_the_file_changed_is_tried_again(tmp_path: Path) -> 
     assert live.current().indicators is None, "the first read was discarded"
     assert live.check() == ["intel"] and len(loads) == 2
     assert matched(live.current(), "198.51.100.2")
+
+
+def test_a_batch_waiting_for_the_first_load_gets_every_table(files: dict[str, Path]) -> None:
+    """Without the worker's boot, the first ``current()`` loads: a second caller meanwhile waits for the whole
+    snapshot, never one with the feed loaded and the inventory not yet."""
+    got: list[LookupTables] = []
+    live: LiveLookups
+
+    def load_inventory_while_a_batch_asks(paths: tuple[str, ...]) -> Loaded:
+        batch = threading.Thread(target=lambda: got.append(live.current()))
+        batch.start()
+        batch.join(0.2)  # long enough for a caller that does not wait to have taken its snapshot
+        return load_inventory(paths)
+
+    sources = table_sources(intel_paths=[str(files["feed"])])
+    sources.append(TableSource("assets", (str(files["assets"]),), load_inventory_while_a_batch_asks))
+    live = LiveLookups(sources, 0)
+    live.current()
+    wait_for(lambda: got, timeout_s=10)
+    assert got[0].indicators is not None and got[0].assets is not None
 
 
 def test_the_thread_reloads_within_the_interval(files: dict[str, Path]) -> None:
