@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from etl.lookups.context import BatchLookups, LookupFields
+from etl.lookups.context import LookupFields, lookup_fields
 from etl.lookups.tables import EMPTY, LookupTables
 from etl.pipeline.peers import destination_of
 from etl.rdns.hosts import bounded_host
@@ -43,10 +43,9 @@ def host_of(event: Event) -> str | None:
     return None
 
 
-def peer_of(event: Event) -> str | None:
-    """The event's destination for reverse DNS (``etl.pipeline.peers``), when it could be a host."""
-    peer = destination_of(event)
-    return None if peer is None else bounded_host(peer)
+def peer_of(destination: str | None) -> str | None:
+    """The event's destination (``etl.pipeline.peers.destination_of``) for reverse DNS, when it could be a host."""
+    return None if destination is None else bounded_host(destination)
 
 
 def format_time(now: datetime) -> str:
@@ -89,12 +88,12 @@ def enrich_batch(events: Sequence[Event], *, env: str, resolver: Resolver, now: 
     lookups in one snapshot of the ``tables``. Raises ``LookupFileError`` if a GeoIP database's data are
     corrupt."""
     hosts = [host_of(e) for e in events]
-    peers = [peer_of(e) for e in events]
+    destinations = [destination_of(e) for e in events]
+    peers = [peer_of(d) for d in destinations]
     names = resolver.resolve({a for a in (*hosts, *peers) if a is not None})
     enriched_at = format_time(now)
-    lookups = BatchLookups(tables)
     return [
         enrich(e, env=env, rdns=names.get(h) if h is not None else None, enriched_at=enriched_at,
-               lookups=lookups.fields(e), dst_rdns=names.get(p) if p is not None else None)
-        for e, h, p in zip(events, hosts, peers, strict=True)
+               lookups=lookup_fields(tables, e, d), dst_rdns=names.get(p) if p is not None else None)
+        for e, h, d, p in zip(events, hosts, destinations, peers, strict=True)
     ]

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from etl.lookups import context
 from etl.lookups.assets import Asset, AssetInventory
 from etl.lookups.feeds.values import indicator
 from etl.lookups.geoip import GeoIp
@@ -164,3 +165,44 @@ def test_every_event_of_a_batch_gets_its_own_fields(inventory: AssetInventory) -
     assert [len(e["intel"]) for e in out] == [1, 1, 1, 0]
     assert out[0]["src_asset"] is not out[1]["src_asset"], "no dict shared between events"
     assert out[0]["intel"] is not out[1]["intel"]
+
+
+def test_what_a_snapshot_remembers_stays_true_to_each_payload_and_address() -> None:
+    tables = intel_tables("evil.example", "192.0.2.1")
+    events = [event({"host_ip": "192.0.2.1"}, {"query": "www.evil.example"}),
+              event({"host_ip": "192.0.2.2"}, {"query": "www.good.example"}),
+              event({"host_ip": "192.0.2.1"}, {"query": "www.evil.example"}),
+              event({"host_ip": "192.0.2.2"}, {"query": "www.good.example"})]
+    for _ in range(2):  # the second time every answer comes from the memo
+        out = enrich_batch(events, env="t", resolver=OffResolver(), now=NOW, tables=tables)
+        assert [[(m["type"], m["observed"]) for m in e["intel"]] for e in out] == [
+            [("ip", "192.0.2.1"), ("domain", "www.evil.example")], [],
+            [("ip", "192.0.2.1"), ("domain", "www.evil.example")], []]
+    out[0]["intel"][0]["value"] = "changed by a consumer"
+    assert enriched(events[2], tables)["intel"][0]["value"] == "192.0.2.1", "the memo hands out copies"
+
+
+@pytest.mark.parametrize("ev", [
+    event(args={"query": "www.evil.example", "pad": "x" * 1000}),  # too long to remember
+    parse_event(orjson.dumps({"id": "o", "timestamp": 1, "metadata": {}, "payload": {"query": "www.evil.example"}}),
+                max_bytes=1 << 20),  # an object payload: no raw text to remember it by
+])
+def test_a_payload_not_remembered_is_scanned_every_time(ev: Event) -> None:
+    tables = intel_tables("evil.example")
+    assert [m["value"] for m in enriched(ev, tables)["intel"]] == ["evil.example"]
+    assert [m["value"] for m in enriched(ev, tables)["intel"]] == ["evil.example"]
+
+
+def test_a_new_snapshot_starts_from_nothing_remembered() -> None:
+    ev = event({"host_ip": "192.0.2.1"}, {"query": "www.evil.example"})
+    assert len(enriched(ev, intel_tables("192.0.2.1"))["intel"]) == 1
+    assert [m["type"] for m in enriched(ev, intel_tables("evil.example"))["intel"]] == ["domain"]
+
+
+def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(context, "MAX_MEMO_ENTRIES", 8)
+    tables = intel_tables("192.0.2.1")
+    events = [event({"host_ip": f"10.0.0.{i}"}, {"query": f"www.x{i}.example"}) for i in range(50)]
+    sizes = [len(tables.memo) for e in events if enriched(e, tables)]
+    assert max(sizes) <= 8 and len(set(sizes)) > 1
+    assert enriched(event({"host_ip": "192.0.2.1"}), tables)["intel"][0]["value"] == "192.0.2.1"
