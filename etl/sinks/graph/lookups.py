@@ -26,12 +26,10 @@ from etl.sinks.graph.values import compose_key, oversize, scalar
 # An entry of a row's ``intel`` list, by position.
 MATCH_FIELDS = ("key", "type", "value", "source", "severity", "field", "observed", "newest")
 NEWEST = MATCH_FIELDS.index("newest")
-_KEY_PARTS = ("type", "value", "source")
 _TEXT_FIELDS = ("type", "value", "source", "severity", "field", "observed")
 # The peer's fields a NetworkEndpoint learns: row field -> (event field, its key).
 ENDPOINT_LOOKUPS = {"dst_asn": ("dst_geo", "asn"), "dst_country": ("dst_geo", "country"),
                     "dst_internal": ("dst_asset", "internal")}
-NO_ENDPOINT_LOOKUPS: dict[str, Any] = dict.fromkeys(ENDPOINT_LOOKUPS)
 
 
 def matches(event_id: str, intel: Any) -> list[list[Any]]:
