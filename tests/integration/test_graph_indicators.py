@@ -5,6 +5,7 @@ the analyst's query from an indicator to every host that touched it. Read back t
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from etl.sinks.graph.cypher import HOSTS_OF_INDICATOR_CYPHER
@@ -133,3 +134,24 @@ def test_an_endpoint_learns_asn_country_and_internal_and_a_null_erases_nothing(s
 def test_an_internal_peer_is_marked_so(sink: GraphSink, probe: Probe) -> None:
     sink.write([enriched("e1", "h1", 100, [], peer="10.0.0.5", internal=True)])
     assert sorted_rows(probe, ENDPOINTS) == [["10.0.0.5:443", None, None, True]]
+
+
+def test_concurrent_writers_make_one_indicator_and_one_match_per_event(sink: GraphSink, probe: Probe) -> None:
+    severities = ("low", "medium", "high")
+    events = [enriched(f"e{i}", f"h{i % 4}", i, [hit("ip", EVIL_IP, severity=severities[i % 3]),
+                                                 hit("domain", "evil.example", field="payload")])
+              for i in range(60)]
+    # Four threads, each writing every event in batches of 10 from its own starting offset: new and stored events
+    # meet on the same two Indicators at once.
+    batches = [[events[(start + k) % 60] for k in range(b, b + 10)]
+               for start in (0, 5, 17, 33) for b in range(0, 60, 10)]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert sum(pool.map(sink.write, batches)) == 60
+
+    assert probe.rows("MATCH (i:Indicator) RETURN count(i)") == [[2]]
+    assert probe.rows("MATCH (:Event)-[m:MATCHED]->(:Indicator) RETURN count(m)") == [[120]]
+    newest = severities[59 % 3]
+    assert probe.rows(f"MATCH (i:Indicator {{key: 'ip:{EVIL_IP}:feed-a'}}) RETURN i.severity, i.last_seen") == [
+        [newest, BASE_MS + 59]]
+    assert hosts_of(probe, "ip", EVIL_IP) == ["h0", "h1", "h2", "h3"]
