@@ -30,6 +30,7 @@ _TEXT_FIELDS = ("type", "value", "source", "severity", "field", "observed")
 # The peer's fields a NetworkEndpoint learns: row field -> (event field, its key).
 ENDPOINT_LOOKUPS = {"dst_asn": ("dst_geo", "asn"), "dst_country": ("dst_geo", "country"),
                     "dst_internal": ("dst_asset", "internal")}
+_UNKNOWN_PEER: dict[str, Any] = dict.fromkeys(ENDPOINT_LOOKUPS)
 
 
 def matches(event_id: str, intel: Any) -> list[list[Any]]:
@@ -68,6 +69,8 @@ def endpoint_lookups(event_id: str, event: dict[str, Any]) -> dict[str, Any]:
     """The peer's ASN, country and internal flag, each ``None`` when the event does not say. Raises
     ``SinkDataError`` when ``dst_geo`` or ``dst_asset`` is neither absent nor an object, or holds a value no graph
     can store."""
+    if event.get("dst_geo") is None and event.get("dst_asset") is None:
+        return _UNKNOWN_PEER  # an event enriched before the lookups: no loop for it
     found: dict[str, Any] = {}
     for field, (source, key) in ENDPOINT_LOOKUPS.items():
         holder = event.get(source)
