@@ -10,7 +10,12 @@ order:
 - ``timestamptz``: microseconds since 2000-01-01 UTC, as a signed 64-bit integer;
 - ``bigint`` (the Unix milliseconds): a signed 64-bit integer;
 - ``jsonb``: a version byte (1), then the JSON text from orjson;
-- ``bytea``: the bytes themselves.
+- ``bytea``: the bytes themselves;
+- ``boolean``: one byte, 1 or 0.
+
+The lookup fields (``intel``, ``src_asset``, ``dst_asset``, ``dst_geo``) are ``jsonb``, NULL when the event's
+field is null or absent: an event enriched before they existed still stores. ``intel_match`` is whether ``intel``
+is a non-empty list, a column of its own so that "every hit" is an index scan, not a JSON test per row.
 
 The server still checks text: a NUL character, or ``\\u0000`` in JSON, makes it reject the row, so the caller
 learns which value was at fault. A time outside PostgreSQL's range is refused here, before it could wrap.
@@ -30,11 +35,13 @@ from etl.pipeline.events import payload_bytes
 
 # The events table's columns, in the order ``event_row`` encodes them.
 COLUMNS = ("id", "time", "timestamp", "type", "source", "host_id", "env", "rdns", "dst_rdns", "metadata",
-           "payload")
+           "payload", "intel", "src_asset", "dst_asset", "dst_geo", "intel_match")
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # signature, flags, no header extension
 TRAILER = struct.pack("!h", -1)
 NULL = struct.pack("!i", -1)
 JSONB_VERSION = b"\x01"
+TRUE = struct.pack("!ib", 1, 1)
+FALSE = struct.pack("!ib", 1, 0)
 _length = struct.Struct("!i").pack
 _int8 = struct.Struct("!iq").pack  # the length (8), then the value
 _row_start = struct.Struct("!hi").pack  # the column count, then the first column's length
@@ -82,6 +89,11 @@ def jsonb(value: Any) -> bytes:
     return _length(len(data) + 1) + JSONB_VERSION + data
 
 
+def optional_jsonb(value: Any) -> bytes:
+    """A ``jsonb`` column that may be NULL: ``None`` -> NULL, else as ``jsonb``."""
+    return NULL if value is None else jsonb(value)
+
+
 def bytea(value: bytes | None) -> bytes:
     """A ``bytea`` column: the bytes as they are; ``None`` -> NULL."""
     if value is None:
@@ -103,12 +115,15 @@ def event_row(event: dict[str, Any]) -> bytes:
     micros = _pg_micros(ms)  # ms is then within 64 bits too
     event_id, kind, source = event["id"].encode(), event["type"].encode(), event["source"].encode()
     payload = get("payload")
+    intel = get("intel")
     return b"".join((
         _row_start(len(COLUMNS), len(event_id)), event_id, _two_int8(8, micros, 8, ms),
         _length(len(kind)), kind, _length(len(source)), source,
         _optional_text(metadata.get("host_id")), _optional_text(get("env")), _optional_text(get("rdns")),
         _optional_text(get("dst_rdns")), jsonb(metadata),
         bytea(binascii.a2b_base64(payload) if type(payload) is str else payload_bytes(event)),
+        optional_jsonb(intel), optional_jsonb(get("src_asset")), optional_jsonb(get("dst_asset")),
+        optional_jsonb(get("dst_geo")), TRUE if type(intel) is list and intel else FALSE,
     ))
 
 

@@ -53,7 +53,8 @@ COPY_CHUNK_BYTES = 1 << 20
 _CREATE_STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
     id TEXT, "time" TIMESTAMPTZ, "timestamp" BIGINT, type TEXT, source TEXT, host_id TEXT, env TEXT, rdns TEXT,
-    dst_rdns TEXT, metadata JSONB, payload BYTEA
+    dst_rdns TEXT, metadata JSONB, payload BYTEA, intel JSONB, src_asset JSONB, dst_asset JSONB, dst_geo JSONB,
+    intel_match BOOLEAN
 ) ON COMMIT DELETE ROWS"""
 # Sorted, so concurrent overlapping batches take their key locks in one order and cannot deadlock.
 _INSERT = """

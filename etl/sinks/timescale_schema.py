@@ -36,35 +36,48 @@ CREATE TABLE IF NOT EXISTS {table} (
     dst_rdns    TEXT,
     metadata    JSONB       NOT NULL DEFAULT '{{}}',
     payload     BYTEA,
+    intel       JSONB,
+    src_asset   JSONB,
+    dst_asset   JSONB,
+    dst_geo     JSONB,
+    intel_match BOOLEAN     NOT NULL DEFAULT false,
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (id, "time")
 )"""
 # The columns the sink writes, with the types its binary COPY data has (as format_type names them).
 COLUMN_TYPES = {"id": "text", "time": "timestamp with time zone", "timestamp": "bigint", "type": "text",
                 "source": "text", "host_id": "text", "env": "text", "rdns": "text", "dst_rdns": "text",
-                "metadata": "jsonb", "payload": "bytea"}
+                "metadata": "jsonb", "payload": "bytea", "intel": "jsonb", "src_asset": "jsonb", "dst_asset": "jsonb",
+                "dst_geo": "jsonb", "intel_match": "boolean"}
 _COLUMNS_OF = ("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped")
-# Tables made before dst_rdns existed get it. Only when missing: ALTER TABLE locks the table out even when it
-# changes nothing, and every worker migrates at start.
-ADDED_LATER = frozenset({"dst_rdns"})
-_ADD_DST_RDNS = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS dst_rdns TEXT"
+# Columns a table made by an older version lacks, with their definitions: migrate adds the missing ones, in one
+# ALTER TABLE. Only when missing: ALTER TABLE locks the table out even when it changes nothing, and every worker
+# migrates at start. intel_match's constant default fills old rows without rewriting the table.
+ADDED_LATER: dict[str, str] = {
+    "dst_rdns": "TEXT", "intel": "JSONB", "src_asset": "JSONB", "dst_asset": "JSONB", "dst_geo": "JSONB",
+    "intel_match": "BOOLEAN NOT NULL DEFAULT false"}
 _CREATE_INDEX = 'CREATE INDEX IF NOT EXISTS {index} ON {table} (host_id, "time" DESC)'
+# "Show me every hit", newest first: a partial index holds only the matched rows, so it stays small and its
+# scan reads no row that did not match.
+_CREATE_INTEL_INDEX = 'CREATE INDEX IF NOT EXISTS {index} ON {table} ("time" DESC) WHERE intel_match'
+HOST_INDEX_SUFFIX = "_host_id_time_idx"
+INTEL_INDEX_SUFFIX = "_intel_match_idx"
 # The pre-2.13 signature: still documented, and the one every TimescaleDB 2.x accepts.
 _CREATE_HYPERTABLE = (
     "SELECT create_hypertable(%s::regclass, 'time', if_not_exists => TRUE, migrate_data => TRUE)")
 
 
-def index_name(table: str) -> str:
-    """The name of ``table``'s (host_id, time) index, within PostgreSQL's 63-byte limit."""
-    suffix = "_host_id_time_idx"
+def index_name(table: str, suffix: str = HOST_INDEX_SUFFIX) -> str:
+    """The name of one of ``table``'s indexes (by default its (host_id, time) one), within PostgreSQL's 63-byte
+    limit."""
     return table[: 63 - len(suffix)] + suffix  # PostgreSQL truncates names to 63 bytes
 
 
 def migrate(cur: psycopg2.extensions.cursor, settings: Settings, *, hypertable: bool) -> None:
-    """In the cursor's transaction (the caller commits): create the table, its index and (when ``hypertable``, the
+    """In the cursor's transaction (the caller commits): create the table, its indexes and (when ``hypertable``, the
     extension being installed: ``enable_timescaledb``) the hypertable, if missing, and add the columns a table made
-    by an older version lacks (``dst_rdns``); then what retention needs (``retention_schema``). Concurrent callers
+    by an older version lacks (``ADDED_LATER``); then what retention needs (``retention_schema``). Concurrent callers
     in other processes wait on an advisory lock. Raises ``SinkMisconfigured`` when a table of that name has other
     columns (``column_mismatches``), ``psycopg2.Error`` when a statement fails."""
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
@@ -76,13 +89,24 @@ def migrate(cur: psycopg2.extensions.cursor, settings: Settings, *, hypertable: 
     if mismatches:
         raise SinkMisconfigured(f"timescale table {settings.pg_table} exists but is not the sink's: "
                                 f"{'; '.join(mismatches)}. Rename or drop it, or set PG_TABLE to another name")
-    if "dst_rdns" not in columns:
-        cur.execute(sql.SQL(_ADD_DST_RDNS).format(table=table))
-    index = sql.Identifier(index_name(settings.pg_table))
-    cur.execute(sql.SQL(_CREATE_INDEX).format(table=table, index=index))
+    add_missing_columns(cur, table, columns)
+    for statement, suffix in ((_CREATE_INDEX, HOST_INDEX_SUFFIX), (_CREATE_INTEL_INDEX, INTEL_INDEX_SUFFIX)):
+        index = sql.Identifier(index_name(settings.pg_table, suffix))
+        cur.execute(sql.SQL(statement).format(table=table, index=index))
     if hypertable:
         cur.execute(_CREATE_HYPERTABLE, (table.as_string(cur),))
     retention_schema(cur, settings, hypertable)
+
+
+def add_missing_columns(cur: psycopg2.extensions.cursor, table: sql.Identifier, columns: dict[str, str]) -> None:
+    """Add the ``ADDED_LATER`` columns missing from ``columns`` (the table's, name -> type), in one statement;
+    none when nothing is missing."""
+    missing = [name for name in ADDED_LATER if name not in columns]
+    if not missing:
+        return
+    clauses = [sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(sql.Identifier(name), sql.SQL(ADDED_LATER[name]))
+               for name in missing]
+    cur.execute(sql.SQL("ALTER TABLE {table} ").format(table=table) + sql.SQL(", ").join(clauses))
 
 
 def column_mismatches(columns: dict[str, str]) -> list[str]:

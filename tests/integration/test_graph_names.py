@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from etl.config import Settings
-from etl.sinks.graph.cypher import WRITTEN
+from etl.sinks.graph.cypher import WRITTEN, Vocabulary, registration_cypher
 from etl.sinks.graph.sink import GraphSink
 from tests.graphs import FalkorProbe
 from tests.integration.test_graph_flows import BASE_MS, DB, flow_event
@@ -43,6 +43,31 @@ def test_a_new_graph_knows_every_written_name_and_holds_nothing(make_settings: C
         assert probe.rows("MATCH (n) RETURN count(n)") == [[0]]
     finally:
         sink.close()
+        probe.drop()
+        probe.close()
+
+
+def known_names(probe: FalkorProbe) -> set[str]:
+    return {row[0] for proc in ("db.labels()", "db.relationshipTypes()", "db.propertyKeys()")
+            for row in probe.rows(f"CALL {proc}")}
+
+
+def test_a_graph_made_before_the_lookups_learns_their_names_when_the_sink_opens(
+        make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    probe = FalkorProbe(settings)
+    lookup_names = {"Indicator", "MATCHED", "value", "severity", "last_seen", "field", "observed", "asn", "country",
+                    "internal"}
+    # The graph as a version before the lookups registered it: every name but theirs.
+    older = Vocabulary(*(tuple(n for n in names if n not in lookup_names)
+                         for names in (WRITTEN.labels, WRITTEN.types, WRITTEN.properties)))
+    probe.run(registration_cypher(older, 7))
+    try:
+        assert not lookup_names & known_names(probe)
+        open_sink(settings).close()
+        assert set(WRITTEN.labels + WRITTEN.types + WRITTEN.properties) <= known_names(probe)
+        assert probe.rows("MATCH (n) RETURN count(n)") == [[0]]
+    finally:
         probe.drop()
         probe.close()
 

@@ -1,6 +1,6 @@
 """Graph retention on every backend (``graph_env``): expired Event nodes leave in bounded batches with their
-relationships, while new events, the context nodes and each Host's COMMUNICATES stay; runs are counted in the
-metrics, take turns through their Redis lease, and never stall the sink's writes."""
+relationships (MATCHED too), while new events, the context nodes (Indicators too) and each Host's COMMUNICATES
+stay; runs are counted in the metrics, take turns through their Redis lease, and never stall the sink's writes."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from etl.broker import redis_client
 from etl.config import Settings
 from etl.retention.runs import expire
 from etl.retention.task import RetentionTask
+from etl.sinks.graph.cypher import HOSTS_OF_INDICATOR_CYPHER
 from etl.sinks.graph.expiry import GraphExpiry
 from etl.sinks.graph.sink import GraphSink
 from tests.graphs import Probe
@@ -25,7 +26,7 @@ from tests.waiting import wait_for
 
 DAY_MS = 86_400_000
 MAX_WRITES = 500
-CONTEXT = ("Host", "User", "Process", "Container", "NetworkEndpoint")
+CONTEXT = ("Host", "User", "Process", "Container", "NetworkEndpoint", "Indicator")
 FLOWS = "MATCH (h:Host)-[c:COMMUNICATES]->(ne:NetworkEndpoint) RETURN h.id, ne.endpoint_id, c.count, c.last_seen"
 
 
@@ -101,6 +102,28 @@ def test_expired_events_leave_in_bounded_batches_and_the_context_stays(
     assert linked_event_ids(probe) == new  # no relationship of an expired event is left
     assert graph_shape(probe) == before  # Hosts, Users, Processes, Containers, endpoints and flows stay
     assert expire(expiry, time.time() - expiry.retention_s, budget_s=60).removed == 0
+
+
+def test_indicators_stay_like_other_context_and_lose_only_expired_events_matches(
+        sink: GraphSink, probe: Probe, expiry: GraphExpiry) -> None:
+    hit = {"type": "ip", "value": "10.0.0.5", "source": "feed-a", "severity": "high", "field": "destination",
+           "observed": "10.0.0.5"}
+    once = {**hit, "value": "10.0.0.6", "observed": "10.0.0.6"}
+    sink.write([{**event("old-h0", now_ms() - 2 * DAY_MS, "h0"), "intel": [hit]},
+                {**event("old-h1", now_ms() - 2 * DAY_MS, "h1", dst_ip="10.0.0.6"), "intel": [once]},
+                {**event("new-h2", now_ms(), "h2"), "intel": [hit]}])
+    indicators = "MATCH (i:Indicator) RETURN i.key, i.severity ORDER BY i.key"
+    before = probe.rows(indicators)
+
+    assert expire(expiry, time.time() - expiry.retention_s, budget_s=60).removed == 2
+
+    # Both Indicators stay, with their properties, as Hosts and endpoints do, the one no Event matches any more
+    # too; the query from an indicator now finds only the hosts whose matching events are kept.
+    assert probe.rows(indicators) == before == [["ip:10.0.0.5:feed-a", "high"], ["ip:10.0.0.6:feed-a", "high"]]
+    assert probe.rows("MATCH (e:Event)-[:MATCHED]->(i:Indicator) RETURN e.id, i.key") == [
+        ["new-h2", "ip:10.0.0.5:feed-a"]]
+    assert [row[0] for row in probe.rows(HOSTS_OF_INDICATOR_CYPHER, type="ip", value="10.0.0.5")] == ["h2"]
+    assert probe.rows(HOSTS_OF_INDICATOR_CYPHER, type="ip", value="10.0.0.6") == []
 
 
 def test_a_run_stops_at_its_budget_and_the_next_goes_on(sink: GraphSink, probe: Probe, expiry: GraphExpiry) -> None:

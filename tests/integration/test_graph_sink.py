@@ -91,7 +91,7 @@ def test_batch_creates_the_nodes_and_relationships(sink: GraphSink, probe: Probe
 
     assert created == 2
     assert counts(probe) == {"Event": 2, "Host": 1, "User": 1, "Process": 2, "Container": 1, "NetworkEndpoint": 0,
-                             "relationships": 7}
+                             "Indicator": 0, "relationships": 7}
     assert edges(probe) == {
         ("Host", "host-001", "GENERATED", "e1"), ("Host", "host-001", "GENERATED", "e2"),
         ("User", "uid:host-001:1001", "EXECUTED", "e1"), ("User", "uid:host-001:1001", "EXECUTED", "e2"),
@@ -124,7 +124,7 @@ def test_a_batch_with_some_events_stored_creates_only_the_others(sink: GraphSink
     # e2 is stored: creating the batch fails on Event's key, and the batch is merged instead.
     assert sink.write([alice("e2", pid="999"), alice("e3", pid="777", container_id="c1"), event("e4")]) == 2
     assert counts(probe) == {"Event": 4, "Host": 1, "User": 1, "Process": 3, "Container": 1, "NetworkEndpoint": 0,
-                             "relationships": 10}
+                             "Indicator": 0, "relationships": 10}
     assert before < edges(probe)
     assert sink.count_events() == 4
 
@@ -254,7 +254,7 @@ def test_event_without_metadata_is_a_lone_event_node(sink: GraphSink, probe: Pro
 
     assert sink.write([bare]) == 1
     assert counts(probe) == {"Event": 1, "Host": 0, "User": 0, "Process": 0, "Container": 0, "NetworkEndpoint": 0,
-                             "relationships": 0}
+                             "Indicator": 0, "relationships": 0}
 
 
 def test_open_twice_keeps_one_constraint_per_key(sink: GraphSink, probe: Probe) -> None:
@@ -349,7 +349,7 @@ def test_concurrent_overlapping_batches_store_each_node_once(settings: Settings,
     expected_processes = len({(e["metadata"]["host_id"], e["metadata"]["pid"]) for e in events})
     flows = 2 * 3  # each host talks to each of the three endpoints
     assert found == {"Event": 60, "Host": 2, "User": 6, "Process": expected_processes, "Container": 4,
-                     "NetworkEndpoint": 3, "relationships": 60 * 5 + flows}
+                     "NetworkEndpoint": 3, "Indicator": 0, "relationships": 60 * 5 + flows}
     assert probe.rows("MATCH ()-[c:COMMUNICATES]->() RETURN sum(c.count)") == [[60]]
 
 

@@ -157,7 +157,35 @@ def test_event_row_payload_object_and_absent_metadata() -> None:
     assert values["payload"] == orjson.dumps({"cmd": "ls"})
     assert values["metadata"] == b"\x01{}"
     assert values["host_id"] is None
-    assert parse(format_batch([event(payload=None)]))[0][-1] is None
+    [row] = parse(format_batch([event(payload=None)]))
+    assert dict(zip(COLUMNS, row, strict=True))["payload"] is None
+
+
+INTEL = [{"type": "ip", "value": "203.0.113.9", "source": "feed-a", "severity": "high", "field": "destination",
+          "observed": "203.0.113.9"}]
+ASSET = {"site": "dc-1", "owner": "db-team", "criticality": "high", "internal": True}
+GEO = {"country": "NL", "asn": 64500, "organization": "Example Net"}
+
+
+def test_event_row_carries_the_lookup_fields_as_json_and_whether_intel_matched() -> None:
+    [row] = parse(format_batch([event(intel=INTEL, src_asset=ASSET, dst_asset={**ASSET, "site": None}, dst_geo=GEO)]))
+    values = dict(zip(COLUMNS, row, strict=True))
+    assert values["intel"] == b"\x01" + orjson.dumps(INTEL)
+    assert values["src_asset"] == b"\x01" + orjson.dumps(ASSET)
+    assert orjson.loads((values["dst_asset"] or b"")[1:])["site"] is None
+    assert values["dst_geo"] == b"\x01" + orjson.dumps(GEO)
+    assert values["intel_match"] == b"\x01"
+
+
+def test_no_match_is_an_empty_list_and_false_and_an_older_event_is_null_and_false() -> None:
+    [no_match, older] = parse(format_batch([event(intel=[], src_asset=ASSET, dst_asset=None, dst_geo=None),
+                                             event(id="older")]))
+    values = dict(zip(COLUMNS, no_match, strict=True))
+    assert (values["intel"], values["dst_asset"], values["dst_geo"], values["intel_match"]) == (
+        b"\x01[]", None, None, b"\x00")
+    values = dict(zip(COLUMNS, older, strict=True))
+    assert [values[c] for c in ("intel", "src_asset", "dst_asset", "dst_geo", "intel_match")] == [
+        None, None, None, None, b"\x00"]
 
 
 def test_a_numeric_host_id_is_stored_as_text() -> None:

@@ -63,7 +63,8 @@ def test_full_event_row() -> None:
         "user": "alice", "container_id": "c0ffee", "binary_sha256": "abc123",
         "user_key": "uid:host-001:1001", "user_host_id": "host-001",
         "process_key": "host-001:1234:/usr/bin/psql", "process_new": False,
-        "endpoint_id": None, "dst_ip": None, "dst_port": None, "protocol": None,
+        "intel": [], "endpoint_id": None, "dst_ip": None, "dst_port": None, "protocol": None,
+        "dst_asn": None, "dst_country": None, "dst_internal": None,
         "host_newest": False, "flow_count": 0, "flow_first": None, "flow_last": None,
     }
 
@@ -71,8 +72,9 @@ def test_full_event_row() -> None:
 def test_event_without_metadata_has_no_context() -> None:
     row = build_row({"id": "e", "type": "t", "source": "s", "timestamp": 1, "env": "dev", "rdns": None})
     batch = {"host_newest", "flow_count", "process_new"}
-    context = {k: v for k, v in row.items() if k not in {"id", "type", "source", "timestamp", "env", *batch}}
+    context = {k: v for k, v in row.items() if k not in {"id", "type", "source", "timestamp", "env", "intel", *batch}}
     assert set(context.values()) == {None}
+    assert row["intel"] == []
     assert row["process_new"] is False
 
 
@@ -166,13 +168,15 @@ def test_metadata_values_must_be_scalars() -> None:
 
 
 CONTEXT_KEYS = [key for key in NODE_KEYS if key[0] != "Event"]
+# A node merged on its key alone: a row field, or an indicator match's first item.
+MERGED_ON_KEY = r"MERGE \(\w+:(\w+) \{(\w+): (?:r\.\w+|m\[0\])\}\)"
 LINKS = r"(?:\(\w+\)-\[:(?:GENERATED|EXECUTED)\]->\(e\)|\(e\)-\[:TO\]->\(ne\))"
 
 
 def test_merge_statement_is_one_unwind_that_merges_every_node_on_its_key_only() -> None:
     assert NAMED_MERGE_CYPHER.strip().startswith("UNWIND $rows AS r")
     assert ";" not in NAMED_MERGE_CYPHER and "CREATE (" not in NAMED_MERGE_CYPHER
-    merged = re.findall(r"MERGE \(\w+:(\w+) \{(\w+): r\.\w+\}\)", NAMED_MERGE_CYPHER)
+    merged = re.findall(MERGED_ON_KEY, NAMED_MERGE_CYPHER)
     assert sorted(set(merged)) == sorted(NODE_KEYS)
     assert len(re.findall("MERGE " + LINKS, NAMED_MERGE_CYPHER)) == 5
 
@@ -181,7 +185,7 @@ def test_create_statement_creates_events_and_their_links_and_merges_the_context(
     assert NAMED_CREATE_CYPHER.strip().startswith("UNWIND $rows AS r")
     assert ";" not in NAMED_CREATE_CYPHER
     assert re.findall(r"CREATE \(e:Event \{id: r\.id,", NAMED_CREATE_CYPHER)
-    merged = re.findall(r"MERGE \(\w+:(\w+) \{(\w+): r\.\w+\}\)", NAMED_CREATE_CYPHER)
+    merged = re.findall(MERGED_ON_KEY, NAMED_CREATE_CYPHER)
     assert sorted(set(merged)) == sorted(CONTEXT_KEYS)
     # A Process known to be new is created, with every property it has, and so is its link.
     assert "CREATE (p:Process {key: r.process_key, host_id: r.host_id, pid: r.pid, source: r.source," in (

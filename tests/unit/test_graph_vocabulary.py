@@ -13,8 +13,10 @@ def test_labels_types_and_properties_are_read_but_not_row_fields() -> None:
 
 
 def test_every_written_name_is_registered() -> None:
-    assert set(WRITTEN.labels) == {"Event", "Host", "User", "Process", "Container", "NetworkEndpoint"}
-    assert set(WRITTEN.types) == {"GENERATED", "EXECUTED", "COMMUNICATES", "TO"}
+    assert set(WRITTEN.labels) == {"Event", "Host", "User", "Process", "Container", "NetworkEndpoint", "Indicator"}
+    assert set(WRITTEN.types) == {"GENERATED", "EXECUTED", "COMMUNICATES", "TO", "MATCHED"}
+    # The lookups' names: an Indicator's, its MATCHED relationship's and an endpoint's.
+    assert {"value", "severity", "field", "observed", "asn", "country", "internal"} <= set(WRITTEN.properties)
     # The properties the sink's statements set, counters of COMMUNICATES included, and every indexed one.
     assert {"timestamp", "env", "rdns", "last_seen", "first_seen", "count", "protocol", "binary_sha256"} <= set(
         WRITTEN.properties)

@@ -18,3 +18,10 @@ def test_missing_columns_and_other_types_are_each_named() -> None:
     del columns["id"], columns["source"]
     assert column_mismatches(columns) == [
         "no column id, source", "dst_rdns is character varying(10), not text", "metadata is json, not jsonb"]
+
+
+def test_a_table_from_before_the_lookup_columns_fits_and_a_wrong_type_of_one_is_named() -> None:
+    lookups = ("intel", "src_asset", "dst_asset", "dst_geo", "intel_match")
+    before = {name: kind for name, kind in COLUMN_TYPES.items() if name not in lookups}
+    assert column_mismatches(before) == []
+    assert column_mismatches({**COLUMN_TYPES, "intel_match": "text"}) == ["intel_match is text, not boolean"]

@@ -5,6 +5,7 @@ Model::
     (Host)-[:GENERATED]->(Event)<-[:GENERATED]-(Container)
     (User)-[:EXECUTED]->(Event)<-[:EXECUTED]-(Process)
     (Host)-[:COMMUNICATES {first_seen, last_seen, count}]->(NetworkEndpoint)<-[:TO]-(Event)
+    (Event)-[:MATCHED {field, observed}]->(Indicator)
 
 ``COMMUNICATES`` counts each event once, however often it is written: a statement adds an event to it only when
 it stores that Event node for the first time.
@@ -28,14 +29,17 @@ NODE_KEYS: tuple[tuple[str, str], ...] = (
     ("Process", "key"),
     ("Container", "container_id"),
     ("NetworkEndpoint", "endpoint_id"),
+    ("Indicator", "key"),
 )
-# (label, property): a plain index each, for the decision service's lookups (Host.id), for finding hosts and
-# endpoints by name or address, and for retention's range scan of old events (Event.timestamp).
+# (label, property): a plain index each, for the decision service's lookups (Host.id), for finding hosts,
+# endpoints and indicators by name, address or value, and for retention's range scan of old events
+# (Event.timestamp).
 NODE_INDEXES: tuple[tuple[str, str], ...] = (
     ("Event", "timestamp"),
     ("Host", "id"),
     ("Host", "rdns"),
     ("NetworkEndpoint", "ip"),
+    ("Indicator", "value"),
 )
 # Hosts stored before Host.id existed get it (the decision service matches on it).
 HOST_ID_MIGRATION_CYPHER = "MATCH (h:Host) WHERE h.id IS NULL SET h.id = h.host_id"
@@ -50,11 +54,28 @@ HOST_ID_MIGRATION_CYPHER = "MATCH (h:Host) WHERE h.id IS NULL SET h.id = h.host_
 # equal times), set once per batch (host_newest) and never from an event older than the last one stored. Each SET
 # reads the property it compares on the right-hand side: Neo4j then locks the Host before reading, so that a
 # concurrent writer cannot move it back; and Hosts written by an older version get their id there too.
+# An endpoint learns its ASN, country and whether it is internal from each event that says (a null, an event
+# that does not, keeps what it learnt). An Indicator's severity and last_seen are those of its newest match (one
+# per batch, marked in the match list's last item: see etl.sinks.graph.lookups), never of an older event; each
+# match list m is [key, type, value, source, severity, field, observed, newest]. {matched} ties the event to it.
 _CONTEXT_CYPHER = """
 FOREACH (i IN CASE WHEN r.endpoint_id IS NULL THEN [] ELSE [1] END |
     MERGE (ne:NetworkEndpoint {endpoint_id: r.endpoint_id})
     ON CREATE SET ne.ip = r.dst_ip, ne.port = r.dst_port, ne.protocol = r.protocol
+    FOREACH (j IN CASE WHEN coalesce(ne.asn = r.dst_asn, r.dst_asn IS NULL)
+                        AND coalesce(ne.country = r.dst_country, r.dst_country IS NULL)
+                        AND coalesce(ne.internal = r.dst_internal, r.dst_internal IS NULL) THEN [] ELSE [1] END |
+        SET ne.asn = coalesce(r.dst_asn, ne.asn), ne.country = coalesce(r.dst_country, ne.country),
+            ne.internal = coalesce(r.dst_internal, ne.internal))
     {link} (e)-[:TO]->(ne))
+FOREACH (m IN r.intel |
+    MERGE (ind:Indicator {key: m[0]})
+    ON CREATE SET ind.type = m[1], ind.value = m[2], ind.source = m[3]
+    FOREACH (j IN CASE WHEN m[7] THEN [1] ELSE [] END |
+        SET ind.severity = CASE WHEN coalesce(ind.last_seen <= r.timestamp, true) THEN m[4] ELSE ind.severity END,
+            ind.last_seen = CASE WHEN coalesce(ind.last_seen < r.timestamp, true) THEN r.timestamp
+                                 ELSE ind.last_seen END)
+    {matched})
 FOREACH (i IN CASE WHEN r.host_id IS NULL THEN [] ELSE [1] END |
     MERGE (h:Host {host_id: r.host_id})
     ON CREATE SET h.id = r.host_id
@@ -91,9 +112,15 @@ FOREACH (i IN CASE WHEN r.container_id IS NULL THEN [] ELSE [1] END |
     {link} (c)-[:GENERATED]->(e))
 """
 
+# How an event is tied to an Indicator: a new event gets its relationship made, one that may exist merges it.
+_CREATE_MATCHED = "CREATE (e)-[:MATCHED {field: m[5], observed: m[6]}]->(ind)"
+_MERGE_MATCHED = "MERGE (e)-[x:MATCHED]->(ind) ON CREATE SET x.field = m[5], x.observed = m[6]"
+
+
 def _context(link: str, **flow: str) -> str:
     """The context clauses, tying each node to the event with ``link`` and adding flows as ``flow`` says."""
-    text = _CONTEXT_CYPHER.replace("{link}", link)
+    matched = _CREATE_MATCHED if link == "CREATE" else _MERGE_MATCHED
+    text = _CONTEXT_CYPHER.replace("{link}", link).replace("{matched}", matched)
     for name, value in flow.items():
         text = text.replace("{" + name + "}", value)
     return text
@@ -159,6 +186,12 @@ CREATE_CYPHER = positional(NAMED_CREATE_CYPHER)
 MERGE_CYPHER = positional(NAMED_MERGE_CYPHER)
 
 COUNT_EVENTS_CYPHER = "MATCH (e:Event) RETURN count(e) AS events"
+
+# From an indicator, by type and value (every feed's node of it), to each Host that touched it: whose events
+# matched it. Through the Events, so a Host leaves the answer once retention removed its matching events.
+HOSTS_OF_INDICATOR_CYPHER = (
+    "MATCH (i:Indicator {type: $type, value: $value})<-[:MATCHED]-(:Event)<-[:GENERATED]-(h:Host) "
+    "RETURN DISTINCT h.id AS host ORDER BY host")
 
 
 def expire_events_cypher(limit: int) -> str:

@@ -1,7 +1,10 @@
 """Retention in the graph: Event nodes older than ``GRAPH_RETENTION`` leave it, with their relationships, a batch at
 a time (``expire_events_cypher``), over a connection of their own: never the sink's, so the writers wait for
-nothing of it but the server's time. Host, NetworkEndpoint, User, Process and Container nodes stay, and so does each
-Host's COMMUNICATES with its endpoints, with their ``last_seen`` and counts.
+nothing of it but the server's time. Host, NetworkEndpoint, User, Process, Container and Indicator nodes stay, and so
+does each Host's COMMUNICATES with its endpoints, with their ``last_seen`` and counts. An Indicator is context like a
+Host: one no Event MATCHES any more keeps its severity and ``last_seen`` (when it was last hit), which an analyst
+reads, and is matched again by the next event that names it; only its MATCHED relationships leave, with their
+Events.
 """
 
 from __future__ import annotations

@@ -12,19 +12,23 @@ and every MERGE matches on that key alone (other properties are SET afterwards):
   executable is part of it); no Process node without host_id and pid. A missing source is the empty string.
 
 The parts of a computed key are joined with ``:`` after escaping ``%`` and ``:`` (as ``%25`` and ``%3A``), so
-two different tuples never share a key. Identifiers (host_id, uid, pid, container_id) are stored as strings.
+two different tuples never share a key (``etl.sinks.graph.values``). Identifiers (host_id, uid, pid, container_id)
+are stored as strings.
 
 - ``NetworkEndpoint.endpoint_id``: ``"<ip>:<port>"`` of the peer a network event talks to (see
   ``etl.sinks.graph.endpoints``).
+- ``Indicator.key``: ``"<type>:<value>:<source>"`` of each indicator the event matched: the row's ``intel``, a
+  list of lists (see ``etl.sinks.graph.lookups``).
 
 Only context the event carries becomes a node: no Host without host_id, no Container without container_id...
 A missing or empty value counts as absent. Readable properties of Host, User and Process keep their last
 non-null value, so an event lacking e.g. a hostname does not erase one learnt earlier.
 
 Some fields sum up the batch, so that a statement writes a hub node or relationship once per batch, not once per
-event: ``host_newest`` marks the row of each host's latest event (its time, env and rdns become the Host's), and
+event: ``host_newest`` marks the row of each host's latest event (its time, env and rdns become the Host's),
 the first row of each (host, endpoint) pair carries the pair's ``flow_count``, ``flow_first`` and ``flow_last``
-(0 and None on the pair's other rows).
+(0 and None on the pair's other rows), and each indicator's newest match is marked (its severity and time become the
+Indicator's).
 """
 
 from __future__ import annotations
@@ -34,76 +38,36 @@ from collections.abc import Sequence
 from typing import Any
 
 from etl.errors import PeerDataError, SinkDataError
-from etl.pipeline.limits import (
-    GRAPH_KEY_BYTES,
-    INT64_MAX,
-    INT64_MIN,
-    MAX_PROPERTY_CHARS,
-    UTF8_MAX_BYTES_PER_CHAR,
-)
+from etl.pipeline.limits import GRAPH_KEY_BYTES, MAX_PROPERTY_CHARS
 from etl.sinks.base import Event
+from etl.sinks.graph import lookups
 from etl.sinks.graph.endpoints import endpoint_of
+from etl.sinks.graph.values import compose_key, oversize, scalar
+
+__all__ = ["ROW_FIELDS", "Row", "as_lists", "build_row", "build_rows", "compose_key", "process_keys"]
 
 Row = dict[str, Any]
-
-# Both backends must reject the same events: properties are bounded (no blobs), keys are bounded for their
-# indexes, and both servers store integers in 64 bits (FalkorDB also cannot carry NUL in query text). The
-# limits are the event contract's (etl.pipeline.limits), which refuses such events before they get here; the
-# checks below stay for events from elsewhere (a replayed dead letter of an older version).
 
 _EVENT_FIELDS = ("type", "source", "timestamp", "env", "rdns", "dst_rdns")
 _METADATA_FIELDS = ("host_id", "uid", "pid", "container_id", "host_ip", "hostname", "user", "binary_sha256",
                     "enriched_at")
-_ENDPOINT_FIELDS = ("endpoint_id", "dst_ip", "dst_port", "protocol")
+_ENDPOINT_FIELDS = ("endpoint_id", "dst_ip", "dst_port", "protocol", *lookups.ENDPOINT_LOOKUPS)
 # What build_row sets last, before build_rows sums up the batch and as_lists marks new Processes.
 _BATCH_DEFAULTS = {"host_newest": False, "flow_count": 0, "flow_first": None, "flow_last": None, "process_new": False}
 _NO_ENDPOINT = {**dict.fromkeys(_ENDPOINT_FIELDS), **_BATCH_DEFAULTS}
 # A row's fields, in the order build_row makes them.
-ROW_FIELDS = ("id", *_EVENT_FIELDS, *_METADATA_FIELDS, "user_host_id", "user_key", "process_key", *_ENDPOINT_FIELDS,
-              *_BATCH_DEFAULTS)
+ROW_FIELDS = ("id", *_EVENT_FIELDS, *_METADATA_FIELDS, "user_host_id", "user_key", "process_key", "intel",
+              *_ENDPOINT_FIELDS, *_BATCH_DEFAULTS)
 _PROCESS_NEW = ROW_FIELDS.index("process_new")
 # The row fields that are node keys (see NODE_KEYS).
 _KEY_FIELDS = ("id", "host_id", "container_id", "user_key", "process_key", "endpoint_id")
-
-
-def _escape(part: str) -> str:
-    return part.replace("%", "%25").replace(":", "%3A")
-
-
-def compose_key(*parts: str) -> str:
-    """Join ``parts`` into one key string that no other tuple of parts produces."""
-    joined = ":".join(parts)
-    if "%" not in joined and joined.count(":") == len(parts) - 1:
-        return joined  # no part holds a ":" or a "%": nothing to escape
-    return ":".join(_escape(p) for p in parts)
-
-
-def _scalar(event_id: str, field: str, value: Any) -> Any:
-    """A property value both backends store alike: a string (no NUL, at most ``MAX_PROPERTY_CHARS``), a 64-bit
-    integer, a finite float, a bool or None. Raises ``SinkDataError`` otherwise, before anything is sent."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        if len(value) > MAX_PROPERTY_CHARS:
-            raise SinkDataError(f"event {event_id!r}: {field} is {len(value)} characters, over {MAX_PROPERTY_CHARS}")
-        if "\x00" in value:
-            raise SinkDataError(f"event {event_id!r}: {field} contains a NUL character")
-        return value
-    if isinstance(value, int):
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise SinkDataError(f"event {event_id!r}: {field} {value} is out of the 64-bit integer range")
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return value
-    kind = type(value).__name__
-    raise SinkDataError(f"event {event_id!r}: {field} must be a string or a number, got {kind}")
 
 
 def _text(event_id: str, field: str, value: Any) -> str | None:
     """A metadata value as a string; None or "" means absent. Raises SinkDataError on a non-scalar."""
     if value is None:
         return None
-    value = _scalar(event_id, field, value)
+    value = scalar(event_id, field, value)
     if value is None:
         return None
     return str(value) or None
@@ -114,13 +78,10 @@ def _check_key_sizes(row: Row) -> None:
     the endpoint's, which comes from the payload)."""
     for field in _KEY_FIELDS:
         value = row[field]
-        # Only a key that might be too long is encoded: this runs for every key of every event.
-        if value is not None and len(value) * UTF8_MAX_BYTES_PER_CHAR > GRAPH_KEY_BYTES:
-            size = len(value.encode("utf-8", "surrogatepass"))
-            if size > GRAPH_KEY_BYTES:
-                error = PeerDataError if field == "endpoint_id" else SinkDataError
-                raise error(f"event {row['id'][:64]!r}: its {field} is {size} bytes in UTF-8, over the "
-                            f"{GRAPH_KEY_BYTES} a graph key may have")
+        if value is not None and (size := oversize(value)) is not None:
+            error = PeerDataError if field == "endpoint_id" else SinkDataError
+            raise error(f"event {row['id'][:64]!r}: its {field} is {size} bytes in UTF-8, over the "
+                        f"{GRAPH_KEY_BYTES} a graph key may have")
 
 
 def build_row(event: Event) -> Row:
@@ -143,7 +104,7 @@ def build_row(event: Event) -> Row:
     for f in _EVENT_FIELDS:
         v = event.get(f)
         plain = type(v) is str and len(v) <= MAX_PROPERTY_CHARS and "\x00" not in v
-        row[f] = v if plain else _scalar(event_id, f, v)
+        row[f] = v if plain else scalar(event_id, f, v)
     for f in _METADATA_FIELDS:
         v = meta.get(f)
         plain = type(v) is str and 0 < len(v) <= MAX_PROPERTY_CHARS and "\x00" not in v
@@ -156,31 +117,34 @@ def build_row(event: Event) -> Row:
         row["user_key"] = compose_key("name", user) if user else None
         row["uid"] = None  # a uid without its host identifies nobody
     row["process_key"] = compose_key(host_id, pid, row["source"] or "") if host_id and pid else None
+    row["intel"] = lookups.matches(event_id, event.get("intel"))
     row.update(_endpoint_fields(event_id, event))
     _check_key_sizes(row)
     return row
 
 
 def _endpoint_fields(event_id: str, event: Event) -> Row:
-    """The row's endpoint fields (see ``etl.sinks.graph.endpoints``), then the batch fields' defaults. Raises
-    ``PeerDataError`` for a peer the graph cannot store."""
+    """The row's endpoint fields (see ``etl.sinks.graph.endpoints``; what the lookups say of the peer, see
+    ``etl.sinks.graph.lookups``), then the batch fields' defaults. Raises ``PeerDataError`` for a peer the graph
+    cannot store, ``SinkDataError`` for lookup fields it cannot."""
     endpoint = endpoint_of(event)
     if endpoint is None:
         return _NO_ENDPOINT
     ip, protocol = endpoint.ip, endpoint.protocol
     plain = protocol is None or (len(protocol) <= MAX_PROPERTY_CHARS and "\x00" not in protocol)
     try:
-        return {"endpoint_id": endpoint.endpoint_id,
-                "dst_ip": ip if "\x00" not in ip and len(ip) <= MAX_PROPERTY_CHARS else _scalar(event_id, "dst_ip", ip),
-                "dst_port": endpoint.port, "protocol": protocol if plain else _scalar(event_id, "protocol", protocol),
-                **_BATCH_DEFAULTS}
+        peer = {"endpoint_id": endpoint.endpoint_id,
+                "dst_ip": ip if "\x00" not in ip and len(ip) <= MAX_PROPERTY_CHARS else scalar(event_id, "dst_ip", ip),
+                "dst_port": endpoint.port, "protocol": protocol if plain else scalar(event_id, "protocol", protocol)}
     except SinkDataError as e:
         raise PeerDataError(str(e)) from None
+    return {**peer, **lookups.endpoint_lookups(event_id, event), **_BATCH_DEFAULTS}
 
 
 def build_rows(events: Sequence[Event]) -> list[Row]:
     """Rows for a batch, one per event id (the last occurrence wins), in first-seen order, with the batch's
-    sums: each host's newest row (``host_newest``) and each (host, endpoint) pair's flow on its first row.
+    sums: each host's newest row (``host_newest``), each (host, endpoint) pair's flow on its first row, and each
+    indicator's newest match (``etl.sinks.graph.lookups.mark_newest``).
 
     Raises ``SinkDataError`` as :func:`build_row` does.
     """
@@ -190,6 +154,7 @@ def build_rows(events: Sequence[Event]) -> list[Row]:
         by_id[row["id"]] = row
     rows = list(by_id.values())
     _sum_batch(rows)
+    lookups.mark_newest(rows)
     return rows
 
 

@@ -35,7 +35,8 @@ def connect_backend(settings: Settings) -> GraphBackend:
 
 
 class GraphSink:
-    """The ``Sink`` for the graph: Event, Host, User, Process, Container and NetworkEndpoint nodes per batch.
+    """The ``Sink`` for the graph: Event, Host, User, Process, Container, NetworkEndpoint and Indicator nodes per
+    batch.
 
     ``write`` returns the number of Event nodes it newly created (0 on a replay), also with concurrent writers:
     those are what a flow's ``COMMUNICATES.count`` adds up (see ``etl.sinks.graph.cypher``). It can be short when
