@@ -129,12 +129,16 @@ def expected_row(event: dict[str, Any], intel: list[dict[str, Any]], peer: str |
     return bool(intel), intel, HOSTS[event["metadata"]["host_id"]][1], dst_asset, dst_geo
 
 
-def hosts_of(settings: Settings, kind: str, value: str) -> list[str]:
+def graph_rows(settings: Settings, cypher: str, **params: Any) -> list[list[Any]]:
     probe = open_probe(settings)
     try:
-        return [row[0] for row in probe.rows(HOSTS_OF_INDICATOR_CYPHER, type=kind, value=value)]
+        return probe.rows(cypher, **params)
     finally:
         probe.close()
+
+
+def hosts_of(settings: Settings, kind: str, value: str) -> list[str]:
+    return [row[0] for row in graph_rows(settings, HOSTS_OF_INDICATOR_CYPHER, type=kind, value=value)]
 
 
 def test_matches_assets_and_places_reach_timescale_and_the_graph(settings: Settings,
@@ -156,3 +160,8 @@ def test_matches_assets_and_places_reach_timescale_and_the_graph(settings: Setti
     assert hosts_of(settings, "domain", EVIL_DOMAIN) == ["web-2"]
     assert hosts_of(settings, "sha256", EVIL_HASH) == ["laptop-1"]
     assert hosts_of(settings, "ip", "192.0.2.1") == []
+    endpoints = {r[0]: tuple(r[1:]) for r in graph_rows(
+        settings, "MATCH (ne:NetworkEndpoint) RETURN ne.endpoint_id, ne.asn, ne.country, ne.internal")}
+    assert endpoints[f"{EVIL_IP}:443"] == (64500, "NL", False)
+    assert endpoints[f"{CLEAN_PEER}:53"] == (64501, "US", False)
+    assert {v for k, v in endpoints.items() if k.startswith("10.2.0.4")} == {(None, None, True)}, endpoints
