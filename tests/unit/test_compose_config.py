@@ -8,17 +8,21 @@ Compose. Where it is missing or cannot run, the tests skip; on CI (``CI=true``) 
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import json
 import os
 import re
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 
 from etl.config import SECRET_FILE_VARS, Settings
+from etl.envvalues import declaration
+from etl.lookups.sources import table_sources
 from tests.graphs import in_ci
 from tests.unit.test_deploy import COMPOSE_FILE, ROOT, environment, our_services
 
@@ -27,6 +31,7 @@ COMPOSE_BINARY = "compose/docker-compose"  # inside the distribution's files
 CONFIG_TIMEOUT_S = 60
 ENRICH = "worker-enrich"
 POSTGRES = "timescaledb"
+LOOKUPS_MOUNT = "/etc/etl/lookups"
 PROCESS_TIMEOUT_S = 60
 
 
@@ -144,6 +149,51 @@ def test_test_deploys_resolution_of_the_compose_file_is_composes_own(empty_env_f
         assert environment(service) == container_env(services[name]), name
 
 
+def lookup_vars() -> set[str]:
+    """The variables of the lookup settings: the files ``table_sources`` loads, and how often they are checked."""
+    wanted = set(inspect.signature(table_sources).parameters) | {"lookup_reload_s"}
+    found = {declaration(f).var for f in fields(Settings) if f.name in wanted}
+    assert len(found) == len(wanted), "a parameter of table_sources is no setting"
+    return found
+
+
+def lookup_settings(settings: Settings) -> tuple[object, ...]:
+    return (settings.intel_paths, settings.assets_path, settings.geoip_city_path, settings.geoip_asn_path,
+            settings.lookup_reload_s)
+
+
+def test_no_lookup_table_is_configured_by_default_and_the_enrich_pool_mounts_the_directory_read_only(
+        empty_env_file: Path, secrets_dir: Path) -> None:
+    config = resolved({"SECRETS_DIR": str(secrets_dir)}, empty_env_file)
+    default = lookup_settings(Settings.from_env({}))
+    for name in our_services():
+        env = as_mounted(config, name)
+        assert not lookup_vars() & env.keys(), f"{name} is given lookup settings unasked"
+        assert lookup_settings(Settings.from_env(env)) == default, name
+    (volume,) = config["services"][ENRICH]["volumes"]
+    assert (volume["type"], volume["source"], volume["target"], volume["read_only"]) == (
+        "bind", str(COMPOSE_FILE.parent / "lookups"), LOOKUPS_MOUNT, True)
+    assert not any(s.get("volumes") for name, s in config["services"].items() if name in our_services()
+                   and name != ENRICH), "only the enrich pool loads the lookup tables"
+
+
+def test_the_enrich_pool_reads_the_lookup_files_it_is_pointed_at_in_its_mount(empty_env_file: Path,
+                                                                             secrets_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    variables = {"INTEL_PATHS": f"{LOOKUPS_MOUNT}/feeds,{LOOKUPS_MOUNT}/extra.csv",
+                 "ASSETS_PATH": f"{LOOKUPS_MOUNT}/assets.csv", "GEOIP_CITY_PATH": f"{LOOKUPS_MOUNT}/city.mmdb",
+                 "GEOIP_ASN_PATH": f"{LOOKUPS_MOUNT}/asn.mmdb", "LOOKUP_RELOAD_S": "60"}
+    assert variables.keys() == lookup_vars()
+    config = resolved({**variables, "SECRETS_DIR": str(secrets_dir), "LOOKUPS_DIR": str(tmp_path)},
+                      empty_env_file)
+    settings = Settings.from_env(as_mounted(config, ENRICH))
+    assert lookup_settings(settings) == ((f"{LOOKUPS_MOUNT}/feeds", f"{LOOKUPS_MOUNT}/extra.csv"),
+                                         f"{LOOKUPS_MOUNT}/assets.csv", f"{LOOKUPS_MOUNT}/city.mmdb",
+                                         f"{LOOKUPS_MOUNT}/asn.mmdb", 60)
+    (volume,) = config["services"][ENRICH]["volumes"]
+    assert (volume["source"], volume["target"]) == (str(tmp_path), LOOKUPS_MOUNT)
+
+
 # --- bounded resources ----------------------------------------------------------------------------------------------
 
 REDIS_UNITS = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
@@ -168,6 +218,14 @@ def test_every_service_has_a_memory_limit_and_rotated_logs(empty_env_file: Path)
         logging = service.get("logging", {})
         assert logging.get("driver") == "json-file", f"{name}: logs without rotation"
         assert {"max-size", "max-file"} <= logging.get("options", {}).keys(), name
+
+
+def test_the_enrich_pool_has_room_for_its_lookup_tables_beside_the_other_pools(empty_env_file: Path) -> None:
+    """Each enrich process holds its own copy of the tables, and a second while reloading one (sized in
+    docs/operations.md#memory): its limit is above any other pool's."""
+    services = resolved({}, empty_env_file)["services"]
+    others = [memory_limit(s) for name, s in services.items() if name in our_services() and name != ENRICH]
+    assert memory_limit(services[ENRICH]) > max(others)
 
 
 def test_redis_refuses_writes_below_its_limit_with_room_for_a_fork(empty_env_file: Path) -> None:
