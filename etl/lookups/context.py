@@ -71,8 +71,6 @@ def _copy(value: Json | None) -> Json | None:
 
 def asset_of(tables: LookupTables, text: str) -> Asset | None:
     """The asset of the address ``text``, or ``None`` when ``text`` is not an IP address."""
-    if len(text) > MAX_SCOPED_ADDRESS_CHARS:  # no address: not worth parsing an agent's text
-        return None
     inventory = tables.assets
     try:
         if inventory is not None:
@@ -94,6 +92,8 @@ def geo_of(tables: LookupTables, text: str) -> Geo | None:
 def _address(tables: LookupTables, field: Field, text: str) -> _Place:
     """What ``tables`` say of the host or destination ``text``, remembered in the snapshot's memo: a worker sees
     the same few hosts and peers in batch after batch."""
+    if len(text) > MAX_SCOPED_ADDRESS_CHARS:  # no address: nothing to look up, and an agent's text not to keep
+        return _NOWHERE
     memo = tables.memo
     found: _Place | None = memo.get((field, text))
     if found is not None:

@@ -206,3 +206,14 @@ def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     sizes = [len(tables.memo) for e in events if enriched(e, tables)]
     assert max(sizes) <= 8 and len(set(sizes)) > 1
     assert enriched(event({"host_ip": "192.0.2.1"}), tables)["intel"][0]["value"] == "192.0.2.1"
+
+
+def test_an_agents_long_text_is_not_kept_where_an_address_would_be() -> None:
+    tables = intel_tables("192.0.2.1")
+    huge = "1" * 16_000  # the longest a metadata string may be is about this
+    out = enriched(event({"host_ip": huge}, {"dst_ip": huge + "2"}), tables)
+    assert (out["src_asset"], out["dst_asset"], out["intel"]) == (None, None, [])
+    assert not [key for key in tables.memo if len(key[1]) > 100], "the snapshot keeps no such text"
+    assert tables.indicators is not None
+    assert tables.indicators.match(event({"host_ip": huge})) == []
+    assert not [text for text in tables.indicators._address_cache if len(text) > 100], "nor the index's cache"
