@@ -1,6 +1,7 @@
 """An event's lookup fields, from one snapshot of the lookup tables (``etl.lookups.tables``): the indicators it
 matched (``intel``), the asset of its host and of its destination (``src_asset``, ``dst_asset``) and where its
-destination is (``dst_geo``). Pure: reads the tables and the event, changes neither.
+destination is (``dst_geo``). Pure: reads the tables and the event, and changes neither (only the snapshot's
+memo of answers, below).
 
 - ``src_asset`` is of ``metadata.host_ip`` and ``dst_asset`` of the destination (``etl.pipeline.peers``), each
   ``None`` when the event has none or it is not an IP address. Without an inventory an address is still
