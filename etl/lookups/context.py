@@ -1,6 +1,7 @@
 """An event's lookup fields, from one snapshot of the lookup tables (``etl.lookups.tables``): the indicators it
 matched (``intel``), the asset of its host and of its destination (``src_asset``, ``dst_asset``) and where its
-destination is (``dst_geo``). Pure: reads the tables and the event, changes neither.
+destination is (``dst_geo``). Pure: reads the tables and the event, and changes neither (only the snapshot's
+memo of answers, below).
 
 - ``src_asset`` is of ``metadata.host_ip`` and ``dst_asset`` of the destination (``etl.pipeline.peers``), each
   ``None`` when the event has none or it is not an IP address. Without an inventory an address is still
@@ -71,8 +72,6 @@ def _copy(value: Json | None) -> Json | None:
 
 def asset_of(tables: LookupTables, text: str) -> Asset | None:
     """The asset of the address ``text``, or ``None`` when ``text`` is not an IP address."""
-    if len(text) > MAX_SCOPED_ADDRESS_CHARS:  # no address: not worth parsing an agent's text
-        return None
     inventory = tables.assets
     try:
         if inventory is not None:
@@ -94,6 +93,8 @@ def geo_of(tables: LookupTables, text: str) -> Geo | None:
 def _address(tables: LookupTables, field: Field, text: str) -> _Place:
     """What ``tables`` say of the host or destination ``text``, remembered in the snapshot's memo: a worker sees
     the same few hosts and peers in batch after batch."""
+    if len(text) > MAX_SCOPED_ADDRESS_CHARS:  # no address: nothing to look up, and an agent's text not to keep
+        return _NOWHERE
     memo = tables.memo
     found: _Place | None = memo.get((field, text))
     if found is not None:

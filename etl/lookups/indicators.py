@@ -29,6 +29,7 @@ from etl.lookups.candidates import Field
 from etl.lookups.feeds.values import Indicator, IndicatorType, address
 from etl.lookups.prefixes import PrefixTable, address_key
 from etl.pipeline.events import Event
+from etl.pipeline.peers import MAX_SCOPED_ADDRESS_CHARS
 
 # Tag numbers: one ``(source, severity)`` pair's index in ``IndicatorIndex._tags``, or several, in order added.
 Tags = int | tuple[int, ...]
@@ -150,6 +151,8 @@ class IndicatorIndex:
 
     def match_address(self, field: Field, text: str) -> list[Match]:
         """The indicators the address ``text`` (found in ``field``) matches; empty when it is not an address."""
+        if len(text) > MAX_SCOPED_ADDRESS_CHARS:  # no address, and an agent's text not to keep in the cache
+            return []
         hits = self._address_cache.get(text)
         if hits is None:
             hits = self._lookup_address(text)

@@ -46,6 +46,18 @@ def _unmap(value: int) -> tuple[int, int]:
     return 6, value
 
 
+def plain_address_key(text: str) -> tuple[int, int] | None:
+    """``address_key`` of a plain address, a dotted quad or IPv6 without a zone id, by ``inet_pton`` (which accepts
+    what ``ipaddress`` accepts of those, leading zeros in a quad refused by both); ``None`` for any other text,
+    which ``ipaddress`` must then judge."""
+    six = ":" in text  # an IPv6 address always has one, a dotted quad never: one attempt, not two
+    try:
+        value = int.from_bytes(inet_pton(AF_INET6 if six else AF_INET, text))
+    except (OSError, ValueError):
+        return None
+    return _unmap(value) if six else (4, value)
+
+
 def address_key(ip: Address) -> tuple[int, int]:
     """``(4 or 6, the address as an integer)``, an IPv4-mapped IPv6 address as IPv4.
 
@@ -53,22 +65,19 @@ def address_key(ip: Address) -> tuple[int, int]:
     ``inet_pton``; anything else (a zone id such as ``fe80::1%eth0``) goes through ``ipaddress``, which decides.
     """
     if isinstance(ip, str):
-        try:
-            return 4, int.from_bytes(inet_pton(AF_INET, ip))
-        except (OSError, ValueError):
-            pass
-        try:
-            return _unmap(int.from_bytes(inet_pton(AF_INET6, ip)))
-        except (OSError, ValueError):
-            ip = ipaddress.ip_address(ip)
+        key = plain_address_key(ip)
+        if key is not None:
+            return key
+        ip = ipaddress.ip_address(ip)
     if ip.version == 4:
         return 4, int(ip)
     return _unmap(int(ip))
 
 
-def _parse_network(text: str) -> NetworkKey | None:
+def plain_network_key(text: str) -> NetworkKey | None:
     """``(family, first, length)`` of a plain ``address/length`` string, without building ``ipaddress`` objects
-    (ten times faster on a million lines); ``None`` for anything unusual, which ``ipaddress`` then judges."""
+    (ten times faster on a million lines) and as written (an IPv4-mapped network stays IPv6); ``None`` for
+    anything unusual, a network with host bits set included, which ``ipaddress`` then judges."""
     address, _, length_text = text.partition("/")
     for family, af in ((4, AF_INET), (6, AF_INET6)):
         try:
@@ -91,7 +100,7 @@ def network_key(net: Network) -> NetworkKey:
     Raises ``ValueError`` for a string that is not a network, or one with host bits set.
     """
     if isinstance(net, str):
-        parsed = _parse_network(net.strip())
+        parsed = plain_network_key(net.strip())
         if parsed is None:
             net = ipaddress.ip_network(net.strip())
             parsed = net.version, int(net.network_address), net.prefixlen

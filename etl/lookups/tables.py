@@ -27,8 +27,9 @@ class LookupTables:
     geoip: GeoIp | None = None
     # Answers computed from this snapshot (``etl.lookups.context``): true as long as the snapshot is, so a worker
     # reuses them from batch to batch, and drops them with it. Changed only by whole-entry dict operations, which
-    # the GIL makes atomic, so threads may share it; its reader bounds its size.
-    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    # the GIL makes atomic, so threads may share it; its reader bounds its size. Not an argument, so that a
+    # snapshot made from another (``dataclasses.replace``) starts with a memo of its own.
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
 
 EMPTY = LookupTables()

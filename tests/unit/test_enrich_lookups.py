@@ -5,6 +5,7 @@ through ``enrich_batch``, on events as the pipeline parses them."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -206,3 +207,22 @@ def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     sizes = [len(tables.memo) for e in events if enriched(e, tables)]
     assert max(sizes) <= 8 and len(set(sizes)) > 1
     assert enriched(event({"host_ip": "192.0.2.1"}), tables)["intel"][0]["value"] == "192.0.2.1"
+
+
+def test_an_agents_long_text_is_not_kept_where_an_address_would_be() -> None:
+    tables = intel_tables("192.0.2.1")
+    huge = "1" * 16_000  # the longest a metadata string may be is about this
+    out = enriched(event({"host_ip": huge}, {"dst_ip": huge + "2"}), tables)
+    assert (out["src_asset"], out["dst_asset"], out["intel"]) == (None, None, [])
+    assert not [key for key in tables.memo if len(key[1]) > 100], "the snapshot keeps no such text"
+    assert tables.indicators is not None
+    assert tables.indicators.match(event({"host_ip": huge})) == []
+    assert not [text for text in tables.indicators._address_cache if len(text) > 100], "nor the index's cache"
+
+
+def test_a_snapshot_made_from_another_remembers_nothing_of_it() -> None:
+    ev = event({"host_ip": "192.0.2.1"})
+    old = intel_tables("192.0.2.1")
+    assert len(enriched(ev, old)["intel"]) == 1
+    new = dataclasses.replace(old, indicators=intel_tables("198.51.100.1").indicators)
+    assert new.memo is not old.memo and enriched(ev, new)["intel"] == []

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import orjson
 
@@ -20,15 +20,10 @@ from etl.lookups.feeds.values import BadValue, indicator
 CSV_COLUMNS = ("type", "value", "source", "severity")
 
 
-def _add(report: FeedReport, line: int, fields: Mapping[str, object], default_source: str) -> None:
-    """One row's indicator into ``report``; a row with a field that is not text, or a bad value, is skipped."""
-    texts = {key: fields.get(key) or "" for key in CSV_COLUMNS}
-    if not all(isinstance(text, str) for text in texts.values()):
-        report.skip(line)
-        return
+def _add(report: FeedReport, line: int, value: str, source: str, severity: str, declared: str) -> None:
+    """One row's indicator into ``report``; a row with a bad value is skipped."""
     try:
-        report.indicators.append(indicator(str(texts["value"]), str(texts["source"]).strip() or default_source,
-                                           str(texts["severity"]), declared=str(texts["type"])))
+        report.indicators.append(indicator(value, source, severity, declared=declared))
     except BadValue:
         report.skip(line)
 
@@ -38,7 +33,7 @@ def read_plain(report: FeedReport, lines: Iterable[str], source: str) -> None:
     for number, line in enumerate(lines, start=1):
         value = line.split("#", 1)[0].strip()
         if value:
-            _add(report, number, {"value": value}, source)
+            _add(report, number, value, source, "", "")
 
 
 def read_csv(report: FeedReport, lines: Iterable[str], source: str) -> None:
@@ -48,6 +43,10 @@ def read_csv(report: FeedReport, lines: Iterable[str], source: str) -> None:
     header = [name.strip().lower() for name in next(rows, [])]
     if "value" not in header:
         raise ValueError(f"the header row names no 'value' column (expected {','.join(CSV_COLUMNS)})")
+    # Where each column is, found once rather than a dict made a row; a column named twice is read from its last.
+    where = {name: i for i, name in enumerate(header)}
+    at_value = where["value"]
+    at_source, at_severity, at_type = (where.get(name) for name in ("source", "severity", "type"))
     for row in rows:
         number = rows.line_num
         if not any(cell.strip() for cell in row):
@@ -55,11 +54,13 @@ def read_csv(report: FeedReport, lines: Iterable[str], source: str) -> None:
         if len(row) != len(header):
             report.skip(number)
             continue
-        _add(report, number, dict(zip(header, row, strict=True)), source)
+        _add(report, number, row[at_value], (row[at_source].strip() if at_source is not None else "") or source,
+             row[at_severity] if at_severity is not None else "", row[at_type] if at_type is not None else "")
 
 
 def read_json_lines(report: FeedReport, lines: Iterable[str], source: str) -> None:
-    """A JSON-lines feed's indicators into ``report``: a line that is not a JSON object is skipped."""
+    """A JSON-lines feed's indicators into ``report``: a line that is not a JSON object, or has a field that is
+    not text, is skipped."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -67,7 +68,9 @@ def read_json_lines(report: FeedReport, lines: Iterable[str], source: str) -> No
             fields = orjson.loads(line)
         except orjson.JSONDecodeError:
             fields = None
-        if isinstance(fields, dict):
-            _add(report, number, fields, source)
-        else:
+        texts = [fields.get(key) or "" for key in CSV_COLUMNS] if isinstance(fields, dict) else None
+        if texts is None or not all(isinstance(text, str) for text in texts):
             report.skip(number)
+            continue
+        kind, value, given, severity = texts
+        _add(report, number, value, given.strip() or source, severity, kind)
