@@ -8,10 +8,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from etl.errors import LookupFileError
+from etl.errors import LookupFileError, SinkDataError
 from etl.lookups.feeds import FeedReport, load_feed, read_feeds
 from etl.lookups.feeds.values import DEFAULT_SEVERITY, BadValue, Indicator, IndicatorType, indicator
 from etl.lookups.sources import load_intel
+from etl.pipeline.limits import MAX_DOMAIN_CHARS, MAX_INDICATOR_SEVERITY_CHARS, MAX_INDICATOR_SOURCE_CHARS
+from etl.sinks.graph.lookups import matches
 
 HASH = "AB" * 32
 T = IndicatorType
@@ -88,6 +90,44 @@ def test_json_lines_read_objects_and_count_lines_that_are_not_one(tmp_path: Path
     assert triples(indicators) == [("sha256", HASH.lower(), "vt", "critical"),
                                           ("domain", "bad.example.org", "x", "unknown")]
     assert (report.skipped, report.bad_lines) == (3, [2, 3, 4])
+
+
+def test_a_source_or_severity_the_sinks_cannot_store_makes_a_malformed_line(tmp_path: Path) -> None:
+    """Over its bound, a source would make the Indicator's graph key too long, and the graph would refuse every
+    event that matched it; a NUL no graph property or JSONB text holds. Such a line is skipped, with its number."""
+    source, severity = "s" * MAX_INDICATOR_SOURCE_CHARS, "h" * MAX_INDICATOR_SEVERITY_CHARS
+    long_source, long_severity = source + "s", severity + "h"
+    path = write(tmp_path / "intel.csv", "value,source,severity\n"
+                                         f"192.0.2.1,{long_source},high\n"
+                                         f"192.0.2.2,acme,{long_severity}\n"
+                                         "192.0.2.3,ac\x00me,high\n"
+                                         "192.0.2.4,acme,hi\x00gh\n"
+                                         f"192.0.2.5,{source},{severity}\n")  # at the bounds
+    indicators, report = load_feed(path)
+    assert [i.value for i in indicators] == ["192.0.2.5"]
+    assert (report.skipped, report.bad_lines) == (4, [2, 3, 4, 5])
+    lines = [orjson.dumps({"value": "evil.example", "source": long_source}).decode(),
+             orjson.dumps({"value": "evil.example", "severity": long_severity}).decode()]
+    indicators, report = load_feed(write(tmp_path / "intel.jsonl", "\n".join(lines) + "\n"))
+    assert (indicators, report.skipped, report.bad_lines) == ([], 2, [1, 2])
+
+
+def test_the_longest_source_allowed_keys_an_indicator_within_the_graph_s_bound() -> None:
+    """The bound is the graph key's, for the longest value (a domain) and a source of 4-byte characters: at it the
+    graph takes the match, one character past it the graph would refuse the event."""
+    longest_domain = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 57, "com"])
+    assert len(longest_domain) == MAX_DOMAIN_CHARS
+    at_bound = indicator(longest_domain, "\U0001f600" * MAX_INDICATOR_SOURCE_CHARS)
+
+    def entry(source: str) -> list[dict[str, object]]:
+        return [{"type": "domain", "value": at_bound.value, "source": source, "severity": "high",
+                 "field": "payload", "observed": at_bound.value}]
+
+    assert matches("e1", entry(at_bound.source))
+    with pytest.raises(SinkDataError, match="key"):
+        matches("e1", entry(at_bound.source + "\U0001f600"))
+    with pytest.raises(BadValue, match="source"):
+        indicator(longest_domain, at_bound.source + "\U0001f600")
 
 
 def stix_indicator(pattern: str, **extra: object) -> dict[str, object]:
