@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.feed_load --quick    # 100,000
 
 Writes ``--indicators`` values (the mix of ``bench.intel``: addresses, CIDRs, domains, hashes) as a plain list, a
-CSV feed and a JSON-lines feed in a temporary directory, then for each: seconds of CPU for ``load_feeds``
+CSV feed and a JSON-lines feed in a temporary directory, then for each: seconds of CPU for ``read_feeds``
 (reading and normalising every line) and for ``IndicatorIndex.build`` on what it loaded, best of ``--rounds``,
 and indicators per second. The values are made once, before any timing, so only the loading is measured.
 """
@@ -23,7 +23,7 @@ from typing import TypeVar
 import orjson
 
 from bench.intel import MIX, SEVERITIES, SOURCES, _value
-from etl.lookups.feeds import load_feeds
+from etl.lookups.feeds import read_feeds
 from etl.lookups.indicators import IndicatorIndex
 
 T = TypeVar("T")
@@ -66,8 +66,7 @@ def best_of(rounds: int, work: Callable[[], T]) -> tuple[float, T]:
 
 
 def measure(name: str, path: Path, rounds: int) -> None:
-    load_s, reports = best_of(rounds, lambda: load_feeds([path]))
-    indicators = [i for report in reports for i in report.indicators]
+    load_s, indicators = best_of(rounds, lambda: list(read_feeds([path], [])))
     build_s, index = best_of(rounds, lambda: IndicatorIndex.build(indicators))
     print(f"{name:<11} {len(indicators):>9,} indicators: load {load_s:5.1f} s ({len(indicators) / load_s:>9,.0f}/s), "
           f"index {build_s:4.1f} s; {len(index):,} distinct")

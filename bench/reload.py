@@ -12,7 +12,7 @@ memory (RSS, sampled every 20 ms):
 
 - ``start``: the process before any table; ``loaded``: once the first table is in use; ``reload peak``: the most
   it held while loading the new table beside the old one; ``after``: once the new table is swapped in and the
-  old one dropped (CPython keeps much of the freed memory for reuse, so this stays near the peak);
+  old one dropped (and the freed heap handed back, ``etl.runtime.heap``);
 - the seconds each load took.
 """
 

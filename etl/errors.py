@@ -91,6 +91,19 @@ class BadEvent(PermanentError):
         return f"{type(self).__name__}/{self.violation.value}"
 
 
+class LookupReadError(TransientError):
+    """A lookup table in use failed while enriching a batch: a GeoIP database's data read as corrupt. That is what a
+    database rewritten in place under its reader looks like (it maps the file), so the batch is retried: the
+    reload thread (``etl.lookups.live``) sees the changed file and loads it, and a retry takes the new table. A
+    database that stays corrupt fails every retry, and the batch is dead-lettered after the last with this error's
+    name, to be replayed once the file is fixed."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 class LookupFileError(EtlError):
     """A lookup file (an indicator feed, an asset inventory, a GeoIP database) cannot be read or parsed at all.
     A malformed line inside a readable file is skipped and counted instead; this error is for the whole file, so

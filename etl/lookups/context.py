@@ -83,7 +83,7 @@ def asset_of(tables: LookupTables, text: str) -> Asset | None:
 
 def geo_of(tables: LookupTables, text: str) -> Geo | None:
     """What the GeoIP databases know of the address ``text``; ``None`` when none is configured or it knows
-    nothing. Raises ``LookupFileError`` if a database's data are corrupt."""
+    nothing. Raises ``LookupReadError`` (transient) if a database's data read as corrupt."""
     if tables.geoip is None:
         return None
     geo = tables.geoip.lookup(text)
@@ -145,8 +145,8 @@ def _payload_intel(tables: LookupTables, index: IndicatorIndex, event: Event) ->
 
 def lookup_fields(tables: LookupTables, event: Event, peer: str | None) -> LookupFields:
     """The event's four lookup fields (see the module's docstring); ``peer`` is its destination, as
-    ``etl.pipeline.peers.destination_of`` gives it. Raises ``LookupFileError`` if a GeoIP database's data are
-    corrupt."""
+    ``etl.pipeline.peers.destination_of`` gives it. Raises ``LookupReadError`` (transient) if a GeoIP database's
+    data read as corrupt."""
     host = candidates.host_address(event)
     src = _address(tables, Field.HOST, host) if host else _NOWHERE
     dst = _address(tables, Field.DESTINATION, peer) if peer else _NOWHERE

@@ -26,7 +26,7 @@ from typing import Any
 
 import maxminddb
 
-from etl.errors import LookupFileError
+from etl.errors import LookupFileError, LookupReadError
 from etl.lookups.prefixes import Address, address_key
 
 
@@ -93,13 +93,16 @@ class _Database:
 
     def get(self, family: int, query: Address) -> Any:
         """The record for ``query`` (an address of ``family``, as ``_query`` makes it), or ``None``. Raises
-        ``LookupFileError`` if the database's data turn out to be corrupt."""
+        ``LookupReadError`` (transient: the batch is retried once the file is reloaded) if the data read as
+        corrupt, as they do once the file is rewritten in place under the reader."""
         if family == 6 and not self._has_ipv6:
             return None
         try:
             return self._reader.get(query)
-        except maxminddb.InvalidDatabaseError as e:
-            raise LookupFileError(self.path, f"corrupt data: {e}") from e
+        # The readers say InvalidDatabaseError of a pointer, a type or a size that makes no sense; a string's bytes
+        # that are not UTF-8 fail to decode.
+        except (maxminddb.InvalidDatabaseError, UnicodeDecodeError) as e:
+            raise LookupReadError(self.path, f"corrupt data (rewritten in place?): {e}") from e
 
     @property
     def node_count(self) -> int:
@@ -148,7 +151,7 @@ class GeoIp:
 
     def lookup(self, ip: Address) -> Geo:
         """What the databases hold for ``ip``; ``UNKNOWN`` when neither knows it. ``ValueError`` if ``ip`` is not
-        an address."""
+        an address; ``LookupReadError`` if a database's data read as corrupt."""
         family, query = _query(ip)
         place = self._city.get(family, query) if self._city is not None else None
         network = self._asn.get(family, query) if self._asn is not None else None

@@ -10,6 +10,9 @@ own: a broken feed does not hold up an inventory update. A table that fails to l
 start: is absent until a later check loads it); its error is logged once and counted
 (``etl_lookup_reload_failures_total``), and logged again only when its files change again.
 
+Building a table frees much of the C heap (its dicts grow by copying); after a swap that memory is handed back to
+the system (``etl.runtime.heap``), so that a worker's resident size is near what its tables hold.
+
 A GeoIP reader maps its file into memory. An old reader is never closed here: a batch in flight may still read
 it. It is left to Python's reference counting, which unmaps it as soon as the last snapshot holding it is dropped,
 that is when the last batch that took it ends; a grace period would have to guess how long a batch can take.
@@ -27,6 +30,7 @@ from etl.errors import LookupFileError
 from etl.lookups.changes import TableSignature, TableWatch, newest_mtime_s
 from etl.lookups.sources import Loaded, TableSource, snapshot
 from etl.lookups.tables import EMPTY, LookupTables
+from etl.runtime.heap import release_free_memory
 from etl.runtime.metrics import LOOKUP_ENTRIES, LOOKUP_RELOAD_FAILURES, LOOKUP_SKIPPED_LINES, LOOKUP_SOURCE_TIMESTAMP
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,8 @@ class LiveLookups:
                     # At once, not after the other tables: a slow feed does not hold up an inventory update.
                     self._snapshot = snapshot(self._tables)
                     swapped.append(source.name)
+        if swapped:
+            release_free_memory()  # what building the new table and dropping the old one freed
         return swapped
 
     def _load_first(self) -> LookupTables:
@@ -94,6 +100,7 @@ class LiveLookups:
                 for source in self._sources:
                     self._check_one(source)
                 self._snapshot = snapshot(self._tables)
+                release_free_memory()  # what building the tables freed
             return self._snapshot
 
     def _loop(self) -> None:

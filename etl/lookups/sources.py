@@ -11,7 +11,7 @@ rather than replaced by part of the feeds), ``assets``, and the two GeoIP databa
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 from etl.errors import LookupFileError
 from etl.lookups.assets import load_assets
 from etl.lookups.changes import FileSignature, TableSignature
-from etl.lookups.feeds import Indicator, feed_files, load_feed
+from etl.lookups.feeds import FeedReport, feed_files, read_feeds
 from etl.lookups.geoip import GeoIp
 from etl.lookups.indicators import IndicatorIndex
 from etl.lookups.tables import LookupTables
@@ -55,19 +55,11 @@ class TableSource:
 
 
 def load_intel(paths: tuple[str, ...]) -> Loaded:
-    """Every feed of ``paths`` in one index, read one file at a time so that a reload holds one file's
-    ``Indicator`` objects beside the index, not every file's."""
-    skipped = 0
-
-    def indicators() -> Iterator[Indicator]:
-        nonlocal skipped
-        for path in feed_files(paths):
-            report = load_feed(path)
-            skipped += report.skipped
-            yield from report.indicators
-
-    index = IndicatorIndex.build(indicators())
-    return Loaded(index, len(index), skipped)
+    """Every feed of ``paths`` in one index, each indicator added to it as its line is read: a reload holds the
+    table in use and the one being built, and no file's text, lines or list of indicators beside them."""
+    reports: list[FeedReport] = []
+    index = IndicatorIndex.build(read_feeds(paths, reports))
+    return Loaded(index, len(index), sum(report.skipped for report in reports))
 
 
 def load_inventory(paths: tuple[str, ...]) -> Loaded:

@@ -85,8 +85,8 @@ def enrich(event: Event, *, env: str, rdns: str | None, enriched_at: str, lookup
 def enrich_batch(events: Sequence[Event], *, env: str, resolver: Resolver, now: datetime,
                  tables: LookupTables = EMPTY) -> list[Event]:
     """Enrich a batch with one ``resolver.resolve`` call for every distinct host and destination in it, and
-    lookups in one snapshot of the ``tables``. Raises ``LookupFileError`` if a GeoIP database's data are
-    corrupt."""
+    lookups in one snapshot of the ``tables``. Raises ``LookupReadError`` (transient: the batch is retried) if a
+    GeoIP database's data read as corrupt."""
     hosts = [host_of(e) for e in events]
     destinations = [destination_of(e) for e in events]
     peers = [peer_of(d) for d in destinations]

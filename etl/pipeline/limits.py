@@ -25,6 +25,17 @@ _PG_INDEX_ENTRY_OVERHEAD_BYTES = 32
 # A value that is a key in both stores (the events' id and host_id) fits the smaller of the two.
 INDEX_KEY_BYTES = min(PG_BTREE_ITEM_BYTES - _PG_INDEX_ENTRY_OVERHEAD_BYTES, GRAPH_KEY_BYTES)
 UTF8_MAX_BYTES_PER_CHAR = 4
+# An indicator (etl.lookups.feeds) is keyed in the graph by ``type:value:source`` (etl.sinks.graph.lookups). Its
+# longest type and value are ``domain`` and a domain name (ASCII once in IDNA form, none of it escaped);
+# an address, a network or a hash is shorter, even with its colons escaped. The source, a feed's own text, gets
+# the rest of GRAPH_KEY_BYTES whatever its characters (an escaped ``:`` or ``%`` is 3 bytes, less than the 4 any
+# character may take): a feed's line over it would make the graph refuse every event that matches it.
+MAX_DOMAIN_CHARS = 253  # RFC 1035, without the trailing dot
+INDICATOR_KEY_TYPE_AND_VALUE_BYTES = len("domain") + MAX_DOMAIN_CHARS
+MAX_INDICATOR_SOURCE_CHARS = (GRAPH_KEY_BYTES - INDICATOR_KEY_TYPE_AND_VALUE_BYTES - 2) // UTF8_MAX_BYTES_PER_CHAR
+# An indicator's severity is a word (``high``, ``critical``) copied into every match of every event, and a graph
+# property: a line with a longer one is a malformed line, not a text to carry.
+MAX_INDICATOR_SEVERITY_CHARS = 64
 # At most 2,048 bytes in UTF-8: within INDEX_KEY_BYTES whatever the characters.
 MAX_ID_CHARS = 512
 # Metadata values that name a graph node or are part of a graph key (etl.sinks.graph.rows). Together in the

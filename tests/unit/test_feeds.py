@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import orjson
 import pytest
 
-from etl.errors import LookupFileError
-from etl.lookups.feeds import load_feed, load_feeds
+from etl.errors import LookupFileError, SinkDataError
+from etl.lookups.feeds import FeedReport, load_feed, read_feeds
 from etl.lookups.feeds.values import DEFAULT_SEVERITY, BadValue, Indicator, IndicatorType, indicator
+from etl.lookups.sources import load_intel
+from etl.pipeline.limits import MAX_DOMAIN_CHARS, MAX_INDICATOR_SEVERITY_CHARS, MAX_INDICATOR_SOURCE_CHARS
+from etl.sinks.graph.lookups import matches
 
 HASH = "AB" * 32
 T = IndicatorType
@@ -56,8 +60,8 @@ def test_a_bad_value_is_refused(text: str, declared: str) -> None:
 def test_a_plain_list_infers_types_ignores_comments_and_counts_bad_lines(tmp_path: Path) -> None:
     path = write(tmp_path / "blocklist.txt", f"# a comment\n192.0.2.1\n\nEVIL.com.  # trailing\nnot a value\n"
                                              f"{HASH}\n10.0.0.0/8\n999.1.2.3\n")
-    report = load_feed(path)
-    assert triples(report.indicators) == [
+    indicators, report = load_feed(path)
+    assert triples(indicators) == [
         ("ip", "192.0.2.1", "blocklist.txt", "unknown"), ("domain", "evil.com", "blocklist.txt", "unknown"),
         ("sha256", HASH.lower(), "blocklist.txt", "unknown"), ("cidr", "10.0.0.0/8", "blocklist.txt", "unknown")]
     assert (report.skipped, report.bad_lines) == (2, [5, 8])
@@ -71,8 +75,8 @@ def test_csv_reads_its_columns_in_any_order_and_counts_bad_rows(tmp_path: Path) 
                                          "high,one,two\n"  # a column short
                                          "\n"
                                          "medium,2001:db8::/32,cidr,acme\n")
-    report = load_feed(path)
-    assert triples(report.indicators) == [("ip", "192.0.2.1", "acme", "high"),
+    indicators, report = load_feed(path)
+    assert triples(indicators) == [("ip", "192.0.2.1", "acme", "high"),
                                           ("domain", "evil.com", "intel.csv", "low"),
                                           ("cidr", "2001:db8::/32", "acme", "medium")]
     assert (report.skipped, report.bad_lines) == (2, [4, 5])
@@ -82,10 +86,48 @@ def test_json_lines_read_objects_and_count_lines_that_are_not_one(tmp_path: Path
     lines = [orjson.dumps({"type": "sha256", "value": HASH, "source": "vt", "severity": "critical"}).decode(),
              "[1, 2]", "{not json", orjson.dumps({"value": 5}).decode(),
              orjson.dumps({"value": "bad.example.org", "source": "x"}).decode()]
-    report = load_feed(write(tmp_path / "intel.jsonl", "\n".join(lines) + "\n"))
-    assert triples(report.indicators) == [("sha256", HASH.lower(), "vt", "critical"),
+    indicators, report = load_feed(write(tmp_path / "intel.jsonl", "\n".join(lines) + "\n"))
+    assert triples(indicators) == [("sha256", HASH.lower(), "vt", "critical"),
                                           ("domain", "bad.example.org", "x", "unknown")]
     assert (report.skipped, report.bad_lines) == (3, [2, 3, 4])
+
+
+def test_a_source_or_severity_the_sinks_cannot_store_makes_a_malformed_line(tmp_path: Path) -> None:
+    """Over its bound, a source would make the Indicator's graph key too long, and the graph would refuse every
+    event that matched it; a NUL no graph property or JSONB text holds. Such a line is skipped, with its number."""
+    source, severity = "s" * MAX_INDICATOR_SOURCE_CHARS, "h" * MAX_INDICATOR_SEVERITY_CHARS
+    long_source, long_severity = source + "s", severity + "h"
+    path = write(tmp_path / "intel.csv", "value,source,severity\n"
+                                         f"192.0.2.1,{long_source},high\n"
+                                         f"192.0.2.2,acme,{long_severity}\n"
+                                         "192.0.2.3,ac\x00me,high\n"
+                                         "192.0.2.4,acme,hi\x00gh\n"
+                                         f"192.0.2.5,{source},{severity}\n")  # at the bounds
+    indicators, report = load_feed(path)
+    assert [i.value for i in indicators] == ["192.0.2.5"]
+    assert (report.skipped, report.bad_lines) == (4, [2, 3, 4, 5])
+    lines = [orjson.dumps({"value": "evil.example", "source": long_source}).decode(),
+             orjson.dumps({"value": "evil.example", "severity": long_severity}).decode()]
+    indicators, report = load_feed(write(tmp_path / "intel.jsonl", "\n".join(lines) + "\n"))
+    assert (indicators, report.skipped, report.bad_lines) == ([], 2, [1, 2])
+
+
+def test_the_longest_source_allowed_keys_an_indicator_within_the_graph_s_bound() -> None:
+    """The bound is the graph key's, for the longest value (a domain) and a source of 4-byte characters: at it the
+    graph takes the match, one character past it the graph would refuse the event."""
+    longest_domain = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 57, "com"])
+    assert len(longest_domain) == MAX_DOMAIN_CHARS
+    at_bound = indicator(longest_domain, "\U0001f600" * MAX_INDICATOR_SOURCE_CHARS)
+
+    def entry(source: str) -> list[dict[str, object]]:
+        return [{"type": "domain", "value": at_bound.value, "source": source, "severity": "high",
+                 "field": "payload", "observed": at_bound.value}]
+
+    assert matches("e1", entry(at_bound.source))
+    with pytest.raises(SinkDataError, match="key"):
+        matches("e1", entry(at_bound.source + "\U0001f600"))
+    with pytest.raises(BadValue, match="source"):
+        indicator(longest_domain, at_bound.source + "\U0001f600")
 
 
 def stix_indicator(pattern: str, **extra: object) -> dict[str, object]:
@@ -111,8 +153,8 @@ def test_a_stix_bundle_yields_each_supported_comparison_and_counts_the_rest(tmp_
     ]
     path = write(tmp_path / "bundle.json", orjson.dumps({"type": "bundle", "id": "bundle--1", "objects": objects})
                  .decode())
-    report = load_feed(path)
-    assert triples(report.indicators) == [
+    indicators, report = load_feed(path)
+    assert triples(indicators) == [
         ("cidr", "198.51.100.0/24", "bundle.json", "unknown"), ("cidr", "2001:db8::/32", "bundle.json", "unknown"),
         ("ip", "2001:db8::1", "bundle.json", "unknown"), ("domain", "evil.example.com", "bundle.json", "unknown"),
         ("sha256", HASH.lower(), "bundle.json", "unknown"), ("cidr", "203.0.113.0/24", "bundle.json", "unknown")]
@@ -140,7 +182,29 @@ def test_directories_are_read_recursively_in_name_order_and_a_missing_path_is_an
     write(tmp_path / "feeds" / "a.txt", "192.0.2.1\n")
     write(tmp_path / "feeds" / ".hidden.txt", "192.0.2.9\n")
     single = write(tmp_path / "one.csv", "value\n192.0.2.4\n")
-    reports = load_feeds([tmp_path / "feeds", single])
-    assert [r.indicators[0].value for r in reports] == ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
+    reports: list[FeedReport] = []
+    values = [i.value for i in read_feeds([tmp_path / "feeds", single], reports)]
+    assert values == ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
+    assert [(Path(r.path).name, r.loaded) for r in reports] == [("a.txt", 1), ("b.txt", 1), ("a.txt", 1),
+                                                                ("one.csv", 1)]
     with pytest.raises(LookupFileError, match="no such file"):
-        load_feeds([tmp_path / "missing"])
+        list(read_feeds([tmp_path / "missing"], []))
+
+
+def test_a_feed_streams_into_its_index_holding_nothing_of_the_file_beside_it(tmp_path: Path) -> None:
+    """What a worker holds at the peak of loading a feed is the index it builds: no file's text, lines or list of
+    indicators (which cost three times the index when they were held)."""
+    path = tmp_path / "big.csv"
+    with path.open("w") as out:
+        out.write("type,value,source,severity\n")
+        for i in range(30_000):
+            out.write(f"ip,10.{i >> 16}.{(i >> 8) & 255}.{i & 255},acme,high\n" if i % 2
+                      else f"domain,host{i}.evil{i % 97}.example,acme,high\n")
+    tracemalloc.start()
+    try:
+        loaded = load_intel((str(path),))
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert loaded.entries == 30_000
+    assert peak - held < held // 4, f"held {held:,} bytes, peak {peak:,}"

@@ -4,13 +4,15 @@ and a file that is no database refused with a typed error."""
 from __future__ import annotations
 
 import ipaddress
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import maxminddb
 import pytest
 
-from etl.errors import LookupFileError
+from etl.broker import retry_when
+from etl.errors import LookupFileError, LookupReadError, TransientError
 from etl.lookups.geoip import UNKNOWN, Geo, GeoIp
 from tests.support.mmdb import asn_record, city_record, write_mmdb
 
@@ -108,3 +110,31 @@ def test_a_truncated_database_is_refused(tmp_path: Path, city: Path, mode: int) 
 def test_a_missing_file_is_refused(tmp_path: Path, city: Path) -> None:
     with pytest.raises(LookupFileError, match="No such file"):
         GeoIp.open(city, tmp_path / "absent.mmdb")
+
+
+def test_a_database_rewritten_in_place_under_its_reader_fails_with_a_transient_error(
+        tmp_path: Path, city: Path, mode: int) -> None:
+    """Copied over in place (truncated, then written: what ``cp`` does), not renamed over: the reader, which maps
+    the file, reads the new bytes through the old layout. What fails (some lookups may instead answer wrongly) is
+    a transient error: the batch that asked is retried, not dead-lettered as bad data, while the reload picks up
+    the new file."""
+    other = write_mmdb(tmp_path / "other.mmdb", {f"{10 + i // 256}.{i % 256}.0.0/16": city_record("FR")
+                                                 for i in range(1000)} | {"198.51.100.0/24": city_record("LU")},
+                       database_type="GeoLite2-City")
+    # Never shorter than the file mapped: a read past the end of a mapped file is SIGBUS, which kills the process.
+    assert other.stat().st_size > city.stat().st_size
+    errors: list[Exception] = []
+    with GeoIp.open(city_path=city, mode=mode) as geoip:
+        assert geoip.lookup("198.51.100.7").country == "NL"
+        shutil.copyfile(other, city)
+        for ip in ("198.51.100.7", "198.51.100.200", "192.0.2.1", "2001:db8:1::1", "8.8.8.8", "10.5.0.1"):
+            try:
+                geoip.lookup(ip)
+            except Exception as e:  # noqa: BLE001 - every kind is looked at below
+                errors.append(e)
+    assert errors, "a lookup through the old layout fails"
+    assert all(isinstance(e, LookupReadError) and e.path == str(city) for e in errors), errors
+    assert isinstance(errors[0], TransientError)
+    assert retry_when(max_retries=8)(0, errors[0]), "the batch is retried"
+    with GeoIp.open(city_path=city, mode=mode) as reloaded:
+        assert reloaded.lookup("198.51.100.7").country == "LU"

@@ -12,7 +12,7 @@ import pytest
 
 from etl.lookups import indicators
 from etl.lookups.candidates import MAX_DOMAINS, MAX_SCAN_STRINGS, Field, domains
-from etl.lookups.feeds import load_feeds
+from etl.lookups.feeds import read_feeds
 from etl.lookups.feeds.values import Indicator, IndicatorType, indicator
 from etl.lookups.indicators import IndicatorIndex, Match
 from etl.pipeline.events import Event, parse_event
@@ -89,7 +89,7 @@ def test_one_value_in_two_feeds_is_reported_once_per_source_and_severity(tmp_pat
                                     "domain,evil.com,acme,low\n")
     (tmp_path / "b.txt").write_text("192.0.2.1\nEVIL.COM\n")
     (tmp_path / "c.jsonl").write_text('{"value": "192.0.2.1", "source": "acme", "severity": "HIGH"}\n')
-    indicators: list[Indicator] = [i for r in load_feeds([tmp_path]) for i in r.indicators]
+    indicators: list[Indicator] = list(read_feeds([tmp_path], []))
     idx = IndicatorIndex.build(indicators)
     assert idx.counts() == {T.IP: 1, T.CIDR: 0, T.DOMAIN: 1, T.SHA256: 0}
     found = idx.match(event({"host_ip": "192.0.2.1"}, {"q": "evil.com"}))

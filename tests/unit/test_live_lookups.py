@@ -3,21 +3,29 @@ in use (counted once, logged once), tables reload on their own, and a snapshot t
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dramatiq
+import orjson
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from prometheus_client import REGISTRY
 
+from etl.errors import LookupReadError
 from etl.lookups.live import LiveLookups
 from etl.lookups.sources import Loaded, TableSource, load_intel, load_inventory, table_sources
 from etl.lookups.tables import LookupTables
 from etl.middleware.lookups import LookupsOnBoot
+from etl.pipeline.enrich import enrich_batch
+from etl.pipeline.events import parse_event
+from etl.rdns.strategies import OffResolver
 from tests.support.mmdb import city_record, write_mmdb
 from tests.waiting import wait_for
 
@@ -210,3 +218,31 @@ def test_only_a_worker_serving_the_enrich_queue_loads_the_tables(files: dict[str
     middleware.before_worker_boot(broker, worker)
     assert live.loaded is loads
     middleware.before_worker_shutdown(broker, worker)
+
+
+def test_a_batch_failing_on_a_database_rewritten_in_place_succeeds_once_the_change_is_reloaded(
+        tmp_path: Path) -> None:
+    """The file keeps its inode when rewritten in place, but not its mtime and size: the next check reloads it, and
+    the batch, retried with the new snapshot, is enriched from the new database."""
+    city = write_mmdb(tmp_path / "city.mmdb", {"198.51.100.0/24": city_record("NL")}, database_type="GeoLite2-City")
+    other = write_mmdb(tmp_path / "other.mmdb", {f"{10 + i // 256}.{i % 256}.0.0/16": city_record("FR")
+                                                 for i in range(1000)} | {"198.51.100.0/24": city_record("LU")},
+                       database_type="GeoLite2-City")
+    assert other.stat().st_size > city.stat().st_size  # a read past a mapped file's end would be SIGBUS
+    live = LiveLookups(table_sources(geoip_city_path=str(city)), 0)
+    live.start()
+    payload = base64.b64encode(orjson.dumps({"dst_ip": "198.51.100.7"})).decode()
+    events = [parse_event(orjson.dumps({"id": "e-1", "timestamp": 1, "type": "net_connect", "metadata": {},
+                                        "payload": payload}), max_bytes=1 << 20)]
+
+    def country() -> str:
+        out = enrich_batch(events, env="test", resolver=OffResolver(), now=datetime.now(UTC), tables=live.current())
+        return str(out[0]["dst_geo"]["country"])
+
+    assert country() == "NL"
+    shutil.copyfile(other, city)
+    live.current().memo.clear()  # another destination, not yet remembered, as most of a batch's are
+    with pytest.raises(LookupReadError):
+        country()
+    assert live.check() == ["geoip_city"]
+    assert country() == "LU"

@@ -1,4 +1,4 @@
-"""Indicator feeds: files of known-bad addresses, networks, domains and file hashes, read into ``Indicator``s.
+"""Indicator feeds: files of known-bad addresses, networks, domains and file hashes, read one line at a time.
 
 A path is a file or a directory (its files, recursively, in name order; hidden files are ignored). A file's
 format is told by its name: ``.csv`` is CSV, ``.jsonl``/``.ndjson`` JSON lines, ``.json`` a STIX 2.1 bundle,
@@ -20,10 +20,11 @@ from etl.lookups.feeds.stix import read_bundle
 from etl.lookups.feeds.tabular import read_csv, read_json_lines, read_plain
 from etl.lookups.feeds.values import Indicator, IndicatorType
 
-__all__ = ["FeedReport", "Indicator", "IndicatorType", "feed_files", "load_feed", "load_feeds"]
+__all__ = ["FeedReport", "Indicator", "IndicatorType", "feed_files", "load_feed", "read_feed", "read_feeds"]
 
 _LINE_READERS = {".csv": read_csv, ".jsonl": read_json_lines, ".ndjson": read_json_lines}
 STIX_SUFFIX = ".json"
+CSV_SUFFIX = ".csv"
 
 
 def feed_files(paths: Iterable[str | Path]) -> Iterator[Path]:
@@ -40,24 +41,44 @@ def feed_files(paths: Iterable[str | Path]) -> Iterator[Path]:
             raise LookupFileError(str(path), "no such file or directory")
 
 
-def load_feed(path: Path) -> FeedReport:
-    """One feed file's indicators, its source defaulting to the file's name. Raises ``LookupFileError`` when the
-    file cannot be read (missing, unreadable, not UTF-8) or parsed at all (a CSV without a ``value`` column, a
-    ``.json`` file that is not a STIX bundle)."""
-    report = FeedReport(str(path))
+def _indicators(path: Path, report: FeedReport) -> Iterator[Indicator]:
     suffix = path.suffix.lower()
+    if suffix == STIX_SUFFIX:
+        # A bundle is one JSON document, so it is read whole; bundles are not where million-line feeds come in.
+        yield from read_bundle(report, orjson.loads(path.read_text(encoding="utf-8-sig")), path.name)
+        return
+    # Line by line: a worker holds no file's text or lines, only the index they fill. The csv module wants its
+    # file opened with newline="", to see the line ends inside a quoted field as they are.
+    with path.open(encoding="utf-8-sig", newline="" if suffix == CSV_SUFFIX else None) as lines:
+        yield from _LINE_READERS.get(suffix, read_plain)(report, lines, path.name)
+
+
+def read_feed(path: Path, report: FeedReport) -> Iterator[Indicator]:
+    """One feed file's indicators, one at a time as the file is read, its source defaulting to the file's name;
+    ``report`` counts them, and the lines skipped, as they pass. Raises ``LookupFileError``, while iterated, when
+    the file cannot be read (missing, unreadable, not UTF-8) or parsed at all (a CSV without a ``value`` column, a
+    ``.json`` file that is not a STIX bundle): possibly after yielding some, so a caller builds nothing from a
+    file until it is read to its end."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-        if suffix == STIX_SUFFIX:
-            read_bundle(report, orjson.loads(text), path.name)
-        else:
-            _LINE_READERS.get(suffix, read_plain)(report, text.splitlines(), path.name)
+        for indicator in _indicators(path, report):
+            report.loaded += 1
+            yield indicator
     except (OSError, UnicodeDecodeError, ValueError) as e:  # orjson.JSONDecodeError is a ValueError
         raise LookupFileError(str(path), str(e)) from e
-    return report
 
 
-def load_feeds(paths: Iterable[str | Path]) -> list[FeedReport]:
-    """Every feed file's report, in the order ``feed_files`` gives; raises ``LookupFileError`` on the first file
-    that cannot be loaded, so that a caller keeps the table it has rather than build one from part of its feeds."""
-    return [load_feed(path) for path in feed_files(paths)]
+def read_feeds(paths: Iterable[str | Path], reports: list[FeedReport]) -> Iterator[Indicator]:
+    """Every feed file's indicators, in the order ``feed_files`` gives, each file's ``FeedReport`` appended to
+    ``reports`` as it is begun. Raises ``LookupFileError`` on the first file that cannot be loaded, so that a
+    caller keeps the table it has rather than build one from part of its feeds."""
+    for path in feed_files(paths):
+        report = FeedReport(str(path))
+        reports.append(report)
+        yield from read_feed(path, report)
+
+
+def load_feed(path: Path) -> tuple[list[Indicator], FeedReport]:
+    """One feed file's indicators as a list, and its report: for a tool or a test. A worker streams them into
+    its index with ``read_feeds`` instead. Raises ``LookupFileError`` as ``read_feed`` does."""
+    report = FeedReport(str(path))
+    return list(read_feed(path, report)), report

@@ -10,6 +10,7 @@ unsupported rather than matched on a part of its meaning. Patterns are parsed by
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from stix2patterns.exceptions import ParseException
@@ -79,9 +80,9 @@ def pattern_indicators(pattern: str, source: str) -> list[Indicator]:
             for obj_type, comparisons in data.comparisons.items() for path, op, literal in comparisons]
 
 
-def read_bundle(report: FeedReport, bundle: object, source: str) -> None:
-    """A bundle's indicators into ``report``, numbering its objects from 1. Raises ``ValueError`` when ``bundle``
-    is not a STIX bundle at all."""
+def read_bundle(report: FeedReport, bundle: object, source: str) -> Iterator[Indicator]:
+    """A bundle's indicators, one object's at a time, numbering its objects from 1 for ``report``'s counts.
+    Raises ``ValueError`` (when iterated) if ``bundle`` is not a STIX bundle at all."""
     if not isinstance(bundle, dict) or bundle.get("type") != "bundle" or not isinstance(bundle.get("objects"), list):
         raise ValueError("not a STIX bundle (an object of type 'bundle' with a list of 'objects')")
     for number, obj in enumerate(bundle["objects"], start=1):
@@ -93,8 +94,11 @@ def read_bundle(report: FeedReport, bundle: object, source: str) -> None:
                 raise Unsupported(f"pattern_type {obj.get('pattern_type')!r}")
             if not isinstance(pattern, str):
                 raise BadValue("an indicator without a pattern")
-            report.indicators.extend(pattern_indicators(pattern, source))
+            found = pattern_indicators(pattern, source)
         except Unsupported:
             report.unsupported += 1
+            continue
         except BadValue:
             report.skip(number)
+            continue
+        yield from found

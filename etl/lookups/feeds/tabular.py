@@ -10,35 +10,36 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import orjson
 
 from etl.lookups.feeds.report import FeedReport
-from etl.lookups.feeds.values import BadValue, indicator
+from etl.lookups.feeds.values import BadValue, Indicator, indicator
 
 CSV_COLUMNS = ("type", "value", "source", "severity")
 
 
-def _add(report: FeedReport, line: int, value: str, source: str, severity: str, declared: str) -> None:
-    """One row's indicator into ``report``; a row with a bad value is skipped."""
+def _read(report: FeedReport, line: int, value: str, source: str, severity: str, declared: str) -> Indicator | None:
+    """One row's indicator; ``None`` for a row with a bad value, which is counted in ``report`` as skipped."""
     try:
-        report.indicators.append(indicator(value, source, severity, declared=declared))
+        return indicator(value, source, severity, declared=declared)
     except BadValue:
         report.skip(line)
+        return None
 
 
-def read_plain(report: FeedReport, lines: Iterable[str], source: str) -> None:
-    """A plain list's indicators into ``report``."""
+def read_plain(report: FeedReport, lines: Iterable[str], source: str) -> Iterator[Indicator]:
+    """A plain list's indicators, one at a time as ``lines`` are read; bad lines are counted in ``report``."""
     for number, line in enumerate(lines, start=1):
         value = line.split("#", 1)[0].strip()
-        if value:
-            _add(report, number, value, source, "", "")
+        if value and (found := _read(report, number, value, source, "", "")) is not None:
+            yield found
 
 
-def read_csv(report: FeedReport, lines: Iterable[str], source: str) -> None:
-    """A CSV feed's indicators into ``report``. Raises ``ValueError`` when its header has no ``value`` column:
-    then no row can be read."""
+def read_csv(report: FeedReport, lines: Iterable[str], source: str) -> Iterator[Indicator]:
+    """A CSV feed's indicators, one at a time as ``lines`` are read; bad rows are counted in ``report``. Raises
+    ``ValueError`` (when iterated) if its header has no ``value`` column: then no row can be read."""
     rows = csv.reader(lines)
     header = [name.strip().lower() for name in next(rows, [])]
     if "value" not in header:
@@ -54,13 +55,16 @@ def read_csv(report: FeedReport, lines: Iterable[str], source: str) -> None:
         if len(row) != len(header):
             report.skip(number)
             continue
-        _add(report, number, row[at_value], (row[at_source].strip() if at_source is not None else "") or source,
-             row[at_severity] if at_severity is not None else "", row[at_type] if at_type is not None else "")
+        found = _read(report, number, row[at_value],
+                      (row[at_source].strip() if at_source is not None else "") or source,
+                      row[at_severity] if at_severity is not None else "", row[at_type] if at_type is not None else "")
+        if found is not None:
+            yield found
 
 
-def read_json_lines(report: FeedReport, lines: Iterable[str], source: str) -> None:
-    """A JSON-lines feed's indicators into ``report``: a line that is not a JSON object, or has a field that is
-    not text, is skipped."""
+def read_json_lines(report: FeedReport, lines: Iterable[str], source: str) -> Iterator[Indicator]:
+    """A JSON-lines feed's indicators, one at a time as ``lines`` are read: a line that is not a JSON object, or
+    has a field that is not text, is skipped and counted in ``report``."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -73,4 +77,5 @@ def read_json_lines(report: FeedReport, lines: Iterable[str], source: str) -> No
             report.skip(number)
             continue
         kind, value, given, severity = texts
-        _add(report, number, value, given.strip() or source, severity, kind)
+        if (found := _read(report, number, value, given.strip() or source, severity, kind)) is not None:
+            yield found

@@ -16,13 +16,13 @@ from enum import StrEnum
 from socket import AF_INET, inet_ntop
 
 from etl.lookups.prefixes import plain_address_key, plain_network_key
+from etl.pipeline.limits import MAX_DOMAIN_CHARS, MAX_INDICATOR_SEVERITY_CHARS, MAX_INDICATOR_SOURCE_CHARS
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Severity of an indicator whose feed gives none (plain lists, STIX bundles).
 DEFAULT_SEVERITY = "unknown"
-MAX_DOMAIN_CHARS = 253  # RFC 1035, without the trailing dot
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 # A top-level domain is letters (or punycode): what tells ``999.1.2.3``, a bad address, from a name.
 _TOP_LABEL = re.compile(r"[a-z]{2,63}|xn--[a-z0-9-]{1,59}")
@@ -158,9 +158,22 @@ def normalise(kind: IndicatorType, text: str) -> str:
     return domain(text)
 
 
+def _bounded(name: str, text: str, max_chars: int) -> str:
+    """``text``, a feed's ``source`` or ``severity``, when the sinks can store it in every match: at most
+    ``max_chars`` characters (``etl.pipeline.limits``) and no NUL, which no graph property or JSONB text holds.
+    Raises ``BadValue``."""
+    if len(text) > max_chars:
+        raise BadValue(f"{name} is {len(text)} characters, over {max_chars}")
+    if "\x00" in text:
+        raise BadValue(f"{name} has a NUL character")
+    return text
+
+
 def indicator(text: str, source: str, severity: str = "", declared: str = "") -> Indicator:
     """An ``Indicator`` from a feed's fields; ``declared`` (a type's name, or empty to infer it) must agree with
-    the value. Raises ``BadValue``."""
+    the value, and ``source`` and ``severity`` be within their bounds (``_bounded``). Raises ``BadValue``."""
+    source = _bounded("source", source, MAX_INDICATOR_SOURCE_CHARS)
+    severity = _bounded("severity", severity.strip().lower(), MAX_INDICATOR_SEVERITY_CHARS) or DEFAULT_SEVERITY
     text = text.strip()
     if not text:
         raise BadValue("empty value")
@@ -174,4 +187,4 @@ def indicator(text: str, source: str, severity: str = "", declared: str = "") ->
             raise BadValue(f"{text[:64]!r} is not of type {kind.value}")
     else:
         kind = inferred
-    return Indicator(kind, normalise(kind, text), source, severity.strip().lower() or DEFAULT_SEVERITY)
+    return Indicator(kind, normalise(kind, text), source, severity)
