@@ -1,0 +1,97 @@
+"""The local default's sample lookup files (``etl.dev.samples``): each loads with the pipeline's own loaders, nothing
+skipped, and the sample corpus matches them the way a run should show: every kind of indicator, on a few events."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from etl.config import Settings
+from etl.dev import corpus, producers
+from etl.dev.samples import DEV_LOOKUP_RELOAD_S, SampleLookups, write_samples
+from etl.lookups.assets import load_assets
+from etl.lookups.feeds import load_feeds
+from etl.lookups.geoip import GeoIp
+from etl.lookups.indicators import IndicatorIndex
+from etl.pipeline.events import Event, parse_event
+from etl.pipeline.peers import destination_of
+
+MAX_BYTES = Settings().max_event_bytes
+EVENTS = 4000
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> SampleLookups:
+    files, written = write_samples(tmp_path_factory.mktemp("dev"))
+    assert len(written) == 7
+    return files
+
+
+@pytest.fixture(scope="module")
+def events() -> list[Event]:
+    raw = corpus.generate(EVENTS, hosts=10, seed=5)
+    return [parse_event(event, max_bytes=MAX_BYTES) for event in dict.fromkeys(raw)]  # duplicates once
+
+
+def test_a_feed_in_each_format_loads_without_a_skipped_line(samples: SampleLookups) -> None:
+    reports = load_feeds([samples.intel_dir])
+    assert sorted(Path(r.path).suffix for r in reports) == [".csv", ".json", ".jsonl", ".txt"]
+    assert all(r.indicators and r.skipped == 0 and r.unsupported == 0 for r in reports), reports
+    kinds = {i.type.value for r in reports for i in r.indicators}
+    assert kinds == {"ip", "cidr", "domain", "sha256"}
+
+
+def test_the_inventory_and_the_geoip_databases_load(samples: SampleLookups) -> None:
+    inventory = load_assets(samples.assets)
+    assert len(inventory) == 6 and inventory.skipped_lines == ()
+    with GeoIp.open(samples.geoip_city, samples.geoip_asn) as geoip:
+        assert geoip.lookup("198.51.100.40").as_dict() == {"country": "SG", "asn": 64511,
+                                                          "organization": "Example Transit Inc."}
+
+
+def test_the_settings_name_every_file(samples: SampleLookups) -> None:
+    env = samples.env()
+    assert env["LOOKUP_RELOAD_S"] == str(DEV_LOOKUP_RELOAD_S)
+    named = [Path(env[name]) for name in ("INTEL_PATHS", "ASSETS_PATH", "GEOIP_CITY_PATH", "GEOIP_ASN_PATH")]
+    assert all(path.exists() for path in named)
+
+
+def test_the_corpus_matches_every_kind_of_indicator_on_a_few_events(samples: SampleLookups,
+                                                                    events: list[Event]) -> None:
+    index = IndicatorIndex.build(i for report in load_feeds([samples.intel_dir]) for i in report.indicators)
+    matched = [matches for matches in map(index.match, events) if matches]
+    by_type = Counter(m.type.value for matches in matched for m in matches)
+    by_field = Counter(m.field.value for matches in matched for m in matches)
+    assert set(by_type) == {"ip", "cidr", "domain", "sha256"}, by_type
+    assert set(by_field) == {"destination", "payload", "metadata.binary_sha256"}, by_field
+    assert 0.01 < len(matched) / len(events) < 0.10, "a few events match, most do not"
+    assert {m.source for matches in matched for m in matches} >= {
+        "blocklist.txt", "partner-isac", "sandbox", "taxii-bundle.json"}
+
+
+def test_every_host_is_in_a_site_and_every_endpoint_has_a_country_and_an_operator(
+        samples: SampleLookups, events: list[Event]) -> None:
+    inventory = load_assets(samples.assets)
+    hosts = {e["metadata"]["host_ip"] for e in events if "host_ip" in e["metadata"]}
+    assert len(hosts) == 10
+    sites = Counter(inventory.lookup(host).site for host in hosts)
+    assert None not in sites and len(sites) >= 3, sites  # the more specific prefixes win over corp's 10.0.0.0/8
+    peers = {destination_of(e) for e in events} - {None}
+    assert peers == set(producers.ENDPOINTS)
+    with GeoIp.open(samples.geoip_city, samples.geoip_asn) as geoip:
+        assert all(not inventory.lookup(p).internal for p in peers)
+        geos = [geoip.lookup(peer) for peer in peers]
+    assert all(g.country and g.asn and g.organization for g in geos)
+    assert len({g.country for g in geos}) == 3
+
+
+def test_a_file_already_there_is_left_as_the_user_edited_it(tmp_path: Path) -> None:
+    files, _ = write_samples(tmp_path)
+    files.assets.write_text("cidr,site\n10.0.0.0/8,mine\n")
+    (files.intel_dir / "partner.csv").unlink()
+    again, written = write_samples(tmp_path)
+    assert again == files and written == [files.intel_dir / "partner.csv"]
+    assert files.assets.read_text() == "cidr,site\n10.0.0.0/8,mine\n"
+    assert not list(tmp_path.rglob(".*partial")), "no file left half-written"
