@@ -3,10 +3,10 @@
 Totals come from the servers themselves (each sink stage's counter, ``etl.stages``), plus the raw stream's
 durable consumer: ``received`` is what the bridge took from JetStream and acked, ``lag`` what waits in the stream
 for a bridge; ``dead_lettered`` every dead letter counted, kept by the dead-letter queue or not (once full, it
-keeps only samples). Breaker states and "bridge paused" live only in process memory, so they come from the
-``/metrics`` pages the caller names; when none answers they are unknown, and "paused" is also estimated from the
-queue depths as the bridge itself decides it. A server that cannot be read blanks its totals, its failure named
-after it.
+keeps only samples). Breaker states, "bridge paused", and the lookup tables with their matches
+(``etl.ops.lookup_status``) live only in process memory, so they come from the ``/metrics`` pages the caller
+names; when none answers they are unknown, and "paused" is also estimated from the queue depths as the bridge
+itself decides it. A server that cannot be read blanks its totals, its failure named after it.
 
 ``collect`` is the only I/O here (plus the ``watch`` loop); rates, parsing and rendering are pure. Durations are
 seconds, times Unix seconds.
@@ -29,6 +29,8 @@ from etl.breaker import State
 from etl.broker import redis_client
 from etl.config import Settings
 from etl.envvalues import is_http_url, redact_url
+from etl.ops import lookup_status
+from etl.ops.lookup_status import Lookups, MatchRates
 from etl.pipeline.backlog import Backpressure, deepest, queue_depths
 from etl.pipeline.dlq import DeadLetterStore, by_stage
 from etl.stages import NAMES, SINK_NAMES, SINK_STAGES
@@ -65,6 +67,7 @@ class Snapshot:
     low_water: int = 0
     errors: dict[str, str] = field(default_factory=dict)  # server that could not be read -> why
     metrics_unreachable: list[str] = field(default_factory=list)
+    lookups: Lookups | None = None  # None: no metrics page answered; empty: none of them had lookup metrics
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,18 +75,22 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class ProcessMetrics:
-    """The metrics ``status`` needs from ``/metrics`` pages: breaker state by sink, and the paused gauge."""
+    """The metrics ``status`` needs from ``/metrics`` pages: breaker state by sink, the paused gauge, and the lookup
+    tables with their matches."""
 
     breakers: dict[str, int] = field(default_factory=dict)
     paused: bool | None = None
+    lookups: Lookups | None = None
 
     def merge(self, other: ProcessMetrics) -> ProcessMetrics:
-        """Both pages together: the worst state of each breaker; paused when any bridge is."""
+        """Both pages together: the worst state of each breaker; paused when any bridge is; lookups as
+        ``lookup_status`` merges them."""
         breakers = dict(self.breakers)
         for sink, state in other.breakers.items():
             breakers[sink] = max(state, breakers.get(sink, state))
         known = [p for p in (self.paused, other.paused) if p is not None]
-        return ProcessMetrics(breakers, any(known) if known else None)
+        return ProcessMetrics(breakers, any(known) if known else None,
+                              lookup_status.merge(self.lookups, other.lookups))
 
 
 def parse_metrics(text: str) -> ProcessMetrics:
@@ -97,15 +104,15 @@ def parse_metrics(text: str) -> ProcessMetrics:
     breakers: dict[str, int] = {}
     paused: bool | None = None
     is_bridge = False
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == BREAKER_METRIC and "sink" in sample.labels:
-                sink = sample.labels["sink"]
-                breakers[sink] = max(int(sample.value), breakers.get(sink, 0))
-            elif sample.name == PAUSED_METRIC:
-                paused = bool(paused) or sample.value >= 1
-            is_bridge = is_bridge or sample.name == DEPTH_METRIC
-    return ProcessMetrics(breakers, paused if is_bridge else None)
+    samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+    for sample in samples:
+        if sample.name == BREAKER_METRIC and "sink" in sample.labels:
+            sink = sample.labels["sink"]
+            breakers[sink] = max(int(sample.value), breakers.get(sink, 0))
+        elif sample.name == PAUSED_METRIC:
+            paused = bool(paused) or sample.value >= 1
+        is_bridge = is_bridge or sample.name == DEPTH_METRIC
+    return ProcessMetrics(breakers, paused if is_bridge else None, lookup_status.parse_lookups(samples))
 
 
 def check_url(url: str) -> str:
@@ -136,6 +143,13 @@ def rates(previous: Snapshot, current: Snapshot) -> dict[str, float | None]:
         before, after = previous.totals.get(stage), current.totals.get(stage)
         out[stage] = None if before is None or after is None or elapsed <= 0 else (after - before) / elapsed
     return out
+
+
+def match_rates(previous: Snapshot | None, current: Snapshot) -> MatchRates:
+    """Indicator matches per second, by source and type, between two snapshots (``lookup_status.match_rates``)."""
+    if previous is None:
+        return lookup_status.match_rates(None, current.lookups, 0.0)
+    return lookup_status.match_rates(previous.lookups, current.lookups, current.taken_at - previous.taken_at)
 
 
 # --- collection (I/O) ---
@@ -231,7 +245,7 @@ def collect(settings: Settings, metrics_urls: Sequence[str] = (), *,
         bridge_paused=metrics.paused if metrics else None,
         paused_estimate=None if depths is None else paused_estimate(depths, pressure),
         high_water=pressure.high_water, low_water=pressure.low_water, errors=errors,
-        metrics_unreachable=unreachable)
+        metrics_unreachable=unreachable, lookups=(metrics.lookups or Lookups()) if metrics else None)
 
 
 def _state_name(value: int | None) -> str | None:
@@ -245,9 +259,12 @@ def _state_name(value: int | None) -> str | None:
 # --- rendering (pure) ---
 
 
-def to_json(snapshot: Snapshot, stage_rates: Mapping[str, float | None], indent: int | None = None) -> str:
-    """The snapshot and its rates (events per second) as one JSON object; on one line unless ``indent``."""
-    return json.dumps({**snapshot.as_dict(), "rates": dict(stage_rates)}, indent=indent, sort_keys=True)
+def to_json(snapshot: Snapshot, stage_rates: Mapping[str, float | None], indent: int | None = None,
+            matches: MatchRates | None = None) -> str:
+    """The snapshot and its rates (events per second; ``match_rates``: matches per second by source and type) as one
+    JSON object; on one line unless ``indent``."""
+    return json.dumps({**snapshot.as_dict(), "rates": dict(stage_rates), "match_rates": matches or {}},
+                      indent=indent, sort_keys=True)
 
 
 def _show(value: object) -> str:
@@ -275,8 +292,9 @@ def _pairs(values: Mapping[str, object] | None, names: Iterable[str] = ()) -> st
 
 
 def render(snapshot: Snapshot, stage_rates: Mapping[str, float | None], settings: Settings,
-           interval_s: float | None = None) -> str:
-    """The snapshot as a compact table for a terminal; ``interval_s`` is named in the heading when refreshing."""
+           interval_s: float | None = None, matches: MatchRates | None = None) -> str:
+    """The snapshot as a compact table for a terminal; ``interval_s`` is named in the heading when refreshing,
+    ``matches`` are the match rates."""
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snapshot.taken_at))
     every = f"  every {interval_s:g}s, Ctrl-C to quit" if interval_s else ""
     sources = {"received": f"acked by the bridge on {settings.nats_stream}/{settings.nats_consumer}",
@@ -296,6 +314,8 @@ def render(snapshot: Snapshot, stage_rates: Mapping[str, float | None], settings
         f"{'breakers':<16}{_pairs(snapshot.breakers)}",
         f"{'bridge paused':<16}{_yes_no(snapshot.bridge_paused)} (metrics)  "
         f"{_yes_no(snapshot.paused_estimate)} (estimated from queue depth)",
+        "",
+        *lookup_status.render_lookups(snapshot.lookups, matches or {}, snapshot.taken_at),
     ]
     lines += [f"! {source}: {why}" for source, why in sorted(snapshot.errors.items())]
     lines += [f"! metrics not answering: {url}" for url in snapshot.metrics_unreachable]
@@ -306,12 +326,12 @@ def render(snapshot: Snapshot, stage_rates: Mapping[str, float | None], settings
 
 
 def measure(settings: Settings, metrics_urls: Sequence[str], interval_s: float,
-            sleep: Callable[[float], None] = time.sleep) -> tuple[Snapshot, dict[str, float | None]]:
-    """Two snapshots ``interval_s`` seconds apart: the second, and the rates between them."""
+            sleep: Callable[[float], None] = time.sleep) -> tuple[Snapshot, dict[str, float | None], MatchRates]:
+    """Two snapshots ``interval_s`` seconds apart: the second, and the stage and match rates between them."""
     first = collect(settings, metrics_urls)
     sleep(interval_s)
     second = collect(settings, metrics_urls)
-    return second, rates(first, second)
+    return second, rates(first, second), match_rates(first, second)
 
 
 def watch(settings: Settings, metrics_urls: Sequence[str], interval_s: float, out: Callable[[str], None], *,
@@ -324,9 +344,10 @@ def watch(settings: Settings, metrics_urls: Sequence[str], interval_s: float, ou
     while True:
         current = collect(settings, metrics_urls)
         stage_rates = rates(previous, current) if previous else dict.fromkeys(STAGES)
+        matches = match_rates(previous, current)
         if as_json:
-            out(to_json(current, stage_rates))
+            out(to_json(current, stage_rates, matches=matches))
         else:
-            out((CLEAR_SCREEN if clear else "") + render(current, stage_rates, settings, interval_s))
+            out((CLEAR_SCREEN if clear else "") + render(current, stage_rates, settings, interval_s, matches))
         previous = current
         sleep(interval_s)
