@@ -3,6 +3,7 @@ skipped, and the sample corpus matches them the way a run should show: every kin
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -95,3 +96,30 @@ def test_a_file_already_there_is_left_as_the_user_edited_it(tmp_path: Path) -> N
     assert again == files and written == [files.intel_dir / "partner.csv"]
     assert files.assets.read_text() == "cidr,site\n10.0.0.0/8,mine\n"
     assert not list(tmp_path.rglob(".*partial")), "no file left half-written"
+
+
+# --- the README's examples are real ---
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    """The fenced blocks of the README's "Lookup enrichment" section: (language, text)."""
+    text = README.read_text()
+    section = text[text.index("## Lookup enrichment\n"):]
+    section = section[:section.index("\n## ", 1)]
+    return re.findall(r"^```(\w*)\n(.*?)^```$", section, flags=re.M | re.S)
+
+
+def test_the_readmes_feed_and_inventory_examples_load_without_a_skipped_line(tmp_path: Path) -> None:
+    blocks = readme_blocks()
+    feeds = {"blocklist.txt": blocks[0][1], "partner.csv": blocks[1][1], "sandbox.jsonl": blocks[2][1],
+             "bundle.json": blocks[3][1]}
+    for name, text in feeds.items():
+        (tmp_path / name).write_text(text)
+    reports = load_feeds([tmp_path])
+    assert all(r.indicators and r.skipped == 0 and r.unsupported == 0 for r in reports), reports
+    assert {i.type.value for r in reports for i in r.indicators} == {"ip", "cidr", "domain", "sha256"}
+    (tmp_path / "assets.csv").write_text(blocks[4][1])
+    inventory = load_assets(tmp_path / "assets.csv")
+    assert len(inventory) == 2 and inventory.skipped_lines == ()
