@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from etl.config import Settings
 from etl.ops.lookup_status import Lookups, MatchRates, total_rate
-from etl.ops.status import STAGES, Snapshot, render
+from etl.ops.snapshot import STAGES, Snapshot
+from etl.ops.status_render import render
 from etl.stages import SINK_NAMES, SINK_STAGES
 
 HEARTBEAT_S = 30.0

@@ -8,20 +8,20 @@ keeps only samples). Breaker states, "bridge paused", and the lookup tables with
 names; when none answers they are unknown, and "paused" is also estimated from the queue depths as the bridge
 itself decides it. A server that cannot be read blanks its totals, its failure named after it.
 
-``collect`` is the only I/O here (plus the ``watch`` loop); rates, parsing and rendering are pure. Durations are
-seconds, times Unix seconds.
+``collect`` is the only I/O here (plus the ``watch`` loop); parsing is pure, and so are the snapshot and its rates
+(``etl.ops.snapshot``) and the screen and JSON (``etl.ops.status_render``). Durations are seconds, times Unix
+seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -31,46 +31,24 @@ from etl.config import Settings
 from etl.envvalues import is_http_url, redact_url
 from etl.ops import lookup_status
 from etl.ops.lookup_status import Lookups, MatchRates
+from etl.ops.snapshot import STAGES, Snapshot, match_rates, rates
+from etl.ops.status_render import render, to_json
 from etl.pipeline.backlog import Backpressure, deepest, queue_depths
 from etl.pipeline.dlq import DeadLetterStore, by_stage
-from etl.stages import NAMES, SINK_NAMES, SINK_STAGES
+from etl.stages import SINK_NAMES, SINK_STAGES
+
+# What the callers of ``etl status`` use, wherever it is defined.
+__all__ = ["STAGES", "ProcessMetrics", "Snapshot", "check_url", "collect", "fetch_metrics", "match_rates",
+           "measure", "parse_metrics", "paused_estimate", "rates", "render", "to_json", "watch"]
 
 T = TypeVar("T")
 
-# Stage totals, in pipeline order; the keys of ``Snapshot.totals`` and of the rates.
-STAGES = ("received", *(s.total for s in SINK_STAGES), "dead_lettered")
 METRICS_TIMEOUT_S = 1.0
 BREAKER_METRIC = "etl_circuit_breaker_state"
 PAUSED_METRIC = "etl_bridge_paused"
 DEPTH_METRIC = "etl_queue_depth"
 CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, then erase the screen
 MAX_ERROR_CHARS = 200
-UNKNOWN = "?"
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """One reading of the whole pipeline. ``None`` (``null`` in JSON, ``?`` on screen) means unknown."""
-
-    taken_at: float
-    totals: dict[str, int | None]
-    delivered: int | None = None  # raw consumer: stream sequence of the last message delivered to a bridge
-    lag: int | None = None  # raw consumer: messages in the stream not yet delivered (num_pending)
-    ack_pending: int | None = None  # delivered to a bridge, not yet acked (num_ack_pending)
-    dead_letters: dict[str, int] | None = None  # by stage, kept or not
-    dead_letters_not_kept: dict[str, int] | None = None  # by stage: of those, not kept (the queue was full)
-    queues: dict[str, int] | None = None  # Dramatiq messages (batches) not yet acked, by queue
-    breakers: dict[str, str | None] = field(default_factory=dict)  # sink -> closed / half-open / open
-    bridge_paused: bool | None = None  # from etl_bridge_paused
-    paused_estimate: bool | None = None  # from the deepest queue and MAX_QUEUE_DEPTH
-    high_water: int = 0
-    low_water: int = 0
-    errors: dict[str, str] = field(default_factory=dict)  # server that could not be read -> why
-    metrics_unreachable: list[str] = field(default_factory=list)
-    lookups: Lookups | None = None  # None: no metrics page answered; empty: none of them had lookup metrics
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -132,24 +110,6 @@ def paused_estimate(depths: Mapping[str, int], pressure: Backpressure) -> bool |
     if depth <= pressure.low_water:
         return False
     return None
-
-
-def rates(previous: Snapshot, current: Snapshot) -> dict[str, float | None]:
-    """Per-second change of each stage total between two snapshots; ``None`` where a total is unknown or no time
-    passed. A total that went down (dead-letter counters reset, a stream purged) gives a negative rate."""
-    elapsed = current.taken_at - previous.taken_at
-    out: dict[str, float | None] = {}
-    for stage in STAGES:
-        before, after = previous.totals.get(stage), current.totals.get(stage)
-        out[stage] = None if before is None or after is None or elapsed <= 0 else (after - before) / elapsed
-    return out
-
-
-def match_rates(previous: Snapshot | None, current: Snapshot) -> MatchRates:
-    """Indicator matches per second, by source and type, between two snapshots (``lookup_status.match_rates``)."""
-    if previous is None:
-        return lookup_status.match_rates(None, current.lookups, 0.0)
-    return lookup_status.match_rates(previous.lookups, current.lookups, current.taken_at - previous.taken_at)
 
 
 # --- collection (I/O) ---
@@ -254,72 +214,6 @@ def _state_name(value: int | None) -> str | None:
         return None if value is None else State(value).name.lower().replace("_", "-")
     except ValueError:
         return None
-
-
-# --- rendering (pure) ---
-
-
-def to_json(snapshot: Snapshot, stage_rates: Mapping[str, float | None], indent: int | None = None,
-            matches: MatchRates | None = None) -> str:
-    """The snapshot and its rates (events per second; ``match_rates``: matches per second by source and type) as one
-    JSON object; on one line unless ``indent``."""
-    return json.dumps({**snapshot.as_dict(), "rates": dict(stage_rates), "match_rates": matches or {}},
-                      indent=indent, sort_keys=True)
-
-
-def _show(value: object) -> str:
-    return UNKNOWN if value is None else str(value)
-
-
-def _rate(value: float | None) -> str:
-    return UNKNOWN if value is None else f"{value:.1f}"
-
-
-def _yes_no(value: bool | None) -> str:
-    return UNKNOWN if value is None else "yes" if value else "no"
-
-
-def _not_kept(by_stage: Mapping[str, int] | None) -> str:
-    dropped = sum(by_stage.values()) if by_stage else 0
-    return f"  ({dropped} not kept: the DLQ was full)" if dropped else ""
-
-
-def _pairs(values: Mapping[str, object] | None, names: Iterable[str] = ()) -> str:
-    if values is None:
-        return UNKNOWN
-    shown = {**{n: 0 for n in names}, **values}
-    return "  ".join(f"{k} {_show(v)}" for k, v in shown.items()) or "none"
-
-
-def render(snapshot: Snapshot, stage_rates: Mapping[str, float | None], settings: Settings,
-           interval_s: float | None = None, matches: MatchRates | None = None) -> str:
-    """The snapshot as a compact table for a terminal; ``interval_s`` is named in the heading when refreshing,
-    ``matches`` are the match rates."""
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snapshot.taken_at))
-    every = f"  every {interval_s:g}s, Ctrl-C to quit" if interval_s else ""
-    sources = {"received": f"acked by the bridge on {settings.nats_stream}/{settings.nats_consumer}",
-               **{s.total: s.counted_as(settings) for s in SINK_STAGES},
-               "dead_lettered": "every dead letter, kept or not (`etl dlq list`)"}
-    lines = [f"etl status  {when}{every}", "", f"{'stage':<14}{'total':>10}{'rate/s':>10}  counted as"]
-    for stage in STAGES:
-        name = stage.replace("_", "-")
-        lines.append(f"{name:<14}{_show(snapshot.totals.get(stage)):>10}{_rate(stage_rates.get(stage)):>10}"
-                     f"  {sources[stage]}")
-    depth = None if snapshot.queues is None else deepest(snapshot.queues)
-    lines += [
-        "",
-        f"{'JetStream lag':<16}{_show(snapshot.lag)} waiting, {_show(snapshot.ack_pending)} awaiting ack",
-        f"{'queues':<16}{_pairs(snapshot.queues)}  (deepest {_show(depth)}, pauses at {snapshot.high_water})",
-        f"{'dead letters':<16}{_pairs(snapshot.dead_letters, NAMES)}{_not_kept(snapshot.dead_letters_not_kept)}",
-        f"{'breakers':<16}{_pairs(snapshot.breakers)}",
-        f"{'bridge paused':<16}{_yes_no(snapshot.bridge_paused)} (metrics)  "
-        f"{_yes_no(snapshot.paused_estimate)} (estimated from queue depth)",
-        "",
-        *lookup_status.render_lookups(snapshot.lookups, matches or {}, snapshot.taken_at),
-    ]
-    lines += [f"! {source}: {why}" for source, why in sorted(snapshot.errors.items())]
-    lines += [f"! metrics not answering: {url}" for url in snapshot.metrics_unreachable]
-    return "\n".join(lines)
 
 
 # --- the loop (I/O) ---
