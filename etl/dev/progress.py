@@ -111,9 +111,12 @@ def _accounted(sent: Sent, missing: int | None) -> str:
 
 
 def progress_frame(snapshot: Snapshot, rates: Mapping[str, float | None], settings: Settings, interval_s: float,
-                   sent: Sent, missing: int | None, width: int, matches: MatchRates | None = None) -> str:
-    """The ``etl status`` table and the generator's line, each line cut to ``width`` so a redraw can count lines."""
-    text = render(snapshot, rates, settings, interval_s, matches).replace("Ctrl-C to quit", "Ctrl-C to stop the stack")
+                   sent: Sent, missing: int | None, width: int, matches: MatchRates | None = None, *,
+                   brief: bool = False) -> str:
+    """The ``etl status`` table and the generator's line, each line cut to ``width`` so a redraw can count lines;
+    ``brief``: the lookup section on one line."""
+    text = render(snapshot, rates, settings, interval_s, matches, brief=brief).replace(
+        "Ctrl-C to quit", "Ctrl-C to stop the stack")
     text += f"\n\n{sent.describe()}{_accounted(sent, missing)}"
     return "\n".join(line[:width] for line in text.splitlines())
 
@@ -132,6 +135,10 @@ class Progress:
              interval_s: float, sent: Sent, missing: int | None, matches: MatchRates | None = None) -> None:
         frame = progress_frame(snapshot, rates, settings, interval_s, sent, missing, self._width, matches)
         lines = frame.count("\n") + 1
+        if lines >= self._height:  # the lookup section on one line may make it fit
+            frame = progress_frame(snapshot, rates, settings, interval_s, sent, missing, self._width, matches,
+                                   brief=True)
+            lines = frame.count("\n") + 1
         if self._terminal and lines < self._height:  # a frame taller than the screen cannot be redrawn in place
             erase = CURSOR_UP_AND_ERASE.format(lines=self._drawn_lines) if self._drawn_lines else ""
             self._out(erase + frame)

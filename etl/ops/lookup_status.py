@@ -161,16 +161,39 @@ def total_rate(rates: Mapping[str, Mapping[str, float | None]]) -> float | None:
     return None if not values or None in values else sum(v for v in values if v is not None)
 
 
+def _ordered(tables: Mapping[str, TableState]) -> list[str]:
+    return sorted(tables, key=lambda n: (TABLES.index(n) if n in TABLES else len(TABLES), n))
+
+
+def _nothing(lookups: Lookups | None) -> list[str]:
+    """The one line for lookups unknown (no page answered), or none on the pages read."""
+    if lookups is None:
+        return [f"{'lookups':<16}? (no /metrics page answered)"]
+    return [f"{'lookups':<16}none on the pages read (the enrich pool's shows the tables its settings name: "
+            "INTEL_PATHS, ASSETS_PATH, GEOIP_CITY_PATH, GEOIP_ASN_PATH)"]
+
+
+def render_brief(lookups: Lookups | None, rates: Mapping[str, Mapping[str, float | None]], now: float) -> list[str]:
+    """The lookup section in one line, for a screen too small for ``render_lookups``: each table's entries, the
+    oldest one's age, what was skipped or failed, and all matches."""
+    if lookups is None or not (lookups.tables or lookups.matches):
+        return _nothing(lookups)
+    states = lookups.tables.values()
+    times = [s.loaded_from for s in states if s.loaded_from is not None]
+    skipped = [s.skipped for s in states if s.skipped is not None]
+    failed = [s.reload_failures for s in states if s.reload_failures is not None]
+    tables = ", ".join(f"{name} {_show(lookups.tables[name].entries)}" for name in _ordered(lookups.tables))
+    return [f"{'lookups':<16}{tables} (oldest {age(now - min(times) if times else None)}, {sum(skipped)} skipped, "
+            f"{sum(failed)} reload failures); {lookups.total_matches()} matches{_per_s(total_rate(rates))}"]
+
+
 def render_lookups(lookups: Lookups | None, rates: Mapping[str, Mapping[str, float | None]], now: float) -> list[str]:
     """The lookup section of ``etl status``: a line a table, the matches, then a line a source with its matches by
     type (the rate, per second, after each total when known)."""
-    if lookups is None:
-        return [f"{'lookups':<16}? (no /metrics page answered)"]
-    if not lookups.tables and not lookups.matches:
-        return [f"{'lookups':<16}none on the pages read (the enrich pool's shows the tables its settings name: "
-                "INTEL_PATHS, ASSETS_PATH, GEOIP_CITY_PATH, GEOIP_ASN_PATH)"]
+    if lookups is None or not (lookups.tables or lookups.matches):
+        return _nothing(lookups)
     lines = [f"{'lookup table':<16}{'entries':>10}{'age':>10}{'skipped':>10}{'reload failures':>17}"]
-    for name in sorted(lookups.tables, key=lambda n: (TABLES.index(n) if n in TABLES else len(TABLES), n)):
+    for name in _ordered(lookups.tables):
         state = lookups.tables[name]
         since = None if state.loaded_from is None else now - state.loaded_from
         lines.append(f"{name:<16}{_show(state.entries):>10}{age(since):>10}{_show(state.skipped):>10}"

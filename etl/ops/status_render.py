@@ -49,9 +49,9 @@ def _pairs(values: Mapping[str, object] | None, names: Iterable[str] = ()) -> st
 
 
 def render(snapshot: Snapshot, stage_rates: Mapping[str, float | None], settings: Settings,
-           interval_s: float | None = None, matches: MatchRates | None = None) -> str:
+           interval_s: float | None = None, matches: MatchRates | None = None, *, brief: bool = False) -> str:
     """The snapshot as a compact table for a terminal; ``interval_s`` is named in the heading when refreshing,
-    ``matches`` are the match rates."""
+    ``matches`` are the match rates; ``brief`` puts the lookup section on one line."""
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snapshot.taken_at))
     every = f"  every {interval_s:g}s, Ctrl-C to quit" if interval_s else ""
     sources = {"received": f"acked by the bridge on {settings.nats_stream}/{settings.nats_consumer}",
@@ -72,7 +72,8 @@ def render(snapshot: Snapshot, stage_rates: Mapping[str, float | None], settings
         f"{'bridge paused':<16}{_yes_no(snapshot.bridge_paused)} (metrics)  "
         f"{_yes_no(snapshot.paused_estimate)} (estimated from queue depth)",
         "",
-        *lookup_status.render_lookups(snapshot.lookups, matches or {}, snapshot.taken_at),
+        *(lookup_status.render_brief if brief else lookup_status.render_lookups)(
+            snapshot.lookups, matches or {}, snapshot.taken_at),
     ]
     lines += [f"! {source}: {why}" for source, why in sorted(snapshot.errors.items())]
     lines += [f"! metrics not answering: {url}" for url in snapshot.metrics_unreachable]

@@ -265,6 +265,18 @@ def test_a_frame_taller_than_the_terminal_falls_back_to_lines() -> None:
     assert screen.writes[0].startswith("[   1.0s] received 1")
 
 
+def test_a_frame_too_tall_with_the_lookup_section_has_it_on_one_line_before_falling_back_to_lines() -> None:
+    now = replace(snap(received=1), lookups=MATCHES)
+    full = progress_frame(now, NO_RATES, SETTINGS, 1.0, GENERATING, None, 100)
+    brief = progress_frame(now, NO_RATES, SETTINGS, 1.0, GENERATING, None, 100, brief=True)
+    tall, short = full.count("\n") + 1, brief.count("\n") + 1
+    assert short < tall and "lookups         intel 13 (oldest ?, 0 skipped, 0 reload failures); 20 matches" in brief
+    screen = Screen()
+    show(Progress(screen, terminal=True, width=100, height=tall), now, 1.0)
+    show(Progress(screen, terminal=True, width=100, height=short), now, 1.0)
+    assert screen.writes == [brief, progress_line(now, NO_RATES, 1.0, GENERATING, None)]
+
+
 def test_elsewhere_a_line_is_written_only_when_something_changed() -> None:
     screen = Screen()
     progress = Progress(screen, terminal=False, width=100, height=60)

@@ -128,6 +128,15 @@ def test_rates_not_yet_known_are_left_out() -> None:
     assert lines[-2:] == ["intel matches   3", "  feed          ip 3"]
 
 
+def test_the_brief_section_is_one_line_with_the_oldest_table_and_all_matches() -> None:
+    found = status.parse_metrics(ENRICH_PAGE).lookups
+    rates = {"sandbox": {"sha256": 0.5}, "taxii-bundle.json": {"cidr": 2.0, "domain": 0.25}}
+    assert lookup_status.render_brief(found, rates, NOW) == [
+        "lookups         intel 13, assets 6, geoip_city 7 (oldest 3d02h, 2 skipped, 1 reload failures); "
+        "45 matches (2.8/s)"]
+    assert lookup_status.render_brief(None, {}, NOW) == lookup_status.render_lookups(None, {}, NOW)
+
+
 def test_unknown_and_empty_are_told_apart() -> None:
     assert lookup_status.render_lookups(None, {}, NOW) == ["lookups         ? (no /metrics page answered)"]
     (empty,) = lookup_status.render_lookups(Lookups(), {}, NOW)
