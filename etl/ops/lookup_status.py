@@ -23,7 +23,7 @@ SKIPPED_METRIC = "etl_lookup_skipped_lines"
 FAILURES_METRIC = "etl_lookup_reload_failures_total"
 MATCHES_METRIC = "etl_intel_matches_total"
 TABLES = ("intel", "assets", "geoip_city", "geoip_asn")  # the order they are shown in
-UNKNOWN = "?"
+UNKNOWN = "?"  # how a value no page said is shown, here and in the rest of ``etl status``
 
 # Matches by indicator source, then type: a counter's totals, or their rates per second.
 MatchTotals = dict[str, dict[str, int]]
@@ -100,7 +100,8 @@ def _table_state(metric: str, value: float) -> TableState:
 
 def parse_lookups(samples: Iterable[Sample]) -> Lookups | None:
     """The lookup metrics among a page's samples; ``None`` when it has none (a process that does not enrich). Other
-    labels than ``table`` (a ``pid``...) merge as pages do; a source time of 0 (never loaded) is unknown."""
+    labels than ``table`` (a ``pid``...) merge as pages do; a source time of 0 (never loaded) is unknown. A table
+    on the page without a reload failure counter had none: the counter shows only from its first failure."""
     found = Lookups()
     seen = False
     for sample in samples:
@@ -110,7 +111,10 @@ def parse_lookups(samples: Iterable[Sample]) -> Lookups | None:
         elif name == MATCHES_METRIC and {"source", "type"} <= labels.keys():
             found = found.merge(Lookups(matches={labels["source"]: {labels["type"]: int(sample.value)}}))
             seen = True
-    return found if seen else None
+    if not seen:
+        return None
+    return Lookups({name: TableState(state.entries, state.loaded_from, state.skipped, state.reload_failures or 0)
+                    for name, state in found.tables.items()}, found.matches)
 
 
 def merge(a: Lookups | None, b: Lookups | None) -> Lookups | None:

@@ -8,12 +8,10 @@ from collections.abc import Iterable, Mapping
 
 from etl.config import Settings
 from etl.ops import lookup_status
-from etl.ops.lookup_status import MatchRates
+from etl.ops.lookup_status import UNKNOWN, MatchRates
 from etl.ops.snapshot import STAGES, Snapshot
 from etl.pipeline.backlog import deepest
 from etl.stages import NAMES, SINK_STAGES
-
-UNKNOWN = "?"
 
 
 def to_json(snapshot: Snapshot, stage_rates: Mapping[str, float | None], indent: int | None = None,

@@ -61,7 +61,8 @@ def test_the_enrich_pools_page_gives_each_table_and_the_matches() -> None:
     found = status.parse_metrics(ENRICH_PAGE).lookups
     assert found is not None
     assert found.tables["intel"] == TableState(entries=13, loaded_from=NOW - 125, skipped=2, reload_failures=1)
-    assert found.tables["assets"] == TableState(entries=6, loaded_from=NOW - 3 * 86400 - 7200, skipped=0)
+    assert found.tables["assets"] == TableState(entries=6, loaded_from=NOW - 3 * 86400 - 7200, skipped=0,
+                                                reload_failures=0), "no counter yet: no failure yet"
     assert found.tables["geoip_city"].loaded_from is None, "0: never loaded, so its age is unknown"
     assert found.matches == {"sandbox": {"sha256": 4}, "taxii-bundle.json": {"cidr": 30, "domain": 11}}
     assert found.total_matches() == 45
@@ -116,8 +117,8 @@ def test_the_section_shows_each_table_then_the_matches_by_source() -> None:
     lines = lookup_status.render_lookups(found, rates, NOW)
     assert lines[0].split() == ["lookup", "table", "entries", "age", "skipped", "reload", "failures"]
     assert lines[1].split() == ["intel", "13", "2m05s", "2", "1"]
-    assert lines[2].split() == ["assets", "6", "3d02h", "0", "?"]
-    assert lines[3].split() == ["geoip_city", "7", "?", "?", "?"]
+    assert lines[2].split() == ["assets", "6", "3d02h", "0", "0"]
+    assert lines[3].split() == ["geoip_city", "7", "?", "?", "0"]
     assert lines[4] == "intel matches   45 (2.8/s)"
     assert lines[5:] == ["  sandbox       sha256 4 (0.5/s)",
                          "  taxii-bundle.json cidr 30 (2.0/s)  domain 11 (0.2/s)"]
