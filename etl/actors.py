@@ -13,6 +13,8 @@ from etl.runtime import workerenv
 workerenv.prepare()
 
 import logging
+from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +27,7 @@ from etl.pipeline.isolation import write_or_split
 from etl.pipeline.limits import DEFAULT_NATS_MAX_PAYLOAD_BYTES
 from etl.pipeline.validate import as_message, encode_enriched, validate_batch
 from etl.runtime import gctune
-from etl.runtime.metrics import BATCH_SIZE, EVENTS, WRITE_SECONDS
+from etl.runtime.metrics import BATCH_SIZE, EVENTS, INTEL_MATCHES, WRITE_SECONDS
 from etl.stages import ENRICH, SINK_STAGES, Stage
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,8 @@ def enrich_batch(raw: list[str], binary: list[int] | None = None, max_payload: i
     encoded: list[bytes] = []
     if valid:
         enriched = enrich_events([v.event for v in valid], env=app.settings.af_env, resolver=app.resolver,
-                                 now=datetime.now(UTC))
+                                 now=datetime.now(UTC), tables=app.lookups.current())
+        _count_matches(enriched)
         encoded, oversized = encode_enriched(enriched, [v.raw for v in valid],
                                              max_payload=max_payload or DEFAULT_NATS_MAX_PAYLOAD_BYTES)
         bad += oversized
@@ -57,6 +60,13 @@ def enrich_batch(raw: list[str], binary: list[int] | None = None, max_payload: i
     for actor in SINK_ACTORS.values():
         actor.send(message)
     EVENTS.labels(stage=ENRICH.name).inc(len(encoded))
+
+
+def _count_matches(enriched: Sequence[Event]) -> None:
+    """``etl_intel_matches_total``: each match of each event's ``intel``, one increment per label pair."""
+    counts = Counter((match["source"], match["type"]) for event in enriched for match in event["intel"])
+    for (source, kind), count in counts.items():
+        INTEL_MATCHES.labels(source=source, type=kind).inc(count)
 
 
 def _sink_actor(stage: Stage) -> dramatiq.Actor[Any, Any]:

@@ -12,8 +12,11 @@ from dramatiq.brokers.redis import RedisBroker
 from etl.broker import build_broker
 from etl.config import Settings, exit_on_config_error, load_settings
 from etl.errors import ConfigError
+from etl.lookups.live import LiveLookups
+from etl.lookups.sources import table_sources
 from etl.middleware.circuit_breaker import CircuitBreakers
 from etl.middleware.dead_letters import DeadLetterOnFailure, FailureClock
+from etl.middleware.lookups import LookupsOnBoot
 from etl.middleware.prometheus import PoolMetrics
 from etl.middleware.retention import RetentionOnBoot
 from etl.pipeline.dlq import DeadLetterStore
@@ -30,6 +33,7 @@ class App:
     broker: RedisBroker
     sinks: Sinks
     resolver: Resolver
+    lookups: LiveLookups
     _dlq: DeadLetterStore | None = field(default=None, repr=False)
 
     def dead_letters(self) -> DeadLetterStore:
@@ -48,9 +52,18 @@ def failed_events(message: dramatiq.MessageProxy) -> list[tuple[Any, str]]:
     return [(event, "json") for event in message.args[0]]
 
 
+def lookups_for(settings: Settings) -> LiveLookups:
+    """The lookup tables the settings configure, not loaded yet: only an enrich worker loads them
+    (``LookupsOnBoot``)."""
+    sources = table_sources(intel_paths=settings.intel_paths, assets_path=settings.assets_path,
+                            geoip_city_path=settings.geoip_city_path, geoip_asn_path=settings.geoip_asn_path)
+    return LiveLookups(sources, settings.lookup_reload_s)
+
+
 def build_app(settings: Settings) -> App:
     app: App
     sinks = Sinks(sink_factories(settings))
+    lookups = lookups_for(settings)
     broker = build_broker(
         settings,
         metrics=[PoolMetrics()] if is_worker_process() else [],
@@ -59,9 +72,9 @@ def build_app(settings: Settings) -> App:
         before_retry_decision=[FailureClock(), CircuitBreakers(failures=settings.breaker_failures,
                                                                cooldown_s=settings.breaker_cooldown_ms / 1000)],
         after_retry_decision=[DeadLetterOnFailure(lambda: app.dead_letters(), failed_events),
-                              CloseSinksOnShutdown(sinks), RetentionOnBoot(settings)],
+                              CloseSinksOnShutdown(sinks), RetentionOnBoot(settings), LookupsOnBoot(lookups)],
     )
-    app = App(settings, broker, sinks, resolver_for(settings))
+    app = App(settings, broker, sinks, resolver_for(settings), lookups)
     return app
 
 

@@ -181,6 +181,20 @@ class Settings:
                                   "`ptr`: and at most this long")
     rdns_negative_ttl_s: int = setting("RDNS_NEGATIVE_TTL_S", d.DEFAULT_RDNS_NEGATIVE_TTL_S, v.positive_int,
                                        "`ptr`: how long NXDOMAIN, SERVFAIL, no record or a timeout is cached")
+    intel_paths: tuple[str, ...] = setting(
+        "INTEL_PATHS", (), v.lookup_paths, "comma-separated indicator feeds: files (plain lists, CSV, JSON lines, "
+        "STIX 2.1 bundles), or directories of them; a path missing at the start is loaded when it appears",
+        text=v.paths_text)
+    assets_path: str = setting("ASSETS_PATH", "", v.lookup_file, "the asset inventory, a CSV of CIDRs with site, "
+                               "owner and criticality; empty: none")
+    geoip_city_path: str = setting("GEOIP_CITY_PATH", "", v.lookup_file,
+                                   "a MaxMind City or Country database (`.mmdb`) for `dst_geo`; empty: none")
+    geoip_asn_path: str = setting("GEOIP_ASN_PATH", "", v.lookup_file,
+                                  "a MaxMind ASN database (`.mmdb`) for `dst_geo`; empty: none")
+    lookup_reload_s: int = setting(
+        "LOOKUP_RELOAD_S", d.DEFAULT_LOOKUP_RELOAD_S, v.non_negative_int,
+        "seconds between an enrich worker's checks of the lookup files for a change, which it loads and swaps in "
+        "without a restart (0: never; [docs/operations.md](docs/operations.md#lookup-tables))")
     max_batch_size: int = setting("MAX_BATCH_SIZE", d.DEFAULT_MAX_BATCH_SIZE, v.positive_int,
                                   "events per batch (bridge)")
     max_batch_bytes: int = setting(

@@ -56,6 +56,9 @@ DEFAULT_RDNS_CACHE_BYTES = 64 * 1024 * 1024
 DEFAULT_RDNS_MIN_TTL_S = 60
 DEFAULT_RDNS_MAX_TTL_S = 86_400
 DEFAULT_RDNS_NEGATIVE_TTL_S = 30
+# How stale a lookup table may be after its file changes. A check only stats the files (a directory: lists it), so
+# it costs nothing worth tuning; feeds are updated every few minutes at most.
+DEFAULT_LOOKUP_RELOAD_S = 30
 DEFAULT_REDIS_SENTINEL_MASTER = "etl"
 # The original AegisFlux's Neo4j password. A FalkorDB runs without one unless told otherwise (requirepass), so its
 # default is none: a local FalkorDB keeps working, and one with a password gets it from NEO4J_PASSWORD(_FILE).

@@ -254,6 +254,33 @@ def readable_file(name: str, raw: str) -> str:
     return raw
 
 
+def _lookup_path(name: str, raw: str, *, directory_allowed: bool) -> str:
+    """One path of a lookup file, stripped. It need not exist yet (a feed may be delivered after the start; the
+    worker loads it when it appears), but a control character in it is a typo, and so is a file setting naming a
+    directory that exists."""
+    path = raw.strip()
+    if any(ord(c) < 32 for c in path):
+        raise ConfigError(f"{name} must be a path without control characters, got {raw!r}")
+    if not directory_allowed and os.path.isdir(path):
+        raise ConfigError(f"{name} must name a file, not a directory, got {raw!r}")
+    return path
+
+
+def lookup_file(name: str, raw: str) -> str:
+    """The path of one lookup file (see ``_lookup_path``), or empty for none."""
+    return _lookup_path(name, raw, directory_allowed=False) if raw.strip() else ""
+
+
+def lookup_paths(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated files or directories of lookup files (see ``_lookup_path``), blanks dropped."""
+    return tuple(_lookup_path(name, each, directory_allowed=True) for each in raw.split(",") if each.strip())
+
+
+def paths_text(paths: Iterable[str]) -> str:
+    """A tuple of paths as its variable's text: comma-separated."""
+    return ",".join(paths)
+
+
 def _split_host_port(item: str, default_port: int = DNS_PORT) -> tuple[str, str]:
     """``host``, ``host:port`` or ``[ipv6]:port`` -> (host, port text); ``default_port`` when absent."""
     if item.startswith("["):

@@ -11,8 +11,9 @@ regard to case; only ``cidr`` is required), then one prefix a row::
 - The most specific prefix that holds an address wins; a prefix listed twice keeps its last row. A bare address
   is a one-address prefix (``/32`` or ``/128``).
 - Blank lines and lines whose first cell starts with ``#`` are ignored. A malformed row (a cell too many or too
-  few, a ``cidr`` that is not a network or has host bits set) is skipped, and its line number kept; it never
-  fails the file. An empty ``site``, ``owner`` or ``criticality`` is ``None``.
+  few, a ``cidr`` that is not a network or has host bits set) is skipped and counted, and the numbers of the first
+  few such lines kept (``etl.lookups.badlines``); it never fails the file. An empty ``site``, ``owner`` or
+  ``criticality`` is ``None``.
 - A file that cannot be read, is not UTF-8, or has no header row naming ``cidr`` raises ``LookupFileError``.
 
 Every address the inventory lists is ``internal``: it is ours, whether its range is private or public. An address
@@ -31,6 +32,7 @@ from functools import cache
 from pathlib import Path
 
 from etl.errors import LookupFileError
+from etl.lookups.badlines import keep_bad_line
 from etl.lookups.prefixes import Address, Network, NetworkKey, PrefixTable, address_key, network_key
 
 ASSET_COLUMNS = ("cidr", "site", "owner", "criticality")
@@ -76,20 +78,21 @@ def is_internal_range(ip: Address) -> bool:
 class AssetInventory:
     """Immutable once built; ``lookup`` answers for any address, listed or not.
 
-    ``skipped_lines`` are the line numbers (1-based) of the malformed rows the file had; ``len()`` is the number of
-    distinct prefixes.
+    ``skipped`` counts the malformed rows the file had, and ``bad_lines`` holds the line numbers (1-based) of the
+    first few of them, as a feed's report does; ``len()`` is the number of distinct prefixes.
     """
 
-    __slots__ = ("_table", "skipped_lines")
+    __slots__ = ("_table", "skipped", "bad_lines")
 
-    def __init__(self, table: PrefixTable[Asset], skipped_lines: tuple[int, ...] = ()) -> None:
+    def __init__(self, table: PrefixTable[Asset], skipped: int = 0, bad_lines: tuple[int, ...] = ()) -> None:
         self._table = table
-        self.skipped_lines = skipped_lines
+        self.skipped = skipped
+        self.bad_lines = bad_lines
 
     @classmethod
-    def build(cls, entries: Iterable[tuple[Network, Asset]], skipped_lines: tuple[int, ...] = ()) -> AssetInventory:
+    def build(cls, entries: Iterable[tuple[Network, Asset]]) -> AssetInventory:
         """From ``(cidr, asset)`` pairs; ``ValueError`` on a cidr that is not a network (see ``parse_rows``)."""
-        return cls(PrefixTable.build(entries), skipped_lines)
+        return cls(PrefixTable.build(entries))
 
     def __len__(self) -> int:
         return len(self._table)
@@ -119,9 +122,10 @@ def _asset(row: list[str], columns: dict[str, int]) -> Asset:
     return Asset(cell("site"), cell("owner"), cell("criticality"), internal=True)
 
 
-def parse_rows(lines: Iterable[str]) -> tuple[list[tuple[NetworkKey, Asset]], tuple[int, ...]]:
-    """The ``(network key, asset)`` entries of an inventory's CSV lines, header first, and the numbers of the lines it
-    skipped as malformed. Equal assets are shared, so a large inventory holds each site/owner/criticality once.
+def parse_rows(lines: Iterable[str]) -> tuple[list[tuple[NetworkKey, Asset]], int, tuple[int, ...]]:
+    """The ``(network key, asset)`` entries of an inventory's CSV lines, header first, how many lines it skipped as
+    malformed, and the numbers of the first few of them. Equal assets are shared, so a large inventory holds each
+    site/owner/criticality once.
 
     Raises ``ValueError`` when there is no header row, or it names no ``cidr`` column: then no row can be read.
     """
@@ -131,7 +135,7 @@ def parse_rows(lines: Iterable[str]) -> tuple[list[tuple[NetworkKey, Asset]], tu
         raise ValueError("no header row")
     columns = _column_positions(header)
     entries: list[tuple[NetworkKey, Asset]] = []
-    skipped: list[int] = []
+    skipped, bad_lines = 0, list[int]()
     shared: dict[Asset, Asset] = {}
     for row in _content(rows):
         try:
@@ -139,11 +143,12 @@ def parse_rows(lines: Iterable[str]) -> tuple[list[tuple[NetworkKey, Asset]], tu
                 raise ValueError("a cell too many or too few")
             key = network_key(row[columns["cidr"]])
         except ValueError:
-            skipped.append(rows.line_num)
+            skipped += 1
+            keep_bad_line(bad_lines, rows.line_num)
             continue
         asset = _asset(row, columns)
         entries.append((key, shared.setdefault(asset, asset)))
-    return entries, tuple(skipped)
+    return entries, skipped, tuple(bad_lines)
 
 
 def _content(rows: Iterator[list[str]]) -> Iterator[list[str]]:
@@ -158,7 +163,7 @@ def load_assets(path: str | Path) -> AssetInventory:
     UTF-8 (a byte-order mark is allowed), or has no usable header row; a malformed row is only skipped."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as lines:
-            entries, skipped = parse_rows(lines)
+            entries, skipped, bad_lines = parse_rows(lines)
     except (OSError, UnicodeDecodeError, ValueError, csv.Error) as e:
         raise LookupFileError(str(path), str(e)) from e
-    return AssetInventory(PrefixTable.from_keys(entries), skipped)
+    return AssetInventory(PrefixTable.from_keys(entries), skipped, bad_lines)

@@ -20,8 +20,9 @@ MAX_SCAN_CHARS = 4096
 MAX_DOMAINS = 16
 # Labels of letters, digits, '-' and '_', the last a top-level domain as etl.lookups.feeds.values reads one, not
 # inside a longer word. Looser than a feed's domain (a label may end in '-'): a candidate only needs to find what
-# the index holds, and this form is the cheaper to scan. Labels are bounded, so a scan is linear in the text.
-_DOMAIN = re.compile(r"(?<![\w.-])(?:[a-z0-9_-]{1,63}\.)+(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})(?![\w-])", re.IGNORECASE)
+# the index holds, and this form is the cheaper to scan. Labels are bounded, so a scan is linear in the text. It
+# runs on text already in lower case: case-insensitive matching makes every character class costlier.
+_DOMAIN = re.compile(r"(?<![\w.-])(?:[a-z0-9_-]{1,63}\.)+(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})(?![\w-])")
 
 
 class Field(StrEnum):
@@ -33,12 +34,18 @@ class Field(StrEnum):
     BINARY = "metadata.binary_sha256"
 
 
+def host_address(event: Event) -> str | None:
+    """``metadata.host_ip`` stripped, as sent (not yet checked to be an address); ``None`` when absent or empty."""
+    host = event.get("metadata", {}).get("host_ip")
+    return host.strip() if isinstance(host, str) and host else None
+
+
 def addresses(event: Event) -> list[tuple[Field, str]]:
     """The event's host and destination addresses, as sent (not yet checked to be addresses)."""
     found = []
-    host = event.get("metadata", {}).get("host_ip")
-    if isinstance(host, str) and host:
-        found.append((Field.HOST, host.strip()))
+    host = host_address(event)
+    if host is not None:
+        found.append((Field.HOST, host))
     peer = destination_of(event)
     if peer:
         found.append((Field.DESTINATION, peer))
@@ -73,7 +80,7 @@ def _dotted_strings(args: dict[str, Any]) -> list[str]:
     return found
 
 
-def _payload_text(event: Event) -> str:
+def payload_text(event: Event) -> str:
     """The text the payload's domains are looked for in: ``args``' dotted strings a line each (one regular
     expression call an event, not one a string), or an opaque payload's first bytes."""
     args = event.get("args")
@@ -88,12 +95,17 @@ def _payload_text(event: Event) -> str:
 def domains(event: Event) -> list[str]:
     """The distinct domain names the payload holds, in lower case, at most ``MAX_DOMAINS`` (the first found).
     Only names with a dot and an alphabetic last label: ``file.txt`` is one, which the index simply does not hold."""
-    text = _payload_text(event)
+    return domains_in(payload_text(event))
+
+
+def domains_in(text: str) -> list[str]:
+    """``domains`` of a payload's text, as ``payload_text`` gives it: for a caller that remembers the names of a
+    text it sees again."""
     if not text:
         return []
     found: dict[str, None] = {}
-    for match in _DOMAIN.finditer(text):
-        found[match.group().lower()] = None
+    for match in _DOMAIN.finditer(text.lower()):
+        found[match.group()] = None
         if len(found) >= MAX_DOMAINS:
             break
     return list(found)

@@ -101,6 +101,12 @@ class _Database:
         except maxminddb.InvalidDatabaseError as e:
             raise LookupFileError(self.path, f"corrupt data: {e}") from e
 
+    @property
+    def node_count(self) -> int:
+        """Nodes of the database's search tree: its size, for the operator."""
+        count: int = self._reader.metadata().node_count
+        return count
+
     def close(self) -> None:
         self._reader.close()
 
@@ -129,6 +135,16 @@ class GeoIp:
                 city.close()
             raise
         return cls(city, asn)
+
+    @classmethod
+    def pair(cls, city: GeoIp | None, asn: GeoIp | None) -> GeoIp:
+        """The country database of ``city`` and the ASN database of ``asn`` together (each opened alone, say
+        ``open(city_path=...)``): how a reload replaces one database and keeps the other, sharing its reader."""
+        return cls(city._city if city is not None else None, asn._asn if asn is not None else None)
+
+    def node_count(self) -> int:
+        """Nodes of the search trees of the databases open: what ``etl_lookup_entries`` reports of GeoIP."""
+        return sum(database.node_count for database in (self._city, self._asn) if database is not None)
 
     def lookup(self, ip: Address) -> Geo:
         """What the databases hold for ``ip``; ``UNKNOWN`` when neither knows it. ``ValueError`` if ``ip`` is not

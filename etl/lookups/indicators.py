@@ -126,6 +126,11 @@ class IndicatorIndex:
     def __len__(self) -> int:
         return sum(self.counts().values())
 
+    @property
+    def holds_domains(self) -> bool:
+        """Whether any domain is indexed: when none is, a payload need not be scanned for names."""
+        return bool(self._domains)
+
     def _matches(self, kind: IndicatorType, value: str, tags: Tags, field: Field, observed: str) -> list[Match]:
         numbers = (tags,) if isinstance(tags, int) else tags
         return [Match(kind, value, *self._tags[n], field, observed) for n in numbers]
@@ -143,7 +148,8 @@ class IndicatorIndex:
             found += ((IndicatorType.CIDR, net, net_tags) for net, net_tags in self._networks.covering_key(key))
         return tuple(found)
 
-    def _address_matches(self, field: Field, text: str) -> list[Match]:
+    def match_address(self, field: Field, text: str) -> list[Match]:
+        """The indicators the address ``text`` (found in ``field``) matches; empty when it is not an address."""
         hits = self._address_cache.get(text)
         if hits is None:
             hits = self._lookup_address(text)
@@ -155,8 +161,9 @@ class IndicatorIndex:
             found += self._matches(kind, value, tags, field, text)
         return found
 
-    def _domain_matches(self, name: str) -> list[Match]:
-        """``name`` and each parent of it down to two labels, looked up."""
+    def match_domain(self, name: str) -> list[Match]:
+        """The indicators of ``name`` (a payload's domain, in lower case, as ``etl.lookups.candidates`` finds it)
+        and of each parent of it down to two labels."""
         found, suffix = [], name
         while True:
             tags = self._domains.get(suffix)
@@ -167,7 +174,8 @@ class IndicatorIndex:
                 return found
             suffix = suffix[dot + 1:]
 
-    def _hash_matches(self, text: str) -> list[Match]:
+    def match_hash(self, text: str) -> list[Match]:
+        """The indicator of the binary hash ``text`` (lower-case hex); empty when it is not hex."""
         try:
             tags = self._hashes.get(bytes.fromhex(text))
         except ValueError:
@@ -179,11 +187,11 @@ class IndicatorIndex:
         its binary's hash; empty when none (or when the event has none of them)."""
         found: list[Match] = []
         for field, text in candidates.addresses(event):
-            found += self._address_matches(field, text)
-        if self._domains:
+            found += self.match_address(field, text)
+        if self.holds_domains:
             for name in candidates.domains(event):
-                found += self._domain_matches(name)
+                found += self.match_domain(name)
         binary = candidates.binary_hash(event)
         if binary is not None and self._hashes:
-            found += self._hash_matches(binary)
+            found += self.match_hash(binary)
         return found

@@ -1,6 +1,7 @@
 """Every Prometheus metric of the service, defined once. Served on ``/metrics`` by each process.
 
-Label values are bounded sets (stages, sinks, exception type names), never event data.
+Label values are bounded sets (stages, sinks, exception type names, lookup tables, the sources of the feeds an
+operator configures), never event data.
 """
 
 from __future__ import annotations
@@ -72,3 +73,19 @@ RETENTION_LAST_RUN = Gauge("etl_retention_last_run_timestamp_seconds",
                            multiprocess_mode="max")
 RETENTION_LAST_RUN_SECONDS = Gauge("etl_retention_last_run_seconds", "How long the last retention run of a sink "
                                    "took", ["sink"], multiprocess_mode="mostrecent")
+# Lookup tables (etl.lookups.live), by table: intel, assets, geoip_city, geoip_asn. Each enrich process sets its
+# gauges when it loads a table: the largest table and the oldest source among the processes are what to watch.
+LOOKUP_ENTRIES = Gauge("etl_lookup_entries", "Entries in the lookup table in use: indicators, asset prefixes, or "
+                       "a GeoIP database's search-tree nodes", ["table"], multiprocess_mode="livemax")
+LOOKUP_SOURCE_TIMESTAMP = Gauge("etl_lookup_source_timestamp_seconds",
+                                "Unix mtime of the newest file the lookup table in use was loaded from (its age: "
+                                "time() minus this)", ["table"], multiprocess_mode="livemin")
+LOOKUP_RELOAD_FAILURES = Counter("etl_lookup_reload_failures_total",
+                                 "Loads of a lookup table that failed: the table loaded before was kept (or none, at "
+                                 "the start)", ["table"])
+LOOKUP_SKIPPED_LINES = Gauge("etl_lookup_skipped_lines", "Malformed lines or objects skipped in the lookup table in "
+                             "use", ["table"], multiprocess_mode="livemax")
+# Labelled by the feed's source (a feed names it, else its file's name) and the indicator's type: bounded by the
+# feeds an operator configures, not by event data.
+INTEL_MATCHES = Counter("etl_intel_matches_total", "Indicator matches in enriched events, by feed source and "
+                        "indicator type", ["source", "type"])

@@ -120,12 +120,13 @@ def test_the_correlator_reads_every_producers_event(make_settings: Callable[...,
         "grpc-1": CorrelatorEvent(
             1704110400123, "host-001", "process_exec", "/usr/bin/curl", GRPC_ARGS,
             {"tags": "[dev web]", "kernel": "6.6", "env": "test", "rdns": "host-001.local",
-             "dst_rdns": "host-10.local"}, "[dev web]"),
+             "dst_rdns": "host-10.local", "intel_match": False}, "[dev web]"),
         "vis-1": CorrelatorEvent(
             1704110400456, "host-002", "connect", "/usr/sbin/sshd", VISIBILITY_ARGS,
-            {"env": "test", "rdns": "host-7.local", "dst_rdns": "host-4.local"}, ""),
+            {"env": "test", "rdns": "host-7.local", "dst_rdns": "host-4.local", "intel_match": False}, ""),
         "bare": CorrelatorEvent(
-            1704110400123, "", "", "", {}, {"env": "test", "rdns": None, "dst_rdns": None}, ""),
+            1704110400123, "", "", "", {}, {"env": "test", "rdns": None, "dst_rdns": None, "intel_match": False},
+            ""),
     }
     bare = orjson.loads(messages["bare"])
     assert bare["host_id"] is None and (bare["type"], bare["source"]) == ("", "")

@@ -16,6 +16,7 @@ from etl.lookups.assets import (
     is_internal_range,
     load_assets,
 )
+from etl.lookups.badlines import MAX_BAD_LINES_KEPT
 
 INVENTORY = """\
 cidr,site,owner,criticality
@@ -91,7 +92,7 @@ def test_malformed_rows_are_skipped_and_counted_by_line(tmp_path: Path) -> None:
             "10.4.0.0/16,edge,,\n"
             "10.5.0.0/33,x,y,z\n")  # 10
     inventory = load_assets(write(tmp_path, text))
-    assert inventory.skipped_lines == (3, 4, 7, 8, 10)
+    assert (inventory.skipped, inventory.bad_lines) == (5, (3, 4, 7, 8, 10))
     assert len(inventory) == 2
     assert inventory.lookup("10.1.0.1").site == "hq"
     assert inventory.lookup("10.4.0.1") == Asset("edge", None, None, internal=True)
@@ -141,3 +142,11 @@ def test_a_missing_file_is_refused(tmp_path: Path) -> None:
 def test_a_lookup_of_a_non_address_raises_value_error(inventory: AssetInventory) -> None:
     with pytest.raises(ValueError):
         inventory.lookup("not-an-ip")
+
+
+def test_a_file_of_garbage_is_counted_whole_but_keeps_only_the_first_bad_lines(tmp_path: Path) -> None:
+    rows = "".join(f"garbage-{i},x,y,z\n" for i in range(10_000))
+    inventory = load_assets(write(tmp_path, "cidr,site,owner,criticality\n" + rows + "10.0.0.0/8,hq,it,low\n"))
+    assert inventory.skipped == 10_000
+    assert inventory.bad_lines == tuple(range(2, 2 + MAX_BAD_LINES_KEPT))
+    assert len(inventory) == 1

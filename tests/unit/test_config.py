@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -28,12 +29,27 @@ def test_defaults() -> None:
     ({"NEO4J_URI": "falkor://h:notaport"}, "NEO4J_URI has an invalid port"),
     ({"NATS_SUBJECT_RAW": "events.>"}, "NATS_SUBJECT_RAW must be a literal NATS subject"),
     ({"RETRY_MIN_BACKOFF_MS": "9", "RETRY_MAX_BACKOFF_MS": "5"}, "must not exceed"),
+    ({"LOOKUP_RELOAD_S": "-1"}, "LOOKUP_RELOAD_S must be a non-negative integer, got '-1'"),
+    ({"ASSETS_PATH": "/"}, "ASSETS_PATH must name a file, not a directory, got '/'"),
+    ({"GEOIP_ASN_PATH": "/"}, "GEOIP_ASN_PATH must name a file, not a directory"),
+    ({"INTEL_PATHS": "/feeds,/bad\npath"}, "INTEL_PATHS must be a path without control characters"),
 ])
 def test_bad_values_fail_with_one_clear_line(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_lookup_paths_need_not_exist_yet(tmp_path: Path) -> None:
+    """A feed or database may be delivered after the workers start: a missing path is no configuration error."""
+    s = Settings.from_env({"INTEL_PATHS": f" {tmp_path}/feeds , {tmp_path}/bad.txt,",
+                           "ASSETS_PATH": f"{tmp_path}/a.csv", "GEOIP_CITY_PATH": f"{tmp_path}/c.mmdb"})
+    assert s.intel_paths == (f"{tmp_path}/feeds", f"{tmp_path}/bad.txt")
+    assert (s.assets_path, s.geoip_city_path, s.geoip_asn_path, s.lookup_reload_s) == (f"{tmp_path}/a.csv",
+                                                                                       f"{tmp_path}/c.mmdb", "", 30)
+    assert s.to_env()["INTEL_PATHS"] == f"{tmp_path}/feeds,{tmp_path}/bad.txt"
+    assert Settings.from_env({}).intel_paths == ()
 
 
 def test_secrets_are_redacted() -> None:

@@ -58,7 +58,7 @@ def test_enrich_keeps_every_field_and_adds_the_enrichment() -> None:
     assert out[1]["rdns"] is None
     assert events[0]["metadata"] == {"host_ip": "10.0.0.9"}, "input must not be mutated"
     assert set(out[1]) == {"id", "type", "source", "timestamp", "metadata", "env", "rdns", "dst_rdns", "host_id",
-                           "context"}
+                           "context", "intel", "src_asset", "dst_asset", "dst_geo"}
 
 
 @pytest.mark.parametrize(("metadata", "host_id"), [
@@ -78,14 +78,14 @@ def test_context_gathers_the_flattened_agent_context_and_the_enrichment() -> Non
     events = [{"id": "a", "args": {"dst_ip": "203.0.113.10"}, "metadata": metadata}]
     out = enrich_batch(events, env="prod", resolver=FakeResolver(), now=NOW)[0]
     assert out["context"] == {"tags": "[dev web]", "kernel": "6.6", "seq": 7, "env": "prod",
-                              "rdns": "host-9.local", "dst_rdns": "host-10.local"}
+                              "rdns": "host-9.local", "dst_rdns": "host-10.local", "intel_match": False}
     assert (out["env"], out["rdns"], out["dst_rdns"]) == ("prod", "host-9.local", "host-10.local")
     assert out["metadata"]["context_tags"] == "[dev web]", "metadata keeps the flattened keys"
 
 
 def test_context_without_any_is_the_enrichment_alone() -> None:
     out = enrich_batch([{"id": "a", "metadata": {}}], env="dev", resolver=OffResolver(), now=NOW)[0]
-    assert out["context"] == {"env": "dev", "rdns": None, "dst_rdns": None}
+    assert out["context"] == {"env": "dev", "rdns": None, "dst_rdns": None, "intel_match": False}
 
 
 def test_an_agents_context_object_is_kept_and_the_enrichment_wins_a_clash() -> None:
@@ -94,7 +94,7 @@ def test_an_agents_context_object_is_kept_and_the_enrichment_wins_a_clash() -> N
     before = copy.deepcopy(event)
     out = enrich_batch([event], env="prod", resolver=FakeResolver(), now=NOW)[0]
     assert out["context"] == {"team": "payments", "tags": "[dev web]", "env": "prod", "rdns": "host-9.local",
-                              "dst_rdns": None}
+                              "dst_rdns": None, "intel_match": False}
     assert event == before, "input must not be mutated"
 
 
@@ -155,8 +155,8 @@ def test_fake_mode_names_the_destination_too_and_off_nulls_it() -> None:
     assert enrich_batch(events, env="dev", resolver=OffResolver(), now=NOW)[0]["dst_rdns"] is None
 
 
-def test_enrichment_version_changed_with_args_carried_once() -> None:
-    assert ENRICHMENT_VERSION == "4"
+def test_enrichment_version_changed_with_the_lookup_fields() -> None:
+    assert ENRICHMENT_VERSION == "5"
 
 
 @pytest.mark.parametrize(("mode", "kind"), [("off", OffResolver), ("fake", FakeResolver), ("ptr", PtrResolver)])

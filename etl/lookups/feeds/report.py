@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from etl.lookups.badlines import MAX_BAD_LINES_KEPT, keep_bad_line
 from etl.lookups.feeds.values import Indicator
 
-# Line numbers (or a STIX bundle's object positions) kept for each file: enough to find the problem.
-MAX_BAD_LINES_KEPT = 5
+__all__ = ["MAX_BAD_LINES_KEPT", "FeedReport"]
 
 
 @dataclass(slots=True)
@@ -25,5 +25,4 @@ class FeedReport:
     def skip(self, line: int) -> None:
         """Count a malformed line or object, keeping its number if it is among the first few."""
         self.skipped += 1
-        if len(self.bad_lines) < MAX_BAD_LINES_KEPT:
-            self.bad_lines.append(line)
+        keep_bad_line(self.bad_lines, line)

@@ -1,0 +1,62 @@
+"""Which lookup table is to be loaded, from its files' signatures alone (``etl.lookups.changes``)."""
+
+from __future__ import annotations
+
+from etl.lookups.changes import FileSignature, TableSignature, TableWatch, newest_mtime_s
+
+FEED = ("/feeds/a.txt", FileSignature(mtime_ns=1_000_000_000, size=10, inode=7))
+
+
+def signature(*files: tuple[str, FileSignature | None]) -> TableSignature:
+    return tuple(files)
+
+
+def test_a_table_never_tried_is_due_even_when_its_files_are_missing() -> None:
+    assert TableWatch().due(signature(FEED))
+    assert TableWatch().due(signature(("/feeds/a.txt", None)))
+    assert TableWatch().due(signature())  # an empty directory is a table too: of no indicator
+
+
+def test_a_table_is_due_when_any_part_of_a_file_signature_changes() -> None:
+    watch = TableWatch()
+    assert watch.settle(signature(FEED), signature(FEED))
+    assert not watch.due(signature(FEED))
+    path, sig = FEED
+    for changed in (FileSignature(sig.mtime_ns + 1, sig.size, sig.inode),  # rewritten in place
+                    FileSignature(sig.mtime_ns, sig.size + 1, sig.inode),  # within the clock's tick
+                    FileSignature(sig.mtime_ns, sig.size, sig.inode + 1)):  # renamed over, same size and time
+        assert watch.due(signature((path, changed)))
+
+
+def test_a_file_added_to_removed_from_or_vanished_from_a_directory_is_a_change() -> None:
+    other = ("/feeds/b.txt", FileSignature(5, 5, 8))
+    watch = TableWatch()
+    watch.settle(signature(FEED), signature(FEED))
+    assert watch.due(signature(FEED, other))
+    assert watch.due(signature())
+    assert watch.due(signature(("/feeds/a.txt", None)))
+
+
+def test_what_was_tried_and_failed_is_not_tried_again_until_it_changes() -> None:
+    """The holder settles a failed load too: that is what keeps a bad file from being logged at every check."""
+    watch = TableWatch()
+    bad = signature(("/feeds/a.txt", FileSignature(1, 3, 7)))
+    assert watch.settle(bad, bad)
+    assert not watch.due(bad)
+    assert watch.due(signature(("/feeds/a.txt", FileSignature(2, 3, 7))))
+
+
+def test_a_load_during_which_the_files_changed_does_not_count() -> None:
+    watch = TableWatch()
+    half = signature(("/feeds/a.txt", FileSignature(1, 3, 7)))
+    whole = signature(("/feeds/a.txt", FileSignature(2, 9, 7)))
+    assert not watch.settle(half, whole)
+    assert watch.tried is None and watch.due(whole), "tried again at the next check"
+    assert watch.settle(whole, whole) and not watch.due(whole)
+
+
+def test_the_newest_mtime_is_in_seconds_and_ignores_missing_files() -> None:
+    assert newest_mtime_s(signature(FEED, ("/feeds/b.txt", FileSignature(3_500_000_000, 1, 9)),
+                                    ("/feeds/c.txt", None))) == 3.5
+    assert newest_mtime_s(signature(("/feeds/c.txt", None))) is None
+    assert newest_mtime_s(signature()) is None
