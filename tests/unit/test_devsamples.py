@@ -3,8 +3,11 @@ skipped, and the sample corpus matches them the way a run should show: every kin
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,8 +19,11 @@ from etl.lookups.assets import load_assets
 from etl.lookups.feeds import load_feeds
 from etl.lookups.geoip import GeoIp
 from etl.lookups.indicators import IndicatorIndex
+from etl.lookups.tables import LookupTables
+from etl.pipeline.enrich import enrich_batch
 from etl.pipeline.events import Event, parse_event
 from etl.pipeline.peers import destination_of
+from etl.rdns.strategies import FakeResolver
 
 MAX_BYTES = Settings().max_event_bytes
 EVENTS = 4000
@@ -46,7 +52,7 @@ def test_a_feed_in_each_format_loads_without_a_skipped_line(samples: SampleLooku
 
 def test_the_inventory_and_the_geoip_databases_load(samples: SampleLookups) -> None:
     inventory = load_assets(samples.assets)
-    assert len(inventory) == 6 and inventory.skipped_lines == ()
+    assert len(inventory) == 6 and inventory.skipped == 0
     with GeoIp.open(samples.geoip_city, samples.geoip_asn) as geoip:
         assert geoip.lookup("198.51.100.40").as_dict() == {"country": "SG", "asn": 64511,
                                                           "organization": "Example Transit Inc."}
@@ -122,4 +128,21 @@ def test_the_readmes_feed_and_inventory_examples_load_without_a_skipped_line(tmp
     assert {i.type.value for r in reports for i in r.indicators} == {"ip", "cidr", "domain", "sha256"}
     (tmp_path / "assets.csv").write_text(blocks[4][1])
     inventory = load_assets(tmp_path / "assets.csv")
-    assert len(inventory) == 2 and inventory.skipped_lines == ()
+    assert len(inventory) == 2 and inventory.skipped == 0
+
+
+def test_the_readmes_enriched_fields_are_what_enrich_makes_of_a_sample_event(samples: SampleLookups) -> None:
+    fragment = next(text for _, text in readme_blocks() if text.startswith('"intel"'))
+    shown = json.loads("{" + fragment + "}")
+    args = {"dst_ip": "203.0.113.33", "dst_port": 443, "protocol": "tcp"}
+    raw = {"id": "readme-1", "type": "connect", "source": "/usr/bin/curl", "timestamp": 1_704_110_400_000,
+           "metadata": {"host_id": "host-001", "host_ip": "10.0.1.20"},
+           "payload": base64.b64encode(json.dumps(args).encode()).decode()}
+    event = parse_event(json.dumps(raw).encode(), max_bytes=MAX_BYTES)
+    index = IndicatorIndex.build(i for report in load_feeds([samples.intel_dir]) for i in report.indicators)
+    with GeoIp.open(samples.geoip_city, samples.geoip_asn) as geoip:
+        tables = LookupTables(indicators=index, assets=load_assets(samples.assets), geoip=geoip)
+        (enriched,) = enrich_batch([event], env="dev", resolver=FakeResolver(), now=datetime.now(UTC),
+                                   tables=tables)
+    assert {field: enriched[field] for field in shown} == shown
+    assert enriched["context"]["intel_match"] is True
