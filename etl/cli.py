@@ -182,8 +182,9 @@ def status_cmd(interval: float, once: bool, as_json: bool, metrics_urls: tuple[s
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if once:
-        snapshot, rates = status.measure(settings, urls, interval)
-        click.echo(status.to_json(snapshot, rates, indent=2) if as_json else status.render(snapshot, rates, settings))
+        snapshot, rates, matches = status.measure(settings, urls, interval)
+        click.echo(status.to_json(snapshot, rates, indent=2, matches=matches) if as_json
+                   else status.render(snapshot, rates, settings, matches=matches))
         raise SystemExit(EXIT_FAILURE if snapshot.errors else EXIT_OK)
     terminal = sys.stdout.isatty()
     try:

@@ -127,6 +127,7 @@ def describe(ends: Endpoints) -> str:
               for name, port in ends.process_ports.items() if name != BRIDGE]
     lines += [
         f"  logs        {data / 'logs'}/<process>.log, servers: {data}/<server>/<server>.log",
+        *_lookup_lines(ends.env),
         "clients",
         f"  psql        {_psql()} {ends.postgres_url}",
         *graph_clients,
@@ -135,6 +136,16 @@ def describe(ends: Endpoints) -> str:
         *export_lines(ends),
     ]
     return "\n".join(lines)
+
+
+def _lookup_lines(env: Mapping[str, str]) -> list[str]:
+    """Where the lookup files the enrich pool reads are, when the settings name them (``etl.dev.samples``)."""
+    if not env.get("INTEL_PATHS"):
+        return []
+    return [f"  lookups     feeds {env['INTEL_PATHS']}, inventory {env.get('ASSETS_PATH') or '-'}, GeoIP "
+            f"{env.get('GEOIP_CITY_PATH') or '-'} {env.get('GEOIP_ASN_PATH') or '-'}",
+            "              (edit them: the enrich pool reloads a changed file"
+            + (f" within {env['LOOKUP_RELOAD_S']}s)" if env.get("LOOKUP_RELOAD_S") else ")")]
 
 
 def export_lines(ends: Endpoints) -> list[str]:

@@ -11,12 +11,17 @@ the local default and the benchmarks: deterministic for a seed.
 
 Each host has a bounded set of processes, users and containers, so the graph's context nodes repeat as they do in
 production; about a third of the events are network connections (``dst_ip``, ``dst_port``, ``protocol``) to a
-bounded set of endpoints. Every event's instant is ``base_ms`` plus its sequence number, in either format.
+bounded set of endpoints, and a quarter of the process starts fetch a URL from a bounded set of names. One host in
+``COMPROMISED_EVERY`` runs ``DROPPER`` among its processes, always the same file, so its hash is one a feed can
+name: the local default's sample feeds (``etl.dev.samples``) list it, a few endpoints and a few of the names, so a
+run shows matches while most events match nothing. Every event's instant is ``base_ms`` plus its sequence number,
+in either format.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import random
 import uuid
 from dataclasses import dataclass
@@ -31,6 +36,13 @@ GRPC_SHARE = 0.7
 PROCESSES_PER_HOST = 40
 PAYLOADS_PER_KIND = 256  # args encoded once per generator, then picked: encoding per event would bound the rate
 ENDPOINTS = tuple(f"{net}.{last}" for net in ("203.0.113", "198.51.100") for last in range(1, 41))
+# Names a process start fetches from (reserved for examples, RFC 2606 and RFC 6761), with the share that does.
+FETCHED_DOMAINS = ("deb.example.org", "pypi.example.org", "registry.example.com", "api.example.net",
+                   "cdn.example.com", "updates.example.net", "dl.badcdn.example", "c2.tunnel.example")
+FETCH_SHARE = 0.25
+COMPROMISED_EVERY = 4  # hosts 1, 5, 9... run the dropper
+DROPPER = "/tmp/.cache/kworkerd"
+DROPPER_SHA256 = "5f1c2ab4e0d87d55a1d86c2b93f4e7a1c0b9d2e3f4a5b6c7d8e9f00112233445"
 PORTS = (22, 53, 80, 443, 5432, 6379, 8080)
 GRPC_KINDS = ("process_exec", "file_open", "net_connect")
 VISIBILITY_KINDS = ("process", "file", "connect")
@@ -74,6 +86,8 @@ def make_agents(hosts: list[Host], rng: random.Random) -> list[Agent]:
             Process(rng.randint(100, 65000), binary, f"{rng.getrandbits(256):064x}", *rng.choice(USERS),
                     rng.choice(host.containers) if host.containers and rng.random() < 0.6 else None)
             for binary in rng.choices(BINARIES, k=PROCESSES_PER_HOST))
+        if i % COMPROMISED_EVERY == 0:  # the last process becomes the dropper: no more random draws
+            processes = (*processes[:-1], dataclasses.replace(processes[-1], binary=DROPPER, sha256=DROPPER_SHA256))
         agents.append(Agent(host, f"tenant-{i % 3}", f"device-{rng.getrandbits(32):08x}", f"agent-{i:03d}",
                             rng.choice(SENSOR_VERSIONS), rng.choice(CONTEXT_TAGS), rng.choice(KERNELS), processes))
     return agents
@@ -85,8 +99,11 @@ def _args(kind: str, rng: random.Random) -> dict[str, Any]:
                 "src_port": rng.randint(32768, 60999)}
     if kind in ("file_open", "file"):
         return {"path": rng.choice(FILES), "flags": rng.choice(("O_RDONLY", "O_WRONLY|O_CREAT", "O_RDWR"))}
-    return {"argv": [rng.choice(BINARIES), "-c", f"job-{rng.randint(1, 500)}"], "ppid": rng.randint(1, 5000),
-            "cwd": rng.choice(("/", "/srv/app", "/home/alice"))}
+    if rng.random() < FETCH_SHARE:
+        argv = ["/usr/bin/curl", "-fsSL", f"https://{rng.choice(FETCHED_DOMAINS)}/v{rng.randint(1, 9)}/install"]
+    else:
+        argv = [rng.choice(BINARIES), "-c", f"job-{rng.randint(1, 500)}"]
+    return {"argv": argv, "ppid": rng.randint(1, 5000), "cwd": rng.choice(("/", "/srv/app", "/home/alice"))}
 
 
 class Payloads:

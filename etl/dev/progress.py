@@ -11,7 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from etl.config import Settings
-from etl.ops.status import STAGES, Snapshot, render
+from etl.ops.lookup_status import Lookups, MatchRates, total_rate
+from etl.ops.snapshot import STAGES, Snapshot
+from etl.ops.status_render import render
 from etl.stages import SINK_NAMES, SINK_STAGES
 
 HEARTBEAT_S = 30.0
@@ -77,11 +79,20 @@ def _rate(value: float | None) -> str:
     return "" if value is None else f" ({value:+.0f}/s)"
 
 
+def _matches(lookups: Lookups | None, matches: MatchRates | None) -> str:
+    """All indicator matches and their rate, when the enrich pool's metrics said (``etl.ops.lookup_status``)."""
+    if lookups is None:
+        return ""
+    return f"  matches {lookups.total_matches()}{_rate(total_rate(matches or {}))}"
+
+
 def progress_line(snapshot: Snapshot, rates: Mapping[str, float | None], elapsed_s: float, sent: Sent,
-                  missing: int | None) -> str:
-    """One line: each stage's total and rate, what waits, breakers that are not closed, and the generator."""
+                  missing: int | None, matches: MatchRates | None = None) -> str:
+    """One line: each stage's total and rate, the indicator matches, what waits, breakers that are not closed, and
+    the generator."""
     stages = "  ".join(f"{stage.replace('_', '-')} {_count(snapshot.totals.get(stage))}{_rate(rates.get(stage))}"
                        for stage in STAGES)
+    stages += _matches(snapshot.lookups, matches)
     queued = None if snapshot.queues is None else sum(snapshot.queues.values())
     tripped = [f"{sink} {state}" for sink, state in snapshot.breakers.items() if state not in (None, "closed")]
     extra = f"  breakers: {', '.join(tripped)}" if tripped else ""
@@ -100,9 +111,12 @@ def _accounted(sent: Sent, missing: int | None) -> str:
 
 
 def progress_frame(snapshot: Snapshot, rates: Mapping[str, float | None], settings: Settings, interval_s: float,
-                   sent: Sent, missing: int | None, width: int) -> str:
-    """The ``etl status`` table and the generator's line, each line cut to ``width`` so a redraw can count lines."""
-    text = render(snapshot, rates, settings, interval_s).replace("Ctrl-C to quit", "Ctrl-C to stop the stack")
+                   sent: Sent, missing: int | None, width: int, matches: MatchRates | None = None, *,
+                   brief: bool = False) -> str:
+    """The ``etl status`` table and the generator's line, each line cut to ``width`` so a redraw can count lines;
+    ``brief``: the lookup section on one line."""
+    text = render(snapshot, rates, settings, interval_s, matches, brief=brief).replace(
+        "Ctrl-C to quit", "Ctrl-C to stop the stack")
     text += f"\n\n{sent.describe()}{_accounted(sent, missing)}"
     return "\n".join(line[:width] for line in text.splitlines())
 
@@ -118,18 +132,23 @@ class Progress:
         self._last_at = float("-inf")
 
     def show(self, snapshot: Snapshot, rates: Mapping[str, float | None], settings: Settings, *, elapsed_s: float,
-             interval_s: float, sent: Sent, missing: int | None) -> None:
-        frame = progress_frame(snapshot, rates, settings, interval_s, sent, missing, self._width)
+             interval_s: float, sent: Sent, missing: int | None, matches: MatchRates | None = None) -> None:
+        frame = progress_frame(snapshot, rates, settings, interval_s, sent, missing, self._width, matches)
         lines = frame.count("\n") + 1
+        if lines >= self._height:  # the lookup section on one line may make it fit
+            frame = progress_frame(snapshot, rates, settings, interval_s, sent, missing, self._width, matches,
+                                   brief=True)
+            lines = frame.count("\n") + 1
         if self._terminal and lines < self._height:  # a frame taller than the screen cannot be redrawn in place
             erase = CURSOR_UP_AND_ERASE.format(lines=self._drawn_lines) if self._drawn_lines else ""
             self._out(erase + frame)
             self._drawn_lines = lines
             return
         self._drawn_lines = 0
-        key = (tuple(snapshot.totals.values()), snapshot.lag, sent, missing, tuple(snapshot.breakers.values()))
+        found = None if snapshot.lookups is None else snapshot.lookups.total_matches()
+        key = (tuple(snapshot.totals.values()), snapshot.lag, sent, missing, tuple(snapshot.breakers.values()), found)
         if key != self._last_key or elapsed_s - self._last_at >= HEARTBEAT_S:
-            self._out(progress_line(snapshot, rates, elapsed_s, sent, missing))
+            self._out(progress_line(snapshot, rates, elapsed_s, sent, missing, matches))
             self._last_key, self._last_at = key, elapsed_s
 
     def release(self) -> None:
@@ -137,13 +156,23 @@ class Progress:
         self._drawn_lines = 0
 
 
+def _matches_by_source(lookups: Lookups | None) -> str:
+    """This run's indicator matches, by source: the enrich pool's counters, which start at 0 with it."""
+    if lookups is None:
+        return "? (the enrich pool's metrics did not answer)"
+    by_source = ", ".join(f"{source} {n}" for source, n in lookups.matches_by_source().items()) or "none"
+    return f"{lookups.total_matches()} this run ({by_source})"
+
+
 def summary(snapshot: Snapshot) -> str:
-    """What reached each sink and what was dead-lettered, by stage, and what waits for the next start."""
+    """What reached each sink and what was dead-lettered, by stage, the indicator matches by source, and what
+    waits for the next start."""
     lines = ["summary (totals in the data directory, across runs)"]
     lines += [f"  {stage.summary:<26}{_count(snapshot.totals.get(stage.total))}" for stage in SINK_STAGES]
     dead = snapshot.dead_letters
     by_stage = "?" if dead is None else ", ".join(f"{stage} {n}" for stage, n in sorted(dead.items())) or "none"
     lines.append(f"  {'dead letters':<26}{_count(snapshot.totals.get('dead_lettered'))} ({by_stage})")
+    lines.append(f"  {'indicator matches':<26}{_matches_by_source(snapshot.lookups)}")
     queued = None if snapshot.queues is None else sum(snapshot.queues.values())
     if queued or snapshot.lag:
         lines.append(f"  {'left for the next start':<26}{_count(queued)} batches in Redis, "

@@ -1,8 +1,9 @@
 """The local default: the whole pipeline on one machine, from pip packages, with a sample-event generator.
 
 Servers (NATS with JetStream, Redis with AOF, PostgreSQL, and a graph server: FalkorDB with AOF, or on request
-Neo4j, which Maven fetches) keep their data under one directory, so a restart resumes where it left off. The
-bridge and one worker per pool run as child processes, exactly as in production. Stopping (Ctrl-C, SIGTERM,
+Neo4j, which Maven fetches) keep their data under one directory, so a restart resumes where it left off, and so do
+the sample lookup files the enrich pool reads (``etl.dev.samples``). The bridge and one worker per pool run as
+child processes, exactly as in production. Stopping (Ctrl-C, SIGTERM,
 SIGHUP, or ``once`` when the generated events are all accounted for) goes in order: generator, bridge, queues
 drained (bounded), workers, servers; then the summary. Later signals only hurry the shutdown along. Whatever is
 left in Redis or JetStream is not lost: it is processed on the next start.
@@ -14,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -25,11 +26,13 @@ from etl.dev.corpus import PRODUCERS
 from etl.dev.ports import BRIDGE, Endpoints, PortFlags, describe
 from etl.dev.progress import Progress, Sent, idle, summary, unaccounted
 from etl.dev.publish import Generator
+from etl.dev.samples import write_samples
 from etl.dev.services import FALKORDB, HURRIED_STOP_TIMEOUT_S, Servers
 from etl.dev.session import StopSignals, locked_data_dir, reap_children, surviving_hangup
 from etl.dev.supervisor import Pipeline
 from etl.errors import EtlError
 from etl.ops import report, status
+from etl.ops.lookup_status import Lookups
 from etl.sinks.migrate import migrate
 from etl.stages import NAMES
 
@@ -78,7 +81,7 @@ class Stack:
         """Start everything; raises ``devservers.ServerError`` or an ``EtlError`` (``PortError`` among them)."""
         options, pools = self.options, NAMES
         options.ports.check(pools)
-        env = self._start_servers()
+        env = {**self._start_servers(), **self._sample_lookups()}
         self.settings = settings = Settings.from_env({**os.environ, **env})
         ports = options.ports.process_ports(pools)
         self.say(describe(self._endpoints(env, ports)))
@@ -99,6 +102,13 @@ class Stack:
         self.servers = Servers.create(self.options.data_dir, self.options.ports, self.options.graph_backend)
         self.servers.start(self.say)
         return self.servers.env()
+
+    def _sample_lookups(self) -> dict[str, str]:
+        """Write the sample lookup files that are missing; returns the settings that name them all."""
+        files, written = write_samples(self.options.data_dir)
+        if written:
+            self.say(f"wrote {len(written)} sample lookup files under {files.intel_dir.parent}")
+        return files.env()
 
     def _endpoints(self, env: dict[str, str], ports: dict[str, int]) -> Endpoints:
         assert self.servers is not None and self.settings is not None
@@ -154,7 +164,7 @@ class Stack:
             rates = status.rates(previous, snap) if previous else dict.fromkeys(status.STAGES)
             now = time.monotonic()
             self.progress.show(snap, rates, self.settings, elapsed_s=now - start, interval_s=PROGRESS_INTERVAL_S,
-                               sent=sent, missing=missing)
+                               sent=sent, missing=missing, matches=status.match_rates(previous, snap))
             if once and (sent.finished or not sent.enabled) and missing == 0 and idle(snap):
                 return 1 if sent.error else 0
             key = (tuple(snap.totals.values()), tuple((snap.queues or {}).values()), snap.lag, sent)
@@ -176,13 +186,21 @@ class Stack:
             self._stop_processes(self.bridge, "the bridge (it acks what it enqueued)", BRIDGE_STOP_TIMEOUT_S, signals)
         if self.workers is not None and self._servers_up():
             self._drain(signals)
+        lookups = self._last_lookups()
         if self.workers is not None:
             self._stop_processes(self.workers, "the workers", WORKER_STOP_TIMEOUT_S, signals)
         final = status.collect(self.settings) if self.settings is not None and self._servers_up() else None
+        final = final if final is None else replace(final, lookups=lookups)
         if self.servers is not None:
             self.servers.stop(self.say, hurried=self._hurried(signals))
             self.say("stopped the servers")
         return final
+
+    def _last_lookups(self) -> Lookups | None:
+        """The lookup tables and this run's matches, read from the pools before they stop: their counters go with
+        them. ``None`` when no page answers."""
+        metrics, _ = status.fetch_metrics(self.metrics_urls)
+        return None if metrics is None else metrics.lookups or Lookups()
 
     def _hurried(self, signals: StopSignals) -> bool:
         """Whether a later stop signal asked to hurry; says so the first time."""

@@ -390,3 +390,32 @@ def test_neo4j_without_java_exits_2_with_one_line_saying_what_to_install(tmp_pat
     assert done.stdout == ""
     assert len(done.stderr.splitlines()) == 1 and "install Java" in done.stderr, done.stderr
     assert not data_dir.exists(), "nothing started"
+
+
+def test_the_sample_lookup_files_show_matches_in_status_and_in_the_summary(tmp_path: Path,
+                                                                          terminals: list[Terminal]) -> None:
+    """Issue 19's "done when": with a feed, an inventory and GeoIP files configured, bin/dev shows matches in
+    ``etl status`` and the report."""
+    data_dir = tmp_path / "dev"
+    term, _ = run_until_accounted(terminals, data_dir, 2000)
+    assert f"wrote 7 sample lookup files under {data_dir / 'lookups'}" in term.text
+    env = {**os.environ, **export_env(term.text)}
+    assert env["INTEL_PATHS"] == str(data_dir / "lookups" / "intel")
+    seen = subprocess.run([ETL, "status", "--once", "--json", "--interval", "0.1"], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert seen.returncode == 0, seen.stderr
+    lookups = json.loads(seen.stdout)["lookups"]
+    assert set(lookups["tables"]) == {"intel", "assets", "geoip_city", "geoip_asn"}, lookups
+    for name, table in lookups["tables"].items():
+        assert table["entries"] > 0 and table["reload_failures"] == 0 and table["skipped"] == 0, (name, table)
+        assert time.time() - table["loaded_from"] < 3600, (name, table)
+    by_source = {source: sum(kinds.values()) for source, kinds in lookups["matches"].items()}
+    assert set(by_source) == {"blocklist.txt", "partner-isac", "sandbox", "taxii-bundle.json"}, lookups["matches"]
+    assert {kind for kinds in lookups["matches"].values() for kind in kinds} == {"ip", "cidr", "domain", "sha256"}
+    total = sum(by_source.values())
+    assert 0 < total < 2000 / 5, "a few of the events match, most do not"
+
+    # Nothing moves any more: the summary's matches, read before the workers stop, are the same.
+    stop_with_ctrl_c(term)
+    listed = ", ".join(f"{source} {n}" for source, n in sorted(by_source.items()))
+    assert f"indicator matches         {total} this run ({listed})" in term.text, term.text[-2000:]

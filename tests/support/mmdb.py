@@ -1,42 +1,8 @@
-"""Small MaxMind-format databases built on the spot, laid out like GeoLite2-City and GeoLite2-ASN, for the GeoIP
-tests and the lookup benchmark: nothing is downloaded. Written with ``mmdb-writer`` (a test-only dependency)."""
+"""The GeoIP tests' and the lookup benchmark's ``.mmdb`` builder: the one the local default writes its sample
+databases with, so both lay out records alike."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from etl.dev.mmdb import asn_record, city_record, write_mmdb
 
-from mmdb_writer import MMDBWriter
-from netaddr import IPSet
-
-
-def write_mmdb(path: Path, records: Mapping[str, Any], *, database_type: str, ip_version: int = 6) -> Path:
-    """A database at ``path`` holding ``records`` (network -> record). An IPv6 database also holds IPv4 networks,
-    where MaxMind's readers look for them (``::a.b.c.d``)."""
-    writer = MMDBWriter(ip_version=ip_version, database_type=database_type, languages=["en"],
-                        description="aegisflux-etl test data", ipv4_compatible=ip_version == 6)
-    for network, record in records.items():
-        writer.insert_network(IPSet([network]), record)
-    writer.to_db_file(str(path))
-    return path
-
-
-def city_record(country: str | None, registered: str | None = None) -> dict[str, Any]:
-    """A record shaped like GeoLite2-City's: ``country`` and ``registered_country`` with ISO codes and names."""
-    record: dict[str, Any] = {"city": {"names": {"en": "Testville"}}, "location": {"latitude": 1.5}}
-    if country is not None:
-        record["country"] = {"iso_code": country, "names": {"en": f"Country {country}"}}
-    if registered is not None:
-        record["registered_country"] = {"iso_code": registered, "names": {"en": f"Country {registered}"}}
-    return record
-
-
-def asn_record(number: int | None, organization: str | None) -> dict[str, Any]:
-    """A record shaped like GeoLite2-ASN's."""
-    record: dict[str, Any] = {}
-    if number is not None:
-        record["autonomous_system_number"] = number
-    if organization is not None:
-        record["autonomous_system_organization"] = organization
-    return record
+__all__ = ["asn_record", "city_record", "write_mmdb"]

@@ -190,6 +190,17 @@ def test_the_block_names_every_service() -> None:
     assert "data in /data/etl dev" in text
 
 
+def test_the_block_says_where_the_lookup_files_are_when_the_settings_name_them() -> None:
+    assert "lookups" not in describe(endpoints())
+    env = {**ENV, "INTEL_PATHS": "/d/lookups/intel", "ASSETS_PATH": "/d/lookups/assets.csv",
+           "GEOIP_CITY_PATH": "/d/lookups/city.mmdb", "GEOIP_ASN_PATH": "/d/lookups/asn.mmdb", "LOOKUP_RELOAD_S": "5"}
+    text = describe(replace(endpoints(), env=env))
+    assert line_starting(text, "lookups") == ("  lookups     feeds /d/lookups/intel, inventory /d/lookups/assets.csv, "
+                                              "GeoIP /d/lookups/city.mmdb /d/lookups/asn.mmdb")
+    assert "reloads a changed file within 5s" in text
+    assert "export INTEL_PATHS=/d/lookups/intel" in text
+
+
 def test_on_falkordb_the_graph_query_uses_the_falkordb_client() -> None:
     text = describe(endpoints())
     assert "falkordb    redis://127.0.0.1:4003   graph 'events', AOF on" in text

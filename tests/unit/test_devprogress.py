@@ -9,6 +9,7 @@ import pytest
 
 from etl.config import Settings
 from etl.dev.progress import HEARTBEAT_S, Progress, Sent, idle, progress_frame, progress_line, summary, unaccounted
+from etl.ops.lookup_status import Lookups, TableState
 from etl.ops.status import STAGES, Snapshot
 
 SETTINGS = Settings()
@@ -150,6 +151,18 @@ def test_the_line_shows_breakers_that_are_not_closed_and_a_paused_bridge() -> No
     assert "! redis unreadable" in line
 
 
+MATCHES = Lookups({"intel": TableState(13)}, {"sandbox": {"sha256": 4}, "partner-isac": {"ip": 7, "domain": 9}})
+
+
+def test_the_line_has_the_indicator_matches_and_their_rate_when_the_metrics_tell() -> None:
+    now = replace(snap(received=120, dead={"enrich": 1}), lookups=MATCHES)
+    rates = {"sandbox": {"sha256": 1.0}, "partner-isac": {"ip": 2.0, "domain": 0.4}}
+    line = progress_line(now, NO_RATES, 1.0, Sent(), missing=None, matches=rates)
+    assert "dead-lettered 1  matches 20 (+3/s)  lag 0" in line
+    assert "matches 20  lag" in progress_line(now, NO_RATES, 1.0, Sent(), missing=None)  # no rate yet
+    assert "matches" not in progress_line(snap(), NO_RATES, 1.0, Sent(), missing=None)  # no metrics page
+
+
 def test_unknown_breaker_states_are_not_shown_as_tripped() -> None:
     now = replace(snap(), breakers={"publish": None, "timescale": None, "graph": None}, bridge_paused=False)
     line = progress_line(now, NO_RATES, 1.0, Sent(), missing=None)
@@ -182,6 +195,13 @@ def test_the_frame_is_the_status_table_with_the_generator_line_cut_to_the_width(
     assert all(len(line) <= 20 for line in narrow.splitlines())
     assert len(narrow.splitlines()) == len(wide.splitlines())
     assert [line[:20] for line in wide.splitlines()] == narrow.splitlines()
+
+
+def test_the_frame_shows_the_lookup_tables_and_the_matches_by_source() -> None:
+    frame = progress_frame(replace(snap(), lookups=MATCHES), NO_RATES, SETTINGS, 1.0, Sent(), None, width=200,
+                           matches={"sandbox": {"sha256": 0.5}})
+    assert any(line.split()[:2] == ["intel", "13"] for line in frame.splitlines())
+    assert "  partner-isac  domain 9  ip 7" in frame and "  sandbox       sha256 4 (0.5/s)" in frame
 
 
 def test_the_frame_shows_a_tripped_breaker() -> None:
@@ -245,6 +265,18 @@ def test_a_frame_taller_than_the_terminal_falls_back_to_lines() -> None:
     assert screen.writes[0].startswith("[   1.0s] received 1")
 
 
+def test_a_frame_too_tall_with_the_lookup_section_has_it_on_one_line_before_falling_back_to_lines() -> None:
+    now = replace(snap(received=1), lookups=MATCHES)
+    full = progress_frame(now, NO_RATES, SETTINGS, 1.0, GENERATING, None, 100)
+    brief = progress_frame(now, NO_RATES, SETTINGS, 1.0, GENERATING, None, 100, brief=True)
+    tall, short = full.count("\n") + 1, brief.count("\n") + 1
+    assert short < tall and "lookups         intel 13 (oldest ?, 0 skipped, 0 reload failures); 20 matches" in brief
+    screen = Screen()
+    show(Progress(screen, terminal=True, width=100, height=tall), now, 1.0)
+    show(Progress(screen, terminal=True, width=100, height=short), now, 1.0)
+    assert screen.writes == [brief, progress_line(now, NO_RATES, 1.0, GENERATING, None)]
+
+
 def test_elsewhere_a_line_is_written_only_when_something_changed() -> None:
     screen = Screen()
     progress = Progress(screen, terminal=False, width=100, height=60)
@@ -255,6 +287,15 @@ def test_elsewhere_a_line_is_written_only_when_something_changed() -> None:
     show(progress, replace(snap(received=2), lag=5), 5.0, Sent(sent=3, total=10))  # the generator moved
     assert [w.split("]")[0] for w in screen.writes] == ["[   1.0s", "[   3.0s", "[   4.0s", "[   5.0s"]
     assert all(CURSOR_UP not in w for w in screen.writes)
+
+
+def test_elsewhere_a_new_match_is_a_change() -> None:
+    screen = Screen()
+    progress = Progress(screen, terminal=False, width=100, height=60)
+    show(progress, replace(snap(), lookups=Lookups()), 1.0)
+    show(progress, replace(snap(), lookups=Lookups()), 2.0)
+    show(progress, replace(snap(), lookups=MATCHES), 3.0)
+    assert len(screen.writes) == 2 and "matches 20" in screen.writes[1]
 
 
 def test_elsewhere_a_tripped_breaker_is_a_change() -> None:
@@ -287,7 +328,14 @@ def test_the_summary_names_each_sink_and_the_dead_letters_by_stage() -> None:
         "  TimescaleDB rows          198",
         "  graph Event nodes         197",
         "  dead letters              3 (enrich 2, timescale 1)",
+        "  indicator matches         ? (the enrich pool's metrics did not answer)",
     ]
+
+
+def test_the_summary_counts_this_runs_matches_by_source() -> None:
+    lines = summary(replace(snap(), lookups=MATCHES)).splitlines()
+    assert "  indicator matches         20 this run (partner-isac 16, sandbox 4)" in lines
+    assert "  indicator matches         0 this run (none)" in summary(replace(snap(), lookups=Lookups()))
 
 
 def test_the_summary_says_none_or_unknown_for_dead_letters() -> None:

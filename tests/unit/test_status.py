@@ -190,7 +190,7 @@ def test_json_holds_every_field_and_the_rates() -> None:
     assert data["totals"]["received"] == 305 and data["rates"] == rates
     assert data["breakers"] == {"publish": "closed", "timescale": "open", "graph": None}
     assert (data["lag"], data["ack_pending"], data["delivered"]) == (12, 5, 310)
-    assert set(data) == set(full_snapshot().as_dict()) | {"rates"}
+    assert set(data) == set(full_snapshot().as_dict()) | {"rates", "match_rates"}
     assert "\n" not in status.to_json(full_snapshot(), rates), "one line per reading when streaming"
 
 
@@ -241,5 +241,6 @@ def test_measure_returns_the_second_reading_and_the_rates_over_the_interval(monk
     taken = readings(snapshot(10.0, merged=5), snapshot(10.5, merged=6))
     monkeypatch.setattr(status, "collect", lambda settings, urls: next(taken))
     slept: list[float] = []
-    current, rates = status.measure(SETTINGS, (), 0.5, sleep=slept.append)
+    current, rates, matches = status.measure(SETTINGS, (), 0.5, sleep=slept.append)
     assert current.totals["merged"] == 6 and rates["merged"] == 2.0 and slept == [0.5]
+    assert matches == {}, "no metrics page: no matches to rate"
