@@ -28,11 +28,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from etl.errors import LookupFileError
-from etl.lookups.changes import TableSignature, TableWatch, newest_mtime_s
+from etl.lookups.changes import DISCARDS_WARNED_AFTER, TableSignature, TableWatch, newest_mtime_s
 from etl.lookups.sources import Loaded, TableSource, snapshot
 from etl.lookups.tables import EMPTY, LookupTables
 from etl.runtime.heap import release_free_memory
 from etl.runtime.metrics import (
+    LOOKUP_DISCARDED_LOADS,
     LOOKUP_ENTRIES,
     LOOKUP_RELOAD_FAILURES,
     LOOKUP_SKIPPED_LINES,
@@ -128,14 +129,15 @@ class LiveLookups:
         try:
             loaded = source.load(source.paths)
         except Exception as e:  # noqa: BLE001 - LookupFileError, or a bug: either way the table in use stays
-            if watch.settle(before, source.signature()):
+            if not watch.settle(before, source.signature()):
+                _discarded(source, watch)
+            else:
                 LOOKUP_TABLE_FAILING.labels(table=source.name).set(1)
                 if watch.failed():
                     self._failed(source, e)
             return False
         if not watch.settle(before, source.signature()):
-            log.info("lookup table %s: its files changed while loading; loading them again at the next check",
-                     source.name, extra={"table": source.name})
+            _discarded(source, watch)
             return False
         watch.loaded()
         self._tables[source.name] = loaded.table
@@ -153,6 +155,20 @@ class LiveLookups:
         else:
             log.error("lookup table %s failed to load unexpectedly, %s (tried again, with a backoff)",
                       source.name, kept, exc_info=error, extra=extra)
+
+
+def _discarded(source: TableSource, watch: TableWatch) -> None:
+    """A load discarded because a file changed in place under it: counted, and a warning once that happens
+    ``DISCARDS_WARNED_AFTER`` times in a row (the table's files are then rewritten faster than they load)."""
+    LOOKUP_DISCARDED_LOADS.labels(table=source.name).inc()
+    extra = {"table": source.name, "discarded": watch.discarded}
+    if watch.discarded == DISCARDS_WARNED_AFTER:
+        log.warning("lookup table %s: its files changed in place during each of the last %d loads, which were "
+                    "discarded; write a new file beside the old and rename it over, or the table never loads",
+                    source.name, watch.discarded, extra=extra)
+    else:
+        log.info("lookup table %s: its files changed while loading; loading them again at the next check",
+                 source.name, extra=extra)
 
 
 def _report_loaded(source: TableSource, loaded: Loaded, signature: TableSignature, seconds: float) -> None:

@@ -88,6 +88,9 @@ LOOKUP_RELOAD_FAILURES = Counter("etl_lookup_reload_failures_total",
 LOOKUP_TABLE_FAILING = Gauge("etl_lookup_table_failing", "1 while the lookup table's current files failed to load "
                              "and the table in use is older (or absent), else 0", ["table"],
                              multiprocess_mode="livemax")
+LOOKUP_DISCARDED_LOADS = Counter("etl_lookup_discarded_loads_total",
+                                 "Loads of a lookup table discarded because a file changed in place while it was "
+                                 "read (tried again at the next check)", ["table"])
 LOOKUP_SKIPPED_LINES = Gauge("etl_lookup_skipped_lines", "Malformed lines or objects skipped in the lookup table in "
                              "use", ["table"], multiprocess_mode="livemax")
 # Labelled by the feed's source (a feed names it, else its file's name) and the indicator's type: bounded by the

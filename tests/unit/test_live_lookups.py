@@ -19,6 +19,7 @@ from dramatiq.brokers.stub import StubBroker
 from prometheus_client import REGISTRY
 
 from etl.errors import LookupFileError, LookupReadError
+from etl.lookups.changes import DISCARDS_WARNED_AFTER
 from etl.lookups.live import LiveLookups
 from etl.lookups.sources import Loaded, TableSource, load_intel, load_inventory, table_sources
 from etl.lookups.tables import LookupTables
@@ -210,6 +211,48 @@ def test_a_load_during_which_the_file_changed_is_tried_again(tmp_path: Path) -> 
     assert live.current().indicators is None, "the first read was discarded"
     assert live.check() == ["intel"] and len(loads) == 2
     assert matched(live.current(), "198.51.100.2")
+
+
+def test_a_feed_renamed_over_during_every_load_is_still_loaded(tmp_path: Path) -> None:
+    """The loader read one whole version, old or new: it is kept, and the newer file is loaded at the next
+    check."""
+    feed = tmp_path / "feed.txt"
+    feed.write_text("198.51.100.1\n")
+    loads = []
+
+    def load_while_renamed_over(paths: tuple[str, ...]) -> Loaded:
+        loaded = load_intel(paths)
+        loads.append(loaded)
+        replace(feed, f"198.51.100.{len(loads) + 1}\n")
+        return loaded
+
+    live = LiveLookups([TableSource("intel", (str(feed),), load_while_renamed_over)], 0)
+    assert matched(live.current(), "198.51.100.1")
+    for n in (2, 3):
+        assert live.check() == ["intel"] and matched(live.current(), f"198.51.100.{n}")
+
+
+def test_loads_discarded_for_a_file_rewritten_in_place_are_counted_and_warned_of_after_some_in_a_row(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    feed = tmp_path / "feed.txt"
+    feed.write_text("198.51.100.1\n")
+
+    def load_while_appended_to(paths: tuple[str, ...]) -> Loaded:
+        loaded = load_intel(paths)
+        with feed.open("a") as more:
+            more.write("198.51.100.9\n")
+        return loaded
+
+    discarded = sample("etl_lookup_discarded_loads_total", "intel")
+    caplog.set_level(logging.INFO, logger="etl.lookups.live")
+    live = LiveLookups([TableSource("intel", (str(feed),), load_while_appended_to)], 0)
+    live.start()
+    for _ in range(DISCARDS_WARNED_AFTER + 2):
+        assert live.check() == []
+    assert live.current().indicators is None
+    assert sample("etl_lookup_discarded_loads_total", "intel") == discarded + DISCARDS_WARNED_AFTER + 3
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "rename" in warnings[0].getMessage()
 
 
 def test_a_batch_waiting_for_the_first_load_gets_every_table(files: dict[str, Path]) -> None:

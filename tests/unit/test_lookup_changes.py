@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from etl.lookups.changes import RETRY_MAX_CHECKS, FileSignature, TableSignature, TableWatch, newest_mtime_s
+from etl.lookups.changes import (
+    RETRY_MAX_CHECKS,
+    FileSignature,
+    TableSignature,
+    TableWatch,
+    newest_mtime_s,
+    renamed_over,
+)
 
 FEED = ("/feeds/a.txt", FileSignature(mtime_ns=1_000_000_000, size=10, inode=7))
 
@@ -81,6 +88,27 @@ def test_a_load_during_which_the_files_changed_does_not_count() -> None:
     assert not watch.settle(half, whole)
     assert watch.tried is None and watch.due(whole), "tried again at the next check"
     assert watch.settle(whole, whole) and not watch.due(whole)
+
+
+def test_a_load_during_which_a_file_was_renamed_over_counts_and_the_new_file_is_due() -> None:
+    """Renamed over: the loader read one whole version of the file, old or new; the new is loaded next."""
+    watch = TableWatch()
+    old = signature(FEED, ("/feeds/b.txt", FileSignature(1, 3, 8)))
+    renamed = signature(FEED, ("/feeds/b.txt", FileSignature(2, 9, 9)))
+    assert renamed_over(old, renamed) and watch.settle(old, renamed)
+    assert watch.tried == old and watch.discarded == 0 and watch.due(renamed)
+
+
+def test_in_place_changes_vanished_or_listed_files_are_not_renames_and_count_as_discards() -> None:
+    path, sig = FEED
+    in_place = signature((path, FileSignature(sig.mtime_ns + 1, sig.size + 4, sig.inode)))
+    for after in (in_place, signature((path, None)), signature(FEED, ("/feeds/b.txt", FileSignature(1, 1, 9))),
+                  signature()):
+        assert not renamed_over(signature(FEED), after)
+    watch = TableWatch()
+    assert not watch.settle(signature(FEED), in_place) and not watch.settle(in_place, signature(FEED))
+    assert watch.discarded == 2
+    assert watch.settle(signature(FEED), signature(FEED)) and watch.discarded == 0
 
 
 def test_the_newest_mtime_is_in_seconds_and_ignores_missing_files() -> None:
