@@ -6,7 +6,8 @@ that table swapped in, so a batch that took the old snapshot finishes with the o
 
 ``start()`` loads every configured table before the process takes its first batch, then a daemon thread checks
 their files every ``reload_s`` seconds (``etl.lookups.changes``) and reloads each table whose files changed, on its
-own: a broken feed does not hold up an inventory update. A table that fails to load keeps the one in use (at the
+own: a broken feed does not hold up an inventory update (a slow one delays the tables after it: they load one
+after another, in ``table_sources``' order). A table that fails to load keeps the one in use (at the
 start: is absent until a later check loads it) and is tried again after a backoff (``etl.lookups.changes``); its
 error is logged and counted (``etl_lookup_reload_failures_total``) once per version of its files, and
 ``etl_lookup_table_failing`` is 1 until a load of it succeeds.
@@ -94,7 +95,8 @@ class LiveLookups:
         with self._lock:
             for source in self._sources:
                 if self._check_one(source):
-                    # At once, not after the other tables: a slow feed does not hold up an inventory update.
+                    # At once: batches use this table while the next loads. Tables load one after another, so a
+                    # broken feed does not hold up an inventory update, but a slow one does for the tables after it.
                     self._snapshot = snapshot(self._tables)
                     swapped.append(source.name)
         if swapped:
