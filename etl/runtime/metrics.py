@@ -95,5 +95,6 @@ LOOKUP_SKIPPED_LINES = Gauge("etl_lookup_skipped_lines", "Malformed lines or obj
                              "use", ["table"], multiprocess_mode="livemax")
 # Labelled by the feed's source (a feed names it, else its file's name) and the indicator's type: bounded by the
 # feeds an operator configures, not by event data.
-INTEL_MATCHES = Counter("etl_intel_matches_total", "Indicator matches in enriched events, by feed source and "
-                        "indicator type", ["source", "type"])
+INTEL_MATCHES = Counter("etl_intel_matches_total", "Indicator matches in enriched events sent to the sinks (counted "
+                        "once they are sent; none of events dead-lettered), by feed source and indicator type",
+                        ["source", "type"])
