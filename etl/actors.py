@@ -25,7 +25,7 @@ from etl.pipeline import rawbatch
 from etl.pipeline.enrich import enrich_batch as enrich_events
 from etl.pipeline.isolation import write_or_split
 from etl.pipeline.limits import DEFAULT_NATS_MAX_PAYLOAD_BYTES
-from etl.pipeline.validate import as_message, encode_enriched, validate_batch
+from etl.pipeline.validate import Encoded, as_message, encode_enriched, validate_batch
 from etl.runtime import gctune
 from etl.runtime.metrics import BATCH_SIZE, EVENTS, INTEL_MATCHES, WRITE_SECONDS
 from etl.stages import ENRICH, SINK_STAGES, Stage
@@ -45,21 +45,22 @@ def enrich_batch(raw: list[str], binary: list[int] | None = None, max_payload: i
     (enqueued by ``etl dlq replay``, or before an upgrade) is held to NATS's default."""
     valid, bad = validate_batch(rawbatch.unpack(raw, binary or ()), max_bytes=app.settings.max_event_bytes)
     BATCH_SIZE.labels(stage=ENRICH.name).observe(len(raw))
-    encoded: list[bytes] = []
+    sent = Encoded([], [], [])
     if valid:
         enriched = enrich_events([v.event for v in valid], env=app.settings.af_env, resolver=app.resolver,
                                  now=datetime.now(UTC), tables=app.lookups.current())
-        _count_matches(enriched)
-        encoded, oversized = encode_enriched(enriched, [v.raw for v in valid],
-                                             max_payload=max_payload or DEFAULT_NATS_MAX_PAYLOAD_BYTES)
-        bad += oversized
+        sent = encode_enriched(enriched, [v.raw for v in valid],
+                               max_payload=max_payload or DEFAULT_NATS_MAX_PAYLOAD_BYTES)
+        bad += sent.oversized
     app.dead_letters().add(bad)
-    if not encoded:
+    if not sent.encoded:
         return
-    message = as_message(encoded)  # JSON once for every sink's message, not once each
+    message = as_message(sent.encoded)  # JSON once for every sink's message, not once each
     for actor in SINK_ACTORS.values():
         actor.send(message)
-    EVENTS.labels(stage=ENRICH.name).inc(len(encoded))
+    # Once sent: a batch that fails before (and is retried) counts nothing, and dead-lettered events never count.
+    EVENTS.labels(stage=ENRICH.name).inc(len(sent.encoded))
+    _count_matches(sent.events)
 
 
 def _count_matches(enriched: Sequence[Event]) -> None:

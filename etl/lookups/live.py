@@ -6,9 +6,11 @@ that table swapped in, so a batch that took the old snapshot finishes with the o
 
 ``start()`` loads every configured table before the process takes its first batch, then a daemon thread checks
 their files every ``reload_s`` seconds (``etl.lookups.changes``) and reloads each table whose files changed, on its
-own: a broken feed does not hold up an inventory update. A table that fails to load keeps the one in use (at the
-start: is absent until a later check loads it); its error is logged once and counted
-(``etl_lookup_reload_failures_total``), and logged again only when its files change again.
+own: a broken feed does not hold up an inventory update (a slow one delays the tables after it: they load one
+after another, in ``table_sources``' order). A table that fails to load keeps the one in use (at the
+start: is absent until a later check loads it) and is tried again after a backoff (``etl.lookups.changes``); its
+error is logged and counted (``etl_lookup_reload_failures_total``) once per version of its files, and
+``etl_lookup_table_failing`` is 1 until a load of it succeeds.
 
 Building a table frees much of the C heap (its dicts grow by copying); after a swap that memory is handed back to
 the system (``etl.runtime.heap``), so that a worker's resident size is near what its tables hold.
@@ -27,11 +29,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from etl.errors import LookupFileError
-from etl.lookups.changes import TableSignature, TableWatch, newest_mtime_s
+from etl.lookups.changes import DISCARDS_WARNED_AFTER, TableSignature, TableWatch, newest_mtime_s
 from etl.lookups.sources import Loaded, TableSource, snapshot
 from etl.lookups.tables import EMPTY, LookupTables
 from etl.runtime.heap import release_free_memory
-from etl.runtime.metrics import LOOKUP_ENTRIES, LOOKUP_RELOAD_FAILURES, LOOKUP_SKIPPED_LINES, LOOKUP_SOURCE_TIMESTAMP
+from etl.runtime.metrics import (
+    LOOKUP_DISCARDED_LOADS,
+    LOOKUP_ENTRIES,
+    LOOKUP_RELOAD_FAILURES,
+    LOOKUP_SKIPPED_LINES,
+    LOOKUP_SOURCE_TIMESTAMP,
+    LOOKUP_TABLE_FAILING,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +95,8 @@ class LiveLookups:
         with self._lock:
             for source in self._sources:
                 if self._check_one(source):
-                    # At once, not after the other tables: a slow feed does not hold up an inventory update.
+                    # At once: batches use this table while the next loads. Tables load one after another, so a
+                    # broken feed does not hold up an inventory update, but a slow one does for the tables after it.
                     self._snapshot = snapshot(self._tables)
                     swapped.append(source.name)
         if swapped:
@@ -111,8 +121,8 @@ class LiveLookups:
                 log.exception("checking the lookup files failed unexpectedly")
 
     def _check_one(self, source: TableSource) -> bool:
-        """Load ``source`` if its files changed since last tried, into the tables the next snapshot is made of;
-        whether it was loaded."""
+        """Load ``source`` if its files changed since last tried, or failed and are due to be tried again, into the
+        tables the next snapshot is made of; whether it was loaded."""
         watch = self._watches[source.name]
         before = source.signature()
         if not watch.due(before):
@@ -121,31 +131,51 @@ class LiveLookups:
         try:
             loaded = source.load(source.paths)
         except Exception as e:  # noqa: BLE001 - LookupFileError, or a bug: either way the table in use stays
-            if watch.settle(before, source.signature()):
-                self._failed(source, e)
+            if not watch.settle(before, source.signature()):
+                _discarded(source, watch)
+            else:
+                LOOKUP_TABLE_FAILING.labels(table=source.name).set(1)
+                if watch.failed():
+                    self._failed(source, e)
             return False
         if not watch.settle(before, source.signature()):
-            log.info("lookup table %s: its files changed while loading; loading them again at the next check",
-                     source.name, extra={"table": source.name})
+            _discarded(source, watch)
             return False
+        watch.loaded()
         self._tables[source.name] = loaded.table
         _report_loaded(source, loaded, before, time.monotonic() - started)
         return True
 
     def _failed(self, source: TableSource, error: Exception) -> None:
+        """The first failure of a version of ``source``'s files: counted and logged once."""
         LOOKUP_RELOAD_FAILURES.labels(table=source.name).inc()
         kept = "kept the table loaded before" if source.name in self._tables else "no table"
         extra = {"table": source.name}
         if isinstance(error, LookupFileError):
-            log.error("lookup table %s failed to load, %s (tried again when its files change): %s", source.name,
+            log.error("lookup table %s failed to load, %s (tried again, with a backoff): %s", source.name,
                       kept, error, extra=extra)
         else:
-            log.error("lookup table %s failed to load unexpectedly, %s (tried again when its files change)",
+            log.error("lookup table %s failed to load unexpectedly, %s (tried again, with a backoff)",
                       source.name, kept, exc_info=error, extra=extra)
+
+
+def _discarded(source: TableSource, watch: TableWatch) -> None:
+    """A load discarded because a file changed in place under it: counted, and a warning once that happens
+    ``DISCARDS_WARNED_AFTER`` times in a row (the table's files are then rewritten faster than they load)."""
+    LOOKUP_DISCARDED_LOADS.labels(table=source.name).inc()
+    extra = {"table": source.name, "discarded": watch.discarded}
+    if watch.discarded == DISCARDS_WARNED_AFTER:
+        log.warning("lookup table %s: its files changed in place during each of the last %d loads, which were "
+                    "discarded; write a new file beside the old and rename it over, or the table never loads",
+                    source.name, watch.discarded, extra=extra)
+    else:
+        log.info("lookup table %s: its files changed while loading; loading them again at the next check",
+                 source.name, extra=extra)
 
 
 def _report_loaded(source: TableSource, loaded: Loaded, signature: TableSignature, seconds: float) -> None:
     """The table's gauges, for the table now in use, and one log line."""
+    LOOKUP_TABLE_FAILING.labels(table=source.name).set(0)
     LOOKUP_ENTRIES.labels(table=source.name).set(loaded.entries)
     LOOKUP_SKIPPED_LINES.labels(table=source.name).set(loaded.skipped)
     newest = newest_mtime_s(signature)

@@ -3,9 +3,10 @@ processes that enrich (the enrich pool loads the tables), merged across pages, a
 
 The metrics (``etl.runtime.metrics``), each table labelled ``intel``, ``assets``, ``geoip_city`` or ``geoip_asn``:
 entries in the table in use, the Unix time of the newest file it was loaded from (its age is now minus that),
-the malformed lines it skipped, the loads that failed (the old table was kept); and the matches, a counter by the
-indicator's source and type. Pages and processes merge as the pool's own multiprocess collector merges them: the
-most entries and skipped lines, the oldest source, failures and matches added up.
+the malformed lines it skipped, the loads that failed (the old table was kept), whether its current files are
+failing to load (an older table, or none, in use); and the matches, a counter by the indicator's source and type.
+Pages and processes merge as the pool's own multiprocess collector merges them: the most entries and skipped lines,
+the oldest source, failing if any process is, failures and matches added up.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ ENTRIES_METRIC = "etl_lookup_entries"
 SOURCE_TIME_METRIC = "etl_lookup_source_timestamp_seconds"
 SKIPPED_METRIC = "etl_lookup_skipped_lines"
 FAILURES_METRIC = "etl_lookup_reload_failures_total"
+FAILING_METRIC = "etl_lookup_table_failing"
 MATCHES_METRIC = "etl_intel_matches_total"
 TABLES = ("intel", "assets", "geoip_city", "geoip_asn")  # the order they are shown in
 UNKNOWN = "?"  # how a value no page said is shown, here and in the rest of ``etl status``
@@ -50,6 +52,7 @@ class TableState:
     loaded_from: float | None = None
     skipped: int | None = None
     reload_failures: int | None = None
+    failing: bool = False  # no page said: not failing (the gauge shows from a table's first load)
 
     def merge(self, other: TableState) -> TableState:
         def whole(value: float | None) -> int | None:
@@ -57,7 +60,8 @@ class TableState:
 
         return TableState(whole(_most(self.entries, other.entries)), _oldest(self.loaded_from, other.loaded_from),
                           whole(_most(self.skipped, other.skipped)),
-                          whole(_added(self.reload_failures, other.reload_failures)))
+                          whole(_added(self.reload_failures, other.reload_failures)),
+                          self.failing or other.failing)
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class Lookups:
         return {source: sum(kinds.values()) for source, kinds in sorted(self.matches.items())}
 
 
-_TABLE_METRICS = (ENTRIES_METRIC, SOURCE_TIME_METRIC, SKIPPED_METRIC, FAILURES_METRIC)
+_TABLE_METRICS = (ENTRIES_METRIC, SOURCE_TIME_METRIC, SKIPPED_METRIC, FAILURES_METRIC, FAILING_METRIC)
 
 
 def _table_state(metric: str, value: float) -> TableState:
@@ -95,13 +99,16 @@ def _table_state(metric: str, value: float) -> TableState:
         return TableState(loaded_from=value if value > 0 else None)
     if metric == SKIPPED_METRIC:
         return TableState(skipped=int(value))
+    if metric == FAILING_METRIC:
+        return TableState(failing=value >= 1)
     return TableState(reload_failures=int(value))
 
 
 def parse_lookups(samples: Iterable[Sample]) -> Lookups | None:
     """The lookup metrics among a page's samples; ``None`` when it has none (a process that does not enrich). Other
     labels than ``table`` (a ``pid``...) merge as pages do; a source time of 0 (never loaded) is unknown. A table
-    on the page without a reload failure counter had none: the counter shows only from its first failure."""
+    on the page without a reload failure counter had none: the counter shows only from its first failure; nor
+    is one without the failing gauge failing."""
     found = Lookups()
     seen = False
     for sample in samples:
@@ -113,7 +120,8 @@ def parse_lookups(samples: Iterable[Sample]) -> Lookups | None:
             seen = True
     if not seen:
         return None
-    return Lookups({name: TableState(state.entries, state.loaded_from, state.skipped, state.reload_failures or 0)
+    return Lookups({name: TableState(state.entries, state.loaded_from, state.skipped, state.reload_failures or 0,
+                                     state.failing)
                     for name, state in found.tables.items()}, found.matches)
 
 
@@ -186,7 +194,8 @@ def render_brief(lookups: Lookups | None, rates: Mapping[str, Mapping[str, float
     times = [s.loaded_from for s in states if s.loaded_from is not None]
     skipped = [s.skipped for s in states if s.skipped is not None]
     failed = [s.reload_failures for s in states if s.reload_failures is not None]
-    tables = ", ".join(f"{name} {_show(lookups.tables[name].entries)}" for name in _ordered(lookups.tables))
+    tables = ", ".join(f"{name} {_show(lookups.tables[name].entries)}{' FAILING' * lookups.tables[name].failing}"
+                       for name in _ordered(lookups.tables))
     return [f"{'lookups':<16}{tables} (oldest {age(now - min(times) if times else None)}, {sum(skipped)} skipped, "
             f"{sum(failed)} reload failures); {lookups.total_matches()} matches{_per_s(total_rate(rates))}"]
 
@@ -201,7 +210,7 @@ def render_lookups(lookups: Lookups | None, rates: Mapping[str, Mapping[str, flo
         state = lookups.tables[name]
         since = None if state.loaded_from is None else now - state.loaded_from
         lines.append(f"{name:<16}{_show(state.entries):>10}{age(since):>10}{_show(state.skipped):>10}"
-                     f"{_show(state.reload_failures):>17}")
+                     f"{_show(state.reload_failures):>17}{'  FAILING to load' * state.failing}")
     lines.append(f"{'intel matches':<16}{lookups.total_matches()}{_per_s(total_rate(rates))}")
     for source, kinds in sorted(lookups.matches.items()):
         by_kind = "  ".join(f"{kind} {total}{_per_s(rates.get(source, {}).get(kind))}"

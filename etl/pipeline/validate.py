@@ -37,25 +37,36 @@ def validate_batch(raws: Sequence[str | bytes], *, max_bytes: int) -> tuple[list
     return good, bad
 
 
-def encode_enriched(enriched: Sequence[dict[str, Any]], raws: Sequence[bytes], *,
-                    max_payload: int) -> tuple[list[bytes], list[DeadLetter]]:
+class Encoded(NamedTuple):
+    """The enriched events that fit, as JSON (``encoded``) and as they were (``events``, in the same order), and a
+    dead letter for each that did not (``oversized``)."""
+
+    encoded: list[bytes]
+    oversized: list[DeadLetter]
+    events: list[dict[str, Any]]
+
+
+def encode_enriched(enriched: Sequence[dict[str, Any]], raws: Sequence[bytes], *, max_payload: int) -> Encoded:
     """Each enriched event as JSON, and a dead letter (of its raw bytes, from ``raws``, in the same order) for
     each that would not fit the NATS server's ``max_payload`` (bytes) with the publisher's headers.
 
-    Each event is encoded once here; the sinks' message is these pieces joined (``as_message``).
+    Each event is encoded once here; the sinks' message is these pieces joined (``as_message``). The events that
+    fit are returned too: what is said of the events sent (their matches counted) must leave out those dead-lettered.
     """
     limit = max_payload - PUBLISH_HEADER_ROOM_BYTES
     fits: list[bytes] = []
+    kept: list[dict[str, Any]] = []
     bad: list[DeadLetter] = []
     for event, raw in zip(enriched, raws, strict=True):
         data = orjson.dumps(event)
         if len(data) <= limit:
             fits.append(data)
+            kept.append(event)
         else:
             bad.append(_dead_letter(BadEvent(Violation.MAX_PAYLOAD, (
                 f"enriched event is {len(data)} bytes, over the NATS server's max_payload of {max_payload} less "
                 f"{PUBLISH_HEADER_ROOM_BYTES} for headers")), raw))
-    return fits, bad
+    return Encoded(fits, bad, kept)
 
 
 def _dead_letter(error: BadEvent, raw: bytes) -> DeadLetter:

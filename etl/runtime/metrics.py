@@ -81,11 +81,20 @@ LOOKUP_SOURCE_TIMESTAMP = Gauge("etl_lookup_source_timestamp_seconds",
                                 "Unix mtime of the newest file the lookup table in use was loaded from (its age: "
                                 "time() minus this)", ["table"], multiprocess_mode="livemin")
 LOOKUP_RELOAD_FAILURES = Counter("etl_lookup_reload_failures_total",
-                                 "Loads of a lookup table that failed: the table loaded before was kept (or none, at "
-                                 "the start)", ["table"])
+                                 "Versions of a lookup table's files that failed to load (each once, however often "
+                                 "tried again): the table loaded before was kept (or none, at the start)", ["table"])
+# 1 from a failed load of a table's current files until they (or newer ones) load: unlike the failures counted,
+# it lasts as long as the table in use is older than its files, or absent.
+LOOKUP_TABLE_FAILING = Gauge("etl_lookup_table_failing", "1 while the lookup table's current files failed to load "
+                             "and the table in use is older (or absent), else 0", ["table"],
+                             multiprocess_mode="livemax")
+LOOKUP_DISCARDED_LOADS = Counter("etl_lookup_discarded_loads_total",
+                                 "Loads of a lookup table discarded because a file changed in place while it was "
+                                 "read (tried again at the next check)", ["table"])
 LOOKUP_SKIPPED_LINES = Gauge("etl_lookup_skipped_lines", "Malformed lines or objects skipped in the lookup table in "
                              "use", ["table"], multiprocess_mode="livemax")
 # Labelled by the feed's source (a feed names it, else its file's name) and the indicator's type: bounded by the
 # feeds an operator configures, not by event data.
-INTEL_MATCHES = Counter("etl_intel_matches_total", "Indicator matches in enriched events, by feed source and "
-                        "indicator type", ["source", "type"])
+INTEL_MATCHES = Counter("etl_intel_matches_total", "Indicator matches in enriched events sent to the sinks (counted "
+                        "once they are sent; none of events dead-lettered), by feed source and indicator type",
+                        ["source", "type"])

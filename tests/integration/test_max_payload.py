@@ -5,6 +5,9 @@ An event that fits the server raw but not once enriched (its base64 JSON payload
 dead-lettered at enrich with the server's own limit in the reason; its neighbours in the same batch are stored and
 published. Without the bridge passing the server's limit, the stage would hold events to NATS's default 1 MiB, the
 sinks would store the event and the publisher would refuse it.
+
+The big events' host is in an indicator feed: the matches counted (``etl_intel_matches_total``) are those of the
+events sent on, not of those dead-lettered.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
@@ -20,7 +25,12 @@ from etl.config import Settings
 from etl.dev import servers as devservers
 from etl.dev.generator import generate
 from etl.dev.supervisor import Pipeline
+from etl.lookups.live import LiveLookups
+from etl.lookups.sources import table_sources
 from etl.ops import report
+from etl.pipeline.enrich import enrich_batch
+from etl.pipeline.events import parse_event
+from etl.rdns.strategies import OffResolver
 from tests.integration.accounting import (
     by_id,
     check_enriched_stream,
@@ -30,6 +40,7 @@ from tests.integration.accounting import (
     digest,
     publish_all,
 )
+from tests.integration.test_lookup_reload import worker_metric
 from tests.waiting import wait_for
 
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -75,13 +86,24 @@ def settled(settings: Settings) -> Callable[[], report.Counts | None]:
     return probe
 
 
+def intel_matches(raws: list[bytes], feed: Path) -> int:
+    """How many indicator matches enriching ``raws`` with ``feed`` gives (the stage's own pure code)."""
+    live = LiveLookups(table_sources(intel_paths=[str(feed)]), 0)
+    parsed = [parse_event(raw, max_bytes=1 << 20) for raw in raws]
+    enriched = enrich_batch(parsed, env="test", resolver=OffResolver(), now=datetime.now(UTC), tables=live.current())
+    return sum(len(event["intel"]) for event in enriched)
+
+
 def test_an_event_over_the_servers_max_payload_once_enriched_is_dead_lettered_at_enrich(
-        small_nats: devservers.Server, make_settings: Callable[..., Settings],
+        tmp_path: Path, small_nats: devservers.Server, make_settings: Callable[..., Settings],
         start_pipeline: Callable[..., Pipeline]) -> None:
-    settings = make_settings(NATS_URL=f"nats://127.0.0.1:{small_nats.port}", BATCH_LINGER_MS=200,
-                             RETRY_MIN_BACKOFF_MS=100, RETRY_MAX_BACKOFF_MS=1000)
-    pipeline = start_pipeline(settings)
     mixed, valid, big = events()
+    feed = tmp_path / "hosts.txt"
+    feed.write_text(f"{orjson.loads(big[0])['metadata']['host_ip']}\n")
+    assert intel_matches(big, feed) == TOO_BIG
+    settings = make_settings(NATS_URL=f"nats://127.0.0.1:{small_nats.port}", BATCH_LINGER_MS=200,
+                             RETRY_MIN_BACKOFF_MS=100, RETRY_MAX_BACKOFF_MS=1000, INTEL_PATHS=str(feed))
+    pipeline = start_pipeline(settings)
     asyncio.run(publish_all(settings, mixed))
 
     counts = wait_for(settled(settings), timeout_s=90,
@@ -95,3 +117,4 @@ def test_an_event_over_the_servers_max_payload_once_enriched_is_dead_lettered_at
     check_postgres(settings, expected)
     check_graph(settings, expected)
     check_enriched_stream(settings, expected)
+    assert worker_metric(pipeline, "etl_intel_matches_total") == intel_matches(valid, feed) > 0

@@ -26,7 +26,7 @@ ANNOTATIONS = {"summary", "description"}
 # What the issue asks to be alerted on, by the series each alert must read.
 ALERTED = {"up", "etl_dead_letters_total", "etl_circuit_breaker_state", "etl_bridge_paused", "etl_consumer_lag",
            "etl_queue_depth", "dramatiq_messages_total", "etl_sink_write_seconds_bucket",
-           "etl_lookup_reload_failures_total"}
+           "etl_lookup_table_failing"}
 PROMTOOL_TIMEOUT_S = 60
 # A near miss is checked silent this long after the rule's `for:` has elapsed, its series starting at 0.
 SILENT_AFTER_FOR_S = 300

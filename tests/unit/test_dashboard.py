@@ -113,14 +113,15 @@ def test_the_dashboard_shows_each_replica_batch_durations_retries_dead_letters_s
 
 
 def test_the_dashboard_shows_each_lookup_table_and_the_matches_by_source_and_type() -> None:
-    """Per table: its entries, the malformed lines skipped, its failed loads and its age (now minus the newest
-    file's mtime, not the mtime itself); the indicator matches by feed source and type."""
+    """Per table: its entries, the malformed lines skipped, its failed loads, whether it is failing and its age
+    (now minus the newest file's mtime, not the mtime itself); the indicator matches by feed source and type."""
     exprs = [expr for _, expr in dashboard_exprs()]
 
     def groupings(metric: str) -> list[set[str]]:
         return [grouping for names, grouping in map(promql_metrics_and_grouping, exprs) if metric in names]
 
-    for metric in ("etl_lookup_entries", "etl_lookup_skipped_lines", "etl_lookup_reload_failures_total"):
+    for metric in ("etl_lookup_entries", "etl_lookup_skipped_lines", "etl_lookup_reload_failures_total",
+                   "etl_lookup_table_failing"):
         assert any("table" in grouping for grouping in groupings(metric)), f"no panel shows {metric} by table"
     assert any(re.match(r"time\(\) - \w+ by \(table\) \(etl_lookup_source_timestamp_seconds\{", e) for e in exprs)
     assert any({"source", "type"} <= grouping for grouping in groupings("etl_intel_matches_total"))

@@ -97,7 +97,7 @@ def enrich_stage(raws: list[bytes]) -> list[Event]:
     texts, binary = rawbatch.pack(raws)
     valid, _ = validate_batch(rawbatch.unpack(texts, binary), max_bytes=MAX_EVENT_BYTES)
     enriched = enrich_batch([v.event for v in valid], env="fuzz", resolver=FakeResolver(), now=NOW)
-    encoded, _ = encode_enriched(enriched, [v.raw for v in valid], max_payload=DEFAULT_NATS_MAX_PAYLOAD_BYTES)
+    encoded, _, _ = encode_enriched(enriched, [v.raw for v in valid], max_payload=DEFAULT_NATS_MAX_PAYLOAD_BYTES)
     # The enrich actor's fan-out: one JSON message for every sink, decoded by the broker for each sink's actor.
     return list(orjson.loads(orjson.dumps(as_message(encoded))))
 

@@ -18,7 +18,8 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from prometheus_client import REGISTRY
 
-from etl.errors import LookupReadError
+from etl.errors import LookupFileError, LookupReadError
+from etl.lookups.changes import DISCARDS_WARNED_AFTER
 from etl.lookups.live import LiveLookups
 from etl.lookups.sources import Loaded, TableSource, load_intel, load_inventory, table_sources
 from etl.lookups.tables import LookupTables
@@ -149,12 +150,47 @@ def test_a_table_missing_at_the_start_is_absent_and_counted_until_it_appears(tmp
     live.start()
     assert live.current().indicators is None
     assert sample("etl_lookup_reload_failures_total", "intel") == failures + 1
-    assert live.check() == [], "still missing: not tried again"
+    assert live.check() == [], "still missing"
     replace(feed, "# a plain list\n198.51.100.1\nnot an indicator\n")
     assert live.check() == ["intel"] and matched(live.current(), "198.51.100.1")
     assert sample("etl_lookup_entries", "intel") == 1
     assert sample("etl_lookup_skipped_lines", "intel") == 1
     assert sample("etl_lookup_source_timestamp_seconds", "intel") == feed.stat().st_mtime_ns / 1e9
+
+
+def test_a_load_that_failed_for_no_fault_of_the_files_is_tried_again_without_them_changing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Out of descriptors at the start: the table is absent and flagged failing, not until someone edits the
+    feed but until the next check, which loads it and clears the flag."""
+    feed = tmp_path / "feed.txt"
+    feed.write_text("198.51.100.1\n")
+    tries = []
+
+    def load_out_of_descriptors_once(paths: tuple[str, ...]) -> Loaded:
+        tries.append(paths)
+        if len(tries) == 1:
+            raise LookupFileError(str(feed), "[Errno 24] Too many open files")
+        return load_intel(paths)
+
+    caplog.set_level(logging.ERROR, logger="etl.lookups.live")
+    live = LiveLookups([TableSource("intel", (str(feed),), load_out_of_descriptors_once)], 0)
+    live.start()
+    assert live.current().indicators is None and sample("etl_lookup_table_failing", "intel") == 1
+    assert live.check() == ["intel"] and matched(live.current(), "198.51.100.1")
+    assert sample("etl_lookup_table_failing", "intel") == 0 and len(caplog.records) == 1
+
+
+def test_a_table_that_keeps_failing_stays_flagged_and_is_logged_once(files: dict[str, Path], lookups: LiveLookups,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="etl.lookups.live")
+    assert sample("etl_lookup_table_failing", "assets") == 0
+    replace(files["assets"], "no header naming the prefix column\n10.0.0.0/8\n")
+    for _ in range(10):
+        assert lookups.check() == []
+        assert sample("etl_lookup_table_failing", "assets") == 1
+    assert len(caplog.records) == 1
+    replace(files["assets"], "cidr,site\n10.0.0.0/8,dc2\n")
+    assert lookups.check() == ["assets"] and sample("etl_lookup_table_failing", "assets") == 0
 
 
 def test_a_load_during_which_the_file_changed_is_tried_again(tmp_path: Path) -> None:
@@ -175,6 +211,48 @@ def test_a_load_during_which_the_file_changed_is_tried_again(tmp_path: Path) -> 
     assert live.current().indicators is None, "the first read was discarded"
     assert live.check() == ["intel"] and len(loads) == 2
     assert matched(live.current(), "198.51.100.2")
+
+
+def test_a_feed_renamed_over_during_every_load_is_still_loaded(tmp_path: Path) -> None:
+    """The loader read one whole version, old or new: it is kept, and the newer file is loaded at the next
+    check."""
+    feed = tmp_path / "feed.txt"
+    feed.write_text("198.51.100.1\n")
+    loads = []
+
+    def load_while_renamed_over(paths: tuple[str, ...]) -> Loaded:
+        loaded = load_intel(paths)
+        loads.append(loaded)
+        replace(feed, f"198.51.100.{len(loads) + 1}\n")
+        return loaded
+
+    live = LiveLookups([TableSource("intel", (str(feed),), load_while_renamed_over)], 0)
+    assert matched(live.current(), "198.51.100.1")
+    for n in (2, 3):
+        assert live.check() == ["intel"] and matched(live.current(), f"198.51.100.{n}")
+
+
+def test_loads_discarded_for_a_file_rewritten_in_place_are_counted_and_warned_of_after_some_in_a_row(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    feed = tmp_path / "feed.txt"
+    feed.write_text("198.51.100.1\n")
+
+    def load_while_appended_to(paths: tuple[str, ...]) -> Loaded:
+        loaded = load_intel(paths)
+        with feed.open("a") as more:
+            more.write("198.51.100.9\n")
+        return loaded
+
+    discarded = sample("etl_lookup_discarded_loads_total", "intel")
+    caplog.set_level(logging.INFO, logger="etl.lookups.live")
+    live = LiveLookups([TableSource("intel", (str(feed),), load_while_appended_to)], 0)
+    live.start()
+    for _ in range(DISCARDS_WARNED_AFTER + 2):
+        assert live.check() == []
+    assert live.current().indicators is None
+    assert sample("etl_lookup_discarded_loads_total", "intel") == discarded + DISCARDS_WARNED_AFTER + 3
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "rename" in warnings[0].getMessage()
 
 
 def test_a_batch_waiting_for_the_first_load_gets_every_table(files: dict[str, Path]) -> None:

@@ -34,6 +34,10 @@ etl_lookup_skipped_lines{{table="assets"}} 0.0
 # HELP etl_lookup_reload_failures_total Loads of a lookup table that failed (the old table was kept)
 # TYPE etl_lookup_reload_failures_total counter
 etl_lookup_reload_failures_total{{table="intel"}} 1.0
+# HELP etl_lookup_table_failing 1 while the lookup table's current files failed to load
+# TYPE etl_lookup_table_failing gauge
+etl_lookup_table_failing{{table="intel"}} 0.0
+etl_lookup_table_failing{{table="assets"}} 1.0
 # HELP etl_intel_matches_total Indicator matches in enriched events, by source and type
 # TYPE etl_intel_matches_total counter
 etl_intel_matches_total{{source="sandbox",type="sha256"}} 4.0
@@ -62,7 +66,7 @@ def test_the_enrich_pools_page_gives_each_table_and_the_matches() -> None:
     assert found is not None
     assert found.tables["intel"] == TableState(entries=13, loaded_from=NOW - 125, skipped=2, reload_failures=1)
     assert found.tables["assets"] == TableState(entries=6, loaded_from=NOW - 3 * 86400 - 7200, skipped=0,
-                                                reload_failures=0), "no counter yet: no failure yet"
+                                                reload_failures=0, failing=True), "no counter yet: no failure yet"
     assert found.tables["geoip_city"].loaded_from is None, "0: never loaded, so its age is unknown"
     assert found.matches == {"sandbox": {"sha256": 4}, "taxii-bundle.json": {"cidr": 30, "domain": 11}}
     assert found.total_matches() == 45
@@ -86,6 +90,17 @@ def test_pages_merge_the_most_entries_the_oldest_source_and_add_counts() -> None
     assert lookup_status.merge(None, a) == a == lookup_status.merge(a, None)
     merged = status.ProcessMetrics(lookups=a).merge(status.ProcessMetrics(lookups=b))
     assert merged.lookups == a.merge(b)
+
+
+def test_a_table_is_failing_when_any_process_says_so() -> None:
+    page = """\
+# TYPE etl_lookup_table_failing gauge
+etl_lookup_table_failing{pid="7",table="intel"} 0.0
+etl_lookup_table_failing{pid="8",table="intel"} 1.0
+etl_lookup_table_failing{pid="8",table="assets"} 0.0
+"""
+    found = status.parse_metrics(page).lookups
+    assert found is not None and found.tables["intel"].failing and not found.tables["assets"].failing
 
 
 def test_match_rates_are_per_second_and_a_new_series_counts_from_zero() -> None:
@@ -117,7 +132,7 @@ def test_the_section_shows_each_table_then_the_matches_by_source() -> None:
     lines = lookup_status.render_lookups(found, rates, NOW)
     assert lines[0].split() == ["lookup", "table", "entries", "age", "skipped", "reload", "failures"]
     assert lines[1].split() == ["intel", "13", "2m05s", "2", "1"]
-    assert lines[2].split() == ["assets", "6", "3d02h", "0", "0"]
+    assert lines[2].split() == ["assets", "6", "3d02h", "0", "0", "FAILING", "to", "load"]
     assert lines[3].split() == ["geoip_city", "7", "?", "?", "0"]
     assert lines[4] == "intel matches   45 (2.8/s)"
     assert lines[5:] == ["  sandbox       sha256 4 (0.5/s)",
@@ -133,7 +148,7 @@ def test_the_brief_section_is_one_line_with_the_oldest_table_and_all_matches() -
     found = status.parse_metrics(ENRICH_PAGE).lookups
     rates = {"sandbox": {"sha256": 0.5}, "taxii-bundle.json": {"cidr": 2.0, "domain": 0.25}}
     assert lookup_status.render_brief(found, rates, NOW) == [
-        "lookups         intel 13, assets 6, geoip_city 7 (oldest 3d02h, 2 skipped, 1 reload failures); "
+        "lookups         intel 13, assets 6 FAILING, geoip_city 7 (oldest 3d02h, 2 skipped, 1 reload failures); "
         "45 matches (2.8/s)"]
     assert lookup_status.render_brief(None, {}, NOW) == lookup_status.render_lookups(None, {}, NOW)
 
@@ -152,7 +167,7 @@ def test_status_renders_the_section_and_writes_it_to_json() -> None:
     assert "intel matches   45" in text and "  sandbox       sha256 4 (1.5/s)" in text
     data = json.loads(status.to_json(snap, dict.fromkeys(STAGES), matches=rates))
     assert data["lookups"]["tables"]["intel"] == {"entries": 13, "loaded_from": NOW - 125, "skipped": 2,
-                                                  "reload_failures": 1}
+                                                  "reload_failures": 1, "failing": False}
     assert data["lookups"]["matches"]["taxii-bundle.json"] == {"cidr": 30, "domain": 11}
     assert data["match_rates"] == rates
 

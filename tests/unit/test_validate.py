@@ -52,7 +52,7 @@ def test_each_rule_of_the_contract_is_its_own_reason_type() -> None:
     raws = [b"{", orjson.dumps({**good, "type": "t\x00"}), b"[" * 200 + b"]" * 200, b"x" * 2000,
             orjson.dumps({**good, "metadata": {"seq": 2**63}}), orjson.dumps({**good, "id": " e"})]
     _, bad = validate_batch(raws, max_bytes=1000)
-    _, oversized = encode_enriched([{**good, "blob": "b" * 2000}], [b"raw"], max_payload=1024)
+    oversized = encode_enriched([{**good, "blob": "b" * 2000}], [b"raw"], max_payload=1024).oversized
     types = [reason_type(letter.reason) for letter in (*bad, *oversized)]
     assert types == ["BadEvent/json", "BadEvent/nul", "BadEvent/depth", "BadEvent/size", "BadEvent/integer",
                      "BadEvent/id", "BadEvent/max_payload"]
@@ -95,14 +95,14 @@ def test_enriched_events_over_max_payload_become_dead_letters_of_their_raw_bytes
 
     small = {"id": "small", "metadata": {}}
     big = {"id": "big", "metadata": {}, "args": {"blob": "x" * 600_000}}
-    encoded, bad = encode_enriched([small, big, small], [b"raw-small", b"raw-big", b"raw-small2"],
-                                   max_payload=512 * 1024)
-    assert [orjson.loads(e)["id"] for e in encoded] == ["small", "small"]
+    encoded, bad, events = encode_enriched([small, big, small], [b"raw-small", b"raw-big", b"raw-small2"],
+                                           max_payload=512 * 1024)
+    assert [orjson.loads(e)["id"] for e in encoded] == ["small", "small"] == [e["id"] for e in events]
     assert [(b.stage, b.raw_bytes()) for b in bad] == [("enrich", b"raw-big")]
     assert "over the NATS server's max_payload of 524288" in bad[0].reason
     assert orjson.loads(orjson.dumps(as_message(encoded))) == [small, small]
-    encoded, bad = encode_enriched([big], [b"raw-big"], max_payload=DEFAULT_NATS_MAX_PAYLOAD_BYTES)
-    assert len(encoded) == 1 and not bad
+    encoded, bad, events = encode_enriched([big], [b"raw-big"], max_payload=DEFAULT_NATS_MAX_PAYLOAD_BYTES)
+    assert len(encoded) == 1 and not bad and events == [big]
 
 
 def test_the_room_kept_for_headers_holds_the_largest_headers_the_contract_allows() -> None:
