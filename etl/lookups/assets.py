@@ -33,6 +33,7 @@ from pathlib import Path
 
 from etl.errors import LookupFileError
 from etl.lookups.badlines import keep_bad_line
+from etl.lookups.csvrows import content_rows
 from etl.lookups.prefixes import Address, Network, NetworkKey, PrefixTable, address_key, network_key
 
 ASSET_COLUMNS = ("cidr", "site", "owner", "criticality")
@@ -130,14 +131,14 @@ def parse_rows(lines: Iterable[str]) -> tuple[list[tuple[NetworkKey, Asset]], in
     Raises ``ValueError`` when there is no header row, or it names no ``cidr`` column: then no row can be read.
     """
     rows = csv.reader(lines)
-    header = next(_content(rows), None)
+    header = next(content_rows(rows), None)
     if header is None:
         raise ValueError("no header row")
     columns = _column_positions(header)
     entries: list[tuple[NetworkKey, Asset]] = []
     skipped, bad_lines = 0, list[int]()
     shared: dict[Asset, Asset] = {}
-    for row in _content(rows):
+    for row in content_rows(rows):
         try:
             if len(row) != len(header):
                 raise ValueError("a cell too many or too few")
@@ -149,13 +150,6 @@ def parse_rows(lines: Iterable[str]) -> tuple[list[tuple[NetworkKey, Asset]], in
         asset = _asset(row, columns)
         entries.append((key, shared.setdefault(asset, asset)))
     return entries, skipped, tuple(bad_lines)
-
-
-def _content(rows: Iterator[list[str]]) -> Iterator[list[str]]:
-    """The rows that are neither blank nor ``#`` comments."""
-    for row in rows:
-        if any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#"):
-            yield row
 
 
 def load_assets(path: str | Path) -> AssetInventory:

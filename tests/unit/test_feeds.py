@@ -175,6 +175,28 @@ def test_a_file_that_cannot_be_parsed_at_all_is_a_typed_error(tmp_path: Path, na
     assert caught.value.path == str(path)
 
 
+@pytest.mark.parametrize(("name", "text"), [
+    ("empty.csv", ""), ("empty.json", ""), ("empty.jsonl", ""), ("empty.txt", ""),
+    ("blank.json", " \n"), ("comments.csv", "# nothing listed yet\n\n#type,value\n"),
+])
+def test_an_empty_feed_file_has_no_indicators_and_fails_nothing(tmp_path: Path, name: str, text: str) -> None:
+    (tmp_path / "feeds").mkdir()
+    write(tmp_path / "feeds" / name, text)
+    write(tmp_path / "feeds" / "other.txt", "192.0.2.1\n")
+    loaded = load_intel((str(tmp_path / "feeds"),))
+    assert (loaded.entries, loaded.skipped) == (1, 0)
+    indicators, report = load_feed(tmp_path / "feeds" / name)
+    assert (indicators, report.loaded, report.skipped) == ([], 0, 0)
+
+
+def test_a_csv_header_may_follow_comments_and_blank_lines_as_in_the_asset_inventory(tmp_path: Path) -> None:
+    path = write(tmp_path / "intel.csv", "# exported by acme\n\nvalue,severity\n192.0.2.1,high\n"
+                                         "# a note between rows\n192.0.2.2,low\n")
+    indicators, report = load_feed(path)
+    assert triples(indicators) == [("ip", "192.0.2.1", "intel.csv", "high"), ("ip", "192.0.2.2", "intel.csv", "low")]
+    assert report.skipped == 0
+
+
 def test_directories_are_read_recursively_in_name_order_and_a_missing_path_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "feeds" / "sub").mkdir(parents=True)
     write(tmp_path / "feeds" / "b.txt", "192.0.2.2\n")

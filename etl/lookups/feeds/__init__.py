@@ -3,8 +3,8 @@
 A path is a file or a directory (its files, recursively, in name order; hidden files are ignored). A file's
 format is told by its name: ``.csv`` is CSV, ``.jsonl``/``.ndjson`` JSON lines, ``.json`` a STIX 2.1 bundle,
 anything else a plain list (see ``etl.lookups.feeds.tabular`` and ``etl.lookups.feeds.stix``). A malformed line
-or object is skipped and counted in the file's ``FeedReport``; a file that cannot be read or parsed at all raises
-``LookupFileError``.
+or object is skipped and counted in the file's ``FeedReport``; an empty file (or a CSV of comments only) has no
+indicators; a file that cannot be read or parsed at all raises ``LookupFileError``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def _indicators(path: Path, report: FeedReport) -> Iterator[Indicator]:
     suffix = path.suffix.lower()
     if suffix == STIX_SUFFIX:
         # A bundle is one JSON document, so it is read whole; bundles are not where million-line feeds come in.
-        yield from read_bundle(report, orjson.loads(path.read_text(encoding="utf-8-sig")), path.name)
+        text = path.read_text(encoding="utf-8-sig")
+        if text.strip():  # an empty file lists nothing, as an empty file of any other format does
+            yield from read_bundle(report, orjson.loads(text), path.name)
         return
     # Line by line: a worker holds no file's text or lines, only the index they fill. The csv module wants its
     # file opened with newline="", to see the line ends inside a quoted field as they are.
