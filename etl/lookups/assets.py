@@ -19,8 +19,9 @@ regard to case; only ``cidr`` is required), then one prefix a row::
 Every address the inventory lists is ``internal``: it is ours, whether its range is private or public. An address
 it does not list is classified by its range: ``internal`` when it cannot be a host on the public internet, that is
 private (RFC 1918), shared (RFC 6598, ``100.64.0.0/10``, carrier-grade NAT and overlay networks such as tailnets:
-never routed on the internet, so GeoIP has nothing to say of it), loopback, link-local, or unique local
-(``fc00::/7``); ``external`` otherwise.
+never routed on the internet, so GeoIP has nothing to say of it), loopback, link-local, unique local
+(``fc00::/7``), multicast, the limited broadcast ``255.255.255.255``, or unspecified (``0.0.0.0/8``, ``::``);
+``external`` otherwise.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ INTERNAL_NETWORKS = (
     "127.0.0.0/8", "::1/128",  # loopback
     "169.254.0.0/16", "fe80::/10",  # link-local
     "fc00::/7",  # RFC 4193 unique local
+    # Not hosts on the public internet, so no GeoIP for them: what a LAN's discovery (mDNS, SSDP) and DHCP send to.
+    "224.0.0.0/4", "ff00::/8",  # multicast
+    "255.255.255.255/32",  # limited broadcast
+    "0.0.0.0/8", "::/128",  # "this network" and the unspecified address
 )
 
 

@@ -119,6 +119,20 @@ def test_geo_is_for_an_external_destination_only(geoip: GeoIp) -> None:
     assert enriched(event(args={"dst_ip": "10.1.1.1"}), tables)["dst_geo"] is None
 
 
+@pytest.mark.parametrize("address", ["224.0.0.251", "239.255.255.250", "255.255.255.255", "0.0.0.0", "ff02::fb",
+                                     "::"])
+def test_multicast_broadcast_and_unspecified_destinations_are_internal_without_geo(tmp_path: Path,
+                                                                                  address: str) -> None:
+    """Even a database with records for them (a catch-all, or a vendor's guess) is not asked."""
+    wide = {"0.0.0.0/1": "AA", "128.0.0.0/1": "AA", "::/1": "AA", "8000::/1": "AA"}
+    city = write_mmdb(tmp_path / "city.mmdb", {net: city_record(c) for net, c in wide.items()},
+                      database_type="GeoLite2-City")
+    with GeoIp.open(city) as geoip:
+        out = enriched(event(args={"dst_ip": address}), LookupTables(geoip=geoip))
+        assert (out["dst_asset"], out["dst_geo"]) == (UNLISTED_INTERNAL, None)
+        assert enriched(event(args={"dst_ip": "8.8.8.8"}), LookupTables(geoip=geoip))["dst_geo"] is not None
+
+
 def test_geo_is_null_where_the_database_knows_nothing_or_none_is_configured(geoip: GeoIp) -> None:
     assert enriched(event(args={"dst_ip": "8.8.8.8"}), LookupTables(geoip=geoip))["dst_geo"] is None
     assert enriched(event(args={"dst_ip": "198.51.100.8"}))["dst_geo"] is None
