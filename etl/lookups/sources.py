@@ -22,13 +22,8 @@ from etl.lookups.changes import FileSignature, TableSignature
 from etl.lookups.feeds import FeedReport, feed_files, read_feeds
 from etl.lookups.geoip import GeoIp
 from etl.lookups.indicators import IndicatorIndex
+from etl.lookups.names import ASSETS, GEOIP_ASN, GEOIP_CITY, INTEL
 from etl.lookups.tables import LookupTables
-
-# The tables' names: the ``table`` label of the lookup metrics.
-INTEL = "intel"
-ASSETS = "assets"
-GEOIP_CITY = "geoip_city"
-GEOIP_ASN = "geoip_asn"
 
 
 @dataclass(frozen=True, slots=True)

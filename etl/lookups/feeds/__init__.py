@@ -23,9 +23,9 @@ from etl.lookups.feeds.values import Indicator, IndicatorType
 
 __all__ = ["FeedReport", "Indicator", "IndicatorType", "feed_files", "load_feed", "read_feed", "read_feeds"]
 
-_LINE_READERS = {".csv": read_csv, ".jsonl": read_json_lines, ".ndjson": read_json_lines}
 STIX_SUFFIX = ".json"
 CSV_SUFFIX = ".csv"
+_LINE_READERS = {CSV_SUFFIX: read_csv, ".jsonl": read_json_lines, ".ndjson": read_json_lines}
 
 
 def feed_files(paths: Iterable[str | Path]) -> Iterator[Path]:
