@@ -165,6 +165,22 @@ def test_each_kind_of_indicator_is_reported(ev: Event, match: dict[str, str]) ->
     assert orjson.loads(orjson.dumps(out["intel"])) == out["intel"], "plain JSON values"
 
 
+def test_an_event_carries_at_most_max_intel_matches_and_says_how_many_it_left_out() -> None:
+    # 40 feeds list the destination's network, and one its binary: 41 matches, the binary's last found.
+    feeds = [indicator("203.0.113.0/24", f"feed-{n:02}", "high") for n in range(40)]
+    tables = LookupTables(indicators=IndicatorIndex.build([*feeds, indicator(HASH, "vt", "critical")]))
+    ev = event({"binary_sha256": HASH, "intel_omitted": 99}, {"dst_ip": "203.0.113.5"})
+    out = enriched(ev, tables)
+    assert len(out["intel"]) == context.MAX_INTEL_MATCHES == 32
+    assert [m["source"] for m in out["intel"]] == [f"feed-{n:02}" for n in range(32)]
+    assert out["metadata"]["intel_omitted"] == 41 - 32
+    assert len(orjson.dumps(out)) < 16_384, "bounded by the cap, not by the feeds"
+    # Within the cap nothing is left out, and an agent's own key of that name is not taken for enrichment's.
+    few = enriched(event({"intel_omitted": 99}, {"dst_ip": "203.0.113.5"}),
+                   LookupTables(indicators=IndicatorIndex.build(feeds[:3])))
+    assert len(few["intel"]) == 3 and "intel_omitted" not in few["metadata"]
+
+
 def test_an_event_matching_no_indicator_has_an_empty_list() -> None:
     out = enriched(event({"host_ip": "192.0.2.2", "binary_sha256": "cd" * 32}, {"query": "good.example"}),
                    intel_tables("192.0.2.1", "evil.example", HASH))
