@@ -19,8 +19,9 @@ regard to case; only ``cidr`` is required), then one prefix a row::
 Every address the inventory lists is ``internal``: it is ours, whether its range is private or public. An address
 it does not list is classified by its range: ``internal`` when it cannot be a host on the public internet, that is
 private (RFC 1918), shared (RFC 6598, ``100.64.0.0/10``, carrier-grade NAT and overlay networks such as tailnets:
-never routed on the internet, so GeoIP has nothing to say of it), loopback, link-local, or unique local
-(``fc00::/7``); ``external`` otherwise.
+never routed on the internet, so GeoIP has nothing to say of it), loopback, link-local, unique local
+(``fc00::/7``), multicast, the limited broadcast ``255.255.255.255``, or unspecified (``0.0.0.0/8``, ``::``);
+``external`` otherwise.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from etl.errors import LookupFileError
 from etl.lookups.badlines import keep_bad_line
+from etl.lookups.csvrows import content_rows
 from etl.lookups.prefixes import Address, Network, NetworkKey, PrefixTable, address_key, network_key
 
 ASSET_COLUMNS = ("cidr", "site", "owner", "criticality")
@@ -42,6 +44,10 @@ INTERNAL_NETWORKS = (
     "127.0.0.0/8", "::1/128",  # loopback
     "169.254.0.0/16", "fe80::/10",  # link-local
     "fc00::/7",  # RFC 4193 unique local
+    # Not hosts on the public internet, so no GeoIP for them: what a LAN's discovery (mDNS, SSDP) and DHCP send to.
+    "224.0.0.0/4", "ff00::/8",  # multicast
+    "255.255.255.255/32",  # limited broadcast
+    "0.0.0.0/8", "::/128",  # "this network" and the unspecified address
 )
 
 
@@ -130,14 +136,14 @@ def parse_rows(lines: Iterable[str]) -> tuple[list[tuple[NetworkKey, Asset]], in
     Raises ``ValueError`` when there is no header row, or it names no ``cidr`` column: then no row can be read.
     """
     rows = csv.reader(lines)
-    header = next(_content(rows), None)
+    header = next(content_rows(rows), None)
     if header is None:
         raise ValueError("no header row")
     columns = _column_positions(header)
     entries: list[tuple[NetworkKey, Asset]] = []
     skipped, bad_lines = 0, list[int]()
     shared: dict[Asset, Asset] = {}
-    for row in _content(rows):
+    for row in content_rows(rows):
         try:
             if len(row) != len(header):
                 raise ValueError("a cell too many or too few")
@@ -149,13 +155,6 @@ def parse_rows(lines: Iterable[str]) -> tuple[list[tuple[NetworkKey, Asset]], in
         asset = _asset(row, columns)
         entries.append((key, shared.setdefault(asset, asset)))
     return entries, skipped, tuple(bad_lines)
-
-
-def _content(rows: Iterator[list[str]]) -> Iterator[list[str]]:
-    """The rows that are neither blank nor ``#`` comments."""
-    for row in rows:
-        if any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#"):
-            yield row
 
 
 def load_assets(path: str | Path) -> AssetInventory:

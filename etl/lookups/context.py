@@ -8,7 +8,9 @@ memo of answers, below).
   classified internal or external (``etl.lookups.assets``).
 - ``dst_geo`` only for an external destination, when a GeoIP database is configured and knows it: GeoIP says
   nothing true of a private address.
-- ``intel`` is one JSON object per ``etl.lookups.indicators.Match``; empty without a feed.
+- ``intel`` is one JSON object per ``etl.lookups.indicators.Match``; empty without a feed. At most
+  ``MAX_INTEL_MATCHES`` of them, the first found (the host's, the destination's, the payload's, the binary's), and
+  ``intel_omitted`` counts the rest.
 
 What the tables say of a host, a destination or a short payload is remembered in the snapshot
 (``LookupTables.memo``), so each is classified, located and matched once, not once an event: a worker sees the
@@ -36,15 +38,21 @@ _NONE: Found = ()
 MAX_MEMO_ENTRIES = 32_768
 MAX_MEMO_PAYLOAD_CHARS = 512  # a longer payload is scanned every time
 _RAW_PAYLOAD = "raw payload"  # the tag of a payload's memo key, apart from an address's (a ``Field``)
+# The most matches one event carries in ``intel``. An address matches every (source, severity) of every CIDR that
+# covers it, and a name every listed parent, so feed content alone could grow an event past NATS's max_payload,
+# and dead-letter it; an analyst reads a few matches, and learns from ``intel_omitted`` that there were more.
+MAX_INTEL_MATCHES = 32
 
 
 class LookupFields(NamedTuple):
-    """The four fields the enriched event gains, as JSON values."""
+    """The four fields the enriched event gains, as JSON values, and how many matches ``intel`` left out (see
+    ``MAX_INTEL_MATCHES``)."""
 
     intel: list[Json]
     src_asset: Json | None
     dst_asset: Json | None
     dst_geo: Json | None
+    intel_omitted: int = 0
 
 
 class _Place(NamedTuple):
@@ -153,4 +161,7 @@ def lookup_fields(tables: LookupTables, event: Event, peer: str | None) -> Looku
     intel = [dict(m) for m in src.intel + dst.intel] if src.intel or dst.intel else []
     if tables.indicators is not None:
         intel += _payload_intel(tables, tables.indicators, event)
-    return LookupFields(intel, _copy(src.asset), _copy(dst.asset), _copy(dst.geo))
+    omitted = max(len(intel) - MAX_INTEL_MATCHES, 0)
+    if omitted:
+        del intel[MAX_INTEL_MATCHES:]
+    return LookupFields(intel, _copy(src.asset), _copy(dst.asset), _copy(dst.geo), omitted)

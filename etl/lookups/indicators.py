@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from etl.lookups import candidates
 from etl.lookups.candidates import Field
 from etl.lookups.feeds.values import Indicator, IndicatorType, address
-from etl.lookups.prefixes import PrefixTable, address_key
+from etl.lookups.prefixes import NetworkKey, PrefixTable, address_key, network_key
 from etl.pipeline.events import Event
 from etl.pipeline.peers import MAX_SCOPED_ADDRESS_CHARS
 
@@ -78,7 +78,9 @@ class _Builder:
         self.addresses: dict[int, Tags] = {}
         self.domains: dict[str, Tags] = {}
         self.hashes: dict[bytes, Tags] = {}
-        self.networks: dict[str, Tags] = {}
+        # Keyed by the parsed network, not its text: two texts of one network (``::ffff:10.1.0.0/112`` and
+        # ``10.1.0.0/16``) are one prefix in the table, and each feed's tags must reach it. The first text is kept.
+        self.networks: dict[NetworkKey, tuple[str, Tags]] = {}
 
     def add(self, indicator: Indicator) -> None:
         pair = (indicator.source, indicator.severity)
@@ -93,7 +95,9 @@ class _Builder:
             digest = bytes.fromhex(value)
             self.hashes[digest] = _with(self.hashes.get(digest), tag)
         else:
-            self.networks[value] = _with(self.networks.get(value), tag)
+            net = network_key(value)
+            held = self.networks.get(net)
+            self.networks[net] = (value, tag) if held is None else (held[0], _with(held[1], tag))
 
 
 class IndicatorIndex:
@@ -107,8 +111,7 @@ class IndicatorIndex:
         self._addresses = builder.addresses
         self._domains = builder.domains
         self._hashes = builder.hashes
-        self._networks: PrefixTable[tuple[str, Tags]] = PrefixTable.build(
-            (net, (net, tags)) for net, tags in builder.networks.items())
+        self._networks: PrefixTable[tuple[str, Tags]] = PrefixTable.from_keys(builder.networks.items())
         self._address_cache: dict[str, tuple[_Hit, ...]] = {}
 
     @classmethod

@@ -181,6 +181,7 @@ def _report_loaded(source: TableSource, loaded: Loaded, signature: TableSignatur
     newest = newest_mtime_s(signature)
     if newest is not None:
         LOOKUP_SOURCE_TIMESTAMP.labels(table=source.name).set(newest)
-    log.info("lookup table %s loaded: %d entries from %d files in %.1fs (%d malformed lines skipped)", source.name,
-             loaded.entries, len(signature), seconds, loaded.skipped,
-             extra={"table": source.name, "entries": loaded.entries, "skipped": loaded.skipped})
+    log.info("lookup table %s loaded: %d entries from %d files in %.1fs (%d malformed lines skipped%s)", source.name,
+             loaded.entries, len(signature), seconds, loaded.skipped, loaded.passed_over(),
+             extra={"table": source.name, "entries": loaded.entries, "skipped": loaded.skipped,
+                    "unsupported": loaded.unsupported, "outside_validity": loaded.outside_validity})

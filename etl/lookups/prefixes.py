@@ -106,10 +106,16 @@ def network_key(net: Network) -> NetworkKey:
             parsed = net.version, int(net.network_address), net.prefixlen
     else:
         parsed = net.version, int(net.network_address), net.prefixlen
-    family, first, length = parsed
+    return unmap_network(parsed)
+
+
+def unmap_network(key: NetworkKey) -> NetworkKey:
+    """``key`` as IPv4 when it is an IPv4-mapped network (``::ffff:0:0/96`` or inside it), else as it is: the one
+    rule by which a mapped network and the IPv4 network it names are one network, for tables and texts alike."""
+    family, first, length = key
     if family == 6 and length >= 96 and first >> 32 == _V4_MAPPED_HIGH:
         return 4, first & _V4_MASK, length - 96
-    return parsed
+    return key
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,23 +22,29 @@ from etl.lookups.changes import FileSignature, TableSignature
 from etl.lookups.feeds import FeedReport, feed_files, read_feeds
 from etl.lookups.geoip import GeoIp
 from etl.lookups.indicators import IndicatorIndex
+from etl.lookups.names import ASSETS, GEOIP_ASN, GEOIP_CITY, INTEL
 from etl.lookups.tables import LookupTables
-
-# The tables' names: the ``table`` label of the lookup metrics.
-INTEL = "intel"
-ASSETS = "assets"
-GEOIP_CITY = "geoip_city"
-GEOIP_ASN = "geoip_asn"
 
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
     """One table as loaded: the table (an ``IndicatorIndex``, an ``AssetInventory`` or a one-database ``GeoIp``),
-    its entries and the malformed lines or objects its files had."""
+    its entries and the malformed lines or objects its files had; for ``intel``, also the well-formed STIX
+    indicators it does not match (``FeedReport.unsupported`` and ``outside_validity``), so that the load's log
+    line can tell the operator of them."""
 
     table: Any
     entries: int
     skipped: int
+    unsupported: int = 0
+    outside_validity: int = 0
+
+    def passed_over(self) -> str:
+        """The indicators read but not matched, for the load's log line: empty when there are none."""
+        if not (self.unsupported or self.outside_validity):
+            return ""
+        return (f"; STIX indicators not matched: {self.unsupported} unsupported,"
+                f" {self.outside_validity} outside their validity window")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +65,8 @@ def load_intel(paths: tuple[str, ...]) -> Loaded:
     table in use and the one being built, and no file's text, lines or list of indicators beside them."""
     reports: list[FeedReport] = []
     index = IndicatorIndex.build(read_feeds(paths, reports))
-    return Loaded(index, len(index), sum(report.skipped for report in reports))
+    return Loaded(index, len(index), sum(report.skipped for report in reports),
+                  sum(report.unsupported for report in reports), sum(report.outside_validity for report in reports))
 
 
 def load_inventory(paths: tuple[str, ...]) -> Loaded:

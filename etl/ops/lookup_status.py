@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from etl.lookups.names import TABLE_NAMES
+
 if TYPE_CHECKING:
     from prometheus_client.samples import Sample
 
@@ -24,7 +26,6 @@ SKIPPED_METRIC = "etl_lookup_skipped_lines"
 FAILURES_METRIC = "etl_lookup_reload_failures_total"
 FAILING_METRIC = "etl_lookup_table_failing"
 MATCHES_METRIC = "etl_intel_matches_total"
-TABLES = ("intel", "assets", "geoip_city", "geoip_asn")  # the order they are shown in
 UNKNOWN = "?"  # how a value no page said is shown, here and in the rest of ``etl status``
 
 # Matches by indicator source, then type: a counter's totals, or their rates per second.
@@ -174,7 +175,7 @@ def total_rate(rates: Mapping[str, Mapping[str, float | None]]) -> float | None:
 
 
 def _ordered(tables: Mapping[str, TableState]) -> list[str]:
-    return sorted(tables, key=lambda n: (TABLES.index(n) if n in TABLES else len(TABLES), n))
+    return sorted(tables, key=lambda n: (TABLE_NAMES.index(n) if n in TABLE_NAMES else len(TABLE_NAMES), n))
 
 
 def _nothing(lookups: Lookups | None) -> list[str]:

@@ -7,7 +7,8 @@ The correlator reads an event's context from a ``context`` object (its rules mat
 ``intel_match``; on a clash the later wins.
 
 Lookup context (``intel``, ``src_asset``, ``dst_asset``, ``dst_geo``) comes from the ``LookupTables`` snapshot the
-caller passes, one for the whole batch (``etl.lookups.context``).
+caller passes, one for the whole batch (``etl.lookups.context``); when ``intel`` was capped,
+``metadata.intel_omitted`` says how many matches it left out.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from etl.rdns.strategies import Resolver
 Event = dict[str, Any]
 
 # Bump whenever what enrichment adds, or how, changes: stored events say which logic produced them.
-ENRICHMENT_VERSION = "5"
+ENRICHMENT_VERSION = "6"
+# The metadata key of how many matches an event's ``intel`` left out (``etl.lookups.context.MAX_INTEL_MATCHES``).
+INTEL_OMITTED = "intel_omitted"
 # Metadata keys ``context_<key>`` are the agent's context, flattened by the ingest's gRPC sender.
 CONTEXT_PREFIX = "context_"
 
@@ -77,8 +80,15 @@ def enrich(event: Event, *, env: str, rdns: str | None, enriched_at: str, lookup
     out["dst_rdns"] = dst_rdns
     out["host_id"] = None if host_id is None or host_id == "" else str(host_id)
     out["context"] = context
-    out["intel"], out["src_asset"], out["dst_asset"], out["dst_geo"] = lookups
-    out["metadata"] = {**metadata, "enriched_at": enriched_at, "enrichment_version": ENRICHMENT_VERSION}
+    out["intel"], out["src_asset"], out["dst_asset"], out["dst_geo"], omitted = lookups
+    out["metadata"] = enriched_metadata = {**metadata, "enriched_at": enriched_at,
+                                           "enrichment_version": ENRICHMENT_VERSION}
+    # In the metadata, which TimescaleDB stores whole: an analyst sees that ``intel`` is not every match. The key
+    # is enrichment's, as ``enriched_at`` is: an agent's own is dropped rather than read as ours.
+    if omitted:
+        enriched_metadata[INTEL_OMITTED] = omitted
+    else:
+        enriched_metadata.pop(INTEL_OMITTED, None)
     return out
 
 

@@ -60,14 +60,16 @@ def test_a_listed_public_range_is_ours_so_internal(inventory: AssetInventory) ->
 
 @pytest.mark.parametrize("ip", ["172.16.0.1", "172.31.255.255", "192.168.1.1", "100.64.0.1", "100.127.255.255",
                                 "127.0.0.1", "169.254.1.1", "::1", "fe80::1", "fd00::1", "fc00::1",
-                                "::ffff:192.168.0.1"])
+                                "::ffff:192.168.0.1", "224.0.0.251", "239.255.255.250", "255.255.255.255",
+                                "0.0.0.0", "0.1.2.3", "ff02::fb", "ff05::c", "::", "::ffff:224.0.0.251"])
 def test_an_unlisted_private_address_is_internal(inventory: AssetInventory, ip: str) -> None:
     assert inventory.lookup(ip) is UNLISTED_INTERNAL
     assert is_internal_range(ip)
 
 
 @pytest.mark.parametrize("ip", ["8.8.8.8", "172.32.0.1", "172.15.255.255", "100.128.0.0", "100.63.255.255",
-                                "192.169.0.1", "2001:db8:11::1", "fe00::1", "11.0.0.1"])
+                                "192.169.0.1", "2001:db8:11::1", "fe00::1", "11.0.0.1", "223.255.255.255",
+                                "240.0.0.1", "1.0.0.0", "::2", "feff::1"])
 def test_an_unlisted_public_address_is_external(inventory: AssetInventory, ip: str) -> None:
     assert inventory.lookup(ip) is UNLISTED_EXTERNAL
     assert not is_internal_range(ip)

@@ -156,7 +156,7 @@ def test_fake_mode_names_the_destination_too_and_off_nulls_it() -> None:
 
 
 def test_enrichment_version_changed_with_the_lookup_fields() -> None:
-    assert ENRICHMENT_VERSION == "5"
+    assert ENRICHMENT_VERSION == "6"
 
 
 @pytest.mark.parametrize(("mode", "kind"), [("off", OffResolver), ("fake", FakeResolver), ("ptr", PtrResolver)])

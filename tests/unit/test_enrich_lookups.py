@@ -119,6 +119,20 @@ def test_geo_is_for_an_external_destination_only(geoip: GeoIp) -> None:
     assert enriched(event(args={"dst_ip": "10.1.1.1"}), tables)["dst_geo"] is None
 
 
+@pytest.mark.parametrize("address", ["224.0.0.251", "239.255.255.250", "255.255.255.255", "0.0.0.0", "ff02::fb",
+                                     "::"])
+def test_multicast_broadcast_and_unspecified_destinations_are_internal_without_geo(tmp_path: Path,
+                                                                                  address: str) -> None:
+    """Even a database with records for them (a catch-all, or a vendor's guess) is not asked."""
+    wide = {"0.0.0.0/1": "AA", "128.0.0.0/1": "AA", "::/1": "AA", "8000::/1": "AA"}
+    city = write_mmdb(tmp_path / "city.mmdb", {net: city_record(c) for net, c in wide.items()},
+                      database_type="GeoLite2-City")
+    with GeoIp.open(city) as geoip:
+        out = enriched(event(args={"dst_ip": address}), LookupTables(geoip=geoip))
+        assert (out["dst_asset"], out["dst_geo"]) == (UNLISTED_INTERNAL, None)
+        assert enriched(event(args={"dst_ip": "8.8.8.8"}), LookupTables(geoip=geoip))["dst_geo"] is not None
+
+
 def test_geo_is_null_where_the_database_knows_nothing_or_none_is_configured(geoip: GeoIp) -> None:
     assert enriched(event(args={"dst_ip": "8.8.8.8"}), LookupTables(geoip=geoip))["dst_geo"] is None
     assert enriched(event(args={"dst_ip": "198.51.100.8"}))["dst_geo"] is None
@@ -149,6 +163,22 @@ def test_each_kind_of_indicator_is_reported(ev: Event, match: dict[str, str]) ->
     assert out["intel"] == [{**match, "source": "feed-a", "severity": "high"}]
     assert out["context"]["intel_match"] is True
     assert orjson.loads(orjson.dumps(out["intel"])) == out["intel"], "plain JSON values"
+
+
+def test_an_event_carries_at_most_max_intel_matches_and_says_how_many_it_left_out() -> None:
+    # 40 feeds list the destination's network, and one its binary: 41 matches, the binary's last found.
+    feeds = [indicator("203.0.113.0/24", f"feed-{n:02}", "high") for n in range(40)]
+    tables = LookupTables(indicators=IndicatorIndex.build([*feeds, indicator(HASH, "vt", "critical")]))
+    ev = event({"binary_sha256": HASH, "intel_omitted": 99}, {"dst_ip": "203.0.113.5"})
+    out = enriched(ev, tables)
+    assert len(out["intel"]) == context.MAX_INTEL_MATCHES == 32
+    assert [m["source"] for m in out["intel"]] == [f"feed-{n:02}" for n in range(32)]
+    assert out["metadata"]["intel_omitted"] == 41 - 32
+    assert len(orjson.dumps(out)) < 16_384, "bounded by the cap, not by the feeds"
+    # Within the cap nothing is left out, and an agent's own key of that name is not taken for enrichment's.
+    few = enriched(event({"intel_omitted": 99}, {"dst_ip": "203.0.113.5"}),
+                   LookupTables(indicators=IndicatorIndex.build(feeds[:3])))
+    assert len(few["intel"]) == 3 and "intel_omitted" not in few["metadata"]
 
 
 def test_an_event_matching_no_indicator_has_an_empty_list() -> None:

@@ -21,7 +21,8 @@ EDGE_ADDRESSES = [
 ]
 EDGE_NETWORKS = [
     "10.0.0.0/8", "10.0.0.0/08", "10.0.0.1/8", "10.0.0.0/33", "10.0.0.0/ 8", "10.0.0.0/255.0.0.0", "10.0.0.1",
-    "0.0.0.0/0", "::/0", "::ffff:10.0.0.0/104", "::ffff:10.0.0.1/104", "2001:db8::/32", "2001:DB8:0:0::/64",
+    "0.0.0.0/0", "::/0", "::ffff:10.0.0.0/104", "::ffff:10.0.0.1/104", "::ffff:10.1.0.0/112", "::FFFF:10.1.0.0/112",
+    "::ffff:0:0/96", "2001:db8::/32", "2001:DB8:0:0::/64",
     "2001:db8::1/128", "2001:db8::/129", "1:0:0:2::/64", "fe80::%eth0/64", "10.0.0.0/", "/8",
 ]
 
@@ -31,7 +32,12 @@ def reference_address(text: str) -> str:
 
 
 def reference_network(text: str) -> str:
-    return str(ipaddress.ip_network(text))
+    """``ipaddress``'s text, an IPv4-mapped network written as the IPv4 network it names."""
+    net = ipaddress.ip_network(text)
+    mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) else None
+    if mapped is not None and net.prefixlen >= 96:
+        return str(ipaddress.ip_network((mapped, net.prefixlen - 96)))
+    return str(net)
 
 
 def outcome(function: Callable[[str], str], text: str) -> str:
@@ -83,7 +89,8 @@ def test_an_indicator_of_an_address_or_network_has_the_canonical_value() -> None
     assert indicator("::FFFF:192.0.2.1", "f").value == "192.0.2.1"
     assert indicator("2001:DB8:0:0:0:0:0:1", "f").value == "2001:db8::1"
     assert indicator("2001:DB8::/32", "f").value == "2001:db8::/32"
-    assert indicator("::ffff:10.0.0.0/104", "f").value == "::ffff:a00:0/104"
+    assert indicator("::ffff:10.0.0.0/104", "f").value == "10.0.0.0/8"
+    assert indicator("::FFFF:0:0/96", "f").value == "0.0.0.0/0"
 
 
 def test_every_pattern_of_zero_groups_is_shortened_as_ipaddress_shortens_it() -> None:

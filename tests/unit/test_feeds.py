@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -161,6 +162,36 @@ def test_a_stix_bundle_yields_each_supported_comparison_and_counts_the_rest(tmp_
     assert (report.unsupported, report.skipped, report.bad_lines) == (4, 3, [10, 11, 13])
 
 
+def test_a_stix_indicator_matches_only_inside_its_validity_window_at_the_load(tmp_path: Path) -> None:
+    now = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    objects = [
+        stix_indicator("[ipv4-addr:value = '192.0.2.1']", valid_until="2026-06-01T12:00:01Z"),  # still valid
+        stix_indicator("[ipv4-addr:value = '192.0.2.2']", valid_until="2026-06-01T12:00:00Z"),  # expires now
+        stix_indicator("[ipv4-addr:value = '192.0.2.3']", valid_until="2025-01-01T00:00:00.000Z"),  # expired
+        stix_indicator("[ipv4-addr:value = '192.0.2.4']", valid_from="2026-06-01T12:00:00.5Z"),  # not yet
+        stix_indicator("[ipv4-addr:value = '192.0.2.5']", valid_from="2026-06-01T12:00:00Z"),  # begins now
+        stix_indicator("[url:value = 'http://x.example/']", valid_until="2025-01-01T00:00:00Z"),  # expired first
+        stix_indicator("[ipv4-addr:value = '192.0.2.6']", valid_until="next week"),  # not a timestamp: malformed
+        stix_indicator("[ipv4-addr:value = '192.0.2.7']", valid_from=5),  # not a timestamp: malformed
+    ]
+    path = write(tmp_path / "bundle.json", orjson.dumps({"type": "bundle", "objects": objects}).decode())
+    indicators, report = load_feed(path, now)
+    assert [i.value for i in indicators] == ["192.0.2.1", "192.0.2.5"]
+    assert (report.outside_validity, report.unsupported, report.skipped, report.bad_lines) == (4, 0, 2, [7, 8])
+    reports: list[FeedReport] = []
+    assert [i.value for i in read_feeds([path], reports, now)] == ["192.0.2.1", "192.0.2.5"]
+    assert reports[0].outside_validity == 4
+
+
+def test_by_default_a_stix_indicator_s_window_is_judged_by_the_clock(tmp_path: Path) -> None:
+    objects = [stix_indicator("[ipv4-addr:value = '192.0.2.1']", valid_until="2000-01-01T00:00:00Z"),
+               stix_indicator("[ipv4-addr:value = '192.0.2.2']", valid_from="9999-01-01T00:00:00Z"),
+               stix_indicator("[ipv4-addr:value = '192.0.2.3']", valid_until="9999-01-01T00:00:00Z")]
+    path = write(tmp_path / "bundle.json", orjson.dumps({"type": "bundle", "objects": objects}).decode())
+    indicators, report = load_feed(path)
+    assert ([i.value for i in indicators], report.skipped) == (["192.0.2.3"], 0)
+
+
 @pytest.mark.parametrize(("name", "text"), [
     ("bundle.json", "{not json"),
     ("bundle.json", '{"type": "indicator", "pattern": "[ipv4-addr:value = \'192.0.2.1\']"}'),
@@ -173,6 +204,28 @@ def test_a_file_that_cannot_be_parsed_at_all_is_a_typed_error(tmp_path: Path, na
     with pytest.raises(LookupFileError) as caught:
         load_feed(path)
     assert caught.value.path == str(path)
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("empty.csv", ""), ("empty.json", ""), ("empty.jsonl", ""), ("empty.txt", ""),
+    ("blank.json", " \n"), ("comments.csv", "# nothing listed yet\n\n#type,value\n"),
+])
+def test_an_empty_feed_file_has_no_indicators_and_fails_nothing(tmp_path: Path, name: str, text: str) -> None:
+    (tmp_path / "feeds").mkdir()
+    write(tmp_path / "feeds" / name, text)
+    write(tmp_path / "feeds" / "other.txt", "192.0.2.1\n")
+    loaded = load_intel((str(tmp_path / "feeds"),))
+    assert (loaded.entries, loaded.skipped) == (1, 0)
+    indicators, report = load_feed(tmp_path / "feeds" / name)
+    assert (indicators, report.loaded, report.skipped) == ([], 0, 0)
+
+
+def test_a_csv_header_may_follow_comments_and_blank_lines_as_in_the_asset_inventory(tmp_path: Path) -> None:
+    path = write(tmp_path / "intel.csv", "# exported by acme\n\nvalue,severity\n192.0.2.1,high\n"
+                                         "# a note between rows\n192.0.2.2,low\n")
+    indicators, report = load_feed(path)
+    assert triples(indicators) == [("ip", "192.0.2.1", "intel.csv", "high"), ("ip", "192.0.2.2", "intel.csv", "low")]
+    assert report.skipped == 0
 
 
 def test_directories_are_read_recursively_in_name_order_and_a_missing_path_is_an_error(tmp_path: Path) -> None:

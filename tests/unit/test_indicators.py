@@ -60,6 +60,18 @@ def test_an_address_matches_every_cidr_that_contains_it_most_specific_first() ->
     assert idx.match(event({"host_ip": "11.0.0.1"}, {"dst_ip": "2001:db9::1"})) == []
 
 
+def test_one_network_in_ipv4_and_ipv4_mapped_form_keeps_every_feed_that_lists_it() -> None:
+    destination = event(args={"dst_ip": "10.1.2.3"})
+    either_text = IndicatorIndex.build([indicator("10.1.0.0/16", "feedA", "high"),
+                                        indicator("::ffff:10.1.0.0/112", "feedB", "low")])
+    raw_mapped = IndicatorIndex.build([Indicator(T.CIDR, "10.1.0.0/16", "feedA", "high"),
+                                       Indicator(T.CIDR, "::ffff:a01:0/112", "feedB", "low")])
+    for idx in (either_text, raw_mapped):
+        assert [(m.value, m.source, m.severity) for m in idx.match(destination)] == [
+            ("10.1.0.0/16", "feedA", "high"), ("10.1.0.0/16", "feedB", "low")]
+        assert idx.counts()[T.CIDR] == 1
+
+
 def test_a_payload_domain_matches_itself_and_its_listed_parents_never_a_lookalike() -> None:
     idx = index("evil.com", "b.evil.com", "other.example")
     ev = event(args={"query": "see A.B.Evil.COM now", "argv": ["curl", "https://notevil.com/x", "ñevil.com"]})

@@ -6,11 +6,17 @@ comparison is then one indicator: any of them seen in an event is a hit, which i
 else (``AND``, ``FOLLOWEDBY``, ``WITHIN``, ``LIKE``, another object type or property) needs the matching of
 several observations together, which a per-event lookup cannot do, so the whole indicator is counted as
 unsupported rather than matched on a part of its meaning. Patterns are parsed by ``stix2patterns``.
+
+An indicator is matched only inside its validity window as of the load: one whose ``valid_until`` is at or before
+the load's time, or whose ``valid_from`` is after it, is counted as ``outside_validity`` and not matched (a feed
+keeps expired indicators for history, and publishes some before they take effect). The window is judged when the
+bundle is loaded, so an indicator that expires later matches until the next load.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from stix2patterns.exceptions import ParseException
@@ -31,6 +37,10 @@ SUPPORTED_PATHS: dict[tuple[str, tuple[str, ...]], frozenset[IndicatorType]] = {
 
 class Unsupported(Exception):
     """A valid pattern this pipeline does not match on."""
+
+
+class OutsideValidity(Exception):
+    """An indicator that, at the load's time, has expired or is not yet valid."""
 
 
 class _Listener(InspectionListener):
@@ -80,21 +90,50 @@ def pattern_indicators(pattern: str, source: str) -> list[Indicator]:
             for obj_type, comparisons in data.comparisons.items() for path, op, literal in comparisons]
 
 
-def read_bundle(report: FeedReport, bundle: object, source: str) -> Iterator[Indicator]:
-    """A bundle's indicators, one object's at a time, numbering its objects from 1 for ``report``'s counts.
-    Raises ``ValueError`` (when iterated) if ``bundle`` is not a STIX bundle at all."""
+def _timestamp(obj: dict[str, Any], key: str) -> datetime | None:
+    """The STIX timestamp ``obj[key]`` (UTC, as STIX writes them; one without a zone is read as UTC), or ``None``
+    when absent. Raises ``BadValue`` for one that is not a timestamp."""
+    text = obj.get(key)
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise BadValue(f"{key} is not a timestamp")
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def object_indicators(obj: dict[str, Any], source: str, now: datetime) -> list[Indicator]:
+    """The indicators of one STIX ``indicator`` object as of ``now`` (aware). Raises ``OutsideValidity`` when
+    ``now`` is outside its ``valid_from``/``valid_until`` window, ``Unsupported`` and ``BadValue`` as
+    ``pattern_indicators`` does, and ``BadValue`` for a missing pattern or a window that is not timestamps."""
+    valid_from, valid_until = _timestamp(obj, "valid_from"), _timestamp(obj, "valid_until")
+    if (valid_until is not None and valid_until <= now) or (valid_from is not None and valid_from > now):
+        raise OutsideValidity(f"valid from {valid_from} until {valid_until}")
+    if obj.get("pattern_type", "stix") != "stix":
+        raise Unsupported(f"pattern_type {obj.get('pattern_type')!r}")
+    pattern = obj.get("pattern")
+    if not isinstance(pattern, str):
+        raise BadValue("an indicator without a pattern")
+    return pattern_indicators(pattern, source)
+
+
+def read_bundle(report: FeedReport, bundle: object, source: str, now: datetime) -> Iterator[Indicator]:
+    """A bundle's indicators valid at ``now`` (the load's time, aware), one object's at a time, numbering its
+    objects from 1 for ``report``'s counts. Raises ``ValueError`` (when iterated) if ``bundle`` is not a STIX
+    bundle at all."""
     if not isinstance(bundle, dict) or bundle.get("type") != "bundle" or not isinstance(bundle.get("objects"), list):
         raise ValueError("not a STIX bundle (an object of type 'bundle' with a list of 'objects')")
     for number, obj in enumerate(bundle["objects"], start=1):
         if not isinstance(obj, dict) or obj.get("type") != "indicator" or obj.get("revoked") is True:
             continue  # other objects (relationships, identities...) and revoked indicators are not indicators
-        pattern = obj.get("pattern")
         try:
-            if obj.get("pattern_type", "stix") != "stix":
-                raise Unsupported(f"pattern_type {obj.get('pattern_type')!r}")
-            if not isinstance(pattern, str):
-                raise BadValue("an indicator without a pattern")
-            found = pattern_indicators(pattern, source)
+            found = object_indicators(obj, source, now)
+        except OutsideValidity:
+            report.outside_validity += 1
+            continue
         except Unsupported:
             report.unsupported += 1
             continue

@@ -3,7 +3,8 @@
 - plain list: one value a line, its type inferred; blank lines and ``#`` comments (whole lines, or after the
   value) are ignored; the source is the file's name, the severity ``DEFAULT_SEVERITY``;
 - CSV: a header row naming ``type,value,source,severity`` (in any order; only ``value`` is required), then one
-  indicator a row; an empty ``type`` is inferred, an empty ``source`` is the file's name;
+  indicator a row; an empty ``type`` is inferred, an empty ``source`` is the file's name; blank lines and lines
+  whose first cell starts with ``#`` are ignored, above the header too, as in the asset inventory;
 - JSON lines: one object a line with the same keys.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Iterator
 
 import orjson
 
+from etl.lookups.csvrows import content_rows
 from etl.lookups.feeds.report import FeedReport
 from etl.lookups.feeds.values import BadValue, Indicator, indicator
 
@@ -38,20 +40,22 @@ def read_plain(report: FeedReport, lines: Iterable[str], source: str) -> Iterato
 
 
 def read_csv(report: FeedReport, lines: Iterable[str], source: str) -> Iterator[Indicator]:
-    """A CSV feed's indicators, one at a time as ``lines`` are read; bad rows are counted in ``report``. Raises
+    """A CSV feed's indicators, one at a time as ``lines`` are read; bad rows are counted in ``report``, blank and
+    ``#`` rows passed over (``etl.lookups.csvrows``), and a file of none but those yields nothing. Raises
     ``ValueError`` (when iterated) if its header has no ``value`` column: then no row can be read."""
     rows = csv.reader(lines)
-    header = [name.strip().lower() for name in next(rows, [])]
+    first = next(content_rows(rows), None)
+    if first is None:  # an empty file, or comments only: a feed with nothing to list, not one that cannot be read
+        return
+    header = [name.strip().lower() for name in first]
     if "value" not in header:
         raise ValueError(f"the header row names no 'value' column (expected {','.join(CSV_COLUMNS)})")
     # Where each column is, found once rather than a dict made a row; a column named twice is read from its last.
     where = {name: i for i, name in enumerate(header)}
     at_value = where["value"]
     at_source, at_severity, at_type = (where.get(name) for name in ("source", "severity", "type"))
-    for row in rows:
+    for row in content_rows(rows):
         number = rows.line_num
-        if not any(cell.strip() for cell in row):
-            continue
         if len(row) != len(header):
             report.skip(number)
             continue

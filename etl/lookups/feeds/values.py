@@ -1,9 +1,10 @@
 """What an indicator is, and its value in the one canonical form both feeds and events are compared in.
 
 Canonical forms: an address as ``ipaddress`` writes it (an IPv4-mapped IPv6 address as its IPv4 address, so that
-``::ffff:192.0.2.1`` and ``192.0.2.1`` are one indicator); a CIDR as ``ipaddress`` writes it (one with host bits
+``::ffff:192.0.2.1`` and ``192.0.2.1`` are one indicator); a CIDR as ``ipaddress`` writes it, an IPv4-mapped one
+as its IPv4 network (``::ffff:10.1.0.0/112`` is ``10.1.0.0/16``), for the same reason; one with host bits
 set, ``10.1.2.3/8``, is refused, as ``etl.lookups.prefixes`` refuses it: a typo there would widen or narrow what
-the feed meant); a domain in lower case, IDNA (punycode) for non-ASCII, without the trailing dot; a SHA-256 in
+the feed meant; a domain in lower case, IDNA (punycode) for non-ASCII, without the trailing dot; a SHA-256 in
 lower-case hex.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from socket import AF_INET, inet_ntop
 
-from etl.lookups.prefixes import plain_address_key, plain_network_key
+from etl.lookups.prefixes import plain_address_key, plain_network_key, unmap_network
 from etl.pipeline.limits import MAX_DOMAIN_CHARS, MAX_INDICATOR_SEVERITY_CHARS, MAX_INDICATOR_SOURCE_CHARS
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -99,11 +100,16 @@ def address_text(text: str) -> str:
 
 def network_text(text: str) -> str:
     """``str(network(text))``, the canonical text of a network, a plain ``address/length`` one the fast way as
-    ``address_text``. ``ValueError`` when not one, or it has host bits set."""
+    ``address_text``; an IPv4-mapped network (length 96 or more) as the IPv4 network it names, as ``address``
+    writes a mapped address and as ``etl.lookups.prefixes`` stores it, so that one network has one text.
+    ``ValueError`` when not one, or it has host bits set."""
     parsed = plain_network_key(text)
     if parsed is None:
-        return str(network(text))
-    family, first, length = parsed
+        net = network(text)
+        parsed = unmap_network((net.version, int(net.network_address), net.prefixlen))
+        if parsed[0] == net.version:
+            return str(net)
+    family, first, length = unmap_network(parsed)
     return f"{_address_text(family, first)}/{length}"
 
 
