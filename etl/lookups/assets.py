@@ -27,7 +27,7 @@ never routed on the internet, so GeoIP has nothing to say of it), loopback, link
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path

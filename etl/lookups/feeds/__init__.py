@@ -58,10 +58,10 @@ def _indicators(path: Path, report: FeedReport, now: datetime) -> Iterator[Indic
 
 def read_feed(path: Path, report: FeedReport, now: datetime) -> Iterator[Indicator]:
     """One feed file's indicators, one at a time as the file is read, its source defaulting to the file's name,
-    a STIX indicator only if valid at ``now`` (aware); ``report`` counts them, and the lines skipped, as they pass. Raises ``LookupFileError``, while iterated, when
-    the file cannot be read (missing, unreadable, not UTF-8) or parsed at all (a CSV without a ``value`` column, a
-    ``.json`` file that is not a STIX bundle): possibly after yielding some, so a caller builds nothing from a
-    file until it is read to its end."""
+    a STIX indicator only if valid at ``now`` (aware); ``report`` counts them, and the lines skipped, as they
+    pass. Raises ``LookupFileError``, while iterated, when the file cannot be read (missing, unreadable, not
+    UTF-8) or parsed at all (a CSV without a ``value`` column, a ``.json`` file that is not a STIX bundle):
+    possibly after yielding some, so a caller builds nothing from a file until it is read to its end."""
     try:
         for indicator in _indicators(path, report, now):
             report.loaded += 1
