@@ -1,7 +1,8 @@
 """Indicator matches and endpoint lookups in the graph, on every backend (``graph_env``): each event's MATCHED
 relationship to its Indicator nodes, once per (event, indicator) however the batch or the event repeats it; the
-Indicator's severity from its newest match; what a NetworkEndpoint learns of its peer, a null never erasing it; and
-the analyst's query from an indicator to every host that touched it. Read back through the backend's own client."""
+Indicator's severity from its newest match; what a NetworkEndpoint learns of its peer, from its newest event that
+says, a null never erasing it (but an internal peer losing its geo); and the analyst's query from an indicator to
+every host that touched it. Read back through the backend's own client."""
 
 from __future__ import annotations
 
@@ -134,6 +135,39 @@ def test_an_endpoint_learns_asn_country_and_internal_and_a_null_erases_nothing(s
 def test_an_internal_peer_is_marked_so(sink: GraphSink, probe: Probe) -> None:
     sink.write([enriched("e1", "h1", 100, [], peer="10.0.0.5", internal=True)])
     assert sorted_rows(probe, ENDPOINTS) == [["10.0.0.5:443", None, None, True]]
+
+
+def test_an_endpoints_lookups_are_its_newest_events_however_late_an_older_one_comes(sink: GraphSink,
+                                                                                      probe: Probe) -> None:
+    geo = {"country": "NL", "asn": 64500, "organization": "Example Net"}
+    other = {"country": "DE", "asn": 64511, "organization": "Other Net"}
+    # In one batch the newest event wins, whatever the order of its rows.
+    sink.write([enriched("e3", "h1", 300, [], geo=geo), enriched("e2", "h1", 200, [], geo=other)])
+    assert sorted_rows(probe, ENDPOINTS) == [[f"{EVIL_IP}:443", 64500, "NL", False]]
+    # An older event arriving late (a dead letter replayed, created or merged with a stored one) changes nothing.
+    sink.write([enriched("e1", "h2", 100, [], geo=other, internal=True)])
+    sink.write([enriched("e3", "h1", 300, [], geo=geo), enriched("e0", "h2", 50, [], geo=other)])
+    assert sorted_rows(probe, ENDPOINTS) == [[f"{EVIL_IP}:443", 64500, "NL", False]]
+    # A newer event enriched before the lookups says nothing: it erases nothing, and an older one still cannot win.
+    sink.write([flow_event("e9", "h1", 900, dst_ip=EVIL_IP, dst_port=443)])
+    sink.write([enriched("e2", "h1", 200, [], geo=other)])
+    assert sorted_rows(probe, ENDPOINTS) == [[f"{EVIL_IP}:443", 64500, "NL", False]]
+    assert sorted_rows(probe, HOSTS_SHARING_ENDPOINTS, hostID="h1") == [["h2", EVIL_IP, 443]]
+
+
+def test_a_peer_the_inventory_comes_to_list_loses_its_geo(sink: GraphSink, probe: Probe) -> None:
+    peer = "198.51.100.7"
+    sink.write([enriched("e1", "h1", 100, [], peer=peer, geo={"country": "NL", "asn": 64500, "organization": None})])
+    assert sorted_rows(probe, ENDPOINTS) == [[f"{peer}:443", 64500, "NL", False]]
+    # The inventory is reloaded to list the peer: enrich gives it no geo, and the endpoint keeps none.
+    sink.write([enriched("e2", "h1", 200, [], peer=peer, geo=None, internal=True)])
+    assert sorted_rows(probe, ENDPOINTS) == [[f"{peer}:443", None, None, True]]
+    # Listed no more, it learns its geo again; with no database (a null geo) it keeps what it has.
+    sink.write([enriched("e3", "h2", 300, [], peer=peer, geo={"country": "NL", "asn": 64500, "organization": None})])
+    sink.write([enriched("e4", "h2", 400, [], peer=peer, geo=None)])
+    assert sorted_rows(probe, ENDPOINTS) == [[f"{peer}:443", 64500, "NL", False]]
+    assert sorted_rows(probe, ENDPOINTS_OF_HOST, hostID="h1") == [["h1", peer, 443, "tcp"]]
+    assert sorted_rows(probe, HOSTS_SHARING_ENDPOINTS, hostID="h1") == [["h2", peer, 443]]
 
 
 def test_concurrent_writers_make_one_indicator_and_one_match_per_event(sink: GraphSink, probe: Probe) -> None:

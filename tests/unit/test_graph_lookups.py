@@ -9,7 +9,7 @@ import pytest
 
 from etl.errors import SinkDataError
 from etl.pipeline.limits import GRAPH_KEY_BYTES
-from etl.sinks.graph.lookups import MATCH_FIELDS, NEWEST, endpoint_lookups, mark_newest, matches
+from etl.sinks.graph.lookups import MATCH_FIELDS, NEWEST, endpoint_lookups, mark_newest, mark_peer_newest, matches
 from etl.sinks.graph.rows import build_row, build_rows
 
 
@@ -84,3 +84,17 @@ def test_each_indicators_newest_match_in_a_batch_is_marked_later_row_on_equal_ti
                       ("e", "ip:203.0.113.9:feed-b")}
     mark_newest(rows)  # idempotent: a batch written again (created, then merged) marks the same
     assert {(row["id"], m[0]) for row in rows for m in row["intel"] if m[NEWEST]} == newest
+
+
+def test_each_endpoints_newest_row_that_says_something_of_its_peer_is_marked() -> None:
+    asset = {"site": None, "owner": None, "criticality": None, "internal": False}
+    other = {"dst_ip": "198.51.100.7", "dst_port": 443}
+    rows = build_rows([event("a", 300, dst_asset=asset), event("b", 500, dst_asset=asset),
+                       event("c", 100, dst_asset=asset),
+                       event("d", 900),  # enriched before the lookups: says nothing, newest or not
+                       {**event("e", 700, dst_asset=asset), "args": other},
+                       {**event("f", 700, dst_asset=asset), "args": other},
+                       {**event("g", 800), "args": None}])
+    assert [row["id"] for row in rows if row["dst_newest"]] == ["b", "f"]
+    mark_peer_newest(rows)  # idempotent, as mark_newest
+    assert [row["id"] for row in rows if row["dst_newest"]] == ["b", "f"]

@@ -65,13 +65,13 @@ def test_full_event_row() -> None:
         "process_key": "host-001:1234:/usr/bin/psql", "process_new": False,
         "intel": [], "endpoint_id": None, "dst_ip": None, "dst_port": None, "protocol": None,
         "dst_asn": None, "dst_country": None, "dst_internal": None,
-        "host_newest": False, "flow_count": 0, "flow_first": None, "flow_last": None,
+        "host_newest": False, "flow_count": 0, "flow_first": None, "flow_last": None, "dst_newest": False,
     }
 
 
 def test_event_without_metadata_has_no_context() -> None:
     row = build_row({"id": "e", "type": "t", "source": "s", "timestamp": 1, "env": "dev", "rdns": None})
-    batch = {"host_newest", "flow_count", "process_new"}
+    batch = {"host_newest", "flow_count", "dst_newest", "process_new"}
     context = {k: v for k, v in row.items() if k not in {"id", "type", "source", "timestamp", "env", "intel", *batch}}
     assert set(context.values()) == {None}
     assert row["intel"] == []

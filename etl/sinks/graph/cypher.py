@@ -54,19 +54,27 @@ HOST_ID_MIGRATION_CYPHER = "MATCH (h:Host) WHERE h.id IS NULL SET h.id = h.host_
 # equal times), set once per batch (host_newest) and never from an event older than the last one stored. Each SET
 # reads the property it compares on the right-hand side: Neo4j then locks the Host before reading, so that a
 # concurrent writer cannot move it back; and Hosts written by an older version get their id there too.
-# An endpoint learns its ASN, country and whether it is internal from each event that says (a null, an event
-# that does not, keeps what it learnt). An Indicator's severity and last_seen are those of its newest match (one
-# per batch, marked in the match list's last item: see etl.sinks.graph.lookups), never of an older event; each
-# match list m is [key, type, value, source, severity, field, observed, newest]. {matched} ties the event to it.
+# A NetworkEndpoint's ASN, country and internal flag are those of its newest event that says something of its
+# peer (one row per batch, dst_newest; the later written on equal times), never of an event older than lookups_at,
+# the time of the last one written. An event saying the peer is internal gives its own ASN and country (none:
+# enrich looks up external peers only); otherwise a null keeps what the endpoint learnt. The FOREACH skips an
+# older event without a write; each SET tests again, reading its own property, as the Host's do. An Indicator's
+# severity and last_seen are those of its newest match (one per batch, marked in the match list's last item: see
+# etl.sinks.graph.lookups), never of an older event; each match list m is [key, type, value, source, severity,
+# field, observed, newest]. {matched} ties the event to it.
 _CONTEXT_CYPHER = """
 FOREACH (i IN CASE WHEN r.endpoint_id IS NULL THEN [] ELSE [1] END |
     MERGE (ne:NetworkEndpoint {endpoint_id: r.endpoint_id})
     ON CREATE SET ne.ip = r.dst_ip, ne.port = r.dst_port, ne.protocol = r.protocol
-    FOREACH (j IN CASE WHEN coalesce(ne.asn = r.dst_asn, r.dst_asn IS NULL)
-                        AND coalesce(ne.country = r.dst_country, r.dst_country IS NULL)
-                        AND coalesce(ne.internal = r.dst_internal, r.dst_internal IS NULL) THEN [] ELSE [1] END |
-        SET ne.asn = coalesce(r.dst_asn, ne.asn), ne.country = coalesce(r.dst_country, ne.country),
-            ne.internal = coalesce(r.dst_internal, ne.internal))
+    FOREACH (j IN CASE WHEN r.dst_newest AND coalesce(ne.lookups_at <= r.timestamp, true) THEN [1] ELSE [] END |
+        SET ne.asn = CASE WHEN NOT coalesce(ne.lookups_at <= r.timestamp, true) THEN ne.asn
+                          WHEN r.dst_internal THEN r.dst_asn ELSE coalesce(r.dst_asn, ne.asn) END,
+            ne.country = CASE WHEN NOT coalesce(ne.lookups_at <= r.timestamp, true) THEN ne.country
+                              WHEN r.dst_internal THEN r.dst_country ELSE coalesce(r.dst_country, ne.country) END,
+            ne.internal = CASE WHEN coalesce(ne.lookups_at <= r.timestamp, true)
+                               THEN coalesce(r.dst_internal, ne.internal) ELSE ne.internal END,
+            ne.lookups_at = CASE WHEN coalesce(ne.lookups_at < r.timestamp, true) THEN r.timestamp
+                                 ELSE ne.lookups_at END)
     {link} (e)-[:TO]->(ne))
 FOREACH (m IN r.intel |
     MERGE (ind:Indicator {key: m[0]})

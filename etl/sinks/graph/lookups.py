@@ -10,8 +10,10 @@ indicator, carrying that entry's ``field`` and ``observed``. Each entry travels 
 (FalkorDB's query header takes lists, not maps; see ``etl.sinks.graph.cypher.positional``), its last item marking
 the batch's newest match of that indicator: the one whose severity and time the Indicator takes (``mark_newest``).
 
-An event enriched before the lookups existed has no ``intel``, ``dst_asset`` or ``dst_geo``: no Indicator, and its
-endpoint learns nothing.
+Peers. A ``NetworkEndpoint`` takes its ASN, country and internal flag from the newest event that says anything of
+them (``mark_peer_newest``): one row per endpoint and batch, whose time the statement compares with the endpoint's
+``lookups_at`` so that an older event, written later, changes nothing. An event enriched before the lookups existed
+has no ``intel``, ``dst_asset`` or ``dst_geo``: no Indicator, and its endpoint learns nothing.
 """
 
 from __future__ import annotations
@@ -91,3 +93,20 @@ def mark_newest(rows: Sequence[dict[str, Any]]) -> None:
                 newest[match[0]] = (row["timestamp"], match)
     for _, match in newest.values():
         match[NEWEST] = True
+
+
+def mark_peer_newest(rows: Sequence[dict[str, Any]]) -> None:
+    """Mark (``dst_newest``), for each endpoint of the batch's ``rows``, the row of its newest event (the later row
+    on equal times) among those that say something of the peer: its ASN, country and internal flag become the
+    endpoint's. A row whose lookup fields are all null (an event enriched before the lookups, or a peer that is
+    no IP address) is never marked, so it erases nothing."""
+    newest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        endpoint = row["endpoint_id"]
+        if endpoint is None or all(row[field] is None for field in ENDPOINT_LOOKUPS):
+            continue
+        latest = newest.get(endpoint)
+        if latest is None or row["timestamp"] >= latest["timestamp"]:
+            newest[endpoint] = row
+    for row in newest.values():
+        row["dst_newest"] = True

@@ -27,8 +27,9 @@ non-null value, so an event lacking e.g. a hostname does not erase one learnt ea
 Some fields sum up the batch, so that a statement writes a hub node or relationship once per batch, not once per
 event: ``host_newest`` marks the row of each host's latest event (its time, env and rdns become the Host's),
 the first row of each (host, endpoint) pair carries the pair's ``flow_count``, ``flow_first`` and ``flow_last``
-(0 and None on the pair's other rows), and each indicator's newest match is marked (its severity and time become the
-Indicator's).
+(0 and None on the pair's other rows), each indicator's newest match is marked (its severity and time become the
+Indicator's), and so is each endpoint's newest row that says something of the peer (``dst_newest``: its ASN,
+country and internal flag become the endpoint's).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ _METADATA_FIELDS = ("host_id", "uid", "pid", "container_id", "host_ip", "hostnam
                     "enriched_at")
 _ENDPOINT_FIELDS = ("endpoint_id", "dst_ip", "dst_port", "protocol", *lookups.ENDPOINT_LOOKUPS)
 # What build_row sets last, before build_rows sums up the batch and as_lists marks new Processes.
-_BATCH_DEFAULTS = {"host_newest": False, "flow_count": 0, "flow_first": None, "flow_last": None, "process_new": False}
+_BATCH_DEFAULTS = {"host_newest": False, "flow_count": 0, "flow_first": None, "flow_last": None, "dst_newest": False,
+                   "process_new": False}
 _NO_ENDPOINT = {**dict.fromkeys(_ENDPOINT_FIELDS), **_BATCH_DEFAULTS}
 # A row's fields, in the order build_row makes them.
 ROW_FIELDS = ("id", *_EVENT_FIELDS, *_METADATA_FIELDS, "user_host_id", "user_key", "process_key", "intel",
@@ -143,8 +145,9 @@ def _endpoint_fields(event_id: str, event: Event) -> Row:
 
 def build_rows(events: Sequence[Event]) -> list[Row]:
     """Rows for a batch, one per event id (the last occurrence wins), in first-seen order, with the batch's
-    sums: each host's newest row (``host_newest``), each (host, endpoint) pair's flow on its first row, and each
-    indicator's newest match (``etl.sinks.graph.lookups.mark_newest``).
+    sums: each host's newest row (``host_newest``), each (host, endpoint) pair's flow on its first row, each
+    indicator's newest match (``etl.sinks.graph.lookups.mark_newest``) and each endpoint's newest row that says
+    something of its peer (``dst_newest``, ``etl.sinks.graph.lookups.mark_peer_newest``).
 
     Raises ``SinkDataError`` as :func:`build_row` does.
     """
@@ -155,6 +158,7 @@ def build_rows(events: Sequence[Event]) -> list[Row]:
     rows = list(by_id.values())
     _sum_batch(rows)
     lookups.mark_newest(rows)
+    lookups.mark_peer_newest(rows)
     return rows
 
 
