@@ -14,7 +14,7 @@ from etl.config import Settings
 from etl.sinks.timescale import TimescaleSink
 from etl.sinks.timescale_schema import INTEL_INDEX_SUFFIX, index_name
 from tests.integration import test_timescale_sink as base
-from tests.integration.test_timescale_sink import make_event, query
+from tests.integration.test_timescale_sink import make_event, make_old_table, query
 
 # The suite's fixtures (pytest finds them by these names).
 settings, sink = base.settings, base.sink
@@ -98,13 +98,7 @@ _TABLE_BEFORE_LOOKUPS = """CREATE TABLE {table} (
 
 
 def test_a_table_made_before_the_lookup_columns_gains_them_and_its_index(settings: Settings) -> None:
-    conn = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, user=settings.pg_user,
-                            dbname=settings.pg_db)
-    with conn, conn.cursor() as cur:
-        cur.execute(sql.SQL(_TABLE_BEFORE_LOOKUPS).format(table=sql.Identifier(settings.pg_table)))
-        cur.execute(sql.SQL("""INSERT INTO {} (id, "time", "timestamp", type, source)
-                               VALUES ('old', now(), 1, 't', 's')""").format(sql.Identifier(settings.pg_table)))
-    conn.close()
+    make_old_table(settings, _TABLE_BEFORE_LOOKUPS)
     sink = TimescaleSink(settings, pool_size=2)
     try:
         sink.open()

@@ -139,14 +139,20 @@ _OLD_TABLE = """CREATE TABLE {table} (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (id, "time"))"""
 
 
-def test_migrate_adds_dst_rdns_to_a_table_made_before_it(settings: Settings) -> None:
+def make_old_table(settings: Settings, create: str) -> None:
+    """The events table as an older version made it (``create``, its ``{table}`` left to fill), with one row
+    ``old``: what a migration must keep."""
     conn = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, user=settings.pg_user,
                             dbname=settings.pg_db)
     with conn, conn.cursor() as cur:
-        cur.execute(sql.SQL(_OLD_TABLE).format(table=sql.Identifier(settings.pg_table)))
+        cur.execute(sql.SQL(create).format(table=sql.Identifier(settings.pg_table)))
         cur.execute(sql.SQL("""INSERT INTO {} (id, "time", "timestamp", type, source)
                                VALUES ('old', now(), 1, 't', 's')""").format(sql.Identifier(settings.pg_table)))
     conn.close()
+
+
+def test_migrate_adds_dst_rdns_to_a_table_made_before_it(settings: Settings) -> None:
+    make_old_table(settings, _OLD_TABLE)
     sink = TimescaleSink(settings, pool_size=2)
     try:
         sink.open()
