@@ -1,7 +1,9 @@
 """Small MaxMind-format databases built on the spot, laid out like GeoLite2-City and GeoLite2-ASN: the local
 default's sample GeoIP files (``etl.dev.samples``), and the GeoIP tests' and the lookup benchmark's. Nothing is
 downloaded. Written with ``mmdb-writer``, a development dependency (requirements-dev.txt) as the local servers
-are: only the local default imports this module, never the pipeline."""
+are: only the local default writes these files, never the pipeline. So the writer is imported when a database is
+written, not with this module: the installed package (without development dependencies) imports every module.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +11,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mmdb_writer import MMDBWriter
-from netaddr import IPSet
-
 
 def write_mmdb(path: Path, records: Mapping[str, Any], *, database_type: str, ip_version: int = 6) -> Path:
     """A database at ``path`` holding ``records`` (network -> record). An IPv6 database also holds IPv4 networks,
     where MaxMind's readers look for them (``::a.b.c.d``)."""
+    from mmdb_writer import MMDBWriter  # development dependencies: see the module's docstring
+    from netaddr import IPSet
+
     writer = MMDBWriter(ip_version=ip_version, database_type=database_type, languages=["en"],
                         description="aegisflux-etl sample data", ipv4_compatible=ip_version == 6)
     for network, record in records.items():
